@@ -1,0 +1,34 @@
+"""Parameter initialisation and clipping shared by the reference cells (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def xavier_normal_vector_(vector: torch.Tensor) -> torch.Tensor:
+    """Xavier-Gaussian init of recurrent vectors, each row read as an (N x 1) matrix."""
+    fan = vector.shape[-1] + 1
+    with torch.no_grad():
+        return vector.normal_(0.0, math.sqrt(2.0 / fan))
+
+
+def clipped(vector: torch.Tensor, limit: float | None) -> torch.Tensor:
+    """Clamp entries of a recurrent vector to ``[-limit, limit]``.
+
+    For a diagonal recurrence ``diag(a)`` this bounds its operator norm by ``limit``,
+    which keeps the cell's Jacobian small enough for Newton to converge in a few
+    iterations (the ParaRNN paper uses 0.5 for language models). ``None``: no clipping.
+    """
+    if limit is None:
+        return vector
+    return vector.clamp(-limit, limit)
+
+
+def check_clip(limit: float | None) -> float | None:
+    if limit is None:
+        return None
+    if not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit > 0:
+        raise ValueError(f"recurrent_clip must be a positive number or None, got {limit!r}")
+    return float(limit)

@@ -1,0 +1,87 @@
+"""The ``Cell`` base class: one step ``h_t = f(h_{t-1}, x_t)`` plus its Jacobian structure."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..structure import JacobianStructure
+
+
+class Cell(nn.Module):
+    """Base class for recurrent cells solved by :class:`pararnn.RNN`.
+
+    A subclass sets, usually in ``__init__``:
+
+    * ``input_size``: features of ``x_t``;
+    * ``state_size``: size ``N`` of ``h_t`` (a flat vector);
+    * ``jacobian``: ``"dense"``, ``"diagonal"`` or ``"block"`` (then also ``block_size``),
+      the structure of ``∂f/∂h``. For ``"block"`` with ``block_size=k`` the state is
+      viewed as ``(N // k, k)``: consecutive groups of ``k`` entries form one block;
+
+    and implements :meth:`step` on batched tensors. Jacobians are then obtained
+    automatically with ``torch.func``; override :meth:`step_and_jacobian` to supply an
+    analytic one. The declared structure must be right: a structure that drops
+    non-zero entries makes Newton a quasi-Newton method that needs more iterations
+    (set ``NewtonConfig.tol`` to have that checked).
+    """
+
+    input_size: int
+    state_size: int
+    jacobian: str = "dense"
+    block_size: int = 1
+
+    def step(self, x: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
+        """``h_t = f(h_{t-1}, x_t)`` for ``x``: ``(..., input_size)``, ``h_prev``: ``(..., state_size)``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement step(x, h_prev)")
+
+    def forward(self, x: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
+        return self.step(x, h_prev)
+
+    @property
+    def structure(self) -> JacobianStructure:
+        block_size = self.block_size if self.jacobian == "block" else 1
+        return JacobianStructure(self.jacobian, block_size)
+
+    def check_definition(self) -> None:
+        """Raise a clear error if the subclass left out or mis-set a required attribute."""
+        for name in ("input_size", "state_size"):
+            value = getattr(self, name, None)
+            if not isinstance(value, int) or value < 1:
+                raise TypeError(
+                    f"{type(self).__name__}.{name} must be a positive int, got {value!r}"
+                )
+        self.structure.check_state_size(self.state_size)
+
+    def step_and_jacobian(
+        self, x: torch.Tensor, h_prev: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``f(h_prev, x)`` and ``∂f/∂h_prev`` stored in this cell's structure.
+
+        The default uses forward-mode AD: one JVP for a diagonal Jacobian, ``k``
+        JVPs for ``k x k`` blocks, ``N`` for a dense one, vectorised with ``vmap``.
+        """
+        structure = self.structure
+        n = h_prev.shape[-1]
+
+        def f(h: torch.Tensor) -> torch.Tensor:
+            return self.step(x, h)
+
+        if structure.kind == "diagonal":
+            return torch.func.jvp(f, (h_prev,), (torch.ones_like(h_prev),))
+
+        k = structure.block_size if structure.kind == "block" else n
+        # Tangent j is 1 on entry j of every block: its JVP is column j of each block.
+        basis = torch.eye(k, dtype=h_prev.dtype, device=h_prev.device)
+        tangents = basis.repeat(1, n // k)  # (k, n)
+        tangents = tangents.reshape(k, *([1] * (h_prev.dim() - 1)), n).expand(k, *h_prev.shape)
+
+        def column(tangent: torch.Tensor) -> torch.Tensor:
+            return torch.func.jvp(f, (h_prev,), (tangent,))[1]
+
+        value = f(h_prev)
+        columns = torch.func.vmap(column)(tangents)  # (k, ..., n)
+        if structure.kind == "dense":
+            return value, columns.movedim(0, -1)  # J[..., i, j] = columns[j, ..., i]
+        blocks = columns.unflatten(-1, (n // k, k))  # (k=j, ..., nb, i)
+        return value, blocks.movedim(0, -1)  # (..., nb, i, j)

@@ -1,0 +1,65 @@
+"""ParaGRU cell: a GRU with diagonal recurrence (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._init import check_clip, clipped, xavier_normal_vector_
+from .base import Cell
+
+
+class ParaGRUCell(Cell):
+    """``h' = z ⊙ ĥ + (1 − z) ⊙ h`` with
+
+    ``z = σ(a_z ⊙ h + u_z)``, ``r = σ(a_r ⊙ h + u_r)``, ``ĥ = tanh(a_h ⊙ (r ⊙ h) + u_h)``.
+
+    The input ``x_t`` of this cell is the *pre-activation* ``u = (u_z | u_r | u_h)`` of
+    size ``3 * hidden_size`` (gate-major: all ``z`` channels, then ``r``, then ``h``),
+    i.e. the input projection ``B x + b`` computed for all steps before the solve.
+    Parameter ``a`` has shape ``(3, hidden_size)`` = ``(a_z, a_r, a_h)``.
+    The Jacobian ``∂h'/∂h`` is diagonal.
+    """
+
+    jacobian = "diagonal"
+    num_gates = 3
+
+    def __init__(self, hidden_size: int, *, recurrent_clip: float | None = None,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.hidden_size = self.state_size = hidden_size
+        self.input_size = 3 * hidden_size
+        self.recurrent_clip = check_clip(recurrent_clip)
+        self.a = nn.Parameter(torch.empty(3, hidden_size, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        xavier_normal_vector_(self.a)
+
+    def recurrent_weights(self) -> torch.Tensor:
+        """``a`` after the optional clipping: what the recurrence actually uses."""
+        return clipped(self.a, self.recurrent_clip)
+
+    def _gates(self, x, h):
+        a_z, a_r, a_h = self.recurrent_weights().unbind(0)
+        u_z, u_r, u_h = x.chunk(3, dim=-1)
+        z = torch.sigmoid(a_z * h + u_z)
+        r = torch.sigmoid(a_r * h + u_r)
+        candidate = torch.tanh(a_h * (r * h) + u_h)
+        return (a_z, a_r, a_h), z, r, candidate
+
+    def step(self, x: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
+        _, z, _, candidate = self._gates(x, h_prev)
+        return h_prev + z * (candidate - h_prev)
+
+    def step_and_jacobian(self, x, h_prev):
+        (a_z, a_r, a_h), z, r, candidate = self._gates(x, h_prev)
+        h_next = h_prev + z * (candidate - h_prev)
+        dz = z * (1 - z) * a_z
+        dr = r * (1 - r) * a_r
+        dcandidate = (1 - candidate * candidate) * a_h * (dr * h_prev + r)
+        jac = dz * (candidate - h_prev) + z * dcandidate + (1 - z)
+        return h_next, jac
+
+    def extra_repr(self) -> str:
+        return f"hidden_size={self.hidden_size}, recurrent_clip={self.recurrent_clip}"

@@ -1,0 +1,100 @@
+"""ParaLSTM cell: a CIFG LSTM with peepholes and diagonal recurrence (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._init import check_clip, clipped, xavier_normal_vector_
+from .base import Cell
+
+
+class ParaLSTMCell(Cell):
+    """CIFG LSTM with peephole connections, all recurrences elementwise::
+
+        f  = σ(a_f ⊙ h + u_f + c_f ⊙ c)
+        c̃  = tanh(a_c ⊙ h + u_c)
+        c' = f ⊙ c + (1 − f) ⊙ c̃
+        o  = σ(a_o ⊙ h + u_o + c_o ⊙ c')
+        h' = o ⊙ tanh(c')
+
+    Input ``x_t`` is the pre-activation ``u = (u_f | u_c | u_o)`` of size
+    ``3 * hidden_size`` (gate-major). Parameters: ``a`` ``(3, hidden_size)`` =
+    ``(a_f, a_c, a_o)`` and ``peephole`` ``(2, hidden_size)`` = ``(c_f, c_o)``.
+
+    The state is a flat vector of size ``2 * hidden_size`` that interleaves cell and
+    hidden state per channel, ``(c_0, h_0, c_1, h_1, ...)``, so that ``∂(c', h')/∂(c, h)``
+    is block-diagonal with one 2x2 block per channel. Use :meth:`pack_state` /
+    :meth:`unpack_state` to convert from/to ``(h, c)``.
+    """
+
+    jacobian = "block"
+    block_size = 2
+    num_gates = 3
+
+    def __init__(self, hidden_size: int, *, recurrent_clip: float | None = None,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.state_size = 2 * hidden_size
+        self.input_size = 3 * hidden_size
+        self.recurrent_clip = check_clip(recurrent_clip)
+        self.a = nn.Parameter(torch.empty(3, hidden_size, device=device, dtype=dtype))
+        self.peephole = nn.Parameter(torch.empty(2, hidden_size, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        xavier_normal_vector_(self.a)
+        xavier_normal_vector_(self.peephole)
+
+    def recurrent_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, peephole)`` after the optional clipping."""
+        return clipped(self.a, self.recurrent_clip), clipped(self.peephole, self.recurrent_clip)
+
+    @staticmethod
+    def pack_state(h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``(h, c)`` each ``(..., H)`` -> interleaved state ``(..., 2H)``."""
+        return torch.stack((c, h), dim=-1).flatten(-2)
+
+    @staticmethod
+    def unpack_state(state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interleaved state ``(..., 2H)`` -> ``(h, c)`` each ``(..., H)``."""
+        pairs = state.unflatten(-1, (-1, 2))
+        return pairs[..., 1], pairs[..., 0]
+
+    def _forward(self, x, state):
+        (a_f, a_c, a_o), (p_f, p_o) = (w.unbind(0) for w in self.recurrent_weights())
+        u_f, u_c, u_o = x.chunk(3, dim=-1)
+        h, c = self.unpack_state(state)
+        f = torch.sigmoid(a_f * h + u_f + p_f * c)
+        candidate = torch.tanh(a_c * h + u_c)
+        c_next = candidate + f * (c - candidate)
+        o = torch.sigmoid(a_o * h + u_o + p_o * c_next)
+        tanh_c = torch.tanh(c_next)
+        h_next = o * tanh_c
+        return (a_f, a_c, a_o, p_f, p_o), (h, c, f, candidate, c_next, o, tanh_c, h_next)
+
+    def step(self, x: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
+        _, values = self._forward(x, h_prev)
+        return self.pack_state(values[-1], values[4])
+
+    def step_and_jacobian(self, x, h_prev):
+        (a_f, a_c, a_o, p_f, p_o), (h, c, f, candidate, c_next, o, tanh_c, h_next) = \
+            self._forward(x, h_prev)
+        df = f * (1 - f)
+        dcand_dh = (1 - candidate * candidate) * a_c
+        dc_dc = df * p_f * (c - candidate) + f
+        dc_dh = df * a_f * (c - candidate) + (1 - f) * dcand_dh
+        do = o * (1 - o)
+        # h' = o(c') tanh(c'):  dh'/dX = do/dX tanh(c') + o (1 - tanh²) dc'/dX
+        through_c = do * p_o * tanh_c + o * (1 - tanh_c * tanh_c)
+        dh_dc = through_c * dc_dc
+        dh_dh = through_c * dc_dh + do * a_o * tanh_c
+        # rows (c', h'), columns (c, h), matching the interleaved layout
+        jac = torch.stack(
+            (torch.stack((dc_dc, dc_dh), dim=-1), torch.stack((dh_dc, dh_dh), dim=-1)), dim=-2
+        )
+        return self.pack_state(h_next, c_next), jac
+
+    def extra_repr(self) -> str:
+        return f"hidden_size={self.hidden_size}, recurrent_clip={self.recurrent_clip}"

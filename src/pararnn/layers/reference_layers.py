@@ -1,0 +1,82 @@
+"""``ParaGRU`` and ``ParaLSTM``: multi-head input projection + reference cell + solver."""
+
+from __future__ import annotations
+
+import torch
+
+from ..cells import ParaGRUCell, ParaLSTMCell
+from ..solver import NewtonConfig
+from .projection import MultiHeadProjection
+from .rnn import SequenceModule
+
+
+class _ProjectedRNN(SequenceModule):
+    cell_class: type
+
+    def __init__(self, input_size: int, hidden_size: int, *, num_heads: int = 1, bias: bool = True,
+                 mode: str = "auto", newton: NewtonConfig | None = None, backend: str = "auto",
+                 recurrent_clip: float | None = None, batch_first: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__(mode=mode, newton=newton, backend=backend, batch_first=batch_first)
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.projection = MultiHeadProjection(
+            input_size, hidden_size, self.cell_class.num_gates, num_heads=num_heads, bias=bias,
+            device=device, dtype=dtype)
+        self.cell = self.cell_class(hidden_size, recurrent_clip=recurrent_clip, device=device,
+                                    dtype=dtype)
+
+    def _run(self, x, h0, resets, cu_seqlens):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() not in (2, 3) or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"x must have shape (batch, time, {self.input_size}) or (time, {self.input_size}), "
+                f"got {tuple(x.shape)}"
+            )
+        return self._solve(self.cell, self.projection(x), h0, resets, cu_seqlens)
+
+
+class ParaGRU(_ProjectedRNN):
+    """GRU with diagonal recurrence, solved in parallel over time (DESIGN.md section 2).
+
+    ``output, h_n = gru(x, h0=None, *, resets=None, cu_seqlens=None)``: ``x`` ``(B, T, input_size)``,
+    ``output`` ``(B, T, hidden_size)``, ``h0``/``h_n`` ``(B, hidden_size)`` (no leading
+    num_layers dim, unlike ``torch.nn.GRU``). Unbatched ``(T, input_size)`` works too.
+
+    Args:
+        num_heads: heads of the block-diagonal input projection.
+        recurrent_clip: clamp the recurrent vectors ``a`` to ``[-c, c]`` (the paper uses 0.5
+            for language models) so that Newton converges in a few iterations.
+        mode, newton, backend: see :func:`pararnn.solve`.
+    """
+
+    cell_class = ParaGRUCell
+
+    def forward(self, x, h0=None, *, resets=None, cu_seqlens=None):
+        return self._run(x, h0, resets, cu_seqlens)
+
+
+class ParaLSTM(_ProjectedRNN):
+    """CIFG LSTM with peepholes and diagonal recurrence, solved in parallel over time.
+
+    ``output, (h_n, c_n) = lstm(x, state=None, *, resets=None, cu_seqlens=None)`` with
+    ``state = (h0, c0)`` each ``(B, hidden_size)``; other conventions as :class:`ParaGRU`.
+    """
+
+    cell_class = ParaLSTMCell
+
+    def forward(self, x, state=None, *, resets=None, cu_seqlens=None):
+        packed = None
+        if state is not None:
+            if not (isinstance(state, (tuple, list)) and len(state) == 2):
+                raise TypeError("state must be a tuple (h0, c0) or None")
+            h0, c0 = state
+            if not (isinstance(h0, torch.Tensor) and isinstance(c0, torch.Tensor)):
+                raise TypeError("state must be a tuple of two tensors (h0, c0)")
+            if h0.shape != c0.shape:
+                raise ValueError(f"h0 and c0 must have the same shape, got {tuple(h0.shape)} and {tuple(c0.shape)}")
+            packed = ParaLSTMCell.pack_state(h0, c0)
+        states, final = self._run(x, packed, resets, cu_seqlens)
+        output, _ = ParaLSTMCell.unpack_state(states)
+        h_n, c_n = ParaLSTMCell.unpack_state(final)
+        return output, (h_n, c_n)

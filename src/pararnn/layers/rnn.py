@@ -1,0 +1,71 @@
+"""``RNN``: apply any :class:`pararnn.Cell` over sequences, torch.nn.GRU style."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..solver import NewtonConfig, SolveInfo, solve
+from ..solver.inputs import check_cell, check_options
+
+
+class SequenceModule(nn.Module):
+    """Shared options of every sequence layer: mode, Newton config, backend, batch_first."""
+
+    def __init__(self, *, mode: str, newton: NewtonConfig | None, backend: str, batch_first: bool):
+        super().__init__()
+        check_options(mode, newton, backend)
+        self.mode = mode
+        self.newton = newton
+        self.backend = backend
+        self.batch_first = batch_first
+        self.last_solve: SolveInfo | None = None
+
+    def __setattr__(self, name, value):
+        if name in ("mode", "newton", "backend"):
+            options = {"mode": getattr(self, "mode", "auto"), "newton": getattr(self, "newton", None),
+                       "backend": getattr(self, "backend", "auto"), name: value}
+            check_options(**options)
+        super().__setattr__(name, value)
+
+    def _solve(self, cell, x, h0, resets, cu_seqlens):
+        """Run the solver on batch-first or time-first, batched or unbatched input."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(0)
+            h0 = None if h0 is None else h0.unsqueeze(0)
+            resets = None if resets is None else resets.unsqueeze(0)
+        elif not self.batch_first and x.dim() == 3:
+            x = x.transpose(0, 1)
+            resets = None if resets is None else resets.transpose(0, 1)
+        states, h_n, info = solve(cell, x, h0, mode=self.mode, newton=self.newton, resets=resets,
+                                  cu_seqlens=cu_seqlens, backend=self.backend)
+        self.last_solve = info
+        if unbatched:
+            return states.squeeze(0), h_n.squeeze(0)
+        if not self.batch_first:
+            states = states.transpose(0, 1)
+        return states, h_n
+
+
+class RNN(SequenceModule):
+    """Apply ``cell`` along the time axis.
+
+    ``output, h_n = rnn(x, h0=None, *, resets=None, cu_seqlens=None)`` with ``x`` of shape
+    ``(B, T, input_size)`` (``(T, B, ...)`` if ``batch_first=False``; ``(T, input_size)``
+    unbatched), ``output`` all states ``(B, T, state_size)`` and ``h_n`` the last state
+    ``(B, state_size)``. See :func:`pararnn.solve` for the options; ``mode``, ``newton``
+    and ``backend`` are settable attributes, and ``last_solve`` records what the last
+    call did (:class:`pararnn.SolveInfo`).
+    """
+
+    def __init__(self, cell, *, mode: str = "auto", newton: NewtonConfig | None = None,
+                 backend: str = "auto", batch_first: bool = True) -> None:
+        super().__init__(mode=mode, newton=newton, backend=backend, batch_first=batch_first)
+        check_cell(cell)
+        self.cell = cell
+
+    def forward(self, x, h0=None, *, resets=None, cu_seqlens=None):
+        return self._solve(self.cell, x, h0, resets, cu_seqlens)

@@ -1,0 +1,177 @@
+"""Validation of solver inputs, and the bookkeeping of where sequences (re)start.
+
+Every check runs before any work, and errors name the argument, what it got and
+what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..cells.base import Cell
+from .config import NewtonConfig
+
+MODES = ("auto", "parallel", "sequential")
+BACKENDS = ("auto", "torch", "triton")
+_REDUCED = (torch.bfloat16, torch.float16)
+
+
+@dataclass
+class Sequences:
+    """Where each step takes its previous state from.
+
+    ``starts[b, t]`` is True where step t starts from an initial state (t = 0, a reset,
+    a document boundary) rather than from ``h[b, t-1]``. The initial state of each
+    sequence is ``h0[b]`` or, with ``cu_seqlens``, ``h0[segment_ids[t]]``.
+    """
+
+    starts: torch.Tensor  # (B, T) bool
+    segment_ids: Optional[torch.Tensor]  # (T,) long, only with cu_seqlens
+    ends: Optional[torch.Tensor]  # (S,) long, last step of each sequence (cu_seqlens)
+
+    def initial_states(self, h0: torch.Tensor, batch: int, steps: int) -> torch.Tensor:
+        """``(B, T, N)`` initial state for every step (a broadcast view without cu_seqlens)."""
+        if self.segment_ids is None:
+            return h0.unsqueeze(1).expand(batch, steps, h0.shape[-1])
+        return h0[self.segment_ids].unsqueeze(0)
+
+    def previous_states(self, states: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+        """``h_{t-1}`` as each step sees it: shifted states, initial states at starts."""
+        batch, steps, _ = states.shape
+        shifted = torch.cat((torch.zeros_like(states[:, :1]), states[:, :-1]), dim=1)
+        init = self.initial_states(h0, batch, steps)
+        return torch.where(self.starts.unsqueeze(-1), init, shifted)
+
+    def final_states(self, states: torch.Tensor) -> torch.Tensor:
+        """``h_n``: ``(B, N)``, or ``(S, N)`` (one per sequence) with cu_seqlens."""
+        if self.ends is None:
+            return states[:, -1]
+        return states[0, self.ends]
+
+
+def check_cell(cell) -> torch.dtype | None:
+    """Check the cell's definition; return its parameters' dtype (None if it has none)."""
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a pararnn.Cell, got {type(cell).__name__}")
+    cell.check_definition()
+    dtypes = {p.dtype for p in cell.parameters() if p.is_floating_point()}
+    if len(dtypes) > 1:
+        raise TypeError(f"cell parameters must share one dtype, got {sorted(map(str, dtypes))}")
+    dtype = dtypes.pop() if dtypes else None
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"cell parameters must be float32 or float64, got {dtype}; keep the cell in "
+            "float32 and pass bfloat16 inputs (the state math runs in float32)"
+        )
+    return dtype
+
+
+def compute_dtype(x: torch.Tensor, param_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype the state math runs in: float32 for reduced-precision inputs."""
+    if x.dtype not in (torch.float32, torch.float64, *_REDUCED):
+        raise TypeError(f"x must be float32, float64, bfloat16 or float16, got {x.dtype}")
+    wanted = torch.float32 if x.dtype in _REDUCED else x.dtype
+    if param_dtype is not None and param_dtype != wanted:
+        raise TypeError(
+            f"x has dtype {x.dtype} but the cell's parameters are {param_dtype}; "
+            f"expected x of dtype {param_dtype}"
+            + (" (or bfloat16/float16)" if param_dtype == torch.float32 else "")
+        )
+    return wanted
+
+
+def check_inputs(cell, x, h0, resets, cu_seqlens) -> tuple[torch.dtype, Sequences]:
+    """Validate everything a solve needs; return the compute dtype and the sequence layout."""
+    param_dtype = check_cell(cell)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(
+            f"x must have shape (batch, time, input_size), got {tuple(x.shape)} ({x.dim()} dims)"
+        )
+    batch, steps, features = x.shape
+    if features != cell.input_size:
+        raise ValueError(
+            f"x has {features} features in its last dim but the cell expects "
+            f"input_size={cell.input_size}"
+        )
+    if steps < 1 or batch < 1:
+        raise ValueError(f"x must have batch >= 1 and time >= 1, got shape {tuple(x.shape)}")
+    dtype = compute_dtype(x, param_dtype)
+    params = list(cell.parameters())
+    if params and params[0].device != x.device:
+        raise ValueError(f"x is on {x.device} but the cell's parameters are on {params[0].device}")
+
+    if resets is not None and cu_seqlens is not None:
+        raise ValueError("pass either resets or cu_seqlens, not both")
+    sequences = _sequences(x, resets, cu_seqlens)
+    n_init = batch if sequences.ends is None else sequences.ends.numel()
+
+    if h0 is not None:
+        if not isinstance(h0, torch.Tensor):
+            raise TypeError(f"h0 must be a torch.Tensor or None, got {type(h0).__name__}")
+        expected = (n_init, cell.state_size)
+        if tuple(h0.shape) != expected:
+            what = "number of sequences in cu_seqlens" if sequences.ends is not None else "batch"
+            raise ValueError(
+                f"h0 must have shape (N_init, state_size) = {expected} (N_init = {what}), "
+                f"got {tuple(h0.shape)}"
+            )
+        if h0.dtype not in (x.dtype, dtype):
+            raise TypeError(f"h0 has dtype {h0.dtype}, expected {dtype} (the dtype of x)")
+        if h0.device != x.device:
+            raise ValueError(f"h0 is on {h0.device} but x is on {x.device}")
+    return dtype, sequences
+
+
+def _sequences(x: torch.Tensor, resets, cu_seqlens) -> Sequences:
+    batch, steps, _ = x.shape
+    starts = torch.zeros(batch, steps, dtype=torch.bool, device=x.device)
+    starts[:, 0] = True
+    if resets is not None:
+        if not isinstance(resets, torch.Tensor) or resets.dtype != torch.bool:
+            raise TypeError(
+                f"resets must be a bool tensor, got "
+                f"{resets.dtype if isinstance(resets, torch.Tensor) else type(resets).__name__}"
+            )
+        if tuple(resets.shape) != (batch, steps):
+            raise ValueError(
+                f"resets must have shape (batch, time) = {(batch, steps)}, got {tuple(resets.shape)}"
+            )
+        if resets.device != x.device:
+            raise ValueError(f"resets is on {resets.device} but x is on {x.device}")
+        return Sequences(starts | resets, None, None)
+    if cu_seqlens is None:
+        return Sequences(starts, None, None)
+
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError("cu_seqlens must be an int32/int64 tensor of cumulative sequence lengths")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be 1-D with at least 2 entries, got shape {tuple(cu_seqlens.shape)}")
+    if batch != 1:
+        raise ValueError(f"with cu_seqlens, x must hold the packed sequences in batch 1, got batch {batch}")
+    bounds = cu_seqlens.tolist()
+    if bounds[0] != 0 or bounds[-1] != steps or any(b <= a for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(
+            f"cu_seqlens must rise strictly from 0 to the sequence length {steps}, got {bounds}"
+        )
+    bounds_t = torch.as_tensor(bounds, device=x.device, dtype=torch.long)
+    starts[0, bounds_t[:-1]] = True
+    lengths = bounds_t.diff()
+    segment_ids = torch.repeat_interleave(torch.arange(lengths.numel(), device=x.device), lengths)
+    return Sequences(starts, segment_ids, bounds_t[1:] - 1)
+
+
+def check_options(mode, newton, backend) -> NewtonConfig:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if newton is None:
+        return NewtonConfig()
+    if not isinstance(newton, NewtonConfig):
+        raise TypeError(f"newton must be a pararnn.NewtonConfig or None, got {type(newton).__name__}")
+    return newton
