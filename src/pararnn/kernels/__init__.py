@@ -1,0 +1,1 @@
+"""Triton kernels (GPU fast paths; run on CPU only under TRITON_INTERPRET=1)."""
