@@ -35,7 +35,15 @@ class Cell(nn.Module):
         """``h_t = f(h_{t-1}, x_t)`` for ``x``: ``(..., input_size)``, ``h_prev``: ``(..., state_size)``."""
         raise NotImplementedError(f"{type(self).__name__} must implement step(x, h_prev)")
 
-    def forward(self, x: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, h_prev: torch.Tensor, *, jacobian: bool = False):
+        """:meth:`step`, or :meth:`step_and_jacobian` when ``jacobian=True``.
+
+        The solver calls cells through ``forward`` under ``torch.func.functional_call``
+        so that parameters swapped in by the caller (``functional_call``, FSDP, ...) are
+        the ones differentiated.
+        """
+        if jacobian:
+            return self.step_and_jacobian(x, h_prev)
         return self.step(x, h_prev)
 
     @property

@@ -33,6 +33,12 @@ class _ProjectedRNN(SequenceModule):
                 f"x must have shape (batch, time, {self.input_size}) or (time, {self.input_size}), "
                 f"got {tuple(x.shape)}"
             )
+        weight_dtype = self.projection.weight.dtype
+        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x has dtype {x.dtype} but the layer's parameters are {weight_dtype}; pass x in "
+                f"{weight_dtype}, or run under torch.autocast for mixed precision"
+            )
         return self._solve(self.cell, self.projection(x), h0, resets, cu_seqlens)
 
 

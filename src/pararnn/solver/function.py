@@ -10,7 +10,7 @@ Only ``x``, ``h0`` and the states are saved; Jacobians are recomputed.
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
+from torch.func import functional_call
 
 from .newton import newton_solve
 
@@ -21,30 +21,37 @@ class ParallelSolve(torch.autograd.Function):
         states, info = newton_solve(cell, x, h0, sequences, config, linear_solver, backend)
         info_out.append(info)
         ctx.cell, ctx.sequences, ctx.linear_solver = cell, sequences, linear_solver
-        ctx.num_params = len(params)
+        # The tensors that were the cell's parameters during forward: backward may run
+        # after a functional_call swapped them back, so it calls the cell with these.
+        ctx.param_names = [name for name, _ in cell.named_parameters()]
         ctx.save_for_backward(x, h0, states, *params)
         return states
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_states):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "the parallel solve does not support double backward (create_graph=True); "
+                "use mode='sequential' for higher-order gradients"
+            )
         x, h0, states, *params = ctx.saved_tensors
         cell, sequences = ctx.cell, ctx.sequences
         structure = cell.structure
-        with torch.no_grad():
-            _, jac = cell.step_and_jacobian(x, sequences.previous_states(states, h0))
-            jac = structure.zero_where(jac, sequences.starts)
-            # Coefficient of λ_{t+1} in λ_t is J_{t+1}^T; the last slot is unused.
-            next_jac_t = structure.transpose(torch.cat((jac[:, 1:], jac[:, :1]), dim=1))
-            adjoint = ctx.linear_solver(next_jac_t, grad_states.contiguous(), structure, reverse=True)
+        weights = dict(zip(ctx.param_names, params))
+        prev = sequences.previous_states(states, h0)
+        _, jac = functional_call(cell, weights, (x, prev), {"jacobian": True})
+        jac = structure.zero_where(jac, sequences.starts)
+        # Coefficient of λ_{t+1} in λ_t is J_{t+1}^T; the last slot is unused.
+        next_jac_t = structure.transpose(torch.cat((jac[:, 1:], jac[:, :1]), dim=1))
+        adjoint = ctx.linear_solver(next_jac_t, grad_states.contiguous(), structure, reverse=True)
 
-        needs_x, needs_h0 = ctx.needs_input_grad[6], ctx.needs_input_grad[7]
-        needs_params = ctx.needs_input_grad[8:]
+        needs = ctx.needs_input_grad[6:]
+        leaves = [t.detach().requires_grad_(need) for t, need in zip((x, h0, *params), needs)]
+        x_in, h0_in, *params_in = leaves
         with torch.enable_grad():
-            x_in = x.detach().requires_grad_(needs_x)
-            h0_in = h0.detach().requires_grad_(needs_h0)
-            value = cell.step(x_in, sequences.previous_states(states.detach(), h0_in))
-            wrt = [t for t, need in zip((x_in, h0_in, *params), (needs_x, needs_h0, *needs_params)) if need]
-            grads = iter(torch.autograd.grad(value, wrt, adjoint, allow_unused=True)) if wrt else iter(())
-        outputs = [next(grads) if need else None for need in (needs_x, needs_h0, *needs_params)]
-        return (None, None, None, None, None, None, *outputs)
+            value = functional_call(cell, dict(zip(ctx.param_names, params_in)),
+                                    (x_in, sequences.previous_states(states, h0_in)))
+            wanted = [t for t, need in zip(leaves, needs) if need]
+            grads = iter(torch.autograd.grad(value, wanted, adjoint, allow_unused=True))
+        outputs = [next(grads) if need else None for need in needs]
+        return (None,) * 6 + tuple(outputs)

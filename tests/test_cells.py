@@ -1,0 +1,118 @@
+"""Automatic Jacobians, hand-derived Jacobians, and the cells' definitions."""
+
+import pytest
+import torch
+from torch import nn
+
+import pararnn
+from cells_zoo import all_cells, reference_cells
+
+
+def finite_difference_jacobian(cell, x, h):
+    """Dense ∂f/∂h of one step by torch.autograd.functional (independent of torch.func)."""
+    return torch.autograd.functional.jacobian(lambda hh: cell.step(x, hh), h)
+
+
+@pytest.mark.parametrize("name", sorted(all_cells()))
+def test_jacobian_matches_autograd(name):
+    """The structured Jacobian (automatic or analytic) equals autograd's dense one."""
+    cell = all_cells()[name]
+    x = torch.randn(cell.input_size, dtype=torch.float64)
+    h = torch.randn(cell.state_size, dtype=torch.float64) * 0.5
+    value, jac = cell.step_and_jacobian(x, h)
+    torch.testing.assert_close(value, cell.step(x, h))
+    torch.testing.assert_close(cell.structure.to_dense(jac), finite_difference_jacobian(cell, x, h))
+
+
+@pytest.mark.parametrize("name", sorted(reference_cells()))
+def test_analytic_jacobian_equals_automatic(name):
+    cell = reference_cells()[name]
+    x = torch.randn(4, 9, cell.input_size, dtype=torch.float64)
+    h = torch.randn(4, 9, cell.state_size, dtype=torch.float64)
+    analytic = cell.step_and_jacobian(x, h)
+    automatic = pararnn.Cell.step_and_jacobian(cell, x, h)
+    torch.testing.assert_close(analytic[0], automatic[0])
+    torch.testing.assert_close(analytic[1], automatic[1])
+
+
+def test_analytic_override_is_used_by_the_solver():
+    class Counting(pararnn.ParaGRUCell):
+        calls = 0
+
+        def step_and_jacobian(self, x, h_prev):
+            Counting.calls += 1
+            return super().step_and_jacobian(x, h_prev)
+
+    cell = Counting(4, dtype=torch.float64)
+    x = torch.randn(2, 11, 12, dtype=torch.float64, requires_grad=True)
+    out, _ = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(max_iters=3))(x)
+    assert Counting.calls == 3
+    out.sum().backward()
+    assert Counting.calls == 4  # one more for the adjoint's Jacobians
+
+
+def test_lstm_state_packing_roundtrip():
+    h, c = torch.randn(3, 5), torch.randn(3, 5)
+    state = pararnn.ParaLSTMCell.pack_state(h, c)
+    assert state.shape == (3, 10)
+    torch.testing.assert_close(state[:, 0::2], c)
+    h2, c2 = pararnn.ParaLSTMCell.unpack_state(state)
+    torch.testing.assert_close(h2, h)
+    torch.testing.assert_close(c2, c)
+
+
+def test_recurrent_clip_bounds_the_recurrence():
+    cell = pararnn.ParaGRUCell(8, recurrent_clip=0.5)
+    with torch.no_grad():
+        cell.a.mul_(100)
+    assert cell.recurrent_weights().abs().max() <= 0.5
+    assert cell.a.abs().max() > 0.5  # the parameter itself is untouched
+    with pytest.raises(ValueError, match="recurrent_clip"):
+        pararnn.ParaGRUCell(8, recurrent_clip=-1.0)
+
+
+def test_cell_definition_errors():
+    class NoStep(pararnn.Cell):
+        input_size, state_size = 2, 2
+
+    class NoSize(pararnn.Cell):
+        jacobian = "diagonal"
+
+        def step(self, x, h):
+            return h
+
+    class BadBlocks(pararnn.Cell):
+        input_size, state_size, jacobian, block_size = 2, 5, "block", 2
+
+        def step(self, x, h):
+            return h
+
+    class BadKind(pararnn.Cell):
+        input_size, state_size, jacobian = 2, 2, "triangular"
+
+        def step(self, x, h):
+            return h
+
+    x = torch.zeros(1, 3, 2)
+    with pytest.raises(NotImplementedError, match="must implement step"):
+        pararnn.RNN(NoStep(), mode="sequential")(x)
+    with pytest.raises(TypeError, match="input_size must be a positive int"):
+        pararnn.RNN(NoSize())
+    with pytest.raises(ValueError, match="not a multiple of block_size"):
+        pararnn.RNN(BadBlocks())
+    with pytest.raises(ValueError, match="jacobian must be one of"):
+        pararnn.RNN(BadKind())
+    with pytest.raises(TypeError, match="must be a pararnn.Cell"):
+        pararnn.RNN(nn.GRUCell(2, 2))
+
+
+def test_projection_is_block_diagonal():
+    proj = pararnn.MultiHeadProjection(8, 6, 3, num_heads=2, dtype=torch.float64)
+    x = torch.randn(5, 8, dtype=torch.float64)
+    x_other_head = x.clone()
+    x_other_head[:, 4:] += 1.0  # only head 1's inputs change
+    out, out2 = proj(x).view(5, 3, 2, 3), proj(x_other_head).view(5, 3, 2, 3)
+    torch.testing.assert_close(out[:, :, 0], out2[:, :, 0])  # head 0 channels unchanged
+    assert not torch.allclose(out[:, :, 1], out2[:, :, 1])
+    with pytest.raises(ValueError, match="num_heads=3 must divide"):
+        pararnn.MultiHeadProjection(8, 6, 3, num_heads=3)

@@ -1,0 +1,104 @@
+"""The parallel backward (adjoint scan + one batched VJP) against autograd through the loop."""
+
+import pytest
+import torch
+
+import pararnn
+from cells_zoo import all_cells
+from conftest import CONVERGED
+
+
+def gradients(cell, x, h0, mode, resets=None, cu_seqlens=None):
+    """d loss / d (x, h0, every parameter) with a loss touching all outputs and h_n."""
+    x = x.detach().requires_grad_()
+    h0 = h0.detach().requires_grad_()
+    rnn = pararnn.RNN(cell, mode=mode, newton=pararnn.NewtonConfig(**CONVERGED))
+    out, h_n = rnn(x, h0, resets=resets, cu_seqlens=cu_seqlens)
+    weights = torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)
+    loss = (out.sin() * weights).sum() + (h_n**2).sum()
+    return torch.autograd.grad(loss, [x, h0, *cell.parameters()])
+
+
+def assert_same_gradients(cell, x, h0, **kwargs):
+    ref = gradients(cell, x, h0, "sequential", **kwargs)
+    got = gradients(cell, x, h0, "parallel", **kwargs)
+    names = ["x", "h0", *(n for n, _ in cell.named_parameters())]
+    for name, a, b in zip(names, got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 257])
+@pytest.mark.parametrize("name", sorted(all_cells()))
+def test_gradients_match_sequential_autograd(name, steps):
+    cell = all_cells()[name]
+    x = torch.randn(3, steps, cell.input_size, dtype=torch.float64)
+    h0 = torch.randn(3, cell.state_size, dtype=torch.float64) * 0.5
+    assert_same_gradients(cell, x, h0)
+
+
+@pytest.mark.parametrize("name", ["paragru", "paralstm", "dense", "block3"])
+def test_gradients_with_resets_and_packed_sequences(name):
+    cell = all_cells()[name]
+    x = torch.randn(2, 31, cell.input_size, dtype=torch.float64)
+    h0 = torch.randn(2, cell.state_size, dtype=torch.float64) * 0.5
+    resets = torch.rand(2, 31) < 0.15
+    assert_same_gradients(cell, x, h0, resets=resets)
+    cu = torch.tensor([0, 4, 20, 31])
+    h0s = torch.randn(3, cell.state_size, dtype=torch.float64) * 0.5
+    assert_same_gradients(cell, x[:1], h0s, cu_seqlens=cu)
+
+
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_layer_gradients_match(layer_cls):
+    layer = layer_cls(6, 8, num_heads=2, dtype=torch.float64, newton=pararnn.NewtonConfig(**CONVERGED))
+    x = torch.randn(2, 100, 6, dtype=torch.float64)
+    grads = {}
+    for mode in ("sequential", "parallel"):
+        layer.mode = mode
+        layer.zero_grad()
+        out, _ = layer(x)
+        (out.cos().sum()).backward()
+        grads[mode] = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    for name in grads["sequential"]:
+        torch.testing.assert_close(grads["parallel"][name], grads["sequential"][name],
+                                   rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("name", sorted(all_cells()))
+def test_gradcheck(name):
+    cell = all_cells()[name]
+    x = torch.randn(2, 5, cell.input_size, dtype=torch.float64, requires_grad=True)
+    h0 = (torch.randn(2, cell.state_size, dtype=torch.float64) * 0.5).requires_grad_()
+    rnn = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(**CONVERGED))
+
+    assert torch.autograd.gradcheck(lambda x, h0: rnn(x, h0)[0], (x, h0))
+
+
+def test_parameter_gradients_gradcheck():
+    """gradcheck through the parameters too, via torch.func.functional_call."""
+    cell = pararnn.ParaGRUCell(3, dtype=torch.float64)
+    rnn = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(**CONVERGED))
+    x = torch.randn(2, 6, 9, dtype=torch.float64)
+    a = cell.a.detach().clone().requires_grad_()
+
+    def fn(a):
+        return torch.func.functional_call(rnn, {"cell.a": a}, (x,))[0]
+
+    assert torch.autograd.gradcheck(fn, (a,))
+
+
+def test_double_backward_raises():
+    cell = pararnn.ParaGRUCell(4, dtype=torch.float64)
+    x = torch.randn(1, 5, 12, dtype=torch.float64, requires_grad=True)
+    out, _ = pararnn.RNN(cell, mode="parallel")(x)
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
+def test_no_grad_inputs_are_not_differentiated():
+    cell = pararnn.ParaGRUCell(4, dtype=torch.float64)
+    cell.requires_grad_(False)
+    x = torch.randn(1, 5, 12, dtype=torch.float64, requires_grad=True)
+    out, _ = pararnn.RNN(cell, mode="parallel")(x)
+    out.sum().backward()
+    assert x.grad is not None and cell.a.grad is None

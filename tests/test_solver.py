@@ -1,0 +1,165 @@
+"""Parallel (Newton + scan) equals sequential, for every cell, size and sequence layout."""
+
+import pytest
+import torch
+
+import pararnn
+from cells_zoo import all_cells
+from conftest import CONVERGED
+
+STEPS = [1, 2, 7, 257, 1000]
+
+
+def run(cell, x, h0=None, mode="parallel", **kwargs):
+    rnn = pararnn.RNN(cell, mode=mode, newton=pararnn.NewtonConfig(**CONVERGED))
+    out, h_n = rnn(x, h0, **kwargs)
+    return out, h_n, rnn.last_solve
+
+
+@pytest.mark.parametrize("steps", STEPS)
+@pytest.mark.parametrize("name", sorted(all_cells()))
+def test_parallel_equals_sequential_float64(name, steps):
+    cell = all_cells()[name]
+    batch = 1 if steps == 1000 else 3
+    x = torch.randn(batch, steps, cell.input_size, dtype=torch.float64)
+    h0 = torch.randn(batch, cell.state_size, dtype=torch.float64) * 0.5
+    for initial in (None, h0):
+        ref, ref_n, _ = run(cell, x, initial, mode="sequential")
+        out, out_n, info = run(cell, x, initial)
+        assert info.mode == "parallel" and info.converged
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(out_n, ref_n, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(out_n, out[:, -1])
+
+
+@pytest.mark.parametrize("name", sorted(all_cells()))
+def test_parallel_equals_sequential_float32(name):
+    torch.manual_seed(1)
+    cell = all_cells(torch.float32)[name]
+    x = torch.randn(4, 257, cell.input_size)
+    ref, _, _ = run(cell, x, mode="sequential")
+    rnn = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(max_iters=30, tol=1e-5))
+    out, _ = rnn(x)
+    assert rnn.last_solve.converged
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("name", ["paragru", "paralstm", "diagonal", "block2"])
+def test_default_three_iterations_reach_float32_precision(name):
+    """The fast default (3 iterations, no checks) is accurate for well-behaved cells."""
+    cell = all_cells(torch.float32)[name]
+    x = torch.randn(2, 1000, cell.input_size) * 0.5
+    ref = pararnn.RNN(cell, mode="sequential")(x)[0]
+    rnn = pararnn.RNN(cell, mode="parallel")
+    out = rnn(x)[0]
+    assert rnn.last_solve.iterations == 3 and rnn.last_solve.residual is None
+    assert (out - ref).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(all_cells()))
+def test_resets_restart_from_h0(name):
+    cell = all_cells()[name]
+    x = torch.randn(2, 40, cell.input_size, dtype=torch.float64)
+    h0 = torch.randn(2, cell.state_size, dtype=torch.float64) * 0.5
+    resets = torch.zeros(2, 40, dtype=torch.bool)
+    resets[0, [5, 17, 39]] = True
+    resets[1, 1] = True
+    ref, ref_n, _ = run(cell, x, h0, mode="sequential", resets=resets)
+    out, out_n, _ = run(cell, x, h0, resets=resets)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out_n, ref_n, rtol=1e-10, atol=1e-10)
+    # Independent check: the segment after a reset equals a fresh run from h0.
+    fresh, _, _ = run(cell, x[:1, 17:39], h0[:1], mode="sequential")
+    torch.testing.assert_close(out[:1, 17:39], fresh, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+@pytest.mark.parametrize("name", ["paralstm", "dense"])
+def test_cu_seqlens_equals_separate_sequences(name, mode):
+    cell = all_cells()[name]
+    lengths = [5, 1, 12, 7]
+    seqs = [torch.randn(1, n, cell.input_size, dtype=torch.float64) for n in lengths]
+    h0 = torch.randn(len(lengths), cell.state_size, dtype=torch.float64) * 0.5
+    cu = torch.tensor([0, 5, 6, 18, 25], dtype=torch.int32)
+    out, h_n, _ = run(cell, torch.cat(seqs, dim=1), h0, mode=mode, cu_seqlens=cu)
+    assert h_n.shape == (4, cell.state_size)
+    for i, seq in enumerate(seqs):
+        ref, ref_n, _ = run(cell, seq, h0[i : i + 1], mode="sequential")
+        torch.testing.assert_close(out[:, cu[i] : cu[i + 1]], ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(h_n[i], ref_n[0], rtol=1e-10, atol=1e-10)
+
+
+def test_chunked_processing_continues_from_final_state():
+    layer = pararnn.ParaGRU(4, 8, dtype=torch.float64, newton=pararnn.NewtonConfig(**CONVERGED))
+    x = torch.randn(2, 90, 4, dtype=torch.float64)
+    whole, h_whole = layer(x)
+    first, h_mid = layer(x[:, :50])
+    second, h_end = layer(x[:, 50:], h_mid)
+    torch.testing.assert_close(torch.cat((first, second), 1), whole, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h_end, h_whole, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_reference_layers_parallel_equals_sequential(layer_cls):
+    layer = layer_cls(12, 16, num_heads=4, dtype=torch.float64, newton=pararnn.NewtonConfig(**CONVERGED))
+    x = torch.randn(3, 257, 12, dtype=torch.float64)
+    layer.mode = "sequential"
+    ref, ref_state = layer(x)
+    layer.mode = "parallel"
+    out, state = layer(x)
+    assert out.shape == (3, 257, 16)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for a, b in zip(state if isinstance(state, tuple) else (state,),
+                    ref_state if isinstance(ref_state, tuple) else (ref_state,)):
+        assert a.shape == (3, 16)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_lstm_state_in_and_out():
+    lstm = pararnn.ParaLSTM(3, 4, dtype=torch.float64, newton=pararnn.NewtonConfig(**CONVERGED))
+    x = torch.randn(2, 30, 3, dtype=torch.float64)
+    _, (h_mid, c_mid) = lstm(x[:, :10])
+    tail, (h_n, c_n) = lstm(x[:, 10:], (h_mid, c_mid))
+    whole, (h_ref, c_ref) = lstm(x)
+    torch.testing.assert_close(tail, whole[:, 10:], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(c_n, c_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_unbatched_and_time_first_layouts():
+    cell = all_cells()["diagonal"]
+    x = torch.randn(2, 9, cell.input_size, dtype=torch.float64)
+    batched, h_n = pararnn.RNN(cell)(x)
+    single, h_single = pararnn.RNN(cell)(x[1])
+    torch.testing.assert_close(single, batched[1])
+    torch.testing.assert_close(h_single, h_n[1])
+    time_first, h_tf = pararnn.RNN(cell, batch_first=False)(x.transpose(0, 1))
+    torch.testing.assert_close(time_first.transpose(0, 1), batched)
+    torch.testing.assert_close(h_tf, h_n)
+
+
+def test_bfloat16_inputs_run_state_math_in_float32():
+    cell = pararnn.ParaGRUCell(16)
+    x = torch.randn(2, 64, 48)
+    ref, _ = pararnn.RNN(cell)(x)
+    out, h_n = pararnn.RNN(cell)(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and h_n.dtype == torch.bfloat16
+    # Only the input and output roundings of bf16: the recurrence itself ran in fp32.
+    assert (out.float() - ref).abs().max() < 2e-2
+
+    layer = pararnn.ParaGRU(8, 16)
+    x = torch.randn(2, 64, 8)
+    ref, _ = layer(x)
+    with pytest.raises(TypeError, match="torch.autocast"):
+        layer(x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto_out, _ = layer(x)
+    assert auto_out.dtype == torch.bfloat16  # projection in bf16, recurrence in fp32
+    assert (auto_out.float() - ref).abs().max() < 3e-2
+
+
+def test_auto_mode_and_solve_info():
+    layer = pararnn.ParaGRU(4, 8)
+    layer(torch.randn(1, 1, 4))
+    assert layer.last_solve.mode == "sequential"  # a single step needs no Newton
+    layer(torch.randn(1, 5, 4))
+    assert layer.last_solve.mode == "parallel" and layer.last_solve.backend == "torch"

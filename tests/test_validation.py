@@ -1,0 +1,143 @@
+"""Bad input gets a clear error naming the argument, before any work starts."""
+
+import pytest
+import torch
+
+import pararnn
+
+
+@pytest.fixture
+def gru():
+    return pararnn.ParaGRU(4, 8)
+
+
+@pytest.fixture
+def rnn():
+    return pararnn.RNN(pararnn.ParaGRUCell(8))
+
+
+def test_wrong_rank(rnn, gru):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, time, input_size\)"):
+        rnn(torch.randn(2, 3, 4, 24))
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, time, 4\)"):
+        gru(torch.randn(5))
+
+
+def test_wrong_feature_size(rnn, gru):
+    with pytest.raises(ValueError, match="input_size=24"):
+        rnn(torch.randn(2, 3, 23))
+    with pytest.raises(ValueError, match=r"\(batch, time, 4\)"):
+        gru(torch.randn(2, 3, 5))
+
+
+def test_empty_sequence(rnn):
+    with pytest.raises(ValueError, match="time >= 1"):
+        rnn(torch.randn(2, 0, 24))
+
+
+def test_not_a_tensor(rnn):
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        rnn([[1.0]])
+
+
+def test_h0_shape_dtype(rnn):
+    x = torch.randn(2, 3, 24)
+    with pytest.raises(ValueError, match=r"h0 must have shape .* \(2, 8\)"):
+        rnn(x, torch.zeros(3, 8))
+    with pytest.raises(ValueError, match=r"h0 must have shape"):
+        rnn(x, torch.zeros(1, 2, 8))
+    with pytest.raises(TypeError, match="h0 has dtype torch.float64"):
+        rnn(x, torch.zeros(2, 8, dtype=torch.float64))
+    with pytest.raises(TypeError, match="h0 must be a torch.Tensor"):
+        rnn(x, 0.0)
+
+
+def test_dtype_mismatch_between_input_and_cell(rnn):
+    with pytest.raises(TypeError, match="cell's parameters are torch.float32"):
+        rnn(torch.randn(2, 3, 24, dtype=torch.float64))
+    with pytest.raises(TypeError, match="x must be float32, float64"):
+        rnn(torch.ones(2, 3, 24, dtype=torch.int64))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        pararnn.RNN(pararnn.ParaGRUCell(8, dtype=torch.bfloat16))(torch.randn(1, 2, 24).bfloat16())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for a device mismatch")
+def test_device_mismatch(rnn):
+    with pytest.raises(ValueError, match="cell's parameters are on cpu"):
+        rnn(torch.randn(2, 3, 24, device="cuda"))
+
+
+def test_device_mismatch_with_meta_tensors(rnn):
+    """Runs without CUDA: a tensor on the meta device is on another device."""
+    with pytest.raises(ValueError, match="x is on meta but the cell's parameters are on cpu"):
+        rnn(torch.randn(2, 3, 24, device="meta"))
+    with pytest.raises(ValueError, match="h0 is on meta but x is on cpu"):
+        rnn(torch.randn(2, 3, 24), torch.zeros(2, 8, device="meta"))
+
+
+def test_unknown_options():
+    cell = pararnn.ParaGRUCell(8)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        pararnn.RNN(cell, mode="fast")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        pararnn.RNN(cell, backend="cuda")
+    with pytest.raises(TypeError, match="newton must be a pararnn.NewtonConfig"):
+        pararnn.RNN(cell, newton={"max_iters": 3})
+    rnn = pararnn.RNN(cell)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        rnn.mode = "Parallel"
+    assert rnn.mode == "auto"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(max_iters=0), "max_iters must be an int >= 1"),
+    (dict(max_iters=2.5), "max_iters must be an int >= 1"),
+    (dict(tol=-1.0), "tol must be a positive number"),
+    (dict(on_failure="ignore"), "on_failure must be one of"),
+])
+def test_newton_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pararnn.NewtonConfig(**kwargs)
+
+
+def test_resets_validation(rnn):
+    x = torch.randn(2, 5, 24)
+    with pytest.raises(TypeError, match="resets must be a bool tensor"):
+        rnn(x, resets=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"resets must have shape \(batch, time\) = \(2, 5\)"):
+        rnn(x, resets=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="either resets or cu_seqlens"):
+        rnn(x[:1], resets=torch.zeros(1, 5, dtype=torch.bool), cu_seqlens=torch.tensor([0, 5]))
+
+
+@pytest.mark.parametrize("cu, match", [
+    (torch.tensor([0.0, 5.0]), "int32/int64"),
+    (torch.tensor([5]), "at least 2 entries"),
+    (torch.tensor([0, 3, 3, 5]), "rise strictly from 0 to the sequence length 5"),
+    (torch.tensor([0, 4]), "rise strictly"),
+    (torch.tensor([1, 5]), "rise strictly"),
+])
+def test_cu_seqlens_validation(rnn, cu, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        rnn(torch.randn(1, 5, 24), cu_seqlens=cu)
+
+
+def test_cu_seqlens_needs_batch_one(rnn):
+    with pytest.raises(ValueError, match="batch 1"):
+        rnn(torch.randn(2, 5, 24), cu_seqlens=torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="number of sequences in cu_seqlens"):
+        rnn(torch.randn(1, 5, 24), torch.zeros(1, 8), cu_seqlens=torch.tensor([0, 2, 5]))
+
+
+def test_lstm_state_validation():
+    lstm = pararnn.ParaLSTM(4, 8)
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(TypeError, match=r"tuple \(h0, c0\)"):
+        lstm(x, torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="same shape"):
+        lstm(x, (torch.zeros(2, 8), torch.zeros(1, 8)))
+
+
+def test_layer_size_validation():
+    with pytest.raises(ValueError, match="hidden_size must be a positive int"):
+        pararnn.ParaGRU(4, 0)
