@@ -1,1 +1,20 @@
-"""Triton kernels (GPU fast paths; run on CPU only under TRITON_INTERPRET=1)."""
+"""Triton kernels: fast paths behind the solver (DESIGN.md section 3, ``kernels`` layer).
+
+- :mod:`.paragru`, :mod:`.paralstm`: fused whole-solve kernels for the reference cells
+  (segmented sequential walk + boundary Newton forward, fused adjoint backward).
+
+Nothing heavy is imported here: ``import pararnn.kernels`` works without Triton; import
+the submodules only after :func:`triton_available` says so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+
+def triton_available() -> bool:
+    """True if the ``triton`` package can be imported (the kernels need it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+__all__ = ["triton_available"]

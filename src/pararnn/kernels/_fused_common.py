@@ -1,0 +1,263 @@
+"""Shared pieces of the fused ParaGRU / ParaLSTM kernels.
+
+Scheme (both cells, forward and backward): the recurrence is elementwise per channel,
+so every (batch row, channel) is an independent scalar (GRU) or 2-vector (LSTM)
+recurrence over time. The time axis is cut into ``P`` segments of ``L`` steps; one
+program owns (channel block, batch row, segment) and walks its segment *sequentially*
+in registers (about 50 flops per step, no scan overhead), reading each pre-activation
+once and writing each state once. Segments run in parallel:
+
+1. **Walk.** Segment ``c`` first walks, without writing, the last ``W`` steps of segment
+   ``c-1`` from a zero state (the *warm-up*; the cells forget, so this lands on the true
+   boundary state to fp32 precision whenever the Jacobian product over those ``W``
+   steps is small), then walks its own steps from that estimate, writing states. It
+   records the start it assumed ``S_c``, its end state ``E_c`` and the product of its
+   step Jacobians ``A_c = dE_c/dS_c``.
+2. **Boundary Newton.** One tiny kernel solves the boundary system
+   ``x_{c+1} = E_c + A_c (x_c - S_c)`` (Newton's linearisation of ``x_{c+1} = Φ_c(x_c)``)
+   with an affine scan over segments: ``x_c`` are the corrected starts.
+3. **Correction.** Every program whose start moved (``|x_c - S_c| > tol (1 + |x_c|)``
+   anywhere in its block) walks its segment again from ``x_c``; the others exit at once.
+
+Steps 2-3 repeat at most ``rounds`` times. Segment 0 starts from the exact ``h0``, and
+round ``k`` makes segment ``k`` exact, so the result is the solution of the recurrence
+once the rounds suffice (for the forward, Newton's quadratic convergence on the
+boundary states; for the backward, the adjoint recurrence is linear, so one round is
+exact). With ``P = 1`` this is the plain fused sequential kernel.
+
+Resets (``J = 0`` at a reset) enter the product ``A_c`` as zeros, so segments with a reset
+are independent of their start; the warm-up handles them the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+if not torch.cuda.is_available():  # the interpreter must be chosen before triton loads
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+# |x_c - S_c| <= TOL * (1 + |x_c|): the start did not move (a few fp32 ulps).
+BOUNDARY_TOL = 1e-6
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def supports_tensor(pre: torch.Tensor) -> bool:
+    """fp32/bf16 input on a CUDA device, or on the CPU under the Triton interpreter."""
+    if pre.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if pre.is_cuda:
+        return True
+    return pre.device.type == "cpu" and interpreting()
+
+
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def tanh(x):
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x >= 0, t, -t)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Launch plan: ``segments`` of ``seg_len`` steps, ``warmup`` steps, channel block."""
+
+    segments: int
+    seg_len: int
+    warmup: int
+    block_n: int
+    num_warps: int
+
+
+# Tuned on an H100 (benchmarks/gpu_fused.py): enough independent (row, channel, segment)
+# chains to keep ~2k lanes per SM busy, segments no shorter than MIN_SEG_LEN steps,
+# and a warm-up of WARMUP steps.
+CHAINS_PER_SM = 2048
+MIN_SEG_LEN = 128
+WARMUP = 64
+
+
+def make_plan(batch: int, steps: int, channels: int, device: torch.device, *,
+              seg_len: int | None, warmup: int | None, block_n: int | None,
+              num_warps: int | None, sequential: bool = False) -> Plan:
+    if block_n is None:
+        block_n = 16 if device.type == "cpu" else 128
+    if num_warps is None:
+        num_warps = 1 if device.type == "cpu" else max(1, block_n // 128)
+    if block_n < 1 or block_n & (block_n - 1):
+        raise ValueError(f"block_n must be a power of two, got {block_n}")
+    if sequential:
+        seg_len = steps
+    elif seg_len is None:
+        if device.type == "cuda":
+            sms = torch.cuda.get_device_properties(device).multi_processor_count
+        else:
+            sms = 1
+        want = max(1, math.ceil(sms * CHAINS_PER_SM / max(1, batch * channels)))
+        seg_len = max(MIN_SEG_LEN, math.ceil(steps / want))
+    if seg_len < 1:
+        raise ValueError(f"seg_len must be >= 1, got {seg_len}")
+    seg_len = min(seg_len, steps)
+    segments = math.ceil(steps / seg_len)
+    if warmup is None:
+        warmup = WARMUP
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    return Plan(segments, seg_len, warmup, block_n, num_warps)
+
+
+# ----------------------------------------------------------------------------------------
+# Boundary Newton: x_{next} = E_c + A_c (x_c - S_c) over the segments, by an affine scan.
+# Row i of the tile is the i-th map in solve order (segment i, or P-1-i when REVERSE).
+
+
+@triton.jit
+def _affine_combine(a1, b1, a2, b2):
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _boundary_diag_kernel(E, A, S, X, P, N,
+                          REVERSE: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs = pid_n * BN + tl.arange(0, BN)
+    mn = offs < N
+    i = tl.arange(0, BP)
+    if REVERSE:
+        seg = P - 1 - i
+        nxt = seg - 1
+        first = P - 1
+    else:
+        seg = i
+        nxt = seg + 1
+        first = 0
+    valid = (i < P - 1)[:, None] & mn[None, :]
+    base = b * P * N
+    ptr = base + seg[:, None] * N + offs[None, :]
+    m = tl.load(A + ptr, mask=valid, other=1.0)
+    e = tl.load(E + ptr, mask=valid, other=0.0)
+    s = tl.load(S + ptr, mask=valid, other=0.0)
+    m, v = tl.associative_scan((m, e - m * s), 0, _affine_combine)
+    x0 = tl.load(S + base + first * N + offs, mask=mn, other=0.0)
+    tl.store(X + base + first * N + offs, x0, mask=mn)
+    tl.store(X + base + nxt[:, None] * N + offs[None, :], m * x0[None, :] + v, mask=valid)
+
+
+@triton.jit
+def _affine2_combine(l00, l01, l10, l11, l0, l1, r00, r01, r10, r11, r0, r1):
+    # right ∘ left for maps x -> M x + v on 2-vectors
+    return (r00 * l00 + r01 * l10, r00 * l01 + r01 * l11,
+            r10 * l00 + r11 * l10, r10 * l01 + r11 * l11,
+            r00 * l0 + r01 * l1 + r0, r10 * l0 + r11 * l1 + r1)
+
+
+@triton.jit
+def _boundary_2x2_kernel(E, A, S, X, P, N,
+                         REVERSE: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+    # E, S, X: (B, P, N, 2); A: (B, P, N, 4) row-major 2x2 blocks
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs = pid_n * BN + tl.arange(0, BN)
+    mn = offs < N
+    i = tl.arange(0, BP)
+    if REVERSE:
+        seg = P - 1 - i
+        nxt = seg - 1
+        first = P - 1
+    else:
+        seg = i
+        nxt = seg + 1
+        first = 0
+    valid = (i < P - 1)[:, None] & mn[None, :]
+    cell = b * P * N + seg[:, None] * N + offs[None, :]
+    m00 = tl.load(A + 4 * cell, mask=valid, other=1.0)
+    m01 = tl.load(A + 4 * cell + 1, mask=valid, other=0.0)
+    m10 = tl.load(A + 4 * cell + 2, mask=valid, other=0.0)
+    m11 = tl.load(A + 4 * cell + 3, mask=valid, other=1.0)
+    e0 = tl.load(E + 2 * cell, mask=valid, other=0.0)
+    e1 = tl.load(E + 2 * cell + 1, mask=valid, other=0.0)
+    s0 = tl.load(S + 2 * cell, mask=valid, other=0.0)
+    s1 = tl.load(S + 2 * cell + 1, mask=valid, other=0.0)
+    v0 = e0 - m00 * s0 - m01 * s1
+    v1 = e1 - m10 * s0 - m11 * s1
+    m00, m01, m10, m11, v0, v1 = tl.associative_scan(
+        (m00, m01, m10, m11, v0, v1), 0, _affine2_combine)
+    c0 = b * P * N + first * N + offs
+    x0 = tl.load(S + 2 * c0, mask=mn, other=0.0)
+    x1 = tl.load(S + 2 * c0 + 1, mask=mn, other=0.0)
+    tl.store(X + 2 * c0, x0, mask=mn)
+    tl.store(X + 2 * c0 + 1, x1, mask=mn)
+    out = b * P * N + nxt[:, None] * N + offs[None, :]
+    tl.store(X + 2 * out, m00 * x0[None, :] + m01 * x1[None, :] + v0, mask=valid)
+    tl.store(X + 2 * out + 1, m10 * x0[None, :] + m11 * x1[None, :] + v1, mask=valid)
+
+
+def solve_boundaries(E, A, S, X, *, block: int, reverse: bool) -> None:
+    """Corrected segment starts ``X`` (same layout as ``S``) from one walk's E, A, S."""
+    batch, segments, channels = S.shape[:3]
+    bp = triton.next_power_of_2(segments)
+    bn = max(1, min(triton.next_power_of_2(channels), 4096 // bp if block == 1 else 2048 // bp))
+    grid = (triton.cdiv(channels, bn), batch)
+    kernel = _boundary_diag_kernel if block == 1 else _boundary_2x2_kernel
+    kernel[grid](E, A, S, X, segments, channels, REVERSE=reverse, BP=bp, BN=bn)
+
+
+def run_segmented(launch, plan: Plan, rounds: int, E, A, S, X, *, block: int, reverse: bool):
+    """The walk, then ``rounds`` x (boundary Newton, correction walk); see module doc."""
+    launch(False)
+    if plan.segments == 1:
+        return
+    for _ in range(rounds):
+        solve_boundaries(E, A, S, X, block=block, reverse=reverse)
+        launch(True)
+
+
+def check_common(name: str, pre: torch.Tensor, a: torch.Tensor, h0, resets, state_width: int):
+    """Validate shapes/dtypes before any work; returns (B, T, N)."""
+    if pre.dim() != 3 or pre.shape[-1] % 3:
+        raise ValueError(f"{name}: pre must be (B, T, 3N), got shape {tuple(pre.shape)}")
+    if pre.dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"{name}: pre must be float32 or bfloat16, got {pre.dtype} "
+                        "(float64 goes to the PyTorch path)")
+    batch, steps, n3 = pre.shape
+    n = n3 // 3
+    if steps < 1 or n < 1 or batch < 1:
+        raise ValueError(f"{name}: empty input, shape {tuple(pre.shape)}")
+    if tuple(a.shape) != (3, n):
+        raise ValueError(f"{name}: a must be (3, {n}), got {tuple(a.shape)}")
+    if h0 is not None and tuple(h0.shape) != (batch, state_width * n):
+        raise ValueError(f"{name}: h0 must be ({batch}, {state_width * n}), got {tuple(h0.shape)}")
+    if resets is not None:
+        if tuple(resets.shape) != (batch, steps) or resets.dtype != torch.bool:
+            raise ValueError(f"{name}: resets must be bool ({batch}, {steps}), "
+                             f"got {resets.dtype} {tuple(resets.shape)}")
+    if batch > 65535:
+        raise ValueError(f"{name}: batch {batch} exceeds the launch grid limit 65535")
+    return batch, steps, n
+
+
+def as_f32(t: torch.Tensor | None, device) -> torch.Tensor | None:
+    if t is None:
+        return None
+    return t.detach().to(device=device, dtype=torch.float32).contiguous()
+
+
+def as_u8(resets: torch.Tensor | None) -> torch.Tensor | None:
+    if resets is None:
+        return None
+    return resets.contiguous().view(torch.uint8)

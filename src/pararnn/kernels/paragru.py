@@ -1,0 +1,295 @@
+"""Fused Triton kernels for the ParaGRU cell (:class:`pararnn.cells.ParaGRUCell`).
+
+``newton_forward`` is the chunked hybrid of :mod:`._fused_common`: a sequential walk in
+registers inside each time segment, Newton on the segment boundary states across them.
+It returns the *solution of the recurrence* (not "Newton after a fixed number of
+iterations"); ``num_iters`` bounds the boundary-Newton rounds. ``sequential_forward`` is
+the same kernel with one segment. ``backward`` solves the adjoint recurrence the same
+way (exact after one round: it is linear) fused with the gate-level gradients.
+
+Layouts: ``pre`` (B, T, 3N) gate-major ``[u_z | u_r | u_h]``; ``a`` (3, N); states (B, T, N).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._fused_common import (BOUNDARY_TOL, as_f32, as_u8, check_common, make_plan,
+                            run_segmented, sigmoid, supports_tensor, tanh, tl, triton)
+
+__all__ = ["supports", "newton_forward", "sequential_forward", "backward"]
+
+
+def supports(pre: torch.Tensor) -> bool:
+    """True if the fused kernels can run on ``pre`` (fp32/bf16, CUDA or interpreter)."""
+    return supports_tensor(pre)
+
+
+@triton.jit
+def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
+                    HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
+                    CORRECT: tl.constexpr, BN: tl.constexpr):
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(2)
+    offs = pid_n * BN + tl.arange(0, BN)
+    mn = offs < N
+    a_z = tl.load(AW + offs, mask=mn, other=0.0)
+    a_r = tl.load(AW + N + offs, mask=mn, other=0.0)
+    a_h = tl.load(AW + 2 * N + offs, mask=mn, other=0.0)
+    if HAS_H0:
+        h0 = tl.load(H0 + b * N + offs, mask=mn, other=0.0)
+    else:
+        h0 = tl.zeros([BN], dtype=tl.float32)
+    seg_start = c * L
+    seg_end = tl.minimum(seg_start + L, T)
+    bnd = (b * tl.num_programs(2) + c) * N + offs
+    if CORRECT:
+        x = tl.load(X + bnd, mask=mn, other=0.0)
+        s_old = tl.load(S + bnd, mask=mn, other=0.0)
+        moved = tl.max(tl.where(mn, tl.abs(x - s_old) - tol * (1.0 + tl.abs(x)), -1.0), 0)
+        run = moved > 0
+        t_begin = seg_start
+        h = x
+    else:
+        run = True
+        t_begin = tl.maximum(seg_start - W, 0)
+        h = tl.where(t_begin == 0, h0, 0.0)
+    if run:
+        s = h
+        acc = tl.full([BN], 1.0, tl.float32)
+        row = b * T + t_begin
+        ok = mn & (t_begin < seg_end)
+        uz = tl.load(PRE + row * 3 * N + offs, mask=ok, other=0.0).to(tl.float32)
+        ur = tl.load(PRE + row * 3 * N + N + offs, mask=ok, other=0.0).to(tl.float32)
+        uh = tl.load(PRE + row * 3 * N + 2 * N + offs, mask=ok, other=0.0).to(tl.float32)
+        for t in range(t_begin, seg_end):
+            row = b * T + t
+            nxt = mn & (t + 1 < seg_end)
+            uz_n = tl.load(PRE + (row + 1) * 3 * N + offs, mask=nxt, other=0.0).to(tl.float32)
+            ur_n = tl.load(PRE + (row + 1) * 3 * N + N + offs, mask=nxt, other=0.0).to(tl.float32)
+            uh_n = tl.load(PRE + (row + 1) * 3 * N + 2 * N + offs, mask=nxt,
+                           other=0.0).to(tl.float32)
+            if SEGMENTED:
+                s = tl.where(t == seg_start, h, s)
+            if HAS_RST:
+                restart = tl.load(RST + row) != 0
+                hp = tl.where(restart, h0, h)
+            else:
+                hp = h
+            z = sigmoid(a_z * hp + uz)
+            r = sigmoid(a_r * hp + ur)
+            cand = tanh(a_h * (r * hp) + uh)
+            h = hp + z * (cand - hp)
+            keep = t >= seg_start
+            if SEGMENTED:
+                dz = z * (1.0 - z) * a_z
+                dr = r * (1.0 - r) * a_r
+                dc = (1.0 - cand * cand) * a_h * (dr * hp + r)
+                jac = dz * (cand - hp) + z * dc + (1.0 - z)
+                if HAS_RST:
+                    jac = tl.where(restart, 0.0, jac)
+                acc = tl.where(keep, acc * jac, acc)
+            tl.store(HOUT + row * N + offs, h, mask=mn & keep)
+            uz = uz_n
+            ur = ur_n
+            uh = uh_n
+        if SEGMENTED:
+            tl.store(E + bnd, h, mask=mn)
+            tl.store(A + bnd, acc, mask=mn)
+            tl.store(S + bnd, s, mask=mn)
+
+
+@triton.jit
+def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, L, W, tol,
+                    HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
+                    CORRECT: tl.constexpr, BN: tl.constexpr):
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(2)
+    offs = pid_n * BN + tl.arange(0, BN)
+    mn = offs < N
+    a_z = tl.load(AW + offs, mask=mn, other=0.0)
+    a_r = tl.load(AW + N + offs, mask=mn, other=0.0)
+    a_h = tl.load(AW + 2 * N + offs, mask=mn, other=0.0)
+    if HAS_H0:
+        h0 = tl.load(H0 + b * N + offs, mask=mn, other=0.0)
+    else:
+        h0 = tl.zeros([BN], dtype=tl.float32)
+    seg_start = c * L
+    seg_end = tl.minimum(seg_start + L, T)
+    part = b * tl.num_programs(2) + c
+    bnd = part * N + offs
+    if CORRECT:
+        x = tl.load(X + bnd, mask=mn, other=0.0)
+        s_old = tl.load(S + bnd, mask=mn, other=0.0)
+        moved = tl.max(tl.where(mn, tl.abs(x - s_old) - tol * (1.0 + tl.abs(x)), -1.0), 0)
+        run = moved > 0
+        t_top = seg_end
+        mu = x
+    else:
+        run = True
+        t_top = tl.minimum(seg_end + W, T)
+        mu = tl.zeros([BN], dtype=tl.float32)
+    if run:
+        s = mu
+        acc = tl.full([BN], 1.0, tl.float32)
+        ga_z = tl.zeros([BN], dtype=tl.float32)
+        ga_r = tl.zeros([BN], dtype=tl.float32)
+        ga_h = tl.zeros([BN], dtype=tl.float32)
+        gh0 = tl.zeros([BN], dtype=tl.float32)
+        # values of step t (its input, the state before it, dL/dh_t), prefetched a step ahead
+        t = t_top - 1
+        row = b * T + t
+        uz = tl.load(PRE + row * 3 * N + offs, mask=mn, other=0.0).to(tl.float32)
+        ur = tl.load(PRE + row * 3 * N + N + offs, mask=mn, other=0.0).to(tl.float32)
+        uh = tl.load(PRE + row * 3 * N + 2 * N + offs, mask=mn, other=0.0).to(tl.float32)
+        g = tl.load(GH + row * N + offs, mask=mn, other=0.0)
+        hp = tl.load(HS + (row - 1) * N + offs, mask=mn & (t > 0), other=0.0)
+        for i in range(0, t_top - seg_start):
+            t = t_top - 1 - i
+            row = b * T + t
+            nxt = mn & (t - 1 >= seg_start)
+            uz_n = tl.load(PRE + (row - 1) * 3 * N + offs, mask=nxt, other=0.0).to(tl.float32)
+            ur_n = tl.load(PRE + (row - 1) * 3 * N + N + offs, mask=nxt, other=0.0).to(tl.float32)
+            uh_n = tl.load(PRE + (row - 1) * 3 * N + 2 * N + offs, mask=nxt,
+                           other=0.0).to(tl.float32)
+            g_n = tl.load(GH + (row - 1) * N + offs, mask=nxt, other=0.0)
+            hp_n = tl.load(HS + (row - 2) * N + offs, mask=nxt & (t - 1 > 0), other=0.0)
+            if SEGMENTED:
+                s = tl.where(t == seg_end - 1, mu, s)
+            if HAS_RST:
+                restart = (tl.load(RST + row) != 0) | (t == 0)
+            else:
+                restart = t == 0
+            hp = tl.where(restart, h0, hp)
+            z = sigmoid(a_z * hp + uz)
+            r = sigmoid(a_r * hp + ur)
+            cand = tanh(a_h * (r * hp) + uh)
+            lam = g + mu
+            g_z = lam * (cand - hp) * z * (1.0 - z)
+            g_h = lam * z * (1.0 - cand * cand)
+            g_r = g_h * a_h * hp * r * (1.0 - r)
+            nu = lam * (1.0 - z) + g_z * a_z + g_r * a_r + g_h * a_h * r
+            keep = t < seg_end
+            km = mn & keep
+            tl.store(GPRE + row * 3 * N + offs, g_z, mask=km)
+            tl.store(GPRE + row * 3 * N + N + offs, g_r, mask=km)
+            tl.store(GPRE + row * 3 * N + 2 * N + offs, g_h, mask=km)
+            ga_z += tl.where(keep, g_z * hp, 0.0)
+            ga_r += tl.where(keep, g_r * hp, 0.0)
+            ga_h += tl.where(keep, g_h * r * hp, 0.0)
+            gh0 += tl.where(keep & restart, nu, 0.0)
+            if SEGMENTED:
+                dz = z * (1.0 - z) * a_z
+                dr = r * (1.0 - r) * a_r
+                dc = (1.0 - cand * cand) * a_h * (dr * hp + r)
+                jac = dz * (cand - hp) + z * dc + (1.0 - z)
+                acc = tl.where(keep, tl.where(restart, 0.0, acc * jac), acc)
+            mu = tl.where(restart, 0.0, nu)
+            uz = uz_n
+            ur = ur_n
+            uh = uh_n
+            g = g_n
+            hp = hp_n
+        tl.store(GA + part * 3 * N + offs, ga_z, mask=mn)
+        tl.store(GA + part * 3 * N + N + offs, ga_r, mask=mn)
+        tl.store(GA + part * 3 * N + 2 * N + offs, ga_h, mask=mn)
+        tl.store(GH0 + bnd, gh0, mask=mn)
+        if SEGMENTED:
+            tl.store(E + bnd, mu, mask=mn)
+            tl.store(A + bnd, acc, mask=mn)
+            tl.store(S + bnd, s, mask=mn)
+
+
+def _forward(pre, a, h0, resets, rounds, *, seg_len, warmup, block_n, num_warps, sequential):
+    batch, steps, n = check_common("paragru", pre, a, h0, resets, 1)
+    dev = pre.device
+    pre = pre.contiguous()
+    a = as_f32(a, dev)
+    h0 = as_f32(h0, dev)
+    rst = as_u8(resets)
+    plan = make_plan(batch, steps, n, dev, seg_len=seg_len, warmup=warmup, block_n=block_n,
+                     num_warps=num_warps, sequential=sequential)
+    out = torch.empty(batch, steps, n, device=dev, dtype=torch.float32)
+    segmented = plan.segments > 1
+    if segmented:
+        E, A, S, X = (torch.empty(batch, plan.segments, n, device=dev, dtype=torch.float32)
+                      for _ in range(4))
+    else:
+        E = A = S = X = out
+    grid = (triton.cdiv(n, plan.block_n), batch, plan.segments)
+
+    def launch(correct: bool) -> None:
+        _gru_fwd_kernel[grid](
+            pre, a, h0 if h0 is not None else a, rst if rst is not None else pre, out,
+            E, A, S, X, steps, n, plan.seg_len, plan.warmup, BOUNDARY_TOL,
+            HAS_H0=h0 is not None, HAS_RST=rst is not None, SEGMENTED=segmented,
+            CORRECT=correct, BN=plan.block_n, num_warps=plan.num_warps)
+
+    run_segmented(launch, plan, rounds, E, A, S, X, block=1, reverse=False)
+    return out
+
+
+def newton_forward(pre, a, h0=None, resets=None, num_iters: int = 3, *, seg_len=None,
+                   warmup=None, block_n=None, num_warps=None) -> torch.Tensor:
+    """All states ``H`` (B, T, N) fp32: the solution of the ParaGRU recurrence.
+
+    Segmented hybrid (see :mod:`._fused_common`); ``num_iters`` (>= 1) bounds the
+    boundary-Newton rounds. ``seg_len``/``warmup``/``block_n``/``num_warps`` override
+    the tuned launch plan.
+    """
+    if num_iters < 1:
+        raise ValueError(f"num_iters must be >= 1, got {num_iters}")
+    return _forward(pre, a, h0, resets, num_iters, seg_len=seg_len, warmup=warmup,
+                    block_n=block_n, num_warps=num_warps, sequential=False)
+
+
+def sequential_forward(pre, a, h0=None, resets=None, *, block_n=None,
+                       num_warps=None) -> torch.Tensor:
+    """All states ``H`` (B, T, N) fp32 by one fused loop over t per (row, channel block)."""
+    return _forward(pre, a, h0, resets, 0, seg_len=None, warmup=0, block_n=block_n,
+                    num_warps=num_warps, sequential=True)
+
+
+def backward(pre, a, h0, resets, H, grad_H, *, seg_len=None, warmup=None, block_n=None,
+             num_warps=None):
+    """Gradients of ``sum(grad_H * H)`` through the recurrence.
+
+    Returns ``(grad_pre (B,T,3N), grad_a (3,N), grad_h0 (B,N))``, all fp32. ``H`` must be
+    the forward solution. ``grad_h0`` is returned also when ``h0`` is None (zero state).
+    """
+    batch, steps, n = check_common("paragru.backward", pre, a, h0, resets, 1)
+    if tuple(H.shape) != (batch, steps, n) or tuple(grad_H.shape) != (batch, steps, n):
+        raise ValueError(f"paragru.backward: H and grad_H must be ({batch}, {steps}, {n}), "
+                         f"got {tuple(H.shape)} and {tuple(grad_H.shape)}")
+    dev = pre.device
+    pre = pre.contiguous()
+    a = as_f32(a, dev)
+    h0 = as_f32(h0, dev)
+    H = as_f32(H, dev)
+    grad_H = as_f32(grad_H, dev)
+    rst = as_u8(resets)
+    plan = make_plan(batch, steps, n, dev, seg_len=seg_len, warmup=warmup, block_n=block_n,
+                     num_warps=num_warps)
+    P = plan.segments
+    grad_pre = torch.empty(batch, steps, 3 * n, device=dev, dtype=torch.float32)
+    grad_a_part = torch.empty(batch, P, 3, n, device=dev, dtype=torch.float32)
+    grad_h0_part = torch.empty(batch, P, n, device=dev, dtype=torch.float32)
+    segmented = P > 1
+    if segmented:
+        E, A, S, X = (torch.empty(batch, P, n, device=dev, dtype=torch.float32)
+                      for _ in range(4))
+    else:
+        E = A = S = X = grad_h0_part
+    grid = (triton.cdiv(n, plan.block_n), batch, P)
+
+    def launch(correct: bool) -> None:
+        _gru_bwd_kernel[grid](
+            pre, a, h0 if h0 is not None else a, rst if rst is not None else pre, H, grad_H,
+            grad_pre, grad_a_part, grad_h0_part, E, A, S, X, steps, n, plan.seg_len,
+            plan.warmup, BOUNDARY_TOL, HAS_H0=h0 is not None, HAS_RST=rst is not None,
+            SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n, num_warps=plan.num_warps)
+
+    run_segmented(launch, plan, 1, E, A, S, X, block=1, reverse=True)
+    return grad_pre, grad_a_part.sum((0, 1)), grad_h0_part.sum(1)
