@@ -1,0 +1,38 @@
+"""Sequential vs parallel ParaGRU on the CPU over sequence length (time and max error).
+
+    python benchmarks/cpu_solver.py [--steps 64 256 1024 4096] [--batch 4] [--hidden 256]
+
+Prints a markdown table for BENCHMARKS.md.
+"""
+
+import argparse
+import platform
+
+import torch
+
+from pararnn.demo import compare
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, nargs="+", default=[64, 256, 1024, 4096])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads; ParaGRU fp32, input 64, B={args.batch}, "
+          f"N={args.hidden}, 3 Newton iterations, median of {args.repeats}")
+    print("| T | seq fwd (ms) | par fwd (ms) | speedup | seq fwd+bwd (ms) | par fwd+bwd (ms) "
+          "| speedup | max abs err (out) | max rel err (grads) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for steps in args.steps:
+        r = compare(args.batch, steps, args.hidden, repeats=args.repeats)
+        print(f"| {steps} | {r['sequential_fwd_s'] * 1e3:.1f} | {r['parallel_fwd_s'] * 1e3:.1f} "
+              f"| {r['speedup_fwd']:.2f}x | {r['sequential_fwdbwd_s'] * 1e3:.1f} "
+              f"| {r['parallel_fwdbwd_s'] * 1e3:.1f} | {r['speedup_fwdbwd']:.1f}x "
+              f"| {r['max_abs_diff_output']:.1e} | {r['max_rel_diff_grads']:.1e} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
