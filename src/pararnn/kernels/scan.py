@@ -82,7 +82,7 @@ def _diag_kernel(
     T, N, chunk_len, n_chunks, n_blocks,
     REVERSE: tl.constexpr, MASK_FIRST: tl.constexpr, CARRY_IN: tl.constexpr,
     INIT_IN: tl.constexpr, WRITE_OUT: tl.constexpr, WRITE_SUMMARY: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     blk, c, b = _coords(n_blocks, n_chunks)
     cols = blk * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -92,7 +92,7 @@ def _diag_kernel(
     is_last = tl.arange(0, BLOCK_T) == BLOCK_T - 1
     start = c * chunk_len
     end = tl.minimum(start + chunk_len, T)
-    for s in range(start, end, BLOCK_T):
+    for s in tl.range(start, end, BLOCK_T, num_stages=NUM_STAGES):
         p, row_ok, t = _tile_rows(s, end, T, BLOCK_T, REVERSE)
         off = (b * T + t)[:, None] * N + cols[None, :]
         m = row_ok[:, None] & col_ok[None, :]
@@ -120,7 +120,7 @@ def _block2_kernel(
     T, NB, chunk_len, n_chunks, n_blocks,
     REVERSE: tl.constexpr, MASK_FIRST: tl.constexpr, CARRY_IN: tl.constexpr,
     INIT_IN: tl.constexpr, WRITE_OUT: tl.constexpr, WRITE_SUMMARY: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     blk, c, b = _coords(n_blocks, n_chunks)
     nb = blk * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -135,7 +135,7 @@ def _block2_kernel(
     is_last = tl.arange(0, BLOCK_T) == BLOCK_T - 1
     start = c * chunk_len
     end = tl.minimum(start + chunk_len, T)
-    for s in range(start, end, BLOCK_T):
+    for s in tl.range(start, end, BLOCK_T, num_stages=NUM_STAGES):
         p, row_ok, t = _tile_rows(s, end, T, BLOCK_T, REVERSE)
         blk_idx = (b * T + t)[:, None] * NB + nb[None, :]
         m = row_ok[:, None] & nb_ok[None, :]
@@ -185,7 +185,7 @@ def _block3_kernel(
     T, NB, chunk_len, n_chunks, n_blocks,
     REVERSE: tl.constexpr, MASK_FIRST: tl.constexpr, CARRY_IN: tl.constexpr,
     INIT_IN: tl.constexpr, WRITE_OUT: tl.constexpr, WRITE_SUMMARY: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     blk, c, b = _coords(n_blocks, n_chunks)
     nb = blk * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -202,7 +202,7 @@ def _block3_kernel(
     is_last = tl.arange(0, BLOCK_T) == BLOCK_T - 1
     start = c * chunk_len
     end = tl.minimum(start + chunk_len, T)
-    for s in range(start, end, BLOCK_T):
+    for s in tl.range(start, end, BLOCK_T, num_stages=NUM_STAGES):
         p, row_ok, t = _tile_rows(s, end, T, BLOCK_T, REVERSE)
         blk_idx = (b * T + t)[:, None] * NB + nb[None, :]
         m = row_ok[:, None] & nb_ok[None, :]
@@ -282,6 +282,7 @@ class _Config:
     block_t: int
     block_c: int
     num_warps: int
+    num_stages: int = 1
 
 
 _CONFIGS = {1: _Config(64, 32, 4), 2: _Config(32, 16, 4), 3: _Config(32, 16, 4)}
@@ -438,5 +439,6 @@ def _launch(k, cfg, jac, rhs, out, carry, init, sum_jac, sum_rhs, steps, chunk_l
         REVERSE=reverse, MASK_FIRST=mask_first, CARRY_IN=carry_in,
         INIT_IN=init is not None and write_out, WRITE_OUT=write_out,
         WRITE_SUMMARY=not write_out,
-        BLOCK_T=cfg.block_t, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+        BLOCK_T=cfg.block_t, BLOCK_C=cfg.block_c, NUM_STAGES=cfg.num_stages,
+        num_warps=cfg.num_warps,
     )
