@@ -1,0 +1,33 @@
+"""Backend selection: what auto picks, and clear errors when a forced backend cannot run."""
+
+import pytest
+import torch
+
+import pararnn
+from pararnn.solver.backends import select_scan, triton_runs_on
+from pararnn.structure import DENSE, DIAGONAL
+
+
+def test_auto_uses_torch_on_cpu():
+    layer = pararnn.ParaGRU(4, 8)
+    layer(torch.randn(2, 16, 4))
+    assert layer.last_solve.backend == "torch"
+
+
+def test_forced_torch_backend():
+    _, name = select_scan(DIAGONAL, torch.device("cpu"), torch.float32, "torch")
+    assert name == "torch"
+
+
+def test_forced_triton_rejects_what_it_cannot_run():
+    with pytest.raises(ValueError, match="backend='triton' has no scan kernel for jacobian='dense'"):
+        select_scan(DENSE, torch.device("cpu"), torch.float32, "triton")
+    with pytest.raises(ValueError, match="dtype torch.float64"):
+        select_scan(DIAGONAL, torch.device("cpu"), torch.float64, "triton")
+
+
+@pytest.mark.skipif(triton_runs_on(torch.device("cpu")), reason="Triton interpreter is on")
+def test_forced_triton_on_cpu_without_interpreter():
+    layer = pararnn.ParaGRU(4, 8, backend="triton")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        layer(torch.randn(2, 16, 4))
