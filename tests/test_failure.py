@@ -83,3 +83,23 @@ def test_nan_input_is_reported(on_failure):
     h0[0, 0] = float("inf")
     with pytest.raises(ValueError, match="h0 contains NaN or Inf"):
         rnn(torch.randn(1, 20, 12, dtype=torch.float64), h0)
+
+
+@pytest.mark.parametrize("name", ["dense", "block3", "paralstm"])
+def test_quasi_newton_with_diagonal_jacobian(name):
+    from cells_zoo import all_cells
+
+    cell = all_cells()[name]
+    x = torch.randn(2, 120, cell.input_size, dtype=torch.float64)
+    ref, _ = pararnn.RNN(cell, mode="sequential")(x)
+    exact = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(max_iters=100, tol=1e-11))
+    quasi = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(
+        max_iters=300, tol=1e-11, on_failure="raise", jacobian="diagonal"))
+    exact(x)
+    out, _ = quasi(x)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    assert quasi.last_solve.converged
+    assert quasi.last_solve.iterations > exact.last_solve.iterations  # linear, not quadratic
+    with pytest.raises(pararnn.NewtonConvergenceError):
+        pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(
+            max_iters=2, tol=1e-11, on_failure="raise", jacobian="diagonal"))(x)

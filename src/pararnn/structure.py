@@ -111,6 +111,13 @@ class JacobianStructure:
         dense[..., idx, :, idx, :] = jac.movedim(-3, 0)
         return dense.reshape(*lead, n * k, n * k)
 
+    def diagonal(self, jac: torch.Tensor) -> torch.Tensor:
+        """The diagonal ``(..., N)`` of the Jacobians (diagonal storage)."""
+        if self.kind == "diagonal":
+            return jac
+        diag = jac.diagonal(dim1=-2, dim2=-1)
+        return diag.flatten(-2) if self.kind == "block" else diag
+
     def zero_where(self, jac: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Zero the Jacobians at the leading positions where ``mask`` is True."""
         expand = mask.reshape(*mask.shape, *([1] * self.jacobian_ndim))

@@ -29,11 +29,17 @@ class NewtonConfig:
         on_failure: ``"raise"`` a :class:`NewtonConvergenceError`; recompute with the
             ``"sequential"`` loop (always correct, slower); or ``"warn"`` and return the
             unconverged Newton result.
+        jacobian: ``None`` uses the cell's exact Jacobian. ``"diagonal"`` runs quasi-Newton
+            with only its diagonal: a dense or block cell then costs an O(N) scan instead of
+            O(N^3) (dense) per combine, at the price of more iterations (linear instead of
+            quadratic convergence). Needs ``tol``: convergence is then checked, not assumed.
+            The backward pass always uses the exact Jacobian.
     """
 
     max_iters: int = 3
     tol: Optional[float] = None
     on_failure: str = "sequential"
+    jacobian: Optional[str] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_iters, bool) or not isinstance(self.max_iters, int) or self.max_iters < 1:
@@ -41,6 +47,10 @@ class NewtonConfig:
         if self.tol is not None:
             if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not self.tol > 0:
                 raise ValueError(f"NewtonConfig.tol must be a positive number or None, got {self.tol!r}")
+        if self.jacobian not in (None, "diagonal"):
+            raise ValueError(f"NewtonConfig.jacobian must be None or 'diagonal', got {self.jacobian!r}")
+        if self.jacobian is not None and self.tol is None:
+            raise ValueError("NewtonConfig.jacobian='diagonal' (quasi-Newton) needs a tol to check convergence")
         if self.on_failure not in ON_FAILURE:
             raise ValueError(
                 f"NewtonConfig.on_failure must be one of {ON_FAILURE}, got {self.on_failure!r}"

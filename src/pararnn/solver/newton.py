@@ -11,6 +11,7 @@ import warnings
 
 import torch
 
+from ..structure import DIAGONAL
 from .config import NewtonConfig, NewtonConvergenceError, SolveInfo
 from .inputs import Sequences
 from .sequential import sequential_solve
@@ -31,6 +32,7 @@ def newton_solve(cell, x, h0, sequences: Sequences, config: NewtonConfig, linear
     ``linear_solver(jac, rhs, structure, reverse=False)`` solves the affine recurrence.
     """
     structure = cell.structure
+    quasi_newton = config.jacobian == "diagonal" and structure.kind != "diagonal"
     states = initial_guess(cell, x, h0, sequences)
     info = SolveInfo(mode="parallel", backend=backend)
     for iteration in range(config.max_iters):
@@ -41,8 +43,11 @@ def newton_solve(cell, x, h0, sequences: Sequences, config: NewtonConfig, linear
             if info.residual <= config.tol:
                 info.converged = True
                 return states, info
-        jac = structure.zero_where(jac, sequences.starts)
-        states = states + linear_solver(jac, residual, structure)
+        step_structure = structure
+        if quasi_newton:
+            jac, step_structure = structure.diagonal(jac), DIAGONAL
+        jac = step_structure.zero_where(jac, sequences.starts)
+        states = states + linear_solver(jac, residual, step_structure)
         info.iterations = iteration + 1
     if config.tol is None:
         return states, info
