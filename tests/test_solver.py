@@ -1,6 +1,8 @@
 """Parallel (Newton + scan) equals sequential, for every cell, size and sequence layout."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 import pararnn
@@ -163,3 +165,24 @@ def test_auto_mode_and_solve_info():
     assert layer.last_solve.mode == "sequential"  # a single step needs no Newton
     layer(torch.randn(1, 5, 4))
     assert layer.last_solve.mode == "parallel" and layer.last_solve.backend == "torch"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    name=st.sampled_from(sorted(all_cells())),
+    batch=st.integers(1, 4),
+    steps=st.integers(1, 150),
+    with_h0=st.booleans(),
+    reset_rate=st.sampled_from([0.0, 0.05, 0.3]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_parallel_equals_sequential(name, batch, steps, with_h0, reset_rate, seed):
+    torch.manual_seed(seed)
+    cell = all_cells()[name]
+    x = torch.randn(batch, steps, cell.input_size, dtype=torch.float64)
+    h0 = torch.randn(batch, cell.state_size, dtype=torch.float64) * 0.5 if with_h0 else None
+    resets = torch.rand(batch, steps) < reset_rate
+    ref, ref_n, _ = run(cell, x, h0, mode="sequential", resets=resets)
+    out, out_n, _ = run(cell, x, h0, resets=resets)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out_n, ref_n, rtol=1e-10, atol=1e-10)
