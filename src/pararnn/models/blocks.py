@@ -1,0 +1,190 @@
+"""The shared language-model skeleton: norms, SwiGLU, residual blocks and the LM itself.
+
+A *mixer* is the sequence-mixing module of a block (ParaRNN, attention or Mamba2). Each
+mixer implements ``forward(x, cache=None) -> y`` with ``x`` of shape ``(B, T, d_model)``:
+
+* ``cache=None``: training / scoring: the whole sequence at once, from an empty state;
+* ``cache`` a dict from :meth:`LanguageModel.new_caches`: continue from the state the
+  dict holds (empty at first) and leave the state after ``x`` in it. A prompt goes in
+  whole (prefill, parallel), then one token at a time (decode, ``T == 1``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig, reference_layer_params, round_up
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+
+
+class GatedRMSNorm(RMSNorm):
+    """``RMSNorm(y) * silu(gate)``: the norm after the cell in the ParaRNN paper's block."""
+
+    def forward(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return super().forward(y) * F.silu(gate)
+
+
+class CausalConv1d(nn.Module):
+    """Depthwise causal convolution over time with a decode cache of the last ``k-1`` inputs."""
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        nn.init.uniform_(self.weight, -1 / math.sqrt(kernel_size), 1 / math.sqrt(kernel_size))
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None, key: str = "conv") -> torch.Tensor:
+        """``x``: ``(B, T, C)`` -> ``(B, T, C)``; output ``t`` sees inputs ``t-k+1 .. t``."""
+        B, T, C = x.shape
+        xt = x.transpose(1, 2)
+        past = cache.get(key) if cache is not None else None
+        if past is None:
+            past = xt.new_zeros(B, C, self.kernel_size - 1)
+        xt = torch.cat([past.to(xt.dtype), xt], dim=2)
+        if cache is not None:
+            cache[key] = xt[:, :, xt.shape[2] - (self.kernel_size - 1):].detach()
+        y = F.conv1d(xt, self.weight.to(xt.dtype), self.bias.to(xt.dtype), groups=C)
+        return y.transpose(1, 2)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, mixer: nn.Module) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = mixer
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
+        if cfg.residual_scale:
+            self.scale1 = nn.Parameter(torch.ones(cfg.d_model))
+            self.scale2 = nn.Parameter(torch.ones(cfg.d_model))
+        else:
+            self.scale1 = self.scale2 = None
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        y = self.mixer(self.norm1(x), cache)
+        x = x + (y if self.scale1 is None else self.scale1.to(y.dtype) * y)
+        y = self.mlp(self.norm2(x))
+        return x + (y if self.scale2 is None else self.scale2.to(y.dtype) * y)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def matched_mlp_hidden(cfg: ModelConfig, mixer_params: int) -> int:
+    """SwiGLU width that brings a block to the Transformer block's parameter count."""
+    spare = reference_layer_params(cfg.d_model) - mixer_params
+    return max(64, round_up(round(spare / (3 * cfg.d_model)), 64) if spare > 0 else 64)
+
+
+class LanguageModel(nn.Module):
+    """Embedding -> ``n_layers`` x :class:`Block` -> RMSNorm -> tied output head.
+
+    ``make_mixer(cfg)`` builds one mixer; use :func:`pararnn.models.build_model`.
+    """
+
+    def __init__(self, cfg: ModelConfig, make_mixer) -> None:
+        super().__init__()
+        if cfg.mlp_hidden is None:
+            with torch.device("meta"):
+                cfg.mlp_hidden = matched_mlp_hidden(cfg, count_params(make_mixer(cfg)))
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, make_mixer(cfg)) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 style: N(0, 0.02) for the embedding and the block projections, scaled by
+        ``1/sqrt(2 n_layers)`` for the projections that write into the residual stream.
+        Mixers initialise their own internals (cell parameters, conv, SSM parameters)."""
+        std = 0.02
+        nn.init.normal_(self.embed.weight, 0.0, std)
+        for block in self.blocks:
+            nn.init.normal_(block.mlp.gate_up.weight, 0.0, std)
+            nn.init.normal_(block.mlp.down.weight, 0.0, std / math.sqrt(2 * self.cfg.n_layers))
+            block.mixer.init_projections(std, std / math.sqrt(2 * self.cfg.n_layers))
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = count_params(self)
+        return n - self.embed.weight.numel() if non_embedding else n
+
+    def new_caches(self) -> list[dict]:
+        """Empty per-layer decode states; pass them to :meth:`forward` (see module doc)."""
+        return [{} for _ in self.blocks]
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                caches: list[dict] | None = None) -> torch.Tensor:
+        """``idx`` ``(B, T)`` -> logits ``(B, T, V)``; with ``targets``: mean cross-entropy."""
+        x = self.embed(idx)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i])
+        x = self.norm(x)
+        logits = F.linear(x, self.embed.weight.to(x.dtype))
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None):
+        """Yield ``max_new_tokens`` sampled tokens ``(B,)`` one by one after prompt ``idx``.
+
+        The prompt is processed in one parallel call (prefill); every further token is one
+        ``T == 1`` call that updates the per-layer caches (an O(1) state for the ParaRNN
+        and Mamba2 mixers, a growing KV cache for attention).
+        """
+        caches = self.new_caches()
+        logits = self(idx, caches=caches)[:, -1]
+        for i in range(max_new_tokens):
+            token = sample(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                           generator=generator)
+            yield token
+            if i + 1 < max_new_tokens:
+                logits = self(token[:, None], caches=caches)[:, -1]
+
+
+def sample(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one token per row of ``logits`` ``(B, V)``; ``temperature=0`` is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens ranked above it already hold top_p of the mass
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,311 @@
+"""The training loop and evaluation (``pararnn train`` / ``pararnn eval``).
+
+One function, :func:`train`, reads top to bottom: set up processes and the run folder,
+load data and tokenizer, build the model and optimizer (or restore them from the latest
+checkpoint), then loop: batch -> forward/backward (bf16 autocast on GPU) -> clip ->
+AdamW step -> cosine LR, with logging, validation and checkpoints at fixed intervals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import BPETokenizer, ByteTokenizer, DataError, eval_batches, eval_starts, load_corpus, train_batch
+from ..data.batches import check_length
+from ..models import SIZES, build_model, preset
+from ..models.config import MODELS, round_up
+from . import distributed as D
+from .checkpoint import CheckpointError, has_checkpoint, open_checkpoint, save_checkpoint, write_text_atomic
+from .metrics import MetricsLog, plot_losses
+
+
+@dataclass
+class TrainConfig:
+    model: str = "paragru"
+    size: str = "tiny"
+    block: str = "standard"  # "paper": causal conv + gated norm + scaled residuals
+    data: str | None = None  # None: the Python standard library's source
+    out: str = "runs/tiny"
+    tokenizer: str = "byte"  # or "bpe" (trained on the training split, saved in the run)
+    vocab_size: int = 4096  # BPE only
+    max_steps: int = 1000
+    seq_len: int = 256
+    batch_size: int = 16  # per process and micro-step
+    grad_accum: int = 1
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int | None = None  # None: 5% of max_steps
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_tokens: int = 65536
+    ckpt_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"  # "auto": bf16 autocast on GPU, float32 on CPU
+    compile: bool = False
+    fsdp: bool = False
+    resume: bool = False
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.size not in SIZES:
+            raise ValueError(f"unknown size {self.size!r}; choose one of {', '.join(SIZES)}")
+        for name in ("max_steps", "seq_len", "batch_size", "grad_accum", "eval_every",
+                     "ckpt_every", "log_every", "eval_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"--dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.tokenizer not in ("byte", "bpe"):
+            raise ValueError(f"--tokenizer must be byte or bpe, got {self.tokenizer!r}")
+
+
+def autocast_for(device: torch.device, dtype: str):
+    """bf16 autocast (weights and optimizer stay float32) or nothing."""
+    use_bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def cosine_lr(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def evaluate(model, tokens: np.ndarray, token_bytes: np.ndarray, *, seq_len: int, batch_size: int,
+             max_windows: int | None, device: torch.device, autocast, info: D.DistInfo) -> dict:
+    """Loss (nats/token), perplexity and bits per byte over non-overlapping windows.
+
+    Windows are split over the processes in equal numbers (FSDP needs every rank to run
+    the same number of forward passes); each window starts from an empty state.
+    """
+    starts = eval_starts(len(tokens), seq_len, max_windows)
+    starts = starts[:len(starts) - len(starts) % info.world][info.rank::info.world]
+    was_training = model.training
+    model.eval()
+    nats = count = nbytes = 0.0
+    for x, y in eval_batches(tokens, starts, batch_size=batch_size, seq_len=seq_len):
+        with autocast:
+            logits = model(x.to(device))
+        nats += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(),
+                                reduction="sum").item()
+        count += y.numel()
+        nbytes += float(token_bytes[y.numpy()].sum())
+    model.train(was_training)
+    nats, count, nbytes = D.all_reduce_sum([nats, count, nbytes], info)
+    if count == 0:
+        raise DataError(f"no validation window of {seq_len + 1} tokens fits the held-out data")
+    loss = nats / count
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)),
+            "val_bpb": nats / math.log(2) / max(nbytes, 1.0), "val_tokens": int(count)}
+
+
+def _prepare_run_dir(cfg: TrainConfig):
+    """The checkpoint to resume from (or None); refuse to overwrite another run."""
+    run_dir = Path(cfg.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir} exists and is not a directory")
+    if cfg.resume and has_checkpoint(run_dir):
+        ckpt = open_checkpoint(run_dir)
+        saved = ckpt.meta["train_config"]
+        for key in ("model", "size", "block", "tokenizer", "seq_len", "batch_size", "grad_accum"):
+            if saved[key] != getattr(cfg, key):
+                raise CheckpointError(
+                    f"the checkpoint in {run_dir} was trained with --{key.replace('_', '-')} "
+                    f"{saved[key]}, not {getattr(cfg, key)}; use the same value or another --out")
+        return ckpt
+    if not cfg.resume and ((run_dir / "latest").exists() or (run_dir / "metrics.jsonl").exists()):
+        raise ValueError(f"--out {run_dir} already holds a run; pass --resume to continue it "
+                         "or choose another --out")
+    return None
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train as configured; returns the last validation metrics."""
+    cfg.check()
+    info = D.init_distributed(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        D.close_distributed(info)
+
+
+def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
+    device, run_dir = info.device, Path(cfg.out)
+    ckpt = _prepare_run_dir(cfg)
+    say = print if info.is_main else (lambda *a, **k: None)
+
+    # --- data and tokenizer --------------------------------------------------------
+    corpus = load_corpus(cfg.data)
+    if ckpt is not None:
+        tokenizer = ckpt.tokenizer()
+    elif cfg.tokenizer == "bpe":
+        tokenizer = BPETokenizer.train(corpus.train, cfg.vocab_size)
+    else:
+        tokenizer = ByteTokenizer()
+    train_tokens = tokenizer.encode_documents(corpus.train)
+    val_tokens = tokenizer.encode_documents(corpus.val)
+    check_length(train_tokens, cfg.seq_len, "training")
+    check_length(val_tokens, cfg.seq_len, "held-out")
+    token_bytes = tokenizer.token_bytes()
+    say(f"data: {corpus.name}: {len(train_tokens):,} training / {len(val_tokens):,} held-out "
+        f"tokens ({tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size})")
+
+    # --- model, optimizer, schedule ------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    model_cfg = preset(cfg.model, cfg.size, vocab_size=round_up(tokenizer.vocab_size, 64),
+                       block=cfg.block)
+    model = build_model(model_cfg).to(device)
+    say(f"model: {cfg.model} {cfg.size}: {model.num_params():,} parameters "
+        f"({model.num_params(non_embedding=True):,} without the embedding)")
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.max_steps // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(
+        s, warmup=warmup, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio))
+
+    model = D.wrap_model(model, info, cfg.fsdp)
+    raw = model.module if hasattr(model, "module") else model  # without DDP's wrapper
+    step, tokens_seen = 0, 0
+    if ckpt is not None:
+        train_state = ckpt.train_state()
+        D.load_full_state(raw, optimizer, ckpt.model_state(),
+                          train_state["optimizer"], cfg.fsdp)
+        scheduler.load_state_dict(train_state["scheduler"])
+        _set_rng_state(train_state["rng"])
+        step, tokens_seen = ckpt.meta["step"], ckpt.meta["tokens"]
+        say(f"resumed from {ckpt.path} at step {step}")
+    forward = torch.compile(model) if cfg.compile else model
+    autocast = autocast_for(device, cfg.dtype)
+
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(run_dir)
+        write_text_atomic(run_dir / "config.json", json.dumps(
+            {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict()}, indent=1))
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if ckpt else None) \
+        if info.is_main else None
+
+    def checkpoint(val: dict | None) -> None:
+        model_state = D.full_model_state(raw, cfg.fsdp)
+        optim_state = D.full_optimizer_state(model, optimizer, cfg.fsdp)
+        if info.is_main:
+            meta = {"step": step, "tokens": tokens_seen, "model": cfg.model,
+                    "data_position": {"seed": cfg.seed, "next_step": step},
+                    "val": val, "model_config": model_cfg.to_dict(),
+                    "train_config": dataclasses.asdict(cfg)}
+            train_state = {"optimizer": optim_state, "scheduler": scheduler.state_dict(),
+                           "rng": _rng_state()}
+            save_checkpoint(run_dir, step, model_state, train_state, meta, tokenizer,
+                            keep=cfg.keep_checkpoints)
+
+    # --- the loop --------------------------------------------------------------------
+    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * info.world
+    max_windows = max(1, cfg.eval_tokens // cfg.seq_len)
+    val = None
+    bar = _progress(cfg, step, info)
+    model.train()
+    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    while step < cfg.max_steps:
+        lr = scheduler.get_last_lr()[0]
+        step_loss = torch.zeros((), device=device)
+        for micro in range(cfg.grad_accum):
+            x, y = train_batch(train_tokens, step, seed=cfg.seed, batch_size=cfg.batch_size,
+                               seq_len=cfg.seq_len, micro=micro, rank=info.rank, world=info.world)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with D.no_grad_sync(model, skip=micro + 1 < cfg.grad_accum), autocast:
+                loss = forward(x, y) / cfg.grad_accum
+            loss.backward()
+            step_loss += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += tokens_per_step
+        window_loss += step_loss
+        window_steps += 1
+
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            loss_value = D.all_reduce_sum([float(window_loss) / window_steps], info)[0] / info.world
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"the training loss became {loss_value} at step {step}")
+            elapsed = time.perf_counter() - window_start
+            tok_s = window_steps * tokens_per_step / elapsed
+            if info.is_main:
+                metrics.log({"kind": "train", "step": step, "tokens": tokens_seen, "loss": loss_value,
+                             "lr": lr, "grad_norm": float(_full(grad_norm)), "tok_per_s": tok_s})
+            bar.set_postfix_str(f"loss {loss_value:.3f} | {tok_s:,.0f} tok/s | lr {lr:.2e}")
+            window_loss, window_steps = 0.0, 0
+        bar.update(1)
+
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            val = evaluate(model, val_tokens, token_bytes, seq_len=cfg.seq_len,
+                           batch_size=cfg.batch_size, max_windows=max_windows, device=device,
+                           autocast=autocast, info=info)
+            if info.is_main:
+                metrics.log({"kind": "val", "step": step, "tokens": tokens_seen, **val})
+                plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png",
+                            f"{cfg.model} {cfg.size} ({corpus.name})")
+                bar.write(f"step {step}: val loss {val['val_loss']:.4f}, ppl {val['val_ppl']:.2f}, "
+                          f"{val['val_bpb']:.4f} bits/byte")
+        if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
+            checkpoint(val)
+        if step % cfg.log_every == 0:
+            window_start = time.perf_counter()  # tokens/s leaves out validation and saving
+    bar.close()
+    say(f"done: {step} steps, {tokens_seen:,} tokens; run folder {run_dir}")
+    return val
+
+
+def _full(t):
+    """A plain tensor from a DTensor (FSDP2's grad norm) or a tensor."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _progress(cfg: TrainConfig, start: int, info: D.DistInfo):
+    from tqdm import tqdm
+    return tqdm(total=cfg.max_steps, initial=start, unit="step", dynamic_ncols=True,
+                disable=not (cfg.progress and info.is_main))
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
