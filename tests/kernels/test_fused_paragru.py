@@ -1,0 +1,142 @@
+"""Fused ParaGRU kernels against autograd through the float64 loop of ``cell.step``."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from pararnn.cells import ParaGRUCell  # noqa: E402
+from pararnn.kernels import paragru  # noqa: E402
+from pararnn.kernels._fused_common import interpreting  # noqa: E402
+
+from _fused_reference import reference_grads, sequential_states  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+if not CUDA and not interpreting():
+    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+# seg_len/warmup: one segment (the sequential kernel); short segments with a too-short
+# warm-up (the boundary Newton rounds must repair them); a warm-up reaching t = 0.
+PLANS = {"single": dict(seg_len=None), "repair": dict(seg_len=5, warmup=2),
+         "warm": dict(seg_len=8, warmup=40)}
+
+
+def _problem(batch, steps, n, *, with_h0, with_resets, scale=2.0):
+    cell = ParaGRUCell(n)
+    with torch.no_grad():
+        cell.a.mul_(scale)  # larger recurrent weights: longer memory, harder boundaries
+    pre = torch.randn(batch, steps, 3 * n)
+    h0 = torch.randn(batch, n) if with_h0 else None
+    resets = (torch.rand(batch, steps) < 0.15) if with_resets else None
+    return cell, pre, h0, resets
+
+
+def _rel(x, ref):
+    return ((x.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("plan", list(PLANS))
+@pytest.mark.parametrize("steps,with_h0,with_resets", [(1, True, False), (7, False, True),
+                                                       (33, True, True)])
+def test_forward_and_backward(plan, steps, with_h0, with_resets):
+    cell, pre, h0, resets = _problem(2, steps, 5, with_h0=with_h0, with_resets=with_resets)
+    grad_states = torch.randn(2, steps, 5)
+    ref, g_pre, (g_a,), g_h0 = reference_grads(cell, pre, h0, resets, grad_states)
+    a = cell.recurrent_weights().detach().float()
+    kw = PLANS[plan]
+    dev = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
+    H = paragru.newton_forward(dev(pre), a.to(DEVICE), dev(h0), dev(resets), 3, **kw)
+    assert H.dtype == torch.float32 and H.shape == (2, steps, 5)
+    assert (H.cpu().double() - ref).abs().max() < 2e-6
+    gp, ga, gh = paragru.backward(dev(pre), a.to(DEVICE), dev(h0), dev(resets), H,
+                                  dev(grad_states), **kw)
+    assert _rel(gp, g_pre) < 1e-5
+    assert _rel(ga, g_a) < 1e-5
+    assert _rel(gh, g_h0) < 1e-5
+
+
+def test_sequential_forward_matches():
+    cell, pre, h0, resets = _problem(3, 33, 20, with_h0=True, with_resets=True)
+    a = cell.recurrent_weights().detach()
+    ref = sequential_states(cell.double(), pre.double(), h0.double(), resets)
+    H = paragru.sequential_forward(pre.to(DEVICE), a.to(DEVICE), h0.to(DEVICE),
+                                   resets.to(DEVICE), block_n=16)
+    assert (H.cpu().double() - ref).abs().max() < 2e-6
+
+
+def test_bf16_input_is_computed_in_fp32():
+    cell, pre, h0, _ = _problem(2, 33, 5, with_h0=True, with_resets=False)
+    pre16 = pre.to(torch.bfloat16)
+    ref = sequential_states(cell.double(), pre16.double(), h0.double(), None)
+    a = cell.recurrent_weights().detach()
+    H = paragru.newton_forward(pre16.to(DEVICE), a.to(DEVICE), h0.to(DEVICE), None, 3,
+                               seg_len=5, warmup=2)
+    assert (H.cpu().double() - ref).abs().max() < 2e-6
+    gs = torch.randn(2, 33, 5)
+    _, g_pre, (g_a,), _ = reference_grads(cell, pre16, h0, None, gs)
+    gp, ga, _ = paragru.backward(pre16.to(DEVICE), a.to(DEVICE), h0.to(DEVICE), None, H,
+                                 gs.to(DEVICE), seg_len=5, warmup=2)
+    assert _rel(gp, g_pre) < 1e-5 and _rel(ga, g_a) < 1e-5
+
+
+def test_one_round_is_not_enough_without_warmup():
+    """The boundary rounds do real work: with no warm-up and long memory, one round
+    leaves later segments wrong, enough rounds fix them."""
+    cell, pre, h0, _ = _problem(1, 33, 4, with_h0=True, with_resets=False, scale=1.0)
+    with torch.no_grad():
+        pre[..., :4] -= 4.0  # update gate z ~ 0.02: each step keeps ~98% of the state
+    ref = sequential_states(cell.double(), pre.double(), h0.double(), None)
+    a = cell.recurrent_weights().detach()
+    args = (pre.to(DEVICE), a.to(DEVICE), h0.to(DEVICE), None)
+    rough = paragru.newton_forward(*args, 1, seg_len=3, warmup=0)
+    exact = paragru.newton_forward(*args, 12, seg_len=3, warmup=0)
+    assert (exact.cpu().double() - ref).abs().max() < 2e-6
+    assert (rough.cpu().double() - ref).abs().max() > 1e-4
+
+
+def test_supports_and_validation():
+    pre = torch.randn(2, 3, 6, device=DEVICE)
+    assert paragru.supports(pre)
+    assert paragru.supports(pre.to(torch.bfloat16))
+    assert not paragru.supports(pre.double())
+    a = torch.randn(3, 2, device=DEVICE)
+    with pytest.raises(TypeError, match="float64"):
+        paragru.newton_forward(pre.double(), a)
+    with pytest.raises(ValueError, match="a must be"):
+        paragru.newton_forward(pre, torch.randn(3, 3, device=DEVICE))
+    with pytest.raises(ValueError, match="h0 must be"):
+        paragru.sequential_forward(pre, a, torch.randn(2, 3, device=DEVICE))
+    with pytest.raises(ValueError, match="resets must be"):
+        paragru.newton_forward(pre, a, None, torch.zeros(2, 3, device=DEVICE))
+
+
+@gpu
+@pytest.mark.parametrize("batch,steps,n", [(4, 3000, 768), (1, 20000, 64), (16, 257, 512)])
+def test_gpu_real_sizes(batch, steps, n):
+    torch.manual_seed(1)
+    cell = ParaGRUCell(n, recurrent_clip=0.9).to(DEVICE)
+    pre = torch.randn(batch, steps, 3 * n, device=DEVICE)
+    h0 = torch.randn(batch, n, device=DEVICE)
+    resets = torch.rand(batch, steps, device=DEVICE) < 0.001
+    a = cell.recurrent_weights().detach()
+    H = paragru.newton_forward(pre, a, h0, resets, 3)
+    Hs = paragru.sequential_forward(pre, a, h0, resets)
+    assert (H - Hs).abs().max() < 1e-5
+    # float64 reference on 16 channels (channels are independent)
+    sub = ParaGRUCell(16).to(DEVICE).double()
+    with torch.no_grad():
+        sub.a.copy_(a[:, :16].double())
+    ref = sequential_states(sub, pre[..., _cols(n, 16)].double(), h0[:, :16].double(), resets)
+    assert (H[..., :16].double() - ref).abs().max() < 2e-5
+    grad_states = torch.randn_like(H)
+    gp, ga, gh = paragru.backward(pre, a, h0, resets, H, grad_states)
+    gp1, ga1, gh1 = paragru.backward(pre, a, h0, resets, H, grad_states, seg_len=steps)
+    assert _rel(gp, gp1.double().cpu()) < 1e-5
+    assert _rel(ga, ga1.double().cpu()) < 1e-5
+    assert _rel(gh, gh1.double().cpu()) < 1e-5
+
+
+def _cols(n, k):
+    return torch.cat([torch.arange(g * n, g * n + k) for g in range(3)])

@@ -1,0 +1,125 @@
+"""Fused ParaLSTM kernels against autograd through the float64 loop of ``cell.step``."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from pararnn.cells import ParaLSTMCell  # noqa: E402
+from pararnn.kernels import paralstm  # noqa: E402
+from pararnn.kernels._fused_common import interpreting  # noqa: E402
+
+from _fused_reference import reference_grads, sequential_states  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+if not CUDA and not interpreting():
+    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+PLANS = {"single": dict(seg_len=None), "repair": dict(seg_len=5, warmup=2),
+         "warm": dict(seg_len=8, warmup=40)}
+
+
+def _problem(batch, steps, n, *, with_h0, with_resets, scale=2.0):
+    cell = ParaLSTMCell(n)
+    with torch.no_grad():
+        cell.a.mul_(scale)
+        cell.peephole.mul_(scale)
+    pre = torch.randn(batch, steps, 3 * n)
+    h0 = torch.randn(batch, 2 * n) if with_h0 else None
+    resets = (torch.rand(batch, steps) < 0.15) if with_resets else None
+    return cell, pre, h0, resets
+
+
+def _dev(t):
+    return None if t is None else t.to(DEVICE)
+
+
+def _rel(x, ref):
+    return ((x.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def _weights(cell):
+    return [w.detach().float().to(DEVICE) for w in cell.recurrent_weights()]
+
+
+@pytest.mark.parametrize("plan", list(PLANS))
+@pytest.mark.parametrize("steps,with_h0,with_resets", [(1, True, False), (7, False, True),
+                                                       (33, True, True)])
+def test_forward_and_backward(plan, steps, with_h0, with_resets):
+    cell, pre, h0, resets = _problem(2, steps, 5, with_h0=with_h0, with_resets=with_resets)
+    grad_states = torch.randn(2, steps, 10)
+    ref, g_pre, (g_a, g_p), g_h0 = reference_grads(cell, pre, h0, resets, grad_states)
+    a, p = _weights(cell)
+    kw = PLANS[plan]
+    H = paralstm.newton_forward(_dev(pre), a, p, _dev(h0), _dev(resets), 3, **kw)
+    assert H.dtype == torch.float32 and H.shape == (2, steps, 10)
+    assert (H.cpu().double() - ref).abs().max() < 2e-6
+    gp, ga, gpp, gh = paralstm.backward(_dev(pre), a, p, _dev(h0), _dev(resets), H,
+                                        _dev(grad_states), **kw)
+    assert _rel(gp, g_pre) < 1e-5
+    assert _rel(ga, g_a) < 1e-5
+    assert _rel(gpp, g_p) < 1e-5
+    assert _rel(gh, g_h0) < 1e-5
+
+
+def test_sequential_forward_matches():
+    cell, pre, h0, resets = _problem(3, 33, 20, with_h0=True, with_resets=True)
+    a, p = _weights(cell)
+    ref = sequential_states(cell.double(), pre.double(), h0.double(), resets)
+    H = paralstm.sequential_forward(pre.to(DEVICE), a, p, h0.to(DEVICE), resets.to(DEVICE),
+                                    block_n=16)
+    assert (H.cpu().double() - ref).abs().max() < 2e-6
+
+
+def test_bf16_input_is_computed_in_fp32():
+    cell, pre, h0, _ = _problem(2, 33, 5, with_h0=True, with_resets=False)
+    pre16 = pre.to(torch.bfloat16)
+    a, p = _weights(cell)
+    gs = torch.randn(2, 33, 10)
+    ref, g_pre, (g_a, g_p), _ = reference_grads(cell, pre16, h0, None, gs)
+    H = paralstm.newton_forward(pre16.to(DEVICE), a, p, h0.to(DEVICE), None, 3,
+                                seg_len=5, warmup=2)
+    assert (H.cpu().double() - ref).abs().max() < 2e-6
+    gp, ga, gpp, _ = paralstm.backward(pre16.to(DEVICE), a, p, h0.to(DEVICE), None, H,
+                                       gs.to(DEVICE), seg_len=5, warmup=2)
+    assert _rel(gp, g_pre) < 1e-5 and _rel(ga, g_a) < 1e-5 and _rel(gpp, g_p) < 1e-5
+
+
+def test_supports_and_validation():
+    pre = torch.randn(2, 3, 6, device=DEVICE)
+    assert paralstm.supports(pre) and not paralstm.supports(pre.double())
+    a, p = torch.randn(3, 2, device=DEVICE), torch.randn(2, 2, device=DEVICE)
+    with pytest.raises(TypeError, match="float64"):
+        paralstm.newton_forward(pre.double(), a, p)
+    with pytest.raises(ValueError, match="peephole must be"):
+        paralstm.newton_forward(pre, a, torch.randn(2, 3, device=DEVICE))
+    with pytest.raises(ValueError, match="h0 must be"):
+        paralstm.sequential_forward(pre, a, p, torch.randn(2, 2, device=DEVICE))
+
+
+@gpu
+@pytest.mark.parametrize("batch,steps,n", [(4, 3000, 768), (1, 20000, 64), (16, 257, 512)])
+def test_gpu_real_sizes(batch, steps, n):
+    torch.manual_seed(1)
+    cell = ParaLSTMCell(n, recurrent_clip=0.9).to(DEVICE)
+    pre = torch.randn(batch, steps, 3 * n, device=DEVICE)
+    h0 = torch.randn(batch, 2 * n, device=DEVICE)
+    resets = torch.rand(batch, steps, device=DEVICE) < 0.001
+    a, p = _weights(cell)
+    H = paralstm.newton_forward(pre, a, p, h0, resets, 3)
+    Hs = paralstm.sequential_forward(pre, a, p, h0, resets)
+    assert (H - Hs).abs().max() < 1e-5
+    sub = ParaLSTMCell(16).to(DEVICE).double()
+    with torch.no_grad():
+        sub.a.copy_(a[:, :16].double())
+        sub.peephole.copy_(p[:, :16].double())
+    cols = torch.cat([torch.arange(g * n, g * n + 16) for g in range(3)])
+    ref = sequential_states(sub, pre[..., cols].double(), h0[:, :32].double(), resets)
+    assert (H[..., :32].double() - ref).abs().max() < 2e-5
+    grad_states = torch.randn_like(H)
+    full = paralstm.backward(pre, a, p, h0, resets, H, grad_states)
+    single = paralstm.backward(pre, a, p, h0, resets, H, grad_states, seg_len=steps)
+    for x, y in zip(full, single):
+        assert _rel(x, y.double().cpu()) < 1e-5
