@@ -98,8 +98,9 @@ def count_params(module: nn.Module) -> int:
 
 def matched_mlp_hidden(cfg: ModelConfig, mixer_params: int) -> int:
     """SwiGLU width that brings a block to the Transformer block's parameter count."""
+    multiple = 64 if cfg.d_model >= 512 else 16  # coarse steps would overshoot small models
     spare = reference_layer_params(cfg.d_model) - mixer_params
-    return max(64, round_up(round(spare / (3 * cfg.d_model)), 64) if spare > 0 else 64)
+    return max(multiple, round_up(round(spare / (3 * cfg.d_model)), multiple))
 
 
 class LanguageModel(nn.Module):

@@ -24,6 +24,7 @@ MODELS = ("paragru", "paralstm", "transformer", "mamba2")
 # name -> (d_model, n_layers). Counts below are the blocks' parameters ("non-embedding"),
 # which are the same for every model of a preset; tests/lm/test_models.py checks them.
 SIZES: dict[str, tuple[int, int]] = {
+    "nano": (64, 2),       # ~0.1M: smoke tests
     "tiny": (256, 4),      # ~3.1M: trains on a laptop CPU in minutes
     "small": (512, 8),     # ~25M: the first GPU comparison (RESULTS.md)
     "medium": (768, 12),   # ~85M

@@ -85,31 +85,33 @@ def ssd_chunked(x, dt, A, B, C, chunk_size: int, initial_state=None):
     """Chunked SSD in PyTorch. ``x`` ``(b, l, h, p)``, ``dt`` ``(b, l, h)`` (after softplus),
     ``A`` ``(h,)``, ``B``/``C`` ``(b, l, h, n)`` (groups already expanded to heads),
     ``initial_state`` ``(b, h, p, n)`` or None. Returns ``y`` ``(b, l, h, p)`` (without the
-    ``D`` skip) and the final state, in float32."""
+    ``D`` skip) and the final state, in float32 (float64 for float64 inputs)."""
     b, l, h, p = x.shape
     n = B.shape[-1]
     pad = (-l) % chunk_size
-    x, dt, B, C = (t.float() for t in (x, dt, B, C))
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x, dt, B, C = (t.to(dtype) for t in (x, dt, B, C))
     if pad:  # dt = 0 on padding: no decay and no input, so the final state is unchanged
         x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
         dt = F.pad(dt, (0, 0, 0, pad))
     c, L = (l + pad) // chunk_size, chunk_size
     xdt = (x * dt[..., None]).view(b, c, L, h, p)
     B, C = B.view(b, c, L, h, n), C.view(b, c, L, h, n)
-    log_decay = (dt * A.float()).view(b, c, L, h).permute(0, 3, 1, 2)  # (b, h, c, L)
+    log_decay = (dt * A.to(dtype)).view(b, c, L, h).permute(0, 3, 1, 2)  # (b, h, c, L)
     cum = log_decay.cumsum(dim=-1)
 
     # 1. inside each chunk: y_t += sum_{s<=t} C_t.B_s exp(cum_t - cum_s) xdt_s
     causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
     seg = (cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, float("-inf"))
-    y = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", C, B, seg.exp(), xdt)
+    scores = torch.einsum("bclhn,bcshn->bchls", C, B) * seg.exp().transpose(1, 2)
+    y = torch.einsum("bchls,bcshp->bclhp", scores, xdt)
 
     # 2. each chunk's own contribution to the state at its end
     to_end = (cum[..., -1:] - cum).exp()  # (b, h, c, L)
-    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, to_end, xdt)
+    chunk_states = torch.einsum("bclhn,bclhp->bchpn", B * to_end.permute(0, 2, 3, 1)[..., None], xdt)
 
     # 3. carry the state across chunks (a short sequential loop over c chunks)
-    state = (x.new_zeros(b, h, p, n) if initial_state is None else initial_state.float())
+    state = x.new_zeros(b, h, p, n) if initial_state is None else initial_state.to(dtype)
     chunk_decay = cum[..., -1].exp()  # (b, h, c)
     starts = []
     for i in range(c):
@@ -118,7 +120,8 @@ def ssd_chunked(x, dt, A, B, C, chunk_size: int, initial_state=None):
     starts = torch.stack(starts, dim=1)  # (b, c, h, p, n): state entering each chunk
 
     # 4. the entering state's contribution inside each chunk
-    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", C, starts, cum.exp())
+    C_decayed = C * cum.exp().permute(0, 2, 3, 1)[..., None]
+    y = y + torch.einsum("bclhn,bchpn->bclhp", C_decayed, starts)
     return y.reshape(b, c * L, h, p)[:, :l], state
 
 

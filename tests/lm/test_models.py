@@ -1,0 +1,153 @@
+"""Language models: sizes, shapes, causality, cached decoding == parallel forward."""
+
+import pytest
+import torch
+
+from pararnn.models import MODELS, SIZES, build_model, preset
+from pararnn.models.blocks import sample
+from pararnn.models.mamba2 import ssd_backend, ssd_chunked, ssd_sequential
+
+# (model, block) pairs: every model, and the paper's block options for the ParaRNN mixers
+VARIANTS = [(m, "standard") for m in MODELS] + [("paragru", "paper"), ("paralstm", "paper")]
+
+
+def small_model(model, block="standard", **overrides):
+    torch.manual_seed(0)
+    fields = dict(vocab_size=64, mamba_d_state=16, mamba_headdim=16, mamba_chunk=8)
+    fields.update(overrides)
+    return build_model(preset(model, "nano", block=block, **fields)).double().eval()
+
+
+# blocks' parameters of each preset (the same for every model up to the matched MLP width)
+EXPECTED_BLOCK_PARAMS = {"tiny": 3.2e6, "small": 25.7e6, "medium": 85e6,
+                         "400m": 405e6, "1b": 1.01e9, "3b": 3.0e9, "7b": 6.85e9}
+
+
+@pytest.mark.parametrize("size", [s for s in SIZES if s != "nano"])  # nano: smoke tests only
+def test_parameter_counts_match_across_models(size):
+    counts = {}
+    for model in MODELS:
+        with torch.device("meta"):
+            counts[model] = build_model(preset(model, size)).num_params(non_embedding=True)
+    reference = counts["transformer"]
+    assert abs(reference / EXPECTED_BLOCK_PARAMS[size] - 1) < 0.05, counts
+    for model, n in counts.items():
+        assert abs(n / reference - 1) < 0.03, (model, counts)
+
+
+def test_sizes_command_prints_counts(capsys):
+    from pararnn.cli import main
+    assert main(["sizes"]) == 0
+    out = capsys.readouterr().out
+    assert "7b" in out and "paragru" in out and "M" in out
+
+
+@pytest.mark.parametrize("model,block", VARIANTS)
+def test_shapes_and_loss(model, block):
+    lm = small_model(model, block).float().train()
+    idx = torch.randint(0, 64, (3, 20))
+    assert lm(idx).shape == (3, 20, 64)
+    loss = lm(idx, idx)
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert all(p.grad is not None for p in lm.parameters())
+
+
+@pytest.mark.parametrize("model,block", VARIANTS)
+def test_causality(model, block):
+    lm = small_model(model, block)
+    idx = torch.randint(0, 64, (2, 24))
+    changed = idx.clone()
+    t = 13
+    changed[:, t] = (changed[:, t] + 7) % 64
+    with torch.no_grad():
+        a, b = lm(idx), lm(changed)
+    assert torch.equal(a[:, :t], b[:, :t]) or torch.allclose(a[:, :t], b[:, :t], atol=1e-12, rtol=0)
+    assert not torch.allclose(a[:, t:], b[:, t:])
+
+
+@pytest.mark.parametrize("model,block", VARIANTS)
+def test_cached_decoding_equals_parallel_forward(model, block):
+    """Prefill a prompt, then feed tokens one at a time (and a chunk of several): the
+    logits equal those of one parallel forward over the same tokens."""
+    lm = small_model(model, block)
+    idx = torch.randint(0, 64, (2, 21))
+    with torch.no_grad():
+        full = lm(idx)
+        caches = lm.new_caches()
+        pieces = [lm(idx[:, :9], caches=caches)]
+        for t in range(9, 15):
+            pieces.append(lm(idx[:, t:t + 1], caches=caches))
+        pieces.append(lm(idx[:, 15:], caches=caches))  # a second multi-token chunk
+    stepped = torch.cat(pieces, dim=1)
+    torch.testing.assert_close(stepped, full, atol=1e-7, rtol=1e-7)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_decode_state_size(model):
+    """ParaRNN and Mamba2 decode states do not grow with the context; the KV cache does."""
+    lm = small_model(model)
+
+    def state_numel(caches):
+        return sum(v.numel() for c in caches for k, vs in c.items() if k != "pos"
+                   for v in (vs if isinstance(vs, tuple) else (vs,)))
+
+    sizes = []
+    for context in (16, 300):
+        caches = lm.new_caches()
+        with torch.no_grad():
+            lm(torch.randint(0, 64, (1, context)), caches=caches)
+        sizes.append(state_numel(caches))
+    if model == "transformer":
+        assert sizes[1] > sizes[0]
+    else:
+        assert sizes[1] == sizes[0]
+
+
+def test_generate_yields_tokens():
+    lm = small_model("paragru").float()
+    gen = torch.Generator().manual_seed(0)
+    tokens = list(lm.generate(torch.randint(0, 64, (2, 5)), 7, top_k=10, generator=gen))
+    assert len(tokens) == 7 and all(t.shape == (2,) for t in tokens)
+    greedy = list(lm.generate(torch.zeros(1, 3, dtype=torch.long), 5, temperature=0))
+    with torch.no_grad():  # greedy decoding reproduces argmax of the parallel forward
+        seq = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.stack(greedy, 1)], 1)
+        assert torch.equal(lm(seq)[:, 2:-1].argmax(-1), seq[:, 3:])
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[0.0, 3.0, 2.9, -1.0]])
+    for _ in range(5):
+        assert int(sample(logits, top_k=1)) == 1
+        assert int(sample(logits, top_p=0.01)) == 1
+        assert int(sample(logits, top_k=2)) in (1, 2)
+    assert int(sample(logits, temperature=0)) == 1
+
+
+@pytest.mark.parametrize("length,chunk", [(1, 4), (13, 4), (32, 8), (17, 64)])
+def test_ssd_chunked_matches_recurrence(length, chunk):
+    g = torch.Generator().manual_seed(length)
+    b, h, p, n = 2, 3, 4, 5
+    x = torch.randn(b, length, h, p, generator=g, dtype=torch.float64)
+    dt = torch.rand(b, length, h, generator=g, dtype=torch.float64)
+    A = -torch.rand(h, generator=g, dtype=torch.float64) * 3
+    B = torch.randn(b, length, h, n, generator=g, dtype=torch.float64)
+    C = torch.randn(b, length, h, n, generator=g, dtype=torch.float64)
+    s0 = torch.randn(b, h, p, n, generator=g, dtype=torch.float64)
+    y1, f1 = ssd_chunked(x, dt, A, B, C, chunk, s0)
+    y2, f2 = ssd_sequential(x, dt, A, B, C, s0)
+    torch.testing.assert_close(y1, y2)
+    torch.testing.assert_close(f1, f2)
+
+
+def test_ssd_backend_on_cpu_is_torch():
+    assert ssd_backend(torch.device("cpu")) == "torch"
+
+
+def test_bad_configs():
+    with pytest.raises(ValueError, match="unknown model"):
+        preset("lstm", "tiny")
+    with pytest.raises(ValueError, match="unknown size"):
+        preset("paragru", "huge")
+    with pytest.raises(ValueError, match="rnn_heads"):
+        preset("paragru", "nano", rnn_heads=3)
