@@ -1,7 +1,7 @@
 """Triton affine-recurrence kernels vs the PyTorch reference scan vs the memory floor.
 
     PYTHONPATH=src python benchmarks/gpu_scan.py            # markdown table
-    PYTHONPATH=src python benchmarks/gpu_scan.py --sweep    # launch configurations too
+    PYTHONPATH=src python benchmarks/gpu_scan.py --sweep    # launch configurations instead
 
 The floor is the bytes the solve must move (read J and r once, write h once) over the
 copy bandwidth measured in the same run (a 2 GiB device-to-device copy, bytes read +
@@ -37,19 +37,27 @@ CASES = [
     ("block2", "bf16", 8, 4096, 1024),
     ("diag", "bf16", 1, 65536, 256),
 ]
-SWEEP_CONFIGS = {
-    "diag": [(64, 32, 4, 1), (64, 32, 4, 2), (128, 32, 8, 1), (32, 64, 4, 1), (64, 64, 8, 1),
-             (32, 32, 2, 1), (16, 128, 4, 1), (128, 64, 8, 2)],
-    "block2": [(32, 16, 4, 1), (32, 16, 4, 2), (64, 16, 8, 1), (32, 32, 4, 1), (16, 32, 4, 1),
-               (64, 8, 4, 1)],
-    "block3": [(32, 16, 4, 1), (16, 16, 4, 1), (32, 8, 4, 1)],
+# --sweep: structure -> (launch configurations (block_t, block_c, warps, stages),
+#                        shapes (B, T, N) with the chunk counts to try at each)
+SWEEP = {
+    "block2": (
+        [(16, 32, 4, 1), (8, 32, 4, 1), (16, 32, 1, 1), (32, 32, 1, 1), (16, 32, 1, 2),
+         (16, 64, 2, 1), (8, 128, 4, 1), (16, 128, 4, 1), (8, 64, 2, 1)],
+        [((8, 4096, 1024), (1, 2, 4, 8)), ((1, 65536, 256), (32, 64, 128, 256)),
+         ((64, 2048, 2048), (1,))],
+    ),
+    "diag": (
+        [(64, 32, 4, 2), (32, 32, 4, 2), (64, 32, 2, 2), (32, 128, 1, 2), (64, 128, 1, 2),
+         (16, 128, 1, 2), (32, 256, 2, 2), (64, 16, 1, 2)],
+        [((8, 4096, 1024), (1, 2, 4)), ((1, 65536, 256), (16, 32, 64, 128, 256)),
+         ((64, 2048, 2048), (1,))],
+    ),
+    "block3": (
+        [(16, 16, 4, 1), (8, 32, 4, 1), (16, 32, 1, 1), (8, 32, 1, 1), (16, 64, 2, 1),
+         (8, 128, 4, 1)],
+        [((8, 3000, 768), (1, 2, 4, 8)), ((1, 65536, 255), (64, 128))],
+    ),
 }
-SWEEP_SHAPES = {
-    "diag": [(8, 4096, 1024), (1, 65536, 256), (64, 2048, 2048)],
-    "block2": [(8, 4096, 1024), (1, 65536, 256), (64, 2048, 2048)],
-    "block3": [(8, 3000, 768)],
-}
-SWEEP_CHUNKS = [1, 2, 4, 8, 16, 32, 64, 128]
 
 
 def copy_bandwidth() -> float:
@@ -106,35 +114,28 @@ def main_table(bandwidth: float) -> list[str]:
 
 
 def sweep(bandwidth: float) -> None:
-    """Time launch configurations and chunk counts directly (fp32)."""
+    """Time launch configurations and chunk counts directly (fp32, forward)."""
     print("| structure | B×T×N | block_t | block_c | warps | stages | chunks | ms | × floor |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, configs in SWEEP_CONFIGS.items():
-        for batch, steps, width in SWEEP_SHAPES[name]:
+    for name, (configs, shapes) in SWEEP.items():
+        for (batch, steps, width), chunk_counts in shapes:
             structure, k, jac, rhs = make_inputs(name, torch.float32, batch, steps, width)
             out = torch.empty_like(rhs)
             floor = (jac.numel() + 2 * rhs.numel()) * 4 / bandwidth * 1e3
-            for i, (bt, bc, warps, stages) in enumerate(configs):
+            for bt, bc, warps, stages in configs:
                 cfg = triton_scan._Config(bt, bc, warps, stages)
-                auto = triton_scan._pick_chunks(batch, steps, width // k, cfg, rhs.device)
-                # the whole chunk-count curve for the first configuration of a narrow shape
-                curve = set(SWEEP_CHUNKS) if batch == 1 and i == 0 else set()
-                chunk_counts = sorted({auto, 1} | curve)
                 for chunks in chunk_counts:
-                    if chunks > 1 and steps // chunks < bt:
-                        continue
                     ms = do_bench(lambda: triton_scan._solve(jac, rhs, out, k, False, None, chunks, cfg),
                                   warmup=10, rep=40, return_mode="median")
-                    mark = "*" if chunks == auto else ""
                     print(f"| {name} | {batch}×{steps}×{width} | {bt} | {bc} | {warps} | {stages} "
-                          f"| {chunks}{mark} | {ms:.3f} | {ms / floor:.2f} |", flush=True)
+                          f"| {chunks} | {ms:.3f} | {ms / floor:.2f} |", flush=True)
             del jac, rhs, out
             torch.cuda.empty_cache()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", action="store_true", help="also time launch configurations")
+    parser.add_argument("--sweep", action="store_true", help="time launch configurations and chunk counts instead")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA device")
@@ -145,7 +146,7 @@ def main() -> None:
     print(f"copy bandwidth (read + write): {bandwidth / 1e12:.2f} TB/s\n", flush=True)
     if args.sweep:
         sweep(bandwidth)
-        print()
+        return
     rows = main_table(bandwidth)
     print("\n" + "\n".join(rows))
 
