@@ -72,15 +72,28 @@ def tanh(x):
     return tl.where(x >= 0, t, -t)
 
 
+@triton.jit
+def row_of(tile, rows, j):
+    """Row ``j`` (compile-time) of a (K, BN) register tile whose K axis lies in-thread."""
+    return tl.sum(tl.where(rows[:, None] == j, tile, 0.0), axis=0)
+
+
+@triton.jit
+def put_row(tile, rows, j, value):
+    return tl.where(rows[:, None] == j, value[None, :], tile)
+
+
 @dataclass(frozen=True)
 class Plan:
-    """Launch plan: ``segments`` of ``seg_len`` steps, ``warmup`` steps, channel block."""
+    """Launch plan: ``segments`` of ``seg_len`` steps, ``warmup`` steps, channel block,
+    and ``steps_per_block`` steps loaded together (one block ahead)."""
 
     segments: int
     seg_len: int
     warmup: int
     block_n: int
     num_warps: int
+    steps_per_block: int
 
 
 # Tuned on an H100 (benchmarks/gpu_fused.py): enough independent (row, channel, segment)
@@ -89,11 +102,13 @@ class Plan:
 CHAINS_PER_SM = 2048
 MIN_SEG_LEN = 128
 WARMUP = 64
+STEPS_PER_BLOCK = 8
 
 
 def make_plan(batch: int, steps: int, channels: int, device: torch.device, *,
               seg_len: int | None, warmup: int | None, block_n: int | None,
-              num_warps: int | None, sequential: bool = False) -> Plan:
+              num_warps: int | None, steps_per_block: int | None = None,
+              sequential: bool = False) -> Plan:
     if block_n is None:
         block_n = 16 if device.type == "cpu" else 128
     if num_warps is None:
@@ -117,7 +132,11 @@ def make_plan(batch: int, steps: int, channels: int, device: torch.device, *,
         warmup = WARMUP
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
-    return Plan(segments, seg_len, warmup, block_n, num_warps)
+    if steps_per_block is None:
+        steps_per_block = 4 if device.type == "cpu" else STEPS_PER_BLOCK
+    if steps_per_block < 1 or steps_per_block & (steps_per_block - 1):
+        raise ValueError(f"steps_per_block must be a power of two, got {steps_per_block}")
+    return Plan(segments, seg_len, warmup, block_n, num_warps, steps_per_block)
 
 
 # ----------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from ._fused_common import (BOUNDARY_TOL, as_f32, as_u8, check_common, make_plan,
-                            run_segmented, sigmoid, supports_tensor, tanh, tl, triton)
+from ._fused_common import (BOUNDARY_TOL, as_f32, as_u8, check_common, make_plan, put_row,
+                            row_of, run_segmented, sigmoid, supports_tensor, tanh, tl,
+                            triton)
 
 __all__ = ["supports", "newton_forward", "sequential_forward", "backward"]
 
@@ -28,12 +29,15 @@ def supports(pre: torch.Tensor) -> bool:
 @triton.jit
 def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
                     HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
-                    CORRECT: tl.constexpr, BN: tl.constexpr):
+                    CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
+    # Steps go in blocks of K: the block's inputs are (K, BN) register tiles loaded one
+    # block ahead (the prefetch that keeps loads in flight across the sequential chain).
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
     offs = pid_n * BN + tl.arange(0, BN)
     mn = offs < N
+    rows = tl.arange(0, K)
     a_z = tl.load(AW + offs, mask=mn, other=0.0)
     a_r = tl.load(AW + N + offs, mask=mn, other=0.0)
     a_h = tl.load(AW + 2 * N + offs, mask=mn, other=0.0)
@@ -58,42 +62,57 @@ def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
     if run:
         s = h
         acc = tl.full([BN], 1.0, tl.float32)
-        row = b * T + t_begin
-        ok = mn & (t_begin < seg_end)
-        uz = tl.load(PRE + row * 3 * N + offs, mask=ok, other=0.0).to(tl.float32)
-        ur = tl.load(PRE + row * 3 * N + N + offs, mask=ok, other=0.0).to(tl.float32)
-        uh = tl.load(PRE + row * 3 * N + 2 * N + offs, mask=ok, other=0.0).to(tl.float32)
-        for t in range(t_begin, seg_end):
-            row = b * T + t
-            nxt = mn & (t + 1 < seg_end)
-            uz_n = tl.load(PRE + (row + 1) * 3 * N + offs, mask=nxt, other=0.0).to(tl.float32)
-            ur_n = tl.load(PRE + (row + 1) * 3 * N + N + offs, mask=nxt, other=0.0).to(tl.float32)
-            uh_n = tl.load(PRE + (row + 1) * 3 * N + 2 * N + offs, mask=nxt,
-                           other=0.0).to(tl.float32)
-            if SEGMENTED:
-                s = tl.where(t == seg_start, h, s)
+        t_rows = t_begin + rows
+        m2 = (t_rows < seg_end)[:, None] & mn[None, :]
+        ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
+        uz = tl.load(ptr, mask=m2, other=0.0).to(tl.float32)
+        ur = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
+        uh = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
+        if HAS_RST:
+            rs = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=m2,
+                         other=0).to(tl.float32)
+        for t0 in range(t_begin, seg_end, K):
+            t_rows = t0 + K + rows
+            m2 = (t_rows < seg_end)[:, None] & mn[None, :]
+            ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
+            uz_n = tl.load(ptr, mask=m2, other=0.0).to(tl.float32)
+            ur_n = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
+            uh_n = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
             if HAS_RST:
-                restart = tl.load(RST + row) != 0
-                hp = tl.where(restart, h0, h)
-            else:
-                hp = h
-            z = sigmoid(a_z * hp + uz)
-            r = sigmoid(a_r * hp + ur)
-            cand = tanh(a_h * (r * hp) + uh)
-            h = hp + z * (cand - hp)
-            keep = t >= seg_start
-            if SEGMENTED:
-                dz = z * (1.0 - z) * a_z
-                dr = r * (1.0 - r) * a_r
-                dc = (1.0 - cand * cand) * a_h * (dr * hp + r)
-                jac = dz * (cand - hp) + z * dc + (1.0 - z)
+                rs_n = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=m2,
+                               other=0).to(tl.float32)
+            out = tl.zeros([K, BN], dtype=tl.float32)
+            for j in tl.static_range(K):
+                t = t0 + j
+                live = t < seg_end
+                if SEGMENTED:
+                    s = tl.where(t == seg_start, h, s)
                 if HAS_RST:
-                    jac = tl.where(restart, 0.0, jac)
-                acc = tl.where(keep, acc * jac, acc)
-            tl.store(HOUT + row * N + offs, h, mask=mn & keep)
+                    restart = row_of(rs, rows, j) != 0
+                    hp = tl.where(restart, h0, h)
+                else:
+                    hp = h
+                z = sigmoid(a_z * hp + row_of(uz, rows, j))
+                r = sigmoid(a_r * hp + row_of(ur, rows, j))
+                cand = tanh(a_h * (r * hp) + row_of(uh, rows, j))
+                h = tl.where(live, hp + z * (cand - hp), h)
+                out = put_row(out, rows, j, h)
+                if SEGMENTED:
+                    dz = z * (1.0 - z) * a_z
+                    dr = r * (1.0 - r) * a_r
+                    dc = (1.0 - cand * cand) * a_h * (dr * hp + r)
+                    jac = dz * (cand - hp) + z * dc + (1.0 - z)
+                    if HAS_RST:
+                        jac = tl.where(restart, 0.0, jac)
+                    acc = tl.where(live & (t >= seg_start), acc * jac, acc)
+            o_rows = t0 + rows
+            o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
+            tl.store(HOUT + (b * T + o_rows)[:, None] * N + offs[None, :], out, mask=o_mask)
             uz = uz_n
             ur = ur_n
             uh = uh_n
+            if HAS_RST:
+                rs = rs_n
         if SEGMENTED:
             tl.store(E + bnd, h, mask=mn)
             tl.store(A + bnd, acc, mask=mn)
@@ -103,12 +122,14 @@ def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
 @triton.jit
 def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, L, W, tol,
                     HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
-                    CORRECT: tl.constexpr, BN: tl.constexpr):
+                    CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
+    # Walks down from t_top in blocks of K steps (rows top-K .. top-1), one block ahead.
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
     offs = pid_n * BN + tl.arange(0, BN)
     mn = offs < N
+    rows = tl.arange(0, K)
     a_z = tl.load(AW + offs, mask=mn, other=0.0)
     a_r = tl.load(AW + N + offs, mask=mn, other=0.0)
     a_h = tl.load(AW + 2 * N + offs, mask=mn, other=0.0)
@@ -138,60 +159,83 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, L
         ga_r = tl.zeros([BN], dtype=tl.float32)
         ga_h = tl.zeros([BN], dtype=tl.float32)
         gh0 = tl.zeros([BN], dtype=tl.float32)
-        # values of step t (its input, the state before it, dL/dh_t), prefetched a step ahead
-        t = t_top - 1
-        row = b * T + t
-        uz = tl.load(PRE + row * 3 * N + offs, mask=mn, other=0.0).to(tl.float32)
-        ur = tl.load(PRE + row * 3 * N + N + offs, mask=mn, other=0.0).to(tl.float32)
-        uh = tl.load(PRE + row * 3 * N + 2 * N + offs, mask=mn, other=0.0).to(tl.float32)
-        g = tl.load(GH + row * N + offs, mask=mn, other=0.0)
-        hp = tl.load(HS + (row - 1) * N + offs, mask=mn & (t > 0), other=0.0)
-        for i in range(0, t_top - seg_start):
-            t = t_top - 1 - i
-            row = b * T + t
-            nxt = mn & (t - 1 >= seg_start)
-            uz_n = tl.load(PRE + (row - 1) * 3 * N + offs, mask=nxt, other=0.0).to(tl.float32)
-            ur_n = tl.load(PRE + (row - 1) * 3 * N + N + offs, mask=nxt, other=0.0).to(tl.float32)
-            uh_n = tl.load(PRE + (row - 1) * 3 * N + 2 * N + offs, mask=nxt,
-                           other=0.0).to(tl.float32)
-            g_n = tl.load(GH + (row - 1) * N + offs, mask=nxt, other=0.0)
-            hp_n = tl.load(HS + (row - 2) * N + offs, mask=nxt & (t - 1 > 0), other=0.0)
-            if SEGMENTED:
-                s = tl.where(t == seg_end - 1, mu, s)
+        t_rows = t_top - K + rows
+        valid = (t_rows >= seg_start)[:, None] & mn[None, :]
+        ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
+        uz = tl.load(ptr, mask=valid, other=0.0).to(tl.float32)
+        ur = tl.load(ptr + N, mask=valid, other=0.0).to(tl.float32)
+        uh = tl.load(ptr + 2 * N, mask=valid, other=0.0).to(tl.float32)
+        gt = tl.load(GH + (b * T + t_rows)[:, None] * N + offs[None, :], mask=valid, other=0.0)
+        ht = tl.load(HS + (b * T + t_rows - 1)[:, None] * N + offs[None, :],
+                     mask=valid & (t_rows > 0)[:, None], other=0.0)
+        if HAS_RST:
+            rs = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=valid,
+                         other=0).to(tl.float32)
+        for blk in range(0, tl.cdiv(t_top - seg_start, K)):
+            top = t_top - blk * K
+            t_rows = top - 2 * K + rows
+            valid = (t_rows >= seg_start)[:, None] & mn[None, :]
+            ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
+            uz_n = tl.load(ptr, mask=valid, other=0.0).to(tl.float32)
+            ur_n = tl.load(ptr + N, mask=valid, other=0.0).to(tl.float32)
+            uh_n = tl.load(ptr + 2 * N, mask=valid, other=0.0).to(tl.float32)
+            gt_n = tl.load(GH + (b * T + t_rows)[:, None] * N + offs[None, :], mask=valid,
+                           other=0.0)
+            ht_n = tl.load(HS + (b * T + t_rows - 1)[:, None] * N + offs[None, :],
+                           mask=valid & (t_rows > 0)[:, None], other=0.0)
             if HAS_RST:
-                restart = (tl.load(RST + row) != 0) | (t == 0)
-            else:
-                restart = t == 0
-            hp = tl.where(restart, h0, hp)
-            z = sigmoid(a_z * hp + uz)
-            r = sigmoid(a_r * hp + ur)
-            cand = tanh(a_h * (r * hp) + uh)
-            lam = g + mu
-            g_z = lam * (cand - hp) * z * (1.0 - z)
-            g_h = lam * z * (1.0 - cand * cand)
-            g_r = g_h * a_h * hp * r * (1.0 - r)
-            nu = lam * (1.0 - z) + g_z * a_z + g_r * a_r + g_h * a_h * r
-            keep = t < seg_end
-            km = mn & keep
-            tl.store(GPRE + row * 3 * N + offs, g_z, mask=km)
-            tl.store(GPRE + row * 3 * N + N + offs, g_r, mask=km)
-            tl.store(GPRE + row * 3 * N + 2 * N + offs, g_h, mask=km)
-            ga_z += tl.where(keep, g_z * hp, 0.0)
-            ga_r += tl.where(keep, g_r * hp, 0.0)
-            ga_h += tl.where(keep, g_h * r * hp, 0.0)
-            gh0 += tl.where(keep & restart, nu, 0.0)
-            if SEGMENTED:
-                dz = z * (1.0 - z) * a_z
-                dr = r * (1.0 - r) * a_r
-                dc = (1.0 - cand * cand) * a_h * (dr * hp + r)
-                jac = dz * (cand - hp) + z * dc + (1.0 - z)
-                acc = tl.where(keep, tl.where(restart, 0.0, acc * jac), acc)
-            mu = tl.where(restart, 0.0, nu)
+                rs_n = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=valid,
+                               other=0).to(tl.float32)
+            o_z = tl.zeros([K, BN], dtype=tl.float32)
+            o_r = tl.zeros([K, BN], dtype=tl.float32)
+            o_h = tl.zeros([K, BN], dtype=tl.float32)
+            for jj in tl.static_range(K):
+                j = K - 1 - jj
+                t = top - K + j
+                live = t >= seg_start
+                keep = live & (t < seg_end)
+                if SEGMENTED:
+                    s = tl.where(t == seg_end - 1, mu, s)
+                if HAS_RST:
+                    restart = (row_of(rs, rows, j) != 0) | (t == 0)
+                else:
+                    restart = t == 0
+                hp = tl.where(restart, h0, row_of(ht, rows, j))
+                z = sigmoid(a_z * hp + row_of(uz, rows, j))
+                r = sigmoid(a_r * hp + row_of(ur, rows, j))
+                cand = tanh(a_h * (r * hp) + row_of(uh, rows, j))
+                lam = row_of(gt, rows, j) + mu
+                g_z = lam * (cand - hp) * z * (1.0 - z)
+                g_h = lam * z * (1.0 - cand * cand)
+                g_r = g_h * a_h * hp * r * (1.0 - r)
+                nu = lam * (1.0 - z) + g_z * a_z + g_r * a_r + g_h * a_h * r
+                o_z = put_row(o_z, rows, j, g_z)
+                o_r = put_row(o_r, rows, j, g_r)
+                o_h = put_row(o_h, rows, j, g_h)
+                ga_z += tl.where(keep, g_z * hp, 0.0)
+                ga_r += tl.where(keep, g_r * hp, 0.0)
+                ga_h += tl.where(keep, g_h * r * hp, 0.0)
+                gh0 += tl.where(keep & restart, nu, 0.0)
+                if SEGMENTED:
+                    dz = z * (1.0 - z) * a_z
+                    dr = r * (1.0 - r) * a_r
+                    dc = (1.0 - cand * cand) * a_h * (dr * hp + r)
+                    jac = dz * (cand - hp) + z * dc + (1.0 - z)
+                    acc = tl.where(keep, tl.where(restart, 0.0, acc * jac), acc)
+                mu = tl.where(live, tl.where(restart, 0.0, nu), mu)
+            o_rows = top - K + rows
+            o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
+            optr = GPRE + (b * T + o_rows)[:, None] * (3 * N) + offs[None, :]
+            tl.store(optr, o_z, mask=o_mask)
+            tl.store(optr + N, o_r, mask=o_mask)
+            tl.store(optr + 2 * N, o_h, mask=o_mask)
             uz = uz_n
             ur = ur_n
             uh = uh_n
-            g = g_n
-            hp = hp_n
+            gt = gt_n
+            ht = ht_n
+            if HAS_RST:
+                rs = rs_n
         tl.store(GA + part * 3 * N + offs, ga_z, mask=mn)
         tl.store(GA + part * 3 * N + N + offs, ga_r, mask=mn)
         tl.store(GA + part * 3 * N + 2 * N + offs, ga_h, mask=mn)
@@ -225,7 +269,8 @@ def _forward(pre, a, h0, resets, rounds, *, seg_len, warmup, block_n, num_warps,
             pre, a, h0 if h0 is not None else a, rst if rst is not None else pre, out,
             E, A, S, X, steps, n, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             HAS_H0=h0 is not None, HAS_RST=rst is not None, SEGMENTED=segmented,
-            CORRECT=correct, BN=plan.block_n, num_warps=plan.num_warps)
+            CORRECT=correct, BN=plan.block_n, K=plan.steps_per_block,
+            num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=1, reverse=False)
     return out
@@ -289,7 +334,8 @@ def backward(pre, a, h0, resets, H, grad_H, *, seg_len=None, warmup=None, block_
             pre, a, h0 if h0 is not None else a, rst if rst is not None else pre, H, grad_H,
             grad_pre, grad_a_part, grad_h0_part, E, A, S, X, steps, n, plan.seg_len,
             plan.warmup, BOUNDARY_TOL, HAS_H0=h0 is not None, HAS_RST=rst is not None,
-            SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n, num_warps=plan.num_warps)
+            SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n, K=plan.steps_per_block,
+            num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=1, reverse=True)
     return grad_pre, grad_a_part.sum((0, 1)), grad_h0_part.sum(1)

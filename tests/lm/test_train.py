@@ -1,0 +1,221 @@
+"""Training end to end on CPU: loss falls, exact resume, atomic checkpoints, DDP (gloo), CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import pararnn.train.loop as loop
+from pararnn.cli import main
+from pararnn.data.corpus import stdlib_files
+from pararnn.train import TrainConfig, open_checkpoint, train
+from pararnn.train.metrics import read_metrics
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    """~100 KB of real Python source in 50 files."""
+    root = tmp_path_factory.mktemp("corpus")
+    stdlib_root, files = stdlib_files()
+    for path in files[:50]:
+        name = path.relative_to(stdlib_root).as_posix().replace("/", "__")
+        (root / name).write_text(path.read_text(encoding="utf-8", errors="replace")[:2000])
+    return root
+
+
+def config(corpus_dir, out, **overrides):
+    fields = dict(model="paragru", size="nano", data=str(corpus_dir), out=str(out), seq_len=32,
+                  batch_size=4, max_steps=12, eval_every=4, ckpt_every=4, eval_tokens=256,
+                  log_every=1, lr=3e-3, progress=False, device="cpu")
+    fields.update(overrides)
+    return TrainConfig(**fields)
+
+
+def curve(run_dir):
+    """Metrics without the timing field, which legitimately differs between runs."""
+    return [{k: v for k, v in r.items() if k != "tok_per_s"} for r in read_metrics(Path(run_dir) / "metrics.jsonl")]
+
+
+def weights(run_dir):
+    return load_file(str(open_checkpoint(run_dir).path / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference_run(corpus_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    train(config(corpus_dir, out))
+    return out
+
+
+def test_tiny_model_learns_on_the_default_corpus(tmp_path):
+    """The `tiny` ParaGRU LM on the standard-library corpus: the loss falls within 30 steps."""
+    cfg = TrainConfig(model="paragru", size="tiny", out=str(tmp_path / "tiny"), seq_len=32, batch_size=4,
+                      max_steps=30, lr=3e-3, eval_every=30, ckpt_every=30, eval_tokens=512,
+                      log_every=5, progress=False, device="cpu")
+    val = train(cfg)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "tiny" / "metrics.jsonl") if r["kind"] == "train"]
+    assert losses[-1] < losses[0] - 1.0, losses
+    assert val["val_loss"] < 4.0 and val["val_bpb"] > 0
+    assert (tmp_path / "tiny" / "loss.png").stat().st_size > 1000
+
+
+def test_run_folder_contents(reference_run):
+    run = reference_run
+    assert (run / "loss.png").is_file() and (run / "config.json").is_file()
+    ckpt = open_checkpoint(run)
+    assert ckpt.meta["step"] == 12 and ckpt.path.name == "step_00000012"
+    assert {p.name for p in ckpt.path.iterdir()} == {"model.safetensors", "state.pt", "meta.json", "tokenizer.json"}
+    assert len(list((run / "checkpoints").iterdir())) == 2  # keep_checkpoints=2
+    kinds = [r["kind"] for r in read_metrics(run / "metrics.jsonl")]
+    assert kinds.count("train") == 12 and kinds.count("val") == 3
+
+
+def test_killed_run_resumes_exactly(corpus_dir, reference_run, tmp_path, monkeypatch):
+    """Kill a run after step 6 (checkpoint at 4, metrics logged to 6); --resume continues
+    from step 4 with the same batches: same loss curve and same final weights."""
+    out = tmp_path / "killed"
+    real_batch = loop.train_batch
+
+    def dying_batch(tokens, step, **kw):
+        if step == 6:
+            raise KeyboardInterrupt  # as if the process were killed here
+        return real_batch(tokens, step, **kw)
+
+    monkeypatch.setattr(loop, "train_batch", dying_batch)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(corpus_dir, out))
+    assert open_checkpoint(out).meta["step"] == 4
+    assert max(r["step"] for r in read_metrics(out / "metrics.jsonl")) == 6
+
+    monkeypatch.setattr(loop, "train_batch", real_batch)
+    train(config(corpus_dir, out, resume=True))
+    assert curve(out) == curve(reference_run)
+    a, b = weights(out), weights(reference_run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(corpus_dir, reference_run, tmp_path, monkeypatch):
+    import safetensors.torch
+    out = tmp_path / "crash"
+    real_save, calls = safetensors.torch.save_file, []
+
+    def crashing_save(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 2:  # the second checkpoint dies half-written
+            Path(filename).write_bytes(b"partial")
+            raise OSError("disk full")
+        real_save(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crashing_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(config(corpus_dir, out))
+    ckpt = open_checkpoint(out)
+    assert ckpt.meta["step"] == 4 and len(ckpt.model_state()) > 0
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    train(config(corpus_dir, out, resume=True))
+    assert curve(out) == curve(reference_run)
+
+
+def test_ddp_on_cpu_with_gloo_matches_one_process(corpus_dir, tmp_path):
+    """`pararnn train` under torchrun (2 processes, gloo): batch 2 per process gives the
+    same training as one process with batch 4."""
+    single = tmp_path / "single"
+    train(config(corpus_dir, single, max_steps=4, batch_size=4, eval_every=4, ckpt_every=4))
+    ddp = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "pararnn", "train", "--model", "paragru", "--size", "nano", "--data", str(corpus_dir),
+           "--out", str(ddp), "--seq-len", "32", "--batch-size", "2", "--max-steps", "4",
+           "--eval-every", "4", "--ckpt-every", "4", "--eval-tokens", "256", "--log-every", "1",
+           "--lr", "3e-3", "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = curve(single), curve(ddp)
+    assert [r["kind"] for r in a] == [r["kind"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ("loss", "val_loss", "tokens"):
+            if key in ra:
+                assert ra[key] == pytest.approx(rb[key], rel=1e-4), (key, ra, rb)
+    wa, wb = weights(single), weights(ddp)
+    # Adam divides by sqrt(v): float rounding of the gradient all-reduce can move a weight by ~1e-5
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+# ---- the command line ---------------------------------------------------------------
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_eval_and_generate(reference_run, corpus_dir, capsys):
+    code, out, _ = run_cli(capsys, "eval", "--checkpoint", str(reference_run), "--device", "cpu")
+    assert code == 0 and "perplexity" in out and "bits/byte" in out
+    code, out, _ = run_cli(capsys, "eval", "--checkpoint", str(reference_run), "--data", str(corpus_dir),
+                           "--max-tokens", "512", "--device", "cpu")
+    assert code == 0 and "512 tokens" in out
+    code, out, err = run_cli(capsys, "generate", "--checkpoint", str(reference_run), "--prompt", "def ",
+                             "--max-new-tokens", "20", "--top-k", "20", "--top-p", "0.9", "--device", "cpu")
+    assert code == 0 and out.startswith("def ") and "tokens/s" in err and "decode state" in err
+
+
+def test_config_file(corpus_dir, tmp_path, capsys):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": "transformer", "size": "nano", "max-steps": 2, "seq_len": 16,
+                               "batch_size": 2, "eval_tokens": 64, "data": str(corpus_dir),
+                               "device": "cpu", "progress": False, "out": "ignored"}))
+    code, _, err = run_cli(capsys, "train", "--config", str(cfg), "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())["train"]
+    assert saved["model"] == "transformer" and saved["max_steps"] == 2 and saved["out"] == str(tmp_path / "r")
+
+
+def corrupt_copy(reference_run, tmp_path, what):
+    import shutil
+    run = tmp_path / "copy"
+    shutil.copytree(reference_run, run)
+    ckpt = open_checkpoint(run).path
+    if what == "weights":
+        (ckpt / "model.safetensors").write_bytes(b"\x10\x00\x00\x00garbage")
+    elif what == "meta":
+        (ckpt / "meta.json").write_text("{not json")
+    return run
+
+
+@pytest.mark.parametrize("case", ["missing", "weights", "meta", "empty_data", "unknown_model",
+                                  "seq_len_0", "other_model", "existing_out", "bad_prompt"])
+def test_bad_input_gives_one_line_errors(case, reference_run, corpus_dir, tmp_path, capsys):
+    before = sorted(p.relative_to(reference_run) for p in reference_run.rglob("*"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    common = ["--size", "nano", "--device", "cpu", "--no-progress", "--max-steps", "2"]
+    argv = {  # built lazily: some cases make a damaged copy of the reference run
+        "missing": lambda: ["eval", "--checkpoint", str(tmp_path / "nope")],
+        "weights": lambda: ["eval", "--checkpoint", str(corrupt_copy(reference_run, tmp_path, "weights"))],
+        "meta": lambda: ["generate", "--checkpoint", str(corrupt_copy(reference_run, tmp_path, "meta"))],
+        "empty_data": lambda: ["train", "--data", str(empty), "--out", str(tmp_path / "r"), *common],
+        "unknown_model": lambda: ["train", "--model", "gpt5", "--out", str(tmp_path / "r"), *common],
+        "seq_len_0": lambda: ["train", "--seq-len", "0", "--data", str(corpus_dir),
+                              "--out", str(tmp_path / "r"), *common],
+        "other_model": lambda: ["train", "--model", "transformer", "--resume", "--data", str(corpus_dir),
+                                "--out", str(reference_run), *common],
+        "existing_out": lambda: ["train", "--data", str(corpus_dir), "--out", str(reference_run), *common],
+        "bad_prompt": lambda: ["generate", "--checkpoint", str(reference_run), "--prompt", ""],
+    }[case]()
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pararnn: error: "), err
+    assert "Traceback" not in err
+    assert sorted(p.relative_to(reference_run) for p in reference_run.rglob("*")) == before
+    assert not (tmp_path / "r" / "latest").exists()
