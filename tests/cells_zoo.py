@@ -7,6 +7,9 @@ from torch import nn
 
 import pararnn
 
+# Newton options that iterate to float64 precision and fail loudly otherwise.
+CONVERGED = dict(max_iters=60, tol=1e-12, on_failure="raise")
+
 
 class ElmanCell(pararnn.Cell):
     """Dense Jacobian: h' = tanh(W h + U x + b)."""

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import pararnn
-from cells_zoo import all_cells
-from conftest import CONVERGED
+from cells_zoo import CONVERGED, all_cells
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

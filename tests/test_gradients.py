@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import pararnn
-from cells_zoo import all_cells
-from conftest import CONVERGED
+from cells_zoo import CONVERGED, all_cells
 
 
 def gradients(cell, x, h0, mode, resets=None, cu_seqlens=None):

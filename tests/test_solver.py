@@ -6,8 +6,7 @@ from hypothesis import strategies as st
 import torch
 
 import pararnn
-from cells_zoo import all_cells
-from conftest import CONVERGED
+from cells_zoo import CONVERGED, all_cells
 
 STEPS = [1, 2, 7, 257, 1000]
 
