@@ -122,27 +122,29 @@ def maxerr(x, ref, cols):
 
 def tune(results):
     rows = []
-    plans = [dict(block_n=128, num_warps=1), dict(block_n=64, num_warps=1),
-             dict(block_n=256, num_warps=2), dict(block_n=32, num_warps=1)]
+    plans = [dict(block_n=128, num_warps=1, steps_per_block=8),
+             dict(block_n=128, num_warps=1, steps_per_block=16),
+             dict(block_n=64, num_warps=1, steps_per_block=16),
+             dict(block_n=256, num_warps=2, steps_per_block=8),
+             dict(block_n=32, num_warps=1, steps_per_block=16)]
     for kind in ("gru", "lstm"):
         for (B, T, N) in SHAPES:
             p = Problem(kind, B, T, N)
             floor = p.floor_bytes() / results["bandwidth"] * 1e3
             for plan in plans:
-                for seg, warm in ((None, 32), (None, 64), (64, 64), (256, 64), (1024, 64)):
+                name = f"{plan['block_n']}/{plan['num_warps']}/{plan['steps_per_block']}"
+                for seg, warm in ((None, 32), (None, 64), (128, 32), (512, 64)):
                     ms = bench(lambda i: p.newton(i, seg_len=seg, warmup=warm, **plan))
-                    rows.append((kind, f"{B}x{T}x{N}", plan["block_n"], plan["num_warps"],
-                                 seg, warm, ms, ms / floor))
+                    rows.append((kind, f"{B}x{T}x{N}", name, seg, warm, ms, ms / floor))
                 ms = bench(lambda i: p.sequential(i, **plan))
-                rows.append((kind, f"{B}x{T}x{N}", plan["block_n"], plan["num_warps"], "seq",
-                             "-", ms, ms / floor))
+                rows.append((kind, f"{B}x{T}x{N}", name, "seq", "-", ms, ms / floor))
             del p
             torch.cuda.empty_cache()
     results["tune"] = rows
-    print("\n| cell | shape | block_n | warps | seg_len | warmup | ms | x floor |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| cell | shape | block_n/warps/K | seg_len | warmup | ms | x floor |")
+    print("|---|---|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]:.3f} | {r[7]:.2f} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.3f} | {r[6]:.2f} |")
     sys.stdout.flush()
 
 

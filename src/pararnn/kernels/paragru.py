@@ -246,7 +246,8 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, L
             tl.store(S + bnd, s, mask=mn)
 
 
-def _forward(pre, a, h0, resets, rounds, *, seg_len, warmup, block_n, num_warps, sequential):
+def _forward(pre, a, h0, resets, rounds, *, seg_len, warmup, block_n, num_warps,
+             steps_per_block, sequential):
     batch, steps, n = check_common("paragru", pre, a, h0, resets, 1)
     dev = pre.device
     pre = pre.contiguous()
@@ -254,7 +255,8 @@ def _forward(pre, a, h0, resets, rounds, *, seg_len, warmup, block_n, num_warps,
     h0 = as_f32(h0, dev)
     rst = as_u8(resets)
     plan = make_plan(batch, steps, n, dev, seg_len=seg_len, warmup=warmup, block_n=block_n,
-                     num_warps=num_warps, sequential=sequential)
+                     num_warps=num_warps, steps_per_block=steps_per_block,
+                     sequential=sequential)
     out = torch.empty(batch, steps, n, device=dev, dtype=torch.float32)
     segmented = plan.segments > 1
     if segmented:
@@ -277,28 +279,30 @@ def _forward(pre, a, h0, resets, rounds, *, seg_len, warmup, block_n, num_warps,
 
 
 def newton_forward(pre, a, h0=None, resets=None, num_iters: int = 3, *, seg_len=None,
-                   warmup=None, block_n=None, num_warps=None) -> torch.Tensor:
+                   warmup=None, block_n=None, num_warps=None,
+                   steps_per_block=None) -> torch.Tensor:
     """All states ``H`` (B, T, N) fp32: the solution of the ParaGRU recurrence.
 
     Segmented hybrid (see :mod:`._fused_common`); ``num_iters`` (>= 1) bounds the
-    boundary-Newton rounds. ``seg_len``/``warmup``/``block_n``/``num_warps`` override
-    the tuned launch plan.
+    boundary-Newton rounds. ``seg_len``/``warmup``/``block_n``/``num_warps``/
+    ``steps_per_block`` override the tuned launch plan (:func:`._fused_common.make_plan`).
     """
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
     return _forward(pre, a, h0, resets, num_iters, seg_len=seg_len, warmup=warmup,
-                    block_n=block_n, num_warps=num_warps, sequential=False)
+                    block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
+                    sequential=False)
 
 
-def sequential_forward(pre, a, h0=None, resets=None, *, block_n=None,
-                       num_warps=None) -> torch.Tensor:
+def sequential_forward(pre, a, h0=None, resets=None, *, block_n=None, num_warps=None,
+                       steps_per_block=None) -> torch.Tensor:
     """All states ``H`` (B, T, N) fp32 by one fused loop over t per (row, channel block)."""
     return _forward(pre, a, h0, resets, 0, seg_len=None, warmup=0, block_n=block_n,
-                    num_warps=num_warps, sequential=True)
+                    num_warps=num_warps, steps_per_block=steps_per_block, sequential=True)
 
 
 def backward(pre, a, h0, resets, H, grad_H, *, seg_len=None, warmup=None, block_n=None,
-             num_warps=None):
+             num_warps=None, steps_per_block=None):
     """Gradients of ``sum(grad_H * H)`` through the recurrence.
 
     Returns ``(grad_pre (B,T,3N), grad_a (3,N), grad_h0 (B,N))``, all fp32. ``H`` must be
@@ -316,7 +320,7 @@ def backward(pre, a, h0, resets, H, grad_H, *, seg_len=None, warmup=None, block_
     grad_H = as_f32(grad_H, dev)
     rst = as_u8(resets)
     plan = make_plan(batch, steps, n, dev, seg_len=seg_len, warmup=warmup, block_n=block_n,
-                     num_warps=num_warps)
+                     num_warps=num_warps, steps_per_block=steps_per_block)
     P = plan.segments
     grad_pre = torch.empty(batch, steps, 3 * n, device=dev, dtype=torch.float32)
     grad_a_part = torch.empty(batch, P, 3, n, device=dev, dtype=torch.float32)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from ._fused_common import (BOUNDARY_TOL, as_f32, as_u8, check_common, make_plan,
-                            run_segmented, sigmoid, supports_tensor, tanh, tl, triton)
+from ._fused_common import (BOUNDARY_TOL, as_f32, as_u8, check_common, make_plan, put_row,
+                            row_of, run_segmented, sigmoid, supports_tensor, tanh, tl,
+                            triton)
 
 __all__ = ["supports", "newton_forward", "sequential_forward", "backward"]
 
@@ -70,12 +71,14 @@ def _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o, p_f, p_o):
 @triton.jit
 def _lstm_fwd_kernel(PRE, AW, PW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
                      HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
-                     CORRECT: tl.constexpr, BN: tl.constexpr):
+                     CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
+    # blocks of K steps held as (K, BN) register tiles, loaded one block ahead
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
     offs = pid_n * BN + tl.arange(0, BN)
     mn = offs < N
+    rows = tl.arange(0, K)
     a_f = tl.load(AW + offs, mask=mn, other=0.0)
     a_c = tl.load(AW + N + offs, mask=mn, other=0.0)
     a_o = tl.load(AW + 2 * N + offs, mask=mn, other=0.0)
@@ -105,52 +108,73 @@ def _lstm_fwd_kernel(PRE, AW, PW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
         m01 = tl.zeros([BN], dtype=tl.float32)
         m10 = tl.zeros([BN], dtype=tl.float32)
         m11 = tl.full([BN], 1.0, tl.float32)
-        row = b * T + t_begin
-        ok = mn & (t_begin < seg_end)
-        uf = tl.load(PRE + row * 3 * N + offs, mask=ok, other=0.0).to(tl.float32)
-        uc = tl.load(PRE + row * 3 * N + N + offs, mask=ok, other=0.0).to(tl.float32)
-        uo = tl.load(PRE + row * 3 * N + 2 * N + offs, mask=ok, other=0.0).to(tl.float32)
-        for t in range(t_begin, seg_end):
-            row = b * T + t
-            nxt = mn & (t + 1 < seg_end)
-            uf_n = tl.load(PRE + (row + 1) * 3 * N + offs, mask=nxt, other=0.0).to(tl.float32)
-            uc_n = tl.load(PRE + (row + 1) * 3 * N + N + offs, mask=nxt, other=0.0).to(tl.float32)
-            uo_n = tl.load(PRE + (row + 1) * 3 * N + 2 * N + offs, mask=nxt,
-                           other=0.0).to(tl.float32)
-            if SEGMENTED:
-                s_c = tl.where(t == seg_start, cs, s_c)
-                s_h = tl.where(t == seg_start, hs, s_h)
+        t_rows = t_begin + rows
+        m2 = (t_rows < seg_end)[:, None] & mn[None, :]
+        ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
+        uf = tl.load(ptr, mask=m2, other=0.0).to(tl.float32)
+        uc = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
+        uo = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
+        if HAS_RST:
+            rs = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=m2,
+                         other=0).to(tl.float32)
+        for t0 in range(t_begin, seg_end, K):
+            t_rows = t0 + K + rows
+            m2 = (t_rows < seg_end)[:, None] & mn[None, :]
+            ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
+            uf_n = tl.load(ptr, mask=m2, other=0.0).to(tl.float32)
+            uc_n = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
+            uo_n = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
             if HAS_RST:
-                restart = tl.load(RST + row) != 0
-                cp = tl.where(restart, c0, cs)
-                hp = tl.where(restart, h0, hs)
-            else:
-                cp = cs
-                hp = hs
-            f, cand, cn, o, tc = _lstm_gates(cp, hp, uf, uc, uo, a_f, a_c, a_o, p_f, p_o)
-            cs = cn
-            hs = o * tc
-            keep = t >= seg_start
-            if SEGMENTED:
-                j00, j01, j10, j11 = _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o, p_f, p_o)
+                rs_n = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=m2,
+                               other=0).to(tl.float32)
+            out_c = tl.zeros([K, BN], dtype=tl.float32)
+            out_h = tl.zeros([K, BN], dtype=tl.float32)
+            for j in tl.static_range(K):
+                t = t0 + j
+                live = t < seg_end
+                if SEGMENTED:
+                    s_c = tl.where(t == seg_start, cs, s_c)
+                    s_h = tl.where(t == seg_start, hs, s_h)
                 if HAS_RST:
-                    j00 = tl.where(restart, 0.0, j00)
-                    j01 = tl.where(restart, 0.0, j01)
-                    j10 = tl.where(restart, 0.0, j10)
-                    j11 = tl.where(restart, 0.0, j11)
-                n00 = j00 * m00 + j01 * m10
-                n01 = j00 * m01 + j01 * m11
-                n10 = j10 * m00 + j11 * m10
-                n11 = j10 * m01 + j11 * m11
-                m00 = tl.where(keep, n00, m00)
-                m01 = tl.where(keep, n01, m01)
-                m10 = tl.where(keep, n10, m10)
-                m11 = tl.where(keep, n11, m11)
-            tl.store(HOUT + row * 2 * N + 2 * offs, cs, mask=mn & keep)
-            tl.store(HOUT + row * 2 * N + 2 * offs + 1, hs, mask=mn & keep)
+                    restart = row_of(rs, rows, j) != 0
+                    cp = tl.where(restart, c0, cs)
+                    hp = tl.where(restart, h0, hs)
+                else:
+                    cp = cs
+                    hp = hs
+                f, cand, cn, o, tc = _lstm_gates(cp, hp, row_of(uf, rows, j), row_of(uc, rows, j),
+                                                 row_of(uo, rows, j), a_f, a_c, a_o, p_f, p_o)
+                cs = tl.where(live, cn, cs)
+                hs = tl.where(live, o * tc, hs)
+                out_c = put_row(out_c, rows, j, cs)
+                out_h = put_row(out_h, rows, j, hs)
+                if SEGMENTED:
+                    j00, j01, j10, j11 = _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o,
+                                                        p_f, p_o)
+                    if HAS_RST:
+                        j00 = tl.where(restart, 0.0, j00)
+                        j01 = tl.where(restart, 0.0, j01)
+                        j10 = tl.where(restart, 0.0, j10)
+                        j11 = tl.where(restart, 0.0, j11)
+                    upd = live & (t >= seg_start)
+                    n00 = j00 * m00 + j01 * m10
+                    n01 = j00 * m01 + j01 * m11
+                    n10 = j10 * m00 + j11 * m10
+                    n11 = j10 * m01 + j11 * m11
+                    m00 = tl.where(upd, n00, m00)
+                    m01 = tl.where(upd, n01, m01)
+                    m10 = tl.where(upd, n10, m10)
+                    m11 = tl.where(upd, n11, m11)
+            o_rows = t0 + rows
+            o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
+            optr = HOUT + (b * T + o_rows)[:, None] * (2 * N) + 2 * offs[None, :]
+            tl.store(optr, out_c, mask=o_mask)
+            tl.store(optr + 1, out_h, mask=o_mask)
             uf = uf_n
             uc = uc_n
             uo = uo_n
+            if HAS_RST:
+                rs = rs_n
         if SEGMENTED:
             _store_boundary(E, A, S, bnd, mn, cs, hs, m00, m01, m10, m11, s_c, s_h)
 
@@ -158,12 +182,14 @@ def _lstm_fwd_kernel(PRE, AW, PW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
 @triton.jit
 def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, L, W, tol,
                      HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
-                     CORRECT: tl.constexpr, BN: tl.constexpr):
+                     CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
+    # walks down from t_top in blocks of K steps, loaded one block ahead
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
     offs = pid_n * BN + tl.arange(0, BN)
     mn = offs < N
+    rows = tl.arange(0, K)
     a_f = tl.load(AW + offs, mask=mn, other=0.0)
     a_c = tl.load(AW + N + offs, mask=mn, other=0.0)
     a_o = tl.load(AW + 2 * N + offs, mask=mn, other=0.0)
@@ -201,78 +227,104 @@ def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T,
         gp_o = tl.zeros([BN], dtype=tl.float32)
         gc0 = tl.zeros([BN], dtype=tl.float32)
         gh0 = tl.zeros([BN], dtype=tl.float32)
-        t = t_top - 1
-        row = b * T + t
-        uf = tl.load(PRE + row * 3 * N + offs, mask=mn, other=0.0).to(tl.float32)
-        uc = tl.load(PRE + row * 3 * N + N + offs, mask=mn, other=0.0).to(tl.float32)
-        uo = tl.load(PRE + row * 3 * N + 2 * N + offs, mask=mn, other=0.0).to(tl.float32)
-        g_c = tl.load(GH + row * 2 * N + 2 * offs, mask=mn, other=0.0)
-        g_h = tl.load(GH + row * 2 * N + 2 * offs + 1, mask=mn, other=0.0)
-        cp = tl.load(HS + (row - 1) * 2 * N + 2 * offs, mask=mn & (t > 0), other=0.0)
-        hp = tl.load(HS + (row - 1) * 2 * N + 2 * offs + 1, mask=mn & (t > 0), other=0.0)
-        for i in range(0, t_top - seg_start):
-            t = t_top - 1 - i
-            row = b * T + t
-            nxt = mn & (t - 1 >= seg_start)
-            uf_n = tl.load(PRE + (row - 1) * 3 * N + offs, mask=nxt, other=0.0).to(tl.float32)
-            uc_n = tl.load(PRE + (row - 1) * 3 * N + N + offs, mask=nxt, other=0.0).to(tl.float32)
-            uo_n = tl.load(PRE + (row - 1) * 3 * N + 2 * N + offs, mask=nxt,
-                           other=0.0).to(tl.float32)
-            g_c_n = tl.load(GH + (row - 1) * 2 * N + 2 * offs, mask=nxt, other=0.0)
-            g_h_n = tl.load(GH + (row - 1) * 2 * N + 2 * offs + 1, mask=nxt, other=0.0)
-            nprev = nxt & (t - 1 > 0)
-            cp_n = tl.load(HS + (row - 2) * 2 * N + 2 * offs, mask=nprev, other=0.0)
-            hp_n = tl.load(HS + (row - 2) * 2 * N + 2 * offs + 1, mask=nprev, other=0.0)
-            if SEGMENTED:
-                s_c = tl.where(t == seg_end - 1, mu_c, s_c)
-                s_h = tl.where(t == seg_end - 1, mu_h, s_h)
+        t_rows = t_top - K + rows
+        valid = (t_rows >= seg_start)[:, None] & mn[None, :]
+        prev = valid & (t_rows > 0)[:, None]
+        ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
+        uf = tl.load(ptr, mask=valid, other=0.0).to(tl.float32)
+        uc = tl.load(ptr + N, mask=valid, other=0.0).to(tl.float32)
+        uo = tl.load(ptr + 2 * N, mask=valid, other=0.0).to(tl.float32)
+        sptr = (b * T + t_rows)[:, None] * (2 * N) + 2 * offs[None, :]
+        gc = tl.load(GH + sptr, mask=valid, other=0.0)
+        gh = tl.load(GH + sptr + 1, mask=valid, other=0.0)
+        hc = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
+        hh = tl.load(HS + sptr - 2 * N + 1, mask=prev, other=0.0)
+        if HAS_RST:
+            rs = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=valid,
+                         other=0).to(tl.float32)
+        for blk in range(0, tl.cdiv(t_top - seg_start, K)):
+            top = t_top - blk * K
+            t_rows = top - 2 * K + rows
+            valid = (t_rows >= seg_start)[:, None] & mn[None, :]
+            prev = valid & (t_rows > 0)[:, None]
+            ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
+            uf_n = tl.load(ptr, mask=valid, other=0.0).to(tl.float32)
+            uc_n = tl.load(ptr + N, mask=valid, other=0.0).to(tl.float32)
+            uo_n = tl.load(ptr + 2 * N, mask=valid, other=0.0).to(tl.float32)
+            sptr = (b * T + t_rows)[:, None] * (2 * N) + 2 * offs[None, :]
+            gc_n = tl.load(GH + sptr, mask=valid, other=0.0)
+            gh_n = tl.load(GH + sptr + 1, mask=valid, other=0.0)
+            hc_n = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
+            hh_n = tl.load(HS + sptr - 2 * N + 1, mask=prev, other=0.0)
             if HAS_RST:
-                restart = (tl.load(RST + row) != 0) | (t == 0)
-            else:
-                restart = t == 0
-            cp = tl.where(restart, c0, cp)
-            hp = tl.where(restart, h0, hp)
-            f, cand, cn, o, tc = _lstm_gates(cp, hp, uf, uc, uo, a_f, a_c, a_o, p_f, p_o)
-            lam_c = g_c + mu_c
-            lam_h = g_h + mu_h
-            g_op = lam_h * tc * o * (1.0 - o)
-            g_cn = lam_c + lam_h * o * (1.0 - tc * tc) + g_op * p_o
-            g_fp = g_cn * (cp - cand) * f * (1.0 - f)
-            g_cp = g_cn * (1.0 - f) * (1.0 - cand * cand)
-            nu_c = g_cn * f + g_fp * p_f
-            nu_h = g_fp * a_f + g_cp * a_c + g_op * a_o
-            keep = t < seg_end
-            km = mn & keep
-            tl.store(GPRE + row * 3 * N + offs, g_fp, mask=km)
-            tl.store(GPRE + row * 3 * N + N + offs, g_cp, mask=km)
-            tl.store(GPRE + row * 3 * N + 2 * N + offs, g_op, mask=km)
-            ga_f += tl.where(keep, g_fp * hp, 0.0)
-            ga_c += tl.where(keep, g_cp * hp, 0.0)
-            ga_o += tl.where(keep, g_op * hp, 0.0)
-            gp_f += tl.where(keep, g_fp * cp, 0.0)
-            gp_o += tl.where(keep, g_op * cn, 0.0)
-            gc0 += tl.where(keep & restart, nu_c, 0.0)
-            gh0 += tl.where(keep & restart, nu_h, 0.0)
-            if SEGMENTED:
-                j00, j01, j10, j11 = _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o, p_f, p_o)
-                # M <- J^T M
-                n00 = j00 * m00 + j10 * m10
-                n01 = j00 * m01 + j10 * m11
-                n10 = j01 * m00 + j11 * m10
-                n11 = j01 * m01 + j11 * m11
-                m00 = tl.where(keep, tl.where(restart, 0.0, n00), m00)
-                m01 = tl.where(keep, tl.where(restart, 0.0, n01), m01)
-                m10 = tl.where(keep, tl.where(restart, 0.0, n10), m10)
-                m11 = tl.where(keep, tl.where(restart, 0.0, n11), m11)
-            mu_c = tl.where(restart, 0.0, nu_c)
-            mu_h = tl.where(restart, 0.0, nu_h)
+                rs_n = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=valid,
+                               other=0).to(tl.float32)
+            o_f = tl.zeros([K, BN], dtype=tl.float32)
+            o_c = tl.zeros([K, BN], dtype=tl.float32)
+            o_o = tl.zeros([K, BN], dtype=tl.float32)
+            for jj in tl.static_range(K):
+                j = K - 1 - jj
+                t = top - K + j
+                live = t >= seg_start
+                keep = live & (t < seg_end)
+                if SEGMENTED:
+                    s_c = tl.where(t == seg_end - 1, mu_c, s_c)
+                    s_h = tl.where(t == seg_end - 1, mu_h, s_h)
+                if HAS_RST:
+                    restart = (row_of(rs, rows, j) != 0) | (t == 0)
+                else:
+                    restart = t == 0
+                cp = tl.where(restart, c0, row_of(hc, rows, j))
+                hp = tl.where(restart, h0, row_of(hh, rows, j))
+                f, cand, cn, o, tc = _lstm_gates(cp, hp, row_of(uf, rows, j), row_of(uc, rows, j),
+                                                 row_of(uo, rows, j), a_f, a_c, a_o, p_f, p_o)
+                lam_c = row_of(gc, rows, j) + mu_c
+                lam_h = row_of(gh, rows, j) + mu_h
+                g_op = lam_h * tc * o * (1.0 - o)
+                g_cn = lam_c + lam_h * o * (1.0 - tc * tc) + g_op * p_o
+                g_fp = g_cn * (cp - cand) * f * (1.0 - f)
+                g_cp = g_cn * (1.0 - f) * (1.0 - cand * cand)
+                nu_c = g_cn * f + g_fp * p_f
+                nu_h = g_fp * a_f + g_cp * a_c + g_op * a_o
+                o_f = put_row(o_f, rows, j, g_fp)
+                o_c = put_row(o_c, rows, j, g_cp)
+                o_o = put_row(o_o, rows, j, g_op)
+                ga_f += tl.where(keep, g_fp * hp, 0.0)
+                ga_c += tl.where(keep, g_cp * hp, 0.0)
+                ga_o += tl.where(keep, g_op * hp, 0.0)
+                gp_f += tl.where(keep, g_fp * cp, 0.0)
+                gp_o += tl.where(keep, g_op * cn, 0.0)
+                gc0 += tl.where(keep & restart, nu_c, 0.0)
+                gh0 += tl.where(keep & restart, nu_h, 0.0)
+                if SEGMENTED:
+                    j00, j01, j10, j11 = _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o,
+                                                        p_f, p_o)
+                    # M <- J^T M
+                    n00 = j00 * m00 + j10 * m10
+                    n01 = j00 * m01 + j10 * m11
+                    n10 = j01 * m00 + j11 * m10
+                    n11 = j01 * m01 + j11 * m11
+                    m00 = tl.where(keep, tl.where(restart, 0.0, n00), m00)
+                    m01 = tl.where(keep, tl.where(restart, 0.0, n01), m01)
+                    m10 = tl.where(keep, tl.where(restart, 0.0, n10), m10)
+                    m11 = tl.where(keep, tl.where(restart, 0.0, n11), m11)
+                mu_c = tl.where(live, tl.where(restart, 0.0, nu_c), mu_c)
+                mu_h = tl.where(live, tl.where(restart, 0.0, nu_h), mu_h)
+            o_rows = top - K + rows
+            o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
+            optr = GPRE + (b * T + o_rows)[:, None] * (3 * N) + offs[None, :]
+            tl.store(optr, o_f, mask=o_mask)
+            tl.store(optr + N, o_c, mask=o_mask)
+            tl.store(optr + 2 * N, o_o, mask=o_mask)
             uf = uf_n
             uc = uc_n
             uo = uo_n
-            g_c = g_c_n
-            g_h = g_h_n
-            cp = cp_n
-            hp = hp_n
+            gc = gc_n
+            gh = gh_n
+            hc = hc_n
+            hh = hh_n
+            if HAS_RST:
+                rs = rs_n
         tl.store(GA + part * 5 * N + offs, ga_f, mask=mn)
         tl.store(GA + part * 5 * N + N + offs, ga_c, mask=mn)
         tl.store(GA + part * 5 * N + 2 * N + offs, ga_o, mask=mn)
@@ -290,7 +342,7 @@ def _check_peephole(name, peephole, n):
 
 
 def _forward(pre, a, peephole, h0, resets, rounds, *, seg_len, warmup, block_n, num_warps,
-             sequential):
+             steps_per_block, sequential):
     batch, steps, n = check_common("paralstm", pre, a, h0, resets, 2)
     _check_peephole("paralstm", peephole, n)
     dev = pre.device
@@ -300,7 +352,8 @@ def _forward(pre, a, peephole, h0, resets, rounds, *, seg_len, warmup, block_n, 
     h0 = as_f32(h0, dev)
     rst = as_u8(resets)
     plan = make_plan(batch, steps, n, dev, seg_len=seg_len, warmup=warmup, block_n=block_n,
-                     num_warps=num_warps, sequential=sequential)
+                     num_warps=num_warps, steps_per_block=steps_per_block,
+                     sequential=sequential)
     out = torch.empty(batch, steps, 2 * n, device=dev, dtype=torch.float32)
     P = plan.segments
     segmented = P > 1
@@ -317,14 +370,16 @@ def _forward(pre, a, peephole, h0, resets, rounds, *, seg_len, warmup, block_n, 
             pre, a, peephole, h0 if h0 is not None else a, rst if rst is not None else pre,
             out, E, A, S, X, steps, n, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             HAS_H0=h0 is not None, HAS_RST=rst is not None, SEGMENTED=segmented,
-            CORRECT=correct, BN=plan.block_n, num_warps=plan.num_warps)
+            CORRECT=correct, BN=plan.block_n, K=plan.steps_per_block,
+            num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=2, reverse=False)
     return out
 
 
 def newton_forward(pre, a, peephole, h0=None, resets=None, num_iters: int = 3, *,
-                   seg_len=None, warmup=None, block_n=None, num_warps=None) -> torch.Tensor:
+                   seg_len=None, warmup=None, block_n=None, num_warps=None,
+                   steps_per_block=None) -> torch.Tensor:
     """All states (B, T, 2N) interleaved fp32: the solution of the ParaLSTM recurrence.
 
     Segmented hybrid (see :mod:`._fused_common`); ``num_iters`` (>= 1) bounds the
@@ -333,18 +388,20 @@ def newton_forward(pre, a, peephole, h0=None, resets=None, num_iters: int = 3, *
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
     return _forward(pre, a, peephole, h0, resets, num_iters, seg_len=seg_len, warmup=warmup,
-                    block_n=block_n, num_warps=num_warps, sequential=False)
+                    block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
+                    sequential=False)
 
 
 def sequential_forward(pre, a, peephole, h0=None, resets=None, *, block_n=None,
-                       num_warps=None) -> torch.Tensor:
+                       num_warps=None, steps_per_block=None) -> torch.Tensor:
     """All states (B, T, 2N) by one fused loop over t per (row, channel block)."""
     return _forward(pre, a, peephole, h0, resets, 0, seg_len=None, warmup=0,
-                    block_n=block_n, num_warps=num_warps, sequential=True)
+                    block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
+                    sequential=True)
 
 
 def backward(pre, a, peephole, h0, resets, H, grad_H, *, seg_len=None, warmup=None,
-             block_n=None, num_warps=None):
+             block_n=None, num_warps=None, steps_per_block=None):
     """Gradients of ``sum(grad_H * H)`` through the recurrence.
 
     Returns ``(grad_pre (B,T,3N), grad_a (3,N), grad_peephole (2,N), grad_h0 (B,2N))``,
@@ -365,7 +422,7 @@ def backward(pre, a, peephole, h0, resets, H, grad_H, *, seg_len=None, warmup=No
     grad_H = as_f32(grad_H, dev)
     rst = as_u8(resets)
     plan = make_plan(batch, steps, n, dev, seg_len=seg_len, warmup=warmup, block_n=block_n,
-                     num_warps=num_warps)
+                     num_warps=num_warps, steps_per_block=steps_per_block)
     P = plan.segments
     grad_pre = torch.empty(batch, steps, 3 * n, device=dev, dtype=torch.float32)
     grad_w_part = torch.empty(batch, P, 5, n, device=dev, dtype=torch.float32)
@@ -385,7 +442,7 @@ def backward(pre, a, peephole, h0, resets, H, grad_H, *, seg_len=None, warmup=No
             H, grad_H, grad_pre, grad_w_part, grad_h0_part, E, A, S, X, steps, n,
             plan.seg_len, plan.warmup, BOUNDARY_TOL, HAS_H0=h0 is not None,
             HAS_RST=rst is not None, SEGMENTED=segmented, CORRECT=correct,
-            BN=plan.block_n, num_warps=plan.num_warps)
+            BN=plan.block_n, K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=2, reverse=True)
     grad_w = grad_w_part.sum((0, 1))
