@@ -5,6 +5,7 @@
     pararnn generate --checkpoint runs/tiny --prompt "def " --max-new-tokens 200
     pararnn bench-decode --model paragru --size small --contexts 512,2048,8192
     pararnn sizes
+    pararnn compare runs/a runs/b --plot compare.png
 
 Bad input (missing or corrupt checkpoint, empty data, unknown model, ...) ends with one
 line ``pararnn: error: ...`` and exit status 2; set ``PARARNN_TRACEBACK=1`` to see the
@@ -106,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(b)
 
     sub.add_parser("sizes", help="parameter counts of every model at every size")
+
+    c = sub.add_parser("compare", help="table and validation-curve plot of several runs")
+    c.add_argument("runs", nargs="+", help="run folders")
+    c.add_argument("--plot", help="write the validation curves to this PNG")
+    c.add_argument("--title", default="")
     parser.commands = sub.choices
     return parser
 
@@ -294,8 +300,21 @@ def cmd_sizes(args, parser) -> None:
     print("(byte-level vocabulary; a BPE vocabulary adds vocab x d_model embedding parameters)")
 
 
+def cmd_compare(args, parser) -> None:
+    from .train.metrics import plot_comparison, summarize
+    rows = [summarize(Path(run)) for run in args.runs]
+    print("| run | model | params | steps | tokens | val loss | val bits/byte | train tokens/s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        params = f"{r['params'] / 1e6:.1f}M" if r["params"] else "?"
+        print(f"| {r['run']} | {r['model']} | {params} | {r['steps']} | {r['tokens']:,} | "
+              f"{r['val_loss']:.4f} | {r['val_bpb']:.4f} | {r['tok_per_s']:,.0f} |")
+    if args.plot:
+        plot_comparison([Path(run) for run in args.runs], Path(args.plot), args.title)
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
-            "bench-decode": cmd_bench_decode, "sizes": cmd_sizes}
+            "bench-decode": cmd_bench_decode, "sizes": cmd_sizes, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

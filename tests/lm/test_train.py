@@ -123,9 +123,10 @@ def test_failed_checkpoint_write_keeps_the_previous_one(corpus_dir, reference_ru
     assert curve(out) == curve(reference_run)
 
 
-def test_ddp_on_cpu_with_gloo_matches_one_process(corpus_dir, tmp_path):
-    """`pararnn train` under torchrun (2 processes, gloo): batch 2 per process gives the
-    same training as one process with batch 4."""
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_torchrun_on_cpu_with_gloo_matches_one_process(sharding, corpus_dir, tmp_path):
+    """`pararnn train` under torchrun (2 processes, gloo), with DDP or FSDP2: batch 2 per
+    process gives the same training as one process with batch 4."""
     single = tmp_path / "single"
     train(config(corpus_dir, single, max_steps=4, batch_size=4, eval_every=4, ckpt_every=4))
     ddp = tmp_path / "ddp"
@@ -133,7 +134,7 @@ def test_ddp_on_cpu_with_gloo_matches_one_process(corpus_dir, tmp_path):
            "-m", "pararnn", "train", "--model", "paragru", "--size", "nano", "--data", str(corpus_dir),
            "--out", str(ddp), "--seq-len", "32", "--batch-size", "2", "--max-steps", "4",
            "--eval-every", "4", "--ckpt-every", "4", "--eval-tokens", "256", "--log-every", "1",
-           "--lr", "3e-3", "--no-progress", "--device", "cpu"]
+           "--lr", "3e-3", "--no-progress", "--device", "cpu"] + (["--fsdp"] if sharding == "fsdp" else [])
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

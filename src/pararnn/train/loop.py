@@ -179,8 +179,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     model_cfg = preset(cfg.model, cfg.size, vocab_size=round_up(tokenizer.vocab_size, 64),
                        block=cfg.block)
     model = build_model(model_cfg).to(device)
-    say(f"model: {cfg.model} {cfg.size}: {model.num_params():,} parameters "
+    n_params = model.num_params()
+    say(f"model: {cfg.model} {cfg.size}: {n_params:,} parameters "
         f"({model.num_params(non_embedding=True):,} without the embedding)")
+    model = D.wrap_model(model, info, cfg.fsdp)  # before the optimizer: FSDP swaps the parameters
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -190,7 +192,6 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(
         s, warmup=warmup, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio))
 
-    model = D.wrap_model(model, info, cfg.fsdp)
     raw = model.module if hasattr(model, "module") else model  # without DDP's wrapper
     step, tokens_seen = 0, 0
     if ckpt is not None:
@@ -208,7 +209,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         tokenizer.save(run_dir)
         write_text_atomic(run_dir / "config.json", json.dumps(
-            {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict()}, indent=1))
+            {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict(),
+             "params": n_params},
+            indent=1))
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if ckpt else None) \
         if info.is_main else None
 

@@ -54,3 +54,42 @@ def plot_losses(metrics_path: Path, png_path: Path, title: str = "") -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, png_path)
+
+
+def summarize(run_dir: Path) -> dict:
+    """Final validation metrics and training speed of a run (median tokens/s over the
+    second half of the logs, which leaves out compilation and autotuning)."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    config = json.loads((run_dir / "config.json").read_text())
+    val = [r for r in records if r.get("kind") == "val"]
+    speeds = sorted(r["tok_per_s"] for r in records[len(records) // 2:] if r.get("kind") == "train")
+    if not val or not speeds:
+        raise ValueError(f"run {run_dir} has no validation or training records yet")
+    params = config.get("params")
+    return {"run": run_dir.name, "model": config["train"]["model"], "params": params,
+            "tokens": val[-1]["tokens"], "steps": val[-1]["step"], "val_loss": val[-1]["val_loss"],
+            "val_bpb": val[-1]["val_bpb"], "tok_per_s": speeds[len(speeds) // 2]}
+
+
+def plot_comparison(run_dirs: list[Path], png_path: Path, title: str = "") -> None:
+    """Validation loss against tokens for several runs in one figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run_dir in run_dirs:
+        records = read_metrics(Path(run_dir) / "metrics.jsonl")
+        model = json.loads((Path(run_dir) / "config.json").read_text())["train"]["model"]
+        val = [(r["tokens"], r["val_loss"]) for r in records if r.get("kind") == "val"]
+        if val:
+            ax.plot(*zip(*val), "o-", markersize=3, label=f"{model} ({Path(run_dir).name})")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
