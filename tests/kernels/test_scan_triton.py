@@ -144,12 +144,14 @@ def test_two_level_chunks(name, reverse, with_h0):
 
 
 def test_pick_chunks():
-    cfg = triton_scan._Config(block_t=64, block_c=32, num_warps=4)
-    cpu = torch.device("cpu")
+    cfg = triton_scan._Config(block_t=64, block_c=32, num_warps=4, single_pass_per_sm=2,
+                              chunked_per_sm=8)
+    cpu = torch.device("cpu")  # counts as one multiprocessor
     # enough programs from batch x channels: one pass
-    assert triton_scan._pick_chunks(8, 4096, 1024, cfg, cpu) == 1
-    # a single program over a long sequence: split time, chunks of >= 4 tiles
-    assert triton_scan._pick_chunks(1, 4096, 32, cfg, cpu) == 4
+    assert triton_scan._pick_chunks(1, 4096, 64, cfg, cpu) == 1
+    # one program: split time into 8 chunks, or fewer so that each has >= 4 tiles
+    assert triton_scan._pick_chunks(1, 4096, 32, cfg, cpu) == 8
+    assert triton_scan._pick_chunks(1, 1024, 32, cfg, cpu) == 4
     assert triton_scan._pick_chunks(1, 200, 32, cfg, cpu) == 1
 
 

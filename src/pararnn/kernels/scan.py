@@ -274,22 +274,32 @@ _KERNELS = {1: _diag_kernel, 2: _block2_kernel, 3: _block3_kernel}
 # --------------------------------------------------------------------------- launch
 @dataclass(frozen=True)
 class _Config:
-    """Fixed launch parameters (no autotuning: it breaks the CPU interpreter).
+    """Fixed launch parameters and chunking policy (no autotuning: it breaks the CPU
+    interpreter).
 
-    ``block_c`` counts channels for the diagonal kernel and k x k blocks otherwise.
+    ``block_c`` counts channels for the diagonal kernel and k x k blocks otherwise. One
+    pass is used when batch x channel blocks gives at least ``single_pass_per_sm``
+    programs per multiprocessor; otherwise time is cut into chunks to reach
+    ``chunked_per_sm`` programs per multiprocessor, each chunk at least 4 tiles long.
     """
 
     block_t: int
     block_c: int
     num_warps: int
     num_stages: int = 1
+    single_pass_per_sm: int = 1
+    chunked_per_sm: int = 8
 
 
-_CONFIGS = {1: _Config(64, 32, 4), 2: _Config(32, 16, 4), 3: _Config(32, 16, 4)}
-
-# Two-level split: aim for this many programs per multiprocessor, with chunks of at
-# least this many tiles (shorter chunks only add summary traffic).
-_PROGRAMS_PER_SM = 4
+# Chosen from a sweep on an H100 (benchmarks/gpu_scan.py --sweep, BENCHMARKS.md). The
+# diagonal single pass runs at 1.1-1.4x the memory floor from 2 programs per SM on, so
+# chunking (which reads J and r twice) only pays for very few programs; the block scans
+# do more arithmetic per byte and want short tiles and ~8 programs per SM.
+_CONFIGS = {
+    1: _Config(block_t=64, block_c=32, num_warps=2, num_stages=2, single_pass_per_sm=1),
+    2: _Config(block_t=8, block_c=32, num_warps=4, single_pass_per_sm=8),
+    3: _Config(block_t=8, block_c=32, num_warps=4, single_pass_per_sm=8),
+}
 _MIN_TILES_PER_CHUNK = 4
 
 
@@ -391,11 +401,10 @@ def _pick_chunks(batch: int, steps: int, columns: int, cfg: _Config, device: tor
     """How many chunks to cut the time axis into (1: a single pass)."""
     programs = batch * _cdiv(columns, cfg.block_c)
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    target = _PROGRAMS_PER_SM * sms
-    if programs >= target:
+    if programs >= cfg.single_pass_per_sm * sms:
         return 1
     longest = max(1, steps // (cfg.block_t * _MIN_TILES_PER_CHUNK))
-    return min(_cdiv(target, programs), longest)
+    return min(_cdiv(cfg.chunked_per_sm * sms, programs), longest)
 
 
 def _solve(jac, rhs, out, k, reverse, initial_state, n_chunks, cfg) -> None:
