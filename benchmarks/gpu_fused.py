@@ -124,9 +124,7 @@ def tune(results):
     rows = []
     plans = [dict(block_n=128, num_warps=1, steps_per_block=8),
              dict(block_n=128, num_warps=1, steps_per_block=16),
-             dict(block_n=64, num_warps=1, steps_per_block=16),
-             dict(block_n=256, num_warps=2, steps_per_block=8),
-             dict(block_n=32, num_warps=1, steps_per_block=16)]
+             dict(block_n=64, num_warps=1, steps_per_block=16)]
     for kind in ("gru", "lstm"):
         for (B, T, N) in SHAPES:
             p = Problem(kind, B, T, N)

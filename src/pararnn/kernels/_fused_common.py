@@ -134,8 +134,8 @@ def make_plan(batch: int, steps: int, channels: int, device: torch.device, *,
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     if steps_per_block is None:
         steps_per_block = 4 if device.type == "cpu" else STEPS_PER_BLOCK
-    if steps_per_block < 1 or steps_per_block & (steps_per_block - 1):
-        raise ValueError(f"steps_per_block must be a power of two, got {steps_per_block}")
+    if steps_per_block < 1 or steps_per_block > 16 or steps_per_block & (steps_per_block - 1):
+        raise ValueError(f"steps_per_block must be a power of two <= 16, got {steps_per_block}")
     return Plan(segments, seg_len, warmup, block_n, num_warps, steps_per_block)
 
 
@@ -276,7 +276,17 @@ def as_f32(t: torch.Tensor | None, device) -> torch.Tensor | None:
     return t.detach().to(device=device, dtype=torch.float32).contiguous()
 
 
-def as_u8(resets: torch.Tensor | None) -> torch.Tensor | None:
+def pack_resets(resets: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    """Reset flags as one int32 bit mask per block of ``k`` steps: (B, ceil(T / k)).
+
+    Bit ``j`` of word ``i`` is ``resets[:, i * k + j]``. The kernels walk blocks aligned
+    to multiples of ``k`` and read one word per block (a uniform scalar, not a tile).
+    """
     if resets is None:
         return None
-    return resets.contiguous().view(torch.uint8)
+    batch, steps = resets.shape
+    blocks = -(-steps // k)
+    padded = torch.zeros(batch, blocks * k, dtype=torch.int32, device=resets.device)
+    padded[:, :steps] = resets.to(torch.int32)
+    weights = torch.pow(2, torch.arange(k, device=resets.device, dtype=torch.int64))
+    return (padded.view(batch, blocks, k).to(torch.int64) * weights).sum(-1).to(torch.int32)

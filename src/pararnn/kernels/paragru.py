@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ._fused_common import (BOUNDARY_TOL, as_f32, as_u8, check_common, make_plan, put_row,
-                            row_of, run_segmented, sigmoid, supports_tensor, tanh, tl,
+from ._fused_common import (BOUNDARY_TOL, as_f32, check_common, make_plan, pack_resets,
+                            put_row, row_of, run_segmented, sigmoid, supports_tensor, tanh, tl,
                             triton)
 
 __all__ = ["supports", "newton_forward", "sequential_forward", "backward"]
@@ -27,7 +27,7 @@ def supports(pre: torch.Tensor) -> bool:
 
 
 @triton.jit
-def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
+def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol,
                     HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
                     CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
     # Steps go in blocks of K: the block's inputs are (K, BN) register tiles loaded one
@@ -62,16 +62,16 @@ def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
     if run:
         s = h
         acc = tl.full([BN], 1.0, tl.float32)
-        t_rows = t_begin + rows
-        m2 = (t_rows < seg_end)[:, None] & mn[None, :]
+        base0 = (t_begin // K) * K
+        t_rows = base0 + rows
+        m2 = ((t_rows >= t_begin) & (t_rows < seg_end))[:, None] & mn[None, :]
         ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
         uz = tl.load(ptr, mask=m2, other=0.0).to(tl.float32)
         ur = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
         uh = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
         if HAS_RST:
-            rs = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=m2,
-                         other=0).to(tl.float32)
-        for t0 in range(t_begin, seg_end, K):
+            bits = tl.load(RST + b * NB + base0 // K)
+        for t0 in range(base0, seg_end, K):
             t_rows = t0 + K + rows
             m2 = (t_rows < seg_end)[:, None] & mn[None, :]
             ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
@@ -79,16 +79,15 @@ def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
             ur_n = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
             uh_n = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
             if HAS_RST:
-                rs_n = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=m2,
-                               other=0).to(tl.float32)
+                bits_n = tl.load(RST + b * NB + t0 // K + 1, mask=t0 + K < seg_end, other=0)
             out = tl.zeros([K, BN], dtype=tl.float32)
             for j in tl.static_range(K):
                 t = t0 + j
-                live = t < seg_end
+                live = (t >= t_begin) & (t < seg_end)
                 if SEGMENTED:
                     s = tl.where(t == seg_start, h, s)
                 if HAS_RST:
-                    restart = row_of(rs, rows, j) != 0
+                    restart = ((bits >> j) & 1) != 0
                     hp = tl.where(restart, h0, h)
                 else:
                     hp = h
@@ -112,7 +111,7 @@ def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
             ur = ur_n
             uh = uh_n
             if HAS_RST:
-                rs = rs_n
+                bits = bits_n
         if SEGMENTED:
             tl.store(E + bnd, h, mask=mn)
             tl.store(A + bnd, acc, mask=mn)
@@ -120,7 +119,7 @@ def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
 
 
 @triton.jit
-def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, L, W, tol,
+def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB, L, W, tol,
                     HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
                     CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
     # Walks down from t_top in blocks of K steps (rows top-K .. top-1), one block ahead.
@@ -159,8 +158,10 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, L
         ga_r = tl.zeros([BN], dtype=tl.float32)
         ga_h = tl.zeros([BN], dtype=tl.float32)
         gh0 = tl.zeros([BN], dtype=tl.float32)
-        t_rows = t_top - K + rows
-        valid = (t_rows >= seg_start)[:, None] & mn[None, :]
+        # blocks of K steps aligned to multiples of K, from the one holding t_top - 1 down
+        top_base = ((t_top - 1) // K) * K
+        t_rows = top_base + rows
+        valid = ((t_rows >= seg_start) & (t_rows < t_top))[:, None] & mn[None, :]
         ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
         uz = tl.load(ptr, mask=valid, other=0.0).to(tl.float32)
         ur = tl.load(ptr + N, mask=valid, other=0.0).to(tl.float32)
@@ -169,11 +170,10 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, L
         ht = tl.load(HS + (b * T + t_rows - 1)[:, None] * N + offs[None, :],
                      mask=valid & (t_rows > 0)[:, None], other=0.0)
         if HAS_RST:
-            rs = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=valid,
-                         other=0).to(tl.float32)
-        for blk in range(0, tl.cdiv(t_top - seg_start, K)):
-            top = t_top - blk * K
-            t_rows = top - 2 * K + rows
+            bits = tl.load(RST + b * NB + top_base // K)
+        for blk in range(0, (top_base - (seg_start // K) * K) // K + 1):
+            base = top_base - blk * K
+            t_rows = base - K + rows
             valid = (t_rows >= seg_start)[:, None] & mn[None, :]
             ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
             uz_n = tl.load(ptr, mask=valid, other=0.0).to(tl.float32)
@@ -184,20 +184,19 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, L
             ht_n = tl.load(HS + (b * T + t_rows - 1)[:, None] * N + offs[None, :],
                            mask=valid & (t_rows > 0)[:, None], other=0.0)
             if HAS_RST:
-                rs_n = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=valid,
-                               other=0).to(tl.float32)
+                bits_n = tl.load(RST + b * NB + base // K - 1, mask=base > 0, other=0)
             o_z = tl.zeros([K, BN], dtype=tl.float32)
             o_r = tl.zeros([K, BN], dtype=tl.float32)
             o_h = tl.zeros([K, BN], dtype=tl.float32)
             for jj in tl.static_range(K):
                 j = K - 1 - jj
-                t = top - K + j
-                live = t >= seg_start
+                t = base + j
+                live = (t >= seg_start) & (t < t_top)
                 keep = live & (t < seg_end)
                 if SEGMENTED:
                     s = tl.where(t == seg_end - 1, mu, s)
                 if HAS_RST:
-                    restart = (row_of(rs, rows, j) != 0) | (t == 0)
+                    restart = (((bits >> j) & 1) != 0) | (t == 0)
                 else:
                     restart = t == 0
                 hp = tl.where(restart, h0, row_of(ht, rows, j))
@@ -223,7 +222,7 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, L
                     jac = dz * (cand - hp) + z * dc + (1.0 - z)
                     acc = tl.where(keep, tl.where(restart, 0.0, acc * jac), acc)
                 mu = tl.where(live, tl.where(restart, 0.0, nu), mu)
-            o_rows = top - K + rows
+            o_rows = base + rows
             o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
             optr = GPRE + (b * T + o_rows)[:, None] * (3 * N) + offs[None, :]
             tl.store(optr, o_z, mask=o_mask)
@@ -235,7 +234,7 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, L
             gt = gt_n
             ht = ht_n
             if HAS_RST:
-                rs = rs_n
+                bits = bits_n
         tl.store(GA + part * 3 * N + offs, ga_z, mask=mn)
         tl.store(GA + part * 3 * N + N + offs, ga_r, mask=mn)
         tl.store(GA + part * 3 * N + 2 * N + offs, ga_h, mask=mn)
@@ -253,10 +252,11 @@ def _forward(pre, a, h0, resets, rounds, *, seg_len, warmup, block_n, num_warps,
     pre = pre.contiguous()
     a = as_f32(a, dev)
     h0 = as_f32(h0, dev)
-    rst = as_u8(resets)
     plan = make_plan(batch, steps, n, dev, seg_len=seg_len, warmup=warmup, block_n=block_n,
                      num_warps=num_warps, steps_per_block=steps_per_block,
                      sequential=sequential)
+    rst = pack_resets(resets, plan.steps_per_block)
+    blocks = triton.cdiv(steps, plan.steps_per_block)
     out = torch.empty(batch, steps, n, device=dev, dtype=torch.float32)
     segmented = plan.segments > 1
     if segmented:
@@ -269,7 +269,7 @@ def _forward(pre, a, h0, resets, rounds, *, seg_len, warmup, block_n, num_warps,
     def launch(correct: bool) -> None:
         _gru_fwd_kernel[grid](
             pre, a, h0 if h0 is not None else a, rst if rst is not None else pre, out,
-            E, A, S, X, steps, n, plan.seg_len, plan.warmup, BOUNDARY_TOL,
+            E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             HAS_H0=h0 is not None, HAS_RST=rst is not None, SEGMENTED=segmented,
             CORRECT=correct, BN=plan.block_n, K=plan.steps_per_block,
             num_warps=plan.num_warps)
@@ -318,9 +318,10 @@ def backward(pre, a, h0, resets, H, grad_H, *, seg_len=None, warmup=None, block_
     h0 = as_f32(h0, dev)
     H = as_f32(H, dev)
     grad_H = as_f32(grad_H, dev)
-    rst = as_u8(resets)
     plan = make_plan(batch, steps, n, dev, seg_len=seg_len, warmup=warmup, block_n=block_n,
                      num_warps=num_warps, steps_per_block=steps_per_block)
+    rst = pack_resets(resets, plan.steps_per_block)
+    blocks = triton.cdiv(steps, plan.steps_per_block)
     P = plan.segments
     grad_pre = torch.empty(batch, steps, 3 * n, device=dev, dtype=torch.float32)
     grad_a_part = torch.empty(batch, P, 3, n, device=dev, dtype=torch.float32)
@@ -336,7 +337,7 @@ def backward(pre, a, h0, resets, H, grad_H, *, seg_len=None, warmup=None, block_
     def launch(correct: bool) -> None:
         _gru_bwd_kernel[grid](
             pre, a, h0 if h0 is not None else a, rst if rst is not None else pre, H, grad_H,
-            grad_pre, grad_a_part, grad_h0_part, E, A, S, X, steps, n, plan.seg_len,
+            grad_pre, grad_a_part, grad_h0_part, E, A, S, X, steps, n, blocks, plan.seg_len,
             plan.warmup, BOUNDARY_TOL, HAS_H0=h0 is not None, HAS_RST=rst is not None,
             SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n, K=plan.steps_per_block,
             num_warps=plan.num_warps)

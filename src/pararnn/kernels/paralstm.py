@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from ._fused_common import (BOUNDARY_TOL, as_f32, as_u8, check_common, make_plan, put_row,
-                            row_of, run_segmented, sigmoid, supports_tensor, tanh, tl,
+from ._fused_common import (BOUNDARY_TOL, as_f32, check_common, make_plan, pack_resets,
+                            put_row, row_of, run_segmented, sigmoid, supports_tensor, tanh, tl,
                             triton)
 
 __all__ = ["supports", "newton_forward", "sequential_forward", "backward"]
@@ -69,7 +69,7 @@ def _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o, p_f, p_o):
 
 
 @triton.jit
-def _lstm_fwd_kernel(PRE, AW, PW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
+def _lstm_fwd_kernel(PRE, AW, PW, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol,
                      HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
                      CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
     # blocks of K steps held as (K, BN) register tiles, loaded one block ahead
@@ -108,16 +108,16 @@ def _lstm_fwd_kernel(PRE, AW, PW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
         m01 = tl.zeros([BN], dtype=tl.float32)
         m10 = tl.zeros([BN], dtype=tl.float32)
         m11 = tl.full([BN], 1.0, tl.float32)
-        t_rows = t_begin + rows
-        m2 = (t_rows < seg_end)[:, None] & mn[None, :]
+        base0 = (t_begin // K) * K
+        t_rows = base0 + rows
+        m2 = ((t_rows >= t_begin) & (t_rows < seg_end))[:, None] & mn[None, :]
         ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
         uf = tl.load(ptr, mask=m2, other=0.0).to(tl.float32)
         uc = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
         uo = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
         if HAS_RST:
-            rs = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=m2,
-                         other=0).to(tl.float32)
-        for t0 in range(t_begin, seg_end, K):
+            bits = tl.load(RST + b * NB + base0 // K)
+        for t0 in range(base0, seg_end, K):
             t_rows = t0 + K + rows
             m2 = (t_rows < seg_end)[:, None] & mn[None, :]
             ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
@@ -125,18 +125,17 @@ def _lstm_fwd_kernel(PRE, AW, PW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
             uc_n = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
             uo_n = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
             if HAS_RST:
-                rs_n = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=m2,
-                               other=0).to(tl.float32)
+                bits_n = tl.load(RST + b * NB + t0 // K + 1, mask=t0 + K < seg_end, other=0)
             out_c = tl.zeros([K, BN], dtype=tl.float32)
             out_h = tl.zeros([K, BN], dtype=tl.float32)
             for j in tl.static_range(K):
                 t = t0 + j
-                live = t < seg_end
+                live = (t >= t_begin) & (t < seg_end)
                 if SEGMENTED:
                     s_c = tl.where(t == seg_start, cs, s_c)
                     s_h = tl.where(t == seg_start, hs, s_h)
                 if HAS_RST:
-                    restart = row_of(rs, rows, j) != 0
+                    restart = ((bits >> j) & 1) != 0
                     cp = tl.where(restart, c0, cs)
                     hp = tl.where(restart, h0, hs)
                 else:
@@ -174,13 +173,13 @@ def _lstm_fwd_kernel(PRE, AW, PW, H0, RST, HOUT, E, A, S, X, T, N, L, W, tol,
             uc = uc_n
             uo = uo_n
             if HAS_RST:
-                rs = rs_n
+                bits = bits_n
         if SEGMENTED:
             _store_boundary(E, A, S, bnd, mn, cs, hs, m00, m01, m10, m11, s_c, s_h)
 
 
 @triton.jit
-def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, L, W, tol,
+def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB, L, W, tol,
                      HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
                      CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
     # walks down from t_top in blocks of K steps, loaded one block ahead
@@ -227,8 +226,10 @@ def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T,
         gp_o = tl.zeros([BN], dtype=tl.float32)
         gc0 = tl.zeros([BN], dtype=tl.float32)
         gh0 = tl.zeros([BN], dtype=tl.float32)
-        t_rows = t_top - K + rows
-        valid = (t_rows >= seg_start)[:, None] & mn[None, :]
+        # blocks of K steps aligned to multiples of K, from the one holding t_top - 1 down
+        top_base = ((t_top - 1) // K) * K
+        t_rows = top_base + rows
+        valid = ((t_rows >= seg_start) & (t_rows < t_top))[:, None] & mn[None, :]
         prev = valid & (t_rows > 0)[:, None]
         ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
         uf = tl.load(ptr, mask=valid, other=0.0).to(tl.float32)
@@ -240,11 +241,10 @@ def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T,
         hc = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
         hh = tl.load(HS + sptr - 2 * N + 1, mask=prev, other=0.0)
         if HAS_RST:
-            rs = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=valid,
-                         other=0).to(tl.float32)
-        for blk in range(0, tl.cdiv(t_top - seg_start, K)):
-            top = t_top - blk * K
-            t_rows = top - 2 * K + rows
+            bits = tl.load(RST + b * NB + top_base // K)
+        for blk in range(0, (top_base - (seg_start // K) * K) // K + 1):
+            base = top_base - blk * K
+            t_rows = base - K + rows
             valid = (t_rows >= seg_start)[:, None] & mn[None, :]
             prev = valid & (t_rows > 0)[:, None]
             ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
@@ -257,21 +257,20 @@ def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T,
             hc_n = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
             hh_n = tl.load(HS + sptr - 2 * N + 1, mask=prev, other=0.0)
             if HAS_RST:
-                rs_n = tl.load(RST + b * T + t_rows[:, None] + 0 * offs[None, :], mask=valid,
-                               other=0).to(tl.float32)
+                bits_n = tl.load(RST + b * NB + base // K - 1, mask=base > 0, other=0)
             o_f = tl.zeros([K, BN], dtype=tl.float32)
             o_c = tl.zeros([K, BN], dtype=tl.float32)
             o_o = tl.zeros([K, BN], dtype=tl.float32)
             for jj in tl.static_range(K):
                 j = K - 1 - jj
-                t = top - K + j
-                live = t >= seg_start
+                t = base + j
+                live = (t >= seg_start) & (t < t_top)
                 keep = live & (t < seg_end)
                 if SEGMENTED:
                     s_c = tl.where(t == seg_end - 1, mu_c, s_c)
                     s_h = tl.where(t == seg_end - 1, mu_h, s_h)
                 if HAS_RST:
-                    restart = (row_of(rs, rows, j) != 0) | (t == 0)
+                    restart = (((bits >> j) & 1) != 0) | (t == 0)
                 else:
                     restart = t == 0
                 cp = tl.where(restart, c0, row_of(hc, rows, j))
@@ -310,7 +309,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T,
                     m11 = tl.where(keep, tl.where(restart, 0.0, n11), m11)
                 mu_c = tl.where(live, tl.where(restart, 0.0, nu_c), mu_c)
                 mu_h = tl.where(live, tl.where(restart, 0.0, nu_h), mu_h)
-            o_rows = top - K + rows
+            o_rows = base + rows
             o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
             optr = GPRE + (b * T + o_rows)[:, None] * (3 * N) + offs[None, :]
             tl.store(optr, o_f, mask=o_mask)
@@ -324,7 +323,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T,
             hc = hc_n
             hh = hh_n
             if HAS_RST:
-                rs = rs_n
+                bits = bits_n
         tl.store(GA + part * 5 * N + offs, ga_f, mask=mn)
         tl.store(GA + part * 5 * N + N + offs, ga_c, mask=mn)
         tl.store(GA + part * 5 * N + 2 * N + offs, ga_o, mask=mn)
@@ -350,10 +349,11 @@ def _forward(pre, a, peephole, h0, resets, rounds, *, seg_len, warmup, block_n, 
     a = as_f32(a, dev)
     peephole = as_f32(peephole, dev)
     h0 = as_f32(h0, dev)
-    rst = as_u8(resets)
     plan = make_plan(batch, steps, n, dev, seg_len=seg_len, warmup=warmup, block_n=block_n,
                      num_warps=num_warps, steps_per_block=steps_per_block,
                      sequential=sequential)
+    rst = pack_resets(resets, plan.steps_per_block)
+    blocks = triton.cdiv(steps, plan.steps_per_block)
     out = torch.empty(batch, steps, 2 * n, device=dev, dtype=torch.float32)
     P = plan.segments
     segmented = P > 1
@@ -368,7 +368,7 @@ def _forward(pre, a, peephole, h0, resets, rounds, *, seg_len, warmup, block_n, 
     def launch(correct: bool) -> None:
         _lstm_fwd_kernel[grid](
             pre, a, peephole, h0 if h0 is not None else a, rst if rst is not None else pre,
-            out, E, A, S, X, steps, n, plan.seg_len, plan.warmup, BOUNDARY_TOL,
+            out, E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             HAS_H0=h0 is not None, HAS_RST=rst is not None, SEGMENTED=segmented,
             CORRECT=correct, BN=plan.block_n, K=plan.steps_per_block,
             num_warps=plan.num_warps)
@@ -420,9 +420,10 @@ def backward(pre, a, peephole, h0, resets, H, grad_H, *, seg_len=None, warmup=No
     h0 = as_f32(h0, dev)
     H = as_f32(H, dev)
     grad_H = as_f32(grad_H, dev)
-    rst = as_u8(resets)
     plan = make_plan(batch, steps, n, dev, seg_len=seg_len, warmup=warmup, block_n=block_n,
                      num_warps=num_warps, steps_per_block=steps_per_block)
+    rst = pack_resets(resets, plan.steps_per_block)
+    blocks = triton.cdiv(steps, plan.steps_per_block)
     P = plan.segments
     grad_pre = torch.empty(batch, steps, 3 * n, device=dev, dtype=torch.float32)
     grad_w_part = torch.empty(batch, P, 5, n, device=dev, dtype=torch.float32)
@@ -440,7 +441,7 @@ def backward(pre, a, peephole, h0, resets, H, grad_H, *, seg_len=None, warmup=No
         _lstm_bwd_kernel[grid](
             pre, a, peephole, h0 if h0 is not None else a, rst if rst is not None else pre,
             H, grad_H, grad_pre, grad_w_part, grad_h0_part, E, A, S, X, steps, n,
-            plan.seg_len, plan.warmup, BOUNDARY_TOL, HAS_H0=h0 is not None,
+            blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL, HAS_H0=h0 is not None,
             HAS_RST=rst is not None, SEGMENTED=segmented, CORRECT=correct,
             BN=plan.block_n, K=plan.steps_per_block, num_warps=plan.num_warps)
 

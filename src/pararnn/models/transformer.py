@@ -5,8 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .config import ModelConfig
+
+DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
@@ -43,10 +46,11 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             k, v = self._append(cache, k, v, start)
-            if T == 1:
-                y = F.scaled_dot_product_attention(q, k, v)
-            else:  # query i sits at position start + i and sees keys 0 .. start + i
-                mask = torch.arange(start + T, device=x.device)[None, :] <= positions[:, None]
+            # query i sits at position start + i and sees keys 0 .. start + i
+            mask = None if T == 1 else torch.arange(start + T, device=x.device)[None, :] <= positions[:, None]
+            # every decode step has a new key length; cuDNN's attention would build a new
+            # plan for each, so decoding uses the other backends
+            with sdpa_kernel(DECODE_BACKENDS):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, D))
 
