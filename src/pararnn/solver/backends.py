@@ -49,6 +49,64 @@ def select_scan(structure: JacobianStructure, device: torch.device, dtype: torch
     return solve_linear_recurrence, "torch"
 
 
+class FusedSolve:
+    """Fused Triton whole-solve for a reference cell (:mod:`pararnn.kernels.paragru` /
+    :mod:`~pararnn.kernels.paralstm`): forward and backward over a whole (B, T) batch.
+
+    ``resets`` is bool (B, T) (True where step t restarts from ``h0``; step 0 always
+    does); one initial state per batch row. The launch plan inside the kernels is the
+    measured per-shape rule (:func:`pararnn.kernels._fused_common.make_plan`): one
+    segment, i.e. the fused sequential loop, when batch x channels alone fill the GPU,
+    otherwise the segmented hybrid (sequential inside segments, Newton across them).
+    """
+
+    name = "triton-fused"
+
+    def __init__(self, cell, module):
+        self.cell = cell
+        self.module = module
+        self.is_lstm = cell.structure.kind == "block"
+
+    def _weights(self):
+        weights = self.cell.recurrent_weights()
+        return weights if isinstance(weights, tuple) else (weights,)
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None, resets: torch.Tensor | None,
+                max_iters: int) -> torch.Tensor:
+        """All states (B, T, state_size) in float32: the solution of the recurrence;
+        ``max_iters`` bounds the boundary-Newton rounds."""
+        weights = [w.detach() for w in self._weights()]
+        return self.module.newton_forward(x, *weights, h0, resets, max_iters)
+
+    def backward(self, x, h0, resets, states, grad_states):
+        """``(grad_x, grad_weights, grad_h0)``; ``grad_weights`` is a tuple matching
+        ``cell.recurrent_weights()`` (after clipping): chain it into the parameters with
+        ``torch.autograd.backward(cell.recurrent_weights(), grad_weights)``."""
+        weights = [w.detach() for w in self._weights()]
+        grad_x, *grad_w, grad_h0 = self.module.backward(x, *weights, h0, resets, states,
+                                                        grad_states)
+        return grad_x.to(x.dtype), tuple(grad_w), grad_h0
+
+
 def select_fused(cell, x: torch.Tensor, backend: str):
-    """A fused whole-solve implementation for ``cell``, or None to use the generic path."""
-    return None
+    """A fused whole-solve implementation for ``cell``, or None to use the generic path.
+
+    Only the reference cells (exact types ParaGRUCell / ParaLSTMCell: a subclass may change
+    the step) on float32/bfloat16 input have fused kernels. ``"auto"`` takes them on CUDA,
+    ``"triton"`` also under the CPU interpreter, ``"torch"`` never.
+    """
+    if backend == "torch" or not triton_runs_on(x.device):
+        return None
+    from ..cells import ParaGRUCell, ParaLSTMCell
+
+    if type(cell) is ParaGRUCell:
+        from ..kernels import paragru as module
+    elif type(cell) is ParaLSTMCell:
+        from ..kernels import paralstm as module
+    else:
+        return None
+    if not module.supports(x):
+        return None
+    if backend == "auto" and x.device.type != "cuda":
+        return None
+    return FusedSolve(cell, module)
