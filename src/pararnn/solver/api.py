@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from .backends import select_scan
+from .backends import select_fused, select_scan
 from .config import NewtonConfig, SolveInfo
 from .function import ParallelSolve
+from .fused import fused_solve
 from .inputs import check_inputs, check_options
+from .newton import handle_failure
 from .sequential import sequential_solve
 
 
@@ -26,7 +28,8 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
         resets: optional bool ``(B, T)``; True where the state restarts from ``h0``.
         cu_seqlens: optional cumulative lengths ``(S + 1,)`` of sequences packed in
             batch 1, as in flash-attention; each sequence starts from its own ``h0``.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        backend: ``"auto"`` (Triton kernels on CUDA where they apply, else PyTorch),
+            ``"torch"`` or ``"triton"`` (see :mod:`pararnn.solver.backends`).
 
     Returns:
         ``(states, h_n, info)``: all states ``(B, T, N)`` in the dtype of ``x``, the final
@@ -38,12 +41,19 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
     n_init = x.shape[0] if sequences.ends is None else sequences.ends.numel()
     xc = x.to(dtype)
     h0c = xc.new_zeros(n_init, cell.state_size) if h0 is None else h0.to(dtype)
-
     if mode == "auto":
         mode = "sequential" if x.shape[1] == 1 else "parallel"
+    fused = select_fused(cell, x, backend) if sequences.segment_ids is None else None
 
     with torch.autocast(x.device.type, enabled=False):
-        if mode == "sequential":
+        if fused is not None and (mode == "parallel" or not _needs_grad(cell, x, h0c)):
+            states = fused_solve(fused, cell, x, h0c, sequences.starts if sequences.has_resets else None,
+                                 config.max_iters, sequential=mode == "sequential")
+            info = SolveInfo(mode=mode, backend=fused.name,
+                             iterations=config.max_iters if mode == "parallel" else 0)
+            if mode == "parallel" and config.tol is not None:
+                states = _check_solution(cell, xc, h0c, sequences, config, states, info)
+        elif mode == "sequential":
             states = sequential_solve(cell, xc, h0c, sequences)
             info = SolveInfo(mode="sequential", backend="torch")
         else:
@@ -54,3 +64,21 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             info = info_out[0]
     states = states.to(out_dtype)
     return states, sequences.final_states(states), info
+
+
+def _needs_grad(cell, x, h0) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or h0.requires_grad or any(p.requires_grad for p in cell.parameters())
+
+
+def _check_solution(cell, x, h0, sequences, config: NewtonConfig, states, info: SolveInfo):
+    """Measure a fused solve's residual and apply ``on_failure`` (only when ``tol`` is set)."""
+    with torch.no_grad():
+        value = cell.step(x, sequences.previous_states(states, h0))
+        info.residual = (value - states).abs().amax()
+    info.converged = bool(info.residual <= config.tol)
+    if info.converged:
+        return states
+    states, _ = handle_failure(cell, x, h0, sequences, config, states, info)
+    return states

@@ -53,36 +53,30 @@ class FusedSolve:
     """Fused Triton whole-solve for a reference cell (:mod:`pararnn.kernels.paragru` /
     :mod:`~pararnn.kernels.paralstm`): forward and backward over a whole (B, T) batch.
 
+    ``weights`` are the cell's ``recurrent_weights()`` (after clipping), as a tuple;
     ``resets`` is bool (B, T) (True where step t restarts from ``h0``; step 0 always
-    does); one initial state per batch row. The launch plan inside the kernels is the
-    measured per-shape rule (:func:`pararnn.kernels._fused_common.make_plan`): one
+    does) or None; one initial state per batch row. The launch plan inside the kernels
+    is the measured per-shape rule (:func:`pararnn.kernels._fused_common.make_plan`): one
     segment, i.e. the fused sequential loop, when batch x channels alone fill the GPU,
     otherwise the segmented hybrid (sequential inside segments, Newton across them).
     """
 
     name = "triton-fused"
 
-    def __init__(self, cell, module):
-        self.cell = cell
+    def __init__(self, module):
         self.module = module
-        self.is_lstm = cell.structure.kind == "block"
 
-    def _weights(self):
-        weights = self.cell.recurrent_weights()
-        return weights if isinstance(weights, tuple) else (weights,)
-
-    def forward(self, x: torch.Tensor, h0: torch.Tensor | None, resets: torch.Tensor | None,
-                max_iters: int) -> torch.Tensor:
+    def forward(self, x, h0, resets, max_iters: int, weights) -> torch.Tensor:
         """All states (B, T, state_size) in float32: the solution of the recurrence;
         ``max_iters`` bounds the boundary-Newton rounds."""
-        weights = [w.detach() for w in self._weights()]
         return self.module.newton_forward(x, *weights, h0, resets, max_iters)
 
-    def backward(self, x, h0, resets, states, grad_states):
-        """``(grad_x, grad_weights, grad_h0)``; ``grad_weights`` is a tuple matching
-        ``cell.recurrent_weights()`` (after clipping): chain it into the parameters with
-        ``torch.autograd.backward(cell.recurrent_weights(), grad_weights)``."""
-        weights = [w.detach() for w in self._weights()]
+    def sequential(self, x, h0, resets, weights) -> torch.Tensor:
+        """The same states by the fused loop over t (no autograd)."""
+        return self.module.sequential_forward(x, *weights, h0, resets)
+
+    def backward(self, x, h0, resets, states, grad_states, weights):
+        """``(grad_x, grad_weights, grad_h0)``, ``grad_weights`` a tuple matching ``weights``."""
         grad_x, *grad_w, grad_h0 = self.module.backward(x, *weights, h0, resets, states,
                                                         grad_states)
         return grad_x.to(x.dtype), tuple(grad_w), grad_h0
@@ -109,4 +103,4 @@ def select_fused(cell, x: torch.Tensor, backend: str):
         return None
     if backend == "auto" and x.device.type != "cuda":
         return None
-    return FusedSolve(cell, module)
+    return FusedSolve(module)

@@ -64,7 +64,8 @@ class SolveInfo:
     Attributes:
         mode: ``"parallel"`` or ``"sequential"``: the path that ran.
         backend: implementation used, e.g. ``"torch"`` or ``"triton"``.
-        iterations: Newton iterations applied (0 for the sequential path).
+        iterations: Newton iterations applied (0 for the sequential path); for the fused
+            Triton backend, the bound on its boundary-Newton rounds.
         residual: max-abs residual of the returned Newton states, as a 0-d tensor;
             measured only when ``tol`` is set (``None`` otherwise).
         converged: whether ``residual <= tol``; ``None`` when not measured.

@@ -31,6 +31,7 @@ class Sequences:
     starts: torch.Tensor  # (B, T) bool
     segment_ids: Optional[torch.Tensor]  # (T,) long, only with cu_seqlens
     ends: Optional[torch.Tensor]  # (S,) long, last step of each sequence (cu_seqlens)
+    has_resets: bool = False  # whether any step after t = 0 starts a sequence
 
     def initial_states(self, h0: torch.Tensor, batch: int, steps: int) -> torch.Tensor:
         """``(B, T, N)`` initial state for every step (a broadcast view without cu_seqlens)."""
@@ -143,7 +144,7 @@ def _sequences(x: torch.Tensor, resets, cu_seqlens) -> Sequences:
             )
         if resets.device != x.device:
             raise ValueError(f"resets is on {resets.device} but x is on {x.device}")
-        return Sequences(starts | resets, None, None)
+        return Sequences(starts | resets, None, None, has_resets=True)
     if cu_seqlens is None:
         return Sequences(starts, None, None)
 

@@ -1,0 +1,47 @@
+"""The reference cells' fused Triton solve as an autograd Function.
+
+The cell's clipped recurrent weights are inputs of the Function, so autograd chains
+their gradients through the clipping into the parameters (also under
+``functional_call``), and the input projection's gradient flows through ``x``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class FusedParallelSolve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fused, resets, max_iters, x, h0, *weights):
+        states = fused.forward(x, h0, resets, max_iters, weights)
+        ctx.fused, ctx.resets = fused, resets
+        ctx.save_for_backward(x, h0, states, *weights)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "the parallel solve does not support double backward (create_graph=True); "
+                "use mode='sequential' for higher-order gradients"
+            )
+        x, h0, states, *weights = ctx.saved_tensors
+        grad_x, grad_weights, grad_h0 = ctx.fused.backward(
+            x, h0, ctx.resets, states, grad_states.contiguous(), tuple(weights))
+        needs_x, needs_h0, *needs_w = ctx.needs_input_grad[3:]
+        grad_weights = tuple(g if need else None for g, need in zip(grad_weights, needs_w))
+        return (None, None, None, grad_x if needs_x else None,
+                grad_h0.to(h0.dtype) if needs_h0 else None, *grad_weights)
+
+
+def fused_solve(fused, cell, x, h0, resets, max_iters: int, sequential: bool) -> torch.Tensor:
+    """States ``(B, T, N)`` float32 from the fused kernels.
+
+    ``sequential`` runs the fused loop over t (used when no gradient is needed).
+    """
+    weights = cell.recurrent_weights()
+    weights = weights if isinstance(weights, tuple) else (weights,)
+    if sequential:
+        with torch.no_grad():
+            return fused.sequential(x, h0, resets, tuple(w.detach() for w in weights))
+    return FusedParallelSolve.apply(fused, resets, max_iters, x, h0, *weights)

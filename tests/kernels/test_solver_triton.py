@@ -1,0 +1,83 @@
+"""The solver's Triton paths end to end (fused reference cells, scan kernels for user cells).
+
+On CPU these run through Triton's interpreter (tests/kernels/conftest.py), at small sizes.
+"""
+
+import pytest
+import torch
+
+import pararnn
+from cells_zoo import BlockCell, DiagonalCell
+
+pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def gradients(layer, x, state, resets):
+    layer.zero_grad()
+    x = x.detach().requires_grad_()
+    out, final = layer(x, state, resets=resets)
+    final = final if isinstance(final, torch.Tensor) else final[0] + final[1]
+    (out.sin().sum() + final.square().sum()).backward()
+    return out.detach(), [x.grad, *(p.grad for p in layer.parameters())]
+
+
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_fused_layer_matches_torch_backend(layer_cls):
+    torch.manual_seed(0)
+    layer = layer_cls(6, 12, num_heads=2, recurrent_clip=0.5, device=DEVICE)
+    x = torch.randn(2, 37, 6, device=DEVICE)
+    h0 = torch.randn(2, 12, device=DEVICE) * 0.5
+    state = h0 if layer_cls is pararnn.ParaGRU else (h0, -h0)
+    resets = torch.zeros(2, 37, dtype=torch.bool, device=DEVICE)
+    resets[0, 9] = resets[1, 30] = True
+
+    layer.backend, layer.mode = "torch", "sequential"
+    ref_out, ref_grads = gradients(layer, x, state, resets)
+    layer.backend, layer.mode = "triton", "parallel"
+    out, grads = gradients(layer, x, state, resets)
+    assert layer.last_solve.backend == "triton-fused"
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_sequential_inference_and_tol_check():
+    torch.manual_seed(1)
+    gru = pararnn.ParaGRU(4, 8, device=DEVICE, backend="triton",
+                          newton=pararnn.NewtonConfig(tol=1e-5, on_failure="raise"))
+    x = torch.randn(3, 21, 4, device=DEVICE)
+    with torch.no_grad():
+        gru.mode = "sequential"
+        seq, h_seq = gru(x)
+        assert gru.last_solve.backend == "triton-fused" and gru.last_solve.mode == "sequential"
+        gru.mode = "parallel"
+        par, h_par = gru(x)
+        assert gru.last_solve.converged and float(gru.last_solve.residual) <= 1e-5
+    torch.testing.assert_close(par, seq, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h_par, h_seq, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell_fn", [lambda: DiagonalCell(dtype=torch.float32),
+                                     lambda: BlockCell(block_size=2, dtype=torch.float32)])
+def test_user_cells_use_the_triton_scan(cell_fn):
+    torch.manual_seed(2)
+    cell = cell_fn().to(DEVICE)
+    x = torch.randn(2, 19, cell.input_size, device=DEVICE)
+    ref, _ = pararnn.RNN(cell, mode="sequential")(x)
+    rnn = pararnn.RNN(cell, mode="parallel", backend="triton",
+                      newton=pararnn.NewtonConfig(max_iters=20, tol=1e-6, on_failure="raise"))
+    xg = x.clone().requires_grad_()
+    out, _ = rnn(xg)
+    assert rnn.last_solve.backend == "triton"
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    xr = x.clone().requires_grad_()
+    pararnn.RNN(cell, mode="sequential")(xr)[0].sum().backward()
+    torch.testing.assert_close(xg.grad, xr.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_float64_never_goes_to_triton_silently():
+    gru = pararnn.ParaGRU(4, 8, dtype=torch.float64, device=DEVICE)
+    gru(torch.randn(1, 5, 4, dtype=torch.float64, device=DEVICE))
+    assert gru.last_solve.backend == "torch"
