@@ -175,15 +175,11 @@ def cmd_eval(args, parser) -> None:
 
 
 def _cache_bytes(caches) -> int:
-    """Bytes held by decode caches (states, conv windows, KV buffers)."""
-    import torch
-    total = 0
-    for cache in caches:
-        for value in cache.values():
-            for t in (value if isinstance(value, (tuple, list)) else (value,)):
-                if isinstance(t, torch.Tensor):
-                    total += t.numel() * t.element_size()
-    return total
+    """Bytes that decode caches keep alive (states, conv windows, KV buffers), counted by
+    storage, so that a small view pinning a large tensor counts in full."""
+    from .models.blocks import cache_tensors
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in cache_tensors(caches)}
+    return sum(storages.values())
 
 
 def cmd_generate(args, parser) -> None:
@@ -206,7 +202,7 @@ def cmd_generate(args, parser) -> None:
     _sync(device)
     start = time.perf_counter()
     with torch.no_grad(), autocast:
-        logits = model(idx, caches=caches)[:, -1]
+        logits = model(idx, caches=caches, last_only=True)[:, -1]
         _sync(device)
         prefill_s = time.perf_counter() - start
         if device.type == "cuda":
@@ -266,7 +262,7 @@ def cmd_bench_decode(args, parser) -> None:
         with torch.no_grad(), autocast:
             _sync(device)
             t0 = time.perf_counter()
-            logits = model(idx, caches=caches)[:, -1]
+            logits = model(idx, caches=caches, last_only=True)[:, -1]
             _sync(device)
             t1 = time.perf_counter()
             if device.type == "cuda":

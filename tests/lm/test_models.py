@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pararnn.models import MODELS, SIZES, build_model, preset
-from pararnn.models.blocks import sample
+from pararnn.models.blocks import cache_tensors, sample
 from pararnn.models.mamba2 import ssd_backend, ssd_chunked, ssd_sequential
 
 # (model, block) pairs: every model, and the paper's block options for the ParaRNN mixers
@@ -83,25 +83,33 @@ def test_cached_decoding_equals_parallel_forward(model, block):
     torch.testing.assert_close(stepped, full, atol=1e-7, rtol=1e-7)
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_decode_state_size(model):
-    """ParaRNN and Mamba2 decode states do not grow with the context; the KV cache does."""
-    lm = small_model(model)
+@pytest.mark.parametrize("model,block", VARIANTS)
+def test_decode_state_size(model, block):
+    """ParaRNN and Mamba2 decode states keep the same memory alive whatever the context
+    (counted by storage: a view of all T states would pin them); the KV cache grows."""
+    lm = small_model(model, block)
 
-    def state_numel(caches):
-        return sum(v.numel() for c in caches for k, vs in c.items() if k != "pos"
-                   for v in (vs if isinstance(vs, tuple) else (vs,)))
+    def storage_bytes(caches):
+        return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                    for t in cache_tensors(caches)}.values())
 
     sizes = []
     for context in (16, 300):
         caches = lm.new_caches()
         with torch.no_grad():
-            lm(torch.randint(0, 64, (1, context)), caches=caches)
-        sizes.append(state_numel(caches))
+            lm(torch.randint(0, 64, (1, context)), caches=caches, last_only=True)  # prefill
+        sizes.append(storage_bytes(caches))
     if model == "transformer":
         assert sizes[1] > sizes[0]
     else:
         assert sizes[1] == sizes[0]
+
+
+def test_last_only_logits():
+    lm = small_model("transformer")
+    idx = torch.randint(0, 64, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(lm(idx, last_only=True), lm(idx)[:, -1:])
 
 
 def test_generate_yields_tokens():

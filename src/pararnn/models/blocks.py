@@ -55,8 +55,8 @@ class CausalConv1d(nn.Module):
         if past is None:
             past = xt.new_zeros(B, C, self.kernel_size - 1)
         xt = torch.cat([past.to(xt.dtype), xt], dim=2)
-        if cache is not None:
-            cache[key] = xt[:, :, xt.shape[2] - (self.kernel_size - 1):].detach()
+        if cache is not None:  # a copy, not a view that would keep all of xt alive
+            cache[key] = xt[:, :, xt.shape[2] - (self.kernel_size - 1):].detach().clone()
         y = F.conv1d(xt, self.weight.to(xt.dtype), self.bias.to(xt.dtype), groups=C)
         return y.transpose(1, 2)
 
@@ -140,12 +140,13 @@ class LanguageModel(nn.Module):
         return [{} for _ in self.blocks]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                caches: list[dict] | None = None) -> torch.Tensor:
-        """``idx`` ``(B, T)`` -> logits ``(B, T, V)``; with ``targets``: mean cross-entropy."""
+                caches: list[dict] | None = None, last_only: bool = False) -> torch.Tensor:
+        """``idx`` ``(B, T)`` -> logits ``(B, T, V)`` (``(B, 1, V)`` with ``last_only``, as a
+        prefill needs); with ``targets``: mean cross-entropy."""
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
             x = block(x, None if caches is None else caches[i])
-        x = self.norm(x)
+        x = self.norm(x[:, -1:] if last_only else x)
         logits = F.linear(x, self.embed.weight.to(x.dtype))
         if targets is None:
             return logits
@@ -162,13 +163,23 @@ class LanguageModel(nn.Module):
         and Mamba2 mixers, a growing KV cache for attention).
         """
         caches = self.new_caches()
-        logits = self(idx, caches=caches)[:, -1]
+        logits = self(idx, caches=caches, last_only=True)[:, -1]
         for i in range(max_new_tokens):
             token = sample(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                            generator=generator)
             yield token
             if i + 1 < max_new_tokens:
                 logits = self(token[:, None], caches=caches)[:, -1]
+
+
+def cache_tensors(caches: list[dict]) -> list[torch.Tensor]:
+    """Every tensor held in decode caches."""
+    found = []
+    for cache in caches:
+        for value in cache.values():
+            found += [t for t in (value if isinstance(value, (tuple, list)) else (value,))
+                      if isinstance(t, torch.Tensor)]
+    return found
 
 
 def sample(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,

@@ -62,8 +62,8 @@ class ParaRNNMixer(nn.Module):
             y, state = recurrent_step(self.rnn, u, state)
         else:
             y, state = self.rnn(u, state)
-        if cache is not None:
-            cache["rnn"] = state
+        if cache is not None:  # a copy: the final state may be a view of all T states
+            cache["rnn"] = tuple(t.clone() for t in state) if isinstance(state, tuple) else state.clone()
         if self.gated:
             y = self.norm(y, gate)
         return self.out_proj(y.to(x.dtype))
