@@ -84,7 +84,8 @@ def plot_comparison(run_dirs: list[Path], png_path: Path, title: str = "") -> No
         model = json.loads((Path(run_dir) / "config.json").read_text())["train"]["model"]
         val = [(r["tokens"], r["val_loss"]) for r in records if r.get("kind") == "val"]
         if val:
-            ax.plot(*zip(*val), "o-", markersize=3, label=f"{model} ({Path(run_dir).name})")
+            name = Path(run_dir).name
+            ax.plot(*zip(*val), "o-", markersize=3, label=model if name == model else f"{model} ({name})")
     ax.set_xlabel("tokens")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(title)
