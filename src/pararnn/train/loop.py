@@ -131,7 +131,7 @@ def _prepare_run_dir(cfg: TrainConfig):
     if cfg.resume and has_checkpoint(run_dir):
         ckpt = open_checkpoint(run_dir)
         saved = ckpt.meta["train_config"]
-        for key in ("model", "size", "block", "tokenizer", "seq_len", "batch_size", "grad_accum"):
+        for key in ("model", "size", "block", "data", "tokenizer", "seq_len", "batch_size", "grad_accum"):
             if saved[key] != getattr(cfg, key):
                 raise CheckpointError(
                     f"the checkpoint in {run_dir} was trained with --{key.replace('_', '-')} "
@@ -202,6 +202,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         _set_rng_state(train_state["rng"])
         step, tokens_seen = ckpt.meta["step"], ckpt.meta["tokens"]
         say(f"resumed from {ckpt.path} at step {step}")
+    elif cfg.resume:
+        say(f"no checkpoint in {run_dir} yet: starting from step 0")
     forward = torch.compile(model) if cfg.compile else model
     autocast = autocast_for(device, cfg.dtype)
 
@@ -212,8 +214,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
             {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict(),
              "params": n_params},
             indent=1))
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if ckpt else None) \
-        if info.is_main else None
+    # records past the checkpoint's step (or all of them, for a run that died before its
+    # first checkpoint) are dropped: this run writes them again
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step) if info.is_main else None
 
     def checkpoint(val: dict | None) -> None:
         model_state = D.full_model_state(raw, cfg.fsdp)

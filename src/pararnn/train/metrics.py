@@ -8,13 +8,13 @@ from pathlib import Path
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl``. On resume at ``step``, records past ``step`` (written
-    after the checkpoint by the run that stopped) are dropped, since the resumed run
-    writes them again; the file is rewritten atomically."""
+    """Append-only ``metrics.jsonl``. A run starting at ``resume_step`` drops the records
+    past that step (written after the checkpoint by the run that stopped), since it writes
+    them again; the file is rewritten atomically."""
 
-    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+    def __init__(self, path: Path, resume_step: int = 0) -> None:
         self.path = Path(path)
-        if resume_step is not None and self.path.exists():
+        if self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
             tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
