@@ -101,6 +101,26 @@ def test_killed_run_resumes_exactly(corpus_dir, reference_run, tmp_path, monkeyp
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_run_killed_before_its_first_checkpoint_restarts_cleanly(corpus_dir, reference_run, tmp_path,
+                                                                 monkeypatch):
+    out = tmp_path / "early"
+    real_batch = loop.train_batch
+
+    def dying_batch(tokens, step, **kw):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real_batch(tokens, step, **kw)
+
+    monkeypatch.setattr(loop, "train_batch", dying_batch)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(corpus_dir, out))
+    with pytest.raises(ValueError, match="already holds a run"):  # its metrics are kept...
+        train(config(corpus_dir, out))
+    monkeypatch.setattr(loop, "train_batch", real_batch)
+    train(config(corpus_dir, out, resume=True))  # ...until --resume starts it again
+    assert curve(out) == curve(reference_run)
+
+
 def test_failed_checkpoint_write_keeps_the_previous_one(corpus_dir, reference_run, tmp_path, monkeypatch):
     import safetensors.torch
     out = tmp_path / "crash"
