@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         print("pararnn: interrupted (a training run continues from its last checkpoint with --resume)",
               file=sys.stderr)
         return 130
-    except (ValueError, OSError, FloatingPointError) as err:
+    except (ValueError, TypeError, OSError, FloatingPointError) as err:
         if os.environ.get("PARARNN_TRACEBACK"):
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
