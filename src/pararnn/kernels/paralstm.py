@@ -349,8 +349,8 @@ def _forward(pre, a, peephole, h0, resets, rounds, *, seg_len, warmup, block_n, 
     a = as_f32(a, dev)
     peephole = as_f32(peephole, dev)
     h0 = as_f32(h0, dev)
-    plan = make_plan(batch, steps, n, dev, seg_len=seg_len, warmup=warmup, block_n=block_n,
-                     num_warps=num_warps, steps_per_block=steps_per_block,
+    plan = make_plan("lstm_fwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
+                     block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
                      sequential=sequential)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = triton.cdiv(steps, plan.steps_per_block)
@@ -420,8 +420,8 @@ def backward(pre, a, peephole, h0, resets, H, grad_H, *, seg_len=None, warmup=No
     h0 = as_f32(h0, dev)
     H = as_f32(H, dev)
     grad_H = as_f32(grad_H, dev)
-    plan = make_plan(batch, steps, n, dev, seg_len=seg_len, warmup=warmup, block_n=block_n,
-                     num_warps=num_warps, steps_per_block=steps_per_block)
+    plan = make_plan("lstm_bwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
+                     block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = triton.cdiv(steps, plan.steps_per_block)
     P = plan.segments
