@@ -67,12 +67,15 @@ def _carry_in(carry_ptr, init_ptr, b, c, n_chunks, width, cols, col_ok,
               CARRY_IN: tl.constexpr, INIT_IN: tl.constexpr):
     """State entering chunk ``c``: end of chunk ``c - 1``, or ``h0`` for chunk 0, or 0."""
     h = tl.zeros(cols.shape, tl.float32)
+    # The chunk index broadcast to a tensor: masks must be tensors of int1 (the
+    # interpreter of triton >= 3.9 rejects a tensor combined with a scalar bool).
+    chunk = tl.zeros(cols.shape, tl.int32) + c
     if CARRY_IN:
         prev = tl.maximum(c - 1, 0)
         h += tl.load(carry_ptr + (b * n_chunks + prev) * width + cols,
-                     mask=col_ok & (c > 0), other=0.0)
+                     mask=col_ok & (chunk > 0), other=0.0)
     if INIT_IN:
-        h += tl.load(init_ptr + b * width + cols, mask=col_ok & (c == 0), other=0.0).to(tl.float32)
+        h += tl.load(init_ptr + b * width + cols, mask=col_ok & (chunk == 0), other=0.0).to(tl.float32)
     return h
 
 
