@@ -98,18 +98,21 @@ class Plan:
 
 # Tuned on an H100 (benchmarks/gpu_fused.py): enough independent (row, channel, segment)
 # chains to keep ~2k lanes per SM busy, segments no shorter than MIN_SEG_LEN steps,
-# and a warm-up of WARMUP steps.
+# and a warm-up of WARMUP steps. One segment (the fused sequential loop) when rows x
+# channels alone give <= 2 segments' worth (64x2048 channels: 1.48 ms sequential vs
+# 1.55 ms with 3 segments) or T <= 256 (B=8, N=1024: 0.089 ms vs 0.180 ms).
 CHAINS_PER_SM = 2048
 MIN_SEG_LEN = 128
 WARMUP = 64
 
 
-# Per kernel (channels per program, warps, steps per block) on CUDA: the largest tiles
-# that compile without register spills (cuobjdump resource usage for sm_90, triton 3.8):
-# GRU fwd 193 regs, GRU bwd 160, LSTM fwd 184, LSTM bwd 128 (the backward kernels hold
-# 5-7 input tiles plus their prefetch; at 128 channels per warp they spilled 1-3.5 KB).
-CUDA_TILES = {"gru_fwd": (128, 1, 8), "gru_bwd": (64, 2, 8),
-              "lstm_fwd": (64, 1, 8), "lstm_bwd": (64, 2, 4)}
+# Per kernel (channels per program, warps, steps per block) on CUDA, from H100 runs of
+# benchmarks/gpu_fused.py. Four channels per thread (128 per warp) win even where ptxas
+# spills a little (GRU bwd 944 B, LSTM fwd 152 B of stack): the independent chains per
+# thread hide the latency of the sequential dependence. The LSTM backward at 128 per
+# warp spilled 3.5 KB and ran 30x slower, so it takes one channel per thread, 4 steps.
+CUDA_TILES = {"gru_fwd": (128, 1, 8), "gru_bwd": (128, 1, 8),
+              "lstm_fwd": (128, 1, 8), "lstm_bwd": (64, 2, 4)}
 
 
 def make_plan(kernel: str, batch: int, steps: int, channels: int, device: torch.device, *,
@@ -131,8 +134,11 @@ def make_plan(kernel: str, batch: int, steps: int, channels: int, device: torch.
             sms = torch.cuda.get_device_properties(device).multi_processor_count
         else:
             sms = 1
-        want = max(1, math.ceil(sms * CHAINS_PER_SM / max(1, batch * channels)))
-        seg_len = max(MIN_SEG_LEN, math.ceil(steps / want))
+        want = sms * CHAINS_PER_SM // max(1, batch * channels)
+        if want <= 2 or steps <= 2 * MIN_SEG_LEN:
+            seg_len = steps  # measured: warm-up and boundary rounds don't pay off here
+        else:
+            seg_len = max(MIN_SEG_LEN, math.ceil(steps / want))
     if seg_len < 1:
         raise ValueError(f"seg_len must be >= 1, got {seg_len}")
     seg_len = min(seg_len, steps)
@@ -286,16 +292,20 @@ def as_f32(t: torch.Tensor | None, device) -> torch.Tensor | None:
 
 
 def pack_resets(resets: torch.Tensor | None, k: int) -> torch.Tensor | None:
-    """Reset flags as one int32 bit mask per block of ``k`` steps: (B, ceil(T / k)).
+    """Reset flags as one int32 bit mask per block of ``k`` steps: (B, ceil(T / k) + 2).
 
-    Bit ``j`` of word ``i`` is ``resets[:, i * k + j]``. The kernels walk blocks aligned
-    to multiples of ``k`` and read one word per block (a uniform scalar, not a tile).
+    Bit ``j`` of word ``1 + i`` is ``resets[:, i * k + j]``; words 0 and last are zero
+    padding, so the kernels can prefetch the block before the first or after the last
+    without a mask. The kernels walk blocks aligned to multiples of ``k`` and read one
+    word per block (a uniform scalar, not a tile).
     """
     if resets is None:
         return None
     batch, steps = resets.shape
     blocks = -(-steps // k)
-    padded = torch.zeros(batch, blocks * k, dtype=torch.int32, device=resets.device)
-    padded[:, :steps] = resets.to(torch.int32)
+    padded = torch.zeros(batch, blocks * k, dtype=torch.int64, device=resets.device)
+    padded[:, :steps] = resets.to(torch.int64)
     weights = torch.pow(2, torch.arange(k, device=resets.device, dtype=torch.int64))
-    return (padded.view(batch, blocks, k).to(torch.int64) * weights).sum(-1).to(torch.int32)
+    words = torch.zeros(batch, blocks + 2, dtype=torch.int32, device=resets.device)
+    words[:, 1:-1] = (padded.view(batch, blocks, k) * weights).sum(-1).to(torch.int32)
+    return words

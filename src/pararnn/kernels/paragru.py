@@ -70,7 +70,7 @@ def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol,
         ur = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
         uh = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
         if HAS_RST:
-            bits = tl.load(RST + b * NB + base0 // K)
+            bits = tl.load(RST + b * (NB + 2) + 1 + base0 // K)
         for t0 in range(base0, seg_end, K):
             t_rows = t0 + K + rows
             m2 = (t_rows < seg_end)[:, None] & mn[None, :]
@@ -79,7 +79,7 @@ def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol,
             ur_n = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
             uh_n = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
             if HAS_RST:
-                bits_n = tl.load(RST + b * NB + t0 // K + 1, mask=t0 + K < seg_end, other=0)
+                bits_n = tl.load(RST + b * (NB + 2) + 2 + t0 // K)
             out = tl.zeros([K, BN], dtype=tl.float32)
             for j in tl.static_range(K):
                 t = t0 + j
@@ -170,7 +170,7 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, N
         ht = tl.load(HS + (b * T + t_rows - 1)[:, None] * N + offs[None, :],
                      mask=valid & (t_rows > 0)[:, None], other=0.0)
         if HAS_RST:
-            bits = tl.load(RST + b * NB + top_base // K)
+            bits = tl.load(RST + b * (NB + 2) + 1 + top_base // K)
         for blk in range(0, (top_base - (seg_start // K) * K) // K + 1):
             base = top_base - blk * K
             t_rows = base - K + rows
@@ -184,7 +184,7 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, N
             ht_n = tl.load(HS + (b * T + t_rows - 1)[:, None] * N + offs[None, :],
                            mask=valid & (t_rows > 0)[:, None], other=0.0)
             if HAS_RST:
-                bits_n = tl.load(RST + b * NB + base // K - 1, mask=base > 0, other=0)
+                bits_n = tl.load(RST + b * (NB + 2) + base // K)
             o_z = tl.zeros([K, BN], dtype=tl.float32)
             o_r = tl.zeros([K, BN], dtype=tl.float32)
             o_h = tl.zeros([K, BN], dtype=tl.float32)

@@ -116,7 +116,7 @@ def _lstm_fwd_kernel(PRE, AW, PW, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol
         uc = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
         uo = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
         if HAS_RST:
-            bits = tl.load(RST + b * NB + base0 // K)
+            bits = tl.load(RST + b * (NB + 2) + 1 + base0 // K)
         for t0 in range(base0, seg_end, K):
             t_rows = t0 + K + rows
             m2 = (t_rows < seg_end)[:, None] & mn[None, :]
@@ -125,7 +125,7 @@ def _lstm_fwd_kernel(PRE, AW, PW, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol
             uc_n = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
             uo_n = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
             if HAS_RST:
-                bits_n = tl.load(RST + b * NB + t0 // K + 1, mask=t0 + K < seg_end, other=0)
+                bits_n = tl.load(RST + b * (NB + 2) + 2 + t0 // K)
             out_c = tl.zeros([K, BN], dtype=tl.float32)
             out_h = tl.zeros([K, BN], dtype=tl.float32)
             for j in tl.static_range(K):
@@ -241,7 +241,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T,
         hc = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
         hh = tl.load(HS + sptr - 2 * N + 1, mask=prev, other=0.0)
         if HAS_RST:
-            bits = tl.load(RST + b * NB + top_base // K)
+            bits = tl.load(RST + b * (NB + 2) + 1 + top_base // K)
         for blk in range(0, (top_base - (seg_start // K) * K) // K + 1):
             base = top_base - blk * K
             t_rows = base - K + rows
@@ -257,7 +257,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T,
             hc_n = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
             hh_n = tl.load(HS + sptr - 2 * N + 1, mask=prev, other=0.0)
             if HAS_RST:
-                bits_n = tl.load(RST + b * NB + base // K - 1, mask=base > 0, other=0)
+                bits_n = tl.load(RST + b * (NB + 2) + base // K)
             o_f = tl.zeros([K, BN], dtype=tl.float32)
             o_c = tl.zeros([K, BN], dtype=tl.float32)
             o_o = tl.zeros([K, BN], dtype=tl.float32)
