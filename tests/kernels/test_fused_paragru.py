@@ -140,3 +140,35 @@ def test_gpu_real_sizes(batch, steps, n):
 
 def _cols(n, k):
     return torch.cat([torch.arange(g * n, g * n + k) for g in range(3)])
+
+
+def test_select_fused_wraps_the_kernels():
+    """solver.backends.select_fused: which cells/backends get the kernels, and gradients
+    chained through the recurrent-weight clipping match autograd."""
+    from pararnn.solver.backends import FusedSolve, select_fused
+
+    cell = ParaGRUCell(5, recurrent_clip=0.3)
+    x = torch.randn(2, 9, 15)
+    assert select_fused(cell, x.to(DEVICE), "torch") is None
+    assert select_fused(cell, x.double().to(DEVICE), "triton") is None
+    assert select_fused(type("Sub", (ParaGRUCell,), {})(5), x.to(DEVICE), "triton") is None
+    fused = select_fused(cell.to(DEVICE), x.to(DEVICE), "triton")
+    assert isinstance(fused, FusedSolve)
+    resets = torch.rand(2, 9) < 0.2
+    grad_states = torch.randn(2, 9, 5)
+    ref, g_pre, _, g_h0 = reference_grads(cell.cpu(), x, None, resets, grad_states)
+    weights = (cell.recurrent_weights().detach(),)
+    states = fused.forward(x.to(DEVICE), None, resets.to(DEVICE), 3, weights)
+    assert (states.cpu().double() - ref).abs().max() < 2e-6
+    seq = fused.sequential(x.to(DEVICE), None, resets.to(DEVICE), weights)
+    assert (seq.cpu().double() - ref).abs().max() < 2e-6
+    grad_x, grad_w, grad_h0 = fused.backward(x.to(DEVICE), None, resets.to(DEVICE), states,
+                                             grad_states.to(DEVICE), weights)
+    cell = cell.float().to(DEVICE)
+    cell.a.grad = None
+    torch.autograd.backward(cell.recurrent_weights(), grad_w)
+    ref_cell = cell.cpu().double()
+    ref_cell.a.grad = None
+    reference_grads(ref_cell, x, None, resets, grad_states)
+    assert _rel(grad_x, g_pre) < 1e-5 and _rel(grad_h0, g_h0) < 1e-5
+    assert _rel(cell.a.grad, ref_cell.a.grad) < 1e-5
