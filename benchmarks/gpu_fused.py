@@ -251,6 +251,38 @@ def sweep(results):
     results["sweep"] = rows
 
 
+def layers(results):
+    """ParaGRU / ParaLSTM layers (projection + solve) at 8x4096x1024, fp32 and bf16 autocast."""
+    from pararnn.layers import ParaGRU, ParaLSTM
+    B, T, D = 8, 4096, 1024
+    x = torch.randn(B, T, D, device="cuda", requires_grad=True)
+    rows = []
+    for cls in (ParaGRU, ParaLSTM):
+        for heads in (1, 8):
+            for backend in ("auto", "torch"):
+                layer = cls(D, D, num_heads=heads, recurrent_clip=0.5, backend=backend,
+                            device="cuda")
+                for prec in ("fp32", "bf16"):
+                    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=prec == "bf16")
+
+                    def fwd(i):
+                        with torch.no_grad(), amp:
+                            layer(x)
+
+                    def fwd_bwd(i):
+                        with amp:
+                            y, _ = layer(x)
+                        y.float().sum().backward()
+                    t_f = bench(fwd)
+                    t_fb = bench(fwd_bwd)
+                    rows.append(dict(layer=cls.__name__, heads=heads, backend=backend,
+                                     solver=layer.last_solve.backend, prec=prec, fwd=t_f,
+                                     fwd_bwd=t_fb))
+                    print(rows[-1])
+                    sys.stdout.flush()
+    results["layers"] = rows
+
+
 def print_tables(results):
     bw = results["bandwidth"]
     print(f"\ndevice: {results['device']}; torch {results['torch']}, triton {results['triton']}; "
@@ -280,6 +312,12 @@ def print_tables(results):
                           ("naive per-step loop, ParaGRU cell", "loop_gru"),
                           ("naive per-step loop, ParaLSTM cell", "loop_lstm")):
             print(f"| {name} | {b[key + '_fwd']:.2f} ms | {b[key + '_fwd_bwd']:.2f} ms |")
+    if "layers" in results:
+        print("\n| layer 8×4096×1024 | heads | backend (ran) | precision | forward | forward+backward |")
+        print("|---|---:|---|---|---:|---:|")
+        for r in results["layers"]:
+            print(f"| {r['layer']} | {r['heads']} | {r['backend']} ({r['solver']}) | {r['prec']} "
+                  f"| {r['fwd']:.2f} ms | {r['fwd_bwd']:.2f} ms |")
     if "sweep" in results:
         print("\n| cell | T (B=8, N=1024) | fused Newton | fused sequential | torch Newton | floor |")
         print("|---|---:|---:|---:|---:|---:|")
@@ -317,6 +355,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tune", action="store_true")
     ap.add_argument("--quick-tune", action="store_true")
+    ap.add_argument("--layers-only", action="store_true")
     ap.add_argument("--skip-main", action="store_true")
     ap.add_argument("--json", default="gpu_fused.json")
     ap.add_argument("--plot", metavar="JSON", help="only draw the PNG from a JSON file")
@@ -330,10 +369,13 @@ def main():
                    command=" ".join(sys.argv))
     results["bandwidth"] = copy_bandwidth()
     print(f"copy bandwidth {results['bandwidth'] / 1e12:.3f} TB/s")
+    if args.layers_only:
+        layers(results)
+        args.skip_main = True
     if args.tune or args.quick_tune:
         tune(results, quick=args.quick_tune)
     if not args.skip_main:
-        for section in (main_tables, baselines, sweep):
+        for section in (main_tables, baselines, sweep, layers):
             section(results)
             json.dump(results, open(args.json, "w"), indent=1, default=str)
     json.dump(results, open(args.json, "w"), indent=1, default=str)
