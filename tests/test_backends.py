@@ -31,3 +31,18 @@ def test_forced_triton_on_cpu_without_interpreter():
     layer = pararnn.ParaGRU(4, 8, backend="triton")
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         layer(torch.randn(2, 16, 4))
+
+
+def test_auto_mode_rule_on_cpu():
+    wide = pararnn.ParaGRU(4, 512)
+    narrow = pararnn.ParaGRU(4, 8)
+    x = torch.randn(2, 16, 4)
+    with torch.no_grad():
+        wide(x)
+        assert wide.last_solve.mode == "sequential"  # inference, wide steps: the loop wins
+        narrow(x)
+        assert narrow.last_solve.mode == "parallel"
+    wide(x)
+    assert wide.last_solve.mode == "parallel"  # training: the parallel backward wins
+    wide(x[:, :1])
+    assert wide.last_solve.mode == "sequential"  # a single step needs no Newton

@@ -12,6 +12,11 @@ from .inputs import check_inputs, check_options
 from .newton import handle_failure
 from .sequential import sequential_solve
 
+# On the CPU, without gradients, the step loop beats Newton once a step is this wide
+# (batch x state): the loop's per-step overhead is amortised, while Newton does ~3x the
+# arithmetic. Measured in BENCHMARKS.md ("auto on the CPU").
+CPU_SEQUENTIAL_MIN_WIDTH = 512
+
 
 def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = "auto",
           newton: NewtonConfig | None = None, resets: torch.Tensor | None = None,
@@ -23,7 +28,10 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
         x: ``(B, T, cell.input_size)``.
         h0: initial state ``(B, N)`` (``(S, N)``, one per sequence, with ``cu_seqlens``);
             zeros if None.
-        mode: ``"sequential"`` (step loop), ``"parallel"`` (Newton + scan) or ``"auto"``.
+        mode: ``"sequential"`` (step loop), ``"parallel"`` (Newton + scan) or ``"auto"``:
+            sequential for a single step, and on the CPU without gradients once
+            ``B * state_size >= 512``; parallel otherwise (the fused kernels then pick
+            their own sequential/segmented plan per shape).
         newton: :class:`NewtonConfig` for the parallel mode (default ``NewtonConfig()``).
         resets: optional bool ``(B, T)``; True where the state restarts from ``h0``.
         cu_seqlens: optional cumulative lengths ``(S + 1,)`` of sequences packed in
@@ -41,9 +49,9 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
     n_init = x.shape[0] if sequences.ends is None else sequences.ends.numel()
     xc = x.to(dtype)
     h0c = xc.new_zeros(n_init, cell.state_size) if h0 is None else h0.to(dtype)
-    if mode == "auto":
-        mode = "sequential" if x.shape[1] == 1 else "parallel"
     fused = select_fused(cell, x, backend) if sequences.segment_ids is None else None
+    if mode == "auto":
+        mode = _auto_mode(cell, x, h0c, fused)
 
     with torch.autocast(x.device.type, enabled=False):
         if fused is not None and (mode == "parallel" or not _needs_grad(cell, x, h0c)):
@@ -64,6 +72,17 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             info = info_out[0]
     states = states.to(out_dtype)
     return states, sequences.final_states(states), info
+
+
+def _auto_mode(cell, x, h0, fused) -> str:
+    """The measured choice between the step loop and Newton (fused kernels choose inside)."""
+    batch, steps, _ = x.shape
+    if steps == 1:
+        return "sequential"
+    if (fused is None and x.device.type == "cpu" and not _needs_grad(cell, x, h0)
+            and batch * cell.state_size >= CPU_SEQUENTIAL_MIN_WIDTH):
+        return "sequential"
+    return "parallel"
 
 
 def _needs_grad(cell, x, h0) -> bool:
