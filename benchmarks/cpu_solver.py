@@ -1,6 +1,7 @@
 """Sequential vs parallel ParaGRU on the CPU over sequence length (time and max error).
 
     python benchmarks/cpu_solver.py [--steps 64 256 1024 4096] [--batch 4] [--hidden 256]
+    python benchmarks/cpu_solver.py --auto-rule     # inference (no grad) over step width
 
 Prints a markdown table for BENCHMARKS.md.
 """
@@ -10,7 +11,25 @@ import platform
 
 import torch
 
-from pararnn.demo import compare
+from pararnn import ParaGRU
+from pararnn.demo import compare, median_time
+
+
+def auto_rule_table(steps: int = 2048, repeats: int = 3) -> None:
+    """No-grad forward, sequential vs parallel, over the width batch x hidden of a step."""
+    print(f"ParaGRU fp32 forward under no_grad, B=1, T={steps}, input 32, median of {repeats}")
+    print("| B·N | sequential (ms) | parallel (ms) | faster |")
+    print("|---:|---:|---:|---|")
+    for hidden in (16, 64, 256, 512, 1024):
+        layer = ParaGRU(32, hidden, recurrent_clip=0.5)
+        x = torch.randn(1, steps, 32)
+        times = {}
+        with torch.no_grad():
+            for mode in ("sequential", "parallel"):
+                layer.mode = mode
+                times[mode] = median_time(lambda: layer(x), repeats) * 1e3
+        faster = min(times, key=times.get)
+        print(f"| {hidden} | {times['sequential']:.1f} | {times['parallel']:.1f} | {faster} |", flush=True)
 
 
 def main() -> None:
@@ -19,7 +38,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--auto-rule", action="store_true",
+                        help="time the no-grad forward over step width instead")
     args = parser.parse_args()
+    if args.auto_rule:
+        auto_rule_table(repeats=args.repeats)
+        return
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads; ParaGRU fp32, input 64, B={args.batch}, "
           f"N={args.hidden}, 3 Newton iterations, median of {args.repeats}")

@@ -15,7 +15,7 @@ from .sequential import sequential_solve
 # On the CPU, without gradients, the step loop beats Newton once a step is this wide
 # (batch x state): the loop's per-step overhead is amortised, while Newton does ~3x the
 # arithmetic. Measured in BENCHMARKS.md ("auto on the CPU").
-CPU_SEQUENTIAL_MIN_WIDTH = 512
+CPU_SEQUENTIAL_MIN_WIDTH = 768
 
 
 def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = "auto",
@@ -30,7 +30,7 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             zeros if None.
         mode: ``"sequential"`` (step loop), ``"parallel"`` (Newton + scan) or ``"auto"``:
             sequential for a single step, and on the CPU without gradients once
-            ``B * state_size >= 512``; parallel otherwise (the fused kernels then pick
+            ``B * state_size >= 768``; parallel otherwise (the fused kernels then pick
             their own sequential/segmented plan per shape).
         newton: :class:`NewtonConfig` for the parallel mode (default ``NewtonConfig()``).
         resets: optional bool ``(B, T)``; True where the state restarts from ``h0``.
