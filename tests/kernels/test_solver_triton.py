@@ -81,3 +81,12 @@ def test_float64_never_goes_to_triton_silently():
     gru = pararnn.ParaGRU(4, 8, dtype=torch.float64, device=DEVICE)
     gru(torch.randn(1, 5, 4, dtype=torch.float64, device=DEVICE))
     assert gru.last_solve.backend == "torch"
+
+
+def test_fused_double_backward_raises():
+    gru = pararnn.ParaGRU(4, 8, device=DEVICE, backend="triton", mode="parallel")
+    x = torch.randn(1, 5, 4, device=DEVICE, requires_grad=True)
+    out, _ = gru(x)
+    assert gru.last_solve.backend == "triton-fused"
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)

@@ -15,6 +15,15 @@ from torch.func import functional_call
 from .newton import newton_solve
 
 
+def reject_double_backward() -> None:
+    """Raise if a parallel backward is being differentiated (``create_graph=True``)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "the parallel solve does not support double backward (create_graph=True); "
+            "use mode='sequential' for higher-order gradients"
+        )
+
+
 class ParallelSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, sequences, config, linear_solver, backend, info_out, x, h0, *params):
@@ -29,11 +38,7 @@ class ParallelSolve(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_states):
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "the parallel solve does not support double backward (create_graph=True); "
-                "use mode='sequential' for higher-order gradients"
-            )
+        reject_double_backward()
         x, h0, states, *params = ctx.saved_tensors
         cell, sequences = ctx.cell, ctx.sequences
         structure = cell.structure

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .function import reject_double_backward
+
 
 class FusedParallelSolve(torch.autograd.Function):
     @staticmethod
@@ -20,11 +22,7 @@ class FusedParallelSolve(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_states):
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "the parallel solve does not support double backward (create_graph=True); "
-                "use mode='sequential' for higher-order gradients"
-            )
+        reject_double_backward()
         x, h0, states, *weights = ctx.saved_tensors
         grad_x, grad_weights, grad_h0 = ctx.fused.backward(
             x, h0, ctx.resets, states, grad_states.contiguous(), tuple(weights))
