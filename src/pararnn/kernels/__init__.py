@@ -1,5 +1,7 @@
 """Triton kernels: fast paths behind the solver (DESIGN.md section 3, ``kernels`` layer).
 
+- :mod:`.scan`: affine-recurrence scans for diagonal and 2x2/3x3 block Jacobians, forward
+  and reverse in time (used by the solver for user cells of those structures).
 - :mod:`.paragru`, :mod:`.paralstm`: fused whole-solve kernels for the reference cells
   (segmented sequential walk + boundary Newton forward, fused adjoint backward).
 
