@@ -20,9 +20,7 @@ from .sequential import sequential_solve
 def initial_guess(cell, x, h0, sequences: Sequences) -> torch.Tensor:
     """One parallel cell evaluation: ``f(h0, x_t)`` where a sequence starts, ``f(0, x_t)`` elsewhere."""
     zeros = torch.zeros(*x.shape[:2], h0.shape[-1], dtype=h0.dtype, device=h0.device)
-    batch, steps, _ = x.shape
-    prev = torch.where(sequences.starts.unsqueeze(-1), sequences.initial_states(h0, batch, steps), zeros)
-    return cell.step(x, prev)
+    return cell.step(x, sequences.previous_states(zeros, h0))
 
 
 def newton_solve(cell, x, h0, sequences: Sequences, config: NewtonConfig, linear_solver,
