@@ -116,3 +116,52 @@ def test_projection_is_block_diagonal():
     assert not torch.allclose(out[:, :, 1], out2[:, :, 1])
     with pytest.raises(ValueError, match="num_heads=3 must divide"):
         pararnn.MultiHeadProjection(8, 6, 3, num_heads=3)
+
+
+def _dense_block_diagonal(weight):
+    """(H, G, Nh, Dh) head weights -> the (G*H*Nh, H*Dh) dense gate-major matrix."""
+    heads, gates, nh, dh = weight.shape
+    dense = weight.new_zeros(gates, heads, nh, heads, dh)
+    for h in range(heads):
+        dense[:, h, :, h, :] = weight[h]
+    return dense.reshape(gates * heads * nh, heads * dh)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_projection_equals_dense_block_diagonal_matmul(bias):
+    """The per-gate strided GEMMs give the gate-major output and gradients of x @ W_dense^T."""
+    proj = pararnn.MultiHeadProjection(12, 9, 3, num_heads=3, bias=bias, dtype=torch.float64)
+    if bias:
+        with torch.no_grad():
+            proj.bias.normal_()
+    x = torch.randn(2, 5, 12, dtype=torch.float64, requires_grad=True)
+    out = proj(x)
+    dense = _dense_block_diagonal(proj.weight)
+    ref = x @ dense.T + (proj.bias if bias else 0.0)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(out)
+    gx, gw = torch.autograd.grad(out, (x, proj.weight), grad)
+    rx, rw = torch.autograd.grad(ref, (x, proj.weight), grad)
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+    assert torch.autograd.gradcheck(lambda x, w: pararnn.layers.projection._GateMajorHeadsMatmul.apply(x, w),
+                                    (x[:1, :3].detach().requires_grad_(),
+                                     proj.weight.detach().clone().requires_grad_()))
+
+
+def test_projection_under_autocast_returns_the_autocast_dtype():
+    proj = pararnn.MultiHeadProjection(8, 4, 3, num_heads=2, bias=False)
+    x = torch.randn(3, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = proj(x)
+    assert out.dtype == torch.bfloat16
+    ref = x @ _dense_block_diagonal(proj.weight).T
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and proj.weight.grad.dtype == torch.float32
+
+
+def test_layer_keeps_the_gate_bias_in_the_cell():
+    gru = pararnn.ParaGRU(4, 6, num_heads=2)
+    assert gru.projection.bias is None and gru.cell.bias.shape == (3, 6)
+    assert pararnn.ParaLSTM(4, 6, bias=False).cell.bias is None

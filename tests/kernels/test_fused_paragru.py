@@ -27,6 +27,7 @@ def _problem(batch, steps, n, *, with_h0, with_resets, scale=2.0):
     cell = ParaGRUCell(n)
     with torch.no_grad():
         cell.a.mul_(scale)  # larger recurrent weights: longer memory, harder boundaries
+        cell.bias.normal_(0.0, 0.5)
     pre = torch.randn(batch, steps, 3 * n)
     h0 = torch.randn(batch, n) if with_h0 else None
     resets = (torch.rand(batch, steps) < 0.15) if with_resets else None
@@ -43,18 +44,34 @@ def _rel(x, ref):
 def test_forward_and_backward(plan, steps, with_h0, with_resets):
     cell, pre, h0, resets = _problem(2, steps, 5, with_h0=with_h0, with_resets=with_resets)
     grad_states = torch.randn(2, steps, 5)
-    ref, g_pre, (g_a,), g_h0 = reference_grads(cell, pre, h0, resets, grad_states)
+    ref, g_pre, (g_a, g_b), g_h0 = reference_grads(cell, pre, h0, resets, grad_states)
     a = cell.recurrent_weights().detach().float()
+    b = cell.bias.detach().float().to(DEVICE)
     kw = PLANS[plan]
     dev = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
-    H = paragru.newton_forward(dev(pre), a.to(DEVICE), dev(h0), dev(resets), 3, **kw)
+    H = paragru.newton_forward(dev(pre), a.to(DEVICE), dev(h0), dev(resets), 3, bias=b, **kw)
     assert H.dtype == torch.float32 and H.shape == (2, steps, 5)
     assert (H.cpu().double() - ref).abs().max() < 2e-6
-    gp, ga, gh = paragru.backward(dev(pre), a.to(DEVICE), dev(h0), dev(resets), H,
-                                  dev(grad_states), **kw)
+    gp, ga, gh, gb = paragru.backward(dev(pre), a.to(DEVICE), dev(h0), dev(resets), H,
+                                      dev(grad_states), bias=b, **kw)
+    assert gp.dtype == torch.float32
     assert _rel(gp, g_pre) < 1e-5
     assert _rel(ga, g_a) < 1e-5
+    assert _rel(gb, g_b) < 1e-5
     assert _rel(gh, g_h0) < 1e-5
+
+
+def test_without_bias():
+    cell, pre, h0, _ = _problem(2, 20, 5, with_h0=True, with_resets=False)
+    cell.bias = None
+    gs = torch.randn(2, 20, 5)
+    ref, g_pre, (g_a,), _ = reference_grads(cell, pre, h0, None, gs)
+    a = cell.recurrent_weights().detach().to(DEVICE)
+    H = paragru.newton_forward(pre.to(DEVICE), a, h0.to(DEVICE), None, 3, seg_len=6, warmup=3)
+    assert (H.cpu().double() - ref).abs().max() < 2e-6
+    gp, ga, _, gb = paragru.backward(pre.to(DEVICE), a, h0.to(DEVICE), None, H, gs.to(DEVICE),
+                                     seg_len=6, warmup=3)
+    assert gb is None and _rel(gp, g_pre) < 1e-5 and _rel(ga, g_a) < 1e-5
 
 
 def test_sequential_forward_matches():
@@ -62,7 +79,8 @@ def test_sequential_forward_matches():
     a = cell.recurrent_weights().detach()
     ref = sequential_states(cell.double(), pre.double(), h0.double(), resets)
     H = paragru.sequential_forward(pre.to(DEVICE), a.to(DEVICE), h0.to(DEVICE),
-                                   resets.to(DEVICE), block_n=16)
+                                   resets.to(DEVICE), bias=cell.bias.detach().float().to(DEVICE),
+                                   block_n=16)
     assert (H.cpu().double() - ref).abs().max() < 2e-6
 
 
@@ -71,14 +89,18 @@ def test_bf16_input_is_computed_in_fp32():
     pre16 = pre.to(torch.bfloat16)
     ref = sequential_states(cell.double(), pre16.double(), h0.double(), None)
     a = cell.recurrent_weights().detach()
-    H = paragru.newton_forward(pre16.to(DEVICE), a.to(DEVICE), h0.to(DEVICE), None, 3,
-                               seg_len=5, warmup=2)
+    b = cell.bias.detach().float().to(DEVICE)
+    # 7 segments, 7 rounds: exact by construction whatever the (unclipped) dynamics
+    H = paragru.newton_forward(pre16.to(DEVICE), a.to(DEVICE), h0.to(DEVICE), None, 7,
+                               bias=b, seg_len=5, warmup=2)
     assert (H.cpu().double() - ref).abs().max() < 2e-6
     gs = torch.randn(2, 33, 5)
-    _, g_pre, (g_a,), _ = reference_grads(cell, pre16, h0, None, gs)
-    gp, ga, _ = paragru.backward(pre16.to(DEVICE), a.to(DEVICE), h0.to(DEVICE), None, H,
-                                 gs.to(DEVICE), seg_len=5, warmup=2)
-    assert _rel(gp, g_pre) < 1e-5 and _rel(ga, g_a) < 1e-5
+    _, g_pre, (g_a, g_b), _ = reference_grads(cell, pre16, h0, None, gs)
+    gp, ga, _, gb = paragru.backward(pre16.to(DEVICE), a.to(DEVICE), h0.to(DEVICE), None, H,
+                                     gs.to(DEVICE), bias=b, seg_len=5, warmup=2)
+    # grad_pre comes back in the input's dtype (bf16 rounding, ~4e-3 relative)
+    assert gp.dtype == torch.bfloat16 and _rel(gp, g_pre) < 1e-2
+    assert _rel(ga, g_a) < 1e-5 and _rel(gb, g_b) < 1e-5
 
 
 def test_one_round_is_not_enough_without_warmup():
@@ -90,8 +112,9 @@ def test_one_round_is_not_enough_without_warmup():
     ref = sequential_states(cell.double(), pre.double(), h0.double(), None)
     a = cell.recurrent_weights().detach()
     args = (pre.to(DEVICE), a.to(DEVICE), h0.to(DEVICE), None)
-    rough = paragru.newton_forward(*args, 1, seg_len=3, warmup=0)
-    exact = paragru.newton_forward(*args, 12, seg_len=3, warmup=0)
+    b = cell.bias.detach().float().to(DEVICE)
+    rough = paragru.newton_forward(*args, 1, bias=b, seg_len=3, warmup=0)
+    exact = paragru.newton_forward(*args, 12, bias=b, seg_len=3, warmup=0)
     assert (exact.cpu().double() - ref).abs().max() < 2e-6
     assert (rough.cpu().double() - ref).abs().max() > 1e-4
 
@@ -121,21 +144,22 @@ def test_gpu_real_sizes(batch, steps, n):
     h0 = torch.randn(batch, n, device=DEVICE)
     resets = torch.rand(batch, steps, device=DEVICE) < 0.001
     a = cell.recurrent_weights().detach()
-    H = paragru.newton_forward(pre, a, h0, resets, 3)
-    Hs = paragru.sequential_forward(pre, a, h0, resets)
+    b = torch.randn(3, n, device=DEVICE) * 0.5
+    H = paragru.newton_forward(pre, a, h0, resets, 3, bias=b)
+    Hs = paragru.sequential_forward(pre, a, h0, resets, bias=b)
     assert (H - Hs).abs().max() < 1e-5
     # float64 reference on 16 channels (channels are independent)
     sub = ParaGRUCell(16).to(DEVICE).double()
     with torch.no_grad():
         sub.a.copy_(a[:, :16].double())
+        sub.bias.copy_(b[:, :16].double())
     ref = sequential_states(sub, pre[..., _cols(n, 16)].double(), h0[:, :16].double(), resets)
     assert (H[..., :16].double() - ref).abs().max() < 2e-5
     grad_states = torch.randn_like(H)
-    gp, ga, gh = paragru.backward(pre, a, h0, resets, H, grad_states)
-    gp1, ga1, gh1 = paragru.backward(pre, a, h0, resets, H, grad_states, seg_len=steps)
-    assert _rel(gp, gp1.double().cpu()) < 1e-5
-    assert _rel(ga, ga1.double().cpu()) < 1e-5
-    assert _rel(gh, gh1.double().cpu()) < 1e-5
+    full = paragru.backward(pre, a, h0, resets, H, grad_states, bias=b)
+    single = paragru.backward(pre, a, h0, resets, H, grad_states, bias=b, seg_len=steps)
+    for x, y in zip(full, single):
+        assert _rel(x, y.double().cpu()) < 1e-5
 
 
 def _cols(n, k):
@@ -156,14 +180,18 @@ def test_select_fused_wraps_the_kernels():
     assert isinstance(fused, FusedSolve)
     resets = torch.rand(2, 9) < 0.2
     grad_states = torch.randn(2, 9, 5)
-    ref, g_pre, _, g_h0 = reference_grads(cell.cpu(), x, None, resets, grad_states)
+    with torch.no_grad():
+        cell.bias.normal_()
+    ref, g_pre, (_, g_b), g_h0 = reference_grads(cell.cpu(), x, None, resets, grad_states)
     weights = (cell.recurrent_weights().detach(),)
-    states = fused.forward(x.to(DEVICE), None, resets.to(DEVICE), 3, weights)
+    bias = cell.bias.detach().float()
+    states = fused.forward(x.to(DEVICE), None, resets.to(DEVICE), 3, weights, bias)
     assert (states.cpu().double() - ref).abs().max() < 2e-6
-    seq = fused.sequential(x.to(DEVICE), None, resets.to(DEVICE), weights)
+    seq = fused.sequential(x.to(DEVICE), None, resets.to(DEVICE), weights, bias)
     assert (seq.cpu().double() - ref).abs().max() < 2e-6
-    grad_x, grad_w, grad_h0 = fused.backward(x.to(DEVICE), None, resets.to(DEVICE), states,
-                                             grad_states.to(DEVICE), weights)
+    grad_x, grad_w, grad_h0, grad_b = fused.backward(
+        x.to(DEVICE), None, resets.to(DEVICE), states, grad_states.to(DEVICE), weights, bias)
+    assert _rel(grad_b, g_b) < 1e-5
     cell = cell.float().to(DEVICE)
     cell.a.grad = None
     torch.autograd.backward(cell.recurrent_weights(), grad_w)

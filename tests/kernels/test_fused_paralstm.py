@@ -26,6 +26,7 @@ def _problem(batch, steps, n, *, with_h0, with_resets, scale=2.0):
     with torch.no_grad():
         cell.a.mul_(scale)
         cell.peephole.mul_(scale)
+        cell.bias.normal_(0.0, 0.5)
     pre = torch.randn(batch, steps, 3 * n)
     h0 = torch.randn(batch, 2 * n) if with_h0 else None
     resets = (torch.rand(batch, steps) < 0.15) if with_resets else None
@@ -44,21 +45,27 @@ def _weights(cell):
     return [w.detach().float().to(DEVICE) for w in cell.recurrent_weights()]
 
 
+def _bias(cell):
+    return cell.bias.detach().float().to(DEVICE)
+
+
 @pytest.mark.parametrize("plan", list(PLANS))
 @pytest.mark.parametrize("steps,with_h0,with_resets", [(1, True, False), (7, False, True),
                                                        (33, True, True)])
 def test_forward_and_backward(plan, steps, with_h0, with_resets):
     cell, pre, h0, resets = _problem(2, steps, 5, with_h0=with_h0, with_resets=with_resets)
     grad_states = torch.randn(2, steps, 10)
-    ref, g_pre, (g_a, g_p), g_h0 = reference_grads(cell, pre, h0, resets, grad_states)
+    ref, g_pre, (g_a, g_p, g_b), g_h0 = reference_grads(cell, pre, h0, resets, grad_states)
     a, p = _weights(cell)
     kw = PLANS[plan]
-    H = paralstm.newton_forward(_dev(pre), a, p, _dev(h0), _dev(resets), 3, **kw)
+    H = paralstm.newton_forward(_dev(pre), a, p, _dev(h0), _dev(resets), 3, bias=_bias(cell),
+                                **kw)
     assert H.dtype == torch.float32 and H.shape == (2, steps, 10)
     assert (H.cpu().double() - ref).abs().max() < 2e-6
-    gp, ga, gpp, gh = paralstm.backward(_dev(pre), a, p, _dev(h0), _dev(resets), H,
-                                        _dev(grad_states), **kw)
+    gp, ga, gpp, gh, gb = paralstm.backward(_dev(pre), a, p, _dev(h0), _dev(resets), H,
+                                            _dev(grad_states), bias=_bias(cell), **kw)
     assert _rel(gp, g_pre) < 1e-5
+    assert _rel(gb, g_b) < 1e-5
     assert _rel(ga, g_a) < 1e-5
     assert _rel(gpp, g_p) < 1e-5
     assert _rel(gh, g_h0) < 1e-5
@@ -69,7 +76,7 @@ def test_sequential_forward_matches():
     a, p = _weights(cell)
     ref = sequential_states(cell.double(), pre.double(), h0.double(), resets)
     H = paralstm.sequential_forward(pre.to(DEVICE), a, p, h0.to(DEVICE), resets.to(DEVICE),
-                                    block_n=16)
+                                    bias=_bias(cell), block_n=16)
     assert (H.cpu().double() - ref).abs().max() < 2e-6
 
 
@@ -78,13 +85,16 @@ def test_bf16_input_is_computed_in_fp32():
     pre16 = pre.to(torch.bfloat16)
     a, p = _weights(cell)
     gs = torch.randn(2, 33, 10)
-    ref, g_pre, (g_a, g_p), _ = reference_grads(cell, pre16, h0, None, gs)
-    H = paralstm.newton_forward(pre16.to(DEVICE), a, p, h0.to(DEVICE), None, 3,
-                                seg_len=5, warmup=2)
+    ref, g_pre, (g_a, g_p, g_b), _ = reference_grads(cell, pre16, h0, None, gs)
+    # 7 segments, 7 rounds: exact by construction whatever the (unclipped) dynamics
+    H = paralstm.newton_forward(pre16.to(DEVICE), a, p, h0.to(DEVICE), None, 7,
+                                bias=_bias(cell), seg_len=5, warmup=2)
     assert (H.cpu().double() - ref).abs().max() < 2e-6
-    gp, ga, gpp, _ = paralstm.backward(pre16.to(DEVICE), a, p, h0.to(DEVICE), None, H,
-                                       gs.to(DEVICE), seg_len=5, warmup=2)
-    assert _rel(gp, g_pre) < 1e-5 and _rel(ga, g_a) < 1e-5 and _rel(gpp, g_p) < 1e-5
+    gp, ga, gpp, _, gb = paralstm.backward(pre16.to(DEVICE), a, p, h0.to(DEVICE), None, H,
+                                           gs.to(DEVICE), bias=_bias(cell), seg_len=5, warmup=2)
+    # grad_pre comes back in the input's dtype (bf16 rounding, ~4e-3 relative)
+    assert gp.dtype == torch.bfloat16 and _rel(gp, g_pre) < 1e-2
+    assert _rel(ga, g_a) < 1e-5 and _rel(gpp, g_p) < 1e-5 and _rel(gb, g_b) < 1e-5
 
 
 def test_supports_and_validation():
@@ -108,18 +118,20 @@ def test_gpu_real_sizes(batch, steps, n):
     h0 = torch.randn(batch, 2 * n, device=DEVICE)
     resets = torch.rand(batch, steps, device=DEVICE) < 0.001
     a, p = _weights(cell)
-    H = paralstm.newton_forward(pre, a, p, h0, resets, 3)
-    Hs = paralstm.sequential_forward(pre, a, p, h0, resets)
+    b = torch.randn(3, n, device=DEVICE) * 0.5
+    H = paralstm.newton_forward(pre, a, p, h0, resets, 3, bias=b)
+    Hs = paralstm.sequential_forward(pre, a, p, h0, resets, bias=b)
     assert (H - Hs).abs().max() < 1e-5
     sub = ParaLSTMCell(16).to(DEVICE).double()
     with torch.no_grad():
         sub.a.copy_(a[:, :16].double())
         sub.peephole.copy_(p[:, :16].double())
+        sub.bias.copy_(b[:, :16].double())
     cols = torch.cat([torch.arange(g * n, g * n + 16) for g in range(3)])
     ref = sequential_states(sub, pre[..., cols].double(), h0[:, :32].double(), resets)
     assert (H[..., :32].double() - ref).abs().max() < 2e-5
     grad_states = torch.randn_like(H)
-    full = paralstm.backward(pre, a, p, h0, resets, H, grad_states)
-    single = paralstm.backward(pre, a, p, h0, resets, H, grad_states, seg_len=steps)
+    full = paralstm.backward(pre, a, p, h0, resets, H, grad_states, bias=b)
+    single = paralstm.backward(pre, a, p, h0, resets, H, grad_states, bias=b, seg_len=steps)
     for x, y in zip(full, single):
         assert _rel(x, y.double().cpu()) < 1e-5

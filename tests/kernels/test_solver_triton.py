@@ -26,6 +26,8 @@ def gradients(layer, x, state, resets):
 def test_fused_layer_matches_torch_backend(layer_cls):
     torch.manual_seed(0)
     layer = layer_cls(6, 12, num_heads=2, recurrent_clip=0.5, device=DEVICE)
+    with torch.no_grad():
+        layer.cell.bias.normal_(0.0, 0.5)  # zero at init: make the fused bias path count
     x = torch.randn(2, 37, 6, device=DEVICE)
     h0 = torch.randn(2, 12, device=DEVICE) * 0.5
     state = h0 if layer_cls is pararnn.ParaGRU else (h0, -h0)

@@ -1,4 +1,4 @@
-"""Parameter initialisation and clipping shared by the reference cells (DESIGN.md section 2)."""
+"""Initialisation, clipping and bias handling shared by the reference cells (DESIGN.md section 2)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,8 @@ def check_clip(limit: float | None) -> float | None:
     if not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit > 0:
         raise ValueError(f"recurrent_clip must be a positive number or None, got {limit!r}")
     return float(limit)
+
+
+def with_bias(pre: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Gate pre-activations ``(..., G * N)`` plus a per-gate bias ``(G, N)`` (if any)."""
+    return pre if bias is None else pre + bias.flatten()

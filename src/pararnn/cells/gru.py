@@ -5,36 +5,42 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._init import check_clip, clipped, xavier_normal_vector_
+from ._init import check_clip, clipped, with_bias, xavier_normal_vector_
 from .base import Cell
 
 
 class ParaGRUCell(Cell):
     """``h' = z ⊙ ĥ + (1 − z) ⊙ h`` with
 
-    ``z = σ(a_z ⊙ h + u_z)``, ``r = σ(a_r ⊙ h + u_r)``, ``ĥ = tanh(a_h ⊙ (r ⊙ h) + u_h)``.
+    ``z = σ(a_z ⊙ h + u_z + b_z)``, ``r = σ(a_r ⊙ h + u_r + b_r)``,
+    ``ĥ = tanh(a_h ⊙ (r ⊙ h) + u_h + b_h)``.
 
-    The input ``x_t`` of this cell is the *pre-activation* ``u = (u_z | u_r | u_h)`` of
-    size ``3 * hidden_size`` (gate-major: all ``z`` channels, then ``r``, then ``h``),
-    i.e. the input projection ``B x + b`` computed for all steps before the solve.
-    Parameter ``a`` has shape ``(3, hidden_size)`` = ``(a_z, a_r, a_h)``.
-    The Jacobian ``∂h'/∂h`` is diagonal.
+    The input ``x_t`` of this cell is ``u = (u_z | u_r | u_h)`` of size ``3 * hidden_size``
+    (gate-major: all ``z`` channels, then ``r``, then ``h``), i.e. the input projection
+    ``B x`` computed for all steps before the solve. Parameters: ``a`` ``(3, hidden_size)``
+    = ``(a_z, a_r, a_h)`` and, unless ``bias=False``, ``bias`` ``(3, hidden_size)`` =
+    ``(b_z, b_r, b_h)`` (zeros at initialisation; the fused kernels add it in-kernel, so
+    the projection needs no separate pass for it). The Jacobian ``∂h'/∂h`` is diagonal.
     """
 
     jacobian = "diagonal"
     num_gates = 3
 
     def __init__(self, hidden_size: int, *, recurrent_clip: float | None = None,
-                 device=None, dtype=None) -> None:
+                 bias: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         self.hidden_size = self.state_size = hidden_size
         self.input_size = 3 * hidden_size
         self.recurrent_clip = check_clip(recurrent_clip)
         self.a = nn.Parameter(torch.empty(3, hidden_size, device=device, dtype=dtype))
+        self.bias = (nn.Parameter(torch.empty(3, hidden_size, device=device, dtype=dtype))
+                     if bias else None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         xavier_normal_vector_(self.a)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def recurrent_weights(self) -> torch.Tensor:
         """``a`` after the optional clipping: what the recurrence actually uses."""
@@ -42,7 +48,7 @@ class ParaGRUCell(Cell):
 
     def _gates(self, x, h):
         a_z, a_r, a_h = self.recurrent_weights().unbind(0)
-        u_z, u_r, u_h = x.chunk(3, dim=-1)
+        u_z, u_r, u_h = with_bias(x, self.bias).chunk(3, dim=-1)
         z = torch.sigmoid(a_z * h + u_z)
         r = torch.sigmoid(a_r * h + u_r)
         candidate = torch.tanh(a_h * (r * h) + u_h)
@@ -62,4 +68,5 @@ class ParaGRUCell(Cell):
         return h_next, jac
 
     def extra_repr(self) -> str:
-        return f"hidden_size={self.hidden_size}, recurrent_clip={self.recurrent_clip}"
+        return (f"hidden_size={self.hidden_size}, recurrent_clip={self.recurrent_clip}, "
+                f"bias={self.bias is not None}")

@@ -5,22 +5,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._init import check_clip, clipped, xavier_normal_vector_
+from ._init import check_clip, clipped, with_bias, xavier_normal_vector_
 from .base import Cell
 
 
 class ParaLSTMCell(Cell):
     """CIFG LSTM with peephole connections, all recurrences elementwise::
 
-        f  = σ(a_f ⊙ h + u_f + c_f ⊙ c)
-        c̃  = tanh(a_c ⊙ h + u_c)
+        f  = σ(a_f ⊙ h + u_f + c_f ⊙ c + b_f)
+        c̃  = tanh(a_c ⊙ h + u_c + b_c)
         c' = f ⊙ c + (1 − f) ⊙ c̃
-        o  = σ(a_o ⊙ h + u_o + c_o ⊙ c')
+        o  = σ(a_o ⊙ h + u_o + c_o ⊙ c' + b_o)
         h' = o ⊙ tanh(c')
 
-    Input ``x_t`` is the pre-activation ``u = (u_f | u_c | u_o)`` of size
-    ``3 * hidden_size`` (gate-major). Parameters: ``a`` ``(3, hidden_size)`` =
-    ``(a_f, a_c, a_o)`` and ``peephole`` ``(2, hidden_size)`` = ``(c_f, c_o)``.
+    Input ``x_t`` is ``u = (u_f | u_c | u_o)`` of size ``3 * hidden_size`` (gate-major),
+    the input projection ``B x``. Parameters: ``a`` ``(3, hidden_size)`` =
+    ``(a_f, a_c, a_o)``, ``peephole`` ``(2, hidden_size)`` = ``(c_f, c_o)`` and, unless
+    ``bias=False``, ``bias`` ``(3, hidden_size)`` = ``(b_f, b_c, b_o)`` (zeros at
+    initialisation).
 
     The state is a flat vector of size ``2 * hidden_size`` that interleaves cell and
     hidden state per channel, ``(c_0, h_0, c_1, h_1, ...)``, so that ``∂(c', h')/∂(c, h)``
@@ -33,7 +35,7 @@ class ParaLSTMCell(Cell):
     num_gates = 3
 
     def __init__(self, hidden_size: int, *, recurrent_clip: float | None = None,
-                 device=None, dtype=None) -> None:
+                 bias: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         self.hidden_size = hidden_size
         self.state_size = 2 * hidden_size
@@ -41,11 +43,15 @@ class ParaLSTMCell(Cell):
         self.recurrent_clip = check_clip(recurrent_clip)
         self.a = nn.Parameter(torch.empty(3, hidden_size, device=device, dtype=dtype))
         self.peephole = nn.Parameter(torch.empty(2, hidden_size, device=device, dtype=dtype))
+        self.bias = (nn.Parameter(torch.empty(3, hidden_size, device=device, dtype=dtype))
+                     if bias else None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         xavier_normal_vector_(self.a)
         xavier_normal_vector_(self.peephole)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def recurrent_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(a, peephole)`` after the optional clipping."""
@@ -64,7 +70,7 @@ class ParaLSTMCell(Cell):
 
     def _forward(self, x, state):
         (a_f, a_c, a_o), (p_f, p_o) = (w.unbind(0) for w in self.recurrent_weights())
-        u_f, u_c, u_o = x.chunk(3, dim=-1)
+        u_f, u_c, u_o = with_bias(x, self.bias).chunk(3, dim=-1)
         h, c = self.unpack_state(state)
         f = torch.sigmoid(a_f * h + u_f + p_f * c)
         candidate = torch.tanh(a_c * h + u_c)
@@ -97,4 +103,5 @@ class ParaLSTMCell(Cell):
         return self.pack_state(h_next, c_next), jac
 
     def extra_repr(self) -> str:
-        return f"hidden_size={self.hidden_size}, recurrent_clip={self.recurrent_clip}"
+        return (f"hidden_size={self.hidden_size}, recurrent_clip={self.recurrent_clip}, "
+                f"bias={self.bias is not None}")

@@ -31,6 +31,7 @@ are independent of their start; the warm-up handles them the same way.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -115,6 +116,11 @@ CUDA_TILES = {"gru_fwd": (128, 1, 8), "gru_bwd": (128, 1, 8),
               "lstm_fwd": (128, 1, 8), "lstm_bwd": (64, 2, 4)}
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def make_plan(kernel: str, batch: int, steps: int, channels: int, device: torch.device, *,
               seg_len: int | None, warmup: int | None, block_n: int | None,
               num_warps: int | None, steps_per_block: int | None = None,
@@ -130,10 +136,7 @@ def make_plan(kernel: str, batch: int, steps: int, channels: int, device: torch.
     if sequential:
         seg_len = steps
     elif seg_len is None:
-        if device.type == "cuda":
-            sms = torch.cuda.get_device_properties(device).multi_processor_count
-        else:
-            sms = 1
+        sms = _multiprocessors(device) if device.type == "cuda" else 1
         want = sms * CHAINS_PER_SM // max(1, batch * channels)
         if want <= 2 or steps <= 2 * MIN_SEG_LEN:
             seg_len = steps  # measured: warm-up and boundary rounds don't pay off here
@@ -261,7 +264,8 @@ def run_segmented(launch, plan: Plan, rounds: int, E, A, S, X, *, block: int, re
         launch(True)
 
 
-def check_common(name: str, pre: torch.Tensor, a: torch.Tensor, h0, resets, state_width: int):
+def check_common(name: str, pre: torch.Tensor, a: torch.Tensor, h0, resets, state_width: int,
+                 bias: torch.Tensor | None = None):
     """Validate shapes/dtypes before any work; returns (B, T, N)."""
     if pre.dim() != 3 or pre.shape[-1] % 3:
         raise ValueError(f"{name}: pre must be (B, T, 3N), got shape {tuple(pre.shape)}")
@@ -274,6 +278,8 @@ def check_common(name: str, pre: torch.Tensor, a: torch.Tensor, h0, resets, stat
         raise ValueError(f"{name}: empty input, shape {tuple(pre.shape)}")
     if tuple(a.shape) != (3, n):
         raise ValueError(f"{name}: a must be (3, {n}), got {tuple(a.shape)}")
+    if bias is not None and tuple(bias.shape) != (3, n):
+        raise ValueError(f"{name}: bias must be (3, {n}), got {tuple(bias.shape)}")
     if h0 is not None and tuple(h0.shape) != (batch, state_width * n):
         raise ValueError(f"{name}: h0 must be ({batch}, {state_width * n}), got {tuple(h0.shape)}")
     if resets is not None:

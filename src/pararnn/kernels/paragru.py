@@ -27,9 +27,10 @@ def supports(pre: torch.Tensor) -> bool:
 
 
 @triton.jit
-def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol,
-                    HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
-                    CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
+def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol,
+                    HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
+                    SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, BN: tl.constexpr,
+                    K: tl.constexpr):
     # Steps go in blocks of K: the block's inputs are (K, BN) register tiles loaded one
     # block ahead (the prefetch that keeps loads in flight across the sequential chain).
     pid_n = tl.program_id(0)
@@ -41,6 +42,14 @@ def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol,
     a_z = tl.load(AW + offs, mask=mn, other=0.0)
     a_r = tl.load(AW + N + offs, mask=mn, other=0.0)
     a_h = tl.load(AW + 2 * N + offs, mask=mn, other=0.0)
+    if HAS_BIAS:
+        b_z = tl.load(BIAS + offs, mask=mn, other=0.0)
+        b_r = tl.load(BIAS + N + offs, mask=mn, other=0.0)
+        b_h = tl.load(BIAS + 2 * N + offs, mask=mn, other=0.0)
+    else:
+        b_z = tl.zeros([BN], dtype=tl.float32)
+        b_r = tl.zeros([BN], dtype=tl.float32)
+        b_h = tl.zeros([BN], dtype=tl.float32)
     if HAS_H0:
         h0 = tl.load(H0 + b * N + offs, mask=mn, other=0.0)
     else:
@@ -91,9 +100,9 @@ def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol,
                     hp = tl.where(restart, h0, h)
                 else:
                     hp = h
-                z = sigmoid(a_z * hp + row_of(uz, rows, j))
-                r = sigmoid(a_r * hp + row_of(ur, rows, j))
-                cand = tanh(a_h * (r * hp) + row_of(uh, rows, j))
+                z = sigmoid(a_z * hp + (row_of(uz, rows, j) + b_z))
+                r = sigmoid(a_r * hp + (row_of(ur, rows, j) + b_r))
+                cand = tanh(a_h * (r * hp) + (row_of(uh, rows, j) + b_h))
                 h = tl.where(live, hp + z * (cand - hp), h)
                 out = put_row(out, rows, j, h)
                 if SEGMENTED:
@@ -119,9 +128,10 @@ def _gru_fwd_kernel(PRE, AW, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol,
 
 
 @triton.jit
-def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB, L, W, tol,
-                    HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
-                    CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
+def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB, L,
+                    W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+                    HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr, CORRECT: tl.constexpr,
+                    BN: tl.constexpr, K: tl.constexpr):
     # Walks down from t_top in blocks of K steps (rows top-K .. top-1), one block ahead.
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -132,6 +142,14 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, N
     a_z = tl.load(AW + offs, mask=mn, other=0.0)
     a_r = tl.load(AW + N + offs, mask=mn, other=0.0)
     a_h = tl.load(AW + 2 * N + offs, mask=mn, other=0.0)
+    if HAS_BIAS:
+        b_z = tl.load(BIAS + offs, mask=mn, other=0.0)
+        b_r = tl.load(BIAS + N + offs, mask=mn, other=0.0)
+        b_h = tl.load(BIAS + 2 * N + offs, mask=mn, other=0.0)
+    else:
+        b_z = tl.zeros([BN], dtype=tl.float32)
+        b_r = tl.zeros([BN], dtype=tl.float32)
+        b_h = tl.zeros([BN], dtype=tl.float32)
     if HAS_H0:
         h0 = tl.load(H0 + b * N + offs, mask=mn, other=0.0)
     else:
@@ -157,6 +175,9 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, N
         ga_z = tl.zeros([BN], dtype=tl.float32)
         ga_r = tl.zeros([BN], dtype=tl.float32)
         ga_h = tl.zeros([BN], dtype=tl.float32)
+        gb_z = tl.zeros([BN], dtype=tl.float32)
+        gb_r = tl.zeros([BN], dtype=tl.float32)
+        gb_h = tl.zeros([BN], dtype=tl.float32)
         gh0 = tl.zeros([BN], dtype=tl.float32)
         # blocks of K steps aligned to multiples of K, from the one holding t_top - 1 down
         top_base = ((t_top - 1) // K) * K
@@ -200,9 +221,9 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, N
                 else:
                     restart = t == 0
                 hp = tl.where(restart, h0, row_of(ht, rows, j))
-                z = sigmoid(a_z * hp + row_of(uz, rows, j))
-                r = sigmoid(a_r * hp + row_of(ur, rows, j))
-                cand = tanh(a_h * (r * hp) + row_of(uh, rows, j))
+                z = sigmoid(a_z * hp + (row_of(uz, rows, j) + b_z))
+                r = sigmoid(a_r * hp + (row_of(ur, rows, j) + b_r))
+                cand = tanh(a_h * (r * hp) + (row_of(uh, rows, j) + b_h))
                 lam = row_of(gt, rows, j) + mu
                 g_z = lam * (cand - hp) * z * (1.0 - z)
                 g_h = lam * z * (1.0 - cand * cand)
@@ -214,6 +235,10 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, N
                 ga_z += tl.where(keep, g_z * hp, 0.0)
                 ga_r += tl.where(keep, g_r * hp, 0.0)
                 ga_h += tl.where(keep, g_h * r * hp, 0.0)
+                if HAS_BIAS:
+                    gb_z += tl.where(keep, g_z, 0.0)
+                    gb_r += tl.where(keep, g_r, 0.0)
+                    gb_h += tl.where(keep, g_h, 0.0)
                 gh0 += tl.where(keep & restart, nu, 0.0)
                 if SEGMENTED:
                     dz = z * (1.0 - z) * a_z
@@ -225,9 +250,9 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, N
             o_rows = base + rows
             o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
             optr = GPRE + (b * T + o_rows)[:, None] * (3 * N) + offs[None, :]
-            tl.store(optr, o_z, mask=o_mask)
-            tl.store(optr + N, o_r, mask=o_mask)
-            tl.store(optr + 2 * N, o_h, mask=o_mask)
+            tl.store(optr, o_z.to(GPRE.dtype.element_ty), mask=o_mask)
+            tl.store(optr + N, o_r.to(GPRE.dtype.element_ty), mask=o_mask)
+            tl.store(optr + 2 * N, o_h.to(GPRE.dtype.element_ty), mask=o_mask)
             uz = uz_n
             ur = ur_n
             uh = uh_n
@@ -235,9 +260,15 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, N
             ht = ht_n
             if HAS_RST:
                 bits = bits_n
-        tl.store(GA + part * 3 * N + offs, ga_z, mask=mn)
-        tl.store(GA + part * 3 * N + N + offs, ga_r, mask=mn)
-        tl.store(GA + part * 3 * N + 2 * N + offs, ga_h, mask=mn)
+        # per-(row, segment) partial sums: rows a_z, a_r, a_h (then b_z, b_r, b_h)
+        ga = GA + part * GROWS * N + offs
+        tl.store(ga, ga_z, mask=mn)
+        tl.store(ga + N, ga_r, mask=mn)
+        tl.store(ga + 2 * N, ga_h, mask=mn)
+        if HAS_BIAS:
+            tl.store(ga + 3 * N, gb_z, mask=mn)
+            tl.store(ga + 4 * N, gb_r, mask=mn)
+            tl.store(ga + 5 * N, gb_h, mask=mn)
         tl.store(GH0 + bnd, gh0, mask=mn)
         if SEGMENTED:
             tl.store(E + bnd, mu, mask=mn)
@@ -245,13 +276,12 @@ def _gru_bwd_kernel(PRE, AW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, N
             tl.store(S + bnd, s, mask=mn)
 
 
-def _forward(pre, a, h0, resets, rounds, *, seg_len, warmup, block_n, num_warps,
+def _forward(pre, a, h0, resets, rounds, bias, *, seg_len, warmup, block_n, num_warps,
              steps_per_block, sequential):
-    batch, steps, n = check_common("paragru", pre, a, h0, resets, 1)
+    batch, steps, n = check_common("paragru", pre, a, h0, resets, 1, bias)
     dev = pre.device
     pre = pre.contiguous()
-    a = as_f32(a, dev)
-    h0 = as_f32(h0, dev)
+    a, bias, h0 = (as_f32(t, dev) for t in (a, bias, h0))
     plan = make_plan("gru_fwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
                      block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
                      sequential=sequential)
@@ -260,87 +290,89 @@ def _forward(pre, a, h0, resets, rounds, *, seg_len, warmup, block_n, num_warps,
     out = torch.empty(batch, steps, n, device=dev, dtype=torch.float32)
     segmented = plan.segments > 1
     if segmented:
-        E, A, S, X = (torch.empty(batch, plan.segments, n, device=dev, dtype=torch.float32)
-                      for _ in range(4))
+        E, A, S, X = torch.empty(4, batch, plan.segments, n, device=dev,
+                                 dtype=torch.float32).unbind(0)
     else:
         E = A = S = X = out
     grid = (triton.cdiv(n, plan.block_n), batch, plan.segments)
 
     def launch(correct: bool) -> None:
         _gru_fwd_kernel[grid](
-            pre, a, h0 if h0 is not None else a, rst if rst is not None else pre, out,
-            E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
-            HAS_H0=h0 is not None, HAS_RST=rst is not None, SEGMENTED=segmented,
-            CORRECT=correct, BN=plan.block_n, K=plan.steps_per_block,
-            num_warps=plan.num_warps)
+            pre, a, a if bias is None else bias, a if h0 is None else h0,
+            pre if rst is None else rst, out, E, A, S, X, steps, n, blocks, plan.seg_len,
+            plan.warmup, BOUNDARY_TOL, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
+            HAS_RST=rst is not None, SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n,
+            K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=1, reverse=False)
     return out
 
 
-def newton_forward(pre, a, h0=None, resets=None, num_iters: int = 3, *, seg_len=None,
-                   warmup=None, block_n=None, num_warps=None,
+def newton_forward(pre, a, h0=None, resets=None, num_iters: int = 3, *, bias=None,
+                   seg_len=None, warmup=None, block_n=None, num_warps=None,
                    steps_per_block=None) -> torch.Tensor:
     """All states ``H`` (B, T, N) fp32: the solution of the ParaGRU recurrence.
 
+    ``bias`` (3, N), if given, is added to the pre-activations (the cell's ``b``).
     Segmented hybrid (see :mod:`._fused_common`); ``num_iters`` (>= 1) bounds the
     boundary-Newton rounds. ``seg_len``/``warmup``/``block_n``/``num_warps``/
     ``steps_per_block`` override the tuned launch plan (:func:`._fused_common.make_plan`).
     """
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
-    return _forward(pre, a, h0, resets, num_iters, seg_len=seg_len, warmup=warmup,
+    return _forward(pre, a, h0, resets, num_iters, bias, seg_len=seg_len, warmup=warmup,
                     block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
                     sequential=False)
 
 
-def sequential_forward(pre, a, h0=None, resets=None, *, block_n=None, num_warps=None,
-                       steps_per_block=None) -> torch.Tensor:
+def sequential_forward(pre, a, h0=None, resets=None, *, bias=None, block_n=None,
+                       num_warps=None, steps_per_block=None) -> torch.Tensor:
     """All states ``H`` (B, T, N) fp32 by one fused loop over t per (row, channel block)."""
-    return _forward(pre, a, h0, resets, 0, seg_len=None, warmup=0, block_n=block_n,
+    return _forward(pre, a, h0, resets, 0, bias, seg_len=None, warmup=0, block_n=block_n,
                     num_warps=num_warps, steps_per_block=steps_per_block, sequential=True)
 
 
-def backward(pre, a, h0, resets, H, grad_H, *, seg_len=None, warmup=None, block_n=None,
-             num_warps=None, steps_per_block=None):
+def backward(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=None,
+             block_n=None, num_warps=None, steps_per_block=None):
     """Gradients of ``sum(grad_H * H)`` through the recurrence.
 
-    Returns ``(grad_pre (B,T,3N), grad_a (3,N), grad_h0 (B,N))``, all fp32. ``H`` must be
-    the forward solution. ``grad_h0`` is returned also when ``h0`` is None (zero state).
+    Returns ``(grad_pre (B,T,3N), grad_a (3,N), grad_h0 (B,N), grad_bias (3,N) or None)``;
+    ``grad_pre`` in the dtype of ``pre``, the rest fp32. ``H`` must be the forward
+    solution. ``grad_h0`` is returned also when ``h0`` is None (zero state).
     """
-    batch, steps, n = check_common("paragru.backward", pre, a, h0, resets, 1)
+    batch, steps, n = check_common("paragru.backward", pre, a, h0, resets, 1, bias)
     if tuple(H.shape) != (batch, steps, n) or tuple(grad_H.shape) != (batch, steps, n):
         raise ValueError(f"paragru.backward: H and grad_H must be ({batch}, {steps}, {n}), "
                          f"got {tuple(H.shape)} and {tuple(grad_H.shape)}")
     dev = pre.device
     pre = pre.contiguous()
-    a = as_f32(a, dev)
-    h0 = as_f32(h0, dev)
-    H = as_f32(H, dev)
-    grad_H = as_f32(grad_H, dev)
+    a, bias, h0, H, grad_H = (as_f32(t, dev) for t in (a, bias, h0, H, grad_H))
     plan = make_plan("gru_bwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
                      block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = triton.cdiv(steps, plan.steps_per_block)
     P = plan.segments
-    grad_pre = torch.empty(batch, steps, 3 * n, device=dev, dtype=torch.float32)
-    grad_a_part = torch.empty(batch, P, 3, n, device=dev, dtype=torch.float32)
+    grows = 3 if bias is None else 6
+    grad_pre = torch.empty(batch, steps, 3 * n, device=dev, dtype=pre.dtype)
+    grad_w_part = torch.empty(batch, P, grows, n, device=dev, dtype=torch.float32)
     grad_h0_part = torch.empty(batch, P, n, device=dev, dtype=torch.float32)
     segmented = P > 1
     if segmented:
-        E, A, S, X = (torch.empty(batch, P, n, device=dev, dtype=torch.float32)
-                      for _ in range(4))
+        E, A, S, X = torch.empty(4, batch, P, n, device=dev, dtype=torch.float32).unbind(0)
     else:
         E = A = S = X = grad_h0_part
     grid = (triton.cdiv(n, plan.block_n), batch, P)
 
     def launch(correct: bool) -> None:
         _gru_bwd_kernel[grid](
-            pre, a, h0 if h0 is not None else a, rst if rst is not None else pre, H, grad_H,
-            grad_pre, grad_a_part, grad_h0_part, E, A, S, X, steps, n, blocks, plan.seg_len,
-            plan.warmup, BOUNDARY_TOL, HAS_H0=h0 is not None, HAS_RST=rst is not None,
-            SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n, K=plan.steps_per_block,
-            num_warps=plan.num_warps)
+            pre, a, a if bias is None else bias, a if h0 is None else h0,
+            pre if rst is None else rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
+            E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
+            GROWS=grows, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
+            HAS_RST=rst is not None, SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n,
+            K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=1, reverse=True)
-    return grad_pre, grad_a_part.sum((0, 1)), grad_h0_part.sum(1)
+    grad_w = grad_w_part.sum((0, 1))
+    grad_bias = None if bias is None else grad_w[3:]
+    return grad_pre, grad_w[:3], grad_h0_part.sum(1), grad_bias

@@ -69,9 +69,10 @@ def _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o, p_f, p_o):
 
 
 @triton.jit
-def _lstm_fwd_kernel(PRE, AW, PW, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol,
-                     HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
-                     CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
+def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol,
+                     HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
+                     SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, BN: tl.constexpr,
+                     K: tl.constexpr):
     # blocks of K steps held as (K, BN) register tiles, loaded one block ahead
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -84,6 +85,14 @@ def _lstm_fwd_kernel(PRE, AW, PW, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol
     a_o = tl.load(AW + 2 * N + offs, mask=mn, other=0.0)
     p_f = tl.load(PW + offs, mask=mn, other=0.0)
     p_o = tl.load(PW + N + offs, mask=mn, other=0.0)
+    if HAS_BIAS:
+        b_f = tl.load(BIAS + offs, mask=mn, other=0.0)
+        b_c = tl.load(BIAS + N + offs, mask=mn, other=0.0)
+        b_o = tl.load(BIAS + 2 * N + offs, mask=mn, other=0.0)
+    else:
+        b_f = tl.zeros([BN], dtype=tl.float32)
+        b_c = tl.zeros([BN], dtype=tl.float32)
+        b_o = tl.zeros([BN], dtype=tl.float32)
     if HAS_H0:
         c0 = tl.load(H0 + b * 2 * N + 2 * offs, mask=mn, other=0.0)
         h0 = tl.load(H0 + b * 2 * N + 2 * offs + 1, mask=mn, other=0.0)
@@ -141,8 +150,10 @@ def _lstm_fwd_kernel(PRE, AW, PW, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol
                 else:
                     cp = cs
                     hp = hs
-                f, cand, cn, o, tc = _lstm_gates(cp, hp, row_of(uf, rows, j), row_of(uc, rows, j),
-                                                 row_of(uo, rows, j), a_f, a_c, a_o, p_f, p_o)
+                f, cand, cn, o, tc = _lstm_gates(cp, hp, row_of(uf, rows, j) + b_f,
+                                                 row_of(uc, rows, j) + b_c,
+                                                 row_of(uo, rows, j) + b_o,
+                                                 a_f, a_c, a_o, p_f, p_o)
                 cs = tl.where(live, cn, cs)
                 hs = tl.where(live, o * tc, hs)
                 out_c = put_row(out_c, rows, j, cs)
@@ -179,7 +190,8 @@ def _lstm_fwd_kernel(PRE, AW, PW, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol
 
 
 @triton.jit
-def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB, L, W, tol,
+def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB,
+                     L, W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
                      CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
     # walks down from t_top in blocks of K steps, loaded one block ahead
@@ -194,6 +206,14 @@ def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T,
     a_o = tl.load(AW + 2 * N + offs, mask=mn, other=0.0)
     p_f = tl.load(PW + offs, mask=mn, other=0.0)
     p_o = tl.load(PW + N + offs, mask=mn, other=0.0)
+    if HAS_BIAS:
+        b_f = tl.load(BIAS + offs, mask=mn, other=0.0)
+        b_c = tl.load(BIAS + N + offs, mask=mn, other=0.0)
+        b_o = tl.load(BIAS + 2 * N + offs, mask=mn, other=0.0)
+    else:
+        b_f = tl.zeros([BN], dtype=tl.float32)
+        b_c = tl.zeros([BN], dtype=tl.float32)
+        b_o = tl.zeros([BN], dtype=tl.float32)
     if HAS_H0:
         c0 = tl.load(H0 + b * 2 * N + 2 * offs, mask=mn, other=0.0)
         h0 = tl.load(H0 + b * 2 * N + 2 * offs + 1, mask=mn, other=0.0)
@@ -224,6 +244,9 @@ def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T,
         ga_o = tl.zeros([BN], dtype=tl.float32)
         gp_f = tl.zeros([BN], dtype=tl.float32)
         gp_o = tl.zeros([BN], dtype=tl.float32)
+        gb_f = tl.zeros([BN], dtype=tl.float32)
+        gb_c = tl.zeros([BN], dtype=tl.float32)
+        gb_o = tl.zeros([BN], dtype=tl.float32)
         gc0 = tl.zeros([BN], dtype=tl.float32)
         gh0 = tl.zeros([BN], dtype=tl.float32)
         # blocks of K steps aligned to multiples of K, from the one holding t_top - 1 down
@@ -275,8 +298,10 @@ def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T,
                     restart = t == 0
                 cp = tl.where(restart, c0, row_of(hc, rows, j))
                 hp = tl.where(restart, h0, row_of(hh, rows, j))
-                f, cand, cn, o, tc = _lstm_gates(cp, hp, row_of(uf, rows, j), row_of(uc, rows, j),
-                                                 row_of(uo, rows, j), a_f, a_c, a_o, p_f, p_o)
+                f, cand, cn, o, tc = _lstm_gates(cp, hp, row_of(uf, rows, j) + b_f,
+                                                 row_of(uc, rows, j) + b_c,
+                                                 row_of(uo, rows, j) + b_o,
+                                                 a_f, a_c, a_o, p_f, p_o)
                 lam_c = row_of(gc, rows, j) + mu_c
                 lam_h = row_of(gh, rows, j) + mu_h
                 g_op = lam_h * tc * o * (1.0 - o)
@@ -293,6 +318,10 @@ def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T,
                 ga_o += tl.where(keep, g_op * hp, 0.0)
                 gp_f += tl.where(keep, g_fp * cp, 0.0)
                 gp_o += tl.where(keep, g_op * cn, 0.0)
+                if HAS_BIAS:
+                    gb_f += tl.where(keep, g_fp, 0.0)
+                    gb_c += tl.where(keep, g_cp, 0.0)
+                    gb_o += tl.where(keep, g_op, 0.0)
                 gc0 += tl.where(keep & restart, nu_c, 0.0)
                 gh0 += tl.where(keep & restart, nu_h, 0.0)
                 if SEGMENTED:
@@ -312,9 +341,9 @@ def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T,
             o_rows = base + rows
             o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
             optr = GPRE + (b * T + o_rows)[:, None] * (3 * N) + offs[None, :]
-            tl.store(optr, o_f, mask=o_mask)
-            tl.store(optr + N, o_c, mask=o_mask)
-            tl.store(optr + 2 * N, o_o, mask=o_mask)
+            tl.store(optr, o_f.to(GPRE.dtype.element_ty), mask=o_mask)
+            tl.store(optr + N, o_c.to(GPRE.dtype.element_ty), mask=o_mask)
+            tl.store(optr + 2 * N, o_o.to(GPRE.dtype.element_ty), mask=o_mask)
             uf = uf_n
             uc = uc_n
             uo = uo_n
@@ -324,11 +353,17 @@ def _lstm_bwd_kernel(PRE, AW, PW, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T,
             hh = hh_n
             if HAS_RST:
                 bits = bits_n
-        tl.store(GA + part * 5 * N + offs, ga_f, mask=mn)
-        tl.store(GA + part * 5 * N + N + offs, ga_c, mask=mn)
-        tl.store(GA + part * 5 * N + 2 * N + offs, ga_o, mask=mn)
-        tl.store(GA + part * 5 * N + 3 * N + offs, gp_f, mask=mn)
-        tl.store(GA + part * 5 * N + 4 * N + offs, gp_o, mask=mn)
+        # per-(row, segment) partial sums: a_f, a_c, a_o, c_f, c_o (then b_f, b_c, b_o)
+        ga = GA + part * GROWS * N + offs
+        tl.store(ga, ga_f, mask=mn)
+        tl.store(ga + N, ga_c, mask=mn)
+        tl.store(ga + 2 * N, ga_o, mask=mn)
+        tl.store(ga + 3 * N, gp_f, mask=mn)
+        tl.store(ga + 4 * N, gp_o, mask=mn)
+        if HAS_BIAS:
+            tl.store(ga + 5 * N, gb_f, mask=mn)
+            tl.store(ga + 6 * N, gb_c, mask=mn)
+            tl.store(ga + 7 * N, gb_o, mask=mn)
         tl.store(GH0 + 2 * bnd, gc0, mask=mn)
         tl.store(GH0 + 2 * bnd + 1, gh0, mask=mn)
         if SEGMENTED:
@@ -340,15 +375,13 @@ def _check_peephole(name, peephole, n):
         raise ValueError(f"{name}: peephole must be (2, {n}), got {tuple(peephole.shape)}")
 
 
-def _forward(pre, a, peephole, h0, resets, rounds, *, seg_len, warmup, block_n, num_warps,
-             steps_per_block, sequential):
-    batch, steps, n = check_common("paralstm", pre, a, h0, resets, 2)
+def _forward(pre, a, peephole, h0, resets, rounds, bias, *, seg_len, warmup, block_n,
+             num_warps, steps_per_block, sequential):
+    batch, steps, n = check_common("paralstm", pre, a, h0, resets, 2, bias)
     _check_peephole("paralstm", peephole, n)
     dev = pre.device
     pre = pre.contiguous()
-    a = as_f32(a, dev)
-    peephole = as_f32(peephole, dev)
-    h0 = as_f32(h0, dev)
+    a, peephole, bias, h0 = (as_f32(t, dev) for t in (a, peephole, bias, h0))
     plan = make_plan("lstm_fwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
                      block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
                      sequential=sequential)
@@ -358,56 +391,64 @@ def _forward(pre, a, peephole, h0, resets, rounds, *, seg_len, warmup, block_n, 
     P = plan.segments
     segmented = P > 1
     if segmented:
-        E, S, X = (torch.empty(batch, P, n, 2, device=dev, dtype=torch.float32)
-                   for _ in range(3))
-        A = torch.empty(batch, P, n, 4, device=dev, dtype=torch.float32)
+        E, A, S, X = _boundary_buffers(batch, P, n, dev)
     else:
         E = A = S = X = out
     grid = (triton.cdiv(n, plan.block_n), batch, P)
 
     def launch(correct: bool) -> None:
         _lstm_fwd_kernel[grid](
-            pre, a, peephole, h0 if h0 is not None else a, rst if rst is not None else pre,
-            out, E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
-            HAS_H0=h0 is not None, HAS_RST=rst is not None, SEGMENTED=segmented,
-            CORRECT=correct, BN=plan.block_n, K=plan.steps_per_block,
-            num_warps=plan.num_warps)
+            pre, a, peephole, a if bias is None else bias, a if h0 is None else h0,
+            pre if rst is None else rst, out, E, A, S, X, steps, n, blocks, plan.seg_len,
+            plan.warmup, BOUNDARY_TOL, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
+            HAS_RST=rst is not None, SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n,
+            K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=2, reverse=False)
     return out
 
 
-def newton_forward(pre, a, peephole, h0=None, resets=None, num_iters: int = 3, *,
+def _boundary_buffers(batch, segments, n, device):
+    """E, A, S, X of the boundary Newton: 2-vectors, 2x2 blocks (row-major), 2-vectors."""
+    cells = batch * segments * n
+    E, A, S, X = torch.empty(10 * cells, device=device, dtype=torch.float32).split(
+        (2 * cells, 4 * cells, 2 * cells, 2 * cells))  # one allocation, contiguous parts
+    return tuple(t.view(batch, segments, n, t.numel() // cells) for t in (E, A, S, X))
+
+
+def newton_forward(pre, a, peephole, h0=None, resets=None, num_iters: int = 3, *, bias=None,
                    seg_len=None, warmup=None, block_n=None, num_warps=None,
                    steps_per_block=None) -> torch.Tensor:
     """All states (B, T, 2N) interleaved fp32: the solution of the ParaLSTM recurrence.
 
+    ``bias`` (3, N), if given, is added to the pre-activations (the cell's ``b``).
     Segmented hybrid (see :mod:`._fused_common`); ``num_iters`` (>= 1) bounds the
     boundary-Newton rounds.
     """
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
-    return _forward(pre, a, peephole, h0, resets, num_iters, seg_len=seg_len, warmup=warmup,
-                    block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
-                    sequential=False)
+    return _forward(pre, a, peephole, h0, resets, num_iters, bias, seg_len=seg_len,
+                    warmup=warmup, block_n=block_n, num_warps=num_warps,
+                    steps_per_block=steps_per_block, sequential=False)
 
 
-def sequential_forward(pre, a, peephole, h0=None, resets=None, *, block_n=None,
+def sequential_forward(pre, a, peephole, h0=None, resets=None, *, bias=None, block_n=None,
                        num_warps=None, steps_per_block=None) -> torch.Tensor:
     """All states (B, T, 2N) by one fused loop over t per (row, channel block)."""
-    return _forward(pre, a, peephole, h0, resets, 0, seg_len=None, warmup=0,
+    return _forward(pre, a, peephole, h0, resets, 0, bias, seg_len=None, warmup=0,
                     block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
                     sequential=True)
 
 
-def backward(pre, a, peephole, h0, resets, H, grad_H, *, seg_len=None, warmup=None,
+def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=None,
              block_n=None, num_warps=None, steps_per_block=None):
     """Gradients of ``sum(grad_H * H)`` through the recurrence.
 
-    Returns ``(grad_pre (B,T,3N), grad_a (3,N), grad_peephole (2,N), grad_h0 (B,2N))``,
-    all fp32; ``grad_h0`` is returned also when ``h0`` is None (zero state).
+    Returns ``(grad_pre (B,T,3N), grad_a (3,N), grad_peephole (2,N), grad_h0 (B,2N),
+    grad_bias (3,N) or None)``; ``grad_pre`` in the dtype of ``pre``, the rest fp32;
+    ``grad_h0`` is returned also when ``h0`` is None (zero state).
     """
-    batch, steps, n = check_common("paralstm.backward", pre, a, h0, resets, 2)
+    batch, steps, n = check_common("paralstm.backward", pre, a, h0, resets, 2, bias)
     _check_peephole("paralstm.backward", peephole, n)
     shape = (batch, steps, 2 * n)
     if tuple(H.shape) != shape or tuple(grad_H.shape) != shape:
@@ -415,36 +456,34 @@ def backward(pre, a, peephole, h0, resets, H, grad_H, *, seg_len=None, warmup=No
                          f"got {tuple(H.shape)} and {tuple(grad_H.shape)}")
     dev = pre.device
     pre = pre.contiguous()
-    a = as_f32(a, dev)
-    peephole = as_f32(peephole, dev)
-    h0 = as_f32(h0, dev)
-    H = as_f32(H, dev)
-    grad_H = as_f32(grad_H, dev)
+    a, peephole, bias, h0, H, grad_H = (as_f32(t, dev)
+                                        for t in (a, peephole, bias, h0, H, grad_H))
     plan = make_plan("lstm_bwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
                      block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = triton.cdiv(steps, plan.steps_per_block)
     P = plan.segments
-    grad_pre = torch.empty(batch, steps, 3 * n, device=dev, dtype=torch.float32)
-    grad_w_part = torch.empty(batch, P, 5, n, device=dev, dtype=torch.float32)
+    grows = 5 if bias is None else 8
+    grad_pre = torch.empty(batch, steps, 3 * n, device=dev, dtype=pre.dtype)
+    grad_w_part = torch.empty(batch, P, grows, n, device=dev, dtype=torch.float32)
     grad_h0_part = torch.empty(batch, P, 2 * n, device=dev, dtype=torch.float32)
     segmented = P > 1
     if segmented:
-        E, S, X = (torch.empty(batch, P, n, 2, device=dev, dtype=torch.float32)
-                   for _ in range(3))
-        A = torch.empty(batch, P, n, 4, device=dev, dtype=torch.float32)
+        E, A, S, X = _boundary_buffers(batch, P, n, dev)
     else:
         E = A = S = X = grad_h0_part
     grid = (triton.cdiv(n, plan.block_n), batch, P)
 
     def launch(correct: bool) -> None:
         _lstm_bwd_kernel[grid](
-            pre, a, peephole, h0 if h0 is not None else a, rst if rst is not None else pre,
-            H, grad_H, grad_pre, grad_w_part, grad_h0_part, E, A, S, X, steps, n,
-            blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL, HAS_H0=h0 is not None,
+            pre, a, peephole, a if bias is None else bias, a if h0 is None else h0,
+            pre if rst is None else rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
+            E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
+            GROWS=grows, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
             HAS_RST=rst is not None, SEGMENTED=segmented, CORRECT=correct,
             BN=plan.block_n, K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=2, reverse=True)
     grad_w = grad_w_part.sum((0, 1))
-    return grad_pre, grad_w[:3].contiguous(), grad_w[3:].contiguous(), grad_h0_part.sum(1)
+    grad_bias = None if bias is None else grad_w[5:]
+    return grad_pre, grad_w[:3], grad_w[3:5], grad_h0_part.sum(1), grad_bias

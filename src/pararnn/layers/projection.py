@@ -1,4 +1,11 @@
-"""Block-diagonal ("multi-head") input projection computed for all steps before the solve."""
+"""Block-diagonal ("multi-head") input projection computed for all steps before the solve.
+
+The output must be gate-major (all channels of gate 0, then gate 1, ...), while a batched
+matrix product over heads naturally yields head-major rows. Writing each gate's product
+straight into its strided slice of the output (one batched GEMM per gate, the output's
+row stride as leading dimension) gives the gate-major layout without a permute copy;
+the backward does the same in reverse. For ``num_heads=1`` it is a plain ``linear``.
+"""
 
 from __future__ import annotations
 
@@ -44,12 +51,59 @@ class MultiHeadProjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_heads == 1:
-            out = nn.functional.linear(x, self.weight.flatten(0, 2), self.bias)
-            return out
-        heads = x.unflatten(-1, (self.num_heads, -1))  # (..., H, D/H)
-        out = torch.einsum("...hd,hgnd->...ghn", heads, self.weight).flatten(-3)
+            return nn.functional.linear(x, self.weight.flatten(0, 2), self.bias)
+        weight = self.weight
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = x.to(dtype), weight.to(dtype)
+        with torch.autocast(device, enabled=False):
+            out = _GateMajorHeadsMatmul.apply(x, weight)
         return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:
         return (f"{self.input_size} -> {self.num_gates} x {self.hidden_size}, "
                 f"num_heads={self.num_heads}, bias={self.bias is not None}")
+
+
+class _GateMajorHeadsMatmul(torch.autograd.Function):
+    """``x (..., H*Dh)`` times block-diagonal ``weight (H, G, Nh, Dh)`` -> ``(..., G*H*Nh)``
+    gate-major, one strided batched GEMM per gate in each direction."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        heads, gates, head_out, head_in = weight.shape
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, heads * head_in)
+        rows = x2.shape[0]
+        x_heads = x2.view(rows, heads, head_in).transpose(0, 1)  # (H, M, Dh), row stride D
+        out = x2.new_empty(rows, gates, heads, head_out)
+        for g in range(gates):
+            torch.bmm(x_heads, weight[:, g].transpose(1, 2), out=out[:, g].transpose(0, 1))
+        ctx.save_for_backward(x2, weight)
+        ctx.lead = lead
+        return out.view(*lead, gates * heads * head_out)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x2, weight = ctx.saved_tensors
+        heads, gates, head_out, head_in = weight.shape
+        rows = x2.shape[0]
+        grad = grad_out.reshape(rows, gates, heads, head_out)
+        grad_heads = [grad[:, g].transpose(0, 1) for g in range(gates)]  # (H, M, Nh) each
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = x2.new_empty(rows, heads, head_in)
+            gx = grad_x.transpose(0, 1)  # (H, M, Dh)
+            for g in range(gates):
+                if g == 0:
+                    torch.bmm(grad_heads[g], weight[:, g], out=gx)
+                else:
+                    gx.baddbmm_(grad_heads[g], weight[:, g])
+            grad_x = grad_x.view(*ctx.lead, heads * head_in)
+        if ctx.needs_input_grad[1]:
+            x_heads = x2.view(rows, heads, head_in).transpose(0, 1)
+            grad_w = torch.empty_like(weight)
+            for g in range(gates):
+                torch.bmm(grad_heads[g].transpose(1, 2), x_heads, out=grad_w[:, g])
+        return grad_x, grad_w

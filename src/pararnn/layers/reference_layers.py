@@ -19,11 +19,12 @@ class _ProjectedRNN(SequenceModule):
                  device=None, dtype=None) -> None:
         super().__init__(mode=mode, newton=newton, backend=backend, batch_first=batch_first)
         self.input_size, self.hidden_size = input_size, hidden_size
+        # the gate bias lives in the cell, where the fused kernels add it for free
         self.projection = MultiHeadProjection(
-            input_size, hidden_size, self.cell_class.num_gates, num_heads=num_heads, bias=bias,
+            input_size, hidden_size, self.cell_class.num_gates, num_heads=num_heads, bias=False,
             device=device, dtype=dtype)
-        self.cell = self.cell_class(hidden_size, recurrent_clip=recurrent_clip, device=device,
-                                    dtype=dtype)
+        self.cell = self.cell_class(hidden_size, recurrent_clip=recurrent_clip, bias=bias,
+                                    device=device, dtype=dtype)
 
     def _run(self, x, h0, resets, cu_seqlens):
         if not isinstance(x, torch.Tensor):

@@ -47,28 +47,28 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
     dtype, sequences = check_inputs(cell, x, h0, resets, cu_seqlens)
     out_dtype = x.dtype
     n_init = x.shape[0] if sequences.ends is None else sequences.ends.numel()
-    xc = x.to(dtype)
-    h0c = xc.new_zeros(n_init, cell.state_size) if h0 is None else h0.to(dtype)
+    h0c = x.new_zeros(n_init, cell.state_size, dtype=dtype) if h0 is None else h0.to(dtype)
     fused = select_fused(cell, x, backend) if sequences.segment_ids is None else None
     if mode == "auto":
         mode = _auto_mode(cell, x, h0c, fused)
 
     with torch.autocast(x.device.type, enabled=False):
         if fused is not None and (mode == "parallel" or not _needs_grad(cell, x, h0c)):
+            # the kernels read bf16 input as it is and compute in fp32: no upcast copy
             states = fused_solve(fused, cell, x, h0c, sequences.starts if sequences.has_resets else None,
                                  config.max_iters, sequential=mode == "sequential")
             info = SolveInfo(mode=mode, backend=fused.name,
                              iterations=config.max_iters if mode == "parallel" else 0)
             if mode == "parallel" and config.tol is not None:
-                states = _check_solution(cell, xc, h0c, sequences, config, states, info)
+                states = _check_solution(cell, x.to(dtype), h0c, sequences, config, states, info)
         elif mode == "sequential":
-            states = sequential_solve(cell, xc, h0c, sequences)
+            states = sequential_solve(cell, x.to(dtype), h0c, sequences)
             info = SolveInfo(mode="sequential", backend="torch")
         else:
             linear_solver, name = select_scan(cell.structure, x.device, dtype, backend)
             info_out: list[SolveInfo] = []
             states = ParallelSolve.apply(cell, sequences, config, linear_solver, name, info_out,
-                                         xc, h0c, *cell.parameters())
+                                         x.to(dtype), h0c, *cell.parameters())
             info = info_out[0]
     states = states.to(out_dtype)
     return states, sequences.final_states(states), info

@@ -53,7 +53,8 @@ class FusedSolve:
     """Fused Triton whole-solve for a reference cell (:mod:`pararnn.kernels.paragru` /
     :mod:`~pararnn.kernels.paralstm`): forward and backward over a whole (B, T) batch.
 
-    ``weights`` are the cell's ``recurrent_weights()`` (after clipping), as a tuple;
+    ``weights`` are the cell's ``recurrent_weights()`` (after clipping), as a tuple, and
+    ``bias`` the cell's gate bias ``(3, N)`` or None;
     ``resets`` is bool (B, T) (True where step t restarts from ``h0``; step 0 always
     does) or None; one initial state per batch row. The launch plan inside the kernels
     is the measured per-shape rule (:func:`pararnn.kernels._fused_common.make_plan`): one
@@ -66,20 +67,21 @@ class FusedSolve:
     def __init__(self, module):
         self.module = module
 
-    def forward(self, x, h0, resets, max_iters: int, weights) -> torch.Tensor:
+    def forward(self, x, h0, resets, max_iters: int, weights, bias) -> torch.Tensor:
         """All states (B, T, state_size) in float32: the solution of the recurrence;
         ``max_iters`` bounds the boundary-Newton rounds."""
-        return self.module.newton_forward(x, *weights, h0, resets, max_iters)
+        return self.module.newton_forward(x, *weights, h0, resets, max_iters, bias=bias)
 
-    def sequential(self, x, h0, resets, weights) -> torch.Tensor:
+    def sequential(self, x, h0, resets, weights, bias) -> torch.Tensor:
         """The same states by the fused loop over t (no autograd)."""
-        return self.module.sequential_forward(x, *weights, h0, resets)
+        return self.module.sequential_forward(x, *weights, h0, resets, bias=bias)
 
-    def backward(self, x, h0, resets, states, grad_states, weights):
-        """``(grad_x, grad_weights, grad_h0)``, ``grad_weights`` a tuple matching ``weights``."""
-        grad_x, *grad_w, grad_h0 = self.module.backward(x, *weights, h0, resets, states,
-                                                        grad_states)
-        return grad_x.to(x.dtype), tuple(grad_w), grad_h0
+    def backward(self, x, h0, resets, states, grad_states, weights, bias):
+        """``(grad_x, grad_weights, grad_h0, grad_bias)``; ``grad_weights`` matches
+        ``weights``, ``grad_x`` has the dtype of ``x``, ``grad_bias`` is None without bias."""
+        grad_x, *grad_w, grad_h0, grad_bias = self.module.backward(
+            x, *weights, h0, resets, states, grad_states, bias=bias)
+        return grad_x, tuple(grad_w), grad_h0, grad_bias
 
 
 def select_fused(cell, x: torch.Tensor, backend: str):

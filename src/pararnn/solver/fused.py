@@ -1,7 +1,7 @@
 """The reference cells' fused Triton solve as an autograd Function.
 
-The cell's clipped recurrent weights are inputs of the Function, so autograd chains
-their gradients through the clipping into the parameters (also under
+The cell's clipped recurrent weights and its gate bias are inputs of the Function, so
+autograd chains their gradients through the clipping into the parameters (also under
 ``functional_call``), and the input projection's gradient flows through ``x``.
 """
 
@@ -14,22 +14,23 @@ from .function import reject_double_backward
 
 class FusedParallelSolve(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, fused, resets, max_iters, x, h0, *weights):
-        states = fused.forward(x, h0, resets, max_iters, weights)
+    def forward(ctx, fused, resets, max_iters, x, h0, bias, *weights):
+        states = fused.forward(x, h0, resets, max_iters, weights, bias)
         ctx.fused, ctx.resets = fused, resets
-        ctx.save_for_backward(x, h0, states, *weights)
+        ctx.save_for_backward(x, h0, bias, states, *weights)
         return states
 
     @staticmethod
     def backward(ctx, grad_states):
         reject_double_backward()
-        x, h0, states, *weights = ctx.saved_tensors
-        grad_x, grad_weights, grad_h0 = ctx.fused.backward(
-            x, h0, ctx.resets, states, grad_states.contiguous(), tuple(weights))
-        needs_x, needs_h0, *needs_w = ctx.needs_input_grad[3:]
+        x, h0, bias, states, *weights = ctx.saved_tensors
+        grad_x, grad_weights, grad_h0, grad_bias = ctx.fused.backward(
+            x, h0, ctx.resets, states, grad_states.contiguous(), tuple(weights), bias)
+        needs_x, needs_h0, needs_bias, *needs_w = ctx.needs_input_grad[3:]
         grad_weights = tuple(g if need else None for g, need in zip(grad_weights, needs_w))
         return (None, None, None, grad_x if needs_x else None,
-                grad_h0.to(h0.dtype) if needs_h0 else None, *grad_weights)
+                grad_h0.to(h0.dtype) if needs_h0 else None,
+                grad_bias if needs_bias else None, *grad_weights)
 
 
 def fused_solve(fused, cell, x, h0, resets, max_iters: int, sequential: bool) -> torch.Tensor:
@@ -41,5 +42,6 @@ def fused_solve(fused, cell, x, h0, resets, max_iters: int, sequential: bool) ->
     weights = weights if isinstance(weights, tuple) else (weights,)
     if sequential:
         with torch.no_grad():
-            return fused.sequential(x, h0, resets, tuple(w.detach() for w in weights))
-    return FusedParallelSolve.apply(fused, resets, max_iters, x, h0, *weights)
+            bias = None if cell.bias is None else cell.bias.detach()
+            return fused.sequential(x, h0, resets, tuple(w.detach() for w in weights), bias)
+    return FusedParallelSolve.apply(fused, resets, max_iters, x, h0, cell.bias, *weights)

@@ -183,8 +183,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     say(f"model: {cfg.model} {cfg.size}: {n_params:,} parameters "
         f"({model.num_params(non_embedding=True):,} without the embedding)")
     model = D.wrap_model(model, info, cfg.fsdp)  # before the optimizer: FSDP swaps the parameters
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    # no weight decay on vectors and biases (the cells' gate bias is a (3, N) matrix)
+    exempt = {name for name, p in model.named_parameters() if p.dim() < 2 or name.endswith("bias")}
+    decay = [p for name, p in model.named_parameters() if name not in exempt]
+    no_decay = [p for name, p in model.named_parameters() if name in exempt]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")

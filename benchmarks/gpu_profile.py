@@ -1,0 +1,187 @@
+"""Where the time goes on a CUDA GPU: per-kernel breakdowns and launch-plan sweeps.
+
+    PYTHONPATH=src python benchmarks/gpu_profile.py [--layers] [--kernels] [--sweep]
+
+``--layers``: the ParaGRU/ParaLSTM layers (8 heads, 8x4096x1024, fp32 and bf16 autocast),
+forward and forward+backward, every CUDA kernel of one call with its time (torch.profiler),
+next to the time of the projection's matrix products alone (the "matmul time" of the
+layer targets). ``--kernels``: the fused ParaGRU forward at the target shapes, per launch.
+``--sweep``: fused forward/backward times over launch plans (segment length, warm-up,
+channels per program, steps per block) at the narrow shapes. Without flags, all three.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+SHAPE = (8, 4096, 1024)
+
+
+def bench(fn):
+    import triton.testing
+    return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
+
+
+def kernel_table(fn, title, top=14):
+    """Run ``fn`` once under the profiler (after a warm-up) and print its CUDA kernels."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: -e.device_time_total)
+    total = sum(e.device_time_total for e in events)
+    print(f"\n### {title}: {total / 1e3:.3f} ms of kernels")
+    for e in events[:top]:
+        print(f"  {e.device_time_total / 1e3:8.3f} ms  x{e.count:<3d} {e.key[:110]}")
+    sys.stdout.flush()
+
+
+def layers():
+    from pararnn.layers import ParaGRU, ParaLSTM
+    B, T, D = SHAPE
+    x = torch.randn(B, T, D, device="cuda", requires_grad=True)
+    for cls in (ParaGRU, ParaLSTM):
+        layer = cls(D, D, num_heads=8, recurrent_clip=0.5, device="cuda")
+        for prec in ("fp32", "bf16"):
+            amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=prec == "bf16")
+            grad = torch.randn(B, T, D, device="cuda")
+
+            def fwd():
+                with torch.no_grad(), amp:
+                    layer(x)
+
+            def fwd_bwd():
+                with amp:
+                    y, _ = layer(x)
+                y.backward(grad.to(y.dtype))
+            name = f"{cls.__name__} 8 heads {prec}"
+            print(f"\n{name}: forward {bench(fwd):.3f} ms, forward+backward {bench(fwd_bwd):.3f} ms")
+            kernel_table(fwd, f"{name} forward")
+            kernel_table(fwd_bwd, f"{name} forward+backward")
+    # the projection's matrix products alone: (H, B*T, D/H) @ (H, D/H, G*N/H) and its two
+    # backward products, as batched GEMMs on contiguous operands
+    H = 8
+    for gates in (3,):
+        for dtype in (torch.float32, torch.bfloat16):
+            a = torch.randn(H, B * T, D // H, device="cuda", dtype=dtype)
+            w = torch.randn(H, D // H, gates * D // H, device="cuda", dtype=dtype)
+            g = torch.randn(H, B * T, gates * D // H, device="cuda", dtype=dtype)
+            t_f = bench(lambda: torch.bmm(a, w))
+            t_b = bench(lambda: (torch.bmm(g, w.transpose(1, 2)), torch.bmm(a.transpose(1, 2), g)))
+            print(f"matmuls {dtype}: forward {t_f:.3f} ms, backward (dx, dW) {t_b:.3f} ms")
+
+
+def kernels():
+    from pararnn.cells import ParaGRUCell
+    from pararnn.kernels import paragru
+    for B, T, N in (SHAPE, (64, 2048, 2048), (1, 65536, 256)):
+        cell = ParaGRUCell(N, recurrent_clip=0.9, device="cuda")
+        a = cell.recurrent_weights().detach()
+        pre = torch.randn(B, T, 3 * N, device="cuda")
+        h0 = torch.randn(B, N, device="cuda") * 0.5
+        for iters in (1, 3):
+            t = bench(lambda: paragru.newton_forward(pre, a, h0, None, iters))
+            print(f"gru fwd {B}x{T}x{N} num_iters={iters}: {t:.3f} ms")
+        kernel_table(lambda: paragru.newton_forward(pre, a, h0, None, 3), f"gru fwd {B}x{T}x{N}")
+        H = paragru.newton_forward(pre, a, h0, None, 3)
+        gH = torch.randn_like(H)
+        kernel_table(lambda: paragru.backward(pre, a, h0, None, H, gH), f"gru bwd {B}x{T}x{N}")
+        del pre, H, gH
+        torch.cuda.empty_cache()
+
+
+def graph_ms(fn):
+    """GPU time of ``fn`` without host launch gaps: median of CUDA-graph replays."""
+    import triton.testing
+    fn()
+    torch.cuda.synchronize()
+    return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
+
+
+def host_us(fn, calls=200):
+    """Host time per call (launch overhead): ``calls`` calls back to back, tiny problem."""
+    import time
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / calls * 1e6
+
+
+TILES = {"gru_fwd": [(128, 1, 4), (128, 1, 8), (64, 1, 4), (64, 1, 8)],
+         "gru_bwd": [(128, 1, 4), (128, 1, 2), (64, 1, 4), (64, 1, 2)],
+         "lstm_fwd": [(128, 1, 4), (128, 1, 8), (64, 1, 4), (64, 1, 8)],
+         "lstm_bwd": [(64, 2, 4), (64, 2, 2), (32, 1, 4), (32, 1, 2), (128, 4, 2)]}
+SEGMENTS = [(None, None), (128, 32), (256, 32), (256, 64), (512, 64), (1024, 64)]
+
+
+def sweep():
+    from pararnn.cells import ParaGRUCell, ParaLSTMCell
+    from pararnn.kernels import paragru, paralstm
+    small = torch.randn(1, 64, 3 * 64, device="cuda")
+    a_small = torch.rand(3, 64, device="cuda") * 0.5
+    print(f"host time per call, 1x64x64: gru newton_forward {host_us(lambda: paragru.newton_forward(small, a_small)):.1f} us, "
+          f"sequential_forward {host_us(lambda: paragru.sequential_forward(small, a_small)):.1f} us, "
+          f"a torch add {host_us(lambda: small + 1):.1f} us")
+    print("\n| cell | pass | shape | seg_len | warmup | block_n/warps/K | graph ms | eager ms |")
+    print("|---|---|---|---:|---:|---|---:|---:|")
+    for kind in ("gru", "lstm"):
+        mod = paragru if kind == "gru" else paralstm
+        for B, T, N in (SHAPE, (1, 65536, 256)):
+            cell = (ParaGRUCell if kind == "gru" else ParaLSTMCell)(N, recurrent_clip=0.9,
+                                                                    device="cuda")
+            w = cell.recurrent_weights()
+            w = tuple(t.detach() for t in (w if isinstance(w, tuple) else (w,)))
+            width = 1 if kind == "gru" else 2
+            pre = torch.randn(B, T, 3 * N, device="cuda")
+            h0 = torch.randn(B, width * N, device="cuda") * 0.5
+            H = mod.newton_forward(pre, *w, h0, None, 3)
+            gH = torch.randn_like(H)
+            for name in ("fwd", "bwd"):
+                for seg, warm in SEGMENTS:
+                    for bn, nw, k in TILES[f"{kind}_{name}"]:
+                        kw = dict(seg_len=seg, warmup=warm, block_n=bn, num_warps=nw,
+                                  steps_per_block=k)
+                        if name == "fwd":
+                            def fn():
+                                return mod.newton_forward(pre, *w, h0, None, 3, **kw)
+                        else:
+                            def fn():
+                                return mod.backward(pre, *w, h0, None, H, gH, **kw)
+                        try:
+                            ms = f"{graph_ms(fn):.3f} | {bench(fn):.3f}"
+                        except Exception as err:  # noqa: BLE001 - report and go on
+                            ms = f"failed: {type(err).__name__} | -"
+                        print(f"| {kind} | {name} | {B}x{T}x{N} | {seg} | {warm} | {bn}/{nw}/{k} | {ms} |")
+                        sys.stdout.flush()
+            del pre, H, gH
+            torch.cuda.empty_cache()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", action="store_true")
+    ap.add_argument("--kernels", action="store_true")
+    ap.add_argument("--sweep", action="store_true")
+    args = ap.parse_args()
+    everything = not (args.layers or args.kernels or args.sweep)
+    print(torch.cuda.get_device_name(), torch.__version__)
+    if args.layers or everything:
+        layers()
+    if args.kernels or everything:
+        kernels()
+    if args.sweep or everything:
+        sweep()
+
+
+if __name__ == "__main__":
+    main()
