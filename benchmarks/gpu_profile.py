@@ -6,8 +6,9 @@
 forward and forward+backward, every CUDA kernel of one call with its time (torch.profiler),
 next to the time of the projection's matrix products alone (the "matmul time" of the
 layer targets). ``--kernels``: the fused ParaGRU forward at the target shapes, per launch.
-``--sweep``: fused forward/backward times over launch plans (segment length, warm-up,
-channels per program, steps per block) at the narrow shapes. Without flags, all three.
+``--dtypes``: the fused kernels' GPU time (CUDA-graph replay) and eager time with fp32
+and bf16 pre-activations. ``--sweep``: fused forward/backward times over launch plans
+(segment length, warm-up, channels per program, steps per block). Without flags, all.
 """
 
 from __future__ import annotations
@@ -167,18 +168,55 @@ def sweep():
             torch.cuda.empty_cache()
 
 
+def dtypes():
+    """Fused kernels with fp32 vs bf16 pre-activations, default plans (graph / eager ms)."""
+    from pararnn.cells import ParaGRUCell, ParaLSTMCell
+    from pararnn.kernels import paragru, paralstm
+    print("\n| cell | B×T×N | pre dtype | fwd graph | fwd eager | bwd graph | bwd eager |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for kind in ("gru", "lstm"):
+        mod = paragru if kind == "gru" else paralstm
+        for B, T, N in (SHAPE, (64, 2048, 2048), (1, 65536, 256)):
+            cell = (ParaGRUCell if kind == "gru" else ParaLSTMCell)(N, recurrent_clip=0.9,
+                                                                    device="cuda")
+            w = cell.recurrent_weights()
+            w = tuple(t.detach() for t in (w if isinstance(w, tuple) else (w,)))
+            bias = torch.randn(3, N, device="cuda") * 0.1
+            width = 1 if kind == "gru" else 2
+            pre32 = torch.randn(B, T, 3 * N, device="cuda")
+            h0 = torch.randn(B, width * N, device="cuda") * 0.5
+            for name, pre in (("fp32", pre32), ("bf16", pre32.to(torch.bfloat16))):
+                H = mod.newton_forward(pre, *w, h0, None, 3, bias=bias)
+                gH = torch.randn_like(H)
+
+                def fwd():
+                    return mod.newton_forward(pre, *w, h0, None, 3, bias=bias)
+
+                def bwd():
+                    return mod.backward(pre, *w, h0, None, H, gH, bias=bias)
+                print(f"| {kind} | {B}x{T}x{N} | {name} | {graph_ms(fwd):.3f} | {bench(fwd):.3f} "
+                      f"| {graph_ms(bwd):.3f} | {bench(bwd):.3f} |")
+                sys.stdout.flush()
+                del H, gH
+            del pre32, pre
+            torch.cuda.empty_cache()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", action="store_true")
     ap.add_argument("--kernels", action="store_true")
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--dtypes", action="store_true")
     args = ap.parse_args()
-    everything = not (args.layers or args.kernels or args.sweep)
+    everything = not (args.layers or args.kernels or args.sweep or args.dtypes)
     print(torch.cuda.get_device_name(), torch.__version__)
     if args.layers or everything:
         layers()
     if args.kernels or everything:
         kernels()
+    if args.dtypes or everything:
+        dtypes()
     if args.sweep or everything:
         sweep()
 

@@ -97,23 +97,26 @@ class Plan:
     steps_per_block: int
 
 
-# Tuned on an H100 (benchmarks/gpu_fused.py): enough independent (row, channel, segment)
-# chains to keep ~2k lanes per SM busy, segments no shorter than MIN_SEG_LEN steps,
-# and a warm-up of WARMUP steps. One segment (the fused sequential loop) when rows x
-# channels alone give <= 2 segments' worth (64x2048 channels: 1.48 ms sequential vs
-# 1.55 ms with 3 segments) or T <= 256 (B=8, N=1024: 0.089 ms vs 0.180 ms).
+# Tuned on an H100 (benchmarks/gpu_profile.py --sweep, GPU time by CUDA-graph replay):
+# enough independent (row, channel, segment) chains to keep ~2k lanes per SM busy,
+# segments no shorter than MIN_SEG_LEN steps, a warm-up of WARMUP steps. At 8x4096x1024
+# (GRU forward, 128 channels x 4 steps per program) segments of 128/256/512 steps with
+# warm-ups of 32 gave 0.244/0.222/- ms and with 64 -/0.240/0.267 ms; the backward
+# 0.462/0.429/0.434 ms. One segment (the fused sequential loop) when rows x channels
+# alone give <= 2 segments' worth (64x2048 channels: 1.48 ms sequential vs 1.55 ms with
+# 3 segments) or T <= 2 * MIN_SEG_LEN.
 CHAINS_PER_SM = 2048
-MIN_SEG_LEN = 128
-WARMUP = 64
+MIN_SEG_LEN = 256
+WARMUP = 32
 
 
-# Per kernel (channels per program, warps, steps per block) on CUDA, from H100 runs of
-# benchmarks/gpu_fused.py. Four channels per thread (128 per warp) win even where ptxas
-# spills a little (GRU bwd 944 B, LSTM fwd 152 B of stack): the independent chains per
-# thread hide the latency of the sequential dependence. The LSTM backward at 128 per
-# warp spilled 3.5 KB and ran 30x slower, so it takes one channel per thread, 4 steps.
-CUDA_TILES = {"gru_fwd": (128, 1, 8), "gru_bwd": (128, 1, 8),
-              "lstm_fwd": (128, 1, 8), "lstm_bwd": (64, 2, 4)}
+# Per kernel (channels per program, warps, steps per block) on CUDA. Four channels per
+# thread (128 per warp) win: the independent chains per thread hide the latency of the
+# sequential dependence. Four steps per block beat eight (GRU backward at 8x4096x1024:
+# 0.51 vs 1.01 ms; eight spill 1.3 KB there, compiled for sm_90). The LSTM backward
+# needs one channel per thread (at four per thread it spills ~1 KB and ran 10x slower).
+CUDA_TILES = {"gru_fwd": (128, 1, 4), "gru_bwd": (128, 1, 4),
+              "lstm_fwd": (128, 1, 4), "lstm_bwd": (64, 2, 4)}
 
 
 @functools.lru_cache(maxsize=None)

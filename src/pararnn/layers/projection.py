@@ -4,7 +4,9 @@ The output must be gate-major (all channels of gate 0, then gate 1, ...), while 
 matrix product over heads naturally yields head-major rows. Writing each gate's product
 straight into its strided slice of the output (one batched GEMM per gate, the output's
 row stride as leading dimension) gives the gate-major layout without a permute copy;
-the backward does the same in reverse. For ``num_heads=1`` it is a plain ``linear``.
+the backward copies the gradient to head-major once and runs one GEMM per input (the
+weight gradient's long reduction needs the whole batch of heads to fill the GPU). For
+``num_heads=1`` it is a plain ``linear``.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class MultiHeadProjection(nn.Module):
 
 class _GateMajorHeadsMatmul(torch.autograd.Function):
     """``x (..., H*Dh)`` times block-diagonal ``weight (H, G, Nh, Dh)`` -> ``(..., G*H*Nh)``
-    gate-major, one strided batched GEMM per gate in each direction."""
+    gate-major: one strided batched GEMM per gate forward, one per input backward."""
 
     @staticmethod
     def forward(ctx, x, weight):
@@ -89,21 +91,17 @@ class _GateMajorHeadsMatmul(torch.autograd.Function):
         x2, weight = ctx.saved_tensors
         heads, gates, head_out, head_in = weight.shape
         rows = x2.shape[0]
-        grad = grad_out.reshape(rows, gates, heads, head_out)
-        grad_heads = [grad[:, g].transpose(0, 1) for g in range(gates)]  # (H, M, Nh) each
+        # one head-major copy of the gradient, then a single GEMM per input: per-gate GEMMs
+        # with K = rows (the weight gradient) leave most of the GPU idle
+        grad = grad_out.reshape(rows, gates, heads, head_out).permute(2, 0, 1, 3)
+        grad = grad.reshape(heads, rows, gates * head_out)
+        w = weight.reshape(heads, gates * head_out, head_in)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = x2.new_empty(rows, heads, head_in)
-            gx = grad_x.transpose(0, 1)  # (H, M, Dh)
-            for g in range(gates):
-                if g == 0:
-                    torch.bmm(grad_heads[g], weight[:, g], out=gx)
-                else:
-                    gx.baddbmm_(grad_heads[g], weight[:, g])
+            torch.bmm(grad, w, out=grad_x.transpose(0, 1))
             grad_x = grad_x.view(*ctx.lead, heads * head_in)
         if ctx.needs_input_grad[1]:
             x_heads = x2.view(rows, heads, head_in).transpose(0, 1)
-            grad_w = torch.empty_like(weight)
-            for g in range(gates):
-                torch.bmm(grad_heads[g].transpose(1, 2), x_heads, out=grad_w[:, g])
+            grad_w = torch.bmm(grad.transpose(1, 2), x_heads).view_as(weight)
         return grad_x, grad_w
