@@ -40,6 +40,14 @@ def bench(fn, rotate=1):
     return triton.testing.do_bench(lambda: fn(0), warmup=30, rep=200, return_mode="median")
 
 
+def graph_bench(fn):
+    """GPU time without host launch gaps: median of CUDA-graph replays of ``fn``."""
+    import triton.testing
+    fn()
+    torch.cuda.synchronize()
+    return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
+
+
 def copy_bandwidth() -> float:
     """Bytes read + written per second by a 2 GiB device-to-device copy."""
     src = torch.randn(2**29, device="cuda")
@@ -172,11 +180,12 @@ def main_tables(results):
             torch.cuda.empty_cache()
             gH = torch.randn_like(H)
             t_newton = bench(lambda i: p.newton(i))
+            t_graph = graph_bench(lambda: p.newton(0))
             t_seq = bench(lambda i: p.sequential(i))
             t_fb = bench(lambda i: p.backward(p.newton(i), gH, i))
             floor = p.floor_bytes() / bw * 1e3
             floor_fb = p.floor_bytes(backward=True) / bw * 1e3
-            rows.append(dict(cell=kind, shape=(B, T, N), newton=t_newton, seq=t_seq,
+            rows.append(dict(cell=kind, shape=(B, T, N), newton=t_newton, graph=t_graph, seq=t_seq,
                              torch=t_torch, floor=floor, fwd_bwd=t_fb, floor_fb=floor_fb,
                              err_newton=err_newton, err_seq=err_seq, err_torch=err_torch,
                              seq_vs_newton=(H - Hs).abs().max().item()))
@@ -252,18 +261,32 @@ def sweep(results):
 
 
 def layers(results):
-    """ParaGRU / ParaLSTM layers (projection + solve) at 8x4096x1024, fp32 and bf16 autocast."""
+    """ParaGRU / ParaLSTM layers (projection + solve) at 8x4096x1024, fp32 and bf16 autocast,
+    next to the layer's matrix products alone and the fused solve's memory floor."""
     from pararnn.layers import ParaGRU, ParaLSTM
     B, T, D = 8, 4096, 1024
     x = torch.randn(B, T, D, device="cuda", requires_grad=True)
     rows = []
+    matmul = {}
+    for prec, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        for heads in (1, 8):  # the projection's GEMMs: forward, and (dx, dW) backward
+            a = torch.randn(heads, B * T, D // heads, device="cuda", dtype=dtype)
+            w = torch.randn(heads, D // heads, 3 * D // heads, device="cuda", dtype=dtype)
+            g = torch.randn(heads, B * T, 3 * D // heads, device="cuda", dtype=dtype)
+            t_f = bench(lambda i: torch.bmm(a, w))
+            t_b = bench(lambda i: (torch.bmm(g, w.transpose(1, 2)), torch.bmm(a.transpose(1, 2), g)))
+            matmul[(prec, heads)] = (t_f, t_f + t_b)
+            del a, w, g
+    bw = results["bandwidth"]
     for cls in (ParaGRU, ParaLSTM):
+        width = 1 if cls is ParaGRU else 2
         for heads in (1, 8):
             for backend in ("auto", "torch"):
                 layer = cls(D, D, num_heads=heads, recurrent_clip=0.5, backend=backend,
                             device="cuda")
                 for prec in ("fp32", "bf16"):
                     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=prec == "bf16")
+                    grad = torch.randn(B, T, D, device="cuda")
 
                     def fwd(i):
                         with torch.no_grad(), amp:
@@ -272,12 +295,20 @@ def layers(results):
                     def fwd_bwd(i):
                         with amp:
                             y, _ = layer(x)
-                        y.float().sum().backward()
+                        y.backward(grad.to(y.dtype))
                     t_f = bench(fwd)
                     t_fb = bench(fwd_bwd)
+                    # the fused solve's floor: pre read + states written; backward: pre, H,
+                    # dL/dH read and grad_pre written (pre and grad_pre in the input dtype)
+                    el = B * T * D
+                    pre_b = 2 if prec == "bf16" else 4
+                    floor_f = el * (3 * pre_b + 4 * width) / bw * 1e3
+                    floor_fb = floor_f + el * (6 * pre_b + 8 * width) / bw * 1e3
+                    mm_f, mm_fb = matmul[(prec, heads)]
                     rows.append(dict(layer=cls.__name__, heads=heads, backend=backend,
                                      solver=layer.last_solve.backend, prec=prec, fwd=t_f,
-                                     fwd_bwd=t_fb))
+                                     fwd_bwd=t_fb, matmul_fwd=mm_f, matmul_fwd_bwd=mm_fb,
+                                     floor_fwd=floor_f, floor_fwd_bwd=floor_fb))
                     print(rows[-1])
                     sys.stdout.flush()
     results["layers"] = rows
@@ -287,14 +318,15 @@ def print_tables(results):
     bw = results["bandwidth"]
     print(f"\ndevice: {results['device']}; torch {results['torch']}, triton {results['triton']}; "
           f"copy bandwidth {bw / 1e12:.2f} TB/s (read+write); {results['date']}")
-    print("\n| cell | B×T×N | fused Newton fwd | x floor | fused sequential fwd | torch Newton fwd "
-          "| floor | fused fwd+bwd | fwd+bwd floor | Apple fwd |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| cell | B×T×N | fused fwd | x floor | fused fwd, GPU time (graph) | x floor "
+          "| fused sequential fwd | torch Newton fwd | floor | fused fwd+bwd | fwd+bwd floor | Apple fwd |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results.get("main", []):
         shape = tuple(r["shape"])
         apple = APPLE_GRU_FWD.get(shape) if r["cell"] == "gru" else None
         print(f"| {r['cell']} | {'×'.join(map(str, shape))} | {r['newton']:.3f} ms "
-              f"| {r['newton'] / r['floor']:.2f} | {r['seq']:.3f} ms | {r['torch']:.2f} ms "
+              f"| {r['newton'] / r['floor']:.2f} | {r['graph']:.3f} ms | {r['graph'] / r['floor']:.2f} "
+              f"| {r['seq']:.3f} ms | {r['torch']:.2f} ms "
               f"| {r['floor']:.3f} ms | {r['fwd_bwd']:.3f} ms | {r['floor_fb']:.3f} ms "
               f"| {f'{apple} ms' if apple else '-'} |")
     print("\n| cell | B×T×N | max abs err fused Newton | fused sequential | torch Newton (3 it) "
@@ -313,11 +345,15 @@ def print_tables(results):
                           ("naive per-step loop, ParaLSTM cell", "loop_lstm")):
             print(f"| {name} | {b[key + '_fwd']:.2f} ms | {b[key + '_fwd_bwd']:.2f} ms |")
     if "layers" in results:
-        print("\n| layer 8×4096×1024 | heads | backend (ran) | precision | forward | forward+backward |")
-        print("|---|---:|---|---|---:|---:|")
+        print("\n| layer 8×4096×1024 | heads | backend (ran) | precision | forward | forward+backward "
+              "| matmuls fwd / fwd+bwd | solve floor fwd / fwd+bwd | fwd+bwd / (matmuls + floor) |")
+        print("|---|---:|---|---|---:|---:|---:|---:|---:|")
         for r in results["layers"]:
+            bound = r["matmul_fwd_bwd"] + r["floor_fwd_bwd"]
             print(f"| {r['layer']} | {r['heads']} | {r['backend']} ({r['solver']}) | {r['prec']} "
-                  f"| {r['fwd']:.2f} ms | {r['fwd_bwd']:.2f} ms |")
+                  f"| {r['fwd']:.2f} ms | {r['fwd_bwd']:.2f} ms | {r['matmul_fwd']:.2f} / "
+                  f"{r['matmul_fwd_bwd']:.2f} ms | {r['floor_fwd']:.2f} / {r['floor_fwd_bwd']:.2f} ms "
+                  f"| {r['fwd_bwd'] / bound:.2f} |")
     if "sweep" in results:
         print("\n| cell | T (B=8, N=1024) | fused Newton | fused sequential | torch Newton | floor |")
         print("|---|---:|---:|---:|---:|---:|")
