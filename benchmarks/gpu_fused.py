@@ -111,6 +111,7 @@ def reference64(p: Problem, channels: int):
     idx = torch.cat([torch.arange(g * p.N, g * p.N + n) for g in range(3)]).cuda()
     with torch.no_grad():
         cell.a.data = cell.a.data[:, :n].clone()
+        cell.bias.data = cell.bias.data[:, :n].clone()
         if p.kind == "lstm":
             cell.peephole.data = cell.peephole.data[:, :n].clone()
         cell.hidden_size = n
