@@ -84,6 +84,44 @@ def put_row(tile, rows, j, value):
     return tl.where(rows[:, None] == j, value[None, :], tile)
 
 
+@triton.jit
+def load_gate_vectors(W, offs, mn, N):
+    """Rows 0, 1, 2 of a (3, N) fp32 per-channel parameter, at channels ``offs``."""
+    return (tl.load(W + offs, mask=mn, other=0.0), tl.load(W + N + offs, mask=mn, other=0.0),
+            tl.load(W + 2 * N + offs, mask=mn, other=0.0))
+
+
+@triton.jit
+def load_gate_bias(BIAS, offs, mn, N, HAS_BIAS: tl.constexpr, BN: tl.constexpr):
+    """The cell's (3, N) gate bias at channels ``offs``; zeros without one."""
+    if HAS_BIAS:
+        b0, b1, b2 = load_gate_vectors(BIAS, offs, mn, N)
+    else:
+        b0 = tl.zeros([BN], dtype=tl.float32)
+        b1 = tl.zeros([BN], dtype=tl.float32)
+        b2 = tl.zeros([BN], dtype=tl.float32)
+    return b0, b1, b2
+
+
+@triton.jit
+def load_gate_tiles(PRE, b, T, N, t_rows, offs, mask):
+    """The three gate pre-activations of steps ``t_rows`` (B, T, 3N gate-major) as fp32
+    (K, BN) register tiles; masked entries are 0."""
+    ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
+    return (tl.load(ptr, mask=mask, other=0.0).to(tl.float32),
+            tl.load(ptr + N, mask=mask, other=0.0).to(tl.float32),
+            tl.load(ptr + 2 * N, mask=mask, other=0.0).to(tl.float32))
+
+
+@triton.jit
+def store_gate_tiles(GPRE, b, T, N, t_rows, offs, mask, g0, g1, g2):
+    """Gate-level gradients of steps ``t_rows`` into (B, T, 3N), in GPRE's dtype."""
+    ptr = GPRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
+    tl.store(ptr, g0.to(GPRE.dtype.element_ty), mask=mask)
+    tl.store(ptr + N, g1.to(GPRE.dtype.element_ty), mask=mask)
+    tl.store(ptr + 2 * N, g2.to(GPRE.dtype.element_ty), mask=mask)
+
+
 @dataclass(frozen=True)
 class Plan:
     """Launch plan: ``segments`` of ``seg_len`` steps, ``warmup`` steps, channel block,
@@ -167,6 +205,22 @@ def make_plan(kernel: str, batch: int, steps: int, channels: int, device: torch.
 
 
 @triton.jit
+def _solve_order(P, mn, REVERSE: tl.constexpr, BP: tl.constexpr):
+    """Per tile row i: the segment whose map it holds, the segment that map's output
+    starts, the segment solved first, and which (row, channel) entries are real maps."""
+    i = tl.arange(0, BP)
+    if REVERSE:
+        seg = P - 1 - i
+        nxt = seg - 1
+        first = P - 1
+    else:
+        seg = i
+        nxt = seg + 1
+        first = 0
+    return seg, nxt, first, (i < P - 1)[:, None] & mn[None, :]
+
+
+@triton.jit
 def _affine_combine(a1, b1, a2, b2):
     return a1 * a2, a2 * b1 + b2
 
@@ -178,16 +232,7 @@ def _boundary_diag_kernel(E, A, S, X, P, N,
     b = tl.program_id(1).to(tl.int64)
     offs = pid_n * BN + tl.arange(0, BN)
     mn = offs < N
-    i = tl.arange(0, BP)
-    if REVERSE:
-        seg = P - 1 - i
-        nxt = seg - 1
-        first = P - 1
-    else:
-        seg = i
-        nxt = seg + 1
-        first = 0
-    valid = (i < P - 1)[:, None] & mn[None, :]
+    seg, nxt, first, valid = _solve_order(P, mn, REVERSE, BP)
     base = b * P * N
     ptr = base + seg[:, None] * N + offs[None, :]
     m = tl.load(A + ptr, mask=valid, other=1.0)
@@ -215,16 +260,7 @@ def _boundary_2x2_kernel(E, A, S, X, P, N,
     b = tl.program_id(1).to(tl.int64)
     offs = pid_n * BN + tl.arange(0, BN)
     mn = offs < N
-    i = tl.arange(0, BP)
-    if REVERSE:
-        seg = P - 1 - i
-        nxt = seg - 1
-        first = P - 1
-    else:
-        seg = i
-        nxt = seg + 1
-        first = 0
-    valid = (i < P - 1)[:, None] & mn[None, :]
+    seg, nxt, first, valid = _solve_order(P, mn, REVERSE, BP)
     cell = b * P * N + seg[:, None] * N + offs[None, :]
     m00 = tl.load(A + 4 * cell, mask=valid, other=1.0)
     m01 = tl.load(A + 4 * cell + 1, mask=valid, other=0.0)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from ._fused_common import (BOUNDARY_TOL, as_f32, check_common, make_plan, pack_resets,
-                            put_row, row_of, run_segmented, sigmoid, supports_tensor, tanh, tl,
-                            triton)
+from ._fused_common import (BOUNDARY_TOL, as_f32, check_common, load_gate_bias,
+                            load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
+                            row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
+                            tanh, tl, triton)
 
 __all__ = ["supports", "newton_forward", "sequential_forward", "backward"]
 
@@ -24,6 +25,33 @@ __all__ = ["supports", "newton_forward", "sequential_forward", "backward"]
 def supports(pre: torch.Tensor) -> bool:
     """True if the fused kernels can run on ``pre`` (fp32/bf16, CUDA or interpreter)."""
     return supports_tensor(pre)
+
+
+@triton.jit
+def _gru_gates(hp, uz, ur, uh, a_z, a_r, a_h):
+    # uz, ur, uh: this step's pre-activations with the bias added
+    z = sigmoid(a_z * hp + uz)
+    r = sigmoid(a_r * hp + ur)
+    cand = tanh(a_h * (r * hp) + uh)
+    return z, r, cand
+
+
+@triton.jit
+def _gru_jacobian(hp, z, r, cand, a_z, a_r, a_h):
+    # dh'/dh, as ParaGRUCell.step_and_jacobian
+    dz = z * (1.0 - z) * a_z
+    dr = r * (1.0 - r) * a_r
+    dc = (1.0 - cand * cand) * a_h * (dr * hp + r)
+    return dz * (cand - hp) + z * dc + (1.0 - z)
+
+
+@triton.jit
+def _moved(X, S, bnd, mn, tol):
+    """The corrected start X and whether it moved from the assumed S anywhere in the block."""
+    x = tl.load(X + bnd, mask=mn, other=0.0)
+    s_old = tl.load(S + bnd, mask=mn, other=0.0)
+    moved = tl.max(tl.where(mn, tl.abs(x - s_old) - tol * (1.0 + tl.abs(x)), -1.0), 0)
+    return x, moved > 0
 
 
 @triton.jit
@@ -39,17 +67,8 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, to
     offs = pid_n * BN + tl.arange(0, BN)
     mn = offs < N
     rows = tl.arange(0, K)
-    a_z = tl.load(AW + offs, mask=mn, other=0.0)
-    a_r = tl.load(AW + N + offs, mask=mn, other=0.0)
-    a_h = tl.load(AW + 2 * N + offs, mask=mn, other=0.0)
-    if HAS_BIAS:
-        b_z = tl.load(BIAS + offs, mask=mn, other=0.0)
-        b_r = tl.load(BIAS + N + offs, mask=mn, other=0.0)
-        b_h = tl.load(BIAS + 2 * N + offs, mask=mn, other=0.0)
-    else:
-        b_z = tl.zeros([BN], dtype=tl.float32)
-        b_r = tl.zeros([BN], dtype=tl.float32)
-        b_h = tl.zeros([BN], dtype=tl.float32)
+    a_z, a_r, a_h = load_gate_vectors(AW, offs, mn, N)
+    b_z, b_r, b_h = load_gate_bias(BIAS, offs, mn, N, HAS_BIAS, BN)
     if HAS_H0:
         h0 = tl.load(H0 + b * N + offs, mask=mn, other=0.0)
     else:
@@ -58,12 +77,8 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, to
     seg_end = tl.minimum(seg_start + L, T)
     bnd = (b * tl.num_programs(2) + c) * N + offs
     if CORRECT:
-        x = tl.load(X + bnd, mask=mn, other=0.0)
-        s_old = tl.load(S + bnd, mask=mn, other=0.0)
-        moved = tl.max(tl.where(mn, tl.abs(x - s_old) - tol * (1.0 + tl.abs(x)), -1.0), 0)
-        run = moved > 0
+        h, run = _moved(X, S, bnd, mn, tol)
         t_begin = seg_start
-        h = x
     else:
         run = True
         t_begin = tl.maximum(seg_start - W, 0)
@@ -74,19 +89,13 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, to
         base0 = (t_begin // K) * K
         t_rows = base0 + rows
         m2 = ((t_rows >= t_begin) & (t_rows < seg_end))[:, None] & mn[None, :]
-        ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
-        uz = tl.load(ptr, mask=m2, other=0.0).to(tl.float32)
-        ur = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
-        uh = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
+        uz, ur, uh = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
         if HAS_RST:
             bits = tl.load(RST + b * (NB + 2) + 1 + base0 // K)
         for t0 in range(base0, seg_end, K):
             t_rows = t0 + K + rows
             m2 = (t_rows < seg_end)[:, None] & mn[None, :]
-            ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
-            uz_n = tl.load(ptr, mask=m2, other=0.0).to(tl.float32)
-            ur_n = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
-            uh_n = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
+            uz_n, ur_n, uh_n = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
             if HAS_RST:
                 bits_n = tl.load(RST + b * (NB + 2) + 2 + t0 // K)
             out = tl.zeros([K, BN], dtype=tl.float32)
@@ -100,16 +109,12 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, to
                     hp = tl.where(restart, h0, h)
                 else:
                     hp = h
-                z = sigmoid(a_z * hp + (row_of(uz, rows, j) + b_z))
-                r = sigmoid(a_r * hp + (row_of(ur, rows, j) + b_r))
-                cand = tanh(a_h * (r * hp) + (row_of(uh, rows, j) + b_h))
+                z, r, cand = _gru_gates(hp, row_of(uz, rows, j) + b_z, row_of(ur, rows, j) + b_r,
+                                        row_of(uh, rows, j) + b_h, a_z, a_r, a_h)
                 h = tl.where(live, hp + z * (cand - hp), h)
                 out = put_row(out, rows, j, h)
                 if SEGMENTED:
-                    dz = z * (1.0 - z) * a_z
-                    dr = r * (1.0 - r) * a_r
-                    dc = (1.0 - cand * cand) * a_h * (dr * hp + r)
-                    jac = dz * (cand - hp) + z * dc + (1.0 - z)
+                    jac = _gru_jacobian(hp, z, r, cand, a_z, a_r, a_h)
                     if HAS_RST:
                         jac = tl.where(restart, 0.0, jac)
                     acc = tl.where(live & (t >= seg_start), acc * jac, acc)
@@ -139,17 +144,8 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
     offs = pid_n * BN + tl.arange(0, BN)
     mn = offs < N
     rows = tl.arange(0, K)
-    a_z = tl.load(AW + offs, mask=mn, other=0.0)
-    a_r = tl.load(AW + N + offs, mask=mn, other=0.0)
-    a_h = tl.load(AW + 2 * N + offs, mask=mn, other=0.0)
-    if HAS_BIAS:
-        b_z = tl.load(BIAS + offs, mask=mn, other=0.0)
-        b_r = tl.load(BIAS + N + offs, mask=mn, other=0.0)
-        b_h = tl.load(BIAS + 2 * N + offs, mask=mn, other=0.0)
-    else:
-        b_z = tl.zeros([BN], dtype=tl.float32)
-        b_r = tl.zeros([BN], dtype=tl.float32)
-        b_h = tl.zeros([BN], dtype=tl.float32)
+    a_z, a_r, a_h = load_gate_vectors(AW, offs, mn, N)
+    b_z, b_r, b_h = load_gate_bias(BIAS, offs, mn, N, HAS_BIAS, BN)
     if HAS_H0:
         h0 = tl.load(H0 + b * N + offs, mask=mn, other=0.0)
     else:
@@ -159,12 +155,8 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
     part = b * tl.num_programs(2) + c
     bnd = part * N + offs
     if CORRECT:
-        x = tl.load(X + bnd, mask=mn, other=0.0)
-        s_old = tl.load(S + bnd, mask=mn, other=0.0)
-        moved = tl.max(tl.where(mn, tl.abs(x - s_old) - tol * (1.0 + tl.abs(x)), -1.0), 0)
-        run = moved > 0
+        mu, run = _moved(X, S, bnd, mn, tol)
         t_top = seg_end
-        mu = x
     else:
         run = True
         t_top = tl.minimum(seg_end + W, T)
@@ -183,10 +175,7 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
         top_base = ((t_top - 1) // K) * K
         t_rows = top_base + rows
         valid = ((t_rows >= seg_start) & (t_rows < t_top))[:, None] & mn[None, :]
-        ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
-        uz = tl.load(ptr, mask=valid, other=0.0).to(tl.float32)
-        ur = tl.load(ptr + N, mask=valid, other=0.0).to(tl.float32)
-        uh = tl.load(ptr + 2 * N, mask=valid, other=0.0).to(tl.float32)
+        uz, ur, uh = load_gate_tiles(PRE, b, T, N, t_rows, offs, valid)
         gt = tl.load(GH + (b * T + t_rows)[:, None] * N + offs[None, :], mask=valid, other=0.0)
         ht = tl.load(HS + (b * T + t_rows - 1)[:, None] * N + offs[None, :],
                      mask=valid & (t_rows > 0)[:, None], other=0.0)
@@ -196,10 +185,7 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
             base = top_base - blk * K
             t_rows = base - K + rows
             valid = (t_rows >= seg_start)[:, None] & mn[None, :]
-            ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
-            uz_n = tl.load(ptr, mask=valid, other=0.0).to(tl.float32)
-            ur_n = tl.load(ptr + N, mask=valid, other=0.0).to(tl.float32)
-            uh_n = tl.load(ptr + 2 * N, mask=valid, other=0.0).to(tl.float32)
+            uz_n, ur_n, uh_n = load_gate_tiles(PRE, b, T, N, t_rows, offs, valid)
             gt_n = tl.load(GH + (b * T + t_rows)[:, None] * N + offs[None, :], mask=valid,
                            other=0.0)
             ht_n = tl.load(HS + (b * T + t_rows - 1)[:, None] * N + offs[None, :],
@@ -221,9 +207,8 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
                 else:
                     restart = t == 0
                 hp = tl.where(restart, h0, row_of(ht, rows, j))
-                z = sigmoid(a_z * hp + (row_of(uz, rows, j) + b_z))
-                r = sigmoid(a_r * hp + (row_of(ur, rows, j) + b_r))
-                cand = tanh(a_h * (r * hp) + (row_of(uh, rows, j) + b_h))
+                z, r, cand = _gru_gates(hp, row_of(uz, rows, j) + b_z, row_of(ur, rows, j) + b_r,
+                                        row_of(uh, rows, j) + b_h, a_z, a_r, a_h)
                 lam = row_of(gt, rows, j) + mu
                 g_z = lam * (cand - hp) * z * (1.0 - z)
                 g_h = lam * z * (1.0 - cand * cand)
@@ -241,18 +226,12 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
                     gb_h += tl.where(keep, g_h, 0.0)
                 gh0 += tl.where(keep & restart, nu, 0.0)
                 if SEGMENTED:
-                    dz = z * (1.0 - z) * a_z
-                    dr = r * (1.0 - r) * a_r
-                    dc = (1.0 - cand * cand) * a_h * (dr * hp + r)
-                    jac = dz * (cand - hp) + z * dc + (1.0 - z)
+                    jac = _gru_jacobian(hp, z, r, cand, a_z, a_r, a_h)
                     acc = tl.where(keep, tl.where(restart, 0.0, acc * jac), acc)
                 mu = tl.where(live, tl.where(restart, 0.0, nu), mu)
             o_rows = base + rows
             o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
-            optr = GPRE + (b * T + o_rows)[:, None] * (3 * N) + offs[None, :]
-            tl.store(optr, o_z.to(GPRE.dtype.element_ty), mask=o_mask)
-            tl.store(optr + N, o_r.to(GPRE.dtype.element_ty), mask=o_mask)
-            tl.store(optr + 2 * N, o_h.to(GPRE.dtype.element_ty), mask=o_mask)
+            store_gate_tiles(GPRE, b, T, N, o_rows, offs, o_mask, o_z, o_r, o_h)
             uz = uz_n
             ur = ur_n
             uh = uh_n

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from ._fused_common import (BOUNDARY_TOL, as_f32, check_common, make_plan, pack_resets,
-                            put_row, row_of, run_segmented, sigmoid, supports_tensor, tanh, tl,
-                            triton)
+from ._fused_common import (BOUNDARY_TOL, as_f32, check_common, load_gate_bias,
+                            load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
+                            row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
+                            tanh, tl, triton)
 
 __all__ = ["supports", "newton_forward", "sequential_forward", "backward"]
 
@@ -45,6 +46,23 @@ def _store_boundary(E, A, S, bnd, mn, e0, e1, m00, m01, m10, m11, s0, s1):
     tl.store(A + 4 * bnd + 3, m11, mask=mn)
     tl.store(S + 2 * bnd, s0, mask=mn)
     tl.store(S + 2 * bnd + 1, s1, mask=mn)
+
+
+@triton.jit
+def _load_cell(AW, PW, BIAS, H0, b, offs, mn, N, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+               BN: tl.constexpr):
+    """Recurrent weights, peepholes, gate bias and initial (c, h) of one channel block."""
+    a_f, a_c, a_o = load_gate_vectors(AW, offs, mn, N)
+    p_f = tl.load(PW + offs, mask=mn, other=0.0)
+    p_o = tl.load(PW + N + offs, mask=mn, other=0.0)
+    b_f, b_c, b_o = load_gate_bias(BIAS, offs, mn, N, HAS_BIAS, BN)
+    if HAS_H0:
+        c0 = tl.load(H0 + b * 2 * N + 2 * offs, mask=mn, other=0.0)
+        h0 = tl.load(H0 + b * 2 * N + 2 * offs + 1, mask=mn, other=0.0)
+    else:
+        c0 = tl.zeros([BN], dtype=tl.float32)
+        h0 = tl.zeros([BN], dtype=tl.float32)
+    return a_f, a_c, a_o, p_f, p_o, b_f, b_c, b_o, c0, h0
 
 
 @triton.jit
@@ -80,25 +98,8 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, 
     offs = pid_n * BN + tl.arange(0, BN)
     mn = offs < N
     rows = tl.arange(0, K)
-    a_f = tl.load(AW + offs, mask=mn, other=0.0)
-    a_c = tl.load(AW + N + offs, mask=mn, other=0.0)
-    a_o = tl.load(AW + 2 * N + offs, mask=mn, other=0.0)
-    p_f = tl.load(PW + offs, mask=mn, other=0.0)
-    p_o = tl.load(PW + N + offs, mask=mn, other=0.0)
-    if HAS_BIAS:
-        b_f = tl.load(BIAS + offs, mask=mn, other=0.0)
-        b_c = tl.load(BIAS + N + offs, mask=mn, other=0.0)
-        b_o = tl.load(BIAS + 2 * N + offs, mask=mn, other=0.0)
-    else:
-        b_f = tl.zeros([BN], dtype=tl.float32)
-        b_c = tl.zeros([BN], dtype=tl.float32)
-        b_o = tl.zeros([BN], dtype=tl.float32)
-    if HAS_H0:
-        c0 = tl.load(H0 + b * 2 * N + 2 * offs, mask=mn, other=0.0)
-        h0 = tl.load(H0 + b * 2 * N + 2 * offs + 1, mask=mn, other=0.0)
-    else:
-        c0 = tl.zeros([BN], dtype=tl.float32)
-        h0 = tl.zeros([BN], dtype=tl.float32)
+    a_f, a_c, a_o, p_f, p_o, b_f, b_c, b_o, c0, h0 = _load_cell(AW, PW, BIAS, H0, b, offs,
+                                                                mn, N, HAS_BIAS, HAS_H0, BN)
     seg_start = c * L
     seg_end = tl.minimum(seg_start + L, T)
     bnd = (b * tl.num_programs(2) + c) * N + offs
@@ -120,19 +121,13 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, 
         base0 = (t_begin // K) * K
         t_rows = base0 + rows
         m2 = ((t_rows >= t_begin) & (t_rows < seg_end))[:, None] & mn[None, :]
-        ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
-        uf = tl.load(ptr, mask=m2, other=0.0).to(tl.float32)
-        uc = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
-        uo = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
+        uf, uc, uo = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
         if HAS_RST:
             bits = tl.load(RST + b * (NB + 2) + 1 + base0 // K)
         for t0 in range(base0, seg_end, K):
             t_rows = t0 + K + rows
             m2 = (t_rows < seg_end)[:, None] & mn[None, :]
-            ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
-            uf_n = tl.load(ptr, mask=m2, other=0.0).to(tl.float32)
-            uc_n = tl.load(ptr + N, mask=m2, other=0.0).to(tl.float32)
-            uo_n = tl.load(ptr + 2 * N, mask=m2, other=0.0).to(tl.float32)
+            uf_n, uc_n, uo_n = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
             if HAS_RST:
                 bits_n = tl.load(RST + b * (NB + 2) + 2 + t0 // K)
             out_c = tl.zeros([K, BN], dtype=tl.float32)
@@ -201,25 +196,8 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
     offs = pid_n * BN + tl.arange(0, BN)
     mn = offs < N
     rows = tl.arange(0, K)
-    a_f = tl.load(AW + offs, mask=mn, other=0.0)
-    a_c = tl.load(AW + N + offs, mask=mn, other=0.0)
-    a_o = tl.load(AW + 2 * N + offs, mask=mn, other=0.0)
-    p_f = tl.load(PW + offs, mask=mn, other=0.0)
-    p_o = tl.load(PW + N + offs, mask=mn, other=0.0)
-    if HAS_BIAS:
-        b_f = tl.load(BIAS + offs, mask=mn, other=0.0)
-        b_c = tl.load(BIAS + N + offs, mask=mn, other=0.0)
-        b_o = tl.load(BIAS + 2 * N + offs, mask=mn, other=0.0)
-    else:
-        b_f = tl.zeros([BN], dtype=tl.float32)
-        b_c = tl.zeros([BN], dtype=tl.float32)
-        b_o = tl.zeros([BN], dtype=tl.float32)
-    if HAS_H0:
-        c0 = tl.load(H0 + b * 2 * N + 2 * offs, mask=mn, other=0.0)
-        h0 = tl.load(H0 + b * 2 * N + 2 * offs + 1, mask=mn, other=0.0)
-    else:
-        c0 = tl.zeros([BN], dtype=tl.float32)
-        h0 = tl.zeros([BN], dtype=tl.float32)
+    a_f, a_c, a_o, p_f, p_o, b_f, b_c, b_o, c0, h0 = _load_cell(AW, PW, BIAS, H0, b, offs,
+                                                                mn, N, HAS_BIAS, HAS_H0, BN)
     seg_start = c * L
     seg_end = tl.minimum(seg_start + L, T)
     part = b * tl.num_programs(2) + c
@@ -254,10 +232,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
         t_rows = top_base + rows
         valid = ((t_rows >= seg_start) & (t_rows < t_top))[:, None] & mn[None, :]
         prev = valid & (t_rows > 0)[:, None]
-        ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
-        uf = tl.load(ptr, mask=valid, other=0.0).to(tl.float32)
-        uc = tl.load(ptr + N, mask=valid, other=0.0).to(tl.float32)
-        uo = tl.load(ptr + 2 * N, mask=valid, other=0.0).to(tl.float32)
+        uf, uc, uo = load_gate_tiles(PRE, b, T, N, t_rows, offs, valid)
         sptr = (b * T + t_rows)[:, None] * (2 * N) + 2 * offs[None, :]
         gc = tl.load(GH + sptr, mask=valid, other=0.0)
         gh = tl.load(GH + sptr + 1, mask=valid, other=0.0)
@@ -270,10 +245,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
             t_rows = base - K + rows
             valid = (t_rows >= seg_start)[:, None] & mn[None, :]
             prev = valid & (t_rows > 0)[:, None]
-            ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
-            uf_n = tl.load(ptr, mask=valid, other=0.0).to(tl.float32)
-            uc_n = tl.load(ptr + N, mask=valid, other=0.0).to(tl.float32)
-            uo_n = tl.load(ptr + 2 * N, mask=valid, other=0.0).to(tl.float32)
+            uf_n, uc_n, uo_n = load_gate_tiles(PRE, b, T, N, t_rows, offs, valid)
             sptr = (b * T + t_rows)[:, None] * (2 * N) + 2 * offs[None, :]
             gc_n = tl.load(GH + sptr, mask=valid, other=0.0)
             gh_n = tl.load(GH + sptr + 1, mask=valid, other=0.0)
@@ -340,10 +312,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
                 mu_h = tl.where(live, tl.where(restart, 0.0, nu_h), mu_h)
             o_rows = base + rows
             o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
-            optr = GPRE + (b * T + o_rows)[:, None] * (3 * N) + offs[None, :]
-            tl.store(optr, o_f.to(GPRE.dtype.element_ty), mask=o_mask)
-            tl.store(optr + N, o_c.to(GPRE.dtype.element_ty), mask=o_mask)
-            tl.store(optr + 2 * N, o_o.to(GPRE.dtype.element_ty), mask=o_mask)
+            store_gate_tiles(GPRE, b, T, N, o_rows, offs, o_mask, o_f, o_c, o_o)
             uf = uf_n
             uc = uc_n
             uo = uo_n
