@@ -1,6 +1,6 @@
 """Fused ParaGRU / ParaLSTM kernels on a CUDA GPU: times next to the memory floor.
 
-    PYTHONPATH=src python benchmarks/gpu_fused.py [--tune] [--json out.json]
+    PYTHONPATH=src python benchmarks/gpu_fused.py [--sections main,layers,...] [--json out.json]
 
 Prints markdown tables: per cell and shape, the fused segmented-Newton forward, the
 fused sequential forward, the PyTorch-reference Newton (torch odd-even scan), the memory
@@ -9,7 +9,10 @@ forward+backward; cuDNN ``torch.nn.GRU``/``LSTM`` and a naive per-step PyTorch l
 8x4096x1024; the accuracy of each solve against a float64 sequential reference; and a
 speedup-vs-T sweep (written to the JSON file; ``--plot`` draws benchmarks/speedup_vs_T.png
 from it). Times are medians of ``triton.testing.do_bench``; inputs that fit in L2 are
-rotated among several copies.
+rotated among several copies. ``--sections`` picks and orders the parts (the JSON file is
+rewritten after each, so a run cut short keeps what it finished); ``tune`` sweeps launch
+plans at every shape, ``narrow`` only segment length, warm-up and channel block at the
+long, narrow shapes, by GPU time (CUDA-graph replay).
 """
 
 from __future__ import annotations
@@ -129,30 +132,37 @@ def maxerr(x, ref, cols):
     return (x[..., :cols].double() - ref).abs().max().item()
 
 
-def tune(results, quick=False):
-    """Launch-plan sweep; ``quick``: the two long-T shapes and default segment lengths."""
+def tune(results, narrow=False):
+    """Launch-plan sweep. ``narrow``: the long-T, narrow shapes only, over channel block,
+    segment length and warm-up with the shipped steps per block, timed by graph replay."""
     rows = []
-    plans = [dict(block_n=128, num_warps=1, steps_per_block=8),
-             dict(block_n=128, num_warps=1, steps_per_block=16),
-             dict(block_n=64, num_warps=1, steps_per_block=16)]
-    segs = ((None, 32), (None, 64)) if quick else ((None, 32), (None, 64), (128, 32), (512, 64))
+    if narrow:
+        plans = [dict(block_n=bn, num_warps=1) for bn in (32, 64, 128)]
+        segs = [(seg, warm) for seg in (128, 256, 512) for warm in (16, 32)]
+        timer = lambda fn: graph_bench(lambda: fn(0))  # noqa: E731
+    else:
+        plans = [dict(block_n=128, num_warps=1, steps_per_block=8),
+                 dict(block_n=128, num_warps=1, steps_per_block=16),
+                 dict(block_n=64, num_warps=1, steps_per_block=16)]
+        segs = ((None, 32), (None, 64), (128, 32), (512, 64))
+        timer = bench
     for kind in ("gru", "lstm"):
         for (B, T, N) in SHAPES:
-            if quick and B * N > 8192:
+            if narrow and B * N > 8192:
                 continue
             p = Problem(kind, B, T, N)
             floor = p.floor_bytes() / results["bandwidth"] * 1e3
             for plan in plans:
-                name = f"{plan['block_n']}/{plan['num_warps']}/{plan['steps_per_block']}"
+                name = f"{plan['block_n']}/{plan['num_warps']}/{plan.get('steps_per_block', '-')}"
                 for seg, warm in segs:
-                    ms = bench(lambda i: p.newton(i, seg_len=seg, warmup=warm, **plan))
+                    ms = timer(lambda i: p.newton(i, seg_len=seg, warmup=warm, **plan))
                     rows.append((kind, f"{B}x{T}x{N}", name, seg, warm, ms, ms / floor))
-                if not quick:
+                if not narrow:
                     ms = bench(lambda i: p.sequential(i, **plan))
                     rows.append((kind, f"{B}x{T}x{N}", name, "seq", "-", ms, ms / floor))
             del p
             torch.cuda.empty_cache()
-    results["tune"] = rows
+    results["narrow" if narrow else "tune"] = rows
     print("\n| cell | shape | block_n/warps/K | seg_len | warmup | ms | x floor |")
     print("|---|---|---|---:|---:|---:|---:|")
     for r in rows:
@@ -388,34 +398,33 @@ def plot(path_json, path_png):
     fig.savefig(path_png, dpi=120)
 
 
+SECTIONS = {"main": main_tables, "baselines": baselines, "sweep": sweep, "layers": layers,
+            "tune": tune, "narrow": lambda results: tune(results, narrow=True)}
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tune", action="store_true")
-    ap.add_argument("--quick-tune", action="store_true")
-    ap.add_argument("--layers-only", action="store_true")
-    ap.add_argument("--skip-main", action="store_true")
+    ap.add_argument("--sections", default="main,baselines,sweep,layers",
+                    help=f"comma-separated, run in this order: {', '.join(SECTIONS)}")
     ap.add_argument("--json", default="gpu_fused.json")
     ap.add_argument("--plot", metavar="JSON", help="only draw the PNG from a JSON file")
     args = ap.parse_args()
     if args.plot:
         plot(args.plot, "benchmarks/speedup_vs_T.png")
         return
+    names = args.sections.split(",")
+    unknown = set(names) - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     import triton
     results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                    triton=triton.__version__, date=str(datetime.date.today()),
                    command=" ".join(sys.argv))
     results["bandwidth"] = copy_bandwidth()
     print(f"copy bandwidth {results['bandwidth'] / 1e12:.3f} TB/s")
-    if args.layers_only:
-        layers(results)
-        args.skip_main = True
-    if args.tune or args.quick_tune:
-        tune(results, quick=args.quick_tune)
-    if not args.skip_main:
-        for section in (main_tables, baselines, sweep, layers):
-            section(results)
-            json.dump(results, open(args.json, "w"), indent=1, default=str)
-    json.dump(results, open(args.json, "w"), indent=1, default=str)
+    for name in names:
+        SECTIONS[name](results)
+        json.dump(results, open(args.json, "w"), indent=1, default=str)
     print_tables(results)
 
 
