@@ -55,6 +55,14 @@ def init_distributed(device_name: str) -> DistInfo:
     return DistInfo(rank, world, local_rank, device)
 
 
+def wait_for_all(info: DistInfo) -> None:
+    """Barrier at the end of a run: a rank that tears its process group down while the
+    main rank still writes its last checkpoint can abort inside gloo (seen on CPU as
+    'terminate called without an active exception')."""
+    if info.world > 1 and dist.is_initialized():
+        dist.barrier()
+
+
 def close_distributed(info: DistInfo) -> None:
     if info.world > 1 and dist.is_initialized():
         dist.destroy_process_group()

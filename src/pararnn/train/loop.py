@@ -148,7 +148,9 @@ def train(cfg: TrainConfig) -> dict:
     cfg.check()
     info = D.init_distributed(cfg.device)
     try:
-        return _train(cfg, info)
+        result = _train(cfg, info)
+        D.wait_for_all(info)
+        return result
     finally:
         D.close_distributed(info)
 
