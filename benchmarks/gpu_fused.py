@@ -7,9 +7,9 @@ fused sequential forward, the PyTorch-reference Newton (torch odd-even scan), th
 floor (bytes that must move, at the copy bandwidth measured in this run), and
 forward+backward; cuDNN ``torch.nn.GRU``/``LSTM`` and a naive per-step PyTorch loop at
 8x4096x1024; the accuracy of each solve against a float64 sequential reference; and a
-speedup-vs-T sweep (written to the JSON file; ``--plot`` draws benchmarks/speedup_vs_T.png
-from it). Times are medians of ``triton.testing.do_bench``; inputs that fit in L2 are
-rotated among several copies. ``--sections`` picks and orders the parts (the JSON file is
+speedup-vs-T sweep (written to the JSON file; ``--plot JSON --png PATH`` draws it). Times
+are medians of ``triton.testing.do_bench``; inputs that fit in L2 are rotated among
+several copies. ``--sections`` picks and orders the parts (the JSON file is
 rewritten after each, so a run cut short keeps what it finished); ``tune`` sweeps launch
 plans at every shape, ``narrow`` only segment length, warm-up and channel block at the
 long, narrow shapes, by GPU time (CUDA-graph replay).
@@ -407,10 +407,11 @@ def main():
     ap.add_argument("--sections", default="main,baselines,sweep,layers",
                     help=f"comma-separated, run in this order: {', '.join(SECTIONS)}")
     ap.add_argument("--json", default="gpu_fused.json")
-    ap.add_argument("--plot", metavar="JSON", help="only draw the PNG from a JSON file")
+    ap.add_argument("--plot", metavar="JSON", help="only draw the speedup-vs-T PNG from a JSON file")
+    ap.add_argument("--png", default="benchmarks/speedup_vs_T_h200.png", help="where --plot draws")
     args = ap.parse_args()
     if args.plot:
-        plot(args.plot, "benchmarks/speedup_vs_T.png")
+        plot(args.plot, args.png)
         return
     names = args.sections.split(",")
     unknown = set(names) - set(SECTIONS)
