@@ -408,7 +408,7 @@ def main():
                     help=f"comma-separated, run in this order: {', '.join(SECTIONS)}")
     ap.add_argument("--json", default="gpu_fused.json")
     ap.add_argument("--plot", metavar="JSON", help="only draw the speedup-vs-T PNG from a JSON file")
-    ap.add_argument("--png", default="benchmarks/speedup_vs_T_h200.png", help="where --plot draws")
+    ap.add_argument("--png", default="speedup_vs_T.png", help="where --plot draws")
     args = ap.parse_args()
     if args.plot:
         plot(args.plot, args.png)
