@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (under torchrun)")
+    t.add_argument("--context-parallel", type=_positive_int, default=d.context_parallel, metavar="K",
+                   help="split each sequence along time over K ranks (under torchrun; ParaGRU/ParaLSTM)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     _add_runtime(t)

@@ -10,7 +10,7 @@ Data parallelism (DDP / FSDP2) lives in :mod:`pararnn.train.distributed`.
 
 from .context import ContextSolveInfo, context_parallel_solve
 from .layer import ContextParallel, context_parallel_forward
-from .lm import ContextMesh, enable_context_parallel, init_context_mesh, time_chunk
+from .lm import TRAIN_BOUNDARY_TOL, ContextMesh, context_layout, enable_context_parallel, init_context_mesh, time_chunk
 
-__all__ = ["ContextSolveInfo", "context_parallel_solve", "ContextParallel", "context_parallel_forward",
-           "ContextMesh", "enable_context_parallel", "init_context_mesh", "time_chunk"]
+__all__ = ["TRAIN_BOUNDARY_TOL", "ContextSolveInfo", "context_parallel_solve", "ContextParallel", "context_parallel_forward",
+           "ContextMesh", "context_layout", "enable_context_parallel", "init_context_mesh", "time_chunk"]

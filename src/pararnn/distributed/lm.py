@@ -62,6 +62,22 @@ def init_context_mesh(context_size: int, device_type: str) -> ContextMesh:
                        data_world=world // context_size)
 
 
+# Boundary tolerance of ``pararnn train --context-parallel``: float32 rounding of O(1)
+# states; a contractive cell meets it in 2-3 rounds whatever K (all K rounds otherwise).
+TRAIN_BOUNDARY_TOL = 1e-5
+
+
+def context_layout(context_size: int, rank: int, world: int, device_type: str) -> ContextMesh:
+    """The mesh for a training run: ``context_size == 1`` is plain data parallelism (no
+    context group; every rank keeps whole sequences), otherwise :func:`init_context_mesh`."""
+    if context_size == 1:
+        return ContextMesh(size=1, rank=0, group=None, data_rank=rank, data_world=world)
+    if world == 1:
+        raise ValueError(f"--context-parallel {context_size} needs {context_size} (or a multiple) "
+                         "processes: launch with torchrun")
+    return init_context_mesh(context_size, device_type)
+
+
 class _HaloExchange(torch.autograd.Function):
     """Each rank receives the previous rank's last steps (zeros on rank 0); the gradient of
     what it received goes back to that rank. One all-gather each way."""

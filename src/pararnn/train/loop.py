@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..data import BPETokenizer, ByteTokenizer, DataError, eval_batches, eval_starts, load_corpus, train_batch
 from ..data.batches import check_length
 from ..models import SIZES, build_model, preset
+from ..distributed import TRAIN_BOUNDARY_TOL, ContextMesh, context_layout, enable_context_parallel
 from ..models.config import MODELS, round_up
 from . import distributed as D
 from .checkpoint import CheckpointError, has_checkpoint, open_checkpoint, save_checkpoint, write_text_atomic
@@ -58,6 +59,7 @@ class TrainConfig:
     dtype: str = "auto"  # "auto": bf16 autocast on GPU, float32 on CPU
     compile: bool = False
     fsdp: bool = False
+    context_parallel: int = 1  # K ranks share each sequence, seq_len / K tokens each (torchrun)
     resume: bool = False
     progress: bool = True
 
@@ -67,13 +69,16 @@ class TrainConfig:
         if self.size not in SIZES:
             raise ValueError(f"unknown size {self.size!r}; choose one of {', '.join(SIZES)}")
         for name in ("max_steps", "seq_len", "batch_size", "grad_accum", "eval_every",
-                     "ckpt_every", "log_every", "eval_tokens"):
+                     "ckpt_every", "log_every", "eval_tokens", "context_parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"--dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.seq_len % self.context_parallel:
+            raise ValueError(f"--seq-len {self.seq_len} must be a multiple of --context-parallel "
+                             f"{self.context_parallel} (every rank gets an equal chunk)")
         if self.tokenizer not in ("byte", "bpe"):
             raise ValueError(f"--tokenizer must be byte or bpe, got {self.tokenizer!r}")
 
@@ -96,18 +101,23 @@ def cosine_lr(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
 
 @torch.no_grad()
 def evaluate(model, tokens: np.ndarray, token_bytes: np.ndarray, *, seq_len: int, batch_size: int,
-             max_windows: int | None, device: torch.device, autocast, info: D.DistInfo) -> dict:
+             max_windows: int | None, device: torch.device, autocast, info: D.DistInfo,
+             context: ContextMesh | None = None) -> dict:
     """Loss (nats/token), perplexity and bits per byte over non-overlapping windows.
 
     Windows are split over the processes in equal numbers (FSDP needs every rank to run
-    the same number of forward passes); each window starts from an empty state.
+    the same number of forward passes); each window starts from an empty state. With a
+    ``context`` mesh, a context group shares each window and every rank scores its chunk.
     """
+    rank, world = (info.rank, info.world) if context is None else (context.data_rank, context.data_world)
     starts = eval_starts(len(tokens), seq_len, max_windows)
-    starts = starts[:len(starts) - len(starts) % info.world][info.rank::info.world]
+    starts = starts[:len(starts) - len(starts) % world][rank::world]
     was_training = model.training
     model.eval()
     nats = count = nbytes = 0.0
     for x, y in eval_batches(tokens, starts, batch_size=batch_size, seq_len=seq_len):
+        if context is not None:
+            x, y = context.chunk(x), context.chunk(y)
         with autocast:
             logits = model(x.to(device))
         nats += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(),
@@ -181,6 +191,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     model_cfg = preset(cfg.model, cfg.size, vocab_size=round_up(tokenizer.vocab_size, 64),
                        block=cfg.block)
     model = build_model(model_cfg).to(device)
+    context = context_layout(cfg.context_parallel, info.rank, info.world, device.type)
+    if context.size > 1:
+        enable_context_parallel(model, context.group, boundary_tol=TRAIN_BOUNDARY_TOL)
+        say(f"context parallel: {context.data_world} data x {context.size} context ranks")
     n_params = model.num_params()
     say(f"model: {cfg.model} {cfg.size}: {n_params:,} parameters "
         f"({model.num_params(non_embedding=True):,} without the embedding)")
@@ -236,7 +250,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
                             keep=cfg.keep_checkpoints)
 
     # --- the loop --------------------------------------------------------------------
-    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * info.world
+    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * context.data_world
     max_windows = max(1, cfg.eval_tokens // cfg.seq_len)
     val = None
     bar = _progress(cfg, step, info)
@@ -247,7 +261,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         step_loss = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
             x, y = train_batch(train_tokens, step, seed=cfg.seed, batch_size=cfg.batch_size,
-                               seq_len=cfg.seq_len, micro=micro, rank=info.rank, world=info.world)
+                               seq_len=cfg.seq_len, micro=micro, rank=context.data_rank,
+                               world=context.data_world)
+            x, y = context.chunk(x), context.chunk(y)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with D.no_grad_sync(model, skip=micro + 1 < cfg.grad_accum), autocast:
                 loss = forward(x, y) / cfg.grad_accum
@@ -278,7 +294,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             val = evaluate(model, val_tokens, token_bytes, seq_len=cfg.seq_len,
                            batch_size=cfg.batch_size, max_windows=max_windows, device=device,
-                           autocast=autocast, info=info)
+                           autocast=autocast, info=info, context=context)
             if info.is_main:
                 metrics.log({"kind": "val", "step": step, "tokens": tokens_seen, **val})
                 plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png",
