@@ -150,10 +150,7 @@ class _Chunk:
     def __init__(self, cell, x, h0, resets, options: _Options, first: bool):
         self.cell, self.x, self.h0, self.options, self.first = cell, x, h0, options, first
         self.resets = resets if resets is not None and bool(resets.any()) else None
-        self.restarted = None
-        if self.resets is not None:
-            self.before_reset = (self.resets.cumsum(1) == 0).unsqueeze(-1)
-            self.restarted = self._solve(h0)
+        self.restarted = None  # the solve from h0, made on first use
 
     def _solve(self, incoming: torch.Tensor) -> torch.Tensor:
         opts = self.options
@@ -161,11 +158,14 @@ class _Chunk:
                      resets=self.resets, backend=opts.backend)[0]
 
     def states_from(self, incoming: torch.Tensor) -> torch.Tensor:
-        if self.restarted is None:
+        if self.resets is None:
             return self._solve(incoming)
+        if self.restarted is None:
+            self.restarted = self._solve(self.h0)
         if self.first:  # s_0 is h0: both solves agree
             return self.restarted
-        return torch.where(self.before_reset, self._solve(incoming), self.restarted)
+        before_reset = (self.resets.cumsum(1) == 0).unsqueeze(-1)
+        return torch.where(before_reset, self._solve(incoming), self.restarted)
 
     def previous(self, states, incoming, h0) -> torch.Tensor:
         """``h_{t-1}`` as each step of the chunk sees it."""
@@ -231,6 +231,11 @@ def _solve_boundaries(chunk: _Chunk, group, weights: dict):
 class _ContextParallelSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, group, options, info_out, resets, x, h0, *params):
+        with torch.autocast(x.device.type, enabled=False):  # the state math runs in `dtype`
+            return _ContextParallelSolve._forward(ctx, cell, group, options, info_out, resets, x, h0, *params)
+
+    @staticmethod
+    def _forward(ctx, cell, group, options, info_out, resets, x, h0, *params):
         dtype = _compute_dtype(cell, x)
         rank = dist.get_rank(group)
         names = [name for name, _ in cell.named_parameters()]
@@ -246,14 +251,17 @@ class _ContextParallelSolve(torch.autograd.Function):
     def backward(ctx, grad_states, grad_h_n):
         if torch.is_grad_enabled():
             raise RuntimeError("the context-parallel solve does not support double backward")
+        with torch.autocast(grad_states.device.type, enabled=False):
+            return _ContextParallelSolve._backward(ctx, grad_states, grad_h_n)
+
+    @staticmethod
+    def _backward(ctx, grad_states, grad_h_n):
         resets, x, h0, incoming, states, all_composed, *params = ctx.saved_tensors
         cell, group, rank = ctx.cell, ctx.group, ctx.rank
         structure = cell.structure
         dtype = states.dtype
         weights = dict(zip(ctx.names, params))
-        chunk = _Chunk.__new__(_Chunk)  # the solve pieces are not needed, only the layout
-        chunk.cell, chunk.x, chunk.h0, chunk.first = cell, x.to(dtype), h0.to(dtype), rank == 0
-        chunk.resets = resets if resets is not None and bool(resets.any()) else None
+        chunk = _Chunk(cell, x.to(dtype), h0.to(dtype), resets, ctx.options, first=rank == 0)
 
         jac = chunk.jacobians(states, incoming, weights)
         # adjoint recurrence λ_t = g_t + J_{t+1}^T λ_{t+1}; the last slot's coefficient is unused
