@@ -1,6 +1,7 @@
 """Exactness checks of context parallelism, run by tests/test_context_parallel.py.
 
-``python tests/context_parallel_checks.py INIT_FILE`` starts 4 CPU processes (gloo). For
+``python tests/context_parallel_checks.py INIT_FILE`` starts 4 CPU processes (gloo);
+with ``--cuda`` it runs a float32 check on 2 GPUs (NCCL, fused kernels) instead. For
 K = 2, 3, 4 the first K of them form a context group and compare, in float64, a K-rank
 solve with the single-process solve of the whole sequence: outputs, final state and the
 gradients of x, h0 and every parameter (1e-10). Then the 4 processes form a 2 x 2
@@ -197,5 +198,42 @@ def worker(rank: int, init_file: str) -> None:
         dist.destroy_process_group()
 
 
+def cuda_worker(rank: int, init_file: str) -> None:
+    """2 GPUs (NCCL), float32, the layers' default backend (the fused Triton kernels):
+    ParaGRU with h0 and ParaLSTM with resets, against one GPU on the whole sequence."""
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    device = torch.device("cuda", rank)
+    try:
+        for name, lstm in (("ParaGRU", False), ("ParaLSTM", True)):
+            torch.manual_seed(4)
+            layer = (ParaLSTM if lstm else ParaGRU)(64, 128, recurrent_clip=0.5, device=device,
+                                                    newton=NewtonConfig(max_iters=8))
+            x = torch.randn(4, 1001, 64, device=device)
+            state = torch.randn(4, 128, device=device) * 0.5
+            state = (state, state.flip(0)) if lstm else state
+            cuts = (torch.rand(4, 1001, device=device) < 0.01) if lstm else None
+            weight = torch.randn(4, 1001, 128, device=device)
+            x_ref = x.clone().requires_grad_()
+            output, _ = layer(x_ref, state, resets=cuts)
+            (output * weight).sum().backward()
+            want = {"x": x_ref.grad, **{n: p.grad.clone() for n, p in layer.named_parameters()}}
+            layer.zero_grad()
+            x_all = x.clone().requires_grad_()
+            out_k, _ = ContextParallel(layer)(time_chunk(x_all, rank, 2), state,
+                                              resets=None if cuts is None else time_chunk(cuts, rank, 2))
+            (out_k * time_chunk(weight, rank, 2)).sum().backward()
+            close(f"cuda {name} output", out_k, time_chunk(output, rank, 2), 1e-4)
+            for key, got in (("x", summed(x_all.grad, None)),
+                             *((n, summed(p.grad, None)) for n, p in layer.named_parameters())):
+                scale = want[key].abs().max().item()
+                close(f"cuda {name} grad {key} (relative)", got / scale, want[key] / scale, 1e-4)
+    finally:
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    mp.spawn(worker, args=(sys.argv[1],), nprocs=WORLD)
+    if sys.argv[2:] == ["--cuda"]:
+        mp.spawn(cuda_worker, args=(sys.argv[1],), nprocs=2)
+    else:
+        mp.spawn(worker, args=(sys.argv[1],), nprocs=WORLD)

@@ -30,6 +30,14 @@ def test_multi_process_solves_equal_the_single_process_solve(tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_cuda_two_gpus_match_one_gpu(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    run = subprocess.run([sys.executable, str(ROOT / "tests" / "context_parallel_checks.py"),
+                          str(tmp_path / "init"), "--cuda"], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+
+
 @pytest.mark.parametrize("structure", [DIAGONAL, block(2), DENSE], ids=["diagonal", "block2", "dense"])
 def test_scan_and_chunk_product_match_the_step_loop(structure):
     torch.manual_seed(0)
