@@ -78,6 +78,8 @@ def test_clear_errors():
         context_parallel_solve(layer.cell, torch.randn(3, 15))
     with pytest.raises(ValueError, match="boundary_tol"):
         context_parallel_solve(layer.cell, torch.randn(1, 3, 15), boundary_tol=0)
+    with pytest.raises(TypeError, match="expected x of dtype torch.float32"):
+        context_parallel_solve(layer.cell, torch.randn(1, 3, 15, dtype=torch.float64))
     with pytest.raises(ValueError, match="initialised torch.distributed"):
         context_parallel_solve(layer.cell, torch.randn(1, 3, 15))
     with pytest.raises(ValueError, match="paragru and paralstm models only"):

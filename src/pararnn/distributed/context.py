@@ -125,6 +125,9 @@ def _check_arguments(cell, x, h0, resets, boundary_tol) -> None:
     if boundary_tol is not None and (isinstance(boundary_tol, bool) or not isinstance(boundary_tol, (int, float))
                                      or not boundary_tol > 0):
         raise ValueError(f"boundary_tol must be a positive number or None, got {boundary_tol!r}")
+    dtype = _compute_dtype(cell, x)
+    if x.dtype in (torch.float32, torch.float64) and x.dtype != dtype:
+        raise TypeError(f"x has dtype {x.dtype} but the cell's parameters are {dtype}; expected x of dtype {dtype}")
     if not dist.is_initialized():
         raise ValueError("group: context parallelism needs an initialised torch.distributed process "
                          "group (torch.distributed.init_process_group, e.g. under torchrun)")
