@@ -5,7 +5,7 @@
         --steps 65536 --batch 8 --hidden 1024 --out results/gpu/cp_overhead_h200.json
 
 For each K in ``--ranks`` it spawns K processes (gloo on CPU, one thread each; NCCL on
-GPUs, rank r on cuda:r) that each hold ``steps / K`` steps and times, per call (median of
+GPUs, rank r on cuda:r; gloo with ranks sharing GPUs where there are fewer than K) that each hold ``steps / K`` steps and times, per call (median of
 ``--repeats`` after one warm-up): the forward under no_grad and forward + backward, both
 with ``boundary_tol=None`` (exact: K boundary rounds) and with ``--tol``. K = 1 runs the
 plain layer in one spawned process. It also records the boundary rounds taken, the chunk
@@ -53,15 +53,23 @@ def _median_time(fn, repeats: int, device: torch.device, group) -> float:
     return statistics.median(times)
 
 
+def _backend(device: str, size: int) -> str:
+    """NCCL with one GPU per rank; gloo on CPU, or where ranks must share GPUs."""
+    if device == "cuda" and torch.cuda.device_count() >= size:
+        return "nccl"
+    return "gloo"
+
+
 def _worker(rank: int, size: int, args, init_file: str, out_file: str) -> None:
     torch.set_num_threads(1)
-    device = torch.device("cuda", rank) if args.device == "cuda" else torch.device("cpu")
-    if device.type == "cuda":
+    backend = _backend(args.device, size)
+    device = torch.device("cpu")
+    if args.device == "cuda":
+        device = torch.device("cuda", rank if backend == "nccl" else rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     group = None
     if size > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                init_method=f"file://{init_file}", rank=rank, world_size=size)
+        dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=size)
     torch.manual_seed(0)
     layer = ParaGRU(args.input, args.hidden, recurrent_clip=0.5, mode="parallel",
                     newton=NewtonConfig(max_iters=args.newton_iters), device=device)
@@ -81,7 +89,8 @@ def _worker(rank: int, size: int, args, init_file: str, out_file: str) -> None:
 
         fwd = _median_time(forward, args.repeats, device, group if size > 1 else None)
         fwdbwd = _median_time(forward_backward, args.repeats, device, group if size > 1 else None)
-        row = {"ranks": size, "boundary_tol": tol, "chunk_steps": x.shape[1],
+        row = {"ranks": size, "backend": backend if size > 1 else None, "boundary_tol": tol,
+               "chunk_steps": x.shape[1],
                "forward_s": fwd, "forward_backward_s": fwdbwd}
         if size > 1:
             info = model.last_solve

@@ -1,7 +1,7 @@
 """Exactness checks of context parallelism, run by tests/test_context_parallel.py.
 
 ``python tests/context_parallel_checks.py INIT_FILE`` starts 4 CPU processes (gloo);
-with ``--cuda`` it runs a float32 check on 2 GPUs (NCCL, fused kernels) instead. For
+with ``--cuda`` it runs a float32 check on CUDA (2 ranks, fused kernels) instead. For
 K = 2, 3, 4 the first K of them form a context group and compare, in float64, a K-rank
 solve with the single-process solve of the whole sequence: outputs, final state and the
 gradients of x, h0 and every parameter (1e-10). Then the 4 processes form a 2 x 2
@@ -199,11 +199,15 @@ def worker(rank: int, init_file: str) -> None:
 
 
 def cuda_worker(rank: int, init_file: str) -> None:
-    """2 GPUs (NCCL), float32, the layers' default backend (the fused Triton kernels):
-    ParaGRU with h0 and ParaLSTM with resets, against one GPU on the whole sequence."""
-    torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    device = torch.device("cuda", rank)
+    """2 ranks on CUDA, float32, the layers' default backend (the fused Triton kernels):
+    ParaGRU with h0 and ParaLSTM with resets, against one GPU on the whole sequence.
+    NCCL with one GPU per rank where there are 2 GPUs; else both ranks share GPU 0 and
+    talk through gloo (which moves CUDA tensors through the host)."""
+    two_gpus = torch.cuda.device_count() >= 2
+    device = torch.device("cuda", rank if two_gpus else 0)
+    torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if two_gpus else "gloo", init_method=f"file://{init_file}",
+                            rank=rank, world_size=2)
     try:
         for name, lstm in (("ParaGRU", False), ("ParaLSTM", True)):
             torch.manual_seed(4)

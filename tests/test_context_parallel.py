@@ -30,8 +30,9 @@ def test_multi_process_solves_equal_the_single_process_solve(tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
-def test_cuda_two_gpus_match_one_gpu(tmp_path):
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_two_ranks_match_one_gpu(tmp_path):
+    """float32 with the fused kernels: NCCL on 2 GPUs, or 2 ranks sharing 1 GPU over gloo."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     run = subprocess.run([sys.executable, str(ROOT / "tests" / "context_parallel_checks.py"),
                           str(tmp_path / "init"), "--cuda"], env=env, capture_output=True, text=True, timeout=600)
