@@ -169,6 +169,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     device, run_dir = info.device, Path(cfg.out)
     ckpt = _prepare_run_dir(cfg)
     say = print if info.is_main else (lambda *a, **k: None)
+    context = context_layout(cfg.context_parallel, info.rank, info.world, device.type)
 
     # --- data and tokenizer --------------------------------------------------------
     corpus = load_corpus(cfg.data)
@@ -191,7 +192,6 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     model_cfg = preset(cfg.model, cfg.size, vocab_size=round_up(tokenizer.vocab_size, 64),
                        block=cfg.block)
     model = build_model(model_cfg).to(device)
-    context = context_layout(cfg.context_parallel, info.rank, info.world, device.type)
     if context.size > 1:
         enable_context_parallel(model, context.group, boundary_tol=TRAIN_BOUNDARY_TOL)
         say(f"context parallel: {context.data_world} data x {context.size} context ranks")
