@@ -5,7 +5,7 @@ with ``--cuda`` it runs a float32 check on CUDA (2 ranks, fused kernels) instead
 K = 2, 3, 4 the first K of them form a context group and compare, in float64, a K-rank
 solve with the single-process solve of the whole sequence: outputs, final state and the
 gradients of x, h0 and every parameter (1e-10). Then the 4 processes form a 2 x 2
-(data x context) mesh and compare a DDP-wrapped context-parallel LM step with the
+(data x context) mesh and compare a DDP- and an FSDP2-wrapped context-parallel LM step with the
 single-process step on the concatenated batch. Any failed assertion fails the run.
 """
 
@@ -150,7 +150,9 @@ def check_language_model(group, K):
 
 
 def check_data_by_context_mesh():
-    """2 x 2 mesh: DDP over all ranks x 2-way context; equals one process on both batches."""
+    """2 x 2 mesh: DDP (then FSDP2) over all ranks x 2-way context; equals one process on
+    both batches."""
+    from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel
 
     mesh = init_context_mesh(2, "cpu")
@@ -164,13 +166,22 @@ def check_data_by_context_mesh():
     (model(idx) * weight).sum().div(WORLD).backward()
     want = {n: p.grad.clone() for n, p in model.named_parameters()}
 
+    rows = slice(2 * mesh.data_rank, 2 * mesh.data_rank + 2)
     replica = enable_context_parallel(copy.deepcopy(model), mesh.group)
     replica.zero_grad()
     ddp = DistributedDataParallel(replica)
-    rows = slice(2 * mesh.data_rank, 2 * mesh.data_rank + 2)
     (ddp(mesh.chunk(idx[rows])) * mesh.chunk(weight[rows])).sum().backward()
     for n, p in replica.named_parameters():
-        close(f"mesh grad {n}", p.grad, want[n])
+        close(f"mesh DDP grad {n}", p.grad, want[n])
+
+    sharded = enable_context_parallel(copy.deepcopy(model), mesh.group)
+    sharded.zero_grad()
+    for block in sharded.blocks:
+        fully_shard(block)
+    fully_shard(sharded)
+    (sharded(mesh.chunk(idx[rows])) * mesh.chunk(weight[rows])).sum().backward()
+    for n, p in sharded.named_parameters():
+        close(f"mesh FSDP2 grad {n}", p.grad.full_tensor(), want[n])
 
 
 def worker(rank: int, init_file: str) -> None:

@@ -3,7 +3,7 @@
 The multi-process checks (gloo on CPU, float64, 1e-10) run in one 4-process spawn,
 tests/context_parallel_checks.py: K = 2, 3, 4 (odd chunk lengths), h0, resets, ParaGRU,
 ParaLSTM (2x2 blocks), a dense user cell, early boundary stopping, the paper-block LM
-(conv halo) and a 2 x 2 (data x context) mesh under DDP.
+(conv halo) and a 2 x 2 (data x context) mesh under DDP and FSDP2.
 """
 
 import os
