@@ -116,9 +116,9 @@ def evaluate(model, tokens: np.ndarray, token_bytes: np.ndarray, *, seq_len: int
     model.eval()
     nats = count = nbytes = 0.0
     batches = eval_batches(tokens, starts, batch_size=batch_size, seq_len=seq_len)
-    # position=1: below the training bar, which stays in place while validation runs
+    # during training tqdm puts this bar below the training bar, which stays in place
     batches = tqdm(batches, total=math.ceil(len(starts) / batch_size), desc=progress, unit="batch",
-                   leave=False, position=1, dynamic_ncols=True,
+                   leave=False, dynamic_ncols=True,
                    disable=progress is None or not info.is_main)
     for x, y in batches:
         with autocast:
