@@ -133,8 +133,8 @@ def _step_folders(run_dir: Path) -> list[Path]:
 
 def _candidates(run_dir: Path) -> list[Path]:
     """Checkpoints of a run folder in the order to try them: the one ``latest`` names, then
-    every ``checkpoints/step_*`` folder from the newest (a run killed between renaming a
-    checkpoint into place and updating ``latest`` still has its newest one found)."""
+    every ``checkpoints/step_*`` folder from the newest (used when ``latest`` is missing or
+    names a damaged checkpoint)."""
     ordered = []
     latest = run_dir / "latest"
     if latest.is_file():
