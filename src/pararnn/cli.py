@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size", default=d.size, help=f"one of {', '.join(SIZES)} (see `pararnn sizes`)")
     t.add_argument("--block", default=d.block, choices=["standard", "paper"],
                    help="paper: causal conv + gated RMSNorm + scaled residuals (ParaRNN paper)")
-    t.add_argument("--data", default=d.data, help="text file or directory of text files (default: the Python standard "
-                   "library's source, no download)")
+    t.add_argument("--data", default=d.data, help="text file or directory of text files "
+                   "(default: the Python standard library's source, no download)")
     t.add_argument("--out", default=d.out, help="run folder: checkpoints, metrics.jsonl, loss.png")
     t.add_argument("--tokenizer", default=d.tokenizer, choices=["byte", "bpe"],
                    help="byte: the 256 byte values; bpe: trained on the training split, saved in the run")

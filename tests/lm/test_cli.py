@@ -61,7 +61,8 @@ def test_a_model_too_large_for_memory_is_refused_before_building(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pararnn: error: --model paragru --size 7b needs about "), err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("pararnn: error: --model paragru --size 7b needs about "), err
     assert "6,865,358,848 parameters x 16 bytes" in err and "cpu has 8.0 GiB free" in err
     assert not built and not out.exists()
 
