@@ -1,6 +1,6 @@
 """Demo: ParaGRU applied sequentially vs in parallel on this machine.
 
-``python -m pararnn.demo [--batch 4] [--steps 1024] [--hidden 256] [--repeats 5] [--device cpu]``
+``python -m pararnn.demo [--batch 4] [--steps 1024] [--hidden 256] [--repeats 3] [--device cpu]``
 prints the wall time of each mode (forward, and forward + backward), the ratio of the two
 where the runs tell them apart, and the largest difference between the two outputs and
 gradients. It says what was timed (repeats, threads, the machine's load), since timings on
@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=1024)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each mode (after a warm-up)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each mode (after a warm-up)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
