@@ -81,3 +81,16 @@ def test_the_check_compares_the_estimate_with_free_memory(spare, monkeypatch):
     else:
         with pytest.raises(ValueError, match="needs about"):
             check()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_memory_check_uses_free_device_memory():
+    device = torch.device("cuda", torch.cuda.current_device())
+    free, total = torch.cuda.mem_get_info(device)
+    assert 0 < memory.available_bytes(device) <= total
+    cfg = preset("paragru", "7b", vocab_size=320)
+    need = memory.training_bytes(cfg, batch_size=64, seq_len=4096, autocast_bf16=True)["total"]
+    assert need > free  # activations alone: about 1.1 TB by the estimate
+    with pytest.raises(ValueError, match=f"{device} has .* GiB free"):
+        memory.check_training_memory(cfg, model="paragru", size="7b", batch_size=64, seq_len=4096,
+                                     device=device, autocast_bf16=True, fsdp=False, world=1)
