@@ -184,6 +184,10 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference_run,
         assert open_checkpoint(run).meta["step"] == 8
     with pytest.raises(CheckpointError, match="corrupt"):  # a folder named directly: no fallback
         open_checkpoint(latest).model_state()
+    (run / "latest").rename(run / "latest.bak")  # without `latest`, the step folders are tried
+    with pytest.warns(CheckpointWarning, match="step_00000012.*using .*step_00000008"):
+        assert open_checkpoint(run).meta["step"] == 8
+    (run / "latest.bak").rename(run / "latest")
 
     code, out, err = run_cli(capsys, "eval", "--checkpoint", str(run), "--device", "cpu", "--no-progress")
     assert code == 0 and "step 8 on" in out
