@@ -202,15 +202,19 @@ def _eval_documents(args, ckpt) -> tuple[list[str], str]:
 
 def cmd_eval(args, parser) -> None:
     from .data.batches import check_length
-    from .train.distributed import DistInfo
-    from .train.loop import evaluate
-    ckpt, model, device, autocast = _open(args)
+    from .train.checkpoint import load_model, open_checkpoint
+    from .train.distributed import DistInfo, pick_device
+    from .train.loop import autocast_for, evaluate
+    device = pick_device(args.device)
+    ckpt = open_checkpoint(args.checkpoint)
     tokenizer = ckpt.tokenizer()
     train_config = ckpt.meta["train_config"]
     seq_len = args.seq_len or train_config["seq_len"]
     docs, what = _eval_documents(args, ckpt)
     tokens = tokenizer.encode_documents(docs)
     check_length(tokens, seq_len, "evaluation")
+    # the weights last: a bad --data or --seq-len is reported before a large model loads
+    model, autocast = load_model(ckpt, device), autocast_for(device, args.dtype)
     budget = args.tokens or train_config["eval_tokens"]
     result = evaluate(model, tokens, tokenizer.token_bytes(), seq_len=seq_len,
                       batch_size=args.batch_size, max_windows=max(1, budget // seq_len),
