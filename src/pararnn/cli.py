@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .models.config import MODELS, SIZES
@@ -30,6 +31,17 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to each help text, except where the text already says what
+    the default is (options whose default None stands for something else)."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if action.default is None or "(default" in help_text:
+            return help_text
+        return super()._get_help_string(action)
 
 
 def _add_runtime(p: argparse.ArgumentParser) -> None:
@@ -44,9 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .train.loop import TrainConfig
     d = TrainConfig()
-    t = sub.add_parser("train", help="train a language model (also under torchrun)")
+    # every train/eval flag has a help text, and its default is shown after it
+    t = sub.add_parser("train", help="train a language model (also under torchrun)",
+                       formatter_class=_DefaultsFormatter)
     t.add_argument("--config", help="JSON file of option values (flag names, '_' or '-'); "
-                   "flags on the command line override it")
+                   "flags on the command line override it (default: none)")
     t.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)}")
     t.add_argument("--size", default=d.size, help=f"one of {', '.join(SIZES)} (see `pararnn sizes`)")
     t.add_argument("--block", default=d.block, choices=["standard", "paper"],
@@ -54,38 +68,58 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default=d.data, help="text file or directory of text files "
                    "(default: the Python standard library's source, no download)")
     t.add_argument("--out", default=d.out, help="run folder: checkpoints, metrics.jsonl, loss.png")
-    t.add_argument("--tokenizer", default=d.tokenizer, choices=["byte", "bpe"])
-    t.add_argument("--vocab-size", type=_positive_int, default=d.vocab_size, help="BPE vocabulary size")
-    t.add_argument("--max-steps", type=int, default=d.max_steps, help="length of the LR schedule")
-    t.add_argument("--seq-len", type=int, default=d.seq_len)
+    t.add_argument("--tokenizer", default=d.tokenizer, choices=["byte", "bpe"],
+                   help="byte: the 256 byte values; bpe: trained on the training split, saved in the run")
+    t.add_argument("--vocab-size", type=_positive_int, default=d.vocab_size,
+                   help="BPE vocabulary size (--tokenizer bpe only)")
+    t.add_argument("--max-steps", type=int, default=d.max_steps,
+                   help="optimizer steps to train; also the length of the LR schedule")
+    t.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per training sequence")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per process and micro-step")
     t.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-steps per optimizer step")
     t.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    t.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="final LR / peak LR")
-    t.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="default: 5%% of --max-steps")
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    t.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    t.add_argument("--eval-every", type=int, default=d.eval_every)
-    t.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="held-out tokens per validation")
-    t.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
-    t.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
-    t.add_argument("--log-every", type=int, default=d.log_every)
-    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio,
+                   help="final LR / peak LR of the cosine schedule")
+    t.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help="linear LR warm-up steps (default: 5%% of --max-steps)")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="AdamW weight decay (not applied to vectors and biases)")
+    t.add_argument("--grad-clip", type=float, default=d.grad_clip, help="clip the gradient norm to this")
+    t.add_argument("--eval-every", type=int, default=d.eval_every, help="validate every this many steps")
+    t.add_argument("--eval-tokens", type=int, default=d.eval_tokens,
+                   help="held-out tokens scored per validation (also `pararnn eval`'s default)")
+    t.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="checkpoint every this many steps")
+    t.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+                   help="newest checkpoints kept on disk")
+    t.add_argument("--log-every", type=int, default=d.log_every,
+                   help="write a training record to metrics.jsonl every this many steps")
+    t.add_argument("--seed", type=int, default=d.seed, help="seed of the initial weights and the batches")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (under torchrun)")
     t.add_argument("--context-parallel", type=_positive_int, default=d.context_parallel, metavar="K",
                    help="split each sequence along time over K ranks (under torchrun; ParaGRU/ParaLSTM)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    t.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide the progress bars (default: shown)")
     _add_runtime(t)
 
-    e = sub.add_parser("eval", help="validation loss, perplexity and bits per byte of a checkpoint")
-    e.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
-    e.add_argument("--data", help="text file or folder to score whole (default: the training "
-                   "data's held-out split)")
-    e.add_argument("--seq-len", type=_positive_int, help="default: the training --seq-len")
-    e.add_argument("--batch-size", type=_positive_int, default=8)
-    e.add_argument("--max-tokens", type=_positive_int, default=1_000_000, help="score at most this many tokens")
+    e = sub.add_parser("eval", help="validation loss, perplexity and bits per byte of a checkpoint",
+                       formatter_class=_DefaultsFormatter)
+    e.add_argument("--checkpoint", required=True, help="run folder (its latest usable checkpoint) "
+                   "or checkpoint folder")
+    e.add_argument("--data", help="text file or folder (default: the data the run was trained on)")
+    e.add_argument("--split", choices=["held-out", "all"],
+                   help="which part of the data to score (default: held-out without --data, "
+                   "all of --data with it); a folder's held-out files depend only on their "
+                   "paths inside it, so a moved copy splits the same")
+    e.add_argument("--seq-len", type=_positive_int,
+                   help="tokens per window (default: the training --seq-len)")
+    e.add_argument("--batch-size", type=_positive_int, default=8, help="windows per forward pass")
+    e.add_argument("--tokens", "--max-tokens", dest="tokens", type=_positive_int,
+                   help="score at most this many tokens, evenly spread over the data (default: "
+                   "the run's --eval-tokens, what each validation during training scored)")
+    e.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide the progress bar (default: shown)")
     _add_runtime(e)
 
     g = sub.add_parser("generate", help="sample text from a checkpoint")
@@ -152,26 +186,44 @@ def _open(args):
     return ckpt, model, device, autocast_for(device, args.dtype)
 
 
-def cmd_eval(args, parser) -> None:
+def _eval_documents(args, ckpt) -> tuple[list[str], str]:
+    """The documents ``pararnn eval`` scores and how to name them."""
     from .data import load_corpus
+    stored = ckpt.meta["train_config"]["data"]
+    if args.data is None and stored is not None and not Path(stored).exists():
+        # runs trained before data paths were stored absolute may hold a relative one
+        where = "" if Path(stored).is_absolute() else f" (relative to where training ran, not {os.getcwd()})"
+        raise ValueError(f"the run was trained on --data {stored}{where}, which does not exist here; "
+                         "pass --data PATH to say where that data is now")
+    corpus = load_corpus(stored if args.data is None else args.data)
+    split = args.split or ("held-out" if args.data is None else "all")
+    if split == "held-out":
+        return corpus.val, f"held-out split of {corpus.name}"
+    return corpus.train + corpus.val, corpus.name
+
+
+def cmd_eval(args, parser) -> None:
     from .data.batches import check_length
-    from .train.distributed import DistInfo
-    from .train.loop import evaluate
-    ckpt, model, device, autocast = _open(args)
+    from .train.checkpoint import load_model, open_checkpoint
+    from .train.distributed import DistInfo, pick_device
+    from .train.loop import autocast_for, evaluate
+    device = pick_device(args.device)
+    ckpt = open_checkpoint(args.checkpoint)
     tokenizer = ckpt.tokenizer()
-    seq_len = args.seq_len or ckpt.meta["train_config"]["seq_len"]
-    if args.data is None:
-        corpus = load_corpus(ckpt.meta["train_config"]["data"])
-        docs, what = corpus.val, f"held-out split of {corpus.name}"
-    else:
-        corpus = load_corpus(args.data)
-        docs, what = corpus.train + corpus.val, corpus.name
+    train_config = ckpt.meta["train_config"]
+    seq_len = args.seq_len or train_config["seq_len"]
+    docs, what = _eval_documents(args, ckpt)
     tokens = tokenizer.encode_documents(docs)
     check_length(tokens, seq_len, "evaluation")
+    # the weights last: a bad --data or --seq-len is reported before a large model loads
+    model, autocast = load_model(ckpt, device), autocast_for(device, args.dtype)
+    budget = args.tokens or train_config["eval_tokens"]
     result = evaluate(model, tokens, tokenizer.token_bytes(), seq_len=seq_len,
-                      batch_size=args.batch_size, max_windows=max(1, args.max_tokens // seq_len),
-                      device=device, autocast=autocast, info=DistInfo(device=device))
-    print(f"{ckpt.meta['model']} step {ckpt.meta['step']} on {what}: {result['val_tokens']:,} tokens")
+                      batch_size=args.batch_size, max_windows=max(1, budget // seq_len),
+                      device=device, autocast=autocast, info=DistInfo(device=device),
+                      progress="eval" if args.progress else None)
+    print(f"{ckpt.meta['model']} step {ckpt.meta['step']} on {what}: {result['val_tokens']:,} tokens "
+          f"of {len(tokens):,}")
     print(f"loss {result['val_loss']:.4f} nats/token | perplexity {result['val_ppl']:.3f} | "
           f"{result['val_bpb']:.4f} bits/byte")
 
@@ -315,9 +367,28 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
             "bench-decode": cmd_bench_decode, "sizes": cmd_sizes, "compare": cmd_compare}
 
 
+def _one_line_checkpoint_warnings(show):
+    """``warnings.showwarning`` that prints a :class:`CheckpointWarning` (a damaged checkpoint
+    skipped) as one line for the command's user, and leaves other warnings to ``show``."""
+    from .train.checkpoint import CheckpointWarning
+
+    def show_warning(message, category, *args, **kwargs):
+        if issubclass(category, CheckpointWarning):
+            print(f"pararnn: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)
+    return show_warning
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_checkpoint_warnings(warnings.showwarning)
+        return _run(parser, args, argv)
+
+
+def _run(parser, args, argv) -> int:
     try:
         if args.command == "train" and args.config:
             # the file's values become defaults, so flags on the command line still win

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ from safetensors.torch import load_file
 import pararnn.train.loop as loop
 from pararnn.cli import main
 from pararnn.data.corpus import stdlib_files
-from pararnn.train import TrainConfig, open_checkpoint, train
+from pararnn.train import CheckpointError, TrainConfig, open_checkpoint, train
+from pararnn.train.checkpoint import CheckpointWarning
 from pararnn.train.metrics import read_metrics
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -138,9 +140,95 @@ def test_failed_checkpoint_write_keeps_the_previous_one(corpus_dir, reference_ru
         train(config(corpus_dir, out))
     ckpt = open_checkpoint(out)
     assert ckpt.meta["step"] == 4 and len(ckpt.model_state()) > 0
+    assert [p.name for p in (out / "checkpoints").glob(".tmp_step_*")]  # the dead write's folder
     monkeypatch.setattr(safetensors.torch, "save_file", real_save)
     train(config(corpus_dir, out, resume=True))
     assert curve(out) == curve(reference_run)
+    assert not list((out / "checkpoints").glob(".tmp_*"))  # removed when the run started again
+
+
+def test_start_removes_only_our_stale_temporaries(reference_run, corpus_dir, tmp_path, capsys):
+    """Leftovers of killed writes go (checkpoint folders, atomic-rename files); anything
+    else in the run folder, even with a similar name, stays."""
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    ours = [run / "checkpoints" / ".tmp_step_00000016_4242", run / ".latest.tmp4242",
+            run / ".config.json.tmp17"]
+    others = [run / "checkpoints" / ".tmp_notes", run / "checkpoints" / "tmp_step_00000016_1",
+              run / ".latest.tmp", run / "notes.txt"]
+    ours[0].mkdir()
+    (ours[0] / "model.safetensors").write_bytes(b"partial")
+    for path in ours[1:] + others[1:]:
+        path.write_text("x")
+    others[0].mkdir()
+    train(config(corpus_dir, run, resume=True))  # already at max_steps: starts, removes, ends
+    assert not any(p.exists() for p in ours)
+    assert all(p.exists() for p in others)
+    assert f"removed {ours[0]}" in capsys.readouterr().out
+
+
+def truncate(file: Path) -> None:
+    data = file.read_bytes()
+    file.write_bytes(data[:len(data) // 2])
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference_run, corpus_dir, tmp_path,
+                                                                  capsys):
+    """A truncated model.safetensors in the latest checkpoint (step 12): eval and --resume
+    use step 8 and say so; with every checkpoint damaged, the error lists each one."""
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    latest = open_checkpoint(run).path
+    truncate(latest / "model.safetensors")
+    with pytest.warns(CheckpointWarning, match="step_00000012.*using .*step_00000008"):
+        assert open_checkpoint(run).meta["step"] == 8
+    with pytest.raises(CheckpointError, match="corrupt"):  # a folder named directly: no fallback
+        open_checkpoint(latest).model_state()
+    (run / "latest").rename(run / "latest.bak")  # without `latest`, the step folders are tried
+    with pytest.warns(CheckpointWarning, match="step_00000012.*using .*step_00000008"):
+        assert open_checkpoint(run).meta["step"] == 8
+    (run / "latest.bak").rename(run / "latest")
+
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", str(run), "--device", "cpu", "--no-progress")
+    assert code == 0 and "step 8 on" in out
+    warning = err.strip().splitlines()
+    assert len(warning) == 1 and warning[0].startswith("pararnn: warning: ") and "step_00000012" in warning[0]
+
+    with pytest.warns(CheckpointWarning):  # resume redoes steps 9..12 and rewrites step 12
+        train(config(corpus_dir, run, resume=True))
+    assert curve(run) == curve(reference_run)
+    a, b = weights(run), weights(reference_run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    for ckpt in (run / "checkpoints").iterdir():
+        truncate(ckpt / "model.safetensors")
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", str(run), "--device", "cpu")
+    assert code == 2 and err.count("\n") == 1
+    assert "no usable checkpoint" in err and "step_00000008" in err and "step_00000012" in err
+
+
+def test_eval_from_another_directory_and_with_moved_data(corpus_dir, tmp_path, monkeypatch, capsys):
+    """A run trained with a relative --data stores it absolute: eval works from elsewhere.
+    Once the data is moved, eval names the stored path, and --data finds the moved copy
+    (whose held-out split is the same, so the score is too)."""
+    work = tmp_path / "work"
+    shutil.copytree(corpus_dir, work / "corpus")
+    monkeypatch.chdir(work)
+    train(config("corpus", "run", max_steps=2, eval_every=2, ckpt_every=2))
+    assert json.loads((work / "run" / "config.json").read_text())["train"]["data"] == str(work / "corpus")
+    monkeypatch.chdir(tmp_path)
+    run = str(work / "run")
+    code, before, err = run_cli(capsys, "eval", "--checkpoint", run, "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    assert "tokens of" in before
+
+    (work / "corpus").rename(tmp_path / "moved")
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", run, "--device", "cpu")
+    assert code == 2 and f"--data {work / 'corpus'}" in err and "does not exist" in err
+    code, after, err = run_cli(capsys, "eval", "--checkpoint", run, "--data", "moved", "--split", "held-out",
+                               "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    assert after.splitlines()[-1] == before.splitlines()[-1]  # the same loss, perplexity, bits/byte
 
 
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
@@ -180,11 +268,16 @@ def run_cli(capsys, *argv):
 
 
 def test_eval_and_generate(reference_run, corpus_dir, capsys):
-    code, out, _ = run_cli(capsys, "eval", "--checkpoint", str(reference_run), "--device", "cpu")
-    assert code == 0 and "perplexity" in out and "bits/byte" in out
-    code, out, _ = run_cli(capsys, "eval", "--checkpoint", str(reference_run), "--data", str(corpus_dir),
-                           "--max-tokens", "512", "--device", "cpu")
-    assert code == 0 and "512 tokens" in out
+    # by default eval scores what each validation during training scored (--eval-tokens 256)
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", str(reference_run), "--device", "cpu")
+    assert code == 0 and "perplexity" in out and "bits/byte" in out and ": 256 tokens of" in out
+    val = [r for r in read_metrics(reference_run / "metrics.jsonl") if r["kind"] == "val"][-1]
+    assert f"loss {val['val_loss']:.4f} nats/token" in out
+    assert "eval" in err  # the progress bar
+    for flag in ("--tokens", "--max-tokens"):
+        code, out, err = run_cli(capsys, "eval", "--checkpoint", str(reference_run), "--data", str(corpus_dir),
+                                 flag, "512", "--device", "cpu", "--no-progress")
+        assert code == 0 and ": 512 tokens of" in out and err == ""
     code, out, err = run_cli(capsys, "generate", "--checkpoint", str(reference_run), "--prompt", "def ",
                              "--max-new-tokens", "20", "--top-k", "20", "--top-p", "0.9", "--device", "cpu")
     assert code == 0 and out.startswith("def ") and "tokens/s" in err and "decode state" in err
@@ -202,14 +295,14 @@ def test_config_file(corpus_dir, tmp_path, capsys):
 
 
 def corrupt_copy(reference_run, tmp_path, what):
-    import shutil
+    """A copy of the run with every checkpoint damaged (one damaged checkpoint is skipped)."""
     run = tmp_path / "copy"
     shutil.copytree(reference_run, run)
-    ckpt = open_checkpoint(run).path
-    if what == "weights":
-        (ckpt / "model.safetensors").write_bytes(b"\x10\x00\x00\x00garbage")
-    elif what == "meta":
-        (ckpt / "meta.json").write_text("{not json")
+    for ckpt in (run / "checkpoints").iterdir():
+        if what == "weights":
+            (ckpt / "model.safetensors").write_bytes(b"\x10\x00\x00\x00garbage")
+        elif what == "meta":
+            (ckpt / "meta.json").write_text("{not json")
     return run
 
 

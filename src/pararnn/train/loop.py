@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -27,7 +28,9 @@ from ..models import SIZES, build_model, preset
 from ..distributed import TRAIN_BOUNDARY_TOL, ContextMesh, context_layout, enable_context_parallel
 from ..models.config import MODELS, round_up
 from . import distributed as D
-from .checkpoint import CheckpointError, has_checkpoint, open_checkpoint, save_checkpoint, write_text_atomic
+from .checkpoint import (CheckpointError, has_checkpoint, open_checkpoint, remove_stale_temporaries,
+                         save_checkpoint, write_text_atomic)
+from .memory import check_training_memory
 from .metrics import MetricsLog, plot_losses
 
 
@@ -36,7 +39,7 @@ class TrainConfig:
     model: str = "paragru"
     size: str = "tiny"
     block: str = "standard"  # "paper": causal conv + gated norm + scaled residuals
-    data: str | None = None  # None: the Python standard library's source
+    data: str | None = None  # None: the Python standard library's source; stored absolute
     out: str = "runs/tiny"
     tokenizer: str = "byte"  # or "bpe" (trained on the training split, saved in the run)
     vocab_size: int = 4096  # BPE only
@@ -102,20 +105,29 @@ def cosine_lr(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
 @torch.no_grad()
 def evaluate(model, tokens: np.ndarray, token_bytes: np.ndarray, *, seq_len: int, batch_size: int,
              max_windows: int | None, device: torch.device, autocast, info: D.DistInfo,
-             context: ContextMesh | None = None) -> dict:
+             context: ContextMesh | None = None, progress: str | None = None) -> dict:
     """Loss (nats/token), perplexity and bits per byte over non-overlapping windows.
 
     Windows are split over the processes in equal numbers (FSDP needs every rank to run
     the same number of forward passes); each window starts from an empty state. With a
     ``context`` mesh, a context group shares each window and every rank scores its chunk.
+    ``progress``: the label of a progress bar over the batches (shown on the main process
+    only, and removed when done), or None for no bar.
     """
+    from tqdm import tqdm
+
     rank, world = (info.rank, info.world) if context is None else (context.data_rank, context.data_world)
     starts = eval_starts(len(tokens), seq_len, max_windows)
     starts = starts[:len(starts) - len(starts) % world][rank::world]
     was_training = model.training
     model.eval()
     nats = count = nbytes = 0.0
-    for x, y in eval_batches(tokens, starts, batch_size=batch_size, seq_len=seq_len):
+    batches = eval_batches(tokens, starts, batch_size=batch_size, seq_len=seq_len)
+    # during training tqdm puts this bar below the training bar, which stays in place
+    batches = tqdm(batches, total=math.ceil(len(starts) / batch_size), desc=progress, unit="batch",
+                   leave=False, dynamic_ncols=True,
+                   disable=progress is None or not info.is_main)
+    for x, y in batches:
         if context is not None:
             x, y = context.chunk(x), context.chunk(y)
         with autocast:
@@ -124,6 +136,7 @@ def evaluate(model, tokens: np.ndarray, token_bytes: np.ndarray, *, seq_len: int
                                 reduction="sum").item()
         count += y.numel()
         nbytes += float(token_bytes[y.numpy()].sum())
+    batches.close()
     model.train(was_training)
     nats, count, nbytes = D.all_reduce_sum([nats, count, nbytes], info)
     if count == 0:
@@ -142,7 +155,8 @@ def _prepare_run_dir(cfg: TrainConfig):
         ckpt = open_checkpoint(run_dir)
         saved = ckpt.meta["train_config"]
         for key in ("model", "size", "block", "data", "tokenizer", "seq_len", "batch_size", "grad_accum"):
-            if saved[key] != getattr(cfg, key):
+            same = (_same_path(saved[key], cfg.data) if key == "data" else saved[key] == getattr(cfg, key))
+            if not same:
                 raise CheckpointError(
                     f"the checkpoint in {run_dir} was trained with --{key.replace('_', '-')} "
                     f"{saved[key]}, not {getattr(cfg, key)}; use the same value or another --out")
@@ -153,9 +167,17 @@ def _prepare_run_dir(cfg: TrainConfig):
     return None
 
 
+def _same_path(a: str | None, b: str | None) -> bool:
+    """Same data path (runs before paths were stored absolute hold them relative)."""
+    return a == b or (a is not None and b is not None and os.path.abspath(a) == os.path.abspath(b))
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train as configured; returns the last validation metrics."""
     cfg.check()
+    if cfg.data is not None:
+        # stored in the run as an absolute path, so that `pararnn eval` works from anywhere
+        cfg = dataclasses.replace(cfg, data=os.path.abspath(os.path.expanduser(cfg.data)))
     info = D.init_distributed(cfg.device)
     try:
         result = _train(cfg, info)
@@ -170,6 +192,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     ckpt = _prepare_run_dir(cfg)
     say = print if info.is_main else (lambda *a, **k: None)
     context = context_layout(cfg.context_parallel, info.rank, info.world, device.type)
+    if info.is_main:
+        for stale in remove_stale_temporaries(run_dir):
+            say(f"removed {stale}, left by a checkpoint write that did not finish")
+    _check_memory(cfg, info)
 
     # --- data and tokenizer --------------------------------------------------------
     corpus = load_corpus(cfg.data)
@@ -294,7 +320,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             val = evaluate(model, val_tokens, token_bytes, seq_len=cfg.seq_len,
                            batch_size=cfg.batch_size, max_windows=max_windows, device=device,
-                           autocast=autocast, info=info, context=context)
+                           autocast=autocast, info=info, context=context,
+                           progress=f"step {step}: validation" if cfg.progress else None)
             if info.is_main:
                 metrics.log({"kind": "val", "step": step, "tokens": tokens_seen, **val})
                 plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png",
@@ -308,6 +335,16 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     bar.close()
     say(f"done: {step} steps, {tokens_seen:,} tokens; run folder {run_dir}")
     return val
+
+
+def _check_memory(cfg: TrainConfig, info: D.DistInfo) -> None:
+    """Refuse a model that cannot fit before loading data or allocating anything."""
+    vocab = cfg.vocab_size if cfg.tokenizer == "bpe" else ByteTokenizer.vocab_size
+    model_cfg = preset(cfg.model, cfg.size, vocab_size=round_up(vocab, 64), block=cfg.block)
+    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and info.device.type == "cuda")
+    check_training_memory(model_cfg, model=cfg.model, size=cfg.size, batch_size=cfg.batch_size,
+                          seq_len=cfg.seq_len, device=info.device, autocast_bf16=bf16,
+                          fsdp=cfg.fsdp, world=info.world)
 
 
 def _full(t):
