@@ -159,3 +159,94 @@ def test_bad_configs():
         preset("paragru", "huge")
     with pytest.raises(ValueError, match="rnn_heads"):
         preset("paragru", "nano", rnn_heads=3)
+
+
+# ParaRNN mixer options for the ablations, each on top of the block it is meant for
+RNN_OPTIONS = [
+    ("paragru", "standard", dict(rnn_in_proj=False)),
+    ("paralstm", "paper", dict(rnn_in_proj=False)),  # conv on d_model + own gate projection
+    ("paragru", "paper", dict(rnn_expand=2, rnn_heads=1)),
+    ("paralstm", "standard", dict(rnn_expand=2)),
+    ("paragru", "paper", dict(rnn_init="paper", rnn_forget_bias=2.0)),
+    ("paralstm", "paper", dict(rnn_init="paper", rnn_forget_bias=2.0, rnn_heads=1)),
+]
+
+
+@pytest.mark.parametrize("model,block,options", RNN_OPTIONS)
+def test_rnn_options_shapes_causality_and_decoding(model, block, options):
+    lm = small_model(model, block, **options)
+    idx = torch.randint(0, 64, (2, 17))
+    loss = lm.float().train()(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in lm.parameters())
+    lm.double().eval()
+    changed = idx.clone()
+    changed[:, 9] = (changed[:, 9] + 5) % 64
+    with torch.no_grad():
+        full, other = lm(idx), lm(changed)
+        caches = lm.new_caches()
+        pieces = [lm(idx[:, :6], caches=caches)] + [lm(idx[:, t:t + 1], caches=caches) for t in range(6, 17)]
+    assert full.shape == (2, 17, 64)
+    torch.testing.assert_close(other[:, :9], full[:, :9], atol=1e-12, rtol=0)
+    assert not torch.allclose(other[:, 9:], full[:, 9:])
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-7, rtol=1e-7)
+
+
+@pytest.mark.parametrize("options", [dict(rnn_in_proj=False), dict(rnn_expand=2), dict(rnn_heads=1),
+                                     dict(rnn_expand=2, rnn_in_proj=False)])
+@pytest.mark.parametrize("block", ["standard", "paper"])
+def test_rnn_options_keep_the_parameter_count(options, block):
+    with torch.device("meta"):
+        reference = build_model(preset("transformer", "small", block=block)).num_params(non_embedding=True)
+        for model in ("paragru", "paralstm"):
+            n = build_model(preset(model, "small", block=block, **options)).num_params(non_embedding=True)
+            assert abs(n / reference - 1) < 0.03, (model, options, n, reference)
+
+
+def test_rnn_shapes_follow_the_options():
+    mixer = small_model("paragru", "paper", rnn_in_proj=False, rnn_expand=2).blocks[0].mixer
+    d = 64
+    assert mixer.in_proj is None and mixer.gate_proj.weight.shape == (2 * d, d)
+    assert mixer.conv.weight.shape[0] == d  # the conv runs on the block input
+    assert mixer.rnn.input_size == d and mixer.rnn.hidden_size == 2 * d
+    assert mixer.out_proj.weight.shape == (d, 2 * d)
+    default = small_model("paragru").blocks[0].mixer
+    assert default.in_proj.weight.shape == (d, d) and default.rnn.input_size == d
+
+
+@pytest.mark.parametrize("model,sign", [("paragru", -1.0), ("paralstm", 1.0)])
+def test_forget_bias_starts_the_state_long_memory(model, sign):
+    for block in small_model(model, rnn_forget_bias=3.0).blocks:
+        bias = block.mixer.rnn.cell.bias
+        assert torch.all(bias[0] == sign * 3.0) and torch.all(bias[1:] == 0)
+    assert all(torch.all(b.mixer.rnn.cell.bias == 0) for b in small_model(model).blocks)
+
+
+def test_paper_init_scales_the_input_projections():
+    """gpt2: N(0, 0.02) on maps that read the residual stream; paper: variance 1/fan-in."""
+    torch.manual_seed(0)
+    for init, expected in (("gpt2", 0.02 ** 2), ("paper", 1 / 512)):
+        with torch.no_grad():
+            lm = build_model(preset("paragru", "small", rnn_in_proj=False, rnn_heads=1, rnn_init=init,
+                                    n_layers=1))
+        weight = lm.blocks[0].mixer.rnn.projection.weight
+        assert abs(weight.var().item() / expected - 1) < 0.05, (init, weight.var().item())
+
+
+def test_model_does_not_change_the_callers_config():
+    cfg = preset("paragru", "nano")
+    lm = build_model(cfg)
+    assert cfg.mlp_hidden is None and lm.cfg.mlp_hidden is not None
+
+
+def test_bad_rnn_options():
+    with pytest.raises(ValueError, match="rnn_expand"):
+        preset("paragru", "nano", rnn_expand=0)
+    with pytest.raises(ValueError, match="contradicts"):
+        preset("paragru", "nano", rnn_expand=2, rnn_hidden=64)
+    with pytest.raises(ValueError, match="rnn_init"):
+        preset("paragru", "nano", rnn_init="xavier")
+    with pytest.raises(ValueError, match="rnn_forget_bias"):
+        preset("paragru", "nano", rnn_forget_bias=-1.0)
+    with pytest.raises(TypeError, match="rnn_in_proj"):
+        preset("paragru", "nano", rnn_in_proj="no")

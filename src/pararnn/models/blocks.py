@@ -11,6 +11,7 @@ mixer implements ``forward(x, cache=None) -> y`` with ``x`` of shape ``(B, T, d_
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -111,9 +112,9 @@ class LanguageModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig, make_mixer) -> None:
         super().__init__()
-        if cfg.mlp_hidden is None:
+        if cfg.mlp_hidden is None:  # resolved on a copy: the caller's config stays as it was
             with torch.device("meta"):
-                cfg.mlp_hidden = matched_mlp_hidden(cfg, count_params(make_mixer(cfg)))
+                cfg = dataclasses.replace(cfg, mlp_hidden=matched_mlp_hidden(cfg, count_params(make_mixer(cfg))))
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, make_mixer(cfg)) for _ in range(cfg.n_layers))

@@ -20,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 
 MODELS = ("paragru", "paralstm", "transformer", "mamba2")
+RNN_INITS = ("gpt2", "paper")
 
 # name -> (d_model, n_layers). Counts below are the blocks' parameters ("non-embedding"),
 # which are the same for every model of a preset; tests/lm/test_models.py checks them.
@@ -47,10 +48,16 @@ class ModelConfig:
     n_heads: int | None = None  # None: d_model // 64
     rope_base: float = 10000.0
     # ParaGRU / ParaLSTM mixer
-    rnn_hidden: int | None = None  # None: d_model
+    rnn_hidden: int | None = None  # state size n; None: rnn_expand * d_model
+    rnn_expand: int | None = None  # n = rnn_expand * d_model (None: 1, or rnn_hidden / d_model)
     rnn_heads: int | None = None  # heads of the block-diagonal input projection; None: d_model // 128
     recurrent_clip: float | None = 0.5
     newton_iters: int = 3
+    # True: Linear d -> n, then the cell's projection n -> 3n. False: the cell's projection
+    # reads d_model directly (the gated norm then gets its own d -> n gate projection)
+    rnn_in_proj: bool = True
+    rnn_init: str = "gpt2"  # "gpt2" or "paper" (see ParaRNNMixer.init_projections)
+    rnn_forget_bias: float = 0.0  # >= 0: start long-memory (GRU b_z = -this, LSTM b_f = +this)
     # the paper's block (DESIGN.md section 2): off by default
     conv_kernel: int = 0  # short causal depthwise conv before the cell (0: none)
     gated_norm: bool = False  # gated RMSNorm after the cell
@@ -68,8 +75,13 @@ class ModelConfig:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.n_heads is None:
             self.n_heads = max(1, self.d_model // 64)
+        if self.rnn_expand is not None and (not isinstance(self.rnn_expand, int) or self.rnn_expand < 1):
+            raise ValueError(f"rnn_expand must be a positive integer or None, got {self.rnn_expand!r}")
         if self.rnn_hidden is None:
-            self.rnn_hidden = self.d_model
+            self.rnn_hidden = (1 if self.rnn_expand is None else self.rnn_expand) * self.d_model
+        elif self.rnn_expand is not None and self.rnn_hidden != self.rnn_expand * self.d_model:
+            raise ValueError(f"rnn_hidden={self.rnn_hidden} contradicts rnn_expand={self.rnn_expand} "
+                             f"(n = rnn_expand * d_model = {self.rnn_expand * self.d_model}); give one")
         if self.rnn_heads is None:
             self.rnn_heads = max(1, self.d_model // 128)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "rnn_hidden", "rnn_heads"):
@@ -86,6 +98,12 @@ class ModelConfig:
             raise ValueError("mamba_expand * d_model must be a multiple of mamba_headdim")
         if self.conv_kernel < 0:
             raise ValueError(f"conv_kernel must be >= 0, got {self.conv_kernel}")
+        if not isinstance(self.rnn_in_proj, bool):
+            raise TypeError(f"rnn_in_proj must be True or False, got {self.rnn_in_proj!r}")
+        if self.rnn_init not in RNN_INITS:
+            raise ValueError(f"rnn_init must be one of {', '.join(RNN_INITS)}, got {self.rnn_init!r}")
+        if not self.rnn_forget_bias >= 0:
+            raise ValueError(f"rnn_forget_bias must be >= 0, got {self.rnn_forget_bias!r}")
 
     @property
     def is_rnn(self) -> bool:
