@@ -6,6 +6,8 @@
     pararnn bench-decode --model paragru --size small --contexts 512,2048,8192
     pararnn sizes
     pararnn compare runs/a runs/b --plot compare.png
+    pararnn sweep --out results/lm_quality --size small --jobs 6
+    pararnn compare results/lm_quality
 
 Bad input (missing or corrupt checkpoint, empty data, unknown model, ...) ends with one
 line ``pararnn: error: ...`` and exit status 2; set ``PARARNN_TRACEBACK=1`` to see the
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size", default=d.size, help=f"one of {', '.join(SIZES)} (see `pararnn sizes`)")
     t.add_argument("--block", default=d.block, choices=["standard", "paper"],
                    help="paper: causal conv + gated RMSNorm + scaled residuals (ParaRNN paper)")
+    t.add_argument("--model-options", type=_model_options, default={}, metavar="KEY=VALUE,...",
+                   help="ModelConfig overrides, e.g. rnn_expand=2,rnn_init=paper")
     t.add_argument("--data", default=d.data, help="text file or directory of text files "
                    "(default: the Python standard library's source, no download)")
     t.add_argument("--out", default=d.out, help="run folder: checkpoints, metrics.jsonl, loss.png")
@@ -62,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-steps per optimizer step")
     t.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     t.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="final LR / peak LR")
+    t.add_argument("--schedule", default=d.schedule, choices=["cosine", "wsd"],
+                   help="wsd: warm-up, constant, linear decay over the last 20%%")
     t.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="default: 5%% of --max-steps")
     t.add_argument("--weight-decay", type=float, default=d.weight_decay)
     t.add_argument("--grad-clip", type=float, default=d.grad_clip)
@@ -70,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     t.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     t.add_argument("--log-every", type=int, default=d.log_every)
-    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--seed", type=int, default=d.seed, help="initialisation (and data order without --data-seed)")
+    t.add_argument("--data-seed", type=int, default=d.data_seed, help="order of the training batches")
+    t.add_argument("--peak-tflops", type=float, default=d.peak_tflops,
+                   help="device peak for the logged MFU (default: dense bf16 peak of known GPUs)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (under torchrun)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
@@ -108,12 +117,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sizes", help="parameter counts of every model at every size")
 
-    c = sub.add_parser("compare", help="table and validation-curve plot of several runs")
-    c.add_argument("runs", nargs="+", help="run folders")
+    c = sub.add_parser("compare", help="table and validation-curve plot of several runs, "
+                       "or the report of a `pararnn sweep` folder")
+    c.add_argument("runs", nargs="+", help="run folders, or one sweep folder (rewrites its "
+                   "summary.json, summary.md and curves_*.png)")
     c.add_argument("--plot", help="write the validation curves to this PNG")
     c.add_argument("--title", default="")
+
+    from .train.sweep import DEFAULT_LRS
+    w = sub.add_parser("sweep", help="fair LM comparison: per-model LR sweep, then the best LR "
+                       "over seeds, then throughput (concurrent `pararnn train` runs)")
+    w.add_argument("--out", required=True, help="sweep folder; re-running skips finished runs")
+    w.add_argument("--models", default="transformer,mamba2,paragru,paralstm",
+                   help="comma-separated models (empty: variants only)")
+    w.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE,...",
+                   help="a model with ModelConfig overrides, NAME starting with the model, e.g. "
+                   "paragru+expand2=rnn_expand=2 (block=standard|paper picks the block); repeatable")
+    w.add_argument("--lrs", action="append", default=[], metavar="NAME=LR,LR,...",
+                   help="LR grid of a model or variant (variants inherit their model's); defaults: "
+                   + "; ".join(f"{m} {','.join(map(str, g))}" for m, g in DEFAULT_LRS.items()))
+    w.add_argument("--stages", default="lr,seeds", help="comma-separated, in order: lr, seeds, throughput")
+    w.add_argument("--rnn-block", default="paper", choices=["standard", "paper"],
+                   help="block of the ParaRNN models (transformer and mamba2 use the standard one)")
+    w.add_argument("--size", default="small", choices=list(SIZES))
+    w.add_argument("--seq-len", type=_positive_int, default=512)
+    w.add_argument("--batch-size", type=_positive_int, default=32)
+    w.add_argument("--lr-steps", type=_positive_int, default=400, help="steps of each stage-1 run")
+    w.add_argument("--final-steps", type=_positive_int, default=1600, help="steps of each stage-2 run")
+    w.add_argument("--throughput-steps", type=_positive_int, default=100)
+    w.add_argument("--seeds", default="0,1", help="initialisation seeds of stage 2")
+    w.add_argument("--data", help="text file or folder (default: the Python standard library)")
+    w.add_argument("--tokenizer", default="byte", choices=["byte", "bpe"])
+    w.add_argument("--vocab-size", type=_positive_int, default=4096, help="BPE vocabulary size")
+    w.add_argument("--eval-every", type=_positive_int, default=100)
+    w.add_argument("--eval-tokens", type=_positive_int, default=262144)
+    w.add_argument("--jobs", type=_positive_int, default=1, help="concurrent runs (stages lr and seeds)")
+    w.add_argument("--keep-checkpoints", action="store_true", help="keep each run's final checkpoint")
+    _add_runtime(w)
     parser.commands = sub.choices
     return parser
+
+
+def _model_options(text: str) -> dict:
+    from .models.config import parse_model_options
+    try:
+        return parse_model_options(text)
+    except (ValueError, TypeError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _load_config(path: str) -> dict:
@@ -298,19 +348,67 @@ def cmd_sizes(args, parser) -> None:
 
 def cmd_compare(args, parser) -> None:
     from .train.metrics import plot_comparison, summarize
+    if len(args.runs) == 1 and (Path(args.runs[0]) / "sweep.json").exists():
+        from .train.sweep import summary_markdown, write_report
+        print(summary_markdown(write_report(Path(args.runs[0]))))
+        return
     rows = [summarize(Path(run)) for run in args.runs]
-    print("| run | model | params | steps | tokens | val loss | val bits/byte | train tokens/s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| run | model | params | steps | tokens | val loss | val bits/byte | train tokens/s | MFU |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         params = f"{r['params'] / 1e6:.1f}M" if r["params"] else "?"
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
         print(f"| {r['run']} | {r['model']} | {params} | {r['steps']} | {r['tokens']:,} | "
-              f"{r['val_loss']:.4f} | {r['val_bpb']:.4f} | {r['tok_per_s']:,.0f} |")
+              f"{r['val_loss']:.4f} | {r['val_bpb']:.4f} | {r['tok_per_s']:,.0f} | {mfu} |")
     if args.plot:
         plot_comparison([Path(run) for run in args.runs], Path(args.plot), args.title)
 
 
+def cmd_sweep(args, parser) -> None:
+    from .train.sweep import DEFAULT_LRS, STAGES, SweepConfig, parse_entry, sweep
+
+    def floats(text, what):
+        try:
+            return [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+    entries = [parse_entry(m.strip(), args.rnn_block if m.strip() in ("paragru", "paralstm") else "standard")
+               for m in args.models.split(",") if m.strip()]
+    for spec in args.variant:
+        base = spec.split("+", 1)[0]
+        entries.append(parse_entry(spec, args.rnn_block if base in ("paragru", "paralstm") else "standard"))
+    names = [e.name for e in entries]
+    if not entries or len(set(names)) != len(names):
+        raise ValueError(f"--models/--variant must name distinct entries, got {', '.join(names) or 'none'}")
+    lrs = {e.name: list(DEFAULT_LRS[e.model]) for e in entries}
+    for spec in args.lrs:
+        name, _, grid = spec.partition("=")
+        if name not in lrs:
+            raise ValueError(f"--lrs {spec!r}: {name!r} is not one of {', '.join(names)}")
+        lrs[name] = floats(grid, f"--lrs {name}")
+        if not lrs[name] or min(lrs[name]) <= 0:
+            raise ValueError(f"--lrs {name} must list positive learning rates")
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if not stages or any(s not in STAGES for s in stages):
+        raise ValueError(f"--stages must be a comma-separated subset of {', '.join(STAGES)}, got {args.stages!r}")
+    cfg = SweepConfig(out=args.out, entries=entries, lrs=lrs, stages=stages, size=args.size,
+                      seq_len=args.seq_len, batch_size=args.batch_size, lr_steps=args.lr_steps,
+                      final_steps=args.final_steps, throughput_steps=args.throughput_steps,
+                      seeds=[int(s) for s in floats(args.seeds, "--seeds")], data=args.data,
+                      tokenizer=args.tokenizer, vocab_size=args.vocab_size, eval_every=args.eval_every,
+                      eval_tokens=args.eval_tokens, jobs=args.jobs, device=args.device,
+                      dtype=args.dtype, keep_checkpoints=args.keep_checkpoints)
+    failed = sweep(cfg)
+    print(f"report: {Path(args.out) / 'summary.md'}")
+    if failed:
+        raise ValueError(f"{len(failed)} run(s) failed, e.g. {failed[0]} (see its train.log); "
+                         "re-run the same command to retry them")
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
-            "bench-decode": cmd_bench_decode, "sizes": cmd_sizes, "compare": cmd_compare}
+            "bench-decode": cmd_bench_decode, "sizes": cmd_sizes, "compare": cmd_compare,
+            "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ is chosen to give every model the parameter count of the Transformer of the same
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 MODELS = ("paragru", "paralstm", "transformer", "mamba2")
@@ -119,6 +120,37 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+# set by the run itself (--model, the tokenizer's vocabulary), never by a model option
+RUN_FIELDS = ("model", "vocab_size")
+
+
+def check_model_options(options: dict) -> None:
+    """Raise unless ``options`` is a dict of :class:`ModelConfig` overrides."""
+    if not isinstance(options, dict):
+        raise TypeError(f"model options must be a dict, got {type(options).__name__}")
+    allowed = {f.name for f in dataclasses.fields(ModelConfig)} - set(RUN_FIELDS)
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(f"unknown model option(s) {', '.join(sorted(unknown))}; "
+                         f"choose from {', '.join(sorted(allowed))}")
+
+
+def parse_model_options(text: str) -> dict:
+    """``"key=value,key=value"`` -> ``{key: value}``; a value is read as JSON (``2``,
+    ``1e-3``, ``true``, ``null``) when it parses, else kept as a string (``paper``)."""
+    options = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"model option {item!r} must look like key=value")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value.strip()
+    check_model_options(options)
+    return options
 
 
 def reference_layer_params(d_model: int) -> int:

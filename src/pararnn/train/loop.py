@@ -3,7 +3,7 @@
 One function, :func:`train`, reads top to bottom: set up processes and the run folder,
 load data and tokenizer, build the model and optimizer (or restore them from the latest
 checkpoint), then loop: batch -> forward/backward (bf16 autocast on GPU) -> clip ->
-AdamW step -> cosine LR, with logging, validation and checkpoints at fixed intervals.
+AdamW step -> LR schedule (cosine or WSD), with logging, validation and checkpoints at fixed intervals.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from ..data import BPETokenizer, ByteTokenizer, DataError, eval_batches, eval_starts, load_corpus, train_batch
 from ..data.batches import check_length
 from ..models import SIZES, build_model, preset
-from ..models.config import MODELS, round_up
+from ..layers.projection import MultiHeadProjection
+from ..models.config import MODELS, check_model_options, round_up
+from ..models.flops import peak_flops, train_flops_per_token
 from . import distributed as D
 from .checkpoint import CheckpointError, has_checkpoint, open_checkpoint, save_checkpoint, write_text_atomic
 from .metrics import MetricsLog, plot_losses
@@ -35,6 +37,7 @@ class TrainConfig:
     model: str = "paragru"
     size: str = "tiny"
     block: str = "standard"  # "paper": causal conv + gated norm + scaled residuals
+    model_options: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {"rnn_expand": 2}
     data: str | None = None  # None: the Python standard library's source
     out: str = "runs/tiny"
     tokenizer: str = "byte"  # or "bpe" (trained on the training split, saved in the run)
@@ -45,6 +48,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
+    schedule: str = "cosine"  # or "wsd": warm-up, constant, linear decay over the last 20%
     warmup_steps: int | None = None  # None: 5% of max_steps
     weight_decay: float = 0.1
     grad_clip: float = 1.0
@@ -53,7 +57,9 @@ class TrainConfig:
     ckpt_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10
-    seed: int = 0
+    seed: int = 0  # the model's initialisation (and the data order unless data_seed is set)
+    data_seed: int | None = None  # the batches' order; None: seed
+    peak_tflops: float | None = None  # for MFU; None: the device's dense bf16 peak if known
     device: str = "auto"
     dtype: str = "auto"  # "auto": bf16 autocast on GPU, float32 on CPU
     compile: bool = False
@@ -76,6 +82,15 @@ class TrainConfig:
             raise ValueError(f"--dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.tokenizer not in ("byte", "bpe"):
             raise ValueError(f"--tokenizer must be byte or bpe, got {self.tokenizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise ValueError(f"--peak-tflops must be positive, got {self.peak_tflops}")
+        check_model_options(self.model_options)
+
+    @property
+    def batch_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
 
 
 def autocast_for(device: torch.device, dtype: str):
@@ -92,6 +107,35 @@ def cosine_lr(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+WSD_DECAY_FRACTION = 0.2
+
+
+def wsd_lr(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    """Warm-up, stable, decay: linear warm-up to 1, constant, then a linear decay to
+    ``min_ratio`` over the last 20% of ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    decay_start = max(warmup, total - round(WSD_DECAY_FRACTION * total))
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step - decay_start) / max(1, total - decay_start))
+    return 1.0 - (1.0 - min_ratio) * progress
+
+
+SCHEDULES = {"cosine": cosine_lr, "wsd": wsd_lr}
+
+
+def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups, one rule for every model: weight decay on the matrices of
+    linear maps (``nn.Linear``, the cells' multi-head projections) only; none on
+    embeddings (also the tied output head), norms, biases, convolutions, residual scales,
+    recurrent vectors (``a``, peepholes) or the SSM's ``A``, ``dt`` and ``D``."""
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, MultiHeadProjection))}
+    params = list(model.parameters())
+    return [{"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
 
 
 @torch.no_grad()
@@ -131,8 +175,10 @@ def _prepare_run_dir(cfg: TrainConfig):
     if cfg.resume and has_checkpoint(run_dir):
         ckpt = open_checkpoint(run_dir)
         saved = ckpt.meta["train_config"]
-        for key in ("model", "size", "block", "data", "tokenizer", "seq_len", "batch_size", "grad_accum"):
-            if saved[key] != getattr(cfg, key):
+        defaults = {"model_options": {}, "data_seed": None}  # runs saved before these options
+        for key in ("model", "size", "block", "model_options", "data", "tokenizer", "seq_len",
+                    "batch_size", "grad_accum", "data_seed"):
+            if saved.get(key, defaults.get(key)) != getattr(cfg, key):
                 raise CheckpointError(
                     f"the checkpoint in {run_dir} was trained with --{key.replace('_', '-')} "
                     f"{saved[key]}, not {getattr(cfg, key)}; use the same value or another --out")
@@ -179,21 +225,20 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     # --- model, optimizer, schedule ------------------------------------------------
     torch.manual_seed(cfg.seed)
     model_cfg = preset(cfg.model, cfg.size, vocab_size=round_up(tokenizer.vocab_size, 64),
-                       block=cfg.block)
+                       block=cfg.block, **cfg.model_options)
     model = build_model(model_cfg).to(device)
+    model_cfg = model.cfg  # with the derived fields (the matched MLP width) filled in
+    flops_per_token = train_flops_per_token(model, cfg.seq_len)
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops is not None else peak_flops(device)
     n_params = model.num_params()
     say(f"model: {cfg.model} {cfg.size}: {n_params:,} parameters "
         f"({model.num_params(non_embedding=True):,} without the embedding)")
     model = D.wrap_model(model, info, cfg.fsdp)  # before the optimizer: FSDP swaps the parameters
-    # no weight decay on vectors and biases (the cells' gate bias is a (3, N) matrix)
-    exempt = {name for name, p in model.named_parameters() if p.dim() < 2 or name.endswith("bias")}
-    decay = [p for name, p in model.named_parameters() if name not in exempt]
-    no_decay = [p for name, p in model.named_parameters() if name in exempt]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                  betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.max_steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(
+    schedule = SCHEDULES[cfg.schedule]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(
         s, warmup=warmup, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio))
 
     raw = model.module if hasattr(model, "module") else model  # without DDP's wrapper
@@ -216,7 +261,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         tokenizer.save(run_dir)
         write_text_atomic(run_dir / "config.json", json.dumps(
             {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict(),
-             "params": n_params},
+             "params": n_params, "train_flops_per_token": flops_per_token,
+             "peak_flops": peak},
             indent=1))
     # records past the checkpoint's step (or all of them, for a run that died before its
     # first checkpoint) are dropped: this run writes them again
@@ -227,7 +273,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         optim_state = D.full_optimizer_state(model, optimizer, cfg.fsdp)
         if info.is_main:
             meta = {"step": step, "tokens": tokens_seen, "model": cfg.model,
-                    "data_position": {"seed": cfg.seed, "next_step": step},
+                    "data_position": {"seed": cfg.batch_seed, "next_step": step},
                     "val": val, "model_config": model_cfg.to_dict(),
                     "train_config": dataclasses.asdict(cfg)}
             train_state = {"optimizer": optim_state, "scheduler": scheduler.state_dict(),
@@ -246,7 +292,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         lr = scheduler.get_last_lr()[0]
         step_loss = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
-            x, y = train_batch(train_tokens, step, seed=cfg.seed, batch_size=cfg.batch_size,
+            x, y = train_batch(train_tokens, step, seed=cfg.batch_seed, batch_size=cfg.batch_size,
                                seq_len=cfg.seq_len, micro=micro, rank=info.rank, world=info.world)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with D.no_grad_sync(model, skip=micro + 1 < cfg.grad_accum), autocast:
@@ -269,8 +315,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
             elapsed = time.perf_counter() - window_start
             tok_s = window_steps * tokens_per_step / elapsed
             if info.is_main:
-                metrics.log({"kind": "train", "step": step, "tokens": tokens_seen, "loss": loss_value,
-                             "lr": lr, "grad_norm": float(_full(grad_norm)), "tok_per_s": tok_s})
+                record = {"kind": "train", "step": step, "tokens": tokens_seen, "loss": loss_value,
+                          "lr": lr, "grad_norm": float(_full(grad_norm)), "tok_per_s": tok_s}
+                if peak:  # model FLOPs utilisation of all processes' devices together
+                    record["mfu"] = tok_s * flops_per_token / (peak * info.world)
+                metrics.log(record)
             bar.set_postfix_str(f"loss {loss_value:.3f} | {tok_s:,.0f} tok/s | lr {lr:.2e}")
             window_loss, window_steps = 0.0, 0
         bar.update(1)
