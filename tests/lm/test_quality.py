@@ -1,0 +1,161 @@
+"""The comparison protocol: weight-decay rule, LR schedules, data vs init seed, FLOPs
+count, model options on the command line, and a tiny `pararnn sweep` end to end on CPU."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import pararnn.train.loop as loop
+from pararnn.cli import main
+from pararnn.data.corpus import stdlib_files
+from pararnn.models import build_model, preset
+from pararnn.models.config import parse_model_options
+from pararnn.models.flops import forward_flops_per_token
+from pararnn.train import TrainConfig, train
+from pararnn.train.sweep import parse_entry
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    stdlib_root, files = stdlib_files()
+    for path in files[:40]:
+        name = path.relative_to(stdlib_root).as_posix().replace("/", "__")
+        (root / name).write_text(path.read_text(encoding="utf-8", errors="replace")[:1500])
+    return root
+
+
+@pytest.mark.parametrize("model,block", [("paragru", "paper"), ("paralstm", "standard"),
+                                         ("transformer", "paper"), ("mamba2", "standard")])
+def test_weight_decay_only_on_linear_matrices(model, block):
+    lm = build_model(preset(model, "nano", block=block, vocab_size=64))
+    decayed, exempt = loop.weight_decay_groups(lm, 0.1)
+    assert decayed["weight_decay"] == 0.1 and exempt["weight_decay"] == 0.0
+    names = {id(p): n for n, p in lm.named_parameters()}
+    decayed_names = {names[id(p)] for p in decayed["params"]}
+    exempt_names = {names[id(p)] for p in exempt["params"]}
+    assert len(decayed_names) + len(exempt_names) == len(names)
+    assert "embed.weight" in exempt_names
+    for name in exempt_names - {"embed.weight"}:
+        leaf = name.rsplit(".", 1)[-1]
+        assert leaf in ("weight", "bias", "a", "peephole", "scale1", "scale2", "A_log", "dt_bias", "D"), name
+        assert leaf != "weight" or any(k in name for k in ("norm", "conv")), name
+    assert all(n.endswith("weight") and "norm" not in n and "conv" not in n for n in decayed_names)
+    if model.startswith("para"):
+        assert any("rnn.projection.weight" in n for n in decayed_names)
+        assert any(n.endswith("cell.a") for n in exempt_names)
+
+
+def test_wsd_schedule():
+    lrs = [loop.wsd_lr(s, warmup=10, total=100, min_ratio=0.1) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(v == 1.0 for v in lrs[10:80])  # stable until the last 20%
+    assert all(a > b for a, b in zip(lrs[80:100], lrs[81:101]))  # then a linear decay
+    assert lrs[100] == pytest.approx(0.1) and lrs[90] == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="--schedule"):
+        TrainConfig(schedule="linear").check()
+
+
+def test_data_order_depends_on_the_data_seed_only(corpus_dir, tmp_path, monkeypatch):
+    seen = []
+    original = loop.train_batch
+
+    def recording(tokens, step, *, seed, **kwargs):
+        x, y = original(tokens, step, seed=seed, **kwargs)
+        seen[-1].append(x)
+        return x, y
+
+    monkeypatch.setattr(loop, "train_batch", recording)
+    weights = []
+    for seed in (0, 1):
+        seen.append([])
+        out = tmp_path / f"s{seed}"
+        train(TrainConfig(model="paragru", size="nano", data=str(corpus_dir), out=str(out), seq_len=16,
+                          batch_size=2, max_steps=2, eval_every=2, ckpt_every=2, eval_tokens=32,
+                          seed=seed, data_seed=0, progress=False, device="cpu"))
+        weights.append(json.loads((out / "config.json").read_text())["train"])
+    assert all(torch.equal(a, b) for a, b in zip(seen[0], seen[1]))
+    assert weights[0]["data_seed"] == weights[1]["data_seed"] == 0
+    assert TrainConfig(seed=5).batch_seed == 5 and TrainConfig(seed=5, data_seed=2).batch_seed == 2
+
+
+def test_flops_count_of_the_transformer_by_hand():
+    lm = build_model(preset("transformer", "nano", vocab_size=64))
+    d, L, T, V, hidden = 64, 2, 32, 64, lm.cfg.mlp_hidden
+    matmuls = L * (4 * d * d + 3 * d * hidden) + V * d
+    assert forward_flops_per_token(lm, T) == 2 * matmuls + L * 2 * d * (T + 1)
+    rnn = build_model(preset("paragru", "nano", vocab_size=64, block="paper"))
+    mixer = rnn.blocks[0].mixer
+    per_layer = 2 * (mixer.in_proj.weight.numel() + mixer.rnn.projection.weight.numel()
+                     + mixer.out_proj.weight.numel() + 3 * d * rnn.cfg.mlp_hidden) + 18 * d + 2 * 4 * d
+    assert forward_flops_per_token(rnn, T) == L * per_layer + 2 * V * d
+
+
+def test_model_options_parse_and_reject_bad_input():
+    assert parse_model_options("rnn_expand=2, rnn_init=paper,recurrent_clip=null,rnn_in_proj=false") == {
+        "rnn_expand": 2, "rnn_init": "paper", "recurrent_clip": None, "rnn_in_proj": False}
+    with pytest.raises(ValueError, match="unknown model option"):
+        parse_model_options("rnn_expnad=2")
+    with pytest.raises(ValueError, match="unknown model option"):
+        parse_model_options("vocab_size=10")  # set by the tokenizer, not an option
+    with pytest.raises(ValueError, match="key=value"):
+        parse_model_options("rnn_expand")
+    entry = parse_entry("paralstm+std=block=standard,rnn_heads=1", "paper")
+    assert (entry.model, entry.block, entry.options) == ("paralstm", "standard", {"rnn_heads": 1})
+    with pytest.raises(ValueError, match="must start with a model"):
+        parse_entry("gru+x=rnn_expand=2", "paper")
+    with pytest.raises(SystemExit):
+        main(["train", "--model-options", "nonsense=1"])
+
+
+@pytest.mark.slow  # ~30 s: three `pararnn train` subprocesses
+def test_sweep_end_to_end_on_cpu(corpus_dir, tmp_path, capsys):
+    """Two LRs of one variant, then its best LR at another seed: the folder layout, the
+    finished-run skip, the report, and `pararnn compare` rebuilding the report."""
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--out", str(out), "--models", "", "--variant", "paragru+x2=rnn_expand=2",
+            "--lrs", "paragru+x2=0.002,0.004", "--size", "nano", "--seq-len", "16",
+            "--batch-size", "2", "--lr-steps", "3", "--final-steps", "3", "--seeds", "1",
+            "--eval-every", "3", "--eval-tokens", "64", "--data", str(corpus_dir), "--jobs", "2",
+            "--device", "cpu"]
+    assert main(argv) == 0
+    runs = {p.name for p in (out / "lr").iterdir()}
+    assert runs == {"paragru+x2-lr0.002-s0", "paragru+x2-lr0.004-s0"}
+    summary = json.loads((out / "summary.json").read_text())
+    best = summary["best_lr"]["paragru+x2"]
+    assert {p.name for p in (out / "seeds").iterdir()} == {f"paragru+x2-lr{best['lr']:g}-s1"}
+    for run in (out / "lr").iterdir():
+        config = json.loads((run / "config.json").read_text())
+        assert config["model"]["rnn_hidden"] == 2 * 64 and config["train"]["data_seed"] == 0
+        assert (run / "result.json").exists() and not (run / "checkpoints").exists()
+    assert best["val_loss"] == min(r["val_loss"] for r in summary["lr"])
+    assert len(summary["seeds"]) == 1 and summary["seeds"][0]["seeds"] == [1]
+    assert math.isfinite(summary["seeds"][0]["val_loss"])
+    report = (out / "summary.md").read_text()
+    assert "paragru+x2" in report and "Stage 2" in report and (out / "curves_lr.png").exists()
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/result.json")}
+    capsys.readouterr()
+    assert main(argv) == 0  # everything finished: nothing runs again
+    assert "2 of 2 runs already finished" in capsys.readouterr().out
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*/*/result.json")}
+
+    (out / "summary.md").unlink()
+    (out / "summary.json").unlink()
+    assert main(["compare", str(out)]) == 0
+    assert (out / "summary.md").read_text() == report
+    assert report in capsys.readouterr().out
+
+
+def test_sweep_rejects_a_changed_setup(corpus_dir, tmp_path):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"size": "tiny", "seq_len": 16, "batch_size": 2,
+                                                "lr_steps": 3, "data": None, "tokenizer": "byte",
+                                                "vocab_size": 4096, "entries": [], "lrs": {}}))
+    assert main(["sweep", "--out", str(out), "--models", "paragru", "--size", "nano",
+                 "--device", "cpu"]) == 2
+    assert main(["compare", str(Path(tmp_path))]) == 2  # neither a sweep nor a run folder
