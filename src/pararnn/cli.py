@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=d.out, help="run folder: checkpoints, metrics.jsonl, loss.png")
     t.add_argument("--tokenizer", default=d.tokenizer, choices=["byte", "bpe"])
     t.add_argument("--vocab-size", type=_positive_int, default=d.vocab_size, help="BPE vocabulary size")
+    t.add_argument("--tokenizer-from", default=d.tokenizer_from, metavar="DIR",
+                   help="reuse the tokenizer.json in DIR (e.g. another run) instead of training a BPE")
     t.add_argument("--max-steps", type=int, default=d.max_steps, help="length of the LR schedule")
     t.add_argument("--seq-len", type=int, default=d.seq_len)
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per process and micro-step")

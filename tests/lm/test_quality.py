@@ -159,3 +159,21 @@ def test_sweep_rejects_a_changed_setup(corpus_dir, tmp_path):
     assert main(["sweep", "--out", str(out), "--models", "paragru", "--size", "nano",
                  "--device", "cpu"]) == 2
     assert main(["compare", str(Path(tmp_path))]) == 2  # neither a sweep nor a run folder
+
+
+def test_bpe_sweep_trains_the_tokenizer_once(corpus_dir, tmp_path):
+    from pararnn.train.sweep import Entry, Run, SweepConfig, prepare_tokenizer, train_command
+    cfg = SweepConfig(out=str(tmp_path / "sweep"), entries=[Entry("paragru", "paragru", "paper")],
+                      lrs={"paragru": [1e-3]}, data=str(corpus_dir), tokenizer="bpe", vocab_size=300)
+    prepare_tokenizer(cfg)
+    shared = tmp_path / "sweep" / "tokenizer"
+    command = train_command(cfg, Run("lr", cfg.entries[0], 1e-3, 0, 3), tmp_path / "run")
+    assert command[command.index("--tokenizer-from") + 1] == str(shared)
+    out = tmp_path / "run"
+    train(TrainConfig(model="paragru", size="nano", data=str(corpus_dir), out=str(out), seq_len=16,
+                      batch_size=2, max_steps=1, eval_every=1, ckpt_every=1, eval_tokens=32,
+                      tokenizer="bpe", tokenizer_from=str(shared), progress=False, device="cpu"))
+    assert (out / "tokenizer.json").read_text() == (shared / "tokenizer.json").read_text()
+    with pytest.raises(ValueError, match="not byte"):
+        train(TrainConfig(model="paragru", size="nano", data=str(corpus_dir), out=str(tmp_path / "r2"),
+                          tokenizer_from=str(shared), progress=False, device="cpu"))

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import BPETokenizer, ByteTokenizer, DataError, eval_batches, eval_starts, load_corpus, train_batch
+from ..data import (BPETokenizer, ByteTokenizer, DataError, eval_batches, eval_starts, load_corpus,
+                    load_tokenizer, train_batch)
 from ..data.batches import check_length
 from ..models import SIZES, build_model, preset
 from ..layers.projection import MultiHeadProjection
@@ -42,6 +43,7 @@ class TrainConfig:
     out: str = "runs/tiny"
     tokenizer: str = "byte"  # or "bpe" (trained on the training split, saved in the run)
     vocab_size: int = 4096  # BPE only
+    tokenizer_from: str | None = None  # a folder with a tokenizer.json to reuse (no BPE training)
     max_steps: int = 1000
     seq_len: int = 256
     batch_size: int = 16  # per process and micro-step
@@ -210,6 +212,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     corpus = load_corpus(cfg.data)
     if ckpt is not None:
         tokenizer = ckpt.tokenizer()
+    elif cfg.tokenizer_from is not None:
+        tokenizer = load_tokenizer(cfg.tokenizer_from)
+        if tokenizer.kind != cfg.tokenizer:
+            raise ValueError(f"--tokenizer-from {cfg.tokenizer_from} holds a {tokenizer.kind} "
+                             f"tokenizer, not {cfg.tokenizer}")
     elif cfg.tokenizer == "bpe":
         tokenizer = BPETokenizer.train(corpus.train, cfg.vocab_size)
     else:

@@ -142,7 +142,24 @@ def train_command(cfg: SweepConfig, run: Run, folder: Path) -> list[str]:
         cmd += ["--model-options", ",".join(f"{k}={json.dumps(v)}" for k, v in run.entry.options.items())]
     if cfg.data is not None:
         cmd += ["--data", cfg.data]
+    if cfg.tokenizer == "bpe":
+        cmd += ["--tokenizer-from", str(Path(cfg.out) / "tokenizer")]
     return cmd
+
+
+def prepare_tokenizer(cfg: SweepConfig, say=print) -> None:
+    """Train the BPE once for every run of the sweep (each run would otherwise train the
+    same tokenizer again); byte-level needs nothing."""
+    folder = Path(cfg.out) / "tokenizer"
+    if cfg.tokenizer != "bpe" or (folder / "tokenizer.json").exists():
+        return
+    from ..data import BPETokenizer, load_corpus
+    say(f"training a BPE tokenizer of {cfg.vocab_size} tokens on the training split")
+    tokenizer = BPETokenizer.train(load_corpus(cfg.data).train, cfg.vocab_size)
+    tmp = folder.with_name(f".tokenizer.tmp{os.getpid()}")  # renamed into place when complete
+    tmp.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(tmp)
+    os.replace(tmp, folder)
 
 
 def is_finished(folder: Path) -> bool:
@@ -291,6 +308,7 @@ def load_sweep_config(out: Path) -> SweepConfig:
 def sweep(cfg: SweepConfig, say=print) -> list[str]:
     """Run the stages in order, then write the report; return the failed run folders."""
     save_sweep_config(cfg)
+    prepare_tokenizer(cfg, say)
     failed = []
     for stage in STAGES:
         if stage in cfg.stages:
