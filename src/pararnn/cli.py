@@ -401,7 +401,12 @@ def cmd_sweep(args, parser) -> None:
                       tokenizer=args.tokenizer, vocab_size=args.vocab_size, eval_every=args.eval_every,
                       eval_tokens=args.eval_tokens, jobs=args.jobs, device=args.device,
                       dtype=args.dtype, keep_checkpoints=args.keep_checkpoints)
-    failed = sweep(cfg)
+    import signal
+
+    def stop(signum, frame):  # `timeout` sends SIGTERM: stop the runs in flight, keep the finished
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    failed = sweep(cfg, say=lambda *a: print(*a, flush=True))
     print(f"report: {Path(args.out) / 'summary.md'}")
     if failed:
         raise ValueError(f"{len(failed)} run(s) failed, e.g. {failed[0]} (see its train.log); "

@@ -13,7 +13,8 @@ Every run sees the same batches in the same order (``--data-seed 0``); ``--seed`
 only the initialisation. Runs of a stage go ``--jobs`` at a time as subprocesses (a small
 model does not fill a large GPU). A run whose ``result.json`` exists is skipped, so
 re-running the same command continues an interrupted sweep; an unfinished run restarts.
-Checkpoints are deleted once a run has finished (the metrics are what the report needs).
+A run checkpoints half-way (an interrupted run resumes there); checkpoints are deleted once
+a run has finished (the metrics are what the report needs).
 
 :func:`write_report` rebuilds ``summary.json``, ``summary.md`` and the validation-curve
 plots from the run folders alone (``pararnn compare OUT``).
@@ -135,7 +136,7 @@ def train_command(cfg: SweepConfig, run: Run, folder: Path) -> list[str]:
            "--max-steps", str(run.steps), "--seq-len", str(cfg.seq_len),
            "--batch-size", str(cfg.batch_size), "--lr", repr(run.lr), "--seed", str(run.seed),
            "--data-seed", "0", "--eval-every", str(run.steps if throughput else cfg.eval_every),
-           "--eval-tokens", str(cfg.eval_tokens), "--ckpt-every", str(run.steps),
+           "--eval-tokens", str(cfg.eval_tokens), "--ckpt-every", str(max(1, run.steps // 2)),
            "--keep-checkpoints", "1", "--log-every", "10", "--no-progress", "--resume",
            "--device", cfg.device, "--dtype", cfg.dtype]
     if run.entry.options:
@@ -236,12 +237,25 @@ def execute(cfg: SweepConfig, runs: list[Run], jobs: int, say=print) -> list[str
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     running: list[tuple[subprocess.Popen, Run, Path, float]] = []
     failed = []
+    try:
+        _drive(cfg, todo, running, failed, jobs, env, say)
+    finally:  # interrupted (Ctrl-C, SIGTERM from `timeout`): stop the runs in flight too
+        for proc, *_ in running:
+            proc.terminate()
+        for proc, *_ in running:
+            proc.wait()
+    return failed
+
+
+def _drive(cfg: SweepConfig, todo: list[Run], running: list, failed: list[str], jobs: int,
+           env: dict, say) -> None:
+    out = Path(cfg.out)
     while todo or running:
         while todo and len(running) < jobs:
             run = todo.pop(0)
             folder = run.folder(out)
             folder.mkdir(parents=True, exist_ok=True)
-            log = open(folder / "train.log", "w")
+            log = open(folder / "train.log", "a")  # a restarted run appends
             proc = subprocess.Popen(train_command(cfg, run, folder), stdout=log, stderr=subprocess.STDOUT, env=env)
             log.close()
             running.append((proc, run, folder, time.perf_counter()))
@@ -271,7 +285,6 @@ def execute(cfg: SweepConfig, runs: list[Run], jobs: int, say=print) -> list[str
             else:
                 failed.append(str(folder))
                 say(f"  FAILED {run.stage}/{folder.name} (exit {proc.returncode}); see {folder / 'train.log'}")
-    return failed
 
 
 def save_sweep_config(cfg: SweepConfig) -> None:
