@@ -197,8 +197,10 @@ def run_result(folder: Path) -> dict:
 def plan(cfg: SweepConfig, stage: str) -> list[Run]:
     """The runs of ``stage`` (``seeds`` and ``throughput`` need stage ``lr`` finished)."""
     out = Path(cfg.out)
-    if stage == "lr":
-        return [Run("lr", e, lr, 0, cfg.lr_steps) for e in cfg.entries for lr in cfg.lrs[e.name]]
+    if stage == "lr":  # LR-major order: each wave of concurrent runs mixes the models
+        longest = max(len(cfg.lrs[e.name]) for e in cfg.entries)
+        return [Run("lr", e, cfg.lrs[e.name][i], 0, cfg.lr_steps)
+                for i in range(longest) for e in cfg.entries if i < len(cfg.lrs[e.name])]
     best = best_lrs(out, cfg)
     missing = [e.name for e in cfg.entries if e.name not in best]
     if missing:
@@ -235,6 +237,8 @@ def execute(cfg: SweepConfig, runs: list[Run], jobs: int, say=print) -> list[str
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:  # concurrent CPU runs would oversubscribe the cores
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    if jobs > 1:  # Triton autotunes once (Mamba2's kernels: ~1 min) and the next runs reuse it
+        env.setdefault("TRITON_CACHE_AUTOTUNING", "1")
     running: list[tuple[subprocess.Popen, Run, Path, float]] = []
     failed = []
     try:
