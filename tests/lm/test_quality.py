@@ -177,3 +177,26 @@ def test_bpe_sweep_trains_the_tokenizer_once(corpus_dir, tmp_path):
     with pytest.raises(ValueError, match="not byte"):
         train(TrainConfig(model="paragru", size="nano", data=str(corpus_dir), out=str(tmp_path / "r2"),
                           tokenizer_from=str(shared), progress=False, device="cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("model", ["paragru", "paralstm"])
+@pytest.mark.parametrize("options", [dict(rnn_in_proj=False), dict(rnn_expand=2, rnn_heads=1),
+                                     dict(rnn_init="paper", rnn_forget_bias=2.0)])
+def test_rnn_options_on_gpu_match_decoding_and_train_in_bf16(model, options):
+    """The GPU path (fused kernels) of every option: parallel forward == step-by-step
+    decoding in float32, and a bf16-autocast training step gives finite gradients."""
+    torch.manual_seed(0)
+    lm = build_model(preset(model, "nano", block="paper", vocab_size=64, **options)).cuda()
+    idx = torch.randint(0, 64, (2, 40), device="cuda")
+    with torch.no_grad():
+        full = lm(idx)
+        caches = lm.new_caches()
+        stepped = torch.cat([lm(idx[:, :8], caches=caches)]
+                            + [lm(idx[:, t:t + 1], caches=caches) for t in range(8, 40)], dim=1)
+    torch.testing.assert_close(stepped, full, atol=2e-4, rtol=2e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = lm(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in lm.parameters())

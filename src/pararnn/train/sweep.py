@@ -273,9 +273,10 @@ def _drive(cfg: SweepConfig, todo: list[Run], running: list, failed: list[str], 
                 result = run_result(folder)
                 result.update(stage=run.stage, entry=run.entry.name, wall_s=time.perf_counter() - start)
                 write_text_atomic(folder / "result.json", json.dumps(result, indent=1))
-                if not cfg.keep_checkpoints:
+                if not cfg.keep_checkpoints:  # and the per-run plot: curves_<stage>.png has it
                     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
                     (folder / "latest").unlink(missing_ok=True)
+                    (folder / "loss.png").unlink(missing_ok=True)
                 say(f"  done {run.stage}/{folder.name}: val loss {result['val_loss']:.4f} "
                     f"({result['wall_s']:.0f} s)")
             elif diverged(folder):  # a finished data point: this LR is too high
