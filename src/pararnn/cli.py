@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--eval-tokens", type=_positive_int, default=262144)
     w.add_argument("--jobs", type=_positive_int, default=1, help="concurrent runs (stages lr and seeds)")
     w.add_argument("--keep-checkpoints", action="store_true", help="keep each run's final checkpoint")
+    w.add_argument("--dry-run", action="store_true", help="print the stage-1 runs and one command; run nothing")
     _add_runtime(w)
     parser.commands = sub.choices
     return parser
@@ -401,6 +402,14 @@ def cmd_sweep(args, parser) -> None:
                       tokenizer=args.tokenizer, vocab_size=args.vocab_size, eval_every=args.eval_every,
                       eval_tokens=args.eval_tokens, jobs=args.jobs, device=args.device,
                       dtype=args.dtype, keep_checkpoints=args.keep_checkpoints)
+    if args.dry_run:
+        from .train.sweep import plan, train_command
+        runs = plan(cfg, "lr")
+        for run in runs:
+            print(run.folder(Path(cfg.out)))
+        print(f"{len(runs)} stage-lr runs, {args.jobs} at a time; e.g.\n"
+              + " ".join(train_command(cfg, runs[0], runs[0].folder(Path(cfg.out)))))
+        return
     import signal
 
     def stop(signum, frame):  # `timeout` sends SIGTERM: stop the runs in flight, keep the finished
