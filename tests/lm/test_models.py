@@ -250,3 +250,27 @@ def test_bad_rnn_options():
         preset("paragru", "nano", rnn_forget_bias=-1.0)
     with pytest.raises(TypeError, match="rnn_in_proj"):
         preset("paragru", "nano", rnn_in_proj="no")
+
+
+def test_mamba_kernel_import_leaves_no_stub_package(tmp_path, monkeypatch):
+    """An installed mamba_ssm whose __init__ fails (no CUDA extension): the SSD module is
+    loaded through a stand-in package that is gone again afterwards."""
+    import sys
+
+    from pararnn.models.mamba2 import _import_mamba_ssd
+    triton_dir = tmp_path / "mamba_ssm" / "ops" / "triton"
+    triton_dir.mkdir(parents=True)
+    (tmp_path / "mamba_ssm" / "__init__.py").write_text("raise ImportError('no CUDA extension')\n")
+    (tmp_path / "mamba_ssm" / "ops" / "__init__.py").write_text("")
+    (triton_dir / "__init__.py").write_text("")
+    (triton_dir / "helper.py").write_text("SCALE = 3\n")
+    (triton_dir / "ssd_combined.py").write_text(
+        "from mamba_ssm.ops.triton.helper import SCALE\n"
+        "def mamba_chunk_scan_combined(x):\n    return SCALE * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = set(sys.modules)
+    kernel = _import_mamba_ssd()
+    assert kernel(2) == 6
+    assert not [m for m in set(sys.modules) - before if m.startswith("mamba_ssm")]
+    with pytest.raises(ImportError, match="no CUDA extension"):
+        import mamba_ssm  # noqa: F401  (the real package, untouched by the stand-in)
