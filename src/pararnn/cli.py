@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", default=d.schedule, choices=["cosine", "wsd"],
                    help="wsd: warm-up, constant, linear decay over the last 20%%")
     t.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="default: 5%% of --max-steps")
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="on the matrices of linear maps only (the same rule for every model)")
+    t.add_argument("--recurrent-lr-mult", type=float, default=d.recurrent_lr_mult,
+                   help="LR multiplier of the ParaRNN cells' recurrent vectors (a, peepholes)")
     t.add_argument("--grad-clip", type=float, default=d.grad_clip)
     t.add_argument("--eval-every", type=int, default=d.eval_every)
     t.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="held-out tokens per validation")

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pararnn.models import MODELS, SIZES, build_model, preset
-from pararnn.models.blocks import cache_tensors, sample
+from pararnn.models.blocks import GatedRMSNorm, cache_tensors, sample
 from pararnn.models.mamba2 import ssd_backend, ssd_chunked, ssd_sequential
 
 # (model, block) pairs: every model, and the paper's block options for the ParaRNN mixers
@@ -169,6 +170,9 @@ RNN_OPTIONS = [
     ("paralstm", "standard", dict(rnn_expand=2)),
     ("paragru", "paper", dict(rnn_init="paper", rnn_forget_bias=2.0)),
     ("paralstm", "paper", dict(rnn_init="paper", rnn_forget_bias=2.0, rnn_heads=1)),
+    ("paragru", "paper", dict(rnn_output="gate")),
+    ("paralstm", "paper", dict(rnn_output="norm", rnn_in_proj=False)),
+    ("paragru", "standard", dict(rnn_output="gated_norm", rnn_in_proj=False, init_std=0.05)),
 ]
 
 
@@ -231,6 +235,37 @@ def test_paper_init_scales_the_input_projections():
                                     n_layers=1))
         weight = lm.blocks[0].mixer.rnn.projection.weight
         assert abs(weight.var().item() / expected - 1) < 0.05, (init, weight.var().item())
+
+
+@pytest.mark.parametrize("output,norm,gated", [("none", None, False), ("norm", "RMSNorm", False),
+                                               ("gate", None, True), ("gated_norm", "GatedRMSNorm", True)])
+def test_rnn_output_stages(output, norm, gated):
+    mixer = small_model("paragru", "paper", rnn_output=output).blocks[0].mixer
+    assert type(mixer.norm).__name__ == (norm or "NoneType") and mixer.gated == gated
+    assert mixer.in_proj.weight.shape[0] == (2 if gated else 1) * 64
+    y = torch.randn(2, 5, 64, dtype=torch.float64)
+    gate = torch.randn(2, 5, 64, dtype=torch.float64)
+    rms = y / y.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()
+    expected = {"none": y, "norm": rms, "gate": y * F.silu(gate), "gated_norm": rms * F.silu(gate)}[output]
+    mixer.rnn.forward = lambda u, state=None: (y, y[:, -1])  # isolate the output stage
+    mixer.in_proj.forward = lambda x: torch.cat([x, gate], -1) if gated else x
+    mixer.conv = None
+    mixer.out_proj.forward = lambda h: h
+    torch.testing.assert_close(mixer(torch.zeros(2, 5, 64, dtype=torch.float64)), expected)
+    # the paper block's default output stage is the gated norm; the standard block's none
+    assert isinstance(small_model("paragru", "paper").blocks[0].mixer.norm, GatedRMSNorm)
+    assert small_model("paragru").blocks[0].mixer.norm is None
+
+
+def test_init_std_scales_the_embedding_and_projections():
+    torch.manual_seed(0)
+    lm = build_model(preset("paragru", "small", n_layers=1, init_std=0.05))
+    assert abs(lm.embed.weight.std().item() / 0.05 - 1) < 0.05
+    assert abs(lm.blocks[0].mlp.gate_up.weight.std().item() / 0.05 - 1) < 0.05
+    with pytest.raises(ValueError, match="init_std"):
+        preset("paragru", "nano", init_std=0)
+    with pytest.raises(ValueError, match="rnn_output"):
+        preset("paragru", "nano", rnn_output="gated")
 
 
 def test_model_does_not_change_the_callers_config():

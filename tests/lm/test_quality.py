@@ -32,11 +32,18 @@ def corpus_dir(tmp_path_factory):
                                          ("transformer", "paper"), ("mamba2", "standard")])
 def test_weight_decay_only_on_linear_matrices(model, block):
     lm = build_model(preset(model, "nano", block=block, vocab_size=64))
-    decayed, exempt = loop.weight_decay_groups(lm, 0.1)
-    assert decayed["weight_decay"] == 0.1 and exempt["weight_decay"] == 0.0
+    groups = loop.optimizer_groups(lm, lr=1e-3, weight_decay=0.1, recurrent_lr_mult=0.5)
+    decayed, exempt = groups[:2]
+    assert decayed["weight_decay"] == 0.1 and all(g["weight_decay"] == 0.0 for g in groups[1:])
     names = {id(p): n for n, p in lm.named_parameters()}
     decayed_names = {names[id(p)] for p in decayed["params"]}
-    exempt_names = {names[id(p)] for p in exempt["params"]}
+    exempt_names = {names[id(p)] for g in groups[1:] for p in g["params"]}
+    if model.startswith("para"):  # the recurrent vectors learn at lr x recurrent_lr_mult
+        assert groups[2]["lr"] == 5e-4 and decayed["lr"] == exempt["lr"] == 1e-3
+        assert {names[id(p)].rsplit(".", 1)[-1] for p in groups[2]["params"]} == (
+            {"a", "peephole"} if model == "paralstm" else {"a"})
+    else:
+        assert len(groups) == 2
     assert len(decayed_names) + len(exempt_names) == len(names)
     assert "embed.weight" in exempt_names
     for name in exempt_names - {"embed.weight"}:
@@ -105,6 +112,15 @@ def test_model_options_parse_and_reject_bad_input():
         parse_model_options("rnn_expand")
     entry = parse_entry("paralstm+std=block=standard,rnn_heads=1", "paper")
     assert (entry.model, entry.block, entry.options) == ("paralstm", "standard", {"rnn_heads": 1})
+    entry = parse_entry("paragru+wsd=schedule=wsd,recurrent_lr_mult=0.1,rnn_expand=2", "paper")
+    assert entry.options == {"rnn_expand": 2}
+    assert entry.train_options == {"schedule": "wsd", "recurrent_lr_mult": 0.1}
+    from pararnn.train.sweep import Run, SweepConfig, train_command
+    command = train_command(SweepConfig(out="o", entries=[entry], lrs={}), Run("lr", entry, 1e-3, 0, 4), Path("r"))
+    assert command[command.index("--schedule") + 1] == "wsd"
+    assert command[command.index("--recurrent-lr-mult") + 1] == "0.1"
+    with pytest.raises(ValueError, match="--schedule"):
+        parse_entry("paragru+x=schedule=linear", "paper")
     with pytest.raises(ValueError, match="must start with a model"):
         parse_entry("gru+x=rnn_expand=2", "paper")
     with pytest.raises(SystemExit):

@@ -122,10 +122,10 @@ class LanguageModel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 style: N(0, 0.02) for the embedding and the block projections, scaled by
+        """GPT-2 style: N(0, ``init_std`` = 0.02) for the embedding and the block projections, scaled by
         ``1/sqrt(2 n_layers)`` for the projections that write into the residual stream.
         Mixers initialise their own internals (cell parameters, conv, SSM parameters)."""
-        std = 0.02
+        std = self.cfg.init_std
         nn.init.normal_(self.embed.weight, 0.0, std)
         for block in self.blocks:
             nn.init.normal_(block.mlp.gate_up.weight, 0.0, std)

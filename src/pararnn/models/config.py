@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 MODELS = ("paragru", "paralstm", "transformer", "mamba2")
 RNN_INITS = ("gpt2", "paper")
+RNN_OUTPUTS = ("none", "norm", "gate", "gated_norm")
 
 # name -> (d_model, n_layers). Counts below are the blocks' parameters ("non-embedding"),
 # which are the same for every model of a preset; tests/lm/test_models.py checks them.
@@ -59,6 +60,10 @@ class ModelConfig:
     rnn_in_proj: bool = True
     rnn_init: str = "gpt2"  # "gpt2" or "paper" (see ParaRNNMixer.init_projections)
     rnn_forget_bias: float = 0.0  # >= 0: start long-memory (GRU b_z = -this, LSTM b_f = +this)
+    # what follows the cell: RMSNorm and/or an output gate silu(W_g x); None: "gated_norm"
+    # with gated_norm, else "none"
+    rnn_output: str | None = None
+    init_std: float = 0.02  # std of the embedding and projections (GPT-2: 0.02; 1/sqrt(d): DCLM)
     # the paper's block (DESIGN.md section 2): off by default
     conv_kernel: int = 0  # short causal depthwise conv before the cell (0: none)
     gated_norm: bool = False  # gated RMSNorm after the cell
@@ -103,6 +108,11 @@ class ModelConfig:
             raise TypeError(f"rnn_in_proj must be True or False, got {self.rnn_in_proj!r}")
         if self.rnn_init not in RNN_INITS:
             raise ValueError(f"rnn_init must be one of {', '.join(RNN_INITS)}, got {self.rnn_init!r}")
+        if self.rnn_output is not None and self.rnn_output not in RNN_OUTPUTS:
+            raise ValueError(f"rnn_output must be one of {', '.join(RNN_OUTPUTS)} or None, "
+                             f"got {self.rnn_output!r}")
+        if not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
+            raise ValueError(f"init_std must be a positive number, got {self.init_std!r}")
         if not self.rnn_forget_bias >= 0:
             raise ValueError(f"rnn_forget_bias must be >= 0, got {self.rnn_forget_bias!r}")
 

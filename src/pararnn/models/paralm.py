@@ -6,7 +6,9 @@ sequence; decoding feeds one token at a time from the previous state
 
 With the paper's block options (``conv_kernel``, ``gated_norm``; docs/DESIGN.md section 2)
 a short causal depthwise convolution (+ SiLU) runs before the cell, and the cell output
-goes through ``RMSNorm(h) * silu(W_g x)``.
+goes through ``RMSNorm(h) * silu(W_g x)``. ``rnn_output`` picks the parts of that output
+stage on their own: ``none``, ``norm`` (``RMSNorm(h)``), ``gate`` (``h * silu(W_g x)``)
+or ``gated_norm``.
 
 ``rnn_in_proj=False`` drops the ``d_model -> n`` input projection: the cell's own
 multi-head projection reads the block input, and the gated norm gets its own
@@ -26,7 +28,7 @@ from torch import nn
 
 from ..layers.reference_layers import ParaGRU, ParaLSTM
 from ..solver import NewtonConfig
-from .blocks import CausalConv1d, GatedRMSNorm
+from .blocks import CausalConv1d, GatedRMSNorm, RMSNorm
 from .config import ModelConfig
 
 
@@ -54,7 +56,8 @@ class ParaRNNMixer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         n, d = cfg.rnn_hidden, cfg.d_model
-        self.gated = cfg.gated_norm
+        output = cfg.rnn_output or ("gated_norm" if cfg.gated_norm else "none")
+        self.gated = output in ("gate", "gated_norm")
         self.init_scheme = cfg.rnn_init
         self.forget_bias = cfg.rnn_forget_bias
         if cfg.rnn_in_proj:  # the gate shares the input projection's matrix
@@ -68,7 +71,12 @@ class ParaRNNMixer(nn.Module):
         layer = ParaGRU if cfg.model == "paragru" else ParaLSTM
         self.rnn = layer(cell_input, n, num_heads=cfg.rnn_heads, recurrent_clip=cfg.recurrent_clip,
                          newton=NewtonConfig(max_iters=cfg.newton_iters))
-        self.norm = GatedRMSNorm(n, cfg.norm_eps) if self.gated else None
+        if output == "gated_norm":
+            self.norm = GatedRMSNorm(n, cfg.norm_eps)
+        elif output == "norm":
+            self.norm = RMSNorm(n, cfg.norm_eps)
+        else:
+            self.norm = None
         self.out_proj = nn.Linear(n, d, bias=False)
 
     def init_projections(self, std: float, out_std: float) -> None:
@@ -118,6 +126,10 @@ class ParaRNNMixer(nn.Module):
             y, state = self.rnn(u, state)
         if cache is not None:  # a copy: the final state may be a view of all T states
             cache["rnn"] = tuple(t.clone() for t in state) if isinstance(state, tuple) else state.clone()
-        if self.gated:
+        if isinstance(self.norm, GatedRMSNorm):
             y = self.norm(y, gate)
+        elif self.norm is not None:
+            y = self.norm(y)
+        elif self.gated:
+            y = y * F.silu(gate)
         return self.out_proj(y.to(x.dtype))

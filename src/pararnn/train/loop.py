@@ -25,6 +25,7 @@ from ..data import (BPETokenizer, ByteTokenizer, DataError, eval_batches, eval_s
                     load_tokenizer, train_batch)
 from ..data.batches import check_length
 from ..models import SIZES, build_model, preset
+from ..cells.base import Cell
 from ..layers.projection import MultiHeadProjection
 from ..models.config import MODELS, check_model_options, round_up
 from ..models.flops import peak_flops, train_flops_per_token
@@ -53,6 +54,7 @@ class TrainConfig:
     schedule: str = "cosine"  # or "wsd": warm-up, constant, linear decay over the last 20%
     warmup_steps: int | None = None  # None: 5% of max_steps
     weight_decay: float = 0.1
+    recurrent_lr_mult: float = 1.0  # LR multiplier of the ParaRNN cells' recurrent vectors
     grad_clip: float = 1.0
     eval_every: int = 100
     eval_tokens: int = 65536
@@ -86,6 +88,8 @@ class TrainConfig:
             raise ValueError(f"--tokenizer must be byte or bpe, got {self.tokenizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not self.recurrent_lr_mult > 0:
+            raise ValueError(f"--recurrent-lr-mult must be positive, got {self.recurrent_lr_mult}")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ValueError(f"--peak-tflops must be positive, got {self.peak_tflops}")
         check_model_options(self.model_options)
@@ -129,15 +133,23 @@ def wsd_lr(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
 SCHEDULES = {"cosine": cosine_lr, "wsd": wsd_lr}
 
 
-def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def optimizer_groups(model: torch.nn.Module, *, lr: float, weight_decay: float,
+                     recurrent_lr_mult: float = 1.0) -> list[dict]:
     """AdamW parameter groups, one rule for every model: weight decay on the matrices of
     linear maps (``nn.Linear``, the cells' multi-head projections) only; none on
     embeddings (also the tied output head), norms, biases, convolutions, residual scales,
-    recurrent vectors (``a``, peepholes) or the SSM's ``A``, ``dt`` and ``D``."""
+    recurrent vectors (``a``, peepholes) or the SSM's ``A``, ``dt`` and ``D``. The
+    ParaRNN cells' recurrent vectors learn at ``lr * recurrent_lr_mult``."""
     decayed = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, MultiHeadProjection))}
+    recurrent = {id(p) for m in model.modules() if isinstance(m, Cell)
+                 for name, p in m.named_parameters(recurse=False) if name in ("a", "peephole")}
     params = list(model.parameters())
-    return [{"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
-            {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
+    groups = [{"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay, "lr": lr},
+              {"params": [p for p in params if id(p) not in decayed | recurrent], "weight_decay": 0.0, "lr": lr}]
+    if recurrent:
+        groups.append({"params": [p for p in params if id(p) in recurrent], "weight_decay": 0.0,
+                       "lr": lr * recurrent_lr_mult})
+    return groups
 
 
 @torch.no_grad()
@@ -241,8 +253,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     say(f"model: {cfg.model} {cfg.size}: {n_params:,} parameters "
         f"({model.num_params(non_embedding=True):,} without the embedding)")
     model = D.wrap_model(model, info, cfg.fsdp)  # before the optimizer: FSDP swaps the parameters
-    optimizer = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        optimizer_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         recurrent_lr_mult=cfg.recurrent_lr_mult),
+        lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.max_steps // 20)
     schedule = SCHEDULES[cfg.schedule]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(

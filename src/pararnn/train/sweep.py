@@ -48,14 +48,19 @@ DEFAULT_LRS = {
 }
 
 
+# training options a variant may change (as `pararnn train --flag value`)
+TRAIN_OPTIONS = ("schedule", "recurrent_lr_mult", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip")
+
+
 @dataclass
 class Entry:
-    """One model of the comparison: a base model plus ModelConfig overrides."""
+    """One model of the comparison: a base model plus ModelConfig and training overrides."""
 
     name: str
     model: str
     block: str
     options: dict = field(default_factory=dict)
+    train_options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -85,7 +90,8 @@ class SweepConfig:
 def parse_entry(spec: str, block: str) -> Entry:
     """A model name (``paragru``) or a variant ``NAME=key=value,...`` whose ``NAME`` starts
     with a model, e.g. ``paragru+expand2=rnn_expand=2``. The key ``block`` picks the block
-    (``standard``/``paper``); every other key is a ModelConfig override."""
+    (``standard``/``paper``), keys of :data:`TRAIN_OPTIONS` are training options, every
+    other key is a ModelConfig override."""
     name, sep, options_text = spec.partition("=")
     name = name.strip()
     if name.split("+", 1)[0] not in MODELS:
@@ -103,8 +109,17 @@ def parse_entry(spec: str, block: str) -> Entry:
     block = pairs.pop("block", block).strip()
     if block not in ("standard", "paper"):
         raise ValueError(f"block of {name!r} must be standard or paper, got {block!r}")
+    train_options = {}
+    for key in [k for k in pairs if k.strip() in TRAIN_OPTIONS]:
+        value = pairs.pop(key).strip()
+        try:
+            train_options[key.strip()] = json.loads(value)
+        except ValueError:
+            train_options[key.strip()] = value
+    from .loop import TrainConfig
+    TrainConfig(**train_options).check()  # a bad value fails here, not in every run
     options = parse_model_options(",".join(f"{k}={v}" for k, v in pairs.items()))
-    return Entry(name, name.split("+", 1)[0], block, options)
+    return Entry(name, name.split("+", 1)[0], block, options, train_options)
 
 
 def format_lr(lr: float) -> str:
@@ -141,6 +156,8 @@ def train_command(cfg: SweepConfig, run: Run, folder: Path) -> list[str]:
            "--device", cfg.device, "--dtype", cfg.dtype]
     if run.entry.options:
         cmd += ["--model-options", ",".join(f"{k}={json.dumps(v)}" for k, v in run.entry.options.items())]
+    for key, value in run.entry.train_options.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
     if cfg.data is not None:
         cmd += ["--data", cfg.data]
     if cfg.tokenizer == "bpe":
