@@ -216,3 +216,22 @@ def test_rnn_options_on_gpu_match_decoding_and_train_in_bf16(model, options):
         loss = lm(idx, idx)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in lm.parameters())
+
+
+def test_a_second_invocation_runs_its_own_entries_and_reports_all(tmp_path):
+    from pararnn.train.sweep import SweepConfig, load_sweep_config, plan, save_sweep_config
+    out = str(tmp_path / "sweep")
+    first = SweepConfig(out=out, entries=[parse_entry("transformer", "standard")], lrs={"transformer": [1e-3, 2e-3]})
+    save_sweep_config(first)
+    variant = parse_entry("paragru+x2=rnn_expand=2", "paper")
+    second = SweepConfig(out=out, entries=[variant], lrs={variant.name: [4e-3]})
+    save_sweep_config(second)
+    assert [r.entry.name for r in plan(second, "lr")] == ["paragru+x2"]
+    saved = load_sweep_config(Path(out))
+    assert [e.name for e in saved.entries] == ["transformer", "paragru+x2"]
+    assert saved.lrs == {"transformer": [1e-3, 2e-3], "paragru+x2": [4e-3]}
+    with pytest.raises(ValueError, match="other options"):
+        save_sweep_config(SweepConfig(out=out, entries=[parse_entry("paragru+x2=rnn_expand=4", "paper")],
+                                      lrs={"paragru+x2": [4e-3]}))
+    with pytest.raises(ValueError, match="needs the lr stage"):
+        plan(second, "seeds")

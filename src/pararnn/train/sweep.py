@@ -310,9 +310,13 @@ def _drive(cfg: SweepConfig, todo: list[Run], running: list, failed: list[str], 
 
 
 def save_sweep_config(cfg: SweepConfig) -> None:
+    """Write ``OUT/sweep.json``: this invocation's settings, plus the entries and LR grids
+    of earlier invocations into the same folder (the report covers all of them; the runs
+    of an invocation are those of its own entries only)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "sweep.json"
+    merged = asdict(cfg)
     if path.exists():  # a re-run must describe the same runs, or skipping would mix them
         saved = json.loads(path.read_text())
         for key in ("size", "seq_len", "batch_size", "lr_steps", "data", "tokenizer", "vocab_size"):
@@ -321,14 +325,13 @@ def save_sweep_config(cfg: SweepConfig) -> None:
                                  f"{getattr(cfg, key)!r}; use the same value or another --out")
         known = {e["name"]: e for e in saved["entries"]}
         for entry in cfg.entries:
-            if entry.name in known and known[entry.name] != asdict(entry):
+            if entry.name in known and Entry(**known[entry.name]) != entry:
                 raise ValueError(f"{out} holds entry {entry.name!r} with other options "
                                  f"({known[entry.name]}); rename the variant")
-        # keep the entries and grids of earlier invocations, so the report covers them all
         names = {e.name for e in cfg.entries}
-        cfg.entries = [Entry(**e) for e in saved["entries"] if e["name"] not in names] + cfg.entries
-        cfg.lrs = {**saved["lrs"], **cfg.lrs}
-    write_text_atomic(path, json.dumps(asdict(cfg), indent=1))
+        merged["entries"] = [e for e in saved["entries"] if e["name"] not in names] + merged["entries"]
+        merged["lrs"] = {**saved["lrs"], **cfg.lrs}
+    write_text_atomic(path, json.dumps(merged, indent=1))
 
 
 def load_sweep_config(out: Path) -> SweepConfig:
