@@ -137,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated models (empty: variants only)")
     w.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE,...",
                    help="a model with ModelConfig overrides, NAME starting with the model, e.g. "
-                   "paragru+expand2=rnn_expand=2 (block=standard|paper picks the block); repeatable")
+                   "paragru+expand2=rnn_expand=2 (block=standard|paper picks the block; schedule, "
+                   "recurrent_lr_mult, weight_decay, warmup_steps, min_lr_ratio, grad_clip are "
+                   "training options); repeatable")
     w.add_argument("--lrs", action="append", default=[], metavar="NAME=LR,LR,...",
                    help="LR grid of a model or variant (variants inherit their model's); defaults: "
                    + "; ".join(f"{m} {','.join(map(str, g))}" for m, g in DEFAULT_LRS.items()))
