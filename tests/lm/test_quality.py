@@ -15,6 +15,7 @@ from pararnn.models import build_model, preset
 from pararnn.models.config import parse_model_options
 from pararnn.models.flops import forward_flops_per_token
 from pararnn.train import TrainConfig, train
+from pararnn.train.metrics import read_metrics
 from pararnn.train.sweep import parse_entry
 
 
@@ -82,9 +83,14 @@ def test_data_order_depends_on_the_data_seed_only(corpus_dir, tmp_path, monkeypa
         out = tmp_path / f"s{seed}"
         train(TrainConfig(model="paragru", size="nano", data=str(corpus_dir), out=str(out), seq_len=16,
                           batch_size=2, max_steps=2, eval_every=2, ckpt_every=2, eval_tokens=32,
-                          seed=seed, data_seed=0, progress=False, device="cpu"))
+                          seed=seed, data_seed=0, peak_tflops=1e-3, log_every=1, progress=False,
+                          device="cpu"))
         weights.append(json.loads((out / "config.json").read_text())["train"])
     assert all(torch.equal(a, b) for a, b in zip(seen[0], seen[1]))
+    # MFU = training FLOPs/token x tokens/s / peak (here a made-up 1 GFLOP/s peak)
+    flops = json.loads((out / "config.json").read_text())["train_flops_per_token"]
+    records = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(records) == 2 and all(r["mfu"] == pytest.approx(r["tok_per_s"] * flops / 1e9) for r in records)
     assert weights[0]["data_seed"] == weights[1]["data_seed"] == 0
     assert TrainConfig(seed=5).batch_seed == 5 and TrainConfig(seed=5, data_seed=2).batch_seed == 2
 
