@@ -1,5 +1,7 @@
 """Language models: sizes, shapes, causality, cached decoding == parallel forward."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -224,6 +226,22 @@ def test_forget_bias_starts_the_state_long_memory(model, sign):
         bias = block.mixer.rnn.cell.bias
         assert torch.all(bias[0] == sign * 3.0) and torch.all(bias[1:] == 0)
     assert all(torch.all(b.mixer.rnn.cell.bias == 0) for b in small_model(model).blocks)
+
+
+@pytest.mark.parametrize("model", ["paragru", "paralstm"])
+def test_timescale_init_spreads_the_memory_gate(model):
+    """The share of new input per step, sigma(b_z) (GRU) or 1 - sigma(b_f) (LSTM), is
+    log-uniform in [1e-3, 1e-1] across channels; the other gates' biases stay 0."""
+    torch.manual_seed(0)
+    lm = build_model(preset(model, "small", n_layers=1, rnn_timescales=True))
+    bias = lm.blocks[0].mixer.rnn.cell.bias.detach().double()
+    share = torch.sigmoid(bias[0]) if model == "paragru" else 1 - torch.sigmoid(bias[0])
+    assert share.min() >= 1e-3 * (1 - 1e-6) and share.max() <= 1e-1 * (1 + 1e-6)
+    log_share = share.log()  # uniform in log space: mean near the middle of the range
+    assert abs(log_share.mean().item() - math.log(1e-2)) < 0.2 and log_share.std() > 1.0
+    assert torch.all(bias[1:] == 0)
+    with pytest.raises(TypeError, match="rnn_timescales"):
+        preset(model, "nano", rnn_timescales=1)
 
 
 def test_paper_init_scales_the_input_projections():

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import math
 
+# range of the share of new input per step that rnn_timescales draws from (log-uniform)
+TIMESCALE_SHARES = (1e-3, 1e-1)
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,6 +63,7 @@ class ParaRNNMixer(nn.Module):
         self.gated = output in ("gate", "gated_norm")
         self.init_scheme = cfg.rnn_init
         self.forget_bias = cfg.rnn_forget_bias
+        self.timescales = cfg.rnn_timescales
         if cfg.rnn_in_proj:  # the gate shares the input projection's matrix
             self.in_proj = nn.Linear(d, 2 * n if self.gated else n, bias=False)
             self.gate_proj = None
@@ -89,7 +93,7 @@ class ParaRNNMixer(nn.Module):
           1 / fan-in), recurrent vectors (``a``, peepholes) Xavier-Gaussian, biases 0.
 
         Both: ``out_proj`` N(0, ``out_std``) (it writes into the residual stream), then
-        the memory gate's bias is set from ``rnn_forget_bias``.
+        the memory gate's bias is set from ``rnn_forget_bias`` or ``rnn_timescales``.
         """
         reads_input = [m.weight for m in (self.in_proj, self.gate_proj) if m is not None]
         if self.in_proj is None:
@@ -102,12 +106,17 @@ class ParaRNNMixer(nn.Module):
                 kaiming_uniform_(weight)
             self.rnn.cell.reset_parameters()
         nn.init.normal_(self.out_proj.weight, 0.0, out_std)
-        if self.forget_bias:
-            # gate 0 is the GRU's update gate z (h' = z*cand + (1-z)*h: keep h when z is
-            # small) and the LSTM's forget gate f (c' = f*c + ...: keep c when f is large)
-            sign = -1.0 if isinstance(self.rnn, ParaGRU) else 1.0
-            with torch.no_grad():
-                self.rnn.cell.bias[0].fill_(sign * self.forget_bias)
+        # gate 0 is the GRU's update gate z (h' = z*cand + (1-z)*h: keep h when z is
+        # small) and the LSTM's forget gate f (c' = f*c + (1-f)*cand: keep c when f is large)
+        sign = -1.0 if isinstance(self.rnn, ParaGRU) else 1.0
+        bias = self.rnn.cell.bias
+        with torch.no_grad():
+            if self.timescales:  # share of new input s per channel: z = s, f = 1 - s
+                low, high = (math.log(v) for v in TIMESCALE_SHARES)
+                share = torch.empty_like(bias[0], dtype=torch.float64).uniform_(low, high).exp()
+                bias[0].copy_(-sign * torch.logit(share))
+            elif self.forget_bias:
+                bias[0].fill_(sign * self.forget_bias)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         if self.in_proj is None:
