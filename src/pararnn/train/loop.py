@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..cells.base import Cell
 from ..data import (BPETokenizer, ByteTokenizer, DataError, eval_batches, eval_starts, load_corpus,
                     load_tokenizer, train_batch)
 from ..data.batches import check_length
 from ..models import SIZES, build_model, preset
-from ..cells.base import Cell
 from ..layers.projection import MultiHeadProjection
 from ..models.config import MODELS, check_model_options, round_up
 from ..models.flops import peak_flops, train_flops_per_token
@@ -192,10 +192,11 @@ def _prepare_run_dir(cfg: TrainConfig):
         defaults = {"model_options": {}, "data_seed": None}  # runs saved before these options
         for key in ("model", "size", "block", "model_options", "data", "tokenizer", "seq_len",
                     "batch_size", "grad_accum", "data_seed"):
-            if saved.get(key, defaults.get(key)) != getattr(cfg, key):
+            value = saved.get(key, defaults.get(key))
+            if value != getattr(cfg, key):
                 raise CheckpointError(
                     f"the checkpoint in {run_dir} was trained with --{key.replace('_', '-')} "
-                    f"{saved[key]}, not {getattr(cfg, key)}; use the same value or another --out")
+                    f"{value}, not {getattr(cfg, key)}; use the same value or another --out")
         return ckpt
     if not cfg.resume and ((run_dir / "latest").exists() or (run_dir / "metrics.jsonl").exists()):
         raise ValueError(f"--out {run_dir} already holds a run; pass --resume to continue it "
