@@ -241,3 +241,15 @@ def test_a_second_invocation_runs_its_own_entries_and_reports_all(tmp_path):
                                       lrs={"paragru+x2": [4e-3]}))
     with pytest.raises(ValueError, match="needs the lr stage"):
         plan(second, "seeds")
+
+
+def test_resume_refuses_other_model_options(corpus_dir, tmp_path):
+    from pararnn.train.checkpoint import CheckpointError
+    fields = dict(model="paragru", size="nano", data=str(corpus_dir), out=str(tmp_path / "run"), seq_len=16,
+                  batch_size=2, max_steps=1, eval_every=1, ckpt_every=1, eval_tokens=32, progress=False,
+                  device="cpu", model_options={"rnn_expand": 2})
+    train(TrainConfig(**fields))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["rnn_hidden"] == 128 and config["model"]["mlp_hidden"] is not None
+    with pytest.raises(CheckpointError, match="model-options"):
+        train(TrainConfig(**{**fields, "model_options": {}, "resume": True}))
