@@ -217,7 +217,8 @@ def test_rnn_options_on_gpu_match_decoding_and_train_in_bf16(model, options):
         caches = lm.new_caches()
         stepped = torch.cat([lm(idx[:, :8], caches=caches)]
                             + [lm(idx[:, t:t + 1], caches=caches) for t in range(8, 40)], dim=1)
-    torch.testing.assert_close(stepped, full, atol=2e-4, rtol=2e-4)
+    # float32, but cuDNN runs the causal conv in TF32 (~1e-3 relative), as in test_gpu.py
+    torch.testing.assert_close(stepped, full, atol=2e-3, rtol=2e-3)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = lm(idx, idx)
     loss.backward()
