@@ -417,11 +417,17 @@ def summary_markdown(summary: dict) -> str:
                          f"{_fmt(r['tokens'], ',')} | {_fmt(r['params'] and r['params'] / 1e6, '.2f')}M | "
                          f"{_fmt(r['tok_per_s'], ',.0f')} | "
                          f"{_fmt(r['mfu'], '.1%')} |")
-        lines += ["", "Best LR per entry (* = at the edge of its grid: widen the grid):", "",
-                  "| entry | best lr | val loss | bits/byte |", "|---|---:|---:|---:|"]
-        for name, r in sorted(summary["best_lr"].items(), key=lambda kv: kv[1]["val_loss"]):
+        best = summary["best_lr"]
+        lines += ["", "Best LR per entry (* = at the edge of its grid: widen the grid); a variant "
+                  "is compared with its base model at each one's best LR:", "",
+                  "| entry | best lr | val loss | bits/byte | vs its model | vs transformer | vs mamba2 |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, r in sorted(best.items(), key=lambda kv: kv[1]["val_loss"]):
             edge = "*" if r["at_edge"] else ""
-            lines.append(f"| {name} | {format_lr(r['lr'])}{edge} | {r['val_loss']:.4f} | {r['val_bpb']:.4f} |")
+            gaps = [f"{r['val_loss'] / best[m]['val_loss'] - 1:+.1%}" if m in best and m != name else "—"
+                    for m in (r["model"], "transformer", "mamba2")]
+            lines.append(f"| {name} | {format_lr(r['lr'])}{edge} | {r['val_loss']:.4f} | {r['val_bpb']:.4f} | "
+                         + " | ".join(gaps) + " |")
         lines.append("")
     if summary["seeds"]:
         reference = {r["model"]: r["val_loss"] for r in summary["seeds"] if r["entry"] == r["model"]}
