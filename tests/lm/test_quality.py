@@ -254,3 +254,27 @@ def test_resume_refuses_other_model_options(corpus_dir, tmp_path):
     assert config["model"]["rnn_hidden"] == 128 and config["model"]["mlp_hidden"] is not None
     with pytest.raises(CheckpointError, match="model-options"):
         train(TrainConfig(**{**fields, "model_options": {}, "resume": True}))
+
+
+def test_a_diverged_run_counts_as_an_infinite_loss(tmp_path):
+    """Stage-1 results where the highest LR diverged: the best LR is the finite one and the
+    report renders the diverged row."""
+    from pararnn.train.sweep import (SweepConfig, best_lrs, diverged, save_sweep_config, summarize_sweep,
+                                     summary_markdown)
+    out = tmp_path / "sweep"
+    cfg = SweepConfig(out=str(out), entries=[parse_entry("paragru", "paper")], lrs={"paragru": [1e-3, 8e-3]})
+    save_sweep_config(cfg)
+    finite = {"run": "paragru-lr0.001-s0", "model": "paragru", "lr": 1e-3, "seed": 0, "params": 10,
+              "steps": 4, "tokens": 64, "val_loss": 3.0, "val_bpb": 4.3, "tok_per_s": 100.0, "mfu": None,
+              "curve": [[64, 3.0]], "stage": "lr", "entry": "paragru"}
+    blown = {**finite, "run": "paragru-lr0.008-s0", "lr": 8e-3, "params": None, "val_loss": math.inf,
+             "val_bpb": math.inf, "tok_per_s": None, "tokens": None, "curve": [], "diverged": True}
+    for result in (finite, blown):
+        (out / "lr" / result["run"]).mkdir(parents=True)
+        (out / "lr" / result["run"] / "result.json").write_text(json.dumps(result))
+    (out / "lr" / blown["run"] / "train.log").write_text("pararnn: error: the training loss became nan at step 3\n")
+    assert diverged(out / "lr" / blown["run"]) and not diverged(out / "lr" / finite["run"])
+    best = best_lrs(out, cfg)["paragru"]
+    assert best["lr"] == 1e-3 and best["at_edge"]
+    report = summary_markdown(summarize_sweep(out))
+    assert "| paragru | 0.008 | inf | inf | n/a | n/a |" in report

@@ -7,7 +7,7 @@ FLOPs per token = 3 x forward (the backward costs two forwards). Forward FLOPs p
   weights, plus the output head tied to the embedding: 2 x vocab x d_model);
 * attention, per layer: ``QK^T`` and ``AV`` over the causal prefix, on average
   ``(T + 1) / 2`` keys per query: ``2 x 2 x d_model x (T + 1) / 2``;
-* ParaGRU / ParaLSTM recurrence, per layer and state channel: one sequential cell step
+* ParaGRU / ParaLSTM recurrence, per layer and hidden unit: one sequential cell step
   (:data:`CELL_STEP_FLOPS`, counting each add, multiply and activation as one FLOP).
   Model FLOPs, not what the Newton solver spends: its extra iterations are overhead;
 * Mamba2, per layer: the recurrent form of the SSD, ``state = decay * state + x B^T``

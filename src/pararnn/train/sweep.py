@@ -376,6 +376,10 @@ def _fmt(value, spec: str, missing: str = "n/a") -> str:
     return missing if value is None else format(value, spec)
 
 
+def _params(count: int | None) -> str:
+    return "n/a" if count is None else f"{count / 1e6:.2f}M"
+
+
 def summarize_sweep(out: Path) -> dict:
     """Every stage's results, the best LR per entry and the seed means, from the run folders."""
     cfg = load_sweep_config(out)
@@ -414,7 +418,7 @@ def summary_markdown(summary: dict) -> str:
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(summary["lr"], key=lambda r: (r["entry"], r["lr"])):
             lines.append(f"| {r['entry']} | {format_lr(r['lr'])} | {r['val_loss']:.4f} | {r['val_bpb']:.4f} | "
-                         f"{_fmt(r['tokens'], ',')} | {_fmt(r['params'] and r['params'] / 1e6, '.2f')}M | "
+                         f"{_fmt(r['tokens'], ',')} | {_params(r['params'])} | "
                          f"{_fmt(r['tok_per_s'], ',.0f')} | "
                          f"{_fmt(r['mfu'], '.1%')} |")
         best = summary["best_lr"]
@@ -440,14 +444,14 @@ def summary_markdown(summary: dict) -> str:
             lines.append(f"| {r['entry']} | {format_lr(r['lr'])} | {','.join(map(str, r['seeds']))} | "
                          f"{r['val_loss']:.4f} ± {r['val_loss_std']:.4f} | {r['val_bpb']:.4f} ± "
                          f"{r['val_bpb_std']:.4f} | {gaps[0]} | {gaps[1]} | {r['tokens']:,} | "
-                         f"{r['params'] / 1e6:.2f}M | {r['tok_per_s']:,.0f} | {_fmt(r['mfu'], '.1%')} |")
+                         f"{_params(r['params'])} | {r['tok_per_s']:,.0f} | {_fmt(r['mfu'], '.1%')} |")
         lines.append("")
     if summary["throughput"]:
         lines += [f"## Throughput: one run at a time, {cfg['throughput_steps']} steps", "",
                   "| entry | tokens/s | MFU | params |", "|---|---:|---:|---:|"]
         for r in sorted(summary["throughput"], key=lambda r: r["entry"]):
             lines.append(f"| {r['entry']} | {_fmt(r['tok_per_s'], ',.0f')} | {_fmt(r['mfu'], '.1%')} | "
-                         f"{r['params'] / 1e6:.2f}M |")
+                         f"{_params(r['params'])} |")
         lines += ["", "MFU = training FLOPs/token (3 x forward; see pararnn.models.flops) x tokens/s "
                   "/ dense bf16 peak (989.4 TFLOP/s for an H100/H200).", ""]
     return "\n".join(lines)
