@@ -373,40 +373,15 @@ def cmd_compare(args, parser) -> None:
 
 
 def cmd_sweep(args, parser) -> None:
-    from .train.sweep import DEFAULT_LRS, STAGES, SweepConfig, parse_entry, sweep
-
-    def floats(text, what):
-        try:
-            return [float(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
-
-    entries = [parse_entry(m.strip(), args.rnn_block if m.strip() in ("paragru", "paralstm") else "standard")
-               for m in args.models.split(",") if m.strip()]
-    for spec in args.variant:
-        base = spec.split("+", 1)[0]
-        entries.append(parse_entry(spec, args.rnn_block if base in ("paragru", "paralstm") else "standard"))
-    names = [e.name for e in entries]
-    if not entries or len(set(names)) != len(names):
-        raise ValueError(f"--models/--variant must name distinct entries, got {', '.join(names) or 'none'}")
-    lrs = {e.name: list(DEFAULT_LRS[e.model]) for e in entries}
-    for spec in args.lrs:
-        name, _, grid = spec.partition("=")
-        if name not in lrs:
-            raise ValueError(f"--lrs {spec!r}: {name!r} is not one of {', '.join(names)}")
-        lrs[name] = floats(grid, f"--lrs {name}")
-        if not lrs[name] or min(lrs[name]) <= 0:
-            raise ValueError(f"--lrs {name} must list positive learning rates")
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    if not stages or any(s not in STAGES for s in stages):
-        raise ValueError(f"--stages must be a comma-separated subset of {', '.join(STAGES)}, got {args.stages!r}")
-    cfg = SweepConfig(out=args.out, entries=entries, lrs=lrs, stages=stages, size=args.size,
-                      seq_len=args.seq_len, batch_size=args.batch_size, lr_steps=args.lr_steps,
-                      final_steps=args.final_steps, throughput_steps=args.throughput_steps,
-                      seeds=[int(s) for s in floats(args.seeds, "--seeds")], data=args.data,
-                      tokenizer=args.tokenizer, vocab_size=args.vocab_size, eval_every=args.eval_every,
-                      eval_tokens=args.eval_tokens, jobs=args.jobs, device=args.device,
-                      dtype=args.dtype, keep_checkpoints=args.keep_checkpoints)
+    from .train.sweep import SweepConfig, parse_sweep_lists, sweep
+    lists = parse_sweep_lists(models=args.models, variants=args.variant, lr_grids=args.lrs,
+                              stages=args.stages, seeds=args.seeds, rnn_block=args.rnn_block)
+    cfg = SweepConfig(out=args.out, **lists, size=args.size, seq_len=args.seq_len,
+                      batch_size=args.batch_size, lr_steps=args.lr_steps, final_steps=args.final_steps,
+                      throughput_steps=args.throughput_steps, data=args.data, tokenizer=args.tokenizer,
+                      vocab_size=args.vocab_size, eval_every=args.eval_every, eval_tokens=args.eval_tokens,
+                      jobs=args.jobs, device=args.device, dtype=args.dtype,
+                      keep_checkpoints=args.keep_checkpoints)
     if args.dry_run:
         from .train.sweep import plan, train_command
         runs = plan(cfg, "lr")

@@ -278,3 +278,21 @@ def test_a_diverged_run_counts_as_an_infinite_loss(tmp_path):
     assert best["lr"] == 1e-3 and best["at_edge"]
     report = summary_markdown(summarize_sweep(out))
     assert "| paragru | 0.008 | inf | inf | n/a | n/a |" in report
+
+
+def test_sweep_lists_from_the_command_line():
+    from pararnn.train.sweep import DEFAULT_LRS, parse_sweep_lists
+    lists = parse_sweep_lists(models="transformer,paragru", variants=["paragru+x=rnn_heads=1"],
+                              lr_grids=["paragru+x=1e-3,4e-3"], stages="lr,seeds", seeds="0,1",
+                              rnn_block="paper")
+    assert [(e.name, e.block) for e in lists["entries"]] == [
+        ("transformer", "standard"), ("paragru", "paper"), ("paragru+x", "paper")]
+    assert lists["lrs"] == {"transformer": DEFAULT_LRS["transformer"], "paragru": DEFAULT_LRS["paragru"],
+                            "paragru+x": [1e-3, 4e-3]}
+    assert lists["stages"] == ["lr", "seeds"] and lists["seeds"] == [0, 1]
+    for bad, match in [(dict(models="paragru,paragru"), "distinct"), (dict(stages="lr,final"), "--stages"),
+                       (dict(lr_grids=["mamba2=1e-3"]), "not one of"), (dict(lr_grids=["paragru=a,b"]), "numbers"),
+                       (dict(seeds=""), "--seeds")]:
+        args = dict(models="paragru", variants=[], lr_grids=[], stages="lr", seeds="0", rnn_block="paper")
+        with pytest.raises(ValueError, match=match):
+            parse_sweep_lists(**{**args, **bad})

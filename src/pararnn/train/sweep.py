@@ -122,6 +122,44 @@ def parse_entry(spec: str, block: str) -> Entry:
     return Entry(name, name.split("+", 1)[0], block, options, train_options)
 
 
+def _numbers(text: str, what: str, kind=float) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def parse_sweep_lists(*, models: str, variants: list[str], lr_grids: list[str], stages: str,
+                      seeds: str, rnn_block: str) -> dict:
+    """The ``entries``, ``lrs``, ``stages`` and ``seeds`` of a :class:`SweepConfig` from the
+    command line's ``--models a,b``, ``--variant`` specs, ``--lrs NAME=a,b`` specs,
+    ``--stages a,b`` and ``--seeds 0,1``. ParaRNN entries get ``rnn_block``, the others
+    the standard block (unless a variant says ``block=...``)."""
+    def block_of(spec: str) -> str:
+        return rnn_block if spec.split("+", 1)[0].split("=", 1)[0].strip() in ("paragru", "paralstm") else "standard"
+
+    specs = [m.strip() for m in models.split(",") if m.strip()] + list(variants)
+    entries = [parse_entry(spec, block_of(spec)) for spec in specs]
+    names = [e.name for e in entries]
+    if not entries or len(set(names)) != len(names):
+        raise ValueError(f"--models/--variant must name distinct entries, got {', '.join(names) or 'none'}")
+    lrs = {e.name: list(DEFAULT_LRS[e.model]) for e in entries}
+    for spec in lr_grids:
+        name, _, grid = spec.partition("=")
+        if name not in lrs:
+            raise ValueError(f"--lrs {spec!r}: {name!r} is not one of {', '.join(names)}")
+        lrs[name] = _numbers(grid, f"--lrs {name}")
+        if not lrs[name] or min(lrs[name]) <= 0:
+            raise ValueError(f"--lrs {name} must list positive learning rates")
+    stage_list = [s.strip() for s in stages.split(",") if s.strip()]
+    if not stage_list or any(s not in STAGES for s in stage_list):
+        raise ValueError(f"--stages must be a comma-separated subset of {', '.join(STAGES)}, got {stages!r}")
+    seed_list = _numbers(seeds, "--seeds", int)
+    if not seed_list:
+        raise ValueError("--seeds must list at least one seed")
+    return {"entries": entries, "lrs": lrs, "stages": stage_list, "seeds": seed_list}
+
+
 def format_lr(lr: float) -> str:
     return f"{lr:.3g}".replace("e-0", "e-").replace("e+0", "e")
 
