@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -395,7 +396,7 @@ def cmd_sweep(args, parser) -> None:
     def stop(signum, frame):  # `timeout` sends SIGTERM: stop the runs in flight, keep the finished
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, stop)
-    failed = sweep(cfg, say=lambda *a: print(*a, flush=True))
+    failed = sweep(cfg, say=lambda *a: print(*a, flush=True), command=shlex.join(["pararnn", *args.argv]))
     print(f"report: {Path(args.out) / 'summary.md'}")
     if failed:
         raise ValueError(f"{len(failed)} run(s) failed, e.g. {failed[0]} (see its train.log); "
@@ -410,6 +411,7 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by `pararnn sweep`
     try:
         if args.command == "train" and args.config:
             # the file's values become defaults, so flags on the command line still win

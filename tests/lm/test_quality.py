@@ -158,12 +158,14 @@ def test_sweep_end_to_end_on_cpu(corpus_dir, tmp_path, capsys):
     assert math.isfinite(summary["seeds"][0]["val_loss"])
     report = (out / "summary.md").read_text()
     assert "paragru+x2" in report and "Stage 2" in report and (out / "curves_lr.png").exists()
+    assert "Device: cpu" in report and "    pararnn sweep --out " in report  # device and command
 
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/result.json")}
     capsys.readouterr()
     assert main(argv) == 0  # everything finished: nothing runs again
     assert "2 of 2 runs already finished" in capsys.readouterr().out
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*/*/result.json")}
+    report = (out / "summary.md").read_text()  # now listing both invocations
 
     (out / "summary.md").unlink()
     (out / "summary.json").unlink()

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -284,7 +285,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         write_text_atomic(run_dir / "config.json", json.dumps(
             {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict(),
              "params": n_params, "train_flops_per_token": flops_per_token,
-             "peak_flops": peak},
+             "peak_flops": peak, "device_name": _device_name(device)},
             indent=1))
     # records past the checkpoint's step (or all of them, for a run that died before its
     # first checkpoint) are dropped: this run writes them again
@@ -363,6 +364,12 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     bar.close()
     say(f"done: {step} steps, {tokens_seen:,} tokens; run folder {run_dir}")
     return val
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({os.cpu_count()} cores)"
 
 
 def _full(t):

@@ -22,6 +22,7 @@ plots from the run folders alone (``pararnn compare OUT``).
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -244,9 +245,15 @@ def run_result(folder: Path) -> dict:
 
     return {"run": folder.name, "model": config["train"]["model"], "lr": config["train"]["lr"],
             "seed": config["train"]["seed"], "params": config.get("params"),
+            "device": config.get("device_name"), "finished": _utc_now(),
+            "load_avg_1min": os.getloadavg()[0],  # CPU contention while the run finished
             "steps": val[-1]["step"], "tokens": val[-1]["tokens"], "val_loss": val[-1]["val_loss"],
             "val_bpb": val[-1]["val_bpb"], "tok_per_s": median("tok_per_s"), "mfu": median("mfu"),
             "curve": [(r["tokens"], r["val_loss"]) for r in val]}
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def plan(cfg: SweepConfig, stage: str) -> list[Run]:
@@ -347,7 +354,7 @@ def _drive(cfg: SweepConfig, todo: list[Run], running: list, failed: list[str], 
                 say(f"  FAILED {run.stage}/{folder.name} (exit {proc.returncode}); see {folder / 'train.log'}")
 
 
-def save_sweep_config(cfg: SweepConfig) -> None:
+def save_sweep_config(cfg: SweepConfig, command: str = "") -> None:
     """Write ``OUT/sweep.json``: this invocation's settings, plus the entries and LR grids
     of earlier invocations into the same folder (the report covers all of them; the runs
     of an invocation are those of its own entries only)."""
@@ -355,6 +362,7 @@ def save_sweep_config(cfg: SweepConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "sweep.json"
     merged = asdict(cfg)
+    invocation = {"command": command, "started": _utc_now()}
     if path.exists():  # a re-run must describe the same runs, or skipping would mix them
         saved = json.loads(path.read_text())
         for key in ("size", "seq_len", "batch_size", "lr_steps", "data", "tokenizer", "vocab_size"):
@@ -369,6 +377,9 @@ def save_sweep_config(cfg: SweepConfig) -> None:
         names = {e.name for e in cfg.entries}
         merged["entries"] = [e for e in saved["entries"] if e["name"] not in names] + merged["entries"]
         merged["lrs"] = {**saved["lrs"], **cfg.lrs}
+        merged["invocations"] = saved.get("invocations", []) + [invocation]
+    else:
+        merged["invocations"] = [invocation]
     write_text_atomic(path, json.dumps(merged, indent=1))
 
 
@@ -378,12 +389,14 @@ def load_sweep_config(out: Path) -> SweepConfig:
         raise ValueError(f"{out} holds no sweep.json (not a `pararnn sweep` folder)")
     saved = json.loads(path.read_text())
     saved["entries"] = [Entry(**e) for e in saved["entries"]]
+    saved.pop("invocations", None)
     return SweepConfig(**saved)
 
 
-def sweep(cfg: SweepConfig, say=print) -> list[str]:
-    """Run the stages in order, then write the report; return the failed run folders."""
-    save_sweep_config(cfg)
+def sweep(cfg: SweepConfig, say=print, command: str = "") -> list[str]:
+    """Run the stages in order, then write the report; return the failed run folders.
+    ``command``: the command line, recorded in ``sweep.json`` and the report."""
+    save_sweep_config(cfg, command)
     prepare_tokenizer(cfg, say)
     failed = []
     for stage in STAGES:
@@ -410,6 +423,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var)
 
 
+def _mean_or_none(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
 def _fmt(value, spec: str, missing: str = "n/a") -> str:
     return missing if value is None else format(value, spec)
 
@@ -421,10 +439,13 @@ def _params(count: int | None) -> str:
 def summarize_sweep(out: Path) -> dict:
     """Every stage's results, the best LR per entry and the seed means, from the run folders."""
     cfg = load_sweep_config(out)
-    summary = {"config": asdict(cfg), "lr": _collect(out, "lr"), "best_lr": best_lrs(out, cfg),
+    invocations = json.loads((Path(out) / "sweep.json").read_text()).get("invocations", [])
+    summary = {"config": asdict(cfg), "invocations": invocations, "lr": _collect(out, "lr"),
+               "best_lr": best_lrs(out, cfg),
                "seeds": [], "throughput": _collect(out, "throughput")}
+    summary["seed_runs"] = _collect(out, "seeds")
     by_entry: dict[str, list[dict]] = {}
-    for r in _collect(out, "seeds"):
+    for r in summary["seed_runs"]:
         by_entry.setdefault(r["entry"], []).append(r)
     for name, results in by_entry.items():
         loss, loss_std = _mean_std([r["val_loss"] for r in results])
@@ -434,10 +455,10 @@ def summarize_sweep(out: Path) -> dict:
             "seeds": sorted(r["seed"] for r in results), "tokens": results[0]["tokens"],
             "params": results[0]["params"], "val_loss": loss, "val_loss_std": loss_std,
             "val_bpb": bpb, "val_bpb_std": bpb_std,
-            "tok_per_s": _mean_std([r["tok_per_s"] for r in results])[0],
-            "mfu": None if results[0]["mfu"] is None else _mean_std([r["mfu"] for r in results])[0]})
+            "tok_per_s": _mean_or_none([r["tok_per_s"] for r in results]),
+            "mfu": _mean_or_none([r["mfu"] for r in results])})
     summary["seeds"].sort(key=lambda r: r["val_loss"])
-    for curve_free in summary["lr"] + summary["throughput"]:
+    for curve_free in summary["lr"] + summary["throughput"] + summary["seed_runs"]:
         curve_free.pop("curve", None)
     return summary
 
@@ -450,6 +471,13 @@ def summary_markdown(summary: dict) -> str:
              "initialisation only. Val loss in nats/token; tokens/s and MFU of stage lr/seeds "
              "runs are measured with other runs sharing the device (see the throughput table "
              "for runs alone).", ""]
+    runs = summary["lr"] + summary["throughput"] + summary["seed_runs"]
+    devices = sorted({r["device"] for r in runs if r.get("device")})
+    finished = sorted(r["finished"] for r in runs if r.get("finished"))
+    if runs:
+        lines += [f"Device: {', '.join(devices) or 'n/a'}; runs finished "
+                  f"{finished[0] if finished else 'n/a'} .. {finished[-1] if finished else 'n/a'}. Commands:", ""]
+        lines += [f"    {i['command']}    # {i['started']}" for i in summary["invocations"]] + [""]
     if summary["lr"]:
         lines += [f"## Stage 1: LR sweep ({cfg['lr_steps']} steps, seed 0)", "",
                   "| entry | lr | val loss | bits/byte | tokens | params | tokens/s | MFU |",
@@ -482,7 +510,7 @@ def summary_markdown(summary: dict) -> str:
             lines.append(f"| {r['entry']} | {format_lr(r['lr'])} | {','.join(map(str, r['seeds']))} | "
                          f"{r['val_loss']:.4f} ± {r['val_loss_std']:.4f} | {r['val_bpb']:.4f} ± "
                          f"{r['val_bpb_std']:.4f} | {gaps[0]} | {gaps[1]} | {r['tokens']:,} | "
-                         f"{_params(r['params'])} | {r['tok_per_s']:,.0f} | {_fmt(r['mfu'], '.1%')} |")
+                         f"{_params(r['params'])} | {_fmt(r['tok_per_s'], ',.0f')} | {_fmt(r['mfu'], '.1%')} |")
         lines.append("")
     if summary["throughput"]:
         lines += [f"## Throughput: one run at a time, {cfg['throughput_steps']} steps", "",
