@@ -12,9 +12,9 @@ Stages, each a folder ``OUT/<stage>/<name>-lr<lr>-s<seed>/`` holding an ordinary
 Every run sees the same batches in the same order (``--data-seed 0``); ``--seed`` changes
 only the initialisation. Runs of a stage go ``--jobs`` at a time as subprocesses (a small
 model does not fill a large GPU). A run whose ``result.json`` exists is skipped, so
-re-running the same command continues an interrupted sweep; an unfinished run restarts.
-A run checkpoints half-way (an interrupted run resumes there); checkpoints are deleted once
-a run has finished (the metrics are what the report needs).
+re-running the same command continues an interrupted sweep. A run checkpoints half-way (an
+interrupted run resumes there, or restarts if it had not got that far); checkpoints are
+deleted once a run has finished (the metrics are what the report needs).
 
 :func:`write_report` rebuilds ``summary.json``, ``summary.md`` and the validation-curve
 plots from the run folders alone (``pararnn compare OUT``).
@@ -39,8 +39,8 @@ from .metrics import read_metrics
 
 STAGES = ("lr", "seeds", "throughput")
 
-# per-model LR grids (4 values spanning 8x) centred where each model's optimum was found
-# on the small size (RESULTS.md): attention prefers lower rates than the recurrent mixers
+# per-model LR grids (4 values spanning 8x) around the best rates found so far at the
+# small size: attention prefers lower rates than the recurrent mixers
 DEFAULT_LRS = {
     "transformer": [2.5e-4, 5e-4, 1e-3, 2e-3],
     "mamba2": [5e-4, 1e-3, 2e-3, 4e-3],
