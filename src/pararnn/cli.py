@@ -6,6 +6,8 @@
     pararnn bench-decode --model paragru --size small --contexts 512,2048,8192
     pararnn sizes
     pararnn compare runs/a runs/b --plot compare.png
+    pararnn sweep --out results/lm_quality --size small --jobs 6
+    pararnn compare results/lm_quality
 
 Bad input (missing or corrupt checkpoint, empty data, unknown model, ...) ends with one
 line ``pararnn: error: ...`` and exit status 2; set ``PARARNN_TRACEBACK=1`` to see the
@@ -18,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -65,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size", default=d.size, help=f"one of {', '.join(SIZES)} (see `pararnn sizes`)")
     t.add_argument("--block", default=d.block, choices=["standard", "paper"],
                    help="paper: causal conv + gated RMSNorm + scaled residuals (ParaRNN paper)")
+    t.add_argument("--model-options", type=_model_options, default={}, metavar="KEY=VALUE,...",
+                   help="ModelConfig overrides, e.g. rnn_expand=2,rnn_init=paper")
     t.add_argument("--data", default=d.data, help="text file or directory of text files "
                    "(default: the Python standard library's source, no download)")
     t.add_argument("--out", default=d.out, help="run folder: checkpoints, metrics.jsonl, loss.png")
@@ -72,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="byte: the 256 byte values; bpe: trained on the training split, saved in the run")
     t.add_argument("--vocab-size", type=_positive_int, default=d.vocab_size,
                    help="BPE vocabulary size (--tokenizer bpe only)")
+    t.add_argument("--tokenizer-from", default=d.tokenizer_from, metavar="DIR",
+                   help="reuse the tokenizer.json in DIR (e.g. another run) instead of training a BPE")
     t.add_argument("--max-steps", type=int, default=d.max_steps,
                    help="optimizer steps to train; also the length of the LR schedule")
     t.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per training sequence")
@@ -79,11 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-steps per optimizer step")
     t.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     t.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio,
-                   help="final LR / peak LR of the cosine schedule")
+                   help="final LR / peak LR of the schedule")
+    t.add_argument("--schedule", default=d.schedule, choices=["cosine", "wsd"],
+                   help="cosine, or wsd: warm-up, constant, linear decay over the last 20%%")
     t.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
                    help="linear LR warm-up steps (default: 5%% of --max-steps)")
     t.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="AdamW weight decay (not applied to vectors and biases)")
+                   help="AdamW weight decay, on the matrices of linear maps only (the same rule for every model)")
+    t.add_argument("--recurrent-lr-mult", type=float, default=d.recurrent_lr_mult,
+                   help="LR multiplier of the ParaRNN cells' recurrent vectors (a, peepholes)")
     t.add_argument("--grad-clip", type=float, default=d.grad_clip, help="clip the gradient norm to this")
     t.add_argument("--eval-every", type=int, default=d.eval_every, help="validate every this many steps")
     t.add_argument("--eval-tokens", type=int, default=d.eval_tokens,
@@ -93,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="newest checkpoints kept on disk")
     t.add_argument("--log-every", type=int, default=d.log_every,
                    help="write a training record to metrics.jsonl every this many steps")
-    t.add_argument("--seed", type=int, default=d.seed, help="seed of the initial weights and the batches")
+    t.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the initial weights (and of the batch order without --data-seed)")
+    t.add_argument("--data-seed", type=int, default=d.data_seed,
+                   help="order of the training batches (default: --seed)")
+    t.add_argument("--peak-tflops", type=float, default=d.peak_tflops,
+                   help="device peak for the logged MFU (default: dense bf16 peak of known GPUs)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (under torchrun)")
     t.add_argument("--context-parallel", type=_positive_int, default=d.context_parallel, metavar="K",
@@ -144,12 +160,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sizes", help="parameter counts of every model at every size")
 
-    c = sub.add_parser("compare", help="table and validation-curve plot of several runs")
-    c.add_argument("runs", nargs="+", help="run folders")
+    c = sub.add_parser("compare", help="table and validation-curve plot of several runs, "
+                       "or the report of a `pararnn sweep` folder")
+    c.add_argument("runs", nargs="+", help="run folders, or one sweep folder (rewrites its "
+                   "summary.json, summary.md and curves_*.png)")
     c.add_argument("--plot", help="write the validation curves to this PNG")
     c.add_argument("--title", default="")
+
+    from .train.sweep import DEFAULT_LRS
+    w = sub.add_parser("sweep", help="fair LM comparison: per-model LR sweep, then the best LR "
+                       "over seeds, then throughput (concurrent `pararnn train` runs)")
+    w.add_argument("--out", required=True, help="sweep folder; re-running skips finished runs")
+    w.add_argument("--models", default="transformer,mamba2,paragru,paralstm",
+                   help="comma-separated models (empty: variants only)")
+    w.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE,...",
+                   help="a model with ModelConfig overrides, NAME starting with the model, e.g. "
+                   "paragru+expand2=rnn_expand=2 (block=standard|paper picks the block; schedule, "
+                   "recurrent_lr_mult, weight_decay, warmup_steps, min_lr_ratio, grad_clip are "
+                   "training options); repeatable")
+    w.add_argument("--lrs", action="append", default=[], metavar="NAME=LR,LR,...",
+                   help="LR grid of a model or variant (variants inherit their model's); defaults: "
+                   + "; ".join(f"{m} {','.join(map(str, g))}" for m, g in DEFAULT_LRS.items()))
+    w.add_argument("--stages", default="lr,seeds", help="comma-separated, in order: lr, seeds, throughput")
+    w.add_argument("--rnn-block", default="paper", choices=["standard", "paper"],
+                   help="block of the ParaRNN models (transformer and mamba2 use the standard one)")
+    w.add_argument("--size", default="small", choices=list(SIZES))
+    w.add_argument("--seq-len", type=_positive_int, default=512)
+    w.add_argument("--batch-size", type=_positive_int, default=32)
+    w.add_argument("--lr-steps", type=_positive_int, default=400, help="steps of each stage-1 run")
+    w.add_argument("--final-steps", type=_positive_int, default=1600, help="steps of each stage-2 run")
+    w.add_argument("--throughput-steps", type=_positive_int, default=100)
+    w.add_argument("--seeds", default="0,1", help="initialisation seeds of stage 2")
+    w.add_argument("--data", help="text file or folder (default: the Python standard library)")
+    w.add_argument("--tokenizer", default="byte", choices=["byte", "bpe"])
+    w.add_argument("--vocab-size", type=_positive_int, default=4096, help="BPE vocabulary size")
+    w.add_argument("--eval-every", type=_positive_int, default=100)
+    w.add_argument("--eval-tokens", type=_positive_int, default=262144)
+    w.add_argument("--jobs", type=_positive_int, default=1, help="concurrent runs (stages lr and seeds)")
+    w.add_argument("--keep-checkpoints", action="store_true", help="keep each run's final checkpoint")
+    w.add_argument("--dry-run", action="store_true", help="print the stage-1 runs and one command; run nothing")
+    _add_runtime(w)
     parser.commands = sub.choices
     return parser
+
+
+def _model_options(text: str) -> dict:
+    from .models.config import parse_model_options
+    try:
+        return parse_model_options(text)
+    except (ValueError, TypeError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _load_config(path: str) -> dict:
@@ -352,19 +412,55 @@ def cmd_sizes(args, parser) -> None:
 
 def cmd_compare(args, parser) -> None:
     from .train.metrics import plot_comparison, summarize
+    if len(args.runs) == 1 and (Path(args.runs[0]) / "sweep.json").exists():
+        from .train.sweep import summary_markdown, write_report
+        print(summary_markdown(write_report(Path(args.runs[0]))))
+        return
     rows = [summarize(Path(run)) for run in args.runs]
-    print("| run | model | params | steps | tokens | val loss | val bits/byte | train tokens/s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| run | model | params | steps | tokens | val loss | val bits/byte | train tokens/s | MFU |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         params = f"{r['params'] / 1e6:.1f}M" if r["params"] else "?"
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
         print(f"| {r['run']} | {r['model']} | {params} | {r['steps']} | {r['tokens']:,} | "
-              f"{r['val_loss']:.4f} | {r['val_bpb']:.4f} | {r['tok_per_s']:,.0f} |")
+              f"{r['val_loss']:.4f} | {r['val_bpb']:.4f} | {r['tok_per_s']:,.0f} | {mfu} |")
     if args.plot:
         plot_comparison([Path(run) for run in args.runs], Path(args.plot), args.title)
 
 
+def cmd_sweep(args, parser) -> None:
+    from .train.sweep import SweepConfig, parse_sweep_lists, sweep
+    lists = parse_sweep_lists(models=args.models, variants=args.variant, lr_grids=args.lrs,
+                              stages=args.stages, seeds=args.seeds, rnn_block=args.rnn_block)
+    cfg = SweepConfig(out=args.out, **lists, size=args.size, seq_len=args.seq_len,
+                      batch_size=args.batch_size, lr_steps=args.lr_steps, final_steps=args.final_steps,
+                      throughput_steps=args.throughput_steps, data=args.data, tokenizer=args.tokenizer,
+                      vocab_size=args.vocab_size, eval_every=args.eval_every, eval_tokens=args.eval_tokens,
+                      jobs=args.jobs, device=args.device, dtype=args.dtype,
+                      keep_checkpoints=args.keep_checkpoints)
+    if args.dry_run:
+        from .train.sweep import plan, train_command
+        runs = plan(cfg, "lr")
+        for run in runs:
+            print(run.folder(Path(cfg.out)))
+        print(f"{len(runs)} stage-lr runs, {args.jobs} at a time; e.g.\n"
+              + " ".join(train_command(cfg, runs[0], runs[0].folder(Path(cfg.out)))))
+        return
+    import signal
+
+    def stop(signum, frame):  # `timeout` sends SIGTERM: stop the runs in flight, keep the finished
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    failed = sweep(cfg, say=lambda *a: print(*a, flush=True), command=shlex.join(["pararnn", *args.argv]))
+    print(f"report: {Path(args.out) / 'summary.md'}")
+    if failed:
+        raise ValueError(f"{len(failed)} run(s) failed, e.g. {failed[0]} (see its train.log); "
+                         "re-run the same command to retry them")
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
-            "bench-decode": cmd_bench_decode, "sizes": cmd_sizes, "compare": cmd_compare}
+            "bench-decode": cmd_bench_decode, "sizes": cmd_sizes, "compare": cmd_compare,
+            "sweep": cmd_sweep}
 
 
 def _one_line_checkpoint_warnings(show):
@@ -383,6 +479,7 @@ def _one_line_checkpoint_warnings(show):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by `pararnn sweep`
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_checkpoint_warnings(warnings.showwarning)
         return _run(parser, args, argv)

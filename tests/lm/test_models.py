@@ -1,10 +1,13 @@
 """Language models: sizes, shapes, causality, cached decoding == parallel forward."""
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pararnn.models import MODELS, SIZES, build_model, preset
-from pararnn.models.blocks import cache_tensors, sample
+from pararnn.models.blocks import GatedRMSNorm, cache_tensors, sample
 from pararnn.models.mamba2 import ssd_backend, ssd_chunked, ssd_sequential
 
 # (model, block) pairs: every model, and the paper's block options for the ParaRNN mixers
@@ -159,3 +162,168 @@ def test_bad_configs():
         preset("paragru", "huge")
     with pytest.raises(ValueError, match="rnn_heads"):
         preset("paragru", "nano", rnn_heads=3)
+
+
+# ParaRNN mixer options for the ablations, each on top of the block it is meant for
+RNN_OPTIONS = [
+    ("paragru", "standard", dict(rnn_in_proj=False)),
+    ("paralstm", "paper", dict(rnn_in_proj=False)),  # conv on d_model + own gate projection
+    ("paragru", "paper", dict(rnn_expand=2, rnn_heads=1)),
+    ("paralstm", "standard", dict(rnn_expand=2)),
+    ("paragru", "paper", dict(rnn_init="paper", rnn_forget_bias=2.0)),
+    ("paralstm", "paper", dict(rnn_init="paper", rnn_forget_bias=2.0, rnn_heads=1)),
+    ("paragru", "paper", dict(rnn_output="gate")),
+    ("paralstm", "paper", dict(rnn_output="norm", rnn_in_proj=False)),
+    ("paragru", "standard", dict(rnn_output="gated_norm", rnn_in_proj=False, init_std=0.05)),
+]
+
+
+@pytest.mark.parametrize("model,block,options", RNN_OPTIONS)
+def test_rnn_options_shapes_causality_and_decoding(model, block, options):
+    lm = small_model(model, block, **options)
+    idx = torch.randint(0, 64, (2, 17))
+    loss = lm.float().train()(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in lm.parameters())
+    lm.double().eval()
+    changed = idx.clone()
+    changed[:, 9] = (changed[:, 9] + 5) % 64
+    with torch.no_grad():
+        full, other = lm(idx), lm(changed)
+        caches = lm.new_caches()
+        pieces = [lm(idx[:, :6], caches=caches)] + [lm(idx[:, t:t + 1], caches=caches) for t in range(6, 17)]
+    assert full.shape == (2, 17, 64)
+    torch.testing.assert_close(other[:, :9], full[:, :9], atol=1e-12, rtol=0)
+    assert not torch.allclose(other[:, 9:], full[:, 9:])
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-7, rtol=1e-7)
+
+
+@pytest.mark.parametrize("options", [dict(rnn_in_proj=False), dict(rnn_expand=2), dict(rnn_heads=1),
+                                     dict(rnn_expand=2, rnn_in_proj=False)])
+@pytest.mark.parametrize("block", ["standard", "paper"])
+def test_rnn_options_keep_the_parameter_count(options, block):
+    with torch.device("meta"):
+        reference = build_model(preset("transformer", "small", block=block)).num_params(non_embedding=True)
+        for model in ("paragru", "paralstm"):
+            n = build_model(preset(model, "small", block=block, **options)).num_params(non_embedding=True)
+            assert abs(n / reference - 1) < 0.03, (model, options, n, reference)
+
+
+def test_rnn_shapes_follow_the_options():
+    mixer = small_model("paragru", "paper", rnn_in_proj=False, rnn_expand=2).blocks[0].mixer
+    d = 64
+    assert mixer.in_proj is None and mixer.gate_proj.weight.shape == (2 * d, d)
+    assert mixer.conv.weight.shape[0] == d  # the conv runs on the block input
+    assert mixer.rnn.input_size == d and mixer.rnn.hidden_size == 2 * d
+    assert mixer.out_proj.weight.shape == (d, 2 * d)
+    default = small_model("paragru").blocks[0].mixer
+    assert default.in_proj.weight.shape == (d, d) and default.rnn.input_size == d
+
+
+@pytest.mark.parametrize("model,sign", [("paragru", -1.0), ("paralstm", 1.0)])
+def test_forget_bias_starts_the_state_long_memory(model, sign):
+    for block in small_model(model, rnn_forget_bias=3.0).blocks:
+        bias = block.mixer.rnn.cell.bias
+        assert torch.all(bias[0] == sign * 3.0) and torch.all(bias[1:] == 0)
+    assert all(torch.all(b.mixer.rnn.cell.bias == 0) for b in small_model(model).blocks)
+
+
+@pytest.mark.parametrize("model", ["paragru", "paralstm"])
+def test_timescale_init_spreads_the_memory_gate(model):
+    """The share of new input per step, sigma(b_z) (GRU) or 1 - sigma(b_f) (LSTM), is
+    log-uniform in [1e-3, 1e-1] across channels; the other gates' biases stay 0."""
+    torch.manual_seed(0)
+    lm = build_model(preset(model, "small", n_layers=1, rnn_timescales=True))
+    bias = lm.blocks[0].mixer.rnn.cell.bias.detach().double()
+    share = torch.sigmoid(bias[0]) if model == "paragru" else 1 - torch.sigmoid(bias[0])
+    assert share.min() >= 1e-3 * (1 - 1e-6) and share.max() <= 1e-1 * (1 + 1e-6)
+    log_share = share.log()  # uniform in log space: mean near the middle of the range
+    assert abs(log_share.mean().item() - math.log(1e-2)) < 0.2 and log_share.std() > 1.0
+    assert torch.all(bias[1:] == 0)
+    with pytest.raises(TypeError, match="rnn_timescales"):
+        preset(model, "nano", rnn_timescales=1)
+
+
+def test_paper_init_scales_the_input_projections():
+    """gpt2: N(0, 0.02) on maps that read the residual stream; paper: variance 1/fan-in."""
+    torch.manual_seed(0)
+    for init, expected in (("gpt2", 0.02 ** 2), ("paper", 1 / 512)):
+        with torch.no_grad():
+            lm = build_model(preset("paragru", "small", rnn_in_proj=False, rnn_heads=1, rnn_init=init,
+                                    n_layers=1))
+        weight = lm.blocks[0].mixer.rnn.projection.weight
+        assert abs(weight.var().item() / expected - 1) < 0.05, (init, weight.var().item())
+
+
+@pytest.mark.parametrize("output,norm,gated", [("none", None, False), ("norm", "RMSNorm", False),
+                                               ("gate", None, True), ("gated_norm", "GatedRMSNorm", True)])
+def test_rnn_output_stages(output, norm, gated):
+    mixer = small_model("paragru", "paper", rnn_output=output).blocks[0].mixer
+    assert type(mixer.norm).__name__ == (norm or "NoneType") and mixer.gated == gated
+    assert mixer.in_proj.weight.shape[0] == (2 if gated else 1) * 64
+    y = torch.randn(2, 5, 64, dtype=torch.float64)
+    gate = torch.randn(2, 5, 64, dtype=torch.float64)
+    rms = y / y.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()
+    expected = {"none": y, "norm": rms, "gate": y * F.silu(gate), "gated_norm": rms * F.silu(gate)}[output]
+    mixer.rnn.forward = lambda u, state=None: (y, y[:, -1])  # isolate the output stage
+    mixer.in_proj.forward = lambda x: torch.cat([x, gate], -1) if gated else x
+    mixer.conv = None
+    mixer.out_proj.forward = lambda h: h
+    torch.testing.assert_close(mixer(torch.zeros(2, 5, 64, dtype=torch.float64)), expected)
+    # the paper block's default output stage is the gated norm; the standard block's none
+    assert isinstance(small_model("paragru", "paper").blocks[0].mixer.norm, GatedRMSNorm)
+    assert small_model("paragru").blocks[0].mixer.norm is None
+
+
+def test_init_std_scales_the_embedding_and_projections():
+    torch.manual_seed(0)
+    lm = build_model(preset("paragru", "small", n_layers=1, init_std=0.05))
+    assert abs(lm.embed.weight.std().item() / 0.05 - 1) < 0.05
+    assert abs(lm.blocks[0].mlp.gate_up.weight.std().item() / 0.05 - 1) < 0.05
+    with pytest.raises(ValueError, match="init_std"):
+        preset("paragru", "nano", init_std=0)
+    with pytest.raises(ValueError, match="rnn_output"):
+        preset("paragru", "nano", rnn_output="gated")
+
+
+def test_model_does_not_change_the_callers_config():
+    cfg = preset("paragru", "nano")
+    lm = build_model(cfg)
+    assert cfg.mlp_hidden is None and lm.cfg.mlp_hidden is not None
+
+
+def test_bad_rnn_options():
+    with pytest.raises(ValueError, match="rnn_expand"):
+        preset("paragru", "nano", rnn_expand=0)
+    with pytest.raises(ValueError, match="contradicts"):
+        preset("paragru", "nano", rnn_expand=2, rnn_hidden=64)
+    with pytest.raises(ValueError, match="rnn_init"):
+        preset("paragru", "nano", rnn_init="xavier")
+    with pytest.raises(ValueError, match="rnn_forget_bias"):
+        preset("paragru", "nano", rnn_forget_bias=-1.0)
+    with pytest.raises(TypeError, match="rnn_in_proj"):
+        preset("paragru", "nano", rnn_in_proj="no")
+
+
+def test_mamba_kernel_import_leaves_no_stub_package(tmp_path, monkeypatch):
+    """An installed mamba_ssm whose __init__ fails (no CUDA extension): the SSD module is
+    loaded through a stand-in package that is gone again afterwards."""
+    import sys
+
+    from pararnn.models.mamba2 import _import_mamba_ssd
+    triton_dir = tmp_path / "mamba_ssm" / "ops" / "triton"
+    triton_dir.mkdir(parents=True)
+    (tmp_path / "mamba_ssm" / "__init__.py").write_text("raise ImportError('no CUDA extension')\n")
+    (tmp_path / "mamba_ssm" / "ops" / "__init__.py").write_text("")
+    (triton_dir / "__init__.py").write_text("")
+    (triton_dir / "helper.py").write_text("SCALE = 3\n")
+    (triton_dir / "ssd_combined.py").write_text(
+        "from mamba_ssm.ops.triton.helper import SCALE\n"
+        "def mamba_chunk_scan_combined(x):\n    return SCALE * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = set(sys.modules)
+    kernel = _import_mamba_ssd()
+    assert kernel(2) == 6
+    assert not [m for m in set(sys.modules) - before if m.startswith("mamba_ssm")]
+    with pytest.raises(ImportError, match="no CUDA extension"):
+        import mamba_ssm  # noqa: F401  (the real package, untouched by the stand-in)

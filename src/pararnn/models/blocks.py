@@ -11,6 +11,7 @@ mixer implements ``forward(x, cache=None) -> y`` with ``x`` of shape ``(B, T, d_
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -111,9 +112,9 @@ class LanguageModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig, make_mixer) -> None:
         super().__init__()
-        if cfg.mlp_hidden is None:
+        if cfg.mlp_hidden is None:  # resolved on a copy: the caller's config stays as it was
             with torch.device("meta"):
-                cfg.mlp_hidden = matched_mlp_hidden(cfg, count_params(make_mixer(cfg)))
+                cfg = dataclasses.replace(cfg, mlp_hidden=matched_mlp_hidden(cfg, count_params(make_mixer(cfg))))
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, make_mixer(cfg)) for _ in range(cfg.n_layers))
@@ -121,10 +122,10 @@ class LanguageModel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 style: N(0, 0.02) for the embedding and the block projections, scaled by
+        """GPT-2 style: N(0, ``init_std`` = 0.02) for the embedding and the block projections, scaled by
         ``1/sqrt(2 n_layers)`` for the projections that write into the residual stream.
         Mixers initialise their own internals (cell parameters, conv, SSM parameters)."""
-        std = 0.02
+        std = self.cfg.init_std
         nn.init.normal_(self.embed.weight, 0.0, std)
         for block in self.blocks:
             nn.init.normal_(block.mlp.gate_up.weight, 0.0, std)

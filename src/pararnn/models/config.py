@@ -17,9 +17,12 @@ is chosen to give every model the parameter count of the Transformer of the same
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 MODELS = ("paragru", "paralstm", "transformer", "mamba2")
+RNN_INITS = ("gpt2", "paper")
+RNN_OUTPUTS = ("none", "norm", "gate", "gated_norm")
 
 # name -> (d_model, n_layers). Counts below are the blocks' parameters ("non-embedding"),
 # which are the same for every model of a preset; tests/lm/test_models.py checks them.
@@ -47,10 +50,24 @@ class ModelConfig:
     n_heads: int | None = None  # None: d_model // 64
     rope_base: float = 10000.0
     # ParaGRU / ParaLSTM mixer
-    rnn_hidden: int | None = None  # None: d_model
+    rnn_hidden: int | None = None  # state size n; None: rnn_expand * d_model
+    rnn_expand: int | None = None  # n = rnn_expand * d_model (None: 1, or rnn_hidden / d_model)
     rnn_heads: int | None = None  # heads of the block-diagonal input projection; None: d_model // 128
     recurrent_clip: float | None = 0.5
     newton_iters: int = 3
+    # True: Linear d -> n, then the cell's projection n -> 3n. False: the cell's projection
+    # reads d_model directly (the gated norm then gets its own d -> n gate projection)
+    rnn_in_proj: bool = True
+    rnn_init: str = "gpt2"  # "gpt2" or "paper" (see ParaRNNMixer.init_projections)
+    rnn_forget_bias: float = 0.0  # >= 0: start long-memory (GRU b_z = -this, LSTM b_f = +this)
+    # True: per channel, the memory gate's bias makes the share of new input at init
+    # log-uniform in [1e-3, 1e-1] (time constants of 10..1000 steps, like Mamba's dt init);
+    # replaces rnn_forget_bias
+    rnn_timescales: bool = False
+    # what follows the cell: RMSNorm and/or an output gate silu(W_g x); None: "gated_norm"
+    # with gated_norm, else "none"
+    rnn_output: str | None = None
+    init_std: float = 0.02  # std of the embedding and projections (GPT-2: 0.02; 1/sqrt(d): DCLM)
     # the paper's block (DESIGN.md section 2): off by default
     conv_kernel: int = 0  # short causal depthwise conv before the cell (0: none)
     gated_norm: bool = False  # gated RMSNorm after the cell
@@ -68,8 +85,13 @@ class ModelConfig:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.n_heads is None:
             self.n_heads = max(1, self.d_model // 64)
+        if self.rnn_expand is not None and (not isinstance(self.rnn_expand, int) or self.rnn_expand < 1):
+            raise ValueError(f"rnn_expand must be a positive integer or None, got {self.rnn_expand!r}")
         if self.rnn_hidden is None:
-            self.rnn_hidden = self.d_model
+            self.rnn_hidden = (1 if self.rnn_expand is None else self.rnn_expand) * self.d_model
+        elif self.rnn_expand is not None and self.rnn_hidden != self.rnn_expand * self.d_model:
+            raise ValueError(f"rnn_hidden={self.rnn_hidden} contradicts rnn_expand={self.rnn_expand} "
+                             f"(n = rnn_expand * d_model = {self.rnn_expand * self.d_model}); give one")
         if self.rnn_heads is None:
             self.rnn_heads = max(1, self.d_model // 128)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "rnn_hidden", "rnn_heads"):
@@ -86,6 +108,18 @@ class ModelConfig:
             raise ValueError("mamba_expand * d_model must be a multiple of mamba_headdim")
         if self.conv_kernel < 0:
             raise ValueError(f"conv_kernel must be >= 0, got {self.conv_kernel}")
+        for name in ("rnn_in_proj", "rnn_timescales"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.rnn_init not in RNN_INITS:
+            raise ValueError(f"rnn_init must be one of {', '.join(RNN_INITS)}, got {self.rnn_init!r}")
+        if self.rnn_output is not None and self.rnn_output not in RNN_OUTPUTS:
+            raise ValueError(f"rnn_output must be one of {', '.join(RNN_OUTPUTS)} or None, "
+                             f"got {self.rnn_output!r}")
+        if not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
+            raise ValueError(f"init_std must be a positive number, got {self.init_std!r}")
+        if not self.rnn_forget_bias >= 0:
+            raise ValueError(f"rnn_forget_bias must be >= 0, got {self.rnn_forget_bias!r}")
 
     @property
     def is_rnn(self) -> bool:
@@ -101,6 +135,37 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+# set by the run itself (--model, the tokenizer's vocabulary), never by a model option
+RUN_FIELDS = ("model", "vocab_size")
+
+
+def check_model_options(options: dict) -> None:
+    """Raise unless ``options`` is a dict of :class:`ModelConfig` overrides."""
+    if not isinstance(options, dict):
+        raise TypeError(f"model options must be a dict, got {type(options).__name__}")
+    allowed = {f.name for f in dataclasses.fields(ModelConfig)} - set(RUN_FIELDS)
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(f"unknown model option(s) {', '.join(sorted(unknown))}; "
+                         f"choose from {', '.join(sorted(allowed))}")
+
+
+def parse_model_options(text: str) -> dict:
+    """``"key=value,key=value"`` -> ``{key: value}``; a value is read as JSON (``2``,
+    ``1e-3``, ``true``, ``null``) when it parses, else kept as a string (``paper``)."""
+    options = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"model option {item!r} must look like key=value")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value.strip()
+    check_model_options(options)
+    return options
 
 
 def reference_layer_params(d_model: int) -> int:

@@ -13,7 +13,8 @@ Which implementation runs (:func:`ssd_backend`):
   ``mamba_chunk_scan_combined``, for CUDA tensors. ``import mamba_ssm`` itself imports
   the package's CUDA extension (and the Mamba3 dependencies), which such a build lacks,
   so when the plain import fails :func:`_import_mamba_ssd` loads only the Triton SSD
-  module by registering an empty ``mamba_ssm`` package object over the installed files.
+  module, through an empty ``mamba_ssm`` package object over the installed files that is
+  registered for the import only (``sys.modules`` is restored afterwards).
 * **torch** (CPU, or mamba-ssm not installed): :func:`ssd_chunked`, the same chunked SSD
   algorithm (quadratic attention-like form inside a chunk, a recurrence across chunks)
   written with einsums in float32. It is slower and uses more memory than the kernel but
@@ -42,7 +43,12 @@ _MAMBA_SSD = None  # the kernel function once imported, False when unavailable
 
 
 def _import_mamba_ssd():
-    """Return mamba-ssm's ``mamba_chunk_scan_combined`` or ``None`` (see module doc)."""
+    """Return mamba-ssm's ``mamba_chunk_scan_combined`` or ``None`` (see module doc).
+
+    Without side effects: ``sys.modules`` is left as found (a stand-in ``mamba_ssm``
+    package, needed while its Triton modules import each other, is taken out again; the
+    kernel keeps those modules alive through its globals).
+    """
     name = "mamba_ssm.ops.triton.ssd_combined"
     try:
         return importlib.import_module(name).mamba_chunk_scan_combined
@@ -51,7 +57,7 @@ def _import_mamba_ssd():
     spec = importlib.util.find_spec("mamba_ssm")
     if spec is None or not spec.submodule_search_locations:
         return None
-    previous = sys.modules.get("mamba_ssm")
+    before = {key: module for key, module in sys.modules.items() if _is_mamba_module(key)}
     package = types.ModuleType("mamba_ssm")
     package.__path__ = list(spec.submodule_search_locations)
     package.__spec__ = spec
@@ -59,11 +65,15 @@ def _import_mamba_ssd():
     try:
         return importlib.import_module(name).mamba_chunk_scan_combined
     except ImportError:
-        if previous is None:
-            del sys.modules["mamba_ssm"]
-        else:
-            sys.modules["mamba_ssm"] = previous
         return None
+    finally:
+        for key in [key for key in sys.modules if _is_mamba_module(key)]:
+            del sys.modules[key]
+        sys.modules.update(before)
+
+
+def _is_mamba_module(key: str) -> bool:
+    return key == "mamba_ssm" or key.startswith("mamba_ssm.")
 
 
 def ssd_backend(device: torch.device, prefer: str = "auto") -> str:

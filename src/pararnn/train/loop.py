@@ -3,7 +3,7 @@
 One function, :func:`train`, reads top to bottom: set up processes and the run folder,
 load data and tokenizer, build the model and optimizer (or restore them from the latest
 checkpoint), then loop: batch -> forward/backward (bf16 autocast on GPU) -> clip ->
-AdamW step -> cosine LR, with logging, validation and checkpoints at fixed intervals.
+AdamW step -> LR schedule (cosine or WSD), with logging, validation and checkpoints at fixed intervals.
 """
 
 from __future__ import annotations
@@ -15,18 +15,22 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import BPETokenizer, ByteTokenizer, DataError, eval_batches, eval_starts, load_corpus, train_batch
+from ..cells.base import Cell
+from ..data import (BPETokenizer, ByteTokenizer, DataError, eval_batches, eval_starts, load_corpus,
+                    load_tokenizer, train_batch)
 from ..data.batches import check_length
 from ..models import SIZES, build_model, preset
 from ..distributed import TRAIN_BOUNDARY_TOL, ContextMesh, context_layout, enable_context_parallel
-from ..models.config import MODELS, round_up
+from ..layers.projection import MultiHeadProjection
+from ..models.config import MODELS, check_model_options, round_up
+from ..models.flops import peak_flops, train_flops_per_token
 from . import distributed as D
 from .checkpoint import (CheckpointError, has_checkpoint, open_checkpoint, remove_stale_temporaries,
                          save_checkpoint, write_text_atomic)
@@ -39,25 +43,31 @@ class TrainConfig:
     model: str = "paragru"
     size: str = "tiny"
     block: str = "standard"  # "paper": causal conv + gated norm + scaled residuals
+    model_options: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {"rnn_expand": 2}
     data: str | None = None  # None: the Python standard library's source; stored absolute
     out: str = "runs/tiny"
     tokenizer: str = "byte"  # or "bpe" (trained on the training split, saved in the run)
     vocab_size: int = 4096  # BPE only
+    tokenizer_from: str | None = None  # a folder with a tokenizer.json to reuse (no BPE training)
     max_steps: int = 1000
     seq_len: int = 256
     batch_size: int = 16  # per process and micro-step
     grad_accum: int = 1
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
+    schedule: str = "cosine"  # or "wsd": warm-up, constant, linear decay over the last 20%
     warmup_steps: int | None = None  # None: 5% of max_steps
     weight_decay: float = 0.1
+    recurrent_lr_mult: float = 1.0  # LR multiplier of the ParaRNN cells' recurrent vectors
     grad_clip: float = 1.0
     eval_every: int = 100
     eval_tokens: int = 65536
     ckpt_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10
-    seed: int = 0
+    seed: int = 0  # the model's initialisation (and the data order unless data_seed is set)
+    data_seed: int | None = None  # the batches' order; None: seed
+    peak_tflops: float | None = None  # for MFU; None: the device's dense bf16 peak if known
     device: str = "auto"
     dtype: str = "auto"  # "auto": bf16 autocast on GPU, float32 on CPU
     compile: bool = False
@@ -84,6 +94,17 @@ class TrainConfig:
                              f"{self.context_parallel} (every rank gets an equal chunk)")
         if self.tokenizer not in ("byte", "bpe"):
             raise ValueError(f"--tokenizer must be byte or bpe, got {self.tokenizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not self.recurrent_lr_mult > 0:
+            raise ValueError(f"--recurrent-lr-mult must be positive, got {self.recurrent_lr_mult}")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise ValueError(f"--peak-tflops must be positive, got {self.peak_tflops}")
+        check_model_options(self.model_options)
+
+    @property
+    def batch_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
 
 
 def autocast_for(device: torch.device, dtype: str):
@@ -100,6 +121,43 @@ def cosine_lr(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+WSD_DECAY_FRACTION = 0.2
+
+
+def wsd_lr(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    """Warm-up, stable, decay: linear warm-up to 1, constant, then a linear decay to
+    ``min_ratio`` over the last 20% of ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    decay_start = max(warmup, total - round(WSD_DECAY_FRACTION * total))
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step - decay_start) / max(1, total - decay_start))
+    return 1.0 - (1.0 - min_ratio) * progress
+
+
+SCHEDULES = {"cosine": cosine_lr, "wsd": wsd_lr}
+
+
+def optimizer_groups(model: torch.nn.Module, *, lr: float, weight_decay: float,
+                     recurrent_lr_mult: float = 1.0) -> list[dict]:
+    """AdamW parameter groups, one rule for every model: weight decay on the matrices of
+    linear maps (``nn.Linear``, the cells' multi-head projections) only; none on
+    embeddings (also the tied output head), norms, biases, convolutions, residual scales,
+    recurrent vectors (``a``, peepholes) or the SSM's ``A``, ``dt`` and ``D``. The
+    ParaRNN cells' recurrent vectors learn at ``lr * recurrent_lr_mult``."""
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, MultiHeadProjection))}
+    recurrent = {id(p) for m in model.modules() if isinstance(m, Cell)
+                 for name, p in m.named_parameters(recurse=False) if name in ("a", "peephole")}
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay, "lr": lr},
+              {"params": [p for p in params if id(p) not in decayed | recurrent], "weight_decay": 0.0, "lr": lr}]
+    if recurrent:
+        groups.append({"params": [p for p in params if id(p) in recurrent], "weight_decay": 0.0,
+                       "lr": lr * recurrent_lr_mult})
+    return groups
 
 
 @torch.no_grad()
@@ -154,12 +212,15 @@ def _prepare_run_dir(cfg: TrainConfig):
     if cfg.resume and has_checkpoint(run_dir):
         ckpt = open_checkpoint(run_dir)
         saved = ckpt.meta["train_config"]
-        for key in ("model", "size", "block", "data", "tokenizer", "seq_len", "batch_size", "grad_accum"):
-            same = (_same_path(saved[key], cfg.data) if key == "data" else saved[key] == getattr(cfg, key))
+        defaults = {"model_options": {}, "data_seed": None}  # runs saved before these options
+        for key in ("model", "size", "block", "model_options", "data", "tokenizer", "seq_len",
+                    "batch_size", "grad_accum", "data_seed"):
+            value = saved.get(key, defaults.get(key))
+            same = _same_path(value, cfg.data) if key == "data" else value == getattr(cfg, key)
             if not same:
                 raise CheckpointError(
                     f"the checkpoint in {run_dir} was trained with --{key.replace('_', '-')} "
-                    f"{saved[key]}, not {getattr(cfg, key)}; use the same value or another --out")
+                    f"{value}, not {getattr(cfg, key)}; use the same value or another --out")
         return ckpt
     if not cfg.resume and ((run_dir / "latest").exists() or (run_dir / "metrics.jsonl").exists()):
         raise ValueError(f"--out {run_dir} already holds a run; pass --resume to continue it "
@@ -201,6 +262,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     corpus = load_corpus(cfg.data)
     if ckpt is not None:
         tokenizer = ckpt.tokenizer()
+    elif cfg.tokenizer_from is not None:
+        tokenizer = load_tokenizer(cfg.tokenizer_from)
+        if tokenizer.kind != cfg.tokenizer:
+            raise ValueError(f"--tokenizer-from {cfg.tokenizer_from} holds a {tokenizer.kind} "
+                             f"tokenizer, not {cfg.tokenizer}")
     elif cfg.tokenizer == "bpe":
         tokenizer = BPETokenizer.train(corpus.train, cfg.vocab_size)
     else:
@@ -216,8 +282,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     # --- model, optimizer, schedule ------------------------------------------------
     torch.manual_seed(cfg.seed)
     model_cfg = preset(cfg.model, cfg.size, vocab_size=round_up(tokenizer.vocab_size, 64),
-                       block=cfg.block)
+                       block=cfg.block, **cfg.model_options)
     model = build_model(model_cfg).to(device)
+    model_cfg = model.cfg  # with the derived fields (the matched MLP width) filled in
+    flops_per_token = train_flops_per_token(model, cfg.seq_len)
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops is not None else peak_flops(device)
     if context.size > 1:
         enable_context_parallel(model, context.group, boundary_tol=TRAIN_BOUNDARY_TOL)
         say(f"context parallel: {context.data_world} data x {context.size} context ranks")
@@ -225,15 +294,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     say(f"model: {cfg.model} {cfg.size}: {n_params:,} parameters "
         f"({model.num_params(non_embedding=True):,} without the embedding)")
     model = D.wrap_model(model, info, cfg.fsdp)  # before the optimizer: FSDP swaps the parameters
-    # no weight decay on vectors and biases (the cells' gate bias is a (3, N) matrix)
-    exempt = {name for name, p in model.named_parameters() if p.dim() < 2 or name.endswith("bias")}
-    decay = [p for name, p in model.named_parameters() if name not in exempt]
-    no_decay = [p for name, p in model.named_parameters() if name in exempt]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        optimizer_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         recurrent_lr_mult=cfg.recurrent_lr_mult),
         lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.max_steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(
+    schedule = SCHEDULES[cfg.schedule]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(
         s, warmup=warmup, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio))
 
     raw = model.module if hasattr(model, "module") else model  # without DDP's wrapper
@@ -256,7 +323,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         tokenizer.save(run_dir)
         write_text_atomic(run_dir / "config.json", json.dumps(
             {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict(),
-             "params": n_params},
+             "params": n_params, "train_flops_per_token": flops_per_token,
+             "peak_flops": peak, "device_name": _device_name(device)},
             indent=1))
     # records past the checkpoint's step (or all of them, for a run that died before its
     # first checkpoint) are dropped: this run writes them again
@@ -267,7 +335,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         optim_state = D.full_optimizer_state(model, optimizer, cfg.fsdp)
         if info.is_main:
             meta = {"step": step, "tokens": tokens_seen, "model": cfg.model,
-                    "data_position": {"seed": cfg.seed, "next_step": step},
+                    "data_position": {"seed": cfg.batch_seed, "next_step": step},
                     "val": val, "model_config": model_cfg.to_dict(),
                     "train_config": dataclasses.asdict(cfg)}
             train_state = {"optimizer": optim_state, "scheduler": scheduler.state_dict(),
@@ -286,7 +354,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         lr = scheduler.get_last_lr()[0]
         step_loss = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
-            x, y = train_batch(train_tokens, step, seed=cfg.seed, batch_size=cfg.batch_size,
+            x, y = train_batch(train_tokens, step, seed=cfg.batch_seed, batch_size=cfg.batch_size,
                                seq_len=cfg.seq_len, micro=micro, rank=context.data_rank,
                                world=context.data_world)
             x, y = context.chunk(x), context.chunk(y)
@@ -311,8 +379,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
             elapsed = time.perf_counter() - window_start
             tok_s = window_steps * tokens_per_step / elapsed
             if info.is_main:
-                metrics.log({"kind": "train", "step": step, "tokens": tokens_seen, "loss": loss_value,
-                             "lr": lr, "grad_norm": float(_full(grad_norm)), "tok_per_s": tok_s})
+                record = {"kind": "train", "step": step, "tokens": tokens_seen, "loss": loss_value,
+                          "lr": lr, "grad_norm": float(_full(grad_norm)), "tok_per_s": tok_s}
+                if peak:  # model FLOPs utilisation of all processes' devices together
+                    record["mfu"] = tok_s * flops_per_token / (peak * info.world)
+                metrics.log(record)
             bar.set_postfix_str(f"loss {loss_value:.3f} | {tok_s:,.0f} tok/s | lr {lr:.2e}")
             window_loss, window_steps = 0.0, 0
         bar.update(1)
@@ -340,11 +411,18 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
 def _check_memory(cfg: TrainConfig, info: D.DistInfo) -> None:
     """Refuse a model that cannot fit before loading data or allocating anything."""
     vocab = cfg.vocab_size if cfg.tokenizer == "bpe" else ByteTokenizer.vocab_size
-    model_cfg = preset(cfg.model, cfg.size, vocab_size=round_up(vocab, 64), block=cfg.block)
+    model_cfg = preset(cfg.model, cfg.size, vocab_size=round_up(vocab, 64), block=cfg.block,
+                       **cfg.model_options)
     bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and info.device.type == "cuda")
     check_training_memory(model_cfg, model=cfg.model, size=cfg.size, batch_size=cfg.batch_size,
                           seq_len=cfg.seq_len, device=info.device, autocast_bf16=bf16,
                           fsdp=cfg.fsdp, world=info.world)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({os.cpu_count()} cores)"
 
 
 def _full(t):

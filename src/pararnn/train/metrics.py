@@ -64,12 +64,14 @@ def summarize(run_dir: Path) -> dict:
     config = json.loads((run_dir / "config.json").read_text())
     val = [r for r in records if r.get("kind") == "val"]
     speeds = sorted(r["tok_per_s"] for r in records[len(records) // 2:] if r.get("kind") == "train")
+    mfus = sorted(r["mfu"] for r in records[len(records) // 2:] if "mfu" in r)
     if not val or not speeds:
         raise ValueError(f"run {run_dir} has no validation or training records yet")
     params = config.get("params")
     return {"run": run_dir.name, "model": config["train"]["model"], "params": params,
             "tokens": val[-1]["tokens"], "steps": val[-1]["step"], "val_loss": val[-1]["val_loss"],
-            "val_bpb": val[-1]["val_bpb"], "tok_per_s": speeds[len(speeds) // 2]}
+            "val_bpb": val[-1]["val_bpb"], "tok_per_s": speeds[len(speeds) // 2],
+            "mfu": mfus[len(mfus) // 2] if mfus else None}
 
 
 def plot_comparison(run_dirs: list[Path], png_path: Path, title: str = "") -> None:

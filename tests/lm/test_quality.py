@@ -1,0 +1,300 @@
+"""The comparison protocol: weight-decay rule, LR schedules, data vs init seed, FLOPs
+count, model options on the command line, and a tiny `pararnn sweep` end to end on CPU."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import pararnn.train.loop as loop
+from pararnn.cli import main
+from pararnn.data.corpus import stdlib_files
+from pararnn.models import build_model, preset
+from pararnn.models.config import parse_model_options
+from pararnn.models.flops import forward_flops_per_token
+from pararnn.train import TrainConfig, train
+from pararnn.train.metrics import read_metrics
+from pararnn.train.sweep import parse_entry
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    stdlib_root, files = stdlib_files()
+    for path in files[:40]:
+        name = path.relative_to(stdlib_root).as_posix().replace("/", "__")
+        (root / name).write_text(path.read_text(encoding="utf-8", errors="replace")[:1500])
+    return root
+
+
+@pytest.mark.parametrize("model,block", [("paragru", "paper"), ("paralstm", "standard"),
+                                         ("transformer", "paper"), ("mamba2", "standard")])
+def test_weight_decay_only_on_linear_matrices(model, block):
+    lm = build_model(preset(model, "nano", block=block, vocab_size=64))
+    groups = loop.optimizer_groups(lm, lr=1e-3, weight_decay=0.1, recurrent_lr_mult=0.5)
+    decayed, exempt = groups[:2]
+    assert decayed["weight_decay"] == 0.1 and all(g["weight_decay"] == 0.0 for g in groups[1:])
+    names = {id(p): n for n, p in lm.named_parameters()}
+    decayed_names = {names[id(p)] for p in decayed["params"]}
+    exempt_names = {names[id(p)] for g in groups[1:] for p in g["params"]}
+    if model.startswith("para"):  # the recurrent vectors learn at lr x recurrent_lr_mult
+        assert groups[2]["lr"] == 5e-4 and decayed["lr"] == exempt["lr"] == 1e-3
+        assert {names[id(p)].rsplit(".", 1)[-1] for p in groups[2]["params"]} == (
+            {"a", "peephole"} if model == "paralstm" else {"a"})
+    else:
+        assert len(groups) == 2
+    assert len(decayed_names) + len(exempt_names) == len(names)
+    assert "embed.weight" in exempt_names
+    for name in exempt_names - {"embed.weight"}:
+        leaf = name.rsplit(".", 1)[-1]
+        assert leaf in ("weight", "bias", "a", "peephole", "scale1", "scale2", "A_log", "dt_bias", "D"), name
+        assert leaf != "weight" or any(k in name for k in ("norm", "conv")), name
+    assert all(n.endswith("weight") and "norm" not in n and "conv" not in n for n in decayed_names)
+    if model.startswith("para"):
+        assert any("rnn.projection.weight" in n for n in decayed_names)
+        assert any(n.endswith("cell.a") for n in exempt_names)
+
+
+def test_wsd_schedule():
+    lrs = [loop.wsd_lr(s, warmup=10, total=100, min_ratio=0.1) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(v == 1.0 for v in lrs[10:80])  # stable until the last 20%
+    assert all(a > b for a, b in zip(lrs[80:100], lrs[81:101]))  # then a linear decay
+    assert lrs[100] == pytest.approx(0.1) and lrs[90] == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="--schedule"):
+        TrainConfig(schedule="linear").check()
+
+
+def test_data_order_depends_on_the_data_seed_only(corpus_dir, tmp_path, monkeypatch):
+    seen = []
+    original = loop.train_batch
+
+    def recording(tokens, step, *, seed, **kwargs):
+        x, y = original(tokens, step, seed=seed, **kwargs)
+        seen[-1].append(x)
+        return x, y
+
+    monkeypatch.setattr(loop, "train_batch", recording)
+    weights = []
+    for seed in (0, 1):
+        seen.append([])
+        out = tmp_path / f"s{seed}"
+        train(TrainConfig(model="paragru", size="nano", data=str(corpus_dir), out=str(out), seq_len=16,
+                          batch_size=2, max_steps=2, eval_every=2, ckpt_every=2, eval_tokens=32,
+                          seed=seed, data_seed=0, peak_tflops=1e-3, log_every=1, progress=False,
+                          device="cpu"))
+        weights.append(json.loads((out / "config.json").read_text())["train"])
+    assert all(torch.equal(a, b) for a, b in zip(seen[0], seen[1]))
+    # MFU = training FLOPs/token x tokens/s / peak (here a made-up 1 GFLOP/s peak)
+    flops = json.loads((out / "config.json").read_text())["train_flops_per_token"]
+    records = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(records) == 2 and all(r["mfu"] == pytest.approx(r["tok_per_s"] * flops / 1e9) for r in records)
+    assert weights[0]["data_seed"] == weights[1]["data_seed"] == 0
+    assert TrainConfig(seed=5).batch_seed == 5 and TrainConfig(seed=5, data_seed=2).batch_seed == 2
+
+
+def test_flops_count_of_the_transformer_by_hand():
+    lm = build_model(preset("transformer", "nano", vocab_size=64))
+    d, L, T, V, hidden = 64, 2, 32, 64, lm.cfg.mlp_hidden
+    matmuls = L * (4 * d * d + 3 * d * hidden) + V * d
+    assert forward_flops_per_token(lm, T) == 2 * matmuls + L * 2 * d * (T + 1)
+    rnn = build_model(preset("paragru", "nano", vocab_size=64, block="paper"))
+    mixer = rnn.blocks[0].mixer
+    per_layer = 2 * (mixer.in_proj.weight.numel() + mixer.rnn.projection.weight.numel()
+                     + mixer.out_proj.weight.numel() + 3 * d * rnn.cfg.mlp_hidden) + 18 * d + 2 * 4 * d
+    assert forward_flops_per_token(rnn, T) == L * per_layer + 2 * V * d
+
+
+def test_model_options_parse_and_reject_bad_input():
+    assert parse_model_options("rnn_expand=2, rnn_init=paper,recurrent_clip=null,rnn_in_proj=false") == {
+        "rnn_expand": 2, "rnn_init": "paper", "recurrent_clip": None, "rnn_in_proj": False}
+    with pytest.raises(ValueError, match="unknown model option"):
+        parse_model_options("rnn_expnad=2")
+    with pytest.raises(ValueError, match="unknown model option"):
+        parse_model_options("vocab_size=10")  # set by the tokenizer, not an option
+    with pytest.raises(ValueError, match="key=value"):
+        parse_model_options("rnn_expand")
+    entry = parse_entry("paralstm+std=block=standard,rnn_heads=1", "paper")
+    assert (entry.model, entry.block, entry.options) == ("paralstm", "standard", {"rnn_heads": 1})
+    entry = parse_entry("paragru+wsd=schedule=wsd,recurrent_lr_mult=0.1,rnn_expand=2", "paper")
+    assert entry.options == {"rnn_expand": 2}
+    assert entry.train_options == {"schedule": "wsd", "recurrent_lr_mult": 0.1}
+    from pararnn.train.sweep import Run, SweepConfig, train_command
+    command = train_command(SweepConfig(out="o", entries=[entry], lrs={}), Run("lr", entry, 1e-3, 0, 4), Path("r"))
+    assert command[command.index("--schedule") + 1] == "wsd"
+    assert command[command.index("--recurrent-lr-mult") + 1] == "0.1"
+    with pytest.raises(ValueError, match="--schedule"):
+        parse_entry("paragru+x=schedule=linear", "paper")
+    with pytest.raises(ValueError, match="must start with a model"):
+        parse_entry("gru+x=rnn_expand=2", "paper")
+    with pytest.raises(SystemExit):
+        main(["train", "--model-options", "nonsense=1"])
+
+
+@pytest.mark.slow  # ~30 s: three `pararnn train` subprocesses
+def test_sweep_end_to_end_on_cpu(corpus_dir, tmp_path, capsys):
+    """Two LRs of one variant, then its best LR at another seed: the folder layout, the
+    finished-run skip, the report, and `pararnn compare` rebuilding the report."""
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--out", str(out), "--models", "", "--variant", "paragru+x2=rnn_expand=2",
+            "--lrs", "paragru+x2=0.002,0.004", "--size", "nano", "--seq-len", "16",
+            "--batch-size", "2", "--lr-steps", "3", "--final-steps", "3", "--seeds", "1",
+            "--eval-every", "3", "--eval-tokens", "64", "--data", str(corpus_dir), "--jobs", "2",
+            "--device", "cpu"]
+    assert main(argv) == 0
+    runs = {p.name for p in (out / "lr").iterdir()}
+    assert runs == {"paragru+x2-lr0.002-s0", "paragru+x2-lr0.004-s0"}
+    summary = json.loads((out / "summary.json").read_text())
+    best = summary["best_lr"]["paragru+x2"]
+    assert {p.name for p in (out / "seeds").iterdir()} == {f"paragru+x2-lr{best['lr']:g}-s1"}
+    for run in (out / "lr").iterdir():
+        config = json.loads((run / "config.json").read_text())
+        assert config["model"]["rnn_hidden"] == 2 * 64 and config["train"]["data_seed"] == 0
+        assert (run / "result.json").exists() and not (run / "checkpoints").exists()
+    assert best["val_loss"] == min(r["val_loss"] for r in summary["lr"])
+    assert len(summary["seeds"]) == 1 and summary["seeds"][0]["seeds"] == [1]
+    assert math.isfinite(summary["seeds"][0]["val_loss"])
+    report = (out / "summary.md").read_text()
+    assert "paragru+x2" in report and "Stage 2" in report and (out / "curves_lr.png").exists()
+    assert "Device: cpu" in report and "    pararnn sweep --out " in report  # device and command
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/result.json")}
+    capsys.readouterr()
+    assert main(argv) == 0  # everything finished: nothing runs again
+    assert "2 of 2 runs already finished" in capsys.readouterr().out
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*/*/result.json")}
+    report = (out / "summary.md").read_text()  # now listing both invocations
+
+    (out / "summary.md").unlink()
+    (out / "summary.json").unlink()
+    assert main(["compare", str(out)]) == 0
+    assert (out / "summary.md").read_text() == report
+    assert report in capsys.readouterr().out
+
+
+def test_sweep_rejects_a_changed_setup(corpus_dir, tmp_path):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"size": "tiny", "seq_len": 16, "batch_size": 2,
+                                                "lr_steps": 3, "data": None, "tokenizer": "byte",
+                                                "vocab_size": 4096, "entries": [], "lrs": {}}))
+    assert main(["sweep", "--out", str(out), "--models", "paragru", "--size", "nano",
+                 "--device", "cpu"]) == 2
+    assert main(["compare", str(Path(tmp_path))]) == 2  # neither a sweep nor a run folder
+
+
+def test_bpe_sweep_trains_the_tokenizer_once(corpus_dir, tmp_path):
+    from pararnn.train.sweep import Entry, Run, SweepConfig, prepare_tokenizer, train_command
+    cfg = SweepConfig(out=str(tmp_path / "sweep"), entries=[Entry("paragru", "paragru", "paper")],
+                      lrs={"paragru": [1e-3]}, data=str(corpus_dir), tokenizer="bpe", vocab_size=300)
+    prepare_tokenizer(cfg)
+    shared = tmp_path / "sweep" / "tokenizer"
+    command = train_command(cfg, Run("lr", cfg.entries[0], 1e-3, 0, 3), tmp_path / "run")
+    assert command[command.index("--tokenizer-from") + 1] == str(shared)
+    out = tmp_path / "run"
+    train(TrainConfig(model="paragru", size="nano", data=str(corpus_dir), out=str(out), seq_len=16,
+                      batch_size=2, max_steps=1, eval_every=1, ckpt_every=1, eval_tokens=32,
+                      tokenizer="bpe", tokenizer_from=str(shared), progress=False, device="cpu"))
+    assert (out / "tokenizer.json").read_text() == (shared / "tokenizer.json").read_text()
+    with pytest.raises(ValueError, match="not byte"):
+        train(TrainConfig(model="paragru", size="nano", data=str(corpus_dir), out=str(tmp_path / "r2"),
+                          tokenizer_from=str(shared), progress=False, device="cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("model", ["paragru", "paralstm"])
+@pytest.mark.parametrize("options", [dict(rnn_in_proj=False), dict(rnn_expand=2, rnn_heads=1),
+                                     dict(rnn_init="paper", rnn_forget_bias=2.0)])
+def test_rnn_options_on_gpu_match_decoding_and_train_in_bf16(model, options):
+    """The GPU path (fused kernels) of every option: parallel forward == step-by-step
+    decoding in float32, and a bf16-autocast training step gives finite gradients."""
+    torch.manual_seed(0)
+    lm = build_model(preset(model, "nano", block="paper", vocab_size=64, **options)).cuda()
+    idx = torch.randint(0, 64, (2, 40), device="cuda")
+    with torch.no_grad():
+        full = lm(idx)
+        caches = lm.new_caches()
+        stepped = torch.cat([lm(idx[:, :8], caches=caches)]
+                            + [lm(idx[:, t:t + 1], caches=caches) for t in range(8, 40)], dim=1)
+    # float32, but cuDNN runs the causal conv in TF32 (~1e-3 relative), as in test_gpu.py
+    torch.testing.assert_close(stepped, full, atol=2e-3, rtol=2e-3)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = lm(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in lm.parameters())
+
+
+def test_a_second_invocation_runs_its_own_entries_and_reports_all(tmp_path):
+    from pararnn.train.sweep import SweepConfig, load_sweep_config, plan, save_sweep_config
+    out = str(tmp_path / "sweep")
+    first = SweepConfig(out=out, entries=[parse_entry("transformer", "standard")], lrs={"transformer": [1e-3, 2e-3]})
+    save_sweep_config(first)
+    variant = parse_entry("paragru+x2=rnn_expand=2", "paper")
+    second = SweepConfig(out=out, entries=[variant], lrs={variant.name: [4e-3]})
+    save_sweep_config(second)
+    assert [r.entry.name for r in plan(second, "lr")] == ["paragru+x2"]
+    saved = load_sweep_config(Path(out))
+    assert [e.name for e in saved.entries] == ["transformer", "paragru+x2"]
+    assert saved.lrs == {"transformer": [1e-3, 2e-3], "paragru+x2": [4e-3]}
+    with pytest.raises(ValueError, match="other options"):
+        save_sweep_config(SweepConfig(out=out, entries=[parse_entry("paragru+x2=rnn_expand=4", "paper")],
+                                      lrs={"paragru+x2": [4e-3]}))
+    with pytest.raises(ValueError, match="needs the lr stage"):
+        plan(second, "seeds")
+
+
+def test_resume_refuses_other_model_options(corpus_dir, tmp_path):
+    from pararnn.train.checkpoint import CheckpointError
+    fields = dict(model="paragru", size="nano", data=str(corpus_dir), out=str(tmp_path / "run"), seq_len=16,
+                  batch_size=2, max_steps=1, eval_every=1, ckpt_every=1, eval_tokens=32, progress=False,
+                  device="cpu", model_options={"rnn_expand": 2})
+    train(TrainConfig(**fields))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["rnn_hidden"] == 128 and config["model"]["mlp_hidden"] is not None
+    with pytest.raises(CheckpointError, match="model-options"):
+        train(TrainConfig(**{**fields, "model_options": {}, "resume": True}))
+
+
+def test_a_diverged_run_counts_as_an_infinite_loss(tmp_path):
+    """Stage-1 results where the highest LR diverged: the best LR is the finite one and the
+    report renders the diverged row."""
+    from pararnn.train.sweep import (SweepConfig, best_lrs, diverged, save_sweep_config, summarize_sweep,
+                                     summary_markdown)
+    out = tmp_path / "sweep"
+    cfg = SweepConfig(out=str(out), entries=[parse_entry("paragru", "paper")], lrs={"paragru": [1e-3, 8e-3]})
+    save_sweep_config(cfg)
+    finite = {"run": "paragru-lr0.001-s0", "model": "paragru", "lr": 1e-3, "seed": 0, "params": 10,
+              "steps": 4, "tokens": 64, "val_loss": 3.0, "val_bpb": 4.3, "tok_per_s": 100.0, "mfu": None,
+              "curve": [[64, 3.0]], "stage": "lr", "entry": "paragru"}
+    blown = {**finite, "run": "paragru-lr0.008-s0", "lr": 8e-3, "params": None, "val_loss": math.inf,
+             "val_bpb": math.inf, "tok_per_s": None, "tokens": None, "curve": [], "diverged": True}
+    for result in (finite, blown):
+        (out / "lr" / result["run"]).mkdir(parents=True)
+        (out / "lr" / result["run"] / "result.json").write_text(json.dumps(result))
+    (out / "lr" / blown["run"] / "train.log").write_text("pararnn: error: the training loss became nan at step 3\n")
+    assert diverged(out / "lr" / blown["run"]) and not diverged(out / "lr" / finite["run"])
+    best = best_lrs(out, cfg)["paragru"]
+    assert best["lr"] == 1e-3 and best["at_edge"]
+    report = summary_markdown(summarize_sweep(out))
+    assert "| paragru | 0.008 | inf | inf | n/a | n/a |" in report
+
+
+def test_sweep_lists_from_the_command_line():
+    from pararnn.train.sweep import DEFAULT_LRS, parse_sweep_lists
+    lists = parse_sweep_lists(models="transformer,paragru", variants=["paragru+x=rnn_heads=1"],
+                              lr_grids=["paragru+x=1e-3,4e-3"], stages="lr,seeds", seeds="0,1",
+                              rnn_block="paper")
+    assert [(e.name, e.block) for e in lists["entries"]] == [
+        ("transformer", "standard"), ("paragru", "paper"), ("paragru+x", "paper")]
+    assert lists["lrs"] == {"transformer": DEFAULT_LRS["transformer"], "paragru": DEFAULT_LRS["paragru"],
+                            "paragru+x": [1e-3, 4e-3]}
+    assert lists["stages"] == ["lr", "seeds"] and lists["seeds"] == [0, 1]
+    for bad, match in [(dict(models="paragru,paragru"), "distinct"), (dict(stages="lr,final"), "--stages"),
+                       (dict(lr_grids=["mamba2=1e-3"]), "not one of"), (dict(lr_grids=["paragru=a,b"]), "numbers"),
+                       (dict(seeds=""), "--seeds")]:
+        args = dict(models="paragru", variants=[], lr_grids=[], stages="lr", seeds="0", rnn_block="paper")
+        with pytest.raises(ValueError, match=match):
+            parse_sweep_lists(**{**args, **bad})
