@@ -229,19 +229,21 @@ def test_forget_bias_starts_the_state_long_memory(model, sign):
 
 
 @pytest.mark.parametrize("model", ["paragru", "paralstm"])
-def test_timescale_init_spreads_the_memory_gate(model):
-    """The share of new input per step, sigma(b_z) (GRU) or 1 - sigma(b_f) (LSTM), is
-    log-uniform in [1e-3, 1e-1] across channels; the other gates' biases stay 0."""
+def test_memory_init_spreads_the_memory_gate(model):
+    """rnn_memory=M: the initial time constant 1 / share of new input per step, with share
+    sigma(b_z) (GRU) or 1 - sigma(b_f) (LSTM), is uniform in [2, M] across channels; the
+    other gates' biases stay 0."""
     torch.manual_seed(0)
-    lm = build_model(preset(model, "small", n_layers=1, rnn_timescales=True))
+    lm = build_model(preset(model, "small", n_layers=1, rnn_memory=64))
     bias = lm.blocks[0].mixer.rnn.cell.bias.detach().double()
     share = torch.sigmoid(bias[0]) if model == "paragru" else 1 - torch.sigmoid(bias[0])
-    assert share.min() >= 1e-3 * (1 - 1e-6) and share.max() <= 1e-1 * (1 + 1e-6)
-    log_share = share.log()  # uniform in log space: mean near the middle of the range
-    assert abs(log_share.mean().item() - math.log(1e-2)) < 0.2 and log_share.std() > 1.0
+    tau = 1 / share
+    assert tau.min() >= 2 * (1 - 1e-5) and tau.max() <= 64 * (1 + 1e-5)
+    assert abs(tau.mean().item() - 33) < 2 and tau.std() > 15  # uniform: mean 33, std 17.9
     assert torch.all(bias[1:] == 0)
-    with pytest.raises(TypeError, match="rnn_timescales"):
-        preset(model, "nano", rnn_timescales=1)
+    for bad in (True, 1.5, -3):
+        with pytest.raises(ValueError, match="rnn_memory"):
+            preset(model, "nano", rnn_memory=bad)
 
 
 def test_paper_init_scales_the_input_projections():

@@ -60,10 +60,10 @@ class ModelConfig:
     rnn_in_proj: bool = True
     rnn_init: str = "gpt2"  # "gpt2" or "paper" (see ParaRNNMixer.init_projections)
     rnn_forget_bias: float = 0.0  # >= 0: start long-memory (GRU b_z = -this, LSTM b_f = +this)
-    # True: per channel, the memory gate's bias makes the share of new input at init
-    # log-uniform in [1e-3, 1e-1] (time constants of 10..1000 steps, like Mamba's dt init);
-    # replaces rnn_forget_bias
-    rnn_timescales: bool = False
+    # > 0: "chrono" init of the memory gate (replaces rnn_forget_bias): per channel, the
+    # initial time constant 1 / (share of new input per step) is uniform in [2, rnn_memory]
+    # steps. 0: off.
+    rnn_memory: float = 0.0
     # what follows the cell: RMSNorm and/or an output gate silu(W_g x); None: "gated_norm"
     # with gated_norm, else "none"
     rnn_output: str | None = None
@@ -108,9 +108,11 @@ class ModelConfig:
             raise ValueError("mamba_expand * d_model must be a multiple of mamba_headdim")
         if self.conv_kernel < 0:
             raise ValueError(f"conv_kernel must be >= 0, got {self.conv_kernel}")
-        for name in ("rnn_in_proj", "rnn_timescales"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.rnn_in_proj, bool):
+            raise TypeError(f"rnn_in_proj must be True or False, got {self.rnn_in_proj!r}")
+        if isinstance(self.rnn_memory, bool) or not isinstance(self.rnn_memory, (int, float)) or not (
+                self.rnn_memory == 0 or self.rnn_memory > 2):
+            raise ValueError(f"rnn_memory must be 0 (off) or a number of steps > 2, got {self.rnn_memory!r}")
         if self.rnn_init not in RNN_INITS:
             raise ValueError(f"rnn_init must be one of {', '.join(RNN_INITS)}, got {self.rnn_init!r}")
         if self.rnn_output is not None and self.rnn_output not in RNN_OUTPUTS:

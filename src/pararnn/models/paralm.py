@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import math
 
-# range of the share of new input per step that rnn_timescales draws from (log-uniform)
-TIMESCALE_SHARES = (1e-3, 1e-1)
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,7 +60,7 @@ class ParaRNNMixer(nn.Module):
         self.gated = output in ("gate", "gated_norm")
         self.init_scheme = cfg.rnn_init
         self.forget_bias = cfg.rnn_forget_bias
-        self.timescales = cfg.rnn_timescales
+        self.memory = cfg.rnn_memory
         if cfg.rnn_in_proj:  # the gate shares the input projection's matrix
             self.in_proj = nn.Linear(d, 2 * n if self.gated else n, bias=False)
             self.gate_proj = None
@@ -93,7 +90,7 @@ class ParaRNNMixer(nn.Module):
           1 / fan-in), recurrent vectors (``a``, peepholes) Xavier-Gaussian, biases 0.
 
         Both: ``out_proj`` N(0, ``out_std``) (it writes into the residual stream), then
-        the memory gate's bias is set from ``rnn_forget_bias`` or ``rnn_timescales``.
+        the memory gate's bias is set from ``rnn_forget_bias`` or ``rnn_memory``.
         """
         reads_input = [m.weight for m in (self.in_proj, self.gate_proj) if m is not None]
         if self.in_proj is None:
@@ -111,10 +108,9 @@ class ParaRNNMixer(nn.Module):
         sign = -1.0 if isinstance(self.rnn, ParaGRU) else 1.0
         bias = self.rnn.cell.bias
         with torch.no_grad():
-            if self.timescales:  # share of new input s per channel: z = s, f = 1 - s
-                low, high = (math.log(v) for v in TIMESCALE_SHARES)
-                share = torch.empty_like(bias[0], dtype=torch.float64).uniform_(low, high).exp()
-                bias[0].copy_(-sign * torch.logit(share))
+            if self.memory:  # chrono init: time constant tau ~ U[2, memory], share s = 1 / tau
+                tau = torch.empty_like(bias[0], dtype=torch.float64).uniform_(2.0, self.memory)
+                bias[0].copy_(-sign * torch.logit(1.0 / tau))  # GRU z = s, LSTM f = 1 - s
             elif self.forget_bias:
                 bias[0].fill_(sign * self.forget_bias)
 
