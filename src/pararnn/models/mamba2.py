@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import CausalConv1d, RMSNorm
+from .blocks import CausalConv1d, RMSNorm, StaticCache, state_dtype
 from .config import ModelConfig
 
 _MAMBA_SSD = None  # the kernel function once imported, False when unavailable
@@ -176,6 +176,8 @@ class Mamba2Mixer(nn.Module):
         nn.init.normal_(self.out_proj.weight, 0.0, out_std)
 
     def forward(self, u: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        if isinstance(cache, StaticCache):
+            return self._static_step(u, cache)
         b, l, _ = u.shape
         gn = self.ngroups * self.d_state
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.d_inner + 2 * gn, self.nheads], -1)
@@ -206,4 +208,35 @@ class Mamba2Mixer(nn.Module):
         if cache is not None:
             cache["ssm"] = state.float().detach()
         y = y.reshape(b, l, self.d_inner).to(u.dtype)
+        return self.out_proj(self.norm(y * F.silu(z)))
+
+    def static_cache(self, batch: int, max_len: int, device, dtype: torch.dtype) -> StaticCache:
+        """Zeroed conv window and SSM state (``max_len`` unused: neither grows)."""
+        conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
+        return StaticCache(
+            conv=torch.zeros(batch, conv_dim, self.conv.kernel_size - 1, device=device, dtype=dtype),
+            ssm=torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device,
+                            dtype=state_dtype(dtype)))
+
+    def load_cache(self, static: StaticCache, dynamic: dict) -> None:
+        static["conv"].copy_(dynamic["conv"])
+        static["ssm"].copy_(dynamic["ssm"])
+
+    def _static_step(self, u: torch.Tensor, cache: StaticCache) -> torch.Tensor:
+        """One token ``u`` ``(b, 1, d_model)``; updates ``cache``'s buffers in place."""
+        b = u.shape[0]
+        gn = self.ngroups * self.d_state
+        z, xBC, dt = self.in_proj(u).split([self.d_inner, self.d_inner + 2 * gn, self.nheads], -1)
+        xBC = F.silu(self.conv.static_step(xBC, cache["conv"]))[:, 0]
+        x, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
+        heads_per_group = self.nheads // self.ngroups
+        state = cache["ssm"]
+        B = B.view(b, self.ngroups, self.d_state).repeat_interleave(heads_per_group, dim=1).to(state.dtype)
+        C = C.view(b, self.ngroups, self.d_state).repeat_interleave(heads_per_group, dim=1).to(state.dtype)
+        x = x.reshape(b, self.nheads, self.headdim).to(state.dtype)
+        dt = F.softplus(dt[:, 0].to(state.dtype) + self.dt_bias.to(state.dtype))
+        A = -torch.exp(self.A_log.to(state.dtype))
+        state.copy_(ssd_step(state, x, dt, A, B, C))
+        y = torch.einsum("bhpn,bhn->bhp", state, C) + self.D.to(state.dtype)[:, None] * x
+        y = y.reshape(b, 1, self.d_inner).to(u.dtype)
         return self.out_proj(self.norm(y * F.silu(z)))

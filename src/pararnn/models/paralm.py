@@ -2,7 +2,9 @@
 
 Training and prefill run the cell with the parallel Newton solver over the whole
 sequence; decoding feeds one token at a time from the previous state
-(:func:`recurrent_step`), so the state per layer is O(1) in the context length.
+(:func:`recurrent_step`), so the state per layer is O(1) in the context length. A
+:class:`~pararnn.models.blocks.StaticCache` holds that state in buffers updated in place,
+so that a decode step can be captured in a CUDA graph (``pararnn.generation``).
 
 With the paper's block options (``conv_kernel``, ``gated_norm``; DESIGN.md section 2) a
 short causal depthwise convolution (+ SiLU) runs before the cell, and the cell output goes
@@ -16,22 +18,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import NewtonConfig, ParaGRU, ParaLSTM
-from .blocks import CausalConv1d, GatedRMSNorm
+from ..cells import ParaLSTMCell
+from .blocks import CausalConv1d, GatedRMSNorm, StaticCache, state_dtype
 from .config import ModelConfig
 
 
 def recurrent_step(rnn: nn.Module, u: torch.Tensor, state):
-    """One decode step ``(B, 1, N)`` of a ParaGRU/ParaLSTM layer from ``state``.
-
-    The single place where decoding calls the cell: a faster fused step can replace the
-    body without touching the model.
+    """One decode step ``(B, 1, N)`` of a ParaGRU/ParaLSTM layer from ``state``: the
+    multi-head projection of the one input, then one call of the cell's step (no solver,
+    and the layer's ``mode`` is left alone). Returns ``(y (B, 1, N), new_state)`` with
+    ``state`` as the layer takes it: ``h`` for ParaGRU, ``(h, c)`` for ParaLSTM.
     """
-    mode = rnn.mode
-    rnn.mode = "sequential"
-    try:
-        return rnn(u, state)
-    finally:
-        rnn.mode = mode
+    pre = rnn.projection(u[:, 0])
+    if isinstance(rnn, ParaLSTM):
+        h, c = state
+        packed = rnn.cell.step(pre, ParaLSTMCell.pack_state(h, c))
+        h, c = ParaLSTMCell.unpack_state(packed)
+        return h[:, None], (h, c)
+    h = rnn.cell.step(pre, state)
+    return h[:, None], h
 
 
 class ParaRNNMixer(nn.Module):
@@ -52,6 +57,8 @@ class ParaRNNMixer(nn.Module):
         nn.init.normal_(self.out_proj.weight, 0.0, out_std)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        if isinstance(cache, StaticCache):
+            return self._static_step(x, cache)
         u = self.in_proj(x)
         if self.gated:
             u, gate = u.chunk(2, dim=-1)
@@ -64,6 +71,39 @@ class ParaRNNMixer(nn.Module):
             y, state = self.rnn(u, state)
         if cache is not None:  # a copy: the final state may be a view of all T states
             cache["rnn"] = tuple(t.clone() for t in state) if isinstance(state, tuple) else state.clone()
+        if self.gated:
+            y = self.norm(y, gate)
+        return self.out_proj(y.to(x.dtype))
+
+    def static_cache(self, batch: int, max_len: int, device, dtype: torch.dtype) -> StaticCache:
+        """Zeroed decode buffers (the state at the start of a sequence); ``max_len`` is
+        unused: the state does not grow with the context."""
+        n, sdtype = self.rnn.hidden_size, state_dtype(dtype)
+        cache = StaticCache(rnn=tuple(torch.zeros(batch, n, device=device, dtype=sdtype)
+                                      for _ in range(2 if isinstance(self.rnn, ParaLSTM) else 1)))
+        if self.conv is not None:
+            cache["conv"] = torch.zeros(batch, n, self.conv.kernel_size - 1, device=device, dtype=dtype)
+        return cache
+
+    def load_cache(self, static: StaticCache, dynamic: dict) -> None:
+        """Copy the state a prefill left in ``dynamic`` into the buffers of ``static``."""
+        state = dynamic["rnn"]
+        for buffer, value in zip(static["rnn"], state if isinstance(state, tuple) else (state,)):
+            buffer.copy_(value)
+        if self.conv is not None:
+            static["conv"].copy_(dynamic["conv"])
+
+    def _static_step(self, x: torch.Tensor, cache: StaticCache) -> torch.Tensor:
+        """:meth:`forward` of one token that updates ``cache``'s buffers in place."""
+        u = self.in_proj(x)
+        if self.gated:
+            u, gate = u.chunk(2, dim=-1)
+        if self.conv is not None:
+            u = F.silu(self.conv.static_step(u, cache["conv"]))
+        buffers = cache["rnn"]
+        y, state = recurrent_step(self.rnn, u, buffers if len(buffers) == 2 else buffers[0])
+        for buffer, value in zip(buffers, state if isinstance(state, tuple) else (state,)):
+            buffer.copy_(value)
         if self.gated:
             y = self.norm(y, gate)
         return self.out_proj(y.to(x.dtype))

@@ -1,0 +1,185 @@
+"""The one generation path of every model: parallel prefill, then recurrent decode steps.
+
+    gen = Generator(model)                    # CUDA graph on a GPU, eager on a CPU
+    tokens = gen.generate(prompt_ids, 100, SamplingConfig(temperature=0))  # (B, <=100)
+
+:meth:`Generator.prefill` runs the prompt through the model in one parallel call (the
+Newton solve for ParaGRU/ParaLSTM, chunked SSD for Mamba2, causal attention for the
+Transformer) with dynamic caches, then copies the per-layer states into
+:class:`~pararnn.models.blocks.StaticCache` buffers allocated once per
+``(batch, max_len)``. Each decode step (:meth:`Generator.step`) reads one token per row
+from a fixed input buffer and updates those buffers in place, so on CUDA it is captured
+once in a CUDA graph and replayed per token: a step costs one graph launch instead of a
+few hundred kernel launches. The CLI (``generate``, ``bench-decode``), the Hugging Face
+wrapper (:mod:`pararnn.hf`) and the lm-eval adapter all decode through this class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .models.blocks import cache_tensors, sample
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How a token is drawn from the logits: ``temperature=0`` is greedy; ``top_k`` keeps
+    the ``k`` most likely tokens, ``top_p`` the smallest set holding that probability."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+            raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or None, got {self.top_k!r}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p!r}")
+
+    def draw(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return sample(logits, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                      generator=generator)
+
+
+GREEDY = SamplingConfig(temperature=0)
+
+
+class Generator:
+    """Decodes with ``model`` (a :class:`~pararnn.models.LanguageModel` in eval mode).
+
+    Args:
+        dtype: activation dtype of the decode buffers; a dtype below the parameters'
+            (bf16 with float32 weights) runs every call under ``torch.autocast``, as
+            training does. Default: the parameters' dtype (no autocast).
+        cuda_graph: capture the decode step in a CUDA graph (default: when the model is on
+            a CUDA device). Eager and graph steps run the same kernels on the same buffers.
+    """
+
+    def __init__(self, model, *, dtype: torch.dtype | None = None, cuda_graph: bool | None = None) -> None:
+        param = next(model.parameters())
+        self.model, self.device = model, param.device
+        self.dtype = param.dtype if dtype is None else dtype
+        if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        self.autocast = self.dtype != param.dtype
+        use_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
+        if use_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs the model on a CUDA device, it is on {self.device}")
+        self.cuda_graph = use_graph
+        self._shape: tuple[int, int] | None = None  # (batch, max_len) of the buffers
+        self._caches = None
+        self._token = self._logits = self._graph = None
+
+    # -- buffers and the captured step ---------------------------------------------------
+
+    def _context(self):
+        if not self.autocast:
+            return contextlib.nullcontext()
+        # no autocast weight cache: inside a CUDA graph the casts must be replayed kernels
+        return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False)
+
+    def reserve(self, batch: int, max_len: int) -> None:
+        """Allocate the decode buffers for ``batch`` rows of up to ``max_len`` tokens
+        (prompt included) and capture the step; a no-op when they already exist."""
+        if self._shape == (batch, max_len):
+            return
+        self._graph = self._caches = self._token = self._logits = None  # free the old ones first
+        self._caches = self.model.static_caches(batch, max_len, self.device, self.dtype)
+        self._token = torch.zeros(batch, dtype=torch.long, device=self.device)
+        self._shape = (batch, max_len)
+        if self.cuda_graph:
+            self._capture()
+
+    def _eager_step(self) -> torch.Tensor:
+        with torch.no_grad(), self._context():
+            return self.model(self._token[:, None], caches=self._caches)[:, -1]
+
+    def _capture(self) -> None:
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # warm-up outside the graph (lazy inits, cuBLAS handles)
+            for _ in range(2):
+                self._eager_step()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._logits = self._eager_step()
+        for buffer in cache_tensors(self._caches):  # the warm-up steps wrote into the state
+            buffer.zero_()
+
+    # -- decoding ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prefill(self, idx: torch.Tensor, max_len: int) -> torch.Tensor:
+        """Run prompt ``idx`` ``(B, T)`` in parallel; leave its state in the decode buffers
+        (reserved for ``max_len`` tokens) and return the next-token logits ``(B, V)``."""
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[1] < 1:
+            raise ValueError(f"idx must be a (batch, length >= 1) tensor of token ids, got "
+                             f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+        if max_len <= idx.shape[1]:
+            raise ValueError(f"max_len must exceed the prompt length {idx.shape[1]}, got {max_len}")
+        self.reserve(idx.shape[0], max_len)
+        dynamic = self.model.new_caches()
+        with self._context():
+            logits = self.model(idx.to(self.device), caches=dynamic, last_only=True)[:, -1]
+        self.model.load_caches(self._caches, dynamic)
+        return logits
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row ``(B,)`` and return the next logits ``(B, V)``. The result
+        is a buffer that the next step overwrites: clone it to keep it."""
+        self._token.copy_(tokens)
+        if self._graph is not None:
+            self._graph.replay()
+            return self._logits
+        return self._eager_step()
+
+    def state_bytes(self) -> int:
+        """Bytes of the decode buffers (states, conv windows, KV cache)."""
+        return sum(t.numel() * t.element_size() for t in cache_tensors(self._caches or []))
+
+    @torch.no_grad()
+    def stream(self, idx: torch.Tensor, max_new_tokens: int, sampling: SamplingConfig = GREEDY, *,
+               generator: torch.Generator | None = None, stop_tokens=(),
+               max_len: int | None = None) -> Iterator[torch.Tensor]:
+        """Yield up to ``max_new_tokens`` tokens ``(B,)`` after prompt ``idx`` ``(B, T)``.
+
+        A row that has drawn one of ``stop_tokens`` repeats that token; the stream ends when
+        every row has (this check synchronises with the device once per token, so it is
+        only made when ``stop_tokens`` is given). ``max_len`` sizes the buffers (default
+        ``T + max_new_tokens``): pass a fixed one to reuse one captured graph across calls.
+        """
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        max_len = idx.shape[1] + max_new_tokens if max_len is None else max_len
+        if max_len < idx.shape[1] + max_new_tokens:
+            raise ValueError(f"max_len={max_len} is shorter than the prompt ({idx.shape[1]}) "
+                             f"plus max_new_tokens ({max_new_tokens})")
+        stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=self.device)
+        finished = None
+        logits = self.prefill(idx, max_len)
+        for i in range(max_new_tokens):
+            token = sampling.draw(logits, generator)
+            if len(stops):
+                if finished is not None:
+                    token = torch.where(finished, previous, token)
+                    finished = finished | torch.isin(token, stops)
+                else:
+                    finished = torch.isin(token, stops)
+                previous = token
+            yield token
+            if i + 1 == max_new_tokens or (finished is not None and bool(finished.all())):
+                return
+            logits = self.step(token)
+
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, sampling: SamplingConfig = GREEDY,
+                 **kwargs) -> torch.Tensor:
+        """The tokens of :meth:`stream` as one ``(B, n)`` tensor, ``n <= max_new_tokens``."""
+        return torch.stack(list(self.stream(idx, max_new_tokens, sampling, **kwargs)), dim=1)
