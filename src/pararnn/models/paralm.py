@@ -19,24 +19,44 @@ from torch import nn
 
 from .. import NewtonConfig, ParaGRU, ParaLSTM
 from ..cells import ParaLSTMCell
+from ..kernels import triton_available
 from .blocks import CausalConv1d, GatedRMSNorm, StaticCache, state_dtype
 from .config import ModelConfig
 
 
-def recurrent_step(rnn: nn.Module, u: torch.Tensor, state):
+def recurrent_step(rnn: nn.Module, u: torch.Tensor, state, out=None):
     """One decode step ``(B, 1, N)`` of a ParaGRU/ParaLSTM layer from ``state``: the
-    multi-head projection of the one input, then one call of the cell's step (no solver,
-    and the layer's ``mode`` is left alone). Returns ``(y (B, 1, N), new_state)`` with
-    ``state`` as the layer takes it: ``h`` for ParaGRU, ``(h, c)`` for ParaLSTM.
+    multi-head projection of the one input, then one cell step (no solver, and the
+    layer's ``mode`` is left alone). ``state`` is what the layer takes: ``h`` for ParaGRU,
+    ``(h, c)`` for ParaLSTM. Returns ``(y (B, 1, N), new_state)``; the new state is
+    written into ``out`` (a tuple of tensors like ``(h,)`` or ``(h, c)``) when given.
+
+    On CUDA the cell step is one fused Triton kernel (:mod:`pararnn.kernels.decode_step`),
+    elsewhere the cell's own ``step``.
     """
     pre = rnn.projection(u[:, 0])
-    if isinstance(rnn, ParaLSTM):
-        h, c = state
-        packed = rnn.cell.step(pre, ParaLSTMCell.pack_state(h, c))
-        h, c = ParaLSTMCell.unpack_state(packed)
-        return h[:, None], (h, c)
-    h = rnn.cell.step(pre, state)
-    return h[:, None], h
+    lstm = isinstance(rnn, ParaLSTM)
+    states = tuple(state) if lstm else (state,)
+    if pre.is_cuda and triton_available():
+        from ..kernels import decode_step
+        pre, states = pre.contiguous(), tuple(s.contiguous() for s in states)
+        if out is None:
+            out = tuple(torch.empty(s.shape, device=s.device, dtype=state_dtype(s.dtype)) for s in states)
+        if lstm:
+            new = decode_step.lstm_step(pre, rnn.cell, *states, out=out)
+        else:
+            new = (decode_step.gru_step(pre, rnn.cell, states[0], out=out[0]),)
+    else:
+        if lstm:
+            packed = rnn.cell.step(pre, ParaLSTMCell.pack_state(*states))
+            new = ParaLSTMCell.unpack_state(packed)
+        else:
+            new = (rnn.cell.step(pre, states[0]),)
+        if out is not None:
+            for buffer, value in zip(out, new):
+                buffer.copy_(value)
+            new = out
+    return new[0][:, None], (tuple(new) if lstm else new[0])
 
 
 class ParaRNNMixer(nn.Module):
@@ -101,9 +121,7 @@ class ParaRNNMixer(nn.Module):
         if self.conv is not None:
             u = F.silu(self.conv.static_step(u, cache["conv"]))
         buffers = cache["rnn"]
-        y, state = recurrent_step(self.rnn, u, buffers if len(buffers) == 2 else buffers[0])
-        for buffer, value in zip(buffers, state if isinstance(state, tuple) else (state,)):
-            buffer.copy_(value)
+        y, _ = recurrent_step(self.rnn, u, buffers if len(buffers) == 2 else buffers[0], out=buffers)
         if self.gated:
             y = self.norm(y, gate)
         return self.out_proj(y.to(x.dtype))
