@@ -17,11 +17,15 @@ wrapper (:mod:`pararnn.hf`) and the lm-eval adapter all decode through this clas
 from __future__ import annotations
 
 import contextlib
+import copy
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+from torch import nn
 
+from .layers.projection import MultiHeadProjection
 from .models.blocks import cache_tensors, sample
 
 
@@ -50,13 +54,28 @@ class SamplingConfig:
 GREEDY = SamplingConfig(temperature=0)
 
 
+def autocast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``model`` with the weights of its matrix products stored in ``dtype``, every other
+    parameter shared with ``model``. Under ``torch.autocast(dtype)`` it computes exactly
+    what ``model`` does (autocast rounds those weights to ``dtype`` before each product
+    anyway) without re-reading and casting the float32 weights at every decode step."""
+    shared = {id(p): p for p in model.parameters()}
+    decode = copy.deepcopy(model, shared)
+    for module in decode.modules():
+        if isinstance(module, (nn.Linear, MultiHeadProjection)):
+            module.weight = nn.Parameter(module.weight.detach().to(dtype), requires_grad=False)
+    return decode
+
+
 class Generator:
     """Decodes with ``model`` (a :class:`~pararnn.models.LanguageModel` in eval mode).
 
     Args:
         dtype: activation dtype of the decode buffers; a dtype below the parameters'
             (bf16 with float32 weights) runs every call under ``torch.autocast``, as
-            training does. Default: the parameters' dtype (no autocast).
+            training does, and decode steps use :func:`autocast_copy` of the model (made
+            once, here: build a new Generator after changing the weights). Default: the
+            parameters' dtype (no autocast).
         cuda_graph: capture the decode step in a CUDA graph (default: when the model is on
             a CUDA device). Eager and graph steps run the same kernels on the same buffers.
     """
@@ -68,6 +87,7 @@ class Generator:
         if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         self.autocast = self.dtype != param.dtype
+        self.decode_model = autocast_copy(model, self.dtype) if self.autocast else model
         use_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
         if use_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs the model on a CUDA device, it is on {self.device}")
@@ -89,16 +109,22 @@ class Generator:
         (prompt included) and capture the step; a no-op when they already exist."""
         if self._shape == (batch, max_len):
             return
-        self._graph = self._caches = self._token = self._logits = None  # free the old ones first
-        self._caches = self.model.static_caches(batch, max_len, self.device, self.dtype)
+        self.release()  # the old buffers go before the new ones are allocated
+        self._caches = self.decode_model.static_caches(batch, max_len, self.device, self.dtype)
         self._token = torch.zeros(batch, dtype=torch.long, device=self.device)
         self._shape = (batch, max_len)
         if self.cuda_graph:
             self._capture()
 
+    def release(self) -> None:
+        """Free the decode buffers and the captured graph (the next prefill makes new ones)."""
+        self._graph = self._caches = self._token = self._logits = self._shape = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def _eager_step(self) -> torch.Tensor:
         with torch.no_grad(), self._context():
-            return self.model(self._token[:, None], caches=self._caches)[:, -1]
+            return self.decode_model(self._token[:, None], caches=self._caches)[:, -1]
 
     def _capture(self) -> None:
         side = torch.cuda.Stream(self.device)
@@ -140,6 +166,11 @@ class Generator:
             self._graph.replay()
             return self._logits
         return self._eager_step()
+
+    def parameter_bytes(self) -> int:
+        """Bytes of the parameters a decode step reads (the model's tied embedding is read
+        as the output head)."""
+        return sum(p.numel() * p.element_size() for p in self.decode_model.parameters())
 
     def state_bytes(self) -> int:
         """Bytes of the decode buffers (states, conv windows, KV cache)."""
@@ -183,3 +214,73 @@ class Generator:
                  **kwargs) -> torch.Tensor:
         """The tokens of :meth:`stream` as one ``(B, n)`` tensor, ``n <= max_new_tokens``."""
         return torch.stack(list(self.stream(idx, max_new_tokens, sampling, **kwargs)), dim=1)
+
+
+def decode_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
+    """The CLI's ``--dtype`` as a :class:`Generator` dtype: ``auto`` is bf16 on CUDA (as
+    training's autocast) and the parameters' dtype elsewhere."""
+    if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    if dtype in ("auto", "float32"):
+        return None
+    raise ValueError(f"dtype must be auto, float32 or bfloat16, got {dtype!r}")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def benchmark_decode(generator: Generator, batch: int, context: int, new_tokens: int, *,
+                     bandwidth: float, prefill: str = "synthetic", warmup: int = 3) -> dict:
+    """Greedy decode speed of ``batch`` rows after a ``context``-token state.
+
+    ``prefill="real"`` runs a random prompt through :meth:`Generator.prefill`;
+    ``"synthetic"`` fills the decode buffers with random values instead (a KV cache then
+    holds ``context`` positions): a step costs the same whatever the values, and a
+    sweep to long contexts at large batches needs no prefill of ``batch x context``
+    tokens. ``bound_tok_s`` is the memory-bandwidth bound: every step reads the
+    parameters and the whole decode state once, ``bandwidth`` bytes/s at most.
+    """
+    device = generator.device
+    max_len = context + warmup + new_tokens
+    vocab = generator.model.cfg.vocab_size
+    _sync(device)
+    start = time.perf_counter()
+    if prefill == "real":
+        prompt = torch.randint(0, vocab, (batch, context), device=device)
+        logits = generator.prefill(prompt, max_len)
+    elif prefill == "synthetic":
+        generator.reserve(batch, max_len)
+        for buffer in cache_tensors(generator._caches):
+            if buffer.dtype == torch.long:  # the only integer buffers are KV positions
+                buffer.fill_(context)
+            else:
+                buffer.normal_(0.0, 0.5)
+        logits = torch.randn(batch, vocab, device=device)
+    else:
+        raise ValueError(f"prefill must be 'real' or 'synthetic', got {prefill!r}")
+    _sync(device)
+    prefill_s = time.perf_counter() - start
+    token = logits.argmax(-1)
+    for _ in range(warmup):
+        token = generator.step(token).argmax(-1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        token = generator.step(token).argmax(-1)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    step_bytes = generator.parameter_bytes() + generator.state_bytes()
+    return {"batch": batch, "context": context, "new_tokens": new_tokens, "prefill": prefill,
+            "prefill_ms": prefill_s * 1e3 if prefill == "real" else None,
+            "decode_tok_s": batch * new_tokens / seconds,
+            "step_ms": seconds / new_tokens * 1e3,
+            "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "state_mib": generator.state_bytes() / 2**20,
+            "bytes_per_step": step_bytes,
+            "bound_tok_s": batch * bandwidth / step_bytes,
+            "cuda_graph": generator.cuda_graph}
