@@ -3,7 +3,8 @@
     pararnn train --model paragru --size tiny --out runs/tiny --max-steps 300
     pararnn eval --checkpoint runs/tiny
     pararnn generate --checkpoint runs/tiny --prompt "def " --max-new-tokens 200
-    pararnn bench-decode --model paragru --size small --contexts 512,2048,8192
+    pararnn bench-decode --models paragru,transformer --size small --batch-sizes 1,16,256
+    pararnn export --checkpoint runs/tiny --out hf/tiny
     pararnn sizes
     pararnn compare runs/a runs/b --plot compare.png
 
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false")
     b.add_argument("--json", help="also write the rows to this JSON file")
     _add_runtime(b)
+
+    x = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder (needs pararnn[hf])")
+    x.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    x.add_argument("--out", required=True, help="folder for config.json, model.safetensors, tokenizer")
 
     sub.add_parser("sizes", help="parameter counts of every model at every size")
 
@@ -302,6 +307,16 @@ def cmd_bench_decode(args, parser) -> None:
         Path(args.json).write_text(json.dumps({**meta, "rows": rows}, indent=1))
 
 
+def cmd_export(args, parser) -> None:
+    try:
+        from .hf import export_checkpoint
+    except ImportError as err:
+        raise ValueError(f"export needs transformers (pip install 'pararnn[hf]'): {err}") from None
+    out = export_checkpoint(args.checkpoint, args.out)
+    print(f"wrote {out}: load it with `import pararnn.hf` and "
+          f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+
+
 def cmd_sizes(args, parser) -> None:
     import torch
     from .models import build_model, preset
@@ -329,7 +344,7 @@ def cmd_compare(args, parser) -> None:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
-            "bench-decode": cmd_bench_decode, "sizes": cmd_sizes, "compare": cmd_compare}
+            "bench-decode": cmd_bench_decode, "export": cmd_export, "sizes": cmd_sizes, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

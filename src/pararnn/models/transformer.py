@@ -29,6 +29,11 @@ def rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> 
     return out.to(x.dtype)
 
 
+def rope_frequencies(head_dim: int, base: float) -> torch.Tensor:
+    """RoPE's ``inv_freq`` ``(head_dim / 2,)``: ``base^(-2i / head_dim)``."""
+    return base ** (-torch.arange(0, head_dim, 2).float() / head_dim)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -36,8 +41,8 @@ class Attention(nn.Module):
         self.head_dim = cfg.d_model // cfg.n_heads
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        inv_freq = cfg.rope_base ** (-torch.arange(0, self.head_dim, 2).float() / self.head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.rope_base = cfg.rope_base
+        self.register_buffer("inv_freq", rope_frequencies(self.head_dim, cfg.rope_base), persistent=False)
 
     def init_projections(self, std: float, out_std: float) -> None:
         nn.init.normal_(self.qkv.weight, 0.0, std)
