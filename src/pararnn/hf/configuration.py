@@ -14,12 +14,13 @@ class PararnnConfig(PretrainedConfig):
 
     model_type = "pararnn"
 
-    def __init__(self, pararnn: dict | None = None, **kwargs) -> None:
+    def __init__(self, pararnn: dict | None = None, use_cache: bool = True, **kwargs) -> None:
         model_config = ModelConfig.from_dict(dict(pararnn or {}))  # validates the fields
         self.pararnn = model_config.to_dict()
         self.vocab_size = model_config.vocab_size
         self.hidden_size = model_config.d_model
         self.num_hidden_layers = model_config.n_layers
+        self.use_cache = use_cache
         kwargs.setdefault("tie_word_embeddings", False)  # the head reads the embedding directly
         super().__init__(**kwargs)
 
