@@ -76,11 +76,12 @@ def setup(tmp_path_factory):
     return run, tasks, model
 
 
-def direct_logprob(model, context: str, continuation: str) -> float:
-    """Sum of the continuation's token log-probabilities from one forward of the model."""
+def direct_logprob(model, context, continuation) -> float:
+    """Sum of the continuation's token log-probabilities from one forward of the model
+    (text, or lists of token ids; an empty context is the end-of-text token)."""
     tok = ByteTokenizer()
-    ctx = tok.encode(context) or [tok.eos_id]
-    cont = tok.encode(continuation)
+    ctx = (tok.encode(context) if isinstance(context, str) else context) or [tok.eos_id]
+    cont = tok.encode(continuation) if isinstance(continuation, str) else continuation
     ids = torch.tensor([ctx + cont])
     with torch.no_grad():
         logprobs = torch.log_softmax(model(ids[:, :-1]).double(), -1)[0, len(ctx) - 1:]
@@ -89,13 +90,22 @@ def direct_logprob(model, context: str, continuation: str) -> float:
 
 def evaluate(run, tasks, names, **model_args):
     args = ",".join(f"{k}={v}" for k, v in {"checkpoint": run, "device": "cpu", **model_args}.items())
+    manager = TaskManager(include_path=str(tasks), include_defaults=False)  # no index of lm-eval's own tasks
     return lm_eval.simple_evaluate(model="pararnn", model_args=args, tasks=names, batch_size=2,
-                                   task_manager=TaskManager(include_path=str(tasks)), log_samples=True)
+                                   task_manager=manager, log_samples=True)
 
 
-def test_loglikelihoods_are_the_models_own_scores(setup):
-    run, tasks, model = setup
-    out = evaluate(run, tasks, ["pararnn_choice", "pararnn_rolling"], max_length=512)
+@pytest.fixture(scope="module")
+def results(setup):
+    """Every local task at a long context, and the rolling one at a short one."""
+    run, tasks, _ = setup
+    return {"long": evaluate(run, tasks, list(TASKS), max_length=512),
+            "short": evaluate(run, tasks, ["pararnn_rolling"], max_length=8)}
+
+
+def test_loglikelihoods_are_the_models_own_scores(setup, results):
+    model = setup[2]
+    out = results["long"]
     samples = out["samples"]["pararnn_choice"]
     assert len(samples) == len(QUESTIONS)
     for sample in samples:
@@ -109,21 +119,22 @@ def test_loglikelihoods_are_the_models_own_scores(setup):
         assert sample["resps"][0][0] == pytest.approx(expected, abs=1e-4)
 
 
-def test_rolling_windows_cover_every_token_once(setup):
-    """A text longer than max_length is scored in windows: every token once, each with at
-    most max_length tokens of context (here: the long text differs from one window)."""
-    run, tasks, model = setup
-    long_out = evaluate(run, tasks, ["pararnn_rolling"], max_length=8)
-    whole_out = evaluate(run, tasks, ["pararnn_rolling"], max_length=512)
-    long = [s["resps"][0][0] for s in long_out["samples"]["pararnn_rolling"]]
-    whole = [s["resps"][0][0] for s in whole_out["samples"]["pararnn_rolling"]]
-    assert all(a < 0 and b < 0 for a, b in zip(long, whole))
-    assert long != pytest.approx(whole, abs=1e-6)
+def test_rolling_windows_score_every_token_once(setup, results):
+    """A text longer than max_length is scored in windows of at most max_length tokens:
+    the sum over the windows lmeval builds equals the model's own window scores."""
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+    model, tok = setup[2], ByteTokenizer()
+    for sample in results["short"]["samples"]["pararnn_rolling"]:
+        tokens = tok.encode(sample["doc"]["text"])
+        windows = [make_disjoint_window(w) for w in get_rolling_token_windows(tokens, tok.eos_id, 8, 1)]
+        assert sum(len(target) for _, target in windows) == len(tokens) > 8
+        expected = sum(direct_logprob(model, ctx, target) for ctx, target in windows)
+        assert sample["resps"][0][0] == pytest.approx(expected, abs=1e-4)
 
 
-def test_generate_until_is_greedy_decoding_cut_at_the_stop_strings(setup):
-    run, tasks, model = setup
-    out = evaluate(run, tasks, ["pararnn_generate"], max_length=512)
+def test_generate_until_is_greedy_decoding_cut_at_the_stop_strings(setup, results):
+    model = setup[2]
+    out = results["long"]
     tok = ByteTokenizer()
     for sample in out["samples"]["pararnn_generate"]:
         prompt = torch.tensor([tok.encode(sample["doc"]["question"])])
@@ -133,6 +144,7 @@ def test_generate_until_is_greedy_decoding_cut_at_the_stop_strings(setup):
         assert sample["resps"][0][0] == expected
 
 
+@pytest.mark.slow  # a fresh process importing lm-eval and indexing its task folder
 def test_command_line_wrapper(setup, tmp_path):
     run, tasks, _ = setup
     result = subprocess.run(
