@@ -286,7 +286,7 @@ def cmd_bench_decode(args, parser) -> None:
                 try:
                     row = benchmark_decode(generator, batch, context, args.new_tokens,
                                            bandwidth=args.bandwidth, prefill=args.prefill)
-                except torch.OutOfMemoryError:
+                except torch.cuda.OutOfMemoryError:
                     row = {"batch": batch, "context": context, "error": "out of memory"}
                 generator.release()  # free the buffers (and graph) before the next shape
                 rows.append({"model": name, "size": args.size, "device": str(device), **row})
