@@ -15,11 +15,12 @@ from test_models import VARIANTS, small_model
 CUDA = torch.cuda.is_available()
 
 
-@pytest.mark.parametrize("model,block", VARIANTS)
-def test_static_decode_equals_dynamic_caches(model, block):
+@pytest.mark.parametrize("model,block,options", [(m, b, {}) for m, b in VARIANTS]
+                         + [("mamba2", "standard", {"mamba_ngroups": 2})])
+def test_static_decode_equals_dynamic_caches(model, block, options):
     """Prefill, then single tokens through the static buffers (eager): the logits of the
     dynamic caches, step after step."""
-    lm = small_model(model, block).float()
+    lm = small_model(model, block, **options).float()
     idx = torch.randint(0, 64, (2, 9))
     generator = Generator(lm)
     assert not generator.cuda_graph

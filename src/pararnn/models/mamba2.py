@@ -229,10 +229,11 @@ class Mamba2Mixer(nn.Module):
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.d_inner + 2 * gn, self.nheads], -1)
         xBC = F.silu(self.conv.static_step(xBC, cache["conv"]))[:, 0]
         x, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
-        heads_per_group = self.nheads // self.ngroups
         state = cache["ssm"]
-        B = B.view(b, self.ngroups, self.d_state).repeat_interleave(heads_per_group, dim=1).to(state.dtype)
-        C = C.view(b, self.ngroups, self.d_state).repeat_interleave(heads_per_group, dim=1).to(state.dtype)
+        # groups -> heads by expand (a plain view), as repeat_interleave would
+        shape = (b, self.ngroups, self.nheads // self.ngroups, self.d_state)
+        B = B.view(b, self.ngroups, 1, self.d_state).expand(shape).reshape(b, self.nheads, self.d_state).to(state.dtype)
+        C = C.view(b, self.ngroups, 1, self.d_state).expand(shape).reshape(b, self.nheads, self.d_state).to(state.dtype)
         x = x.reshape(b, self.nheads, self.headdim).to(state.dtype)
         dt = F.softplus(dt[:, 0].to(state.dtype) + self.dt_bias.to(state.dtype))
         A = -torch.exp(self.A_log.to(state.dtype))
