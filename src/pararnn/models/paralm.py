@@ -31,13 +31,13 @@ def recurrent_step(rnn: nn.Module, u: torch.Tensor, state, out=None):
     ``(h, c)`` for ParaLSTM. Returns ``(y (B, 1, N), new_state)``; the new state is
     written into ``out`` (a tuple of tensors like ``(h,)`` or ``(h, c)``) when given.
 
-    On CUDA the cell step is one fused Triton kernel (:mod:`pararnn.kernels.decode_step`),
-    elsewhere the cell's own ``step``.
+    On CUDA the cell step is one fused Triton kernel (:mod:`pararnn.kernels.decode_step`,
+    float32 math), elsewhere and in float64 the cell's own ``step``.
     """
     pre = rnn.projection(u[:, 0])
     lstm = isinstance(rnn, ParaLSTM)
     states = tuple(state) if lstm else (state,)
-    if pre.is_cuda and triton_available():
+    if pre.is_cuda and torch.float64 not in (pre.dtype, states[0].dtype) and triton_available():
         from ..kernels import decode_step
         pre, states = pre.contiguous(), tuple(s.contiguous() for s in states)
         if out is None:
