@@ -145,7 +145,10 @@ class PararnnLM(TemplateLM):
             ids = self.tok_encode(context)[-max(1, self.max_length - max_new):] or [self.eot_token_id]
             prompt = torch.tensor([ids], device=self._device)
             out, text = [], ""
-            for token in self.generator.stream(prompt, max_new, sampling, stop_tokens=[self.eot_token_id]):
+            # one buffer size for every request: a CUDA graph is captured once, not per prompt length
+            capacity = max(self.max_length, len(ids) + max_new)
+            for token in self.generator.stream(prompt, max_new, sampling, stop_tokens=[self.eot_token_id],
+                                               max_len=capacity):
                 if int(token) == self.eot_token_id:
                     break
                 out.append(int(token))
