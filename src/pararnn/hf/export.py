@@ -44,7 +44,8 @@ def hf_tokenizer(tokenizer):
         tok = Tokenizer.from_str(tokenizer.tok.to_str())
     else:
         raise TypeError(f"tokenizer must be a pararnn ByteTokenizer or BPETokenizer, got {type(tokenizer).__name__}")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOT)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOT,
+                                   model_input_names=["input_ids", "attention_mask"])
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
