@@ -291,7 +291,7 @@ def cmd_bench_decode(args, parser) -> None:
                 generator.release()  # free the buffers (and graph) before the next shape
                 rows.append({"model": name, "size": args.size, "device": str(device), **row})
                 if "error" in row:
-                    print(f"{name:<12}{batch:>6}{context:>9}  out of memory")
+                    print(f"{name:<12}{batch:>6}{context:>9}  {row['error']}")
                     continue
                 peak = f"{row['peak_mib']:.0f}" if row["peak_mib"] is not None else "n/a"
                 print(f"{name:<12}{batch:>6}{context:>9}{row['decode_tok_s']:>12.0f}"

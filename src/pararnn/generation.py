@@ -176,6 +176,11 @@ class Generator:
         """Bytes of the decode buffers (states, conv windows, KV cache)."""
         return sum(t.numel() * t.element_size() for t in cache_tensors(self._caches or []))
 
+    def buffer_bytes(self, batch: int, max_len: int) -> int:
+        """Bytes :meth:`reserve` would allocate for these buffers (nothing is allocated)."""
+        meta = self.decode_model.static_caches(batch, max_len, torch.device("meta"), self.dtype)
+        return sum(t.numel() * t.element_size() for t in cache_tensors(meta))
+
     @torch.no_grad()
     def stream(self, idx: torch.Tensor, max_new_tokens: int, sampling: SamplingConfig = GREEDY, *,
                generator: torch.Generator | None = None, stop_tokens=(),
@@ -246,6 +251,11 @@ def benchmark_decode(generator: Generator, batch: int, context: int, new_tokens:
     device = generator.device
     max_len = context + warmup + new_tokens
     vocab = generator.model.cfg.vocab_size
+    if device.type == "cuda":  # skip, rather than fail inside a graph capture, what cannot fit
+        needed, free = generator.buffer_bytes(batch, max_len), torch.cuda.mem_get_info(device)[0]
+        if needed > 0.9 * free:
+            return {"batch": batch, "context": context,
+                    "error": f"decode buffers of {needed / 2**30:.1f} GiB do not fit in {free / 2**30:.1f} GiB free"}
     _sync(device)
     start = time.perf_counter()
     if prefill == "real":
