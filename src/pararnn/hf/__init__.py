@@ -9,7 +9,7 @@
 :class:`PararnnForCausalLM` wraps any of the four models (ParaGRU, ParaLSTM, Transformer,
 Mamba2); its cache object (:class:`PararnnCache`) holds the per-layer decode states:
 an O(1) recurrent / SSM state, or the Transformer's KV cache. Works with transformers
-4.5x and 5.x (the cache travels as ``past_key_values`` or ``cache``, whichever the
+4.57, 5.0 and 5.24 (the cache travels as ``past_key_values`` or ``cache``, whichever the
 installed ``GenerationMixin`` uses).
 """
 
