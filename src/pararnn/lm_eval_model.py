@@ -79,11 +79,6 @@ class PararnnLM(TemplateLM):
         return torch.autocast(self._device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
     @torch.no_grad()
-    def score(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
-        """Log-probability of ``continuation`` after ``context`` (token ids) and whether
-        greedy decoding would produce it: one request of :meth:`_loglikelihood_tokens`."""
-        return self._score_batch([(context, continuation)])[0]
-
     def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         # input = (context + continuation)[:-1], cut to the last max_length tokens; rows are
         # right-padded, which a causal model never sees from the earlier positions

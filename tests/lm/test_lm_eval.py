@@ -76,16 +76,21 @@ def setup(tmp_path_factory):
     return run, tasks, model
 
 
-def direct_logprob(model, context, continuation) -> float:
-    """Sum of the continuation's token log-probabilities from one forward of the model
-    (text, or lists of token ids; an empty context is the end-of-text token)."""
+def direct_score(model, context, continuation) -> tuple[float, bool]:
+    """The continuation's summed token log-probability from one forward of the model, and
+    whether every continuation token is the argmax (text, or lists of token ids; an empty
+    context is the end-of-text token)."""
     tok = ByteTokenizer()
     ctx = (tok.encode(context) if isinstance(context, str) else context) or [tok.eos_id]
-    cont = tok.encode(continuation) if isinstance(continuation, str) else continuation
-    ids = torch.tensor([ctx + cont])
+    cont = torch.tensor(tok.encode(continuation) if isinstance(continuation, str) else continuation)
+    ids = torch.cat([torch.tensor(ctx), cont])[None]
     with torch.no_grad():
         logprobs = torch.log_softmax(model(ids[:, :-1]).double(), -1)[0, len(ctx) - 1:]
-    return logprobs.gather(-1, torch.tensor(cont)[:, None]).sum().item()
+    return logprobs.gather(-1, cont[:, None]).sum().item(), bool((logprobs.argmax(-1) == cont).all())
+
+
+def direct_logprob(model, context, continuation) -> float:
+    return direct_score(model, context, continuation)[0]
 
 
 def evaluate(run, tasks, names, **model_args):
@@ -110,8 +115,9 @@ def test_loglikelihoods_are_the_models_own_scores(setup, results):
     assert len(samples) == len(QUESTIONS)
     for sample in samples:
         scores = [r[0][0] for r in sample["resps"]]
-        expected = [direct_logprob(model, *arguments) for arguments in sample["arguments"]]
-        assert scores == pytest.approx(expected, abs=1e-4)
+        expected = [direct_score(model, *arguments) for arguments in sample["arguments"]]
+        assert scores == pytest.approx([e[0] for e in expected], abs=1e-4)
+        assert [r[0][1] for r in sample["resps"]] == [e[1] for e in expected]
         best = max(range(len(scores)), key=scores.__getitem__)
         assert sample["acc"] == float(best == sample["doc"]["answer"])
     for sample in out["samples"]["pararnn_rolling"]:

@@ -102,7 +102,9 @@ class Attention(nn.Module):
 
     def _static_step(self, x: torch.Tensor, cache: StaticCache) -> torch.Tensor:
         """One token ``x`` ``(B, 1, D)`` at position ``cache["pos"]``, which moves on by one.
-        Attention is two batched matrix products over the whole buffer (softmax in float32)."""
+        Attention is two batched matrix products over the whole buffer, which cuBLAS
+        spreads over the key positions (a fused attention kernel would use only B x H
+        blocks for one query); scores in the cache dtype, softmax in float32."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         pos = cache["pos"].view(1)
