@@ -67,6 +67,8 @@ class CausalConv1d(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: dict | None = None, key: str = "conv") -> torch.Tensor:
         """``x``: ``(B, T, C)`` -> ``(B, T, C)``; output ``t`` sees inputs ``t-k+1 .. t``."""
+        if isinstance(cache, StaticCache):
+            return self.static_step(x, cache[key])
         B, T, C = x.shape
         xt = x.transpose(1, 2)
         past = cache.get(key) if cache is not None else None

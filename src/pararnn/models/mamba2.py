@@ -176,8 +176,6 @@ class Mamba2Mixer(nn.Module):
         nn.init.normal_(self.out_proj.weight, 0.0, out_std)
 
     def forward(self, u: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        if isinstance(cache, StaticCache):
-            return self._static_step(u, cache)
         b, l, _ = u.shape
         gn = self.ngroups * self.d_state
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.d_inner + 2 * gn, self.nheads], -1)
@@ -189,7 +187,9 @@ class Mamba2Mixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         state = cache.get("ssm") if cache is not None else None
 
-        if ssd_backend(u.device, self.backend) == "mamba_ssm" and not (l == 1 and state is not None):
+        if isinstance(cache, StaticCache):
+            y = self._static_ssd(x, dt, A, B, C, state)
+        elif ssd_backend(u.device, self.backend) == "mamba_ssm" and not (l == 1 and state is not None):
             out = _MAMBA_SSD(x, dt, A, B, C, self.chunk_size, D=self.D.float(),
                              dt_bias=self.dt_bias.float(), dt_softplus=True,
                              initial_states=state, return_final_states=cache is not None)
@@ -205,7 +205,7 @@ class Mamba2Mixer(nn.Module):
             else:
                 y, state = ssd_chunked(x, dt, A, Bh, Ch, self.chunk_size, state)
             y = y + self.D.float()[:, None] * x.float()
-        if cache is not None:
+        if cache is not None and not isinstance(cache, StaticCache):
             cache["ssm"] = state.float().detach()
         y = y.reshape(b, l, self.d_inner).to(u.dtype)
         return self.out_proj(self.norm(y * F.silu(z)))
@@ -222,22 +222,17 @@ class Mamba2Mixer(nn.Module):
         static["conv"].copy_(dynamic["conv"])
         static["ssm"].copy_(dynamic["ssm"])
 
-    def _static_step(self, u: torch.Tensor, cache: StaticCache) -> torch.Tensor:
-        """One token ``u`` ``(b, 1, d_model)``; updates ``cache``'s buffers in place."""
-        b = u.shape[0]
-        gn = self.ngroups * self.d_state
-        z, xBC, dt = self.in_proj(u).split([self.d_inner, self.d_inner + 2 * gn, self.nheads], -1)
-        xBC = F.silu(self.conv.static_step(xBC, cache["conv"]))[:, 0]
-        x, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
-        state = cache["ssm"]
-        # groups -> heads by expand (a plain view), as repeat_interleave would
+    def _static_ssd(self, x, dt, A, B, C, state: torch.Tensor) -> torch.Tensor:
+        """One step of the SSM for a single token (``x`` ``(b, 1, h, p)``, ``B``/``C``
+        ``(b, 1, g, n)``, ``dt`` before softplus), updating ``state`` in place; returns
+        ``y`` ``(b, 1, h, p)`` with the ``D`` skip, in the state's dtype."""
+        b = x.shape[0]
+        # groups -> heads by expand (a plain view, as repeat_interleave would give)
         shape = (b, self.ngroups, self.nheads // self.ngroups, self.d_state)
-        B = B.view(b, self.ngroups, 1, self.d_state).expand(shape).reshape(b, self.nheads, self.d_state).to(state.dtype)
-        C = C.view(b, self.ngroups, 1, self.d_state).expand(shape).reshape(b, self.nheads, self.d_state).to(state.dtype)
-        x = x.reshape(b, self.nheads, self.headdim).to(state.dtype)
+        B, C = (t[:, 0, :, None].expand(shape).reshape(b, self.nheads, self.d_state).to(state.dtype)
+                for t in (B, C))
+        x = x[:, 0].to(state.dtype)
         dt = F.softplus(dt[:, 0].to(state.dtype) + self.dt_bias.to(state.dtype))
-        A = -torch.exp(self.A_log.to(state.dtype))
-        state.copy_(ssd_step(state, x, dt, A, B, C))
+        state.copy_(ssd_step(state, x, dt, A.to(state.dtype), B, C))
         y = torch.einsum("bhpn,bhn->bhp", state, C) + self.D.to(state.dtype)[:, None] * x
-        y = y.reshape(b, 1, self.d_inner).to(u.dtype)
-        return self.out_proj(self.norm(y * F.silu(z)))
+        return y[:, None]

@@ -77,13 +77,24 @@ class ParaRNNMixer(nn.Module):
         nn.init.normal_(self.out_proj.weight, 0.0, out_std)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        if isinstance(cache, StaticCache):
-            return self._static_step(x, cache)
         u = self.in_proj(x)
         if self.gated:
             u, gate = u.chunk(2, dim=-1)
         if self.conv is not None:
             u = F.silu(self.conv(u, cache))
+        y = self._recur(u, cache)
+        if self.gated:
+            y = self.norm(y, gate)
+        return self.out_proj(y.to(x.dtype))
+
+    def _recur(self, u: torch.Tensor, cache: dict | None) -> torch.Tensor:
+        """The cell over ``u``: a parallel solve from the cached (or zero) state, or one
+        :func:`recurrent_step` for a single token after it; a :class:`StaticCache`'s
+        buffers are updated in place."""
+        if isinstance(cache, StaticCache):
+            buffers = cache["rnn"]
+            y, _ = recurrent_step(self.rnn, u, buffers if len(buffers) == 2 else buffers[0], out=buffers)
+            return y
         state = cache.get("rnn") if cache is not None else None
         if state is not None and u.shape[1] == 1:
             y, state = recurrent_step(self.rnn, u, state)
@@ -91,9 +102,7 @@ class ParaRNNMixer(nn.Module):
             y, state = self.rnn(u, state)
         if cache is not None:  # a copy: the final state may be a view of all T states
             cache["rnn"] = tuple(t.clone() for t in state) if isinstance(state, tuple) else state.clone()
-        if self.gated:
-            y = self.norm(y, gate)
-        return self.out_proj(y.to(x.dtype))
+        return y
 
     def static_cache(self, batch: int, max_len: int, device, dtype: torch.dtype) -> StaticCache:
         """Zeroed decode buffers (the state at the start of a sequence); ``max_len`` is
@@ -112,16 +121,3 @@ class ParaRNNMixer(nn.Module):
             buffer.copy_(value)
         if self.conv is not None:
             static["conv"].copy_(dynamic["conv"])
-
-    def _static_step(self, x: torch.Tensor, cache: StaticCache) -> torch.Tensor:
-        """:meth:`forward` of one token that updates ``cache``'s buffers in place."""
-        u = self.in_proj(x)
-        if self.gated:
-            u, gate = u.chunk(2, dim=-1)
-        if self.conv is not None:
-            u = F.silu(self.conv.static_step(u, cache["conv"]))
-        buffers = cache["rnn"]
-        y, _ = recurrent_step(self.rnn, u, buffers if len(buffers) == 2 else buffers[0], out=buffers)
-        if self.gated:
-            y = self.norm(y, gate)
-        return self.out_proj(y.to(x.dtype))
