@@ -111,7 +111,8 @@ class ParaRNNMixer(nn.Module):
         cache = StaticCache(rnn=tuple(torch.zeros(batch, n, device=device, dtype=sdtype)
                                       for _ in range(2 if isinstance(self.rnn, ParaLSTM) else 1)))
         if self.conv is not None:
-            cache["conv"] = torch.zeros(batch, n, self.conv.kernel_size - 1, device=device, dtype=dtype)
+            channels = self.conv.weight.shape[0]
+            cache["conv"] = torch.zeros(batch, channels, self.conv.kernel_size - 1, device=device, dtype=dtype)
         return cache
 
     def load_cache(self, static: StaticCache, dynamic: dict) -> None:
