@@ -92,3 +92,18 @@ def test_registration_and_config_validation():
     assert isinstance(AutoModelForCausalLM.from_config(config), PararnnForCausalLM)
     with pytest.raises(ValueError, match="unknown model"):
         PararnnConfig(pararnn={"model": "lstm"})
+
+
+def test_tokenizers_encode_as_the_runs_tokenizer():
+    from pararnn.data.tokenizers import BPETokenizer
+    from pararnn.hf import hf_tokenizer
+    docs = [f"def function_{i}(x):\n    return x * {i} + 'é'\n" for i in range(200)]
+    text = "def function_7(y):\n  return 'é' * 3 + ☃\n"
+    for tokenizer in (ByteTokenizer(), BPETokenizer.train(docs, vocab_size=300)):
+        wrapped = hf_tokenizer(tokenizer)
+        ids = tokenizer.encode(text)
+        assert wrapped(text)["input_ids"] == ids
+        assert wrapped.decode(ids) == tokenizer.decode(ids) == text
+        assert wrapped.eos_token_id == tokenizer.eos_id
+    with pytest.raises(TypeError, match="tokenizer must be"):
+        hf_tokenizer("bytes")
