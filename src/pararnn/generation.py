@@ -127,15 +127,16 @@ class Generator:
             return self.decode_model(self._token[:, None], caches=self._caches)[:, -1]
 
     def _capture(self) -> None:
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):  # warm-up outside the graph (lazy inits, cuBLAS handles)
-            for _ in range(2):
-                self._eager_step()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._logits = self._eager_step()
+        with torch.cuda.device(self.device):  # the graph records on the current device
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside the graph (Triton compiles, cuBLAS handles)
+                for _ in range(2):
+                    self._eager_step()
+            torch.cuda.current_stream().wait_stream(side)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._logits = self._eager_step()
         for buffer in cache_tensors(self._caches):  # the warm-up steps wrote into the state
             buffer.zero_()
 
