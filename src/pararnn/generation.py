@@ -10,8 +10,9 @@ Transformer) with dynamic caches, then copies the per-layer states into
 ``(batch, max_len)``. Each decode step (:meth:`Generator.step`) reads one token per row
 from a fixed input buffer and updates those buffers in place, so on CUDA it is captured
 once in a CUDA graph and replayed per token: a step costs one graph launch instead of a
-few hundred kernel launches. The CLI (``generate``, ``bench-decode``), the Hugging Face
-wrapper (:mod:`pararnn.hf`) and the lm-eval adapter all decode through this class.
+few hundred kernel launches. The CLI (``generate``, ``bench-decode``),
+:meth:`~pararnn.models.LanguageModel.generate` and the lm-eval adapter decode through
+this class.
 """
 
 from __future__ import annotations
