@@ -295,4 +295,4 @@ def benchmark_decode(generator: Generator, batch: int, context: int, new_tokens:
             "state_mib": generator.state_bytes() / 2**20,
             "bytes_per_step": step_bytes,
             "bound_tok_s": batch * bandwidth / step_bytes,
-            "cuda_graph": generator.cuda_graph}
+            "dtype": str(generator.dtype).removeprefix("torch."), "cuda_graph": generator.cuda_graph}
