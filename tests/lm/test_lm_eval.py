@@ -1,6 +1,7 @@
 """lm-evaluation-harness: the registered ``pararnn`` model on small local tasks (offline)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -158,7 +159,7 @@ def test_command_line_wrapper(setup, tmp_path):
          "--model_args", f"checkpoint={run}", "--tasks", "pararnn_choice", "--include_path", str(tasks),
          "--device", "cpu", "--output_path", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=300,
-        env={**__import__("os").environ, "PYTHONPATH": str(Path(pararnn.lm_eval_model.__file__).parents[1])})
+        env={**os.environ, "PYTHONPATH": str(Path(pararnn.lm_eval_model.__file__).parents[1])})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "pararnn_choice" in result.stdout and "acc" in result.stdout
     assert list((tmp_path / "out").rglob("results*.json"))

@@ -50,11 +50,12 @@ def hf_tokenizer(tokenizer):
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the model of ``checkpoint`` (a run or checkpoint folder) to ``out``."""
+    import torch
+
     from ..train.checkpoint import load_model, open_checkpoint
     from .configuration import PararnnConfig
     from .modeling import PararnnForCausalLM
 
-    import torch
     ckpt = open_checkpoint(checkpoint)
     model = load_model(ckpt, torch.device("cpu"))  # mlp_hidden resolved, weights checked
     tokenizer = ckpt.tokenizer()
