@@ -3,7 +3,8 @@
     pararnn train --model paragru --size tiny --out runs/tiny --max-steps 300
     pararnn eval --checkpoint runs/tiny
     pararnn generate --checkpoint runs/tiny --prompt "def " --max-new-tokens 200
-    pararnn bench-decode --model paragru --size small --contexts 512,2048,8192
+    pararnn bench-decode --models paragru,transformer --size small --batch-sizes 1,16,256
+    pararnn export --checkpoint runs/tiny --out hf/tiny
     pararnn sizes
     pararnn compare runs/a runs/b --plot compare.png
     pararnn sweep --out results/lm_quality --size small --jobs 6
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import shlex
@@ -146,17 +148,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=_positive_int)
     g.add_argument("--top-p", type=float)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop-at-eos", action="store_true", help="stop at the end-of-text token")
+    g.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                   help="decode step by step in eager mode on a GPU too")
     _add_runtime(g)
 
-    b = sub.add_parser("bench-decode", help="decode speed and memory against the context length")
-    b.add_argument("--checkpoint", help="a checkpoint; or give --model and --size (random weights)")
-    b.add_argument("--model", choices=MODELS, default="paragru")
+    b = sub.add_parser("bench-decode", help="decode speed and memory against batch size and context")
+    b.add_argument("--checkpoint", help="a checkpoint; or give --models and --size (random weights)")
+    b.add_argument("--models", "--model", default="paragru,transformer",
+                   help=f"comma-separated, from {', '.join(MODELS)}")
     b.add_argument("--size", choices=list(SIZES), default="tiny")
-    b.add_argument("--contexts", default="256,1024,4096", help="comma-separated prompt lengths")
-    b.add_argument("--new-tokens", type=_positive_int, default=64)
-    b.add_argument("--batch-size", type=_positive_int, default=1)
+    b.add_argument("--contexts", default="512,8192,32768", help="comma-separated context lengths")
+    b.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,4,16,64,256")
+    b.add_argument("--new-tokens", type=_positive_int, default=64, help="timed decode steps")
+    b.add_argument("--prefill", choices=["synthetic", "real"], default="synthetic",
+                   help="real: run a random prompt of each context length; synthetic: random "
+                   "decode state (same step cost, no prefill time)")
+    b.add_argument("--bandwidth", type=float, default=4.25e12,
+                   help="memory bandwidth in bytes/s for the bound (default: measured on an H200)")
+    b.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false")
     b.add_argument("--json", help="also write the rows to this JSON file")
     _add_runtime(b)
+
+    x = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder (needs pararnn[hf])")
+    x.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    x.add_argument("--out", required=True, help="folder for config.json, model.safetensors, tokenizer")
 
     sub.add_parser("sizes", help="parameter counts of every model at every size")
 
@@ -288,60 +304,63 @@ def cmd_eval(args, parser) -> None:
           f"{result['val_bpb']:.4f} bits/byte")
 
 
-def _cache_bytes(caches) -> int:
-    """Bytes that decode caches keep alive (states, conv windows, KV buffers), counted by
-    storage, so that a small view pinning a large tensor counts in full."""
-    from .models.blocks import cache_tensors
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in cache_tensors(caches)}
-    return sum(storages.values())
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if min(values) < 1:
+        raise ValueError(f"{flag} must be positive, got {text!r}")
+    return values
+
+
+def _generator(model, device, args):
+    from .generation import Generator, decode_dtype
+    return Generator(model, dtype=decode_dtype(device, args.dtype),
+                     cuda_graph=args.cuda_graph and device.type == "cuda")
 
 
 def cmd_generate(args, parser) -> None:
     import torch
-    from .models import sample
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
-    ckpt, model, device, autocast = _open(args)
+    from .generation import SamplingConfig
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    ckpt, model, device, _ = _open(args)
     tokenizer = ckpt.tokenizer()
     ids = tokenizer.encode(args.prompt)
     if not ids:
         raise ValueError("--prompt is empty")
-    idx = torch.tensor([ids], device=device)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
+    generator = _generator(model, device, args)
+    rng = torch.Generator(device=device).manual_seed(args.seed)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    out, caches = [], model.new_caches()
+    out, printed = [], ""
+    stops = [tokenizer.eos_id] if args.stop_at_eos else []
+    generator.reserve(1, len(ids) + args.max_new_tokens)  # buffers and graph capture: not timed
+    tokens = generator.stream(torch.tensor([ids], device=device), args.max_new_tokens, sampling,
+                              generator=rng, stop_tokens=stops)
     _sync(device)
     start = time.perf_counter()
-    with torch.no_grad(), autocast:
-        logits = model(idx, caches=caches, last_only=True)[:, -1]
-        _sync(device)
-        prefill_s = time.perf_counter() - start
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        decode_start = time.perf_counter()
-        printed = ""
-        for i in range(args.max_new_tokens):
-            token = sample(logits, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, generator=generator)
-            out.append(int(token))
-            text = tokenizer.decode(out)
-            if not text.endswith("\ufffd"):  # wait for a complete UTF-8 character
-                sys.stdout.write(text[len(printed):])
-                sys.stdout.flush()
-                printed = text
-            if i + 1 < args.max_new_tokens:
-                logits = model(token[:, None], caches=caches)[:, -1]
-        _sync(device)
+    first = next(tokens)  # the prefill and the first draw
+    _sync(device)
+    prefill_s = time.perf_counter() - start
+    decode_start = time.perf_counter()
+    for token in itertools.chain([first], tokens):
+        if int(token) in stops:
+            break
+        out.append(int(token))
+        text = tokenizer.decode(out)
+        if not text.endswith("\ufffd"):  # wait for a complete UTF-8 character
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+    _sync(device)
     decode_s = time.perf_counter() - decode_start
     sys.stdout.write(tokenizer.decode(out)[len(printed):] + "\n")
-    peak = (f"peak GPU memory while decoding {torch.cuda.max_memory_allocated(device) / 2**20:.1f} MiB, "
-            if device.type == "cuda" else "")
+    rate = f"{max(len(out) - 1, 0) / decode_s:.1f}" if decode_s > 0 else "n/a"
     print(f"[{ckpt.meta['model']}: prompt {len(ids)} tokens in {prefill_s * 1e3:.1f} ms; "
-          f"{len(out)} new tokens at {len(out) / decode_s:.1f} tokens/s; {peak}"
-          f"decode state {_cache_bytes(caches) / 2**20:.3f} MiB]", file=sys.stderr)
+          f"{len(out)} new tokens at {rate} tokens/s "
+          f"({'CUDA graph' if generator.cuda_graph else 'eager'}); "
+          f"decode state {generator.state_bytes() / 2**20:.3f} MiB]", file=sys.stderr)
 
 
 def _sync(device) -> None:
@@ -352,49 +371,65 @@ def _sync(device) -> None:
 
 def cmd_bench_decode(args, parser) -> None:
     import torch
+    from .generation import benchmark_decode
     from .models import build_model, preset
     from .train.distributed import pick_device
-    from .train.loop import autocast_for
-    try:
-        contexts = [int(c) for c in args.contexts.split(",")]
-    except ValueError:
-        raise ValueError(f"--contexts must be comma-separated integers, got {args.contexts!r}") from None
-    if not contexts or min(contexts) < 1:
-        raise ValueError(f"--contexts must be positive, got {args.contexts!r}")
+    contexts = _int_list(args.contexts, "--contexts")
+    batches = _int_list(args.batch_sizes, "--batch-sizes")
+    if args.bandwidth <= 0:
+        raise ValueError(f"--bandwidth must be positive, got {args.bandwidth}")
     if args.checkpoint:
-        ckpt, model, device, autocast = _open(args)
-        name = ckpt.meta["model"]
+        ckpt, model, device, _ = _open(args)
+        models = [(ckpt.meta["model"], model)]
     else:
+        names = [m for m in args.models.split(",") if m]
+        unknown = [m for m in names if m not in MODELS]
+        if unknown or not names:
+            raise ValueError(f"--models must name models from {', '.join(MODELS)}, got {args.models!r}")
         device = pick_device(args.device)
-        model = build_model(preset(args.model, args.size)).to(device).eval()
-        autocast, name = autocast_for(device, args.dtype), args.model
+        models = [(name, None) for name in names]
     rows = []
-    print(f"{'model':<12}{'context':>9}{'prefill ms':>12}{'decode tok/s':>14}{'peak MiB':>10}{'state MiB':>11}")
-    for context in contexts:
-        idx = torch.randint(0, model.cfg.vocab_size, (args.batch_size, context), device=device)
-        caches = model.new_caches()
-        with torch.no_grad(), autocast:
-            _sync(device)
-            t0 = time.perf_counter()
-            logits = model(idx, caches=caches, last_only=True)[:, -1]
-            _sync(device)
-            t1 = time.perf_counter()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            for _ in range(args.new_tokens):
-                logits = model(logits.argmax(-1)[:, None], caches=caches)[:, -1]
-            _sync(device)
-            t2 = time.perf_counter()
-        row = {"model": name, "context": context, "prefill_ms": (t1 - t0) * 1e3,
-               "decode_tok_s": args.new_tokens * args.batch_size / (t2 - t1),
-               "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-               "state_mib": _cache_bytes(caches) / 2**20}
-        rows.append(row)
-        peak = f"{row['peak_mib']:.1f}" if row["peak_mib"] is not None else "n/a"
-        print(f"{name:<12}{context:>9}{row['prefill_ms']:>12.1f}{row['decode_tok_s']:>14.1f}"
-              f"{peak:>10}{row['state_mib']:>11.3f}")
+    print(f"{'model':<12}{'batch':>6}{'context':>9}{'tok/s':>12}{'bound tok/s':>13}{'of bound':>9}"
+          f"{'step ms':>9}{'peak MiB':>10}{'state MiB':>11}")
+    for name, model in models:
+        if model is None:
+            torch.manual_seed(0)
+            model = build_model(preset(name, args.size)).to(device).eval()
+        generator = _generator(model, device, args)
+        for batch in batches:
+            for context in contexts:
+                try:
+                    row = benchmark_decode(generator, batch, context, args.new_tokens,
+                                           bandwidth=args.bandwidth, prefill=args.prefill)
+                except torch.cuda.OutOfMemoryError:
+                    row = {"batch": batch, "context": context, "error": "out of memory"}
+                generator.release()  # free the buffers (and graph) before the next shape
+                rows.append({"model": name, "size": args.size, "device": str(device), **row})
+                if "error" in row:
+                    print(f"{name:<12}{batch:>6}{context:>9}  {row['error']}")
+                    continue
+                peak = f"{row['peak_mib']:.0f}" if row["peak_mib"] is not None else "n/a"
+                print(f"{name:<12}{batch:>6}{context:>9}{row['decode_tok_s']:>12.0f}"
+                      f"{row['bound_tok_s']:>13.0f}{row['decode_tok_s'] / row['bound_tok_s']:>9.1%}"
+                      f"{row['step_ms']:>9.3f}{peak:>10}{row['state_mib']:>11.2f}", flush=True)
+        del model, generator
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        meta = {"command": "pararnn " + " ".join(sys.argv[1:]), "device_name": device_name,
+                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "loadavg": os.getloadavg(), "bandwidth": args.bandwidth}
+        Path(args.json).write_text(json.dumps({**meta, "rows": rows}, indent=1))
+
+
+def cmd_export(args, parser) -> None:
+    try:
+        from .hf import export_checkpoint
+    except ImportError as err:
+        raise ValueError(f"export needs transformers (pip install 'pararnn[hf]'): {err}") from None
+    out = export_checkpoint(args.checkpoint, args.out)
+    print(f"wrote {out}: load it with `import pararnn.hf` and "
+          f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
 
 
 def cmd_sizes(args, parser) -> None:
@@ -459,8 +494,8 @@ def cmd_sweep(args, parser) -> None:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
-            "bench-decode": cmd_bench_decode, "sizes": cmd_sizes, "compare": cmd_compare,
-            "sweep": cmd_sweep}
+            "bench-decode": cmd_bench_decode, "export": cmd_export, "sizes": cmd_sizes,
+            "compare": cmd_compare, "sweep": cmd_sweep}
 
 
 def _one_line_checkpoint_warnings(show):

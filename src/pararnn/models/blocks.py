@@ -6,7 +6,11 @@ mixer implements ``forward(x, cache=None) -> y`` with ``x`` of shape ``(B, T, d_
 * ``cache=None``: training / scoring: the whole sequence at once, from an empty state;
 * ``cache`` a dict from :meth:`LanguageModel.new_caches`: continue from the state the
   dict holds (empty at first) and leave the state after ``x`` in it. A prompt goes in
-  whole (prefill, parallel), then one token at a time (decode, ``T == 1``).
+  whole (prefill, parallel), then one token at a time (decode, ``T == 1``);
+* ``cache`` a :class:`StaticCache` (from ``mixer.static_cache``, filled by
+  ``mixer.load_cache`` after a prefill): one token (``T == 1``) whose step updates
+  fixed pre-allocated buffers in place, with no host synchronisation and no allocation
+  that outlives the call, so that :mod:`pararnn.generation` can capture it in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -19,6 +23,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig, reference_layer_params, round_up
+
+
+class StaticCache(dict):
+    """A mixer's decode state in buffers allocated once and updated in place.
+
+    Same keys as the mixer's dynamic cache dict; a KV cache is pre-allocated to the
+    maximum length, with the next position held in a tensor.
+    """
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Recurrent states stay in at least float32 whatever the activation dtype (a bf16
+    state would round away the small updates of long contexts)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 class RMSNorm(nn.Module):
@@ -50,6 +68,8 @@ class CausalConv1d(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: dict | None = None, key: str = "conv") -> torch.Tensor:
         """``x``: ``(B, T, C)`` -> ``(B, T, C)``; output ``t`` sees inputs ``t-k+1 .. t``."""
+        if isinstance(cache, StaticCache):
+            return self.static_step(x, cache[key])
         B, T, C = x.shape
         xt = x.transpose(1, 2)
         past = cache.get(key) if cache is not None else None
@@ -60,6 +80,14 @@ class CausalConv1d(nn.Module):
             cache[key] = xt[:, :, xt.shape[2] - (self.kernel_size - 1):].detach().clone()
         y = F.conv1d(xt, self.weight.to(xt.dtype), self.bias.to(xt.dtype), groups=C)
         return y.transpose(1, 2)
+
+    def static_step(self, x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """One token ``x`` ``(B, 1, C)`` with the last ``k-1`` inputs in ``window``
+        ``(B, C, k-1)``, which is updated in place."""
+        xt = torch.cat([window, x.transpose(1, 2).to(window.dtype)], dim=2)
+        window.copy_(xt[:, :, 1:])
+        y = (xt * self.weight[:, 0].to(xt.dtype)).sum(-1) + self.bias.to(xt.dtype)
+        return y[:, None]
 
 
 class SwiGLU(nn.Module):
@@ -140,6 +168,16 @@ class LanguageModel(nn.Module):
         """Empty per-layer decode states; pass them to :meth:`forward` (see module doc)."""
         return [{} for _ in self.blocks]
 
+    def static_caches(self, batch: int, max_len: int, device, dtype: torch.dtype) -> list[StaticCache]:
+        """Per-layer decode buffers for ``batch`` sequences of up to ``max_len`` tokens, with
+        activations (conv windows, KV cache) in ``dtype``; see the module doc."""
+        return [block.mixer.static_cache(batch, max_len, device, dtype) for block in self.blocks]
+
+    def load_caches(self, static: list[StaticCache], dynamic: list[dict]) -> None:
+        """Copy the per-layer states a prefill left in ``dynamic`` into ``static``."""
+        for block, s, d in zip(self.blocks, static, dynamic):
+            block.mixer.load_cache(s, d)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 caches: list[dict] | None = None, last_only: bool = False) -> torch.Tensor:
         """``idx`` ``(B, T)`` -> logits ``(B, T, V)`` (``(B, 1, V)`` with ``last_only``, as a
@@ -157,20 +195,11 @@ class LanguageModel(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None):
-        """Yield ``max_new_tokens`` sampled tokens ``(B,)`` one by one after prompt ``idx``.
-
-        The prompt is processed in one parallel call (prefill); every further token is one
-        ``T == 1`` call that updates the per-layer caches (an O(1) state for the ParaRNN
-        and Mamba2 mixers, a growing KV cache for attention).
-        """
-        caches = self.new_caches()
-        logits = self(idx, caches=caches, last_only=True)[:, -1]
-        for i in range(max_new_tokens):
-            token = sample(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                           generator=generator)
-            yield token
-            if i + 1 < max_new_tokens:
-                logits = self(token[:, None], caches=caches)[:, -1]
+        """Yield ``max_new_tokens`` sampled tokens ``(B,)`` one by one after prompt ``idx``:
+        :class:`pararnn.generation.Generator` (parallel prefill, then recurrent steps)."""
+        from ..generation import Generator, SamplingConfig
+        sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+        yield from Generator(self).stream(idx, max_new_tokens, sampling, generator=generator)
 
 
 def cache_tensors(caches: list[dict]) -> list[torch.Tensor]:

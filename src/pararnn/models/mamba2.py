@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import CausalConv1d, RMSNorm
+from .blocks import CausalConv1d, RMSNorm, StaticCache, state_dtype
 from .config import ModelConfig
 
 _MAMBA_SSD = None  # the kernel function once imported, False when unavailable
@@ -197,7 +197,9 @@ class Mamba2Mixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         state = cache.get("ssm") if cache is not None else None
 
-        if ssd_backend(u.device, self.backend) == "mamba_ssm" and not (l == 1 and state is not None):
+        if isinstance(cache, StaticCache):
+            y = self._static_ssd(x, dt, A, B, C, state)
+        elif ssd_backend(u.device, self.backend) == "mamba_ssm" and not (l == 1 and state is not None):
             out = _MAMBA_SSD(x, dt, A, B, C, self.chunk_size, D=self.D.float(),
                              dt_bias=self.dt_bias.float(), dt_softplus=True,
                              initial_states=state, return_final_states=cache is not None)
@@ -213,7 +215,34 @@ class Mamba2Mixer(nn.Module):
             else:
                 y, state = ssd_chunked(x, dt, A, Bh, Ch, self.chunk_size, state)
             y = y + self.D.float()[:, None] * x.float()
-        if cache is not None:
+        if cache is not None and not isinstance(cache, StaticCache):
             cache["ssm"] = state.float().detach()
         y = y.reshape(b, l, self.d_inner).to(u.dtype)
         return self.out_proj(self.norm(y * F.silu(z)))
+
+    def static_cache(self, batch: int, max_len: int, device, dtype: torch.dtype) -> StaticCache:
+        """Zeroed conv window and SSM state (``max_len`` unused: neither grows)."""
+        conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
+        return StaticCache(
+            conv=torch.zeros(batch, conv_dim, self.conv.kernel_size - 1, device=device, dtype=dtype),
+            ssm=torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device,
+                            dtype=state_dtype(dtype)))
+
+    def load_cache(self, static: StaticCache, dynamic: dict) -> None:
+        static["conv"].copy_(dynamic["conv"])
+        static["ssm"].copy_(dynamic["ssm"])
+
+    def _static_ssd(self, x, dt, A, B, C, state: torch.Tensor) -> torch.Tensor:
+        """One step of the SSM for a single token (``x`` ``(b, 1, h, p)``, ``B``/``C``
+        ``(b, 1, g, n)``, ``dt`` before softplus), updating ``state`` in place; returns
+        ``y`` ``(b, 1, h, p)`` with the ``D`` skip, in the state's dtype."""
+        b = x.shape[0]
+        # groups -> heads by expand (a plain view, as repeat_interleave would give)
+        shape = (b, self.ngroups, self.nheads // self.ngroups, self.d_state)
+        B, C = (t[:, 0, :, None].expand(shape).reshape(b, self.nheads, self.d_state).to(state.dtype)
+                for t in (B, C))
+        x = x[:, 0].to(state.dtype)
+        dt = F.softplus(dt[:, 0].to(state.dtype) + self.dt_bias.to(state.dtype))
+        state.copy_(ssd_step(state, x, dt, A.to(state.dtype), B, C))
+        y = torch.einsum("bhpn,bhn->bhp", state, C) + self.D.to(state.dtype)[:, None] * x
+        return y[:, None]

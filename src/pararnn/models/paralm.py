@@ -2,7 +2,9 @@
 
 Training and prefill run the cell with the parallel Newton solver over the whole
 sequence; decoding feeds one token at a time from the previous state
-(:func:`recurrent_step`), so the state per layer is O(1) in the context length.
+(:func:`recurrent_step`), so the state per layer is O(1) in the context length. A
+:class:`~pararnn.models.blocks.StaticCache` holds that state in buffers updated in place,
+so that a decode step can be captured in a CUDA graph (``pararnn.generation``).
 
 With the paper's block options (``conv_kernel``, ``gated_norm``; docs/DESIGN.md section 2)
 a short causal depthwise convolution (+ SiLU) runs before the cell, and the cell output
@@ -26,24 +28,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cells import ParaLSTMCell
+from ..kernels import triton_available
 from ..layers.reference_layers import ParaGRU, ParaLSTM
 from ..solver import NewtonConfig
-from .blocks import CausalConv1d, GatedRMSNorm, RMSNorm
+from .blocks import CausalConv1d, GatedRMSNorm, RMSNorm, StaticCache, state_dtype
 from .config import ModelConfig
 
 
-def recurrent_step(rnn: nn.Module, u: torch.Tensor, state):
-    """One decode step ``(B, 1, N)`` of a ParaGRU/ParaLSTM layer from ``state``.
+def recurrent_step(rnn: nn.Module, u: torch.Tensor, state, out=None):
+    """One decode step ``(B, 1, N)`` of a ParaGRU/ParaLSTM layer from ``state``: the
+    multi-head projection of the one input, then one cell step (no solver, and the
+    layer's ``mode`` is left alone). ``state`` is what the layer takes: ``h`` for ParaGRU,
+    ``(h, c)`` for ParaLSTM. Returns ``(y (B, 1, N), new_state)``; the new state is
+    written into ``out`` (a tuple of tensors like ``(h,)`` or ``(h, c)``) when given.
 
-    The single place where decoding calls the cell: a faster fused step can replace the
-    body without touching the model.
+    On CUDA the cell step is one fused Triton kernel (:mod:`pararnn.kernels.decode_step`,
+    float32 math), elsewhere and in float64 the cell's own ``step``.
     """
-    mode = rnn.mode
-    rnn.mode = "sequential"
-    try:
-        return rnn(u, state)
-    finally:
-        rnn.mode = mode
+    pre = rnn.projection(u[:, 0])
+    lstm = isinstance(rnn, ParaLSTM)
+    states = tuple(state) if lstm else (state,)
+    if pre.is_cuda and torch.float64 not in (pre.dtype, states[0].dtype) and triton_available():
+        from ..kernels import decode_step
+        pre, states = pre.contiguous(), tuple(s.contiguous() for s in states)
+        if out is None:
+            out = tuple(torch.empty(s.shape, device=s.device, dtype=state_dtype(s.dtype)) for s in states)
+        if lstm:
+            new = decode_step.lstm_step(pre, rnn.cell, *states, out=out)
+        else:
+            new = (decode_step.gru_step(pre, rnn.cell, states[0], out=out[0]),)
+    else:
+        if lstm:
+            packed = rnn.cell.step(pre, ParaLSTMCell.pack_state(*states))
+            new = ParaLSTMCell.unpack_state(packed)
+        else:
+            new = (rnn.cell.step(pre, states[0]),)
+        if out is not None:
+            for buffer, value in zip(out, new):
+                buffer.copy_(value)
+            new = out
+    return new[0][:, None], (tuple(new) if lstm else new[0])
 
 
 def kaiming_uniform_(weight: torch.Tensor) -> None:
@@ -124,13 +149,7 @@ class ParaRNNMixer(nn.Module):
                 u, gate = u.chunk(2, dim=-1)
         if self.conv is not None:
             u = F.silu(self.conv(u, cache))
-        state = cache.get("rnn") if cache is not None else None
-        if state is not None and u.shape[1] == 1:
-            y, state = recurrent_step(self.rnn, u, state)
-        else:
-            y, state = self.rnn(u, state)
-        if cache is not None:  # a copy: the final state may be a view of all T states
-            cache["rnn"] = tuple(t.clone() for t in state) if isinstance(state, tuple) else state.clone()
+        y = self._recur(u, cache)
         if isinstance(self.norm, GatedRMSNorm):
             y = self.norm(y, gate)
         elif self.norm is not None:
@@ -138,3 +157,39 @@ class ParaRNNMixer(nn.Module):
         elif self.gated:
             y = y * F.silu(gate)
         return self.out_proj(y.to(x.dtype))
+
+    def _recur(self, u: torch.Tensor, cache: dict | None) -> torch.Tensor:
+        """The cell over ``u``: a parallel solve from the cached (or zero) state, or one
+        :func:`recurrent_step` for a single token after it; a :class:`StaticCache`'s
+        buffers are updated in place."""
+        if isinstance(cache, StaticCache):
+            buffers = cache["rnn"]
+            y, _ = recurrent_step(self.rnn, u, buffers if len(buffers) == 2 else buffers[0], out=buffers)
+            return y
+        state = cache.get("rnn") if cache is not None else None
+        if state is not None and u.shape[1] == 1:
+            y, state = recurrent_step(self.rnn, u, state)
+        else:
+            y, state = self.rnn(u, state)
+        if cache is not None:  # a copy: the final state may be a view of all T states
+            cache["rnn"] = tuple(t.clone() for t in state) if isinstance(state, tuple) else state.clone()
+        return y
+
+    def static_cache(self, batch: int, max_len: int, device, dtype: torch.dtype) -> StaticCache:
+        """Zeroed decode buffers (the state at the start of a sequence); ``max_len`` is
+        unused: the state does not grow with the context."""
+        n, sdtype = self.rnn.hidden_size, state_dtype(dtype)
+        cache = StaticCache(rnn=tuple(torch.zeros(batch, n, device=device, dtype=sdtype)
+                                      for _ in range(2 if isinstance(self.rnn, ParaLSTM) else 1)))
+        if self.conv is not None:
+            channels = self.conv.weight.shape[0]
+            cache["conv"] = torch.zeros(batch, channels, self.conv.kernel_size - 1, device=device, dtype=dtype)
+        return cache
+
+    def load_cache(self, static: StaticCache, dynamic: dict) -> None:
+        """Copy the state a prefill left in ``dynamic`` into the buffers of ``static``."""
+        state = dynamic["rnn"]
+        for buffer, value in zip(static["rnn"], state if isinstance(state, tuple) else (state,)):
+            buffer.copy_(value)
+        if self.conv is not None:
+            static["conv"].copy_(dynamic["conv"])

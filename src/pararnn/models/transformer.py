@@ -1,4 +1,10 @@
-"""Causal multi-head attention with rotary position embeddings and a KV cache."""
+"""Causal multi-head attention with rotary position embeddings and a KV cache.
+
+The dynamic cache grows its KV buffers as needed; the static one (:class:`StaticCache`)
+is allocated to the maximum length once, and a decode step writes its key and value at
+the position held in a tensor, attending over the whole buffer with the positions not
+yet written masked out, so that the step has fixed shapes (CUDA-graph capturable).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .blocks import StaticCache
 from .config import ModelConfig
 
 DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -22,6 +29,11 @@ def rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> 
     return out.to(x.dtype)
 
 
+def rope_frequencies(head_dim: int, base: float) -> torch.Tensor:
+    """RoPE's ``inv_freq`` ``(head_dim / 2,)``: ``base^(-2i / head_dim)``."""
+    return base ** (-torch.arange(0, head_dim, 2).float() / head_dim)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -29,14 +41,16 @@ class Attention(nn.Module):
         self.head_dim = cfg.d_model // cfg.n_heads
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        inv_freq = cfg.rope_base ** (-torch.arange(0, self.head_dim, 2).float() / self.head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.rope_base = cfg.rope_base
+        self.register_buffer("inv_freq", rope_frequencies(self.head_dim, cfg.rope_base), persistent=False)
 
     def init_projections(self, std: float, out_std: float) -> None:
         nn.init.normal_(self.qkv.weight, 0.0, std)
         nn.init.normal_(self.out_proj.weight, 0.0, out_std)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        if isinstance(cache, StaticCache):
+            return self._static_step(x, cache)
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         start = 0 if cache is None else cache.get("pos", 0)
@@ -70,3 +84,38 @@ class Attention(nn.Module):
         cache["v"][:, :, start:end] = v
         cache["pos"] = end
         return cache["k"][:, :, :end], cache["v"][:, :, :end]
+
+    def static_cache(self, batch: int, max_len: int, device, dtype: torch.dtype) -> StaticCache:
+        shape = (batch, self.n_heads, max_len, self.head_dim)
+        return StaticCache(k=torch.zeros(shape, device=device, dtype=dtype),
+                           v=torch.zeros(shape, device=device, dtype=dtype),
+                           pos=torch.zeros((), device=device, dtype=torch.long))
+
+    def load_cache(self, static: StaticCache, dynamic: dict) -> None:
+        end = dynamic["pos"]
+        if end >= static["k"].shape[2]:
+            raise ValueError(f"a prompt of {end} tokens leaves no room in a KV cache of "
+                             f"{static['k'].shape[2]} positions")
+        static["k"][:, :, :end].copy_(dynamic["k"][:, :, :end])
+        static["v"][:, :, :end].copy_(dynamic["v"][:, :, :end])
+        static["pos"].fill_(end)
+
+    def _static_step(self, x: torch.Tensor, cache: StaticCache) -> torch.Tensor:
+        """One token ``x`` ``(B, 1, D)`` at position ``cache["pos"]``, which moves on by one.
+        Attention is two batched matrix products over the whole buffer, which cuBLAS
+        spreads over the key positions (a fused attention kernel would use only B x H
+        blocks for one query); scores in the cache dtype, softmax in float32."""
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        pos = cache["pos"].view(1)
+        q, k = rotate(q, pos, self.inv_freq), rotate(k, pos, self.inv_freq)
+        keys, values = cache["k"], cache["v"]
+        keys.index_copy_(2, pos, k.to(keys.dtype))
+        values.index_copy_(2, pos, v.to(values.dtype))
+        score_dtype = torch.promote_types(keys.dtype, torch.float32)
+        scores = torch.matmul(q.to(keys.dtype), keys.transpose(2, 3)).to(score_dtype) / self.head_dim ** 0.5
+        unwritten = torch.arange(keys.shape[2], device=x.device) > pos
+        weights = scores.masked_fill(unwritten, float("-inf")).softmax(-1).to(values.dtype)
+        y = torch.matmul(weights, values)
+        cache["pos"].add_(1)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, D).to(x.dtype))

@@ -1,0 +1,77 @@
+"""The fused single-token decode step against the cells' own ``step`` (float64 on the CPU)."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from pararnn.cells import ParaGRUCell, ParaLSTMCell  # noqa: E402
+from pararnn.kernels import decode_step  # noqa: E402
+from pararnn.kernels._fused_common import interpreting  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+if not CUDA and not interpreting():
+    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+
+def _cell(kind, n, clip, bias):
+    cell = (ParaGRUCell if kind == "gru" else ParaLSTMCell)(n, recurrent_clip=clip, bias=bias)
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.normal_(0.0, 1.0)  # beyond the clip, so that clipping matters
+    return cell.to(DEVICE)
+
+
+def _reference(kind, cell, pre, states):
+    cell64 = cell.double()
+    pre, states = pre.double(), [s.double() for s in states]
+    try:
+        if kind == "gru":
+            return [cell64.step(pre, states[0])]
+        return list(ParaLSTMCell.unpack_state(cell64.step(pre, ParaLSTMCell.pack_state(*states))))
+    finally:
+        cell.float()
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+@pytest.mark.parametrize("n,clip,bias", [(8, 0.5, True), (37, None, False), (1500, 0.5, True)])
+@pytest.mark.parametrize("pre_dtype", [torch.float32, torch.bfloat16])
+def test_fused_step_equals_cell_step(kind, n, clip, bias, pre_dtype):
+    torch.manual_seed(n)
+    cell = _cell(kind, n, clip, bias)
+    batch = 3
+    pre = torch.randn(batch, 3 * n, device=DEVICE).to(pre_dtype)
+    states = [torch.randn(batch, n, device=DEVICE) for _ in range(1 if kind == "gru" else 2)]
+    expected = _reference(kind, cell, pre.float(), states)
+    if kind == "gru":
+        got = [decode_step.gru_step(pre, cell, states[0])]
+    else:
+        got = list(decode_step.lstm_step(pre, cell, *states))
+    for g, e in zip(got, expected):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), e, atol=2e-6, rtol=2e-6)
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_fused_step_in_place(kind):
+    """Writing the new state over the old one gives the same result as a fresh output."""
+    cell = _cell(kind, 40, 0.5, True)
+    pre = torch.randn(2, 120, device=DEVICE)
+    states = [torch.randn(2, 40, device=DEVICE) for _ in range(1 if kind == "gru" else 2)]
+    if kind == "gru":
+        fresh = [decode_step.gru_step(pre, cell, states[0])]
+        decode_step.gru_step(pre, cell, states[0], out=states[0])
+    else:
+        fresh = list(decode_step.lstm_step(pre, cell, *states))
+        decode_step.lstm_step(pre, cell, *states, out=tuple(states))
+    for f, s in zip(fresh, states):
+        assert torch.equal(f, s)
+
+
+def test_bad_shapes():
+    cell = _cell("gru", 8, 0.5, True)
+    with pytest.raises(ValueError, match="pre must be a contiguous tensor of shape"):
+        decode_step.gru_step(torch.randn(2, 25, device=DEVICE), cell, torch.randn(2, 8, device=DEVICE))
+    with pytest.raises(ValueError, match="not contiguous"):
+        decode_step.gru_step(torch.randn(2, 24, device=DEVICE), cell, torch.randn(8, 2, device=DEVICE).t())

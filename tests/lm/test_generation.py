@@ -1,0 +1,161 @@
+"""The one generation path: static in-place decode buffers == dynamic caches, sampling,
+stop tokens, CUDA graphs (GPU), bench-decode."""
+
+import json
+
+import pytest
+import torch
+
+from pararnn.cli import main
+from pararnn.generation import GREEDY, Generator, SamplingConfig, autocast_copy
+from pararnn.models import MODELS
+
+from test_models import VARIANTS, small_model
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("model,block,options", [(m, b, {}) for m, b in VARIANTS]
+                         + [("mamba2", "standard", {"mamba_ngroups": 2})])
+def test_static_decode_equals_dynamic_caches(model, block, options):
+    """Prefill, then single tokens through the static buffers (eager): the logits of the
+    dynamic caches, step after step."""
+    lm = small_model(model, block, **options).float()
+    idx = torch.randint(0, 64, (2, 9))
+    generator = Generator(lm)
+    assert not generator.cuda_graph
+    static_logits = [generator.prefill(idx, max_len=20)]
+    caches = lm.new_caches()
+    with torch.no_grad():
+        dynamic_logits = [lm(idx, caches=caches, last_only=True)[:, -1]]
+        for token in torch.randint(0, 64, (8, 2)):
+            static_logits.append(generator.step(token).clone())
+            dynamic_logits.append(lm(token[:, None], caches=caches)[:, -1])
+    torch.testing.assert_close(torch.stack(static_logits), torch.stack(dynamic_logits),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_greedy_tokens_are_the_argmax_of_the_parallel_forward(model):
+    lm = small_model(model)
+    prompt = torch.randint(0, 64, (2, 5))
+    tokens = Generator(lm).generate(prompt, 6)
+    assert tokens.shape == (2, 6)
+    with torch.no_grad():
+        seq = torch.cat([prompt, tokens], 1)
+        assert torch.equal(lm(seq)[:, 4:-1].argmax(-1), tokens)
+
+
+def test_decode_calls_the_cell_step_and_leaves_the_layer_mode_alone(monkeypatch):
+    lm = small_model("paralstm")
+    layers = [block.mixer.rnn for block in lm.blocks]
+    for layer in layers:
+        layer.mode = "parallel"
+    generator = Generator(lm)
+    generator.prefill(torch.randint(0, 64, (1, 4)), max_len=8)
+
+    def no_solve(*args, **kwargs):
+        raise AssertionError("a decode step ran the layer's solver")
+
+    for layer in layers:
+        monkeypatch.setattr(layer, "forward", no_solve)
+    generator.step(torch.tensor([3]))
+    assert all(layer.mode == "parallel" for layer in layers)
+
+
+def test_seeded_sampling_is_reproducible():
+    lm = small_model("paragru").float()
+    prompt = torch.randint(0, 64, (3, 4))
+    sampling = SamplingConfig(temperature=1.3, top_k=20, top_p=0.9)
+    draws = [Generator(lm).generate(prompt, 10, sampling, generator=torch.Generator().manual_seed(s))
+             for s in (1, 1, 2)]
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    assert ((draws[0] >= 0) & (draws[0] < 64)).all()
+
+
+def test_stop_tokens_end_each_row():
+    lm = small_model("transformer")
+    prompt = torch.randint(0, 64, (2, 4))
+    free = Generator(lm).generate(prompt, 12)
+    stops = {int(free[0, 2]), int(free[1, 2])}  # every row stops at step 2 at the latest
+    stopped = Generator(lm).generate(prompt, 12, stop_tokens=stops)
+    firsts = []
+    for row, full in zip(stopped, free):
+        first = min(i for i, t in enumerate(full.tolist()) if t in stops)
+        firsts.append(first)
+        # the row follows the free run up to its stop token, then repeats that token
+        assert torch.equal(row[:first + 1], full[:first + 1]) and (row[first:] == full[first]).all()
+    assert stopped.shape[1] == max(firsts) + 1  # the stream ends once every row has stopped
+
+
+def test_autocast_copy_computes_what_autocast_does():
+    lm = small_model("paragru", "paper").float()
+    idx = torch.randint(0, 64, (2, 7))
+    copy = autocast_copy(lm, torch.bfloat16)
+    assert copy.blocks[0].mixer.in_proj.weight.dtype == torch.bfloat16
+    assert lm.blocks[0].mixer.in_proj.weight.dtype == torch.float32
+    assert copy.embed.weight is lm.embed.weight  # everything else is shared
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(copy(idx), lm(idx))
+
+
+def test_bad_arguments():
+    lm = small_model("transformer")
+    generator = Generator(lm)
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingConfig(temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig(top_p=0)
+    with pytest.raises(ValueError, match="top_k"):
+        SamplingConfig(top_k=0)
+    with pytest.raises(ValueError, match="max_len must exceed"):
+        generator.prefill(torch.zeros(1, 5, dtype=torch.long), max_len=5)
+    with pytest.raises(ValueError, match="idx must be"):
+        generator.prefill(torch.zeros(5, dtype=torch.long), max_len=9)
+    with pytest.raises(ValueError, match="max_len=6 is shorter"):
+        generator.generate(torch.zeros(1, 5, dtype=torch.long), 3, max_len=6)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generator.generate(torch.zeros(1, 5, dtype=torch.long), 0)
+    with pytest.raises(ValueError, match="cuda_graph=True"):
+        Generator(lm, cuda_graph=True)  # the model is on the CPU
+
+
+def test_bench_decode_writes_rows_with_the_bandwidth_bound(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench-decode", "--models", "paragru,transformer", "--size", "nano", "--contexts", "16,64",
+                 "--batch-sizes", "1,2", "--new-tokens", "3", "--bandwidth", "1e11", "--device", "cpu",
+                 "--json", str(out)])
+    assert code == 0 and "bound tok/s" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert report["bandwidth"] == 1e11 and len(rows) == 8
+    for row in rows:
+        assert row["decode_tok_s"] > 0 and row["bytes_per_step"] > 0
+        assert row["bound_tok_s"] == pytest.approx(row["batch"] * 1e11 / row["bytes_per_step"])
+    state = {(r["model"], r["context"]): r["state_mib"] for r in rows if r["batch"] == 1}
+    assert state[("paragru", 16)] == state[("paragru", 64)]  # O(1) state
+    assert state[("transformer", 64)] > state[("transformer", 16)]  # the KV cache grows
+    assert main(["bench-decode", "--models", "lstm", "--device", "cpu"]) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("model", MODELS)
+def test_cuda_graph_greedy_tokens_equal_eager(model):
+    from pararnn.models import build_model, preset
+    torch.manual_seed(0)
+    lm = build_model(preset(model, "tiny")).cuda().eval()
+    prompt = torch.randint(0, 256, (3, 37), device="cuda")
+    graph = Generator(lm, dtype=torch.bfloat16)
+    eager = Generator(lm, dtype=torch.bfloat16, cuda_graph=False)
+    assert graph.cuda_graph and not eager.cuda_graph
+    tokens = graph.generate(prompt, 40)
+    assert torch.equal(tokens, eager.generate(prompt, 40))
+    assert torch.equal(graph.generate(prompt, 40), tokens)  # a second call replays the same graph
+    fp32 = Generator(lm)  # float32: the graph reproduces the parallel forward's argmax
+    tokens = fp32.generate(prompt, 20, GREEDY)
+    with torch.no_grad():
+        logits = lm(torch.cat([prompt, tokens], 1))[:, 36:-1].float()
+    top2 = logits.topk(2, -1).values
+    clear = (top2[..., 0] - top2[..., 1]) > 1e-3  # ties within float32 noise may flip
+    assert torch.equal(logits.argmax(-1)[clear], tokens[clear])
