@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=_positive_int, default=d.vocab_size,
                    help="BPE vocabulary size (--tokenizer bpe only)")
     t.add_argument("--tokenizer-from", default=d.tokenizer_from, metavar="DIR",
-                   help="reuse the tokenizer.json in DIR (e.g. another run) instead of training a BPE")
+                   help="reuse the tokenizer.json in DIR (e.g. another run) instead of training a BPE "
+                   "(default: none; the tokenizer is made by --tokenizer)")
     t.add_argument("--max-steps", type=int, default=d.max_steps,
                    help="optimizer steps to train; also the length of the LR schedule")
     t.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per training sequence")
