@@ -98,7 +98,7 @@ def test_state_gap_shows_an_unconverged_newton_solve_and_overrides_survive():
 
 def test_small_paragru_learns_parity_on_cpu():
     result = run(RunConfig(task="parity", model="paragru", length=16, width=16, heads=1, lr=1e-2,
-                           batch_size=64, steps=300, eval_every=25, n_train=2000, n_val=200,
+                           batch_size=64, steps=600, eval_every=25, n_train=2000, n_val=200,
                            n_test=500, n_test_long=200, length_factors=(1, 2)), log=lambda line: None)
     assert result["stopped_early"] and result["test_acc"] >= 0.99
     assert result["test"]["16"]["acc_last"] >= 0.99

@@ -61,6 +61,7 @@ def environment(device: str) -> dict:
 
 def write_outputs(results: list[dict], out_dir: Path, command: str, device: str) -> tuple[Path, Path]:
     """``results.json`` (every run, the environment, the paper's setup) and ``results.md``."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = {"command": command, "environment": environment(device), "paper_setup": PAPER_SETUP,
            "accuracy_note": "accuracies are fractions of the scored positions; 'acc' and 'acc_last' "
@@ -71,3 +72,21 @@ def write_outputs(results: list[dict], out_dir: Path, command: str, device: str)
     json_path.write_text(json.dumps(doc, indent=1))
     md_path.write_text(f"{PAPER_SETUP}\n\n`{command}` on {device}\n\n{markdown_table(results)}\n")
     return json_path, md_path
+
+
+def merge_outputs(json_paths: list[Path], out_dir: Path, command: str) -> tuple[Path, Path]:
+    """Combine the ``results.json`` of several jobs (e.g. run concurrently on one GPU) into
+    one ``results.json`` / ``results.md``; each run keeps its job's command and environment."""
+    runs, parts = [], []
+    for path in json_paths:
+        doc = json.loads(Path(path).read_text())
+        parts.append({"command": doc["command"], "environment": doc["environment"]})
+        runs += [{**run, "job": {"command": doc["command"], "environment": doc["environment"]}}
+                 for run in doc["runs"]]
+    if not runs:
+        raise ValueError("merge_outputs needs at least one results.json with runs")
+    order = {name: i for i, name in enumerate(("parity", "mqar", "khop", "modcount", "s5"))}
+    models = {name: i for i, name in enumerate(("transformer", "mamba2", "paragru", "paralstm"))}
+    runs.sort(key=lambda r: (order.get(r["task"], 99), models.get(r["model"], 99)))
+    device = parts[0]["environment"]["device"]
+    return write_outputs(runs, out_dir, command, device)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The state-tracking grid of `pararnn synthetic` on one GPU: 5 tasks x 4 one-layer models
+# (ParaRNN paper, Table 1, plus modular counting and S5), one seed, at the paper's setup
+# (width 64, length 100, 10k train / 100k test sequences). The models are tiny, so JOBS
+# runs go at once to keep the GPU busy; each run stops at 99.9% validation accuracy, at
+# STEPS steps or after LIMIT seconds of training, whichever comes first.
+#
+#   benchmarks/gpu_synthetic.sh OUTDIR [STEPS=4000] [LIMIT=150] [JOBS=10]
+#
+# Writes OUTDIR/results.json (every run: task, model, parameters, steps, seconds,
+# accuracies at 1x/2x/4x the length, the ParaRNN state gaps, the paper's number),
+# OUTDIR/results.md (the table), OUTDIR/device.txt, and one log and JSON per run under
+# OUTDIR/runs/. About 7 minutes on an H200 with the defaults (two waves of 10 jobs).
+set -uo pipefail
+out=${1:?usage: benchmarks/gpu_synthetic.sh OUTDIR [STEPS] [LIMIT] [JOBS]}
+steps=${2:-4000}
+limit=${3:-150}
+jobs=${4:-10}
+mkdir -p "$out/runs"
+out=$(cd "$out" && pwd)
+cd "$(dirname "$0")/.."
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt"
+python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/device.txt"
+
+run_one() {  # task model: one training run, cut off if it overruns its share of the budget
+    timeout $((limit + 100)) python3 -m pararnn synthetic --task "$1" --model "$2" --device cuda \
+        --steps "$steps" --time-limit "$limit" --out "$out/runs/$1_$2" > "$out/runs/$1_$2.log" 2>&1
+    echo "$1/$2: exit $? ($(tail -n 1 "$out/runs/$1_$2.log"))"
+}
+export -f run_one
+export out steps limit
+for task in parity mqar khop modcount s5; do
+    for model in paragru paralstm transformer mamba2; do
+        echo "$task $model"
+    done
+done | xargs -P "$jobs" -L 1 bash -c 'run_one "$0" "$1"'
+
+python3 - "$out" "benchmarks/gpu_synthetic.sh OUTDIR $steps $limit $jobs" <<'PY'
+import sys
+from pathlib import Path
+from pararnn.synthetic.report import merge_outputs
+out = Path(sys.argv[1])
+parts = sorted(out.glob("runs/*/results.json"))
+print(f"{len(parts)} of 20 runs finished")
+merge_outputs(parts, out, sys.argv[2])
+print((out / "results.md").read_text())
+PY
