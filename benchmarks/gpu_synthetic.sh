@@ -11,6 +11,8 @@
 # accuracies at 1x/2x/4x the length, the ParaRNN state gaps, the paper's number),
 # OUTDIR/results.md (the table), OUTDIR/device.txt, and one log and JSON per run under
 # OUTDIR/runs/. About 7 minutes on an H200 with the defaults (two waves of 10 jobs).
+# DEVICE (default cuda) and SYNTH_ARGS (extra `pararnn synthetic` flags) allow a quick
+# dry run elsewhere, e.g. DEVICE=cpu SYNTH_ARGS="--width 16 --n-test 64 ..." .
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_synthetic.sh OUTDIR [STEPS] [LIMIT] [JOBS]}
 steps=${2:-4000}
@@ -20,16 +22,19 @@ mkdir -p "$out/runs"
 out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt"
+device=${DEVICE:-cuda}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$out/device.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/device.txt"
 
 run_one() {  # task model: one training run, cut off if it overruns its share of the budget
-    timeout $((limit + 100)) python3 -m pararnn synthetic --task "$1" --model "$2" --device cuda \
-        --steps "$steps" --time-limit "$limit" --out "$out/runs/$1_$2" > "$out/runs/$1_$2.log" 2>&1
+    # shellcheck disable=SC2086  # SYNTH_ARGS is a list of flags
+    timeout $((limit + 100)) python3 -m pararnn synthetic --task "$1" --model "$2" --device "$device" \
+        --steps "$steps" --time-limit "$limit" ${SYNTH_ARGS:-} --out "$out/runs/$1_$2" \
+        > "$out/runs/$1_$2.log" 2>&1
     echo "$1/$2: exit $? ($(tail -n 1 "$out/runs/$1_$2.log"))"
 }
 export -f run_one
-export out steps limit
+export out steps limit device
 for task in parity mqar khop modcount s5; do
     for model in paragru paralstm transformer mamba2; do
         echo "$task $model"

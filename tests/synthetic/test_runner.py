@@ -9,6 +9,7 @@ import torch
 from pararnn import NewtonConfig
 from pararnn.cli import main
 from pararnn.synthetic.models import build_synthetic_model
+from pararnn.synthetic.report import merge_outputs
 from pararnn.synthetic.runner import RunConfig, evaluate, lr_at, rnn_layer, run
 from pararnn.synthetic.tasks import get_task
 
@@ -45,6 +46,14 @@ def test_cli_grid_writes_table_and_self_describing_json(tmp_path, capsys):
     table = (out / "results.md").read_text()
     assert table.count("\n| parity |") == 2 and "| 100 |" in table
     assert "| task | model | params |" in capsys.readouterr().out
+
+    # the GPU script runs jobs concurrently and merges their JSON in the paper's order
+    merge_outputs([out / "results.json"], tmp_path / "merged", "benchmarks/gpu_synthetic.sh OUTDIR")
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert merged["command"] == "benchmarks/gpu_synthetic.sh OUTDIR"
+    assert [(r["task"], r["model"]) for r in merged["runs"]] == [
+        ("parity", "mamba2"), ("parity", "paragru"), ("modcount", "mamba2"), ("modcount", "paragru")]
+    assert all(r["job"]["command"] == doc["command"] for r in merged["runs"])
 
 
 def test_cli_rejects_unknown_names():
