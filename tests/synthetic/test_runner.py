@@ -71,9 +71,15 @@ def test_early_stop_at_the_target_accuracy():
 
 def test_learning_rate_warms_up_then_follows_a_cosine():
     cfg = RunConfig(task="parity", model="paragru", steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
+    plain = RunConfig(task="parity", model="paragru", steps=100, warmup_steps=10, lr=1e-3)
     assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
     assert lr_at(55, cfg) == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lr_at(100, cfg) == pytest.approx(1e-4)
+    # with a time limit the cosine follows whichever budget runs out first
+    timed = RunConfig(task="parity", model="paragru", steps=100, warmup_steps=10, lr=1e-3, time_limit=20.0)
+    assert lr_at(55, timed, elapsed=0.0) == pytest.approx(lr_at(55, plain)) == pytest.approx(0.5e-3)
+    assert lr_at(20, timed, elapsed=10.0) == pytest.approx(0.5e-3)
+    assert lr_at(20, timed, elapsed=25.0) == pytest.approx(0.0)
 
 
 def test_bad_run_config():

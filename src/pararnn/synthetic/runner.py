@@ -72,14 +72,18 @@ class RunConfig:
             raise ValueError(f"time_limit must be > 0 seconds or None, got {self.time_limit!r}")
 
 
-def lr_at(step: int, cfg: RunConfig) -> float:
-    """Linear warm-up, then a cosine from ``lr`` down to ``min_lr_ratio * lr``."""
+def lr_at(step: int, cfg: RunConfig, elapsed: float = 0.0) -> float:
+    """Linear warm-up, then a cosine from ``lr`` down to ``min_lr_ratio * lr`` over the
+    tighter of the two budgets: ``steps``, or ``time_limit`` seconds of training
+    (``elapsed`` so far), so that a run cut off by time still ends at the low rate."""
     warmup = max(1, cfg.steps // 20) if cfg.warmup_steps is None else cfg.warmup_steps
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, cfg.steps - warmup))
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
+    if cfg.time_limit is not None:
+        progress = max(progress, elapsed / cfg.time_limit)
     floor = cfg.min_lr_ratio * cfg.lr
-    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def rnn_layer(model):
@@ -191,7 +195,7 @@ def run(cfg: RunConfig, log=print) -> dict:
     model.train()
     while step < cfg.steps:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr_at(step, cfg, time.perf_counter() - start)
         batch = torch.randint(0, cfg.n_train, (cfg.batch_size,), generator=sampler).to(device)
         logits = model(train_x[batch])
         loss = F.cross_entropy(logits.float().flatten(0, 1), train_y[batch].flatten(), ignore_index=IGNORE)
