@@ -9,7 +9,8 @@ from pararnn.synthetic.models import build_synthetic_model
 from pararnn.synthetic.runner import RunConfig, evaluate, rnn_layer, run
 from pararnn.synthetic.tasks import get_task
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 @pytest.mark.parametrize("model", ["paragru", "paralstm"])
