@@ -133,8 +133,12 @@ class _Tally:
 
 @torch.no_grad()
 def evaluate(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, device) -> dict:
-    """Accuracies of ``model`` as it is configured, plus, for ParaRNN models, one entry per
-    solve of :data:`SOLVES` with ``max_state_gap`` against the sequential states."""
+    """``acc`` (every scored position) and ``acc_last`` (the last position) of ``model``.
+
+    For a ParaRNN model these come from the exact recurrence, and ``solves`` holds the
+    accuracies of every solve of :data:`SOLVES`, with ``max_state_gap`` (largest
+    ``|h_parallel - h_sequential|``) for the parallel ones."""
+    was_training = model.training
     model.eval()
     rnn = rnn_layer(model)
     tallies = {"model": _Tally()} if rnn is None else {name: _Tally() for name in SOLVES}
@@ -155,7 +159,7 @@ def evaluate(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
                 fell_back |= bool(getattr(rnn.last_solve, "fell_back", False))
         for name in gaps:
             gaps[name] = max(gaps[name], float((runs[name] - runs["sequential"]).abs().amax()))
-    model.train()
+    model.train(was_training)
     if rnn is None:
         return tallies["model"].result()
     out = {name: tally.result() for name, tally in tallies.items()}
@@ -168,13 +172,14 @@ def evaluate(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
 
 def _quick_accuracy(model, inputs, labels, batch_size, device) -> float:
     """Validation accuracy during training, with the model's own solver settings."""
+    was_training = model.training
     model.eval()
     tally = _Tally()
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
             tally.add(model(inputs[start:start + batch_size].to(device)),
                       labels[start:start + batch_size].to(device))
-    model.train()
+    model.train(was_training)
     return tally.result()["acc"]
 
 
