@@ -81,3 +81,11 @@ def test_paper_models_have_width_64_state_64_four_heads(model):
     else:
         assert mixer.d_state == 64 and mixer.nheads == 4
     assert lm(torch.randint(0, task.vocab_size, (2, 30))).shape == (2, 30, task.num_classes)
+
+
+def test_block_choice_overrides_the_papers():
+    assert synthetic_config(get_task("parity"), "paragru", block="paper").conv_kernel == 4
+    bare = synthetic_config(get_task("khop"), "paragru", block="bare")
+    assert (bare.conv_kernel, bare.gated_norm, bare.residual_scale, bare.recurrent_clip) == (0, False, False, None)
+    with pytest.raises(ValueError, match="block must be one of auto, paper, bare"):
+        synthetic_config(get_task("khop"), "paragru", block="full")

@@ -32,10 +32,20 @@ def paper_accuracy(task: str, model: str) -> float | None:
     return PAPER_ACCURACY.get(task, {}).get(model)
 
 
-def synthetic_config(task: Task, model: str, *, width: int = WIDTH, heads: int = HEADS,
-                     **overrides) -> ModelConfig:
-    """The paper's one-layer ``model`` for ``task`` (see the module doc)."""
-    bare = task.name == "parity"
+BLOCKS = ("auto", "paper", "bare")
+
+
+def synthetic_config(task: Task, model: str, *, block: str = "auto", width: int = WIDTH,
+                     heads: int = HEADS, **overrides) -> ModelConfig:
+    """The paper's one-layer ``model`` for ``task`` (see the module doc).
+
+    ``block``: ``"auto"`` is the paper's choice (``"bare"`` for parity, ``"paper"``
+    otherwise); ``"paper"``: causal conv, gated RMSNorm, scaled residuals, recurrent clip
+    0.9; ``"bare"``: none of them and no clipping.
+    """
+    if block not in BLOCKS:
+        raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {block!r}")
+    bare = task.name == "parity" if block == "auto" else block == "bare"
     fields = dict(d_model=width, n_layers=1, mlp_hidden=0, tied_head=False,
                   output_size=task.num_classes, n_heads=heads,
                   # ParaRNN mixers: hidden state = width, `heads` input-projection heads
@@ -43,8 +53,7 @@ def synthetic_config(task: Task, model: str, *, width: int = WIDTH, heads: int =
                   # Mamba2: d_inner = 2 * width in `heads` heads, state 64
                   mamba_d_state=64, mamba_headdim=2 * width // heads)
     fields.update(overrides)
-    block = "standard" if bare else "paper"
-    return preset(model, vocab_size=task.vocab_size, block=block, **fields)
+    return preset(model, vocab_size=task.vocab_size, block="standard" if bare else "paper", **fields)
 
 
 def build_synthetic_model(task: Task, model: str, **overrides) -> LanguageModel:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..solver import NewtonConfig
 from .data import disjoint_splits
-from .models import build_synthetic_model, paper_accuracy
+from .models import BLOCKS, build_synthetic_model, paper_accuracy
 from .tasks import IGNORE, get_task
 
 # the RNN solves scored at test time: name -> (mode, newton); None is the solver's default
@@ -57,10 +57,13 @@ class RunConfig:
     seed: int = 0
     width: int = 64
     heads: int = 4
+    block: str = "auto"  # see synthetic_config: "auto" (the paper's choice), "paper", "bare"
     device: str = "cpu"
 
     def __post_init__(self) -> None:
         get_task(self.task)
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {self.block!r}")
         for name in ("length", "n_train", "n_val", "n_test", "n_test_long", "steps", "batch_size",
                      "eval_every", "eval_batch_size", "width", "heads"):
             value = getattr(self, name)
@@ -190,7 +193,8 @@ def run(cfg: RunConfig, log=print) -> dict:
     data = disjoint_splits(task, cfg.length, {"train": cfg.n_train, "val": cfg.n_val,
                                               "test": cfg.n_test}, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = build_synthetic_model(task, cfg.model, width=cfg.width, heads=cfg.heads).to(device)
+    model = build_synthetic_model(task, cfg.model, block=cfg.block, width=cfg.width,
+                                  heads=cfg.heads).to(device)
     params = model.num_params()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_x, train_y = (t.to(device) for t in data["train"])
