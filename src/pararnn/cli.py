@@ -374,7 +374,7 @@ def cmd_synthetic(args, parser) -> None:
     print(markdown_table(results))
     if args.out:
         flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-                 for k, v in vars(args).items() if k != "command" and v not in (None, False)]
+                 for k, v in vars(args).items() if k != "command" and v is not None and v is not False]
         command = " ".join(["pararnn synthetic", *flags])
         paths = write_outputs(results, Path(args.out), command, device)
         print(f"wrote {paths[0]} and {paths[1]}")

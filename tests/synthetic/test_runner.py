@@ -24,6 +24,7 @@ def test_cli_grid_writes_table_and_self_describing_json(tmp_path, capsys):
                  *TINY, "--out", str(out)]) == 0
     doc = json.loads((out / "results.json").read_text())
     assert doc["command"].startswith("pararnn synthetic") and "width 64" in doc["paper_setup"]
+    assert "--seed 0 " in doc["command"] and "--all" not in doc["command"]
     assert doc["environment"]["device"] == "cpu" and "load_average" in doc["environment"]
     runs = {(r["task"], r["model"]): r for r in doc["runs"]}
     assert set(runs) == {(t, m) for t in ("parity", "modcount") for m in ("paragru", "mamba2")}
