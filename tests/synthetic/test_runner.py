@@ -41,6 +41,7 @@ def test_cli_grid_writes_table_and_self_describing_json(tmp_path, capsys):
         if r["model"] == "paragru":
             assert set(solves) == {"newton3", "default", "sequential"}
             assert solves["newton3"]["max_state_gap"] >= 0
+            assert solves["newton3"]["backend"] == "torch"  # no fused kernels on the CPU
             assert r["test"]["20"]["acc"] == solves["sequential"]["acc"]
         else:
             assert solves is None

@@ -146,7 +146,7 @@ def evaluate(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
     rnn = rnn_layer(model)
     tallies = {"model": _Tally()} if rnn is None else {name: _Tally() for name in SOLVES}
     gaps = {name: 0.0 for name in SOLVES if name != "sequential"}
-    fell_back = False
+    fell_back, backends = False, {}
     for start in range(0, len(inputs), batch_size):
         x = inputs[start:start + batch_size].to(device)
         y = labels[start:start + batch_size].to(device)
@@ -158,6 +158,7 @@ def evaluate(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
             with _SolveAs(rnn, mode, newton) as solve:
                 tallies[name].add(model(x), y)
             runs[name] = solve.states.float()
+            backends[name] = rnn.last_solve.backend  # e.g. torch (Newton + scan) or triton (fused)
             if name == "default":
                 fell_back |= bool(getattr(rnn.last_solve, "fell_back", False))
         for name in gaps:
@@ -165,7 +166,7 @@ def evaluate(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
     model.train(was_training)
     if rnn is None:
         return tallies["model"].result()
-    out = {name: tally.result() for name, tally in tallies.items()}
+    out = {name: {**tally.result(), "backend": backends.get(name)} for name, tally in tallies.items()}
     for name, gap in gaps.items():
         out[name]["max_state_gap"] = gap
     out["default"]["fell_back"] = fell_back
