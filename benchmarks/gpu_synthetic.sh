@@ -12,7 +12,7 @@
 # Writes OUTDIR/results.json (every run: task, model, parameters, steps, seconds,
 # accuracies at 1x/2x/4x the length, the ParaRNN state gaps, the paper's number),
 # OUTDIR/results.md (the table), OUTDIR/device.txt, and one log and JSON per run under
-# OUTDIR/runs/. At most about 8.5 minutes on an H200 with the defaults: 330 s of
+# OUTDIR/runs/. Budgeted for under 9 minutes on one GPU with the defaults: 330 s of
 # training, then evaluation; a job still running after LIMIT + 150 s is killed (its run
 # is missing from the merged table, and its log says how far it got).
 # DEVICE (default cuda) and SYNTH_ARGS (extra `pararnn synthetic` flags) allow a quick

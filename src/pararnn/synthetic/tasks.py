@@ -5,11 +5,12 @@ returns ``(inputs, labels)``, both ``(n, length)`` int64; ``labels`` is
 :data:`IGNORE` (-100, PyTorch's ignore index) at positions that are not scored.
 
 * ``parity``: bits; label ``t`` = XOR of bits ``0..t`` (every position scored).
-* ``modcount``: digits ``0..m-1``; label ``t`` = their running sum mod ``m``.
+* ``modcount``: digits ``0..m-1``; label ``t`` = their running sum mod ``m`` (parity
+  for ``m = 2``; beyond linear SSMs whose transition eigenvalues lie in [0, 1]).
 * ``s5``: permutations of 5 elements, as indices into the 120 permutations in
   lexicographic order; label ``t`` = index of the product ``g_t ∘ ... ∘ g_1`` (apply
-  ``g_1`` first). S5 is not solvable, so a linear/diagonal SSM cannot track it at any
-  fixed depth (Merrill et al., "The illusion of state in state-space models", 2024).
+  ``g_1`` first). S5 is not solvable, so no diagonal linear SSM with a fixed number of
+  layers tracks it (Merrill et al., "The illusion of state in state-space models", 2024).
 * ``mqar``: multi-query associative recall. The sequence opens with ``pairs`` key-value
   pairs ``k_1 v_1 ... k_P v_P`` (distinct keys from ``[0, keys)``, values from
   ``[keys, keys + values)``); every later position holds one of these keys, drawn at
