@@ -27,20 +27,22 @@ returns ``(inputs, labels)``, both ``(n, length)`` int64; ``labels`` is
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import torch
 
 IGNORE = -100
 
 
-@dataclass(frozen=True)
 class Task:
     """A task's name, input vocabulary and number of label classes."""
 
-    name: str
-    vocab_size: int
-    num_classes: int
+    min_length = 1  # the shortest sequence the task can form
+
+    def __init__(self, name: str, vocab_size: int, num_classes: int) -> None:
+        self.name, self.vocab_size, self.num_classes = name, vocab_size, num_classes
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size}, num_classes={self.num_classes})"
 
     def generate(self, n: int, length: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` sequences of ``length`` tokens and their labels (see the module doc)."""
@@ -50,8 +52,6 @@ class Task:
             raise ValueError(f"length must be an int >= {self.min_length} for {self.name}, got {length!r}")
         inputs = self.sample_inputs(n, length, generator)
         return inputs, self.labels(inputs)
-
-    min_length = 1
 
     def sample_inputs(self, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, self.vocab_size, (n, length), generator=generator)
@@ -89,7 +89,7 @@ class SymmetricGroup(Task):
     def __init__(self, degree: int = 5) -> None:
         perms, table = _permutations(degree)
         super().__init__(f"s{degree}", len(perms), len(perms))
-        object.__setattr__(self, "table", table)
+        self.table = table
 
     def labels(self, inputs):
         # a scan over time with a table lookup per step: T steps of (n,) gathers
@@ -107,8 +107,7 @@ class MQAR(Task):
         if pairs > keys:
             raise ValueError(f"pairs={pairs} needs at least as many keys, got keys={keys}")
         super().__init__("mqar", keys + values, keys + values)
-        object.__setattr__(self, "pairs", pairs)
-        object.__setattr__(self, "keys", keys)
+        self.pairs, self.keys = pairs, keys
 
     @property
     def min_length(self) -> int:
