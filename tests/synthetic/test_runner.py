@@ -33,6 +33,7 @@ def test_cli_grid_writes_table_and_self_describing_json(tmp_path, capsys):
     assert runs["modcount", "paragru"]["paper_test_acc"] is None
     for r in doc["runs"]:
         assert r["steps"] == 4 and r["params"] > 0 and r["train_seconds"] >= 0
+        assert r["task_spec"]["name"] == r["task"] and r["task_spec"]["num_classes"] > 1
         assert set(r["test"]) == {"20", "40", "80"}
         assert r["test"]["20"]["n"] == 32 and r["test"]["80"]["n"] == 16
         for at in r["test"].values():

@@ -70,6 +70,12 @@ def test_labels_match_brute_force(name):
         assert lab == BRUTE[name](seq)
 
 
+def test_tasks_describe_themselves():
+    assert get_task("mqar").describe() == {"name": "mqar", "vocab_size": 32, "num_classes": 32,
+                                           "pairs": 4, "keys": 16, "values": 16}
+    assert get_task("s5").describe()["num_classes"] == 120 and repr(get_task("khop")) == "KHop(k=2, symbols=8)"
+
+
 def test_mqar_keys_are_distinct_and_queries_come_from_the_pairs():
     task = get_task("mqar")
     inputs, _ = generate("mqar", n=64)
@@ -115,8 +121,8 @@ def test_too_many_samples_for_the_length_is_an_error():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         get_task("nope")
-    with pytest.raises(ValueError, match="length must be an int >= 17 for mqar"):
-        generate("mqar", length=16)
+    with pytest.raises(ValueError, match="length must be an int >= 9 for mqar"):
+        generate("mqar", length=8)
     with pytest.raises(ValueError, match="n must be a positive int"):
         generate("parity", n=0)
     with pytest.raises(ValueError, match="size of split 'val'"):

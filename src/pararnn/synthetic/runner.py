@@ -235,7 +235,7 @@ def run(cfg: RunConfig, log=print) -> dict:
             inputs, labels = task.generate(cfg.n_test_long, length, generator)
         test[str(length)] = {"n": len(inputs), **evaluate(model, inputs, labels, cfg.eval_batch_size, device)}
     return {
-        "task": cfg.task, "model": cfg.model, "params": params, "steps": step,
+        "task": cfg.task, "model": cfg.model, "task_spec": task.describe(), "params": params, "steps": step,
         "stopped_early": val_acc >= cfg.target, "train_seconds": round(train_s, 2),
         "eval_seconds": round(time.perf_counter() - eval_start, 2),
         "final_val_acc": val_acc, "test": test, "test_acc": test[str(cfg.length)]["acc"],

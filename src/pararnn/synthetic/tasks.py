@@ -38,11 +38,16 @@ class Task:
 
     min_length = 1  # the shortest sequence the task can form
 
-    def __init__(self, name: str, vocab_size: int, num_classes: int) -> None:
+    def __init__(self, name: str, vocab_size: int, num_classes: int, **options) -> None:
         self.name, self.vocab_size, self.num_classes = name, vocab_size, num_classes
+        self.options = options  # the parameters that define the task, for reports
+
+    def describe(self) -> dict:
+        return {"name": self.name, "vocab_size": self.vocab_size, "num_classes": self.num_classes,
+                **self.options}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(vocab_size={self.vocab_size}, num_classes={self.num_classes})"
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in self.options.items())})"
 
     def generate(self, n: int, length: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` sequences of ``length`` tokens and their labels (see the module doc)."""
@@ -70,7 +75,7 @@ class Parity(Task):
 
 class ModCount(Task):
     def __init__(self, modulus: int = 5) -> None:
-        super().__init__("modcount", modulus, modulus)
+        super().__init__("modcount", modulus, modulus, modulus=modulus)
 
     def labels(self, inputs):
         return inputs.cumsum(dim=1) % self.num_classes
@@ -88,7 +93,7 @@ def _permutations(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 class SymmetricGroup(Task):
     def __init__(self, degree: int = 5) -> None:
         perms, table = _permutations(degree)
-        super().__init__(f"s{degree}", len(perms), len(perms))
+        super().__init__(f"s{degree}", len(perms), len(perms), degree=degree)
         self.table = table
 
     def labels(self, inputs):
@@ -103,10 +108,10 @@ class SymmetricGroup(Task):
 
 
 class MQAR(Task):
-    def __init__(self, pairs: int = 8, keys: int = 32, values: int = 32) -> None:
+    def __init__(self, pairs: int = 4, keys: int = 16, values: int = 16) -> None:
         if pairs > keys:
             raise ValueError(f"pairs={pairs} needs at least as many keys, got keys={keys}")
-        super().__init__("mqar", keys + values, keys + values)
+        super().__init__("mqar", keys + values, keys + values, pairs=pairs, keys=keys, values=values)
         self.pairs, self.keys = pairs, keys
 
     @property
@@ -134,7 +139,7 @@ class MQAR(Task):
 
 class KHop(Task):
     def __init__(self, symbols: int = 8) -> None:
-        super().__init__("khop", symbols, symbols)
+        super().__init__("khop", symbols, symbols, k=2, symbols=symbols)
 
     def labels(self, inputs):
         n, length = inputs.shape
