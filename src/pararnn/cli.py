@@ -9,6 +9,7 @@
     pararnn compare runs/a runs/b --plot compare.png
     pararnn sweep --out results/lm_quality --size small --jobs 6
     pararnn compare results/lm_quality
+    pararnn synthetic --task parity --model paragru --out runs/synthetic
 
 Bad input (missing or corrupt checkpoint, empty data, unknown model, ...) ends with one
 line ``pararnn: error: ...`` and exit status 2; set ``PARARNN_TRACEBACK=1`` to see the
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--keep-checkpoints", action="store_true", help="keep each run's final checkpoint")
     w.add_argument("--dry-run", action="store_true", help="print the stage-1 runs and one command; run nothing")
     _add_runtime(w)
+    _add_synthetic(sub)
     parser.commands = sub.choices
     return parser
 
@@ -227,6 +229,39 @@ def _model_options(text: str) -> dict:
         return parse_model_options(text)
     except (ValueError, TypeError) as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_synthetic(sub) -> None:
+    from .synthetic.runner import RunConfig
+    from .synthetic.tasks import TASKS
+    d = RunConfig(task="parity", model="paragru")
+    s = sub.add_parser("synthetic", help="state-tracking benchmarks: one-layer models on "
+                       "parity, MQAR, k-hop, modular counting, S5 (ParaRNN paper, Table 1)")
+    s.add_argument("--task", default="parity", help=f"comma-separated, from {', '.join(TASKS)}")
+    s.add_argument("--model", default="paragru", help=f"comma-separated, from {', '.join(MODELS)}")
+    s.add_argument("--all", action="store_true", help="every task with every model")
+    s.add_argument("--out", help="write results.json and results.md into this folder")
+    s.add_argument("--steps", type=_positive_int, default=d.steps, help="training steps at most")
+    s.add_argument("--time-limit", type=float, help="training seconds at most, per run")
+    s.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    s.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (cosine schedule)")
+    s.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    s.add_argument("--eval-every", type=_positive_int, default=d.eval_every)
+    s.add_argument("--target", type=float, default=d.target, help="stop at this validation accuracy")
+    s.add_argument("--length", type=_positive_int, default=d.length, help="training sequence length")
+    s.add_argument("--n-train", type=_positive_int, default=d.n_train)
+    s.add_argument("--n-val", type=_positive_int, default=d.n_val)
+    s.add_argument("--n-test", type=_positive_int, default=d.n_test, help="test sequences at the training length")
+    s.add_argument("--n-test-long", type=_positive_int, default=d.n_test_long,
+                   help="test sequences at 2x and 4x the training length")
+    s.add_argument("--eval-batch-size", type=_positive_int, default=d.eval_batch_size)
+    s.add_argument("--width", type=_positive_int, default=d.width, help="model width and state size")
+    s.add_argument("--heads", type=_positive_int, default=d.heads)
+    s.add_argument("--block", default=d.block, choices=["auto", "paper", "bare"],
+                   help="auto: the paper's choice (the bare cell for parity, its block otherwise); "
+                   "paper: conv + gated norm + scaled residuals + recurrent clip 0.9; bare: none")
+    s.add_argument("--seed", type=int, default=d.seed)
+    s.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
 
 
 def _load_config(path: str) -> dict:
@@ -494,9 +529,45 @@ def cmd_sweep(args, parser) -> None:
                          "re-run the same command to retry them")
 
 
+def _choices(text: str, known, what: str) -> list[str]:
+    chosen = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in chosen if item not in known]
+    if unknown or not chosen:
+        raise ValueError(f"--{what} must be comma-separated names from {', '.join(known)}, got {text!r}")
+    return chosen
+
+
+def cmd_synthetic(args, parser) -> None:
+    from .synthetic.models import PAPER_SETUP
+    from .synthetic.report import markdown_table, write_outputs
+    from .synthetic.runner import RunConfig, run
+    from .synthetic.tasks import TASKS
+    from .train.distributed import pick_device
+    tasks = list(TASKS) if args.all else _choices(args.task, TASKS, "task")
+    models = list(MODELS) if args.all else _choices(args.model, MODELS, "model")
+    device = str(pick_device(args.device))
+    fields = {f.name for f in dataclasses.fields(RunConfig)} - {"task", "model", "device"}
+    options = {k: v for k, v in vars(args).items() if k in fields}
+    print(PAPER_SETUP)
+    results = []
+    for task in tasks:
+        for model in models:
+            result = run(RunConfig(task=task, model=model, device=device, **options))
+            print(f"{task}/{model}: {result['params']:,} parameters, {result['steps']} steps, "
+                  f"test accuracy {100 * result['test_acc']:.1f}%")
+            results.append(result)
+    print(markdown_table(results))
+    if args.out:
+        flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                 for k, v in vars(args).items() if k != "command" and v is not None and v is not False]
+        command = " ".join(["pararnn synthetic", *flags])
+        paths = write_outputs(results, Path(args.out), command, device)
+        print(f"wrote {paths[0]} and {paths[1]}")
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
             "bench-decode": cmd_bench_decode, "export": cmd_export, "sizes": cmd_sizes,
-            "compare": cmd_compare, "sweep": cmd_sweep}
+            "compare": cmd_compare, "sweep": cmd_sweep, "synthetic": cmd_synthetic}
 
 
 def _one_line_checkpoint_warnings(show):

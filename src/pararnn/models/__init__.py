@@ -28,4 +28,5 @@ def build_model(cfg: ModelConfig) -> LanguageModel:
     return LanguageModel(cfg, mixer_factory(cfg.model))
 
 
-__all__ = ["MODELS", "SIZES", "LanguageModel", "ModelConfig", "build_model", "preset", "sample"]
+__all__ = ["MODELS", "SIZES", "LanguageModel", "ModelConfig", "build_model", "mixer_factory",
+           "preset", "sample"]

@@ -106,17 +106,17 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mixer = mixer
-        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
-        if cfg.residual_scale:
-            self.scale1 = nn.Parameter(torch.ones(cfg.d_model))
-            self.scale2 = nn.Parameter(torch.ones(cfg.d_model))
-        else:
-            self.scale1 = self.scale2 = None
+        has_mlp = cfg.mlp_hidden > 0  # mlp_hidden=0: a mixer-only block
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps) if has_mlp else None
+        self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden) if has_mlp else None
+        self.scale1 = nn.Parameter(torch.ones(cfg.d_model)) if cfg.residual_scale else None
+        self.scale2 = nn.Parameter(torch.ones(cfg.d_model)) if cfg.residual_scale and has_mlp else None
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         y = self.mixer(self.norm1(x), cache)
         x = x + (y if self.scale1 is None else self.scale1.to(y.dtype) * y)
+        if self.mlp is None:
+            return x
         y = self.mlp(self.norm2(x))
         return x + (y if self.scale2 is None else self.scale2.to(y.dtype) * y)
 
@@ -133,7 +133,8 @@ def matched_mlp_hidden(cfg: ModelConfig, mixer_params: int) -> int:
 
 
 class LanguageModel(nn.Module):
-    """Embedding -> ``n_layers`` x :class:`Block` -> RMSNorm -> tied output head.
+    """Embedding -> ``n_layers`` x :class:`Block` -> RMSNorm -> output head (tied to the
+    embedding unless ``cfg.tied_head`` is False).
 
     ``make_mixer(cfg)`` builds one mixer; use :func:`pararnn.models.build_model`.
     """
@@ -147,6 +148,7 @@ class LanguageModel(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, make_mixer(cfg)) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = None if cfg.tied_head else nn.Linear(cfg.d_model, cfg.output_size, bias=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -155,9 +157,12 @@ class LanguageModel(nn.Module):
         Mixers initialise their own internals (cell parameters, conv, SSM parameters)."""
         std = self.cfg.init_std
         nn.init.normal_(self.embed.weight, 0.0, std)
+        if self.head is not None:
+            nn.init.normal_(self.head.weight, 0.0, std)
         for block in self.blocks:
-            nn.init.normal_(block.mlp.gate_up.weight, 0.0, std)
-            nn.init.normal_(block.mlp.down.weight, 0.0, std / math.sqrt(2 * self.cfg.n_layers))
+            if block.mlp is not None:
+                nn.init.normal_(block.mlp.gate_up.weight, 0.0, std)
+                nn.init.normal_(block.mlp.down.weight, 0.0, std / math.sqrt(2 * self.cfg.n_layers))
             block.mixer.init_projections(std, std / math.sqrt(2 * self.cfg.n_layers))
 
     def num_params(self, non_embedding: bool = False) -> int:
@@ -186,7 +191,8 @@ class LanguageModel(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, None if caches is None else caches[i])
         x = self.norm(x[:, -1:] if last_only else x)
-        logits = F.linear(x, self.embed.weight.to(x.dtype))
+        head = self.embed.weight if self.head is None else self.head.weight
+        logits = F.linear(x, head.to(x.dtype))
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())

@@ -44,8 +44,12 @@ class ModelConfig:
     vocab_size: int = 320
     d_model: int = 256
     n_layers: int = 4
-    mlp_hidden: int | None = None  # None: matched to the Transformer's parameter count
+    mlp_hidden: int | None = None  # None: matched to the Transformer's parameter count; 0: no MLP
     norm_eps: float = 1e-5
+    # output head: tied to the embedding (a language model), or a separate linear layer of
+    # `output_size` outputs (None: vocab_size), e.g. the classes of a synthetic task
+    tied_head: bool = True
+    output_size: int | None = None
     # Transformer
     n_heads: int | None = None  # None: d_model // 64
     rope_base: float = 10000.0
@@ -106,6 +110,16 @@ class ModelConfig:
                              f"and rnn_hidden={self.rnn_hidden}")
         if (self.mamba_expand * self.d_model) % self.mamba_headdim:
             raise ValueError("mamba_expand * d_model must be a multiple of mamba_headdim")
+        if self.mlp_hidden is not None and (isinstance(self.mlp_hidden, bool) or
+                                            not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 0):
+            raise ValueError(f"mlp_hidden must be None or an integer >= 0, got {self.mlp_hidden!r}")
+        if self.output_size is None:
+            self.output_size = self.vocab_size
+        if not isinstance(self.output_size, int) or self.output_size < 1:
+            raise ValueError(f"output_size must be a positive integer, got {self.output_size!r}")
+        if self.tied_head and self.output_size != self.vocab_size:
+            raise ValueError(f"a tied head has vocab_size={self.vocab_size} outputs; "
+                             f"output_size={self.output_size} needs tied_head=False")
         if self.conv_kernel < 0:
             raise ValueError(f"conv_kernel must be >= 0, got {self.conv_kernel}")
         if not isinstance(self.rnn_in_proj, bool):
@@ -179,19 +193,28 @@ def round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
-def preset(model: str, size: str, *, vocab_size: int = 320, block: str = "standard",
+def preset(model: str, size: str | None = None, *, vocab_size: int = 320, block: str = "standard",
            **overrides) -> ModelConfig:
     """The configuration of ``model`` at ``size`` (a key of :data:`SIZES`).
+
+    ``size=None`` takes ``d_model`` and ``n_layers`` from ``overrides`` (both required),
+    e.g. ``preset("paragru", d_model=64, n_layers=1, mlp_hidden=0)`` for a one-layer model.
 
     ``block="paper"`` turns on the ParaRNN paper's block options (causal conv of width 4,
     gated RMSNorm, scaled residuals); they apply to the ParaRNN mixers only, except the
     residual scale, which every model then gets.
     """
-    if size not in SIZES:
+    if size is None:
+        missing = [name for name in ("d_model", "n_layers") if name not in overrides]
+        if missing:
+            raise ValueError(f"preset without a size needs {' and '.join(missing)}")
+        d_model, n_layers = overrides.pop("d_model"), overrides.pop("n_layers")
+    elif size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    else:
+        d_model, n_layers = SIZES[size]
     if block not in ("standard", "paper"):
         raise ValueError(f"unknown block {block!r}; choose 'standard' or 'paper'")
-    d_model, n_layers = SIZES[size]
     fields = dict(model=model, vocab_size=vocab_size, d_model=d_model, n_layers=n_layers)
     if block == "paper":
         fields.update(residual_scale=True)

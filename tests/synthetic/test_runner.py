@@ -1,0 +1,122 @@
+"""Training runs, evaluation through the parallel and sequential solves, the CLI verb."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from pararnn import NewtonConfig
+from pararnn.cli import main
+from pararnn.synthetic.models import build_synthetic_model
+from pararnn.synthetic.report import merge_outputs
+from pararnn.synthetic.runner import RunConfig, evaluate, lr_at, rnn_layer, run
+from pararnn.synthetic.tasks import get_task
+
+TINY = ["--width", "16", "--heads", "2", "--length", "20", "--steps", "4", "--eval-every", "2",
+        "--batch-size", "8", "--n-train", "64", "--n-val", "16", "--n-test", "32", "--n-test-long", "16",
+        "--device", "cpu"]
+
+
+def test_cli_grid_writes_table_and_self_describing_json(tmp_path, capsys):
+    out = tmp_path / "synthetic"
+    assert main(["synthetic", "--task", "parity,modcount", "--model", "paragru,mamba2",
+                 *TINY, "--out", str(out)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["command"].startswith("pararnn synthetic") and "width 64" in doc["paper_setup"]
+    assert "--seed 0 " in doc["command"] and "--all" not in doc["command"]
+    assert doc["environment"]["device"] == "cpu" and "load_average" in doc["environment"]
+    runs = {(r["task"], r["model"]): r for r in doc["runs"]}
+    assert set(runs) == {(t, m) for t in ("parity", "modcount") for m in ("paragru", "mamba2")}
+    assert runs["parity", "paragru"]["paper_test_acc"] == 100
+    assert runs["parity", "mamba2"]["paper_test_acc"] == 51
+    assert runs["modcount", "paragru"]["paper_test_acc"] is None
+    for r in doc["runs"]:
+        assert r["steps"] == 4 and r["params"] > 0 and r["train_seconds"] >= 0
+        assert r["task_spec"]["name"] == r["task"] and r["task_spec"]["num_classes"] > 1
+        assert set(r["test"]) == {"20", "40", "80"}
+        assert r["test"]["20"]["n"] == 32 and r["test"]["80"]["n"] == 16
+        for at in r["test"].values():
+            assert 0 <= at["acc"] <= 1 and 0 <= at["acc_last"] <= 1
+        solves = r["test"]["20"].get("solves")
+        if r["model"] == "paragru":
+            assert set(solves) == {"newton3", "default", "sequential"}
+            assert solves["newton3"]["max_state_gap"] >= 0
+            assert solves["newton3"]["backend"] == "torch"  # no fused kernels on the CPU
+            assert r["test"]["20"]["acc"] == solves["sequential"]["acc"]
+        else:
+            assert solves is None
+    table = (out / "results.md").read_text()
+    assert table.count("\n| parity |") == 2 and "| 100 |" in table
+    assert "| task | model | params |" in capsys.readouterr().out
+
+    # the GPU script runs jobs concurrently and merges their JSON in the paper's order
+    merge_outputs([out / "results.json"], tmp_path / "merged", "benchmarks/gpu_synthetic.sh OUTDIR")
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert merged["command"] == "benchmarks/gpu_synthetic.sh OUTDIR"
+    assert [(r["task"], r["model"]) for r in merged["runs"]] == [
+        ("parity", "mamba2"), ("parity", "paragru"), ("modcount", "mamba2"), ("modcount", "paragru")]
+    assert all(r["job"]["command"] == doc["command"] for r in merged["runs"])
+
+
+def test_cli_rejects_unknown_names():
+    assert main(["synthetic", "--task", "parity,nope", *TINY]) == 2
+    assert main(["synthetic", "--model", "rwkv", *TINY]) == 2
+
+
+def test_early_stop_at_the_target_accuracy():
+    result = run(RunConfig(task="parity", model="transformer", length=12, width=16, heads=2, steps=50,
+                           eval_every=3, target=0.0, n_train=32, n_val=8, n_test=8, n_test_long=8,
+                           length_factors=(1,)), log=lambda line: None)
+    assert result["steps"] == 3 and result["stopped_early"]
+    assert [point["step"] for point in result["curve"]] == [3]
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine():
+    cfg = RunConfig(task="parity", model="paragru", steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
+    plain = RunConfig(task="parity", model="paragru", steps=100, warmup_steps=10, lr=1e-3)
+    assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(55, cfg) == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(100, cfg) == pytest.approx(1e-4)
+    # with a time limit the cosine follows whichever budget runs out first
+    timed = RunConfig(task="parity", model="paragru", steps=100, warmup_steps=10, lr=1e-3, time_limit=20.0)
+    assert lr_at(55, timed, elapsed=0.0) == pytest.approx(lr_at(55, plain)) == pytest.approx(0.5e-3)
+    assert lr_at(20, timed, elapsed=10.0) == pytest.approx(0.5e-3)
+    assert lr_at(20, timed, elapsed=25.0) == pytest.approx(0.0)
+
+
+def test_bad_run_config():
+    with pytest.raises(ValueError, match="unknown task"):
+        RunConfig(task="xor", model="paragru")
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        RunConfig(task="parity", model="paragru", batch_size=0)
+
+
+def test_state_gap_shows_an_unconverged_newton_solve_and_overrides_survive():
+    torch.manual_seed(0)
+    task = get_task("parity")
+    model = build_synthetic_model(task, "paragru", width=16, heads=1)
+    rnn = rnn_layer(model)
+    with torch.no_grad():  # strong unclipped recurrence: Newton needs many iterations
+        rnn.cell.a.mul_(8.0)
+    rnn.newton = NewtonConfig(max_iters=7)  # a user's override, put back after evaluation
+    inputs, labels = task.generate(64, 64, torch.Generator().manual_seed(1))
+    long = evaluate(model, inputs, labels, batch_size=32, device="cpu")
+    # Newton is exact after T iterations: 3 steps leave nothing to converge
+    short = evaluate(model, inputs[:, :3], labels[:, :3], batch_size=32, device="cpu")
+    assert rnn.newton == NewtonConfig(max_iters=7) and rnn.mode == "auto" and model.training
+    assert long["solves"]["newton3"]["max_state_gap"] > 1e-2
+    assert short["solves"]["newton3"]["max_state_gap"] < 1e-5
+    # the headline accuracy is that of the exact recurrence
+    rnn.mode = "sequential"
+    with torch.no_grad():
+        hits = (model(inputs).argmax(-1) == labels).float().mean()
+    assert long["acc"] == pytest.approx(float(hits))
+
+
+def test_small_paragru_learns_parity_on_cpu():
+    result = run(RunConfig(task="parity", model="paragru", length=16, width=16, heads=1, lr=1e-2,
+                           batch_size=64, steps=600, eval_every=25, n_train=2000, n_val=200,
+                           n_test=500, n_test_long=200, length_factors=(1, 2)), log=lambda line: None)
+    assert result["stopped_early"] and result["test_acc"] >= 0.99
+    assert result["test"]["16"]["acc_last"] >= 0.99
