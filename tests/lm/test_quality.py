@@ -243,7 +243,10 @@ def test_a_second_invocation_runs_its_own_entries_and_reports_all(tmp_path):
         save_sweep_config(SweepConfig(out=out, entries=[parse_entry("paragru+x2=rnn_expand=4", "paper")],
                                       lrs={"paragru+x2": [4e-3]}))
     with pytest.raises(ValueError, match="needs the lr stage"):
-        plan(second, "seeds")
+        plan(first, "seeds")  # two LRs to choose from: stage lr must run first
+    # a one-value grid is a given LR: stage seeds needs no stage lr
+    assert [(r.entry.name, r.lr, r.seed) for r in plan(second, "seeds")] == [
+        ("paragru+x2", 4e-3, 0), ("paragru+x2", 4e-3, 1)]
 
 
 def test_resume_refuses_other_model_options(corpus_dir, tmp_path):

@@ -257,13 +257,17 @@ def _utc_now() -> str:
 
 
 def plan(cfg: SweepConfig, stage: str) -> list[Run]:
-    """The runs of ``stage`` (``seeds`` and ``throughput`` need stage ``lr`` finished)."""
+    """The runs of ``stage`` (``seeds`` and ``throughput`` need stage ``lr`` finished, unless
+    an entry's LR grid has one value)."""
     out = Path(cfg.out)
     if stage == "lr":  # LR-major order: each wave of concurrent runs mixes the models
         longest = max(len(cfg.lrs[e.name]) for e in cfg.entries)
         return [Run("lr", e, cfg.lrs[e.name][i], 0, cfg.lr_steps)
                 for i in range(longest) for e in cfg.entries if i < len(cfg.lrs[e.name])]
     best = best_lrs(out, cfg)
+    for e in cfg.entries:  # a one-value grid is a given LR: nothing to sweep first
+        if e.name not in best and len(cfg.lrs[e.name]) == 1:
+            best[e.name] = {"lr": cfg.lrs[e.name][0], "at_edge": False}
     missing = [e.name for e in cfg.entries if e.name not in best]
     if missing:
         raise ValueError(f"stage {stage} needs the lr stage of {', '.join(missing)} finished first")
