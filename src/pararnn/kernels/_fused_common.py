@@ -304,6 +304,35 @@ def run_segmented(launch, plan: Plan, rounds: int, E, A, S, X, *, block: int, re
         launch(True)
 
 
+@dataclass
+class ForwardReport:
+    """What a fused forward ran. ``fell_back`` is a device tensor (one int8 flag per
+    (batch row, channel block)) or None when no verification ran; reading it syncs."""
+
+    segments: int
+    boundary_rounds: int
+    fell_back: torch.Tensor | None
+
+
+@triton.jit
+def boundaries_mismatch(E, S, b, P, N, offs, mn, tol, WIDTH: tl.constexpr, BN: tl.constexpr):
+    """Whether, in this batch row and channel block, any segment start ``S_c`` (c >= 1)
+    differs from the end ``E_{c-1}`` of the segment before it by more than
+    ``tol (1 + |E_{c-1}|)``, or is not finite. ``E``/``S``: (B, P, N, WIDTH).
+
+    Inside a segment the walk is the exact recurrence, so matching boundaries mean the
+    whole segmented result is the sequential solution (to ``tol``); a mismatch means the
+    boundary-Newton rounds did not converge.
+    """
+    bad = tl.zeros([BN], dtype=tl.int32)
+    for c in range(1, P):
+        for w in tl.static_range(WIDTH):
+            e = tl.load(E + ((b * P + c - 1) * N + offs) * WIDTH + w, mask=mn, other=0.0)
+            s = tl.load(S + ((b * P + c) * N + offs) * WIDTH + w, mask=mn, other=0.0)
+            bad = tl.where(tl.abs(s - e) <= tol * (1.0 + tl.abs(e)), bad, 1)
+    return tl.max(bad, 0) > 0
+
+
 def check_common(name: str, pre: torch.Tensor, a: torch.Tensor, h0, resets, state_width: int,
                  bias: torch.Tensor | None = None):
     """Validate shapes/dtypes before any work; returns (B, T, N)."""

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from ._fused_common import (BOUNDARY_TOL, as_f32, check_common, load_gate_bias,
+from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
+                            check_common, load_gate_bias,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
                             tanh, tl, triton)
 
-__all__ = ["supports", "newton_forward", "sequential_forward", "backward"]
+__all__ = ["supports", "forward", "newton_forward", "sequential_forward", "backward"]
 
 
 def supports(pre: torch.Tensor) -> bool:
@@ -55,10 +56,10 @@ def _moved(X, S, bnd, mn, tol):
 
 
 @triton.jit
-def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol,
+def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L, W, P, tol,
                     HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
-                    SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, BN: tl.constexpr,
-                    K: tl.constexpr):
+                    SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
+                    BN: tl.constexpr, K: tl.constexpr):
     # Steps go in blocks of K: the block's inputs are (K, BN) register tiles loaded one
     # block ahead (the prefetch that keeps loads in flight across the sequential chain).
     pid_n = tl.program_id(0)
@@ -80,7 +81,13 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, to
         h, run = _moved(X, S, bnd, mn, tol)
         t_begin = seg_start
     else:
-        run = True
+        if VERIFY:
+            # the exact one-segment walk, only where a P-segment solve left mismatched
+            # boundaries (E, S are that solve's); FELL records which blocks reran
+            run = boundaries_mismatch(E, S, b, P, N, offs, mn, tol, 1, BN)
+            tl.store(FELL + b * tl.num_programs(0) + pid_n, run.to(tl.int8))
+        else:
+            run = True
         t_begin = tl.maximum(seg_start - W, 0)
         h = tl.where(t_begin == 0, h0, 0.0)
     if run:
@@ -255,15 +262,30 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
             tl.store(S + bnd, s, mask=mn)
 
 
-def _forward(pre, a, h0, resets, rounds, bias, *, seg_len, warmup, block_n, num_warps,
-             steps_per_block, sequential):
+def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_tol=None,
+            seg_len=None, warmup=None, block_n=None, num_warps=None, steps_per_block=None,
+            sequential=False):
+    """All states ``H`` (B, T, N) fp32 of the ParaGRU recurrence, and a
+    :class:`~._fused_common.ForwardReport`.
+
+    ``bias`` (3, N), if given, is added to the pre-activations (the cell's ``b``).
+    Segmented hybrid (see :mod:`._fused_common`) with at most ``rounds`` boundary-Newton
+    rounds; ``sequential=True`` walks one segment (exact, no rounds). With ``verify_tol``,
+    a segmented solve ends with the exact one-segment walk, which every (row, channel
+    block) whose segment boundaries still mismatch by more than ``verify_tol`` runs and
+    every other one skips at once: the answer is exact either way and nothing syncs.
+    ``seg_len``/``warmup``/``block_n``/``num_warps``/``steps_per_block`` override the
+    tuned launch plan (:func:`._fused_common.make_plan`).
+    """
     batch, steps, n = check_common("paragru", pre, a, h0, resets, 1, bias)
+    if not sequential and rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     dev = pre.device
     pre = pre.contiguous()
     a, bias, h0 = (as_f32(t, dev) for t in (a, bias, h0))
-    plan = make_plan("gru_fwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
-                     block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
-                     sequential=sequential)
+    plan = make_plan("gru_fwd", batch, steps, n, dev, seg_len=seg_len,
+                     warmup=0 if sequential else warmup, block_n=block_n, num_warps=num_warps,
+                     steps_per_block=steps_per_block, sequential=sequential)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = triton.cdiv(steps, plan.steps_per_block)
     out = torch.empty(batch, steps, n, device=dev, dtype=torch.float32)
@@ -273,42 +295,43 @@ def _forward(pre, a, h0, resets, rounds, bias, *, seg_len, warmup, block_n, num_
                                  dtype=torch.float32).unbind(0)
     else:
         E = A = S = X = out
-    grid = (triton.cdiv(n, plan.block_n), batch, plan.segments)
+    block_count = triton.cdiv(n, plan.block_n)
+    verify = verify_tol is not None and segmented
+    fell = torch.empty(batch, block_count, device=dev, dtype=torch.int8) if verify else out
 
-    def launch(correct: bool) -> None:
-        _gru_fwd_kernel[grid](
+    def launch(correct: bool, segments: int = plan.segments, check: bool = False) -> None:
+        _gru_fwd_kernel[(block_count, batch, segments)](
             pre, a, a if bias is None else bias, a if h0 is None else h0,
-            pre if rst is None else rst, out, E, A, S, X, steps, n, blocks, plan.seg_len,
-            plan.warmup, BOUNDARY_TOL, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
-            HAS_RST=rst is not None, SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n,
-            K=plan.steps_per_block, num_warps=plan.num_warps)
+            pre if rst is None else rst, out, E, A, S, X, fell, steps, n, blocks,
+            plan.seg_len if segments > 1 else steps, plan.warmup, plan.segments,
+            verify_tol if check else BOUNDARY_TOL, HAS_BIAS=bias is not None,
+            HAS_H0=h0 is not None, HAS_RST=rst is not None, SEGMENTED=segments > 1,
+            CORRECT=correct, VERIFY=check, BN=plan.block_n, K=plan.steps_per_block,
+            num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=1, reverse=False)
-    return out
+    if verify:
+        launch(False, segments=1, check=True)
+    report = ForwardReport(plan.segments, rounds if segmented else 0, fell if verify else None)
+    return out, report
 
 
 def newton_forward(pre, a, h0=None, resets=None, num_iters: int = 3, *, bias=None,
                    seg_len=None, warmup=None, block_n=None, num_warps=None,
                    steps_per_block=None) -> torch.Tensor:
-    """All states ``H`` (B, T, N) fp32: the solution of the ParaGRU recurrence.
-
-    ``bias`` (3, N), if given, is added to the pre-activations (the cell's ``b``).
-    Segmented hybrid (see :mod:`._fused_common`); ``num_iters`` (>= 1) bounds the
-    boundary-Newton rounds. ``seg_len``/``warmup``/``block_n``/``num_warps``/
-    ``steps_per_block`` override the tuned launch plan (:func:`._fused_common.make_plan`).
-    """
+    """All states ``H`` (B, T, N) fp32 by :func:`forward` (unverified); ``num_iters``
+    (>= 1) bounds the boundary-Newton rounds."""
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
-    return _forward(pre, a, h0, resets, num_iters, bias, seg_len=seg_len, warmup=warmup,
-                    block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
-                    sequential=False)
+    return forward(pre, a, h0, resets, num_iters, bias=bias, seg_len=seg_len, warmup=warmup,
+                   block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block)[0]
 
 
 def sequential_forward(pre, a, h0=None, resets=None, *, bias=None, block_n=None,
                        num_warps=None, steps_per_block=None) -> torch.Tensor:
     """All states ``H`` (B, T, N) fp32 by one fused loop over t per (row, channel block)."""
-    return _forward(pre, a, h0, resets, 0, bias, seg_len=None, warmup=0, block_n=block_n,
-                    num_warps=num_warps, steps_per_block=steps_per_block, sequential=True)
+    return forward(pre, a, h0, resets, 0, bias=bias, block_n=block_n, num_warps=num_warps,
+                   steps_per_block=steps_per_block, sequential=True)[0]
 
 
 def backward(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=None,

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from ._fused_common import (BOUNDARY_TOL, as_f32, check_common, load_gate_bias,
+from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
+                            check_common, load_gate_bias,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
                             tanh, tl, triton)
 
-__all__ = ["supports", "newton_forward", "sequential_forward", "backward"]
+__all__ = ["supports", "forward", "newton_forward", "sequential_forward", "backward"]
 
 
 def supports(pre: torch.Tensor) -> bool:
@@ -87,10 +88,10 @@ def _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o, p_f, p_o):
 
 
 @triton.jit
-def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol,
-                     HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
-                     SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, BN: tl.constexpr,
-                     K: tl.constexpr):
+def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L, W, P,
+                     tol, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
+                     SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
+                     BN: tl.constexpr, K: tl.constexpr):
     # blocks of K steps held as (K, BN) register tiles, loaded one block ahead
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -107,7 +108,13 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, 
         cs, hs, run = _moved(X, S, bnd, mn, tol)
         t_begin = seg_start
     else:
-        run = True
+        if VERIFY:
+            # the exact one-segment walk, only where a P-segment solve left mismatched
+            # boundaries (E, S are that solve's); FELL records which blocks reran
+            run = boundaries_mismatch(E, S, b, P, N, offs, mn, tol, 2, BN)
+            tl.store(FELL + b * tl.num_programs(0) + pid_n, run.to(tl.int8))
+        else:
+            run = True
         t_begin = tl.maximum(seg_start - W, 0)
         cs = tl.where(t_begin == 0, c0, 0.0)
         hs = tl.where(t_begin == 0, h0, 0.0)
@@ -344,16 +351,21 @@ def _check_peephole(name, peephole, n):
         raise ValueError(f"{name}: peephole must be (2, {n}), got {tuple(peephole.shape)}")
 
 
-def _forward(pre, a, peephole, h0, resets, rounds, bias, *, seg_len, warmup, block_n,
-             num_warps, steps_per_block, sequential):
+def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=None,
+            verify_tol=None, seg_len=None, warmup=None, block_n=None, num_warps=None,
+            steps_per_block=None, sequential=False):
+    """All states (B, T, 2N) interleaved fp32 of the ParaLSTM recurrence, and a
+    :class:`~._fused_common.ForwardReport`; options as :func:`.paragru.forward`."""
     batch, steps, n = check_common("paralstm", pre, a, h0, resets, 2, bias)
     _check_peephole("paralstm", peephole, n)
+    if not sequential and rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     dev = pre.device
     pre = pre.contiguous()
     a, peephole, bias, h0 = (as_f32(t, dev) for t in (a, peephole, bias, h0))
-    plan = make_plan("lstm_fwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
-                     block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
-                     sequential=sequential)
+    plan = make_plan("lstm_fwd", batch, steps, n, dev, seg_len=seg_len,
+                     warmup=0 if sequential else warmup, block_n=block_n, num_warps=num_warps,
+                     steps_per_block=steps_per_block, sequential=sequential)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = triton.cdiv(steps, plan.steps_per_block)
     out = torch.empty(batch, steps, 2 * n, device=dev, dtype=torch.float32)
@@ -363,18 +375,24 @@ def _forward(pre, a, peephole, h0, resets, rounds, bias, *, seg_len, warmup, blo
         E, A, S, X = _boundary_buffers(batch, P, n, dev)
     else:
         E = A = S = X = out
-    grid = (triton.cdiv(n, plan.block_n), batch, P)
+    block_count = triton.cdiv(n, plan.block_n)
+    verify = verify_tol is not None and segmented
+    fell = torch.empty(batch, block_count, device=dev, dtype=torch.int8) if verify else out
 
-    def launch(correct: bool) -> None:
-        _lstm_fwd_kernel[grid](
+    def launch(correct: bool, segments: int = P, check: bool = False) -> None:
+        _lstm_fwd_kernel[(block_count, batch, segments)](
             pre, a, peephole, a if bias is None else bias, a if h0 is None else h0,
-            pre if rst is None else rst, out, E, A, S, X, steps, n, blocks, plan.seg_len,
-            plan.warmup, BOUNDARY_TOL, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
-            HAS_RST=rst is not None, SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n,
-            K=plan.steps_per_block, num_warps=plan.num_warps)
+            pre if rst is None else rst, out, E, A, S, X, fell, steps, n, blocks,
+            plan.seg_len if segments > 1 else steps, plan.warmup, P,
+            verify_tol if check else BOUNDARY_TOL, HAS_BIAS=bias is not None,
+            HAS_H0=h0 is not None, HAS_RST=rst is not None, SEGMENTED=segments > 1,
+            CORRECT=correct, VERIFY=check, BN=plan.block_n, K=plan.steps_per_block,
+            num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=2, reverse=False)
-    return out
+    if verify:
+        launch(False, segments=1, check=True)
+    return out, ForwardReport(P, rounds if segmented else 0, fell if verify else None)
 
 
 def _boundary_buffers(batch, segments, n, device):
@@ -388,25 +406,20 @@ def _boundary_buffers(batch, segments, n, device):
 def newton_forward(pre, a, peephole, h0=None, resets=None, num_iters: int = 3, *, bias=None,
                    seg_len=None, warmup=None, block_n=None, num_warps=None,
                    steps_per_block=None) -> torch.Tensor:
-    """All states (B, T, 2N) interleaved fp32: the solution of the ParaLSTM recurrence.
-
-    ``bias`` (3, N), if given, is added to the pre-activations (the cell's ``b``).
-    Segmented hybrid (see :mod:`._fused_common`); ``num_iters`` (>= 1) bounds the
-    boundary-Newton rounds.
-    """
+    """All states (B, T, 2N) interleaved fp32 by :func:`forward` (unverified);
+    ``num_iters`` (>= 1) bounds the boundary-Newton rounds."""
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
-    return _forward(pre, a, peephole, h0, resets, num_iters, bias, seg_len=seg_len,
-                    warmup=warmup, block_n=block_n, num_warps=num_warps,
-                    steps_per_block=steps_per_block, sequential=False)
+    return forward(pre, a, peephole, h0, resets, num_iters, bias=bias, seg_len=seg_len,
+                   warmup=warmup, block_n=block_n, num_warps=num_warps,
+                   steps_per_block=steps_per_block)[0]
 
 
 def sequential_forward(pre, a, peephole, h0=None, resets=None, *, bias=None, block_n=None,
                        num_warps=None, steps_per_block=None) -> torch.Tensor:
     """All states (B, T, 2N) by one fused loop over t per (row, channel block)."""
-    return _forward(pre, a, peephole, h0, resets, 0, bias, seg_len=None, warmup=0,
-                    block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
-                    sequential=True)
+    return forward(pre, a, peephole, h0, resets, 0, bias=bias, block_n=block_n,
+                   num_warps=num_warps, steps_per_block=steps_per_block, sequential=True)[0]
 
 
 def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=None,
