@@ -92,10 +92,10 @@ def test_unknown_options():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(max_iters=0), "max_iters must be an int >= 1"),
     (dict(max_iters=2.5), "max_iters must be an int >= 1"),
-    (dict(tol=-1.0), "tol must be a positive number"),
+    (dict(tol=-1.0), "tol must be 'auto', a positive number or None"),
     (dict(on_failure="ignore"), "on_failure must be one of"),
     (dict(jacobian="block", tol=1e-6), "jacobian must be None or 'diagonal'"),
-    (dict(jacobian="diagonal"), "needs a tol"),
+    (dict(jacobian="diagonal", tol=None), "needs a tol"),
 ])
 def test_newton_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):

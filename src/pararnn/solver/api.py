@@ -9,7 +9,7 @@ from .config import NewtonConfig, SolveInfo
 from .function import ParallelSolve
 from .fused import fused_solve
 from .inputs import check_inputs, check_options
-from .newton import handle_failure
+from .newton import handle_failure, scaled_residual, verify_structure
 from .sequential import sequential_solve
 
 # On the CPU, without gradients, the step loop beats Newton once a step is this wide
@@ -55,20 +55,30 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
     with torch.autocast(x.device.type, enabled=False):
         if fused is not None and (mode == "parallel" or not _needs_grad(cell, x, h0c)):
             # the kernels read bf16 input as it is and compute in fp32: no upcast copy
-            states = fused_solve(fused, cell, x, h0c, sequences.starts if sequences.has_resets else None,
-                                 config.max_iters, sequential=mode == "sequential")
-            info = SolveInfo(mode=mode, backend=fused.name,
-                             iterations=config.max_iters if mode == "parallel" else 0)
-            if mode == "parallel" and config.tol is not None:
-                states = _check_solution(cell, x.to(dtype), h0c, sequences, config, states, info)
+            tol = config.tolerance(dtype)
+            on_device = tol is not None and config.on_failure == "sequential"
+            states, report = fused_solve(
+                fused, cell, x, h0c, sequences.starts if sequences.has_resets else None,
+                config.max_iters, sequential=mode == "sequential",
+                verify_tol=tol if on_device else None)
+            info = SolveInfo(mode, fused.name, segments=report.segments,
+                             boundary_rounds=report.boundary_rounds,
+                             fallback_flags=report.fell_back)
+            if report.segments == 1 and mode == "parallel":
+                info.converged = True  # one exact walk: nothing to converge
+            elif tol is not None and not on_device:
+                states = _check_solution(cell, x.to(dtype), h0c, sequences, config, tol,
+                                         states, info)
         elif mode == "sequential":
             states = sequential_solve(cell, x.to(dtype), h0c, sequences)
             info = SolveInfo(mode="sequential", backend="torch")
         else:
+            xc = x.to(dtype)
+            verify_structure(cell, xc, h0c)
             linear_solver, name = select_scan(cell.structure, x.device, dtype, backend)
             info_out: list[SolveInfo] = []
             states = ParallelSolve.apply(cell, sequences, config, linear_solver, name, info_out,
-                                         x.to(dtype), h0c, *cell.parameters())
+                                         xc, h0c, *cell.parameters())
             info = info_out[0]
     states = states.to(out_dtype)
     return states, sequences.final_states(states), info
@@ -91,13 +101,14 @@ def _needs_grad(cell, x, h0) -> bool:
     return x.requires_grad or h0.requires_grad or any(p.requires_grad for p in cell.parameters())
 
 
-def _check_solution(cell, x, h0, sequences, config: NewtonConfig, states, info: SolveInfo):
-    """Measure a fused solve's residual and apply ``on_failure`` (only when ``tol`` is set)."""
+def _check_solution(cell, x, h0, sequences, config: NewtonConfig, tol: float, states,
+                    info: SolveInfo):
+    """Host check of a fused solve's residual, for ``on_failure`` "raise"/"warn"."""
     with torch.no_grad():
         value = cell.step(x, sequences.previous_states(states, h0))
-        info.residual = (value - states).abs().amax()
-    info.converged = bool(info.residual <= config.tol)
+        info.residual = scaled_residual(value, states)
+    info.converged = bool(info.residual <= tol)
     if info.converged:
         return states
-    states, _ = handle_failure(cell, x, h0, sequences, config, states, info)
+    states, _ = handle_failure(cell, x, h0, sequences, config, tol, states, info)
     return states

@@ -67,14 +67,12 @@ class FusedSolve:
     def __init__(self, module):
         self.module = module
 
-    def forward(self, x, h0, resets, max_iters: int, weights, bias) -> torch.Tensor:
-        """All states (B, T, state_size) in float32: the solution of the recurrence;
-        ``max_iters`` bounds the boundary-Newton rounds."""
-        return self.module.newton_forward(x, *weights, h0, resets, max_iters, bias=bias)
-
-    def sequential(self, x, h0, resets, weights, bias) -> torch.Tensor:
-        """The same states by the fused loop over t (no autograd)."""
-        return self.module.sequential_forward(x, *weights, h0, resets, bias=bias)
+    def forward(self, x, h0, resets, rounds: int, weights, bias, verify_tol, sequential):
+        """All states (B, T, state_size) in float32 and the kernels' ``ForwardReport``;
+        ``rounds`` bounds the boundary-Newton rounds, ``verify_tol`` (or None) turns on
+        the on-device exact rerun of unconverged blocks, ``sequential`` walks one segment."""
+        return self.module.forward(x, *weights, h0, resets, rounds, bias=bias,
+                                   verify_tol=verify_tol, sequential=sequential)
 
     def backward(self, x, h0, resets, states, grad_states, weights, bias):
         """``(grad_x, grad_weights, grad_h0, grad_bias)``; ``grad_weights`` matches

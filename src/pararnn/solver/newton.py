@@ -1,8 +1,9 @@
-"""Newton's method on the whole sequence at once (DESIGN.md section 1).
+"""Newton's method on the whole sequence at once (docs/DESIGN.md, "The method").
 
 ``F_t(H) = h_t - f(h_{t-1}, x_t) = 0`` for all t. Each iteration linearises every step
 at the current guess and solves the resulting *linear* recurrence
-``dh_t = J_t dh_{t-1} + r_t`` with a parallel scan.
+``dh_t = J_t dh_{t-1} + r_t`` with a parallel scan. The result is checked against the
+config's tolerance and, if it misses it, ``on_failure`` decides (docs/DESIGN.md, "Safety").
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from ..structure import DIAGONAL
 from .config import NewtonConfig, NewtonConvergenceError, SolveInfo
 from .inputs import Sequences
 from .sequential import sequential_solve
+
+
+def scaled_residual(value: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """``max |f(h_{t-1}, x_t) - h_t| / (1 + |h_t|)`` as a 0-d tensor (NaN stays NaN)."""
+    return ((value - states).abs() / (1 + states.abs())).amax()
 
 
 def initial_guess(cell, x, h0, sequences: Sequences) -> torch.Tensor:
@@ -30,15 +36,16 @@ def newton_solve(cell, x, h0, sequences: Sequences, config: NewtonConfig, linear
     ``linear_solver(jac, rhs, structure, reverse=False)`` solves the affine recurrence.
     """
     structure = cell.structure
+    tol = config.tolerance(x.dtype)
     quasi_newton = config.jacobian == "diagonal" and structure.kind != "diagonal"
     states = initial_guess(cell, x, h0, sequences)
     info = SolveInfo(mode="parallel", backend=backend)
     for iteration in range(config.max_iters):
         value, jac = cell.step_and_jacobian(x, sequences.previous_states(states, h0))
         residual = value - states
-        if config.tol is not None:
-            info.residual = residual.abs().amax()
-            if info.residual <= config.tol:
+        if config.stops_early:
+            info.residual = scaled_residual(value, states)
+            if info.residual <= tol:
                 info.converged = True
                 return states, info
         step_structure = structure
@@ -47,31 +54,90 @@ def newton_solve(cell, x, h0, sequences: Sequences, config: NewtonConfig, linear
         jac = step_structure.zero_where(jac, sequences.starts)
         states = states + linear_solver(jac, residual, step_structure)
         info.iterations = iteration + 1
-    if config.tol is None:
+    if tol is None:
         return states, info
 
     value = cell.step(x, sequences.previous_states(states, h0))
-    info.residual = (value - states).abs().amax()
-    info.converged = bool(info.residual <= config.tol)  # False for NaN too
+    info.residual = scaled_residual(value, states)
+    info.converged = bool(info.residual <= tol)  # False for NaN too
     if info.converged:
         return states, info
-    return handle_failure(cell, x, h0, sequences, config, states, info)
+    return handle_failure(cell, x, h0, sequences, config, tol, states, info)
 
 
-def handle_failure(cell, x, h0, sequences, config: NewtonConfig, states, info: SolveInfo):
-    """Apply ``config.on_failure`` to unconverged Newton states."""
-    for name, tensor in (("x", x), ("h0", h0)):
+def handle_failure(cell, x, h0, sequences, config: NewtonConfig, tol: float, states,
+                   info: SolveInfo):
+    """Apply ``config.on_failure`` to Newton states whose residual missed ``tol``.
+
+    A non-finite residual from finite inputs and parameters means Newton diverged (an
+    expanding or chaotic cell): the sequential loop, which needs no convergence, is the
+    answer. If that loop overflows too, the recurrence itself has no finite solution.
+    """
+    for name, tensor in (("x", x), ("h0", h0), *cell.named_parameters()):
         if not torch.isfinite(tensor).all():
-            raise ValueError(f"{name} contains NaN or Inf; the recurrence has no finite solution")
-    message = (
-        f"Newton did not converge: max-abs residual {float(info.residual):.3e} > tol "
-        f"{config.tol:.1e} after {config.max_iters} iterations. Raise NewtonConfig.max_iters, "
-        "bound the cell's Jacobian (e.g. recurrent_clip), or use on_failure='sequential'."
-    )
+            what = name if name in ("x", "h0") else f"the cell's parameter {name!r}"
+            raise ValueError(f"{what} contains NaN or Inf; the recurrence has no finite solution")
+    residual = float(info.residual)
+    if residual != residual or residual in (float("inf"), float("-inf")):
+        message = (
+            f"Newton diverged: the residual is {residual} after {config.max_iters} iterations "
+            "although the inputs are finite, so the cell's Jacobians grow too fast along the "
+            "sequence (an expanding or chaotic recurrence) for Newton from the initial guess. "
+            "Use on_failure='sequential' (the default), or mode='sequential'."
+        )
+    else:
+        message = (
+            f"Newton did not converge: scaled residual {residual:.3e} > tol {tol:.1e} after "
+            f"{config.max_iters} iterations. Raise NewtonConfig.max_iters, bound the cell's "
+            "Jacobian (e.g. recurrent_clip), or use on_failure='sequential'."
+        )
     if config.on_failure == "raise":
         raise NewtonConvergenceError(message)
     if config.on_failure == "warn":
         warnings.warn(message, RuntimeWarning, stacklevel=4)
         return states, info
     info.fell_back = True
-    return sequential_solve(cell, x, h0, sequences), info
+    states = sequential_solve(cell, x, h0, sequences)
+    if not torch.isfinite(states).all():
+        raise ValueError(
+            f"the sequential recurrence of {type(cell).__name__} overflows to NaN/Inf on this "
+            "input (finite x, h0 and parameters): the states themselves are not finite, so "
+            "no solver can return them; rescale the inputs or the cell's weights")
+    return states, info
+
+
+def verify_structure(cell, x: torch.Tensor, h0: torch.Tensor) -> None:
+    """Check once per cell instance that its declared Jacobian structure (and its
+    ``step_and_jacobian``) matches ``step``; raise a ValueError naming both if not.
+
+    One probe at real operating points (one step from ``h0`` at the first few inputs of
+    the first row): the structured Jacobian times a random vector must equal the JVP of
+    ``step`` along it. A structure that drops non-zero entries fails this for almost
+    every probe vector. Cached on the instance by structure, so a later solve pays
+    nothing; skipped while ``torch.compile`` traces (the eager call verified it).
+    """
+    structure = cell.structure
+    if cell.__dict__.get("_verified_structure") == structure or torch.compiler.is_compiling():
+        return
+    steps = min(x.shape[1], 4)
+    with torch.no_grad():
+        xs = x[:1, :steps]
+        start = h0[:1].unsqueeze(1).expand(1, steps, h0.shape[-1])
+        probe_at = cell.step(xs, start)
+        direction = torch.randn(probe_at.shape, dtype=probe_at.dtype, device=probe_at.device,
+                                generator=torch.Generator(probe_at.device).manual_seed(0))
+        _, exact = torch.func.jvp(lambda h: cell.step(xs, h), (probe_at,), (direction,))
+        _, jac = cell.step_and_jacobian(xs, probe_at)
+        error = float((structure.apply(jac, direction) - exact).abs().amax())
+        scale = 1.0 + float(exact.abs().amax())
+    bound = 1e-3 if x.dtype != torch.float64 else 1e-8
+    if not error <= bound * scale:
+        declared = structure.kind + (f" (block_size={structure.block_size})"
+                                     if structure.kind == "block" else "")
+        raise ValueError(
+            f"{type(cell).__name__} declares jacobian={declared!r}, but its step's Jacobian "
+            f"does not have that structure (or its step_and_jacobian is wrong): the "
+            f"structured Jacobian times a probe vector differs from the JVP of step by "
+            f"{error:.2e}. Declare the structure that holds every non-zero entry of "
+            f"d step/d h_prev (e.g. jacobian='dense'), or fix step_and_jacobian.")
+    cell.__dict__["_verified_structure"] = structure
