@@ -17,16 +17,17 @@ def rnn():
 
 
 def test_wrong_rank(rnn, gru):
-    with pytest.raises(ValueError, match=r"x must have shape \(batch, time, input_size\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, time, features\) or "
+                                         r"\(time, features\) .* got \(2, 3, 4, 24\)"):
         rnn(torch.randn(2, 3, 4, 24))
-    with pytest.raises(ValueError, match=r"x must have shape \(batch, time, 4\)"):
+    with pytest.raises(ValueError, match=r"input_size \(4\), got \(5,\)"):
         gru(torch.randn(5))
 
 
 def test_wrong_feature_size(rnn, gru):
-    with pytest.raises(ValueError, match="input_size=24"):
+    with pytest.raises(ValueError, match=r"input_size \(24\), got \(2, 3, 23\)"):
         rnn(torch.randn(2, 3, 23))
-    with pytest.raises(ValueError, match=r"\(batch, time, 4\)"):
+    with pytest.raises(ValueError, match=r"input_size \(4\), got \(2, 3, 5\)"):
         gru(torch.randn(2, 3, 5))
 
 
@@ -42,7 +43,7 @@ def test_not_a_tensor(rnn):
 
 def test_h0_shape_dtype(rnn):
     x = torch.randn(2, 3, 24)
-    with pytest.raises(ValueError, match=r"h0 must have shape .* \(2, 8\)"):
+    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 8\) .* got \(3, 8\)"):
         rnn(x, torch.zeros(3, 8))
     with pytest.raises(ValueError, match=r"h0 must have shape"):
         rnn(x, torch.zeros(1, 2, 8))
@@ -136,7 +137,7 @@ def test_lstm_state_validation():
     x = torch.randn(2, 3, 4)
     with pytest.raises(TypeError, match=r"tuple \(h0, c0\)"):
         lstm(x, torch.zeros(2, 8))
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match=r"state c0 must have shape \(2, 8\)"):
         lstm(x, (torch.zeros(2, 8), torch.zeros(1, 8)))
 
 

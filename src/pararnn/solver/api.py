@@ -41,7 +41,9 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
 
     Returns:
         ``(states, h_n, info)``: all states ``(B, T, N)`` in the dtype of ``x``, the final
-        state of each sequence, and a :class:`SolveInfo`.
+        state of each sequence in the compute dtype (float32 for bfloat16/float16 ``x``,
+        so that feeding it back, e.g. from a decode cache, does not round the state), and a
+        :class:`SolveInfo`.
     """
     config = check_options(mode, newton, backend)
     dtype, sequences = check_inputs(cell, x, h0, resets, cu_seqlens)
@@ -80,8 +82,9 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             states = ParallelSolve.apply(cell, sequences, config, linear_solver, name, info_out,
                                          xc, h0c, *cell.parameters())
             info = info_out[0]
-    states = states.to(out_dtype)
-    return states, sequences.final_states(states), info
+    # the final state stays in the compute dtype: a decode cache that feeds it back must
+    # not round the state to bfloat16 every token
+    return states.to(out_dtype), sequences.final_states(states), info
 
 
 def _auto_mode(cell, x, h0, fused) -> str:
