@@ -33,23 +33,17 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 
 import torch
+import triton
+import triton.language as tl
 
-if not torch.cuda.is_available():  # the interpreter must be chosen before triton loads
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
+from . import interpreter_enabled
+from ._triton_utils import affine1, affine2
 
 # |x_c - S_c| <= TOL * (1 + |x_c|): the start did not move (a few fp32 ulps).
 BOUNDARY_TOL = 1e-6
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def supports_tensor(pre: torch.Tensor) -> bool:
@@ -58,7 +52,14 @@ def supports_tensor(pre: torch.Tensor) -> bool:
         return False
     if pre.is_cuda:
         return True
-    return pre.device.type == "cpu" and interpreting()
+    return pre.device.type == "cpu" and interpreter_enabled()
+
+
+def reject_double_backward(op: str) -> None:
+    """Raise if a fused backward is being differentiated (``create_graph=True``)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"the fused {op} solve does not support double backward "
+                           "(create_graph=True); use mode='sequential' for higher-order gradients")
 
 
 @triton.jit
@@ -221,11 +222,6 @@ def _solve_order(P, mn, REVERSE: tl.constexpr, BP: tl.constexpr):
 
 
 @triton.jit
-def _affine_combine(a1, b1, a2, b2):
-    return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
 def _boundary_diag_kernel(E, A, S, X, P, N,
                           REVERSE: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -238,18 +234,10 @@ def _boundary_diag_kernel(E, A, S, X, P, N,
     m = tl.load(A + ptr, mask=valid, other=1.0)
     e = tl.load(E + ptr, mask=valid, other=0.0)
     s = tl.load(S + ptr, mask=valid, other=0.0)
-    m, v = tl.associative_scan((m, e - m * s), 0, _affine_combine)
+    m, v = tl.associative_scan((m, e - m * s), 0, affine1)
     x0 = tl.load(S + base + first * N + offs, mask=mn, other=0.0)
     tl.store(X + base + first * N + offs, x0, mask=mn)
     tl.store(X + base + nxt[:, None] * N + offs[None, :], m * x0[None, :] + v, mask=valid)
-
-
-@triton.jit
-def _affine2_combine(l00, l01, l10, l11, l0, l1, r00, r01, r10, r11, r0, r1):
-    # right ∘ left for maps x -> M x + v on 2-vectors
-    return (r00 * l00 + r01 * l10, r00 * l01 + r01 * l11,
-            r10 * l00 + r11 * l10, r10 * l01 + r11 * l11,
-            r00 * l0 + r01 * l1 + r0, r10 * l0 + r11 * l1 + r1)
 
 
 @triton.jit
@@ -273,7 +261,7 @@ def _boundary_2x2_kernel(E, A, S, X, P, N,
     v0 = e0 - m00 * s0 - m01 * s1
     v1 = e1 - m10 * s0 - m11 * s1
     m00, m01, m10, m11, v0, v1 = tl.associative_scan(
-        (m00, m01, m10, m11, v0, v1), 0, _affine2_combine)
+        (m00, m01, m10, m11, v0, v1), 0, affine2)
     c0 = b * P * N + first * N + offs
     x0 = tl.load(S + 2 * c0, mask=mn, other=0.0)
     x1 = tl.load(S + 2 * c0 + 1, mask=mn, other=0.0)

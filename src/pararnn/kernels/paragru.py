@@ -1,5 +1,9 @@
 """Fused Triton kernels for the ParaGRU cell (:class:`pararnn.cells.ParaGRUCell`).
 
+The op: ``paragru_solve(pre, a, bias, initial_state, resets, *, rounds, verify_tol,
+sequential) -> (states, report)``, differentiable (autograd Function below), and
+``paragru_naive`` with the same arguments, the plain PyTorch loop it must match.
+
 ``newton_forward`` is the chunked hybrid of :mod:`._fused_common`: a sequential walk in
 registers inside each time segment, Newton on the segment boundary states across them.
 It returns the *solution of the recurrence* (not "Newton after a fixed number of
@@ -15,12 +19,13 @@ from __future__ import annotations
 import torch
 
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            check_common, load_gate_bias,
+                            check_common, load_gate_bias, reject_double_backward,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
                             tanh, tl, triton)
 
-__all__ = ["supports", "forward", "newton_forward", "sequential_forward", "backward"]
+__all__ = ["supports", "paragru_solve", "paragru_naive", "forward", "newton_forward",
+           "sequential_forward", "backward"]
 
 
 def supports(pre: torch.Tensor) -> bool:
@@ -378,3 +383,60 @@ def backward(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=N
     grad_w = grad_w_part.sum((0, 1))
     grad_bias = None if bias is None else grad_w[3:]
     return grad_pre, grad_w[:3], grad_h0_part.sum(1), grad_bias
+
+
+class _ParaGRUSolve(torch.autograd.Function):
+    """:func:`forward` with :func:`backward` as its gradient (pre, a, bias, initial_state)."""
+
+    @staticmethod
+    def forward(ctx, pre, a, bias, initial_state, resets, rounds, verify_tol, sequential,
+                report_out):
+        states, report = forward(pre, a, initial_state, resets, rounds, bias=bias,
+                                 verify_tol=verify_tol, sequential=sequential)
+        report_out.append(report)
+        ctx.resets = resets
+        ctx.save_for_backward(pre, a, bias, initial_state, states)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        reject_double_backward("ParaGRU")
+        pre, a, bias, h0, states = ctx.saved_tensors
+        grad_pre, grad_a, grad_h0, grad_bias = backward(
+            pre, a, h0, ctx.resets, states, grad_states.contiguous(), bias=bias)
+        grad_h0 = grad_h0.to(h0.dtype) if h0 is not None else None
+        return grad_pre, grad_a, grad_bias, grad_h0, None, None, None, None, None
+
+
+def paragru_solve(pre, a, bias=None, initial_state=None, resets=None, *, rounds: int = 3,
+                  verify_tol=None, sequential: bool = False):
+    """All states ``(B, T, N)`` fp32 of the ParaGRU recurrence and a ``ForwardReport``.
+
+    ``pre`` (B, T, 3N) fp32/bf16 gate-major pre-activations, ``a`` (3, N) recurrent
+    vectors (already clipped), ``bias`` (3, N) or None, ``initial_state`` (B, N) or None
+    (zeros), ``resets`` bool (B, T) or None. Plan options as :func:`forward`.
+    Differentiable with respect to ``pre``, ``a``, ``bias`` and ``initial_state``.
+    """
+    report_out = []
+    states = _ParaGRUSolve.apply(pre, a, bias, initial_state, resets, rounds, verify_tol,
+                                 sequential, report_out)
+    return states, report_out[0]
+
+
+def paragru_naive(pre, a, bias=None, initial_state=None, resets=None):
+    """The ParaGRU recurrence by a plain PyTorch loop over t (differentiable by autograd);
+    same arguments and states as :func:`paragru_solve`, computed in the dtype of ``a``."""
+    pre = pre.to(a.dtype) if bias is None else pre.to(a.dtype) + bias.flatten()
+    batch, steps, _ = pre.shape
+    h0 = pre.new_zeros(batch, a.shape[1]) if initial_state is None else initial_state.to(a.dtype)
+    a_z, a_r, a_h = a.unbind(0)
+    h, states = h0, []
+    for t, pre_t in enumerate(pre.unbind(1)):
+        if t > 0 and resets is not None:
+            h = torch.where(resets[:, t, None], h0, h)
+        u_z, u_r, u_h = pre_t.chunk(3, dim=-1)
+        z = torch.sigmoid(a_z * h + u_z)
+        r = torch.sigmoid(a_r * h + u_r)
+        h = h + z * (torch.tanh(a_h * (r * h) + u_h) - h)
+        states.append(h)
+    return torch.stack(states, 1)

@@ -1,5 +1,9 @@
 """Fused Triton kernels for the ParaLSTM cell (:class:`pararnn.cells.ParaLSTMCell`).
 
+The op: ``paralstm_solve(pre, a, peephole, bias, initial_state, resets, *, rounds,
+verify_tol, sequential) -> (states, report)``, differentiable (autograd Function below),
+and ``paralstm_naive`` with the same arguments, the plain PyTorch loop it must match.
+
 Same scheme as :mod:`.paragru` (see :mod:`._fused_common`), with a 2-vector state
 ``(c, h)`` per channel and 2x2 Jacobian blocks. ``newton_forward`` returns the solution
 of the recurrence; ``num_iters`` bounds the boundary-Newton rounds.
@@ -14,12 +18,13 @@ from __future__ import annotations
 import torch
 
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            check_common, load_gate_bias,
+                            check_common, load_gate_bias, reject_double_backward,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
                             tanh, tl, triton)
 
-__all__ = ["supports", "forward", "newton_forward", "sequential_forward", "backward"]
+__all__ = ["supports", "paralstm_solve", "paralstm_naive", "forward", "newton_forward",
+           "sequential_forward", "backward"]
 
 
 def supports(pre: torch.Tensor) -> bool:
@@ -469,3 +474,69 @@ def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_len=None
     grad_w = grad_w_part.sum((0, 1))
     grad_bias = None if bias is None else grad_w[5:]
     return grad_pre, grad_w[:3], grad_w[3:5], grad_h0_part.sum(1), grad_bias
+
+
+class _ParaLSTMSolve(torch.autograd.Function):
+    """:func:`forward` with :func:`backward` as its gradient
+    (pre, a, peephole, bias, initial_state)."""
+
+    @staticmethod
+    def forward(ctx, pre, a, peephole, bias, initial_state, resets, rounds, verify_tol,
+                sequential, report_out):
+        states, report = forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
+                                 verify_tol=verify_tol, sequential=sequential)
+        report_out.append(report)
+        ctx.resets = resets
+        ctx.save_for_backward(pre, a, peephole, bias, initial_state, states)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        reject_double_backward("ParaLSTM")
+        pre, a, peephole, bias, h0, states = ctx.saved_tensors
+        grad_pre, grad_a, grad_peephole, grad_h0, grad_bias = backward(
+            pre, a, peephole, h0, ctx.resets, states, grad_states.contiguous(), bias=bias)
+        grad_h0 = grad_h0.to(h0.dtype) if h0 is not None else None
+        return grad_pre, grad_a, grad_peephole, grad_bias, grad_h0, None, None, None, None, None
+
+
+def paralstm_solve(pre, a, peephole, bias=None, initial_state=None, resets=None, *,
+                   rounds: int = 3, verify_tol=None, sequential: bool = False):
+    """All states ``(B, T, 2N)`` fp32 (interleaved ``(c, h)`` per channel) of the ParaLSTM
+    recurrence and a ``ForwardReport``.
+
+    ``pre`` (B, T, 3N) fp32/bf16, ``a`` (3, N) and ``peephole`` (2, N) (already clipped),
+    ``bias`` (3, N) or None, ``initial_state`` (B, 2N) interleaved or None (zeros),
+    ``resets`` bool (B, T) or None. Plan options as :func:`.paragru.forward`.
+    Differentiable with respect to ``pre``, ``a``, ``peephole``, ``bias`` and
+    ``initial_state``.
+    """
+    report_out = []
+    states = _ParaLSTMSolve.apply(pre, a, peephole, bias, initial_state, resets, rounds,
+                                  verify_tol, sequential, report_out)
+    return states, report_out[0]
+
+
+def paralstm_naive(pre, a, peephole, bias=None, initial_state=None, resets=None):
+    """The ParaLSTM recurrence by a plain PyTorch loop over t (differentiable by autograd);
+    same arguments and states as :func:`paralstm_solve`, computed in the dtype of ``a``."""
+    pre = pre.to(a.dtype) if bias is None else pre.to(a.dtype) + bias.flatten()
+    batch, steps, _ = pre.shape
+    n = a.shape[1]
+    s0 = (pre.new_zeros(batch, 2 * n) if initial_state is None
+          else initial_state.to(a.dtype)).unflatten(-1, (n, 2))
+    a_f, a_c, a_o = a.unbind(0)
+    p_f, p_o = peephole.unbind(0)
+    c, h = s0[..., 0], s0[..., 1]
+    states = []
+    for t, pre_t in enumerate(pre.unbind(1)):
+        if t > 0 and resets is not None:
+            c = torch.where(resets[:, t, None], s0[..., 0], c)
+            h = torch.where(resets[:, t, None], s0[..., 1], h)
+        u_f, u_c, u_o = pre_t.chunk(3, dim=-1)
+        f = torch.sigmoid(a_f * h + u_f + p_f * c)
+        candidate = torch.tanh(a_c * h + u_c)
+        c = f * c + (1 - f) * candidate
+        h = torch.sigmoid(a_o * h + u_o + p_o * c) * torch.tanh(c)
+        states.append(torch.stack((c, h), -1).flatten(-2))
+    return torch.stack(states, 1)

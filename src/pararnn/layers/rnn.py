@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..solver import NewtonConfig, SolveInfo, solve
-from ..solver.inputs import check_cell, check_options
+from ..solver import NewtonConfig, SolveInfo, check_cell, check_options, solve
 
 
 class SequenceModule(nn.Module):

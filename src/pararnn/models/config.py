@@ -51,7 +51,7 @@ class ModelConfig:
     rnn_heads: int | None = None  # heads of the block-diagonal input projection; None: d_model // 128
     recurrent_clip: float | None = 0.5
     newton_iters: int = 3
-    # the paper's block (DESIGN.md section 2): off by default
+    # the paper's block (docs/DESIGN.md, "The language-model block"): off by default
     conv_kernel: int = 0  # short causal depthwise conv before the cell (0: none)
     gated_norm: bool = False  # gated RMSNorm after the cell
     residual_scale: bool = False  # learnable per-channel scale on both residual branches

@@ -4,7 +4,7 @@ Training and prefill run the cell with the parallel Newton solver over the whole
 sequence; decoding feeds one token at a time from the previous state
 (:func:`recurrent_step`), so the state per layer is O(1) in the context length.
 
-With the paper's block options (``conv_kernel``, ``gated_norm``; DESIGN.md section 2) a
+With the paper's block options (``conv_kernel``, ``gated_norm``; docs/DESIGN.md, "The language-model block") a
 short causal depthwise convolution (+ SiLU) runs before the cell, and the cell output goes
 through ``RMSNorm(h) * silu(W_g x)``.
 """

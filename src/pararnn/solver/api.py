@@ -6,11 +6,9 @@ import torch
 
 from .backends import select_fused, select_scan
 from .config import NewtonConfig, SolveInfo
-from .function import ParallelSolve
-from .fused import fused_solve
 from .inputs import check_inputs, check_options
-from .newton import handle_failure, scaled_residual, verify_structure
-from .sequential import sequential_solve
+from .newton import (ParallelSolve, handle_failure, scaled_residual, sequential_solve,
+                     verify_structure)
 
 # On the CPU, without gradients, the step loop beats Newton once a step is this wide
 # (batch x state): the loop's per-step overhead is amortised, while Newton does ~3x the
@@ -59,18 +57,18 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             # the kernels read bf16 input as it is and compute in fp32: no upcast copy
             tol = config.tolerance(dtype)
             on_device = tol is not None and config.on_failure == "sequential"
-            states, report = fused_solve(
-                fused, cell, x, h0c, sequences.starts if sequences.has_resets else None,
-                config.max_iters, sequential=mode == "sequential",
+            states, report = fused(
+                x, h0c, sequences.starts if sequences.has_resets else None,
+                rounds=config.max_iters, sequential=mode == "sequential",
                 verify_tol=tol if on_device else None)
-            info = SolveInfo(mode, fused.name, segments=report.segments,
+            info = SolveInfo(mode, "triton-fused", segments=report.segments,
                              boundary_rounds=report.boundary_rounds,
                              fallback_flags=report.fell_back)
-            if report.segments == 1 and mode == "parallel":
-                info.converged = True  # one exact walk: nothing to converge
-            elif tol is not None and not on_device:
+            if mode == "parallel" and tol is not None and not on_device:
                 states = _check_solution(cell, x.to(dtype), h0c, sequences, config, tol,
                                          states, info)
+            elif mode == "parallel" and report.segments == 1:
+                info.converged = True  # one exact walk: nothing to converge
         elif mode == "sequential":
             states = sequential_solve(cell, x.to(dtype), h0c, sequences)
             info = SolveInfo(mode="sequential", backend="torch")

@@ -1,9 +1,16 @@
-"""Newton's method on the whole sequence at once (docs/DESIGN.md, "The method").
+"""The generic solve for any :class:`pararnn.Cell`: Newton on the whole sequence, the
+sequential loop it falls back to, and the autograd Function (docs/DESIGN.md, "The method").
 
-``F_t(H) = h_t - f(h_{t-1}, x_t) = 0`` for all t. Each iteration linearises every step
-at the current guess and solves the resulting *linear* recurrence
+Forward: ``F_t(H) = h_t - f(h_{t-1}, x_t) = 0`` for all t. Each iteration linearises
+every step at the current guess and solves the resulting *linear* recurrence
 ``dh_t = J_t dh_{t-1} + r_t`` with a parallel scan. The result is checked against the
 config's tolerance and, if it misses it, ``on_failure`` decides (docs/DESIGN.md, "Safety").
+
+Backward: with ``g_t = ∂L/∂h_t`` the adjoints solve ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` —
+the forward's kind of affine recurrence, reversed in time with transposed Jacobians —
+then every input, parameter and initial-state gradient is one batched VJP of
+``cell.step`` over all steps with cotangent ``λ``. Only ``x``, ``h0`` and the states are
+saved; Jacobians are recomputed.
 """
 
 from __future__ import annotations
@@ -11,11 +18,28 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch.func import functional_call
 
 from ..structure import DIAGONAL
 from .config import NewtonConfig, NewtonConvergenceError, SolveInfo
 from .inputs import Sequences
-from .sequential import sequential_solve
+
+
+def sequential_solve(cell, x: torch.Tensor, h0: torch.Tensor, sequences: Sequences) -> torch.Tensor:
+    """States ``(B, T, N)`` by the plain loop, one ``cell.step`` per time step: the reference
+    every other path must match; differentiable by autograd."""
+    batch, steps, _ = x.shape
+    # unbind, not x[:, t]: the backward of T slices would write T full-size gradients
+    # (O(T^2) work); unbind's backward is one stack.
+    inputs = x.unbind(1)
+    inits = sequences.initial_states(h0, batch, steps).unbind(1)
+    starts = sequences.starts.unsqueeze(-1).unbind(1)
+    h = inits[0]
+    states = []
+    for x_t, init_t, start_t in zip(inputs, inits, starts):
+        h = cell.step(x_t, torch.where(start_t, init_t, h))
+        states.append(h)
+    return torch.stack(states, dim=1)
 
 
 def scaled_residual(value: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
@@ -141,3 +165,52 @@ def verify_structure(cell, x: torch.Tensor, h0: torch.Tensor) -> None:
             f"{error:.2e}. Declare the structure that holds every non-zero entry of "
             f"d step/d h_prev (e.g. jacobian='dense'), or fix step_and_jacobian.")
     cell.__dict__["_verified_structure"] = structure
+
+
+def reject_double_backward() -> None:
+    """Raise if a parallel backward is being differentiated (``create_graph=True``)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "the parallel solve does not support double backward (create_graph=True); "
+            "use mode='sequential' for higher-order gradients"
+        )
+
+
+class ParallelSolve(torch.autograd.Function):
+    """Newton forward (:func:`newton_solve`), adjoint-scan backward (module doc)."""
+
+    @staticmethod
+    def forward(ctx, cell, sequences, config, linear_solver, backend, info_out, x, h0, *params):
+        states, info = newton_solve(cell, x, h0, sequences, config, linear_solver, backend)
+        info_out.append(info)
+        ctx.cell, ctx.sequences, ctx.linear_solver = cell, sequences, linear_solver
+        # The tensors that were the cell's parameters during forward: backward may run
+        # after a functional_call swapped them back, so it calls the cell with these.
+        ctx.param_names = [name for name, _ in cell.named_parameters()]
+        ctx.save_for_backward(x, h0, states, *params)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        reject_double_backward()
+        x, h0, states, *params = ctx.saved_tensors
+        cell, sequences = ctx.cell, ctx.sequences
+        structure = cell.structure
+        weights = dict(zip(ctx.param_names, params))
+        prev = sequences.previous_states(states, h0)
+        _, jac = functional_call(cell, weights, (x, prev), {"jacobian": True})
+        jac = structure.zero_where(jac, sequences.starts)
+        # Coefficient of λ_{t+1} in λ_t is J_{t+1}^T; the last slot is unused.
+        next_jac_t = structure.transpose(torch.cat((jac[:, 1:], jac[:, :1]), dim=1))
+        adjoint = ctx.linear_solver(next_jac_t, grad_states.contiguous(), structure, reverse=True)
+
+        needs = ctx.needs_input_grad[6:]
+        leaves = [t.detach().requires_grad_(need) for t, need in zip((x, h0, *params), needs)]
+        x_in, h0_in, *params_in = leaves
+        with torch.enable_grad():
+            value = functional_call(cell, dict(zip(ctx.param_names, params_in)),
+                                    (x_in, sequences.previous_states(states, h0_in)))
+            wanted = [t for t, need in zip(leaves, needs) if need]
+            grads = iter(torch.autograd.grad(value, wanted, adjoint, allow_unused=True))
+        outputs = [next(grads) if need else None for need in needs]
+        return (None,) * 6 + tuple(outputs)

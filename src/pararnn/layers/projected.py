@@ -1,4 +1,5 @@
-"""``ParaGRU`` and ``ParaLSTM``: multi-head input projection + reference cell + solver."""
+"""``ParaGRU`` and ``ParaLSTM``: a multi-head input projection feeding ParaGRUCell /
+ParaLSTMCell, solved by :func:`pararnn.solve` (docs/DESIGN.md, "The cells")."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class _ProjectedRNN(SequenceModule):
 
 
 class ParaGRU(_ProjectedRNN):
-    """GRU with diagonal recurrence, solved in parallel over time (DESIGN.md section 2).
+    """GRU with diagonal recurrence, solved in parallel over time (docs/DESIGN.md, "The cells").
 
     ``output, h_n = gru(x, h0=None, *, resets=None, cu_seqlens=None)``: ``x`` ``(B, T, input_size)``,
     ``output`` ``(B, T, hidden_size)``, ``h0``/``h_n`` ``(B, hidden_size)`` (no leading
