@@ -60,7 +60,14 @@ class MultiHeadProjection(nn.Module):
             dtype = torch.get_autocast_dtype(device)
             x, weight = x.to(dtype), weight.to(dtype)
         with torch.autocast(device, enabled=False):
-            out = _GateMajorHeadsMatmul.apply(x, weight)
+            if torch.compiler.is_compiling():
+                # the same product as one einsum: the compiler cannot trace GEMMs writing
+                # into strided out= slices, and it plans the layout itself
+                heads = weight.shape[0]
+                out = torch.einsum("...hd,hgnd->...ghn", x.unflatten(-1, (heads, -1)), weight)
+                out = out.flatten(-3)
+            else:
+                out = _GateMajorHeadsMatmul.apply(x, weight)
         return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:
