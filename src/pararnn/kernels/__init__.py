@@ -22,10 +22,12 @@ modules are imported lazily (on first use), so setting it at the start of a prog
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
 
+@functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
     """True if the ``triton`` package can be imported (the kernels need it)."""
     return importlib.util.find_spec("triton") is not None

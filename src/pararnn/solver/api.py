@@ -47,33 +47,35 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
     dtype, sequences = check_inputs(cell, x, h0, resets, cu_seqlens)
     out_dtype = x.dtype
     n_init = x.shape[0] if sequences.ends is None else sequences.ends.numel()
-    h0c = x.new_zeros(n_init, cell.state_size, dtype=dtype) if h0 is None else h0.to(dtype)
     fused = select_fused(cell, x, backend) if sequences.segment_ids is None else None
     if mode == "auto":
-        mode = _auto_mode(cell, x, h0c, fused)
+        mode = _auto_mode(cell, x, h0, fused)
 
     with torch.autocast(x.device.type, enabled=False):
-        if fused is not None and (mode == "parallel" or not _needs_grad(cell, x, h0c)):
-            # the kernels read bf16 input as it is and compute in fp32: no upcast copy
+        if fused is not None and (mode == "parallel" or not _needs_grad(cell, x, h0)):
+            # the kernels read bf16 input as it is and compute in fp32 (no upcast copy)
+            # and start from zeros without an h0 (no zeros tensor)
             tol = config.tolerance(dtype)
             on_device = tol is not None and config.on_failure == "sequential"
             states, report = fused(
-                x, h0c, sequences.starts if sequences.has_resets else None,
+                x, None if h0 is None else h0.to(dtype),
+                sequences.starts if sequences.has_resets else None,
                 rounds=config.max_iters, sequential=mode == "sequential",
                 verify_tol=tol if on_device else None)
             info = SolveInfo(mode, "triton-fused", segments=report.segments,
                              boundary_rounds=report.boundary_rounds,
                              fallback_flags=report.fell_back)
             if mode == "parallel" and tol is not None and not on_device:
-                states = _check_solution(cell, x.to(dtype), h0c, sequences, config, tol,
-                                         states, info)
+                states = _check_solution(cell, x.to(dtype), _initial(h0, n_init, cell, x, dtype),
+                                         sequences, config, tol, states, info)
             elif mode == "parallel" and report.segments == 1:
                 info.converged = True  # one exact walk: nothing to converge
         elif mode == "sequential":
+            h0c = _initial(h0, n_init, cell, x, dtype)
             states = sequential_solve(cell, x.to(dtype), h0c, sequences)
             info = SolveInfo(mode="sequential", backend="torch")
         else:
-            xc = x.to(dtype)
+            xc, h0c = x.to(dtype), _initial(h0, n_init, cell, x, dtype)
             verify_structure(cell, xc, h0c)
             linear_solver, name = select_scan(cell.structure, x.device, dtype, backend)
             info_out: list[SolveInfo] = []
@@ -83,6 +85,11 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
     # the final state stays in the compute dtype: a decode cache that feeds it back must
     # not round the state to bfloat16 every token
     return states.to(out_dtype), sequences.final_states(states), info
+
+
+def _initial(h0, n_init: int, cell, x, dtype):
+    """The initial states in the compute dtype (zeros when the caller gave none)."""
+    return x.new_zeros(n_init, cell.state_size, dtype=dtype) if h0 is None else h0.to(dtype)
 
 
 def _auto_mode(cell, x, h0, fused) -> str:
@@ -99,7 +106,8 @@ def _auto_mode(cell, x, h0, fused) -> str:
 def _needs_grad(cell, x, h0) -> bool:
     if not torch.is_grad_enabled():
         return False
-    return x.requires_grad or h0.requires_grad or any(p.requires_grad for p in cell.parameters())
+    return (x.requires_grad or (h0 is not None and h0.requires_grad)
+            or any(p.requires_grad for p in cell.parameters()))
 
 
 def _check_solution(cell, x, h0, sequences, config: NewtonConfig, tol: float, states,
