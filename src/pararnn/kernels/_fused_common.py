@@ -55,6 +55,16 @@ def supports_tensor(pre: torch.Tensor) -> bool:
     return pre.device.type == "cpu" and interpreter_enabled()
 
 
+# Optional inputs are passed as None (Triton specialises a None argument as a constexpr)
+# and their HAS_* flags derived from that, so no kernel takes a dummy pointer.
+optional_inputs = triton.heuristics({
+    "HAS_BIAS": lambda args: args["BIAS"] is not None,
+    "HAS_H0": lambda args: args["H0"] is not None,
+    "HAS_RST": lambda args: args["RST"] is not None,
+})
+verified_walk = triton.heuristics({"VERIFY": lambda args: args["FELL"] is not None})
+
+
 def reject_double_backward(op: str) -> None:
     """Raise if a fused backward is being differentiated (``create_graph=True``)."""
     if torch.is_grad_enabled():

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            check_common, load_gate_bias, reject_double_backward,
+                            check_common, load_gate_bias, optional_inputs,
+                            reject_double_backward, verified_walk,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
                             tanh, tl, triton)
@@ -92,6 +93,8 @@ def _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o, p_f, p_o):
     return dc_dc, dc_dh, through * dc_dc, through * dc_dh + do * a_o * tc
 
 
+@verified_walk
+@optional_inputs
 @triton.jit
 def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L, W, P,
                      tol, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
@@ -196,6 +199,7 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
             _store_boundary(E, A, S, bnd, mn, cs, hs, m00, m01, m10, m11, s_c, s_h)
 
 
+@optional_inputs
 @triton.jit
 def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB,
                      L, W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -379,20 +383,18 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
     if segmented:
         E, A, S, X = _boundary_buffers(batch, P, n, dev)
     else:
-        E = A = S = X = out
+        E = A = S = X = None  # the one-segment walk has no boundaries
     block_count = triton.cdiv(n, plan.block_n)
     verify = verify_tol is not None and segmented
-    fell = torch.empty(batch, block_count, device=dev, dtype=torch.int8) if verify else out
+    fell = torch.empty(batch, block_count, device=dev, dtype=torch.int8) if verify else None
 
     def launch(correct: bool, segments: int = P, check: bool = False) -> None:
         _lstm_fwd_kernel[(block_count, batch, segments)](
-            pre, a, peephole, a if bias is None else bias, a if h0 is None else h0,
-            pre if rst is None else rst, out, E, A, S, X, fell, steps, n, blocks,
+            pre, a, peephole, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n,
+            blocks,
             plan.seg_len if segments > 1 else steps, plan.warmup, P,
-            verify_tol if check else BOUNDARY_TOL, HAS_BIAS=bias is not None,
-            HAS_H0=h0 is not None, HAS_RST=rst is not None, SEGMENTED=segments > 1,
-            CORRECT=correct, VERIFY=check, BN=plan.block_n, K=plan.steps_per_block,
-            num_warps=plan.num_warps)
+            verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
+            BN=plan.block_n, K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=2, reverse=False)
     if verify:
@@ -458,16 +460,14 @@ def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_len=None
     if segmented:
         E, A, S, X = _boundary_buffers(batch, P, n, dev)
     else:
-        E = A = S = X = grad_h0_part
+        E = A = S = X = None  # the one-segment walk has no boundaries
     grid = (triton.cdiv(n, plan.block_n), batch, P)
 
     def launch(correct: bool) -> None:
         _lstm_bwd_kernel[grid](
-            pre, a, peephole, a if bias is None else bias, a if h0 is None else h0,
-            pre if rst is None else rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
+            pre, a, peephole, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
-            GROWS=grows, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
-            HAS_RST=rst is not None, SEGMENTED=segmented, CORRECT=correct,
+            GROWS=grows, SEGMENTED=segmented, CORRECT=correct,
             BN=plan.block_n, K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=2, reverse=True)

@@ -7,8 +7,8 @@ import torch
 from .backends import select_fused, select_scan
 from .config import NewtonConfig, SolveInfo
 from .inputs import check_inputs, check_options
-from .newton import (ParallelSolve, handle_failure, scaled_residual, sequential_solve,
-                     verify_structure)
+from .newton import (ParallelSolve, handle_failure, newton_solve, scaled_residual,
+                     sequential_solve, verify_structure)
 
 # On the CPU, without gradients, the step loop beats Newton once a step is this wide
 # (batch x state): the loop's per-step overhead is amortised, while Newton does ~3x the
@@ -78,10 +78,13 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             xc, h0c = x.to(dtype), _initial(h0, n_init, cell, x, dtype)
             verify_structure(cell, xc, h0c)
             linear_solver, name = select_scan(cell.structure, x.device, dtype, backend)
-            info_out: list[SolveInfo] = []
-            states = ParallelSolve.apply(cell, sequences, config, linear_solver, name, info_out,
-                                         xc, h0c, *cell.parameters())
-            info = info_out[0]
+            if _needs_grad(cell, x, h0):
+                info_out: list[SolveInfo] = []
+                states = ParallelSolve.apply(cell, sequences, config, linear_solver, name,
+                                             info_out, xc, h0c, *cell.parameters())
+                info = info_out[0]
+            else:  # nothing to differentiate: no autograd Function around Newton
+                states, info = newton_solve(cell, xc, h0c, sequences, config, linear_solver, name)
     # the final state stays in the compute dtype: a decode cache that feeds it back must
     # not round the state to bfloat16 every token
     return states.to(out_dtype), sequences.final_states(states), info

@@ -118,6 +118,10 @@ class SolveInfo:
         self._converged, self._fell_back = converged, fell_back
         self._flags = fallback_flags  # device flags of the fused verification walk
 
+    def set_fallback_flags(self, flags: torch.Tensor) -> None:
+        """Record a device tensor whose any() says whether the solve fell back."""
+        self._flags = flags
+
     @property
     def exact_walk(self) -> Optional[bool]:
         return None if self.segments is None else self.segments == 1

@@ -6,7 +6,6 @@ what was expected.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -43,15 +42,21 @@ class Sequences:
         """Whether steps after t = 0 may start a sequence from ``resets``."""
         return self.resets is not None
 
-    @functools.cached_property
+    _starts: Optional[torch.Tensor] = None
+
+    @property
     def starts(self) -> torch.Tensor:
-        starts = torch.zeros(self.batch, self.steps, dtype=torch.bool, device=self.device)
-        starts[:, 0] = True
-        if self.resets is not None:
-            starts |= self.resets
-        if self.bounds is not None:
-            starts[0, self.bounds] = True
-        return starts
+        # built on first use and kept (not functools.cached_property: its lock stops
+        # torch.compile on Python 3.11)
+        if self._starts is None:
+            starts = torch.zeros(self.batch, self.steps, dtype=torch.bool, device=self.device)
+            starts[:, 0] = True
+            if self.resets is not None:
+                starts = starts | self.resets
+            if self.bounds is not None:
+                starts[0, self.bounds] = True
+            self._starts = starts
+        return self._starts
 
     def initial_states(self, h0: torch.Tensor, batch: int, steps: int) -> torch.Tensor:
         """``(B, T, N)`` initial state for every step (a broadcast view without cu_seqlens)."""

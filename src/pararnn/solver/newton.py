@@ -83,6 +83,14 @@ def newton_solve(cell, x, h0, sequences: Sequences, config: NewtonConfig, linear
 
     value = cell.step(x, sequences.previous_states(states, h0))
     info.residual = scaled_residual(value, states)
+    if torch.compiler.is_compiling() and config.on_failure == "sequential":
+        # no host round trip inside a compiled graph: the fallback is chosen by torch.cond
+        # and SolveInfo reads the flag lazily (input NaN checks need the eager path)
+        met = info.residual <= tol
+        info.set_fallback_flags(~met)
+        states = torch.cond(met, lambda s: s.clone(),
+                            lambda s: sequential_solve(cell, x, h0, sequences), (states,))
+        return states, info
     info.converged = bool(info.residual <= tol)  # False for NaN too
     if info.converged:
         return states, info
