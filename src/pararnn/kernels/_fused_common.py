@@ -96,6 +96,19 @@ def put_row(tile, rows, j, value):
 
 
 @triton.jit
+def rows_in(t_rows, lo, hi, mn):
+    """(K, BN) mask: step ``t_rows`` in ``[lo, hi)`` and channel in range."""
+    return ((t_rows >= lo) & (t_rows < hi))[:, None] & mn[None, :]
+
+
+@triton.jit
+def reset_word(RST, b, NB, block):
+    """Reset bits of the ``K``-step block ``block`` (-1 .. NB) of batch row ``b``, packed by
+    :func:`pack_resets` (its zero padding makes blocks -1 and NB safe to prefetch)."""
+    return tl.load(RST + b * (NB + 2) + 1 + block)
+
+
+@triton.jit
 def load_gate_vectors(W, offs, mn, N):
     """Rows 0, 1, 2 of a (3, N) fp32 per-channel parameter, at channels ``offs``."""
     return (tl.load(W + offs, mask=mn, other=0.0), tl.load(W + N + offs, mask=mn, other=0.0),

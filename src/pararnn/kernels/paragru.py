@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            check_common, load_gate_bias, optional_inputs,
+                            check_common, load_gate_bias, optional_inputs, reset_word, rows_in,
                             reject_double_backward, verified_walk,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
@@ -103,16 +103,16 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L,
         acc = tl.full([BN], 1.0, tl.float32)
         base0 = (t_begin // K) * K
         t_rows = base0 + rows
-        m2 = ((t_rows >= t_begin) & (t_rows < seg_end))[:, None] & mn[None, :]
+        m2 = rows_in(t_rows, t_begin, seg_end, mn)
         uz, ur, uh = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
         if HAS_RST:
-            bits = tl.load(RST + b * (NB + 2) + 1 + base0 // K)
+            bits = reset_word(RST, b, NB, base0 // K)
         for t0 in range(base0, seg_end, K):
             t_rows = t0 + K + rows
             m2 = (t_rows < seg_end)[:, None] & mn[None, :]
             uz_n, ur_n, uh_n = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
             if HAS_RST:
-                bits_n = tl.load(RST + b * (NB + 2) + 2 + t0 // K)
+                bits_n = reset_word(RST, b, NB, t0 // K + 1)
             out = tl.zeros([K, BN], dtype=tl.float32)
             for j in tl.static_range(K):
                 t = t0 + j
@@ -134,7 +134,7 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L,
                         jac = tl.where(restart, 0.0, jac)
                     acc = tl.where(live & (t >= seg_start), acc * jac, acc)
             o_rows = t0 + rows
-            o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
+            o_mask = rows_in(o_rows, seg_start, seg_end, mn)
             tl.store(HOUT + (b * T + o_rows)[:, None] * N + offs[None, :], out, mask=o_mask)
             uz = uz_n
             ur = ur_n
@@ -190,13 +190,13 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
         # blocks of K steps aligned to multiples of K, from the one holding t_top - 1 down
         top_base = ((t_top - 1) // K) * K
         t_rows = top_base + rows
-        valid = ((t_rows >= seg_start) & (t_rows < t_top))[:, None] & mn[None, :]
+        valid = rows_in(t_rows, seg_start, t_top, mn)
         uz, ur, uh = load_gate_tiles(PRE, b, T, N, t_rows, offs, valid)
         gt = tl.load(GH + (b * T + t_rows)[:, None] * N + offs[None, :], mask=valid, other=0.0)
         ht = tl.load(HS + (b * T + t_rows - 1)[:, None] * N + offs[None, :],
                      mask=valid & (t_rows > 0)[:, None], other=0.0)
         if HAS_RST:
-            bits = tl.load(RST + b * (NB + 2) + 1 + top_base // K)
+            bits = reset_word(RST, b, NB, top_base // K)
         for blk in range(0, (top_base - (seg_start // K) * K) // K + 1):
             base = top_base - blk * K
             t_rows = base - K + rows
@@ -207,7 +207,7 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
             ht_n = tl.load(HS + (b * T + t_rows - 1)[:, None] * N + offs[None, :],
                            mask=valid & (t_rows > 0)[:, None], other=0.0)
             if HAS_RST:
-                bits_n = tl.load(RST + b * (NB + 2) + base // K)
+                bits_n = reset_word(RST, b, NB, base // K - 1)
             o_z = tl.zeros([K, BN], dtype=tl.float32)
             o_r = tl.zeros([K, BN], dtype=tl.float32)
             o_h = tl.zeros([K, BN], dtype=tl.float32)
@@ -246,7 +246,7 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
                     acc = tl.where(keep, tl.where(restart, 0.0, acc * jac), acc)
                 mu = tl.where(live, tl.where(restart, 0.0, nu), mu)
             o_rows = base + rows
-            o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
+            o_mask = rows_in(o_rows, seg_start, seg_end, mn)
             store_gate_tiles(GPRE, b, T, N, o_rows, offs, o_mask, o_z, o_r, o_h)
             uz = uz_n
             ur = ur_n

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            check_common, load_gate_bias, optional_inputs,
+                            check_common, load_gate_bias, optional_inputs, reset_word, rows_in,
                             reject_double_backward, verified_walk,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
@@ -135,16 +135,16 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
         m11 = tl.full([BN], 1.0, tl.float32)
         base0 = (t_begin // K) * K
         t_rows = base0 + rows
-        m2 = ((t_rows >= t_begin) & (t_rows < seg_end))[:, None] & mn[None, :]
+        m2 = rows_in(t_rows, t_begin, seg_end, mn)
         uf, uc, uo = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
         if HAS_RST:
-            bits = tl.load(RST + b * (NB + 2) + 1 + base0 // K)
+            bits = reset_word(RST, b, NB, base0 // K)
         for t0 in range(base0, seg_end, K):
             t_rows = t0 + K + rows
             m2 = (t_rows < seg_end)[:, None] & mn[None, :]
             uf_n, uc_n, uo_n = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
             if HAS_RST:
-                bits_n = tl.load(RST + b * (NB + 2) + 2 + t0 // K)
+                bits_n = reset_word(RST, b, NB, t0 // K + 1)
             out_c = tl.zeros([K, BN], dtype=tl.float32)
             out_h = tl.zeros([K, BN], dtype=tl.float32)
             for j in tl.static_range(K):
@@ -186,7 +186,7 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
                     m10 = tl.where(upd, n10, m10)
                     m11 = tl.where(upd, n11, m11)
             o_rows = t0 + rows
-            o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
+            o_mask = rows_in(o_rows, seg_start, seg_end, mn)
             optr = HOUT + (b * T + o_rows)[:, None] * (2 * N) + 2 * offs[None, :]
             tl.store(optr, out_c, mask=o_mask)
             tl.store(optr + 1, out_h, mask=o_mask)
@@ -246,7 +246,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
         # blocks of K steps aligned to multiples of K, from the one holding t_top - 1 down
         top_base = ((t_top - 1) // K) * K
         t_rows = top_base + rows
-        valid = ((t_rows >= seg_start) & (t_rows < t_top))[:, None] & mn[None, :]
+        valid = rows_in(t_rows, seg_start, t_top, mn)
         prev = valid & (t_rows > 0)[:, None]
         uf, uc, uo = load_gate_tiles(PRE, b, T, N, t_rows, offs, valid)
         sptr = (b * T + t_rows)[:, None] * (2 * N) + 2 * offs[None, :]
@@ -255,7 +255,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
         hc = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
         hh = tl.load(HS + sptr - 2 * N + 1, mask=prev, other=0.0)
         if HAS_RST:
-            bits = tl.load(RST + b * (NB + 2) + 1 + top_base // K)
+            bits = reset_word(RST, b, NB, top_base // K)
         for blk in range(0, (top_base - (seg_start // K) * K) // K + 1):
             base = top_base - blk * K
             t_rows = base - K + rows
@@ -268,7 +268,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
             hc_n = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
             hh_n = tl.load(HS + sptr - 2 * N + 1, mask=prev, other=0.0)
             if HAS_RST:
-                bits_n = tl.load(RST + b * (NB + 2) + base // K)
+                bits_n = reset_word(RST, b, NB, base // K - 1)
             o_f = tl.zeros([K, BN], dtype=tl.float32)
             o_c = tl.zeros([K, BN], dtype=tl.float32)
             o_o = tl.zeros([K, BN], dtype=tl.float32)
@@ -327,7 +327,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
                 mu_c = tl.where(live, tl.where(restart, 0.0, nu_c), mu_c)
                 mu_h = tl.where(live, tl.where(restart, 0.0, nu_h), mu_h)
             o_rows = base + rows
-            o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
+            o_mask = rows_in(o_rows, seg_start, seg_end, mn)
             store_gate_tiles(GPRE, b, T, N, o_rows, offs, o_mask, o_f, o_c, o_o)
             uf = uf_n
             uc = uc_n

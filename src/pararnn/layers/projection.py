@@ -22,7 +22,7 @@ class MultiHeadProjection(nn.Module):
 
     Head ``h`` maps input features ``[h D/H, (h+1) D/H)`` to channels
     ``[h N/H, (h+1) N/H)`` of every gate. The output is gate-major: all channels of
-    gate 0, then gate 1, ... as the reference cells expect. ``num_heads=1`` is a plain
+    gate 0, then gate 1, ... as ParaGRUCell and ParaLSTMCell expect. ``num_heads=1`` is a plain
     dense projection. Weights are Kaiming-uniform (variance 1 / fan-in), biases zero.
     """
 

@@ -1,4 +1,4 @@
-"""Which implementation solves: the PyTorch reference, or a Triton kernel when one applies.
+"""Which implementation solves: the PyTorch scan, or a Triton kernel when one applies.
 
 ``backend="torch"`` always takes the PyTorch path. ``backend="triton"`` requires a kernel
 for the structure and dtype (CUDA tensors, or CPU tensors under Triton's interpreter,
