@@ -11,8 +11,11 @@ import torch
 
 import pararnn
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+
 from pararnn.kernels import _fused_common  # noqa: E402
+from pararnn.kernels._fused_common import boundaries_mismatch  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -23,6 +26,14 @@ def short_segments(monkeypatch):
     monkeypatch.setattr(_fused_common, "MIN_SEG_LEN", 8)
     monkeypatch.setattr(_fused_common, "WARMUP", 0)
     monkeypatch.setattr(_fused_common, "CHAINS_PER_SM", 1 << 20)
+
+
+@triton.jit
+def _mismatch_probe(E, S, OUT, P, N, tol, WIDTH: tl.constexpr, BN: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BN)
+    bad = boundaries_mismatch(E, S, b, P, N, offs, offs < N, tol, WIDTH, BN)
+    tl.store(OUT + b, bad.to(tl.int32))
 
 
 def big_weight_layer(layer_cls, scale=4.0):
@@ -81,3 +92,27 @@ def test_unconverged_fused_lstm_gradients_match_the_loop(short_segments):
     assert layer.last_solve.fell_back
     for got, want in zip(grads[1], grads[0]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_boundary_mismatch_check_finds_every_segment():
+    """``boundaries_mismatch`` (the verification walk's decision) on crafted boundaries:
+    consistent ones pass, a mismatch or NaN at any segment (also past the first group of
+    8) or in any state component is found, a difference within tol is not."""
+    def mismatched(E, S):
+        batch, segments, n, width = E.shape
+        out = torch.empty(batch, dtype=torch.int32, device=DEVICE)
+        _mismatch_probe[(batch,)](E, S, out, segments, n, 1e-4, WIDTH=width, BN=8)
+        return out.tolist()
+
+    for width in (1, 2):
+        E = torch.randn(2, 13, 5, width, device=DEVICE)
+        S = torch.roll(E, 1, dims=1)  # S_c = E_{c-1}; S_0 is never compared
+        assert mismatched(E, S) == [0, 0]
+        for segment, component, value in ((11, width - 1, 1e-2), (3, 0, float("nan")),
+                                          (12, 0, float("inf"))):
+            bad = S.clone()
+            bad[1, segment, 4, component] += value
+            assert mismatched(E, bad) == [0, 1]
+        close = S.clone()
+        close[0, 9, 0, 0] += 1e-5
+        assert mismatched(E, close) == [0, 0]
