@@ -2,16 +2,18 @@
 
     python benchmarks/cpu_solver.py [--steps 64 256 1024 4096] [--batch 4] [--hidden 256]
     python benchmarks/cpu_solver.py --auto-rule     # inference (no grad) over step width
+    python benchmarks/cpu_solver.py --safety        # checked default vs NewtonConfig(tol=None)
 
 Prints a markdown table for BENCHMARKS.md.
 """
 
 import argparse
+import os
 import platform
 
 import torch
 
-from pararnn import ParaGRU
+from pararnn import NewtonConfig, ParaGRU
 from pararnn.demo import compare, median_time
 
 
@@ -32,6 +34,31 @@ def auto_rule_table(steps: int = 2048, repeats: int = 3) -> None:
         print(f"| {hidden} | {times['sequential']:.1f} | {times['parallel']:.1f} | {faster} |", flush=True)
 
 
+def safety_table(batch: int, hidden: int, steps_list, repeats: int) -> None:
+    """Parallel ParaGRU with the checked default (residual measured, fallback if missed)
+    against the unchecked NewtonConfig(tol=None): forward and forward+backward."""
+    print(f"ParaGRU fp32 parallel, input 64, B={batch}, N={hidden}, median of {repeats}, "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
+    print("| T | pass | checked (ms) | unchecked (ms) | overhead |")
+    print("|---:|---|---:|---:|---:|")
+    for steps in steps_list:
+        layer = ParaGRU(64, hidden, recurrent_clip=0.5, mode="parallel")
+        x = torch.randn(batch, steps, 64)
+        for backward in (False, True):
+            times = {}
+            for name, config in (("checked", NewtonConfig()), ("unchecked", NewtonConfig(tol=None))):
+                layer.newton = config
+                if backward:
+                    xg = x.clone().requires_grad_()
+                    times[name] = median_time(lambda: layer(xg)[0].sum().backward(), repeats) * 1e3
+                else:
+                    with torch.no_grad():
+                        times[name] = median_time(lambda: layer(x), repeats) * 1e3
+            print(f"| {steps} | {'fwd+bwd' if backward else 'fwd'} | {times['checked']:.1f} "
+                  f"| {times['unchecked']:.1f} | {100 * (times['checked'] / times['unchecked'] - 1):+.1f}% |",
+                  flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, nargs="+", default=[64, 256, 1024, 4096])
@@ -40,9 +67,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--auto-rule", action="store_true",
                         help="time the no-grad forward over step width instead")
+    parser.add_argument("--safety", action="store_true",
+                        help="time the checked default against the unchecked config instead")
     args = parser.parse_args()
     if args.auto_rule:
         auto_rule_table(repeats=args.repeats)
+        return
+    if args.safety:
+        safety_table(args.batch, args.hidden, args.steps, args.repeats)
         return
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads; ParaGRU fp32, input 64, B={args.batch}, "

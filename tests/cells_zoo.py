@@ -94,3 +94,50 @@ def reference_cells(dtype=torch.float64):
 
 def all_cells(dtype=torch.float64):
     return {**user_cells(dtype), **reference_cells(dtype)}
+
+
+class ExpandingTanhCell(pararnn.Cell):
+    """h' = tanh(gain * h + x): for gain > 1 and small inputs the Jacobian products grow
+    like gain^T near h = 0, so Newton from the initial guess overflows (gain 3: NaN within
+    100 steps) or lands far off (gain 1.5: states off by ~1e8), while the loop is fine."""
+
+    jacobian = "diagonal"
+
+    def __init__(self, state_size=4, gain=3.0, dtype=torch.float32):
+        super().__init__()
+        self.input_size = self.state_size = state_size
+        self.gain = nn.Parameter(torch.full((state_size,), gain, dtype=dtype))
+
+    def step(self, x, h_prev):
+        return torch.tanh(self.gain * h_prev + x)
+
+
+class MisdeclaredCell(pararnn.Cell):
+    """Declares a diagonal Jacobian but mixes the state through a dense matrix."""
+
+    jacobian = "diagonal"
+
+    def __init__(self, state_size=8, dtype=torch.float32):
+        super().__init__()
+        self.input_size = self.state_size = state_size
+        self.w = nn.Parameter(torch.randn(state_size, state_size, dtype=dtype) * 1.5 / state_size**0.5)
+
+    def step(self, x, h_prev):
+        return torch.tanh(h_prev @ self.w.T + x)
+
+
+def diverging_paragru_cell(dtype=torch.float64):
+    """A ParaGRU cell without recurrent_clip whose large recurrent weights make Newton
+    diverge on :func:`diverging_paragru_inputs` (3 iterations land ~1e7 off)."""
+    cell = pararnn.ParaGRUCell(4, dtype=dtype)
+    with torch.no_grad():
+        spread = torch.linspace(0.7, 1.3, 4, dtype=dtype)
+        cell.a.copy_(torch.tensor([[-3.0], [3.0], [-8.0]], dtype=dtype) * spread)
+        cell.bias.zero_()
+    return cell
+
+
+def diverging_paragru_inputs(steps=300, dtype=torch.float64):
+    """Deterministic pre-activations (1, steps, 12): sinusoids of amplitude 2."""
+    t = torch.arange(steps, dtype=dtype)
+    return 2 * torch.stack([torch.sin(0.37 * t * (k + 1) + k) for k in range(12)], -1).unsqueeze(0)

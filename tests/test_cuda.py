@@ -49,3 +49,28 @@ def test_bf16_autocast_on_cuda():
         out, _ = layer(x)
     assert out.dtype == torch.bfloat16
     assert ((out.float() - ref).norm() / ref.norm()).item() < 2e-2
+
+
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_fused_default_is_capturable_in_a_cuda_graph(layer_cls):
+    """The safe default on the fused path decides its fallback on the device: the whole
+    layer forward captures into a CUDA graph (no host synchronisation) and replays to the
+    eager result, at a shape whose plan is segmented (boundary rounds + verification)."""
+    torch.manual_seed(0)
+    layer = layer_cls(256, 256, num_heads=2, recurrent_clip=0.5, device="cuda")
+    x = torch.randn(1, 8192, 256, device="cuda")
+    with torch.no_grad():
+        eager, _ = layer(x)
+        assert layer.last_solve.segments > 1 and not layer.last_solve.fell_back
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            layer(x)  # warm-up on the capture stream (Triton compiles outside the graph)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured, _ = layer(x)
+        graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(captured, eager, rtol=0, atol=0)
+

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pararnn
-from cells_zoo import LogisticMapCell
+from cells_zoo import LogisticMapCell, diverging_paragru_cell, diverging_paragru_inputs
 
 
 def chaotic_inputs(steps=200):
@@ -19,8 +19,9 @@ def test_chaotic_cell_raises():
     x, h0 = chaotic_inputs()
     rnn = pararnn.RNN(LogisticMapCell(), mode="parallel",
                       newton=pararnn.NewtonConfig(max_iters=3, tol=1e-8, on_failure="raise"))
-    with pytest.raises(pararnn.NewtonConvergenceError, match="did not converge"):
+    with pytest.raises(pararnn.NewtonConvergenceError, match="Newton diverged") as caught:
         rnn(x, h0)
+    assert "max_iters" not in str(caught.value)  # more iterations do not help a chaotic cell
     assert issubclass(pararnn.NewtonConvergenceError, RuntimeError)
 
 
@@ -56,7 +57,7 @@ def test_chaotic_cell_warns():
     x, h0 = chaotic_inputs()
     rnn = pararnn.RNN(LogisticMapCell(), mode="parallel",
                       newton=pararnn.NewtonConfig(max_iters=3, tol=1e-8, on_failure="warn"))
-    with pytest.warns(RuntimeWarning, match="did not converge"):
+    with pytest.warns(RuntimeWarning, match="Newton diverged"):
         rnn(x, h0)
     assert rnn.last_solve.converged is False and not rnn.last_solve.fell_back
 
@@ -103,3 +104,129 @@ def test_quasi_newton_with_diagonal_jacobian(name):
     with pytest.raises(pararnn.NewtonConvergenceError):
         pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(
             max_iters=2, tol=1e-11, on_failure="raise", jacobian="diagonal"))(x)
+
+
+# ---- the default configuration never returns a silently wrong answer -----------------
+
+def big_weight_paragru(mode):
+    """ParaGRU with recurrent vectors ~N(0, 4) and a 4x input projection: Newton's 3
+    iterations miss the solution by O(1) (5.9 for some seeds, 1e5 with an 8x projection)."""
+    gru = pararnn.ParaGRU(8, 16, num_heads=2, mode=mode)
+    with torch.no_grad():
+        gru.cell.a.copy_(torch.randn(3, 16) * 2)
+        gru.projection.weight.mul_(4)
+    return gru
+
+
+@pytest.mark.parametrize("mode", ["parallel", "auto"])
+def test_big_weight_paragru_default_matches_sequential(mode):
+    gru = big_weight_paragru(mode)
+    x = torch.randn(4, 400, 8)
+    with torch.no_grad():
+        gru.mode = "sequential"
+        ref, ref_n = gru(x)
+        gru.mode, gru.newton = mode, pararnn.NewtonConfig(tol=None)
+        unchecked, _ = gru(x)
+        gru.newton = None
+        out, h_n = gru(x)
+    assert (unchecked - ref).abs().max() > 1.0  # what the default used to return
+    info = gru.last_solve
+    assert info.mode == "parallel" and info.fell_back and info.converged is False
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    torch.testing.assert_close(h_n, ref_n, rtol=0, atol=0)
+
+
+def test_big_weight_paragru_gradients_after_fallback():
+    """The backward after a fallback equals autograd through the sequential loop."""
+    gru = big_weight_paragru("parallel")
+    x = torch.randn(2, 150, 8)
+    grads = []
+    for mode in ("sequential", "parallel"):
+        gru.zero_grad()
+        gru.mode = mode
+        xg = x.clone().requires_grad_()
+        out, h_n = gru(xg)
+        (out.sin().sum() + h_n.square().sum()).backward()
+        grads.append([xg.grad, *(p.grad for p in gru.parameters())])
+    assert gru.last_solve.fell_back
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_diverging_newton_on_unclipped_paragru_falls_back():
+    cell = diverging_paragru_cell()
+    x = diverging_paragru_inputs()
+    ref, _ = pararnn.RNN(cell, mode="sequential")(x)
+    unchecked, _ = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(tol=None))(x)
+    assert (unchecked - ref).abs().max() > 1e6
+    rnn = pararnn.RNN(cell, mode="parallel")
+    out, _ = rnn(x)
+    assert rnn.last_solve.fell_back
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("gain, unchecked_failure", [(3.0, "nan"), (1.5, "far")])
+def test_expanding_cell_falls_back_instead_of_nan(gain, unchecked_failure):
+    from cells_zoo import ExpandingTanhCell
+
+    cell = ExpandingTanhCell(gain=gain)
+    x = torch.randn(2, 100, 4) * 0.01
+    ref, _ = pararnn.RNN(cell, mode="sequential")(x)
+    unchecked, _ = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(tol=None))(x)
+    if unchecked_failure == "nan":
+        assert unchecked.isnan().any()
+    else:
+        assert (unchecked - ref).abs().max() > 1e3
+    rnn = pararnn.RNN(cell, mode="parallel")
+    out, _ = rnn(x)
+    assert rnn.last_solve.fell_back and torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_overflowing_recurrence_raises_a_clear_error():
+    class Doubling(pararnn.Cell):
+        jacobian = "diagonal"
+
+        def __init__(self):
+            super().__init__()
+            self.input_size = self.state_size = 2
+            self.gain = torch.nn.Parameter(torch.full((2,), 3.0))
+
+        def step(self, x, h_prev):
+            return self.gain * h_prev + x
+
+    rnn = pararnn.RNN(Doubling(), mode="parallel")
+    with pytest.raises(ValueError, match="sequential recurrence of Doubling overflows") as caught:
+        rnn(torch.rand(1, 200, 2) + 1)  # 3^200 overflows float32
+    assert "max_iters" not in str(caught.value)
+
+
+def test_misdeclared_jacobian_structure_is_reported():
+    from cells_zoo import MisdeclaredCell
+
+    cell = MisdeclaredCell()
+    with pytest.raises(ValueError, match=r"MisdeclaredCell declares jacobian='diagonal'"):
+        pararnn.RNN(cell, mode="parallel")(torch.randn(2, 50, 8) * 3)
+    cell.jacobian = "dense"  # declared right: it solves, and matches the loop
+    x = torch.randn(2, 50, 8)
+    out, _ = pararnn.RNN(cell, mode="parallel")(x)
+    ref, _ = pararnn.RNN(cell, mode="sequential")(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_structure_is_verified_once_per_cell():
+    from cells_zoo import DiagonalCell
+
+    class Counting(DiagonalCell):
+        jvps = 0
+
+        def step_and_jacobian(self, x, h_prev):
+            Counting.jvps += 1
+            return super().step_and_jacobian(x, h_prev)
+
+    cell = Counting()
+    rnn = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(max_iters=2))
+    x = torch.randn(1, 30, 3, dtype=torch.float64)
+    rnn(x)
+    rnn(x)
+    assert Counting.jvps == 1 + 2 * 2  # one verification, then two iterations per solve

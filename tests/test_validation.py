@@ -17,16 +17,17 @@ def rnn():
 
 
 def test_wrong_rank(rnn, gru):
-    with pytest.raises(ValueError, match=r"x must have shape \(batch, time, input_size\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, time, features\) or "
+                                         r"\(time, features\) .* got \(2, 3, 4, 24\)"):
         rnn(torch.randn(2, 3, 4, 24))
-    with pytest.raises(ValueError, match=r"x must have shape \(batch, time, 4\)"):
+    with pytest.raises(ValueError, match=r"input_size \(4\), got \(5,\)"):
         gru(torch.randn(5))
 
 
 def test_wrong_feature_size(rnn, gru):
-    with pytest.raises(ValueError, match="input_size=24"):
+    with pytest.raises(ValueError, match=r"input_size \(24\), got \(2, 3, 23\)"):
         rnn(torch.randn(2, 3, 23))
-    with pytest.raises(ValueError, match=r"\(batch, time, 4\)"):
+    with pytest.raises(ValueError, match=r"input_size \(4\), got \(2, 3, 5\)"):
         gru(torch.randn(2, 3, 5))
 
 
@@ -42,7 +43,7 @@ def test_not_a_tensor(rnn):
 
 def test_h0_shape_dtype(rnn):
     x = torch.randn(2, 3, 24)
-    with pytest.raises(ValueError, match=r"h0 must have shape .* \(2, 8\)"):
+    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 8\) .* got \(3, 8\)"):
         rnn(x, torch.zeros(3, 8))
     with pytest.raises(ValueError, match=r"h0 must have shape"):
         rnn(x, torch.zeros(1, 2, 8))
@@ -92,10 +93,10 @@ def test_unknown_options():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(max_iters=0), "max_iters must be an int >= 1"),
     (dict(max_iters=2.5), "max_iters must be an int >= 1"),
-    (dict(tol=-1.0), "tol must be a positive number"),
+    (dict(tol=-1.0), "tol must be 'auto', a positive number or None"),
     (dict(on_failure="ignore"), "on_failure must be one of"),
     (dict(jacobian="block", tol=1e-6), "jacobian must be None or 'diagonal'"),
-    (dict(jacobian="diagonal"), "needs a tol"),
+    (dict(jacobian="diagonal", tol=None), "needs a tol"),
 ])
 def test_newton_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -136,7 +137,7 @@ def test_lstm_state_validation():
     x = torch.randn(2, 3, 4)
     with pytest.raises(TypeError, match=r"tuple \(h0, c0\)"):
         lstm(x, torch.zeros(2, 8))
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match=r"state c0 must have shape \(2, 8\)"):
         lstm(x, (torch.zeros(2, 8), torch.zeros(1, 8)))
 
 

@@ -7,14 +7,14 @@ pytest.importorskip("triton")
 
 from pararnn.cells import ParaGRUCell  # noqa: E402
 from pararnn.kernels import paragru  # noqa: E402
-from pararnn.kernels._fused_common import interpreting  # noqa: E402
+from pararnn.kernels import interpreter_enabled  # noqa: E402
 
 from _fused_reference import reference_grads, sequential_states  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-if not CUDA and not interpreting():
+if not CUDA and not interpreter_enabled():
     pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
 
 # seg_len/warmup: one segment (the sequential kernel); short segments with a too-short
@@ -166,37 +166,50 @@ def _cols(n, k):
     return torch.cat([torch.arange(g * n, g * n + k) for g in range(3)])
 
 
-def test_select_fused_wraps_the_kernels():
-    """solver.backends.select_fused: which cells/backends get the kernels, and gradients
-    chained through the recurrent-weight clipping match autograd."""
-    from pararnn.solver.backends import FusedSolve, select_fused
+def test_select_fused_uses_the_cell_hook():
+    """solver.backends.select_fused: which cells/backends get the kernels (through
+    Cell.fused_solver), and gradients chained through the recurrent-weight clipping match
+    autograd through the loop."""
+    from pararnn.solver.backends import select_fused
 
     cell = ParaGRUCell(5, recurrent_clip=0.3)
     x = torch.randn(2, 9, 15)
     assert select_fused(cell, x.to(DEVICE), "torch") is None
     assert select_fused(cell, x.double().to(DEVICE), "triton") is None
-    assert select_fused(type("Sub", (ParaGRUCell,), {})(5), x.to(DEVICE), "triton") is None
+    changed = type("Changed", (ParaGRUCell,), {"step": lambda self, x, h: h})(5)
+    assert select_fused(changed, x.to(DEVICE), "triton") is None  # its own step: generic path
+    assert select_fused(type("Same", (ParaGRUCell,), {})(5), x.to(DEVICE), "triton") is not None
     fused = select_fused(cell.to(DEVICE), x.to(DEVICE), "triton")
-    assert isinstance(fused, FusedSolve)
     resets = torch.rand(2, 9) < 0.2
     grad_states = torch.randn(2, 9, 5)
     with torch.no_grad():
         cell.bias.normal_()
-    ref, g_pre, (_, g_b), g_h0 = reference_grads(cell.cpu(), x, None, resets, grad_states)
-    weights = (cell.recurrent_weights().detach(),)
-    bias = cell.bias.detach().float()
-    states = fused.forward(x.to(DEVICE), None, resets.to(DEVICE), 3, weights, bias)
-    assert (states.cpu().double() - ref).abs().max() < 2e-6
-    seq = fused.sequential(x.to(DEVICE), None, resets.to(DEVICE), weights, bias)
-    assert (seq.cpu().double() - ref).abs().max() < 2e-6
-    grad_x, grad_w, grad_h0, grad_b = fused.backward(
-        x.to(DEVICE), None, resets.to(DEVICE), states, grad_states.to(DEVICE), weights, bias)
-    assert _rel(grad_b, g_b) < 1e-5
+    ref, g_pre, (g_a, g_b), g_h0 = reference_grads(cell.cpu(), x, None, resets, grad_states)
     cell = cell.float().to(DEVICE)
-    cell.a.grad = None
-    torch.autograd.backward(cell.recurrent_weights(), grad_w)
-    ref_cell = cell.cpu().double()
-    ref_cell.a.grad = None
-    reference_grads(ref_cell, x, None, resets, grad_states)
-    assert _rel(grad_x, g_pre) < 1e-5 and _rel(grad_h0, g_h0) < 1e-5
-    assert _rel(cell.a.grad, ref_cell.a.grad) < 1e-5
+    cell.a.grad = cell.bias.grad = None  # the reference left float64 gradients there
+    pre = x.to(DEVICE).requires_grad_()
+    h0 = torch.zeros(2, 5, device=DEVICE, requires_grad=True)
+    states, report = fused(pre, h0, resets.to(DEVICE), rounds=3, verify_tol=None,
+                           sequential=False)
+    assert (states.detach().cpu().double() - ref).abs().max() < 2e-6
+    torch.autograd.backward(states, grad_states.to(DEVICE))
+    assert _rel(pre.grad, g_pre) < 1e-5 and _rel(h0.grad, g_h0) < 1e-5
+    assert _rel(cell.bias.grad, g_b) < 1e-5 and _rel(cell.a.grad, g_a) < 1e-5
+
+
+def test_ops_match_their_naive_loops():
+    """paragru_solve / paralstm_solve against paragru_naive / paralstm_naive (float64)."""
+    from pararnn.kernels import paralstm
+
+    pre = torch.randn(2, 13, 12, device=DEVICE)
+    a, bias = torch.randn(3, 4, device=DEVICE) * 0.5, torch.randn(3, 4, device=DEVICE) * 0.3
+    peephole = torch.randn(2, 4, device=DEVICE) * 0.5
+    resets = torch.rand(2, 13, device=DEVICE) < 0.2
+    for width, solve, naive, weights in ((1, paragru.paragru_solve, paragru.paragru_naive, (a,)),
+                                         (2, paralstm.paralstm_solve, paralstm.paralstm_naive,
+                                          (a, peephole))):
+        h0 = torch.randn(2, 4 * width, device=DEVICE) * 0.5
+        states, _ = solve(pre, *weights, bias, h0, resets, sequential=True)
+        ref = naive(pre.double(), *(w.double() for w in weights), bias.double(), h0.double(),
+                    resets)
+        assert (states.double() - ref).abs().max() < 2e-6

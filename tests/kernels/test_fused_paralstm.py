@@ -7,14 +7,14 @@ pytest.importorskip("triton")
 
 from pararnn.cells import ParaLSTMCell  # noqa: E402
 from pararnn.kernels import paralstm  # noqa: E402
-from pararnn.kernels._fused_common import interpreting  # noqa: E402
+from pararnn.kernels import interpreter_enabled  # noqa: E402
 
 from _fused_reference import reference_grads, sequential_states  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-if not CUDA and not interpreting():
+if not CUDA and not interpreter_enabled():
     pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
 
 PLANS = {"single": dict(seg_len=None), "repair": dict(seg_len=5, warmup=2),

@@ -1,4 +1,5 @@
-"""Initialisation, clipping and bias handling shared by the reference cells (DESIGN.md section 2)."""
+"""Initialisation, clipping, bias handling and fused-kernel eligibility shared by ParaGRUCell
+and ParaLSTMCell (docs/DESIGN.md, "The cells")."""
 
 from __future__ import annotations
 
@@ -37,3 +38,10 @@ def check_clip(limit: float | None) -> float | None:
 def with_bias(pre: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Gate pre-activations ``(..., G * N)`` plus a per-gate bias ``(G, N)`` (if any)."""
     return pre if bias is None else pre + bias.flatten()
+
+
+def runs_own_step(cell, cls, *methods: str) -> bool:
+    """Whether ``cell`` computes its step with ``cls``'s own ``methods``: a subclass that
+    overrides one of them changes the recurrence, so the fused kernel of ``cls`` no
+    longer applies to it."""
+    return all(getattr(type(cell), name) is getattr(cls, name) for name in methods)

@@ -46,6 +46,19 @@ class Cell(nn.Module):
             return self.step_and_jacobian(x, h_prev)
         return self.step(x, h_prev)
 
+    def fused_solver(self):
+        """A fused whole-sequence solve for this cell, or None (the generic Newton path).
+
+        The solver's dispatch hook (docs/DESIGN.md, "Solver/kernel contract"): a cell with
+        a fused kernel returns a callable ``solve(pre, h0, resets, *, rounds, verify_tol,
+        sequential) -> (states, report)`` giving float32 states ``(B, T, state_size)``,
+        differentiable with respect to ``pre``, ``h0`` and the cell's parameters, and a
+        report with ``segments``, ``boundary_rounds`` and ``fell_back`` (device flags or
+        None). The solver calls it only for float32/bfloat16 input on a device where
+        Triton runs.
+        """
+        return None
+
     @property
     def structure(self) -> JacobianStructure:
         block_size = self.block_size if self.jacobian == "block" else 1

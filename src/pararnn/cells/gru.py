@@ -1,11 +1,11 @@
-"""ParaGRU cell: a GRU with diagonal recurrence (DESIGN.md section 2)."""
+"""ParaGRU cell: a GRU with diagonal recurrence (docs/DESIGN.md, "The cells")."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ._init import check_clip, clipped, with_bias, xavier_normal_vector_
+from ._init import check_clip, clipped, runs_own_step, with_bias, xavier_normal_vector_
 from .base import Cell
 
 
@@ -66,6 +66,18 @@ class ParaGRUCell(Cell):
         dcandidate = (1 - candidate * candidate) * a_h * (dr * h_prev + r)
         jac = dz * (candidate - h_prev) + z * dcandidate + (1 - z)
         return h_next, jac
+
+    def fused_solver(self):
+        """The fused ParaGRU kernels (:func:`pararnn.kernels.paragru.paragru_solve`) unless a
+        subclass changed the step."""
+        if not runs_own_step(self, ParaGRUCell, "step", "step_and_jacobian", "_gates"):
+            return None
+        return self._fused_solve
+
+    def _fused_solve(self, pre, h0, resets, **options):
+        from ..kernels.paragru import paragru_solve
+
+        return paragru_solve(pre, self.recurrent_weights(), self.bias, h0, resets, **options)
 
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, recurrent_clip={self.recurrent_clip}, "

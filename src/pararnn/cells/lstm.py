@@ -1,11 +1,11 @@
-"""ParaLSTM cell: a CIFG LSTM with peepholes and diagonal recurrence (DESIGN.md section 2)."""
+"""ParaLSTM cell: a CIFG LSTM with peepholes and diagonal recurrence (docs/DESIGN.md, "The cells")."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ._init import check_clip, clipped, with_bias, xavier_normal_vector_
+from ._init import check_clip, clipped, runs_own_step, with_bias, xavier_normal_vector_
 from .base import Cell
 
 
@@ -101,6 +101,19 @@ class ParaLSTMCell(Cell):
             (torch.stack((dc_dc, dc_dh), dim=-1), torch.stack((dh_dc, dh_dh), dim=-1)), dim=-2
         )
         return self.pack_state(h_next, c_next), jac
+
+    def fused_solver(self):
+        """The fused ParaLSTM kernels (:func:`pararnn.kernels.paralstm.paralstm_solve`)
+        unless a subclass changed the step."""
+        if not runs_own_step(self, ParaLSTMCell, "step", "step_and_jacobian", "_forward"):
+            return None
+        return self._fused_solve
+
+    def _fused_solve(self, pre, h0, resets, **options):
+        from ..kernels.paralstm import paralstm_solve
+
+        a, peephole = self.recurrent_weights()
+        return paralstm_solve(pre, a, peephole, self.bias, h0, resets, **options)
 
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, recurrent_clip={self.recurrent_clip}, "

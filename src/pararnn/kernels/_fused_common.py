@@ -33,23 +33,17 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 
 import torch
+import triton
+import triton.language as tl
 
-if not torch.cuda.is_available():  # the interpreter must be chosen before triton loads
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
+from . import interpreter_enabled
+from ._triton_utils import affine1, affine2
 
 # |x_c - S_c| <= TOL * (1 + |x_c|): the start did not move (a few fp32 ulps).
 BOUNDARY_TOL = 1e-6
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def supports_tensor(pre: torch.Tensor) -> bool:
@@ -58,7 +52,24 @@ def supports_tensor(pre: torch.Tensor) -> bool:
         return False
     if pre.is_cuda:
         return True
-    return pre.device.type == "cpu" and interpreting()
+    return pre.device.type == "cpu" and interpreter_enabled()
+
+
+# Optional inputs are passed as None (Triton specialises a None argument as a constexpr)
+# and their HAS_* flags derived from that, so no kernel takes a dummy pointer.
+optional_inputs = triton.heuristics({
+    "HAS_BIAS": lambda args: args["BIAS"] is not None,
+    "HAS_H0": lambda args: args["H0"] is not None,
+    "HAS_RST": lambda args: args["RST"] is not None,
+})
+verified_walk = triton.heuristics({"VERIFY": lambda args: args["FELL"] is not None})
+
+
+def reject_double_backward(op: str) -> None:
+    """Raise if a fused backward is being differentiated (``create_graph=True``)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"the fused {op} solve does not support double backward "
+                           "(create_graph=True); use mode='sequential' for higher-order gradients")
 
 
 @triton.jit
@@ -82,6 +93,19 @@ def row_of(tile, rows, j):
 @triton.jit
 def put_row(tile, rows, j, value):
     return tl.where(rows[:, None] == j, value[None, :], tile)
+
+
+@triton.jit
+def rows_in(t_rows, lo, hi, mn):
+    """(K, BN) mask: step ``t_rows`` in ``[lo, hi)`` and channel in range."""
+    return ((t_rows >= lo) & (t_rows < hi))[:, None] & mn[None, :]
+
+
+@triton.jit
+def reset_word(RST, b, NB, block):
+    """Reset bits of the ``K``-step block ``block`` (-1 .. NB) of batch row ``b``, packed by
+    :func:`pack_resets` (its zero padding makes blocks -1 and NB safe to prefetch)."""
+    return tl.load(RST + b * (NB + 2) + 1 + block)
 
 
 @triton.jit
@@ -221,11 +245,6 @@ def _solve_order(P, mn, REVERSE: tl.constexpr, BP: tl.constexpr):
 
 
 @triton.jit
-def _affine_combine(a1, b1, a2, b2):
-    return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
 def _boundary_diag_kernel(E, A, S, X, P, N,
                           REVERSE: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -238,18 +257,10 @@ def _boundary_diag_kernel(E, A, S, X, P, N,
     m = tl.load(A + ptr, mask=valid, other=1.0)
     e = tl.load(E + ptr, mask=valid, other=0.0)
     s = tl.load(S + ptr, mask=valid, other=0.0)
-    m, v = tl.associative_scan((m, e - m * s), 0, _affine_combine)
+    m, v = tl.associative_scan((m, e - m * s), 0, affine1)
     x0 = tl.load(S + base + first * N + offs, mask=mn, other=0.0)
     tl.store(X + base + first * N + offs, x0, mask=mn)
     tl.store(X + base + nxt[:, None] * N + offs[None, :], m * x0[None, :] + v, mask=valid)
-
-
-@triton.jit
-def _affine2_combine(l00, l01, l10, l11, l0, l1, r00, r01, r10, r11, r0, r1):
-    # right ∘ left for maps x -> M x + v on 2-vectors
-    return (r00 * l00 + r01 * l10, r00 * l01 + r01 * l11,
-            r10 * l00 + r11 * l10, r10 * l01 + r11 * l11,
-            r00 * l0 + r01 * l1 + r0, r10 * l0 + r11 * l1 + r1)
 
 
 @triton.jit
@@ -273,7 +284,7 @@ def _boundary_2x2_kernel(E, A, S, X, P, N,
     v0 = e0 - m00 * s0 - m01 * s1
     v1 = e1 - m10 * s0 - m11 * s1
     m00, m01, m10, m11, v0, v1 = tl.associative_scan(
-        (m00, m01, m10, m11, v0, v1), 0, _affine2_combine)
+        (m00, m01, m10, m11, v0, v1), 0, affine2)
     c0 = b * P * N + first * N + offs
     x0 = tl.load(S + 2 * c0, mask=mn, other=0.0)
     x1 = tl.load(S + 2 * c0 + 1, mask=mn, other=0.0)
@@ -302,6 +313,40 @@ def run_segmented(launch, plan: Plan, rounds: int, E, A, S, X, *, block: int, re
     for _ in range(rounds):
         solve_boundaries(E, A, S, X, block=block, reverse=reverse)
         launch(True)
+
+
+@dataclass
+class ForwardReport:
+    """What a fused forward ran. ``fell_back`` is a device tensor (one int8 flag per
+    (batch row, channel block)) or None when no verification ran; reading it syncs."""
+
+    segments: int
+    boundary_rounds: int
+    fell_back: torch.Tensor | None
+
+
+@triton.jit
+def boundaries_mismatch(E, S, b, P, N, offs, mn, tol, WIDTH: tl.constexpr, BN: tl.constexpr):
+    """Whether, in this batch row and channel block, any segment start ``S_c`` (c >= 1)
+    differs from the end ``E_{c-1}`` of the segment before it by more than
+    ``tol (1 + |E_{c-1}|)``, or is not finite. ``E``/``S``: (B, P, N, WIDTH).
+
+    Inside a segment the walk is the exact recurrence, so matching boundaries mean the
+    whole segmented result is the sequential solution (to ``tol``); a mismatch means the
+    boundary-Newton rounds did not converge. Segments are read 8 at a time, so the loads
+    of a group are in flight together (hundreds of segments at long, narrow shapes).
+    """
+    bad = tl.zeros([8, BN], dtype=tl.int32)
+    for c0 in range(1, P, 8):
+        seg = c0 + tl.arange(0, 8)
+        m = (seg < P)[:, None] & mn[None, :]
+        for w in tl.static_range(WIDTH):
+            e = tl.load(E + ((b * P + seg[:, None] - 1) * N + offs[None, :]) * WIDTH + w,
+                        mask=m, other=0.0)
+            s = tl.load(S + ((b * P + seg[:, None]) * N + offs[None, :]) * WIDTH + w,
+                        mask=m, other=0.0)
+            bad = tl.where(tl.abs(s - e) <= tol * (1.0 + tl.abs(e)), bad, 1)
+    return tl.max(tl.max(bad, 1), 0) > 0
 
 
 def check_common(name: str, pre: torch.Tensor, a: torch.Tensor, h0, resets, state_width: int,

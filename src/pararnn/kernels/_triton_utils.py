@@ -8,15 +8,8 @@ spelled out entry by entry (row-major ``aij``) because a combine acts elementwis
 
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
-
-# ``triton.jit`` decides at decoration time whether a kernel runs in the CPU
-# interpreter; the kernels of this package are decorated when this module's
-# importers load, so the variable read here is the one that counted.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit

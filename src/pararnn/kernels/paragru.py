@@ -1,5 +1,9 @@
 """Fused Triton kernels for the ParaGRU cell (:class:`pararnn.cells.ParaGRUCell`).
 
+The op: ``paragru_solve(pre, a, bias, initial_state, resets, *, rounds, verify_tol,
+sequential) -> (states, report)``, differentiable (autograd Function below), and
+``paragru_naive`` with the same arguments, the plain PyTorch loop it must match.
+
 ``newton_forward`` is the chunked hybrid of :mod:`._fused_common`: a sequential walk in
 registers inside each time segment, Newton on the segment boundary states across them.
 It returns the *solution of the recurrence* (not "Newton after a fixed number of
@@ -14,12 +18,15 @@ from __future__ import annotations
 
 import torch
 
-from ._fused_common import (BOUNDARY_TOL, as_f32, check_common, load_gate_bias,
+from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
+                            check_common, load_gate_bias, optional_inputs, reset_word, rows_in,
+                            reject_double_backward, verified_walk,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
                             tanh, tl, triton)
 
-__all__ = ["supports", "newton_forward", "sequential_forward", "backward"]
+__all__ = ["supports", "paragru_solve", "paragru_naive", "forward", "newton_forward",
+           "sequential_forward", "backward"]
 
 
 def supports(pre: torch.Tensor) -> bool:
@@ -54,11 +61,13 @@ def _moved(X, S, bnd, mn, tol):
     return x, moved > 0
 
 
+@verified_walk
+@optional_inputs
 @triton.jit
-def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol,
+def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L, W, P, tol,
                     HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
-                    SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, BN: tl.constexpr,
-                    K: tl.constexpr):
+                    SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
+                    BN: tl.constexpr, K: tl.constexpr):
     # Steps go in blocks of K: the block's inputs are (K, BN) register tiles loaded one
     # block ahead (the prefetch that keeps loads in flight across the sequential chain).
     pid_n = tl.program_id(0)
@@ -80,7 +89,13 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, to
         h, run = _moved(X, S, bnd, mn, tol)
         t_begin = seg_start
     else:
-        run = True
+        if VERIFY:
+            # the exact one-segment walk, only where a P-segment solve left mismatched
+            # boundaries (E, S are that solve's); FELL records which blocks reran
+            run = boundaries_mismatch(E, S, b, P, N, offs, mn, tol, 1, BN)
+            tl.store(FELL + b * tl.num_programs(0) + pid_n, run.to(tl.int8))
+        else:
+            run = True
         t_begin = tl.maximum(seg_start - W, 0)
         h = tl.where(t_begin == 0, h0, 0.0)
     if run:
@@ -88,16 +103,16 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, to
         acc = tl.full([BN], 1.0, tl.float32)
         base0 = (t_begin // K) * K
         t_rows = base0 + rows
-        m2 = ((t_rows >= t_begin) & (t_rows < seg_end))[:, None] & mn[None, :]
+        m2 = rows_in(t_rows, t_begin, seg_end, mn)
         uz, ur, uh = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
         if HAS_RST:
-            bits = tl.load(RST + b * (NB + 2) + 1 + base0 // K)
+            bits = reset_word(RST, b, NB, base0 // K)
         for t0 in range(base0, seg_end, K):
             t_rows = t0 + K + rows
             m2 = (t_rows < seg_end)[:, None] & mn[None, :]
             uz_n, ur_n, uh_n = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
             if HAS_RST:
-                bits_n = tl.load(RST + b * (NB + 2) + 2 + t0 // K)
+                bits_n = reset_word(RST, b, NB, t0 // K + 1)
             out = tl.zeros([K, BN], dtype=tl.float32)
             for j in tl.static_range(K):
                 t = t0 + j
@@ -119,7 +134,7 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, to
                         jac = tl.where(restart, 0.0, jac)
                     acc = tl.where(live & (t >= seg_start), acc * jac, acc)
             o_rows = t0 + rows
-            o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
+            o_mask = rows_in(o_rows, seg_start, seg_end, mn)
             tl.store(HOUT + (b * T + o_rows)[:, None] * N + offs[None, :], out, mask=o_mask)
             uz = uz_n
             ur = ur_n
@@ -132,6 +147,7 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, to
             tl.store(S + bnd, s, mask=mn)
 
 
+@optional_inputs
 @triton.jit
 def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB, L,
                     W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
@@ -174,13 +190,13 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
         # blocks of K steps aligned to multiples of K, from the one holding t_top - 1 down
         top_base = ((t_top - 1) // K) * K
         t_rows = top_base + rows
-        valid = ((t_rows >= seg_start) & (t_rows < t_top))[:, None] & mn[None, :]
+        valid = rows_in(t_rows, seg_start, t_top, mn)
         uz, ur, uh = load_gate_tiles(PRE, b, T, N, t_rows, offs, valid)
         gt = tl.load(GH + (b * T + t_rows)[:, None] * N + offs[None, :], mask=valid, other=0.0)
         ht = tl.load(HS + (b * T + t_rows - 1)[:, None] * N + offs[None, :],
                      mask=valid & (t_rows > 0)[:, None], other=0.0)
         if HAS_RST:
-            bits = tl.load(RST + b * (NB + 2) + 1 + top_base // K)
+            bits = reset_word(RST, b, NB, top_base // K)
         for blk in range(0, (top_base - (seg_start // K) * K) // K + 1):
             base = top_base - blk * K
             t_rows = base - K + rows
@@ -191,7 +207,7 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
             ht_n = tl.load(HS + (b * T + t_rows - 1)[:, None] * N + offs[None, :],
                            mask=valid & (t_rows > 0)[:, None], other=0.0)
             if HAS_RST:
-                bits_n = tl.load(RST + b * (NB + 2) + base // K)
+                bits_n = reset_word(RST, b, NB, base // K - 1)
             o_z = tl.zeros([K, BN], dtype=tl.float32)
             o_r = tl.zeros([K, BN], dtype=tl.float32)
             o_h = tl.zeros([K, BN], dtype=tl.float32)
@@ -230,7 +246,7 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
                     acc = tl.where(keep, tl.where(restart, 0.0, acc * jac), acc)
                 mu = tl.where(live, tl.where(restart, 0.0, nu), mu)
             o_rows = base + rows
-            o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
+            o_mask = rows_in(o_rows, seg_start, seg_end, mn)
             store_gate_tiles(GPRE, b, T, N, o_rows, offs, o_mask, o_z, o_r, o_h)
             uz = uz_n
             ur = ur_n
@@ -255,15 +271,30 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
             tl.store(S + bnd, s, mask=mn)
 
 
-def _forward(pre, a, h0, resets, rounds, bias, *, seg_len, warmup, block_n, num_warps,
-             steps_per_block, sequential):
+def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_tol=None,
+            seg_len=None, warmup=None, block_n=None, num_warps=None, steps_per_block=None,
+            sequential=False):
+    """All states ``H`` (B, T, N) fp32 of the ParaGRU recurrence, and a
+    :class:`~._fused_common.ForwardReport`.
+
+    ``bias`` (3, N), if given, is added to the pre-activations (the cell's ``b``).
+    Segmented hybrid (see :mod:`._fused_common`) with at most ``rounds`` boundary-Newton
+    rounds; ``sequential=True`` walks one segment (exact, no rounds). With ``verify_tol``,
+    a segmented solve ends with the exact one-segment walk, which every (row, channel
+    block) whose segment boundaries still mismatch by more than ``verify_tol`` runs and
+    every other one skips at once: the answer is exact either way and nothing syncs.
+    ``seg_len``/``warmup``/``block_n``/``num_warps``/``steps_per_block`` override the
+    tuned launch plan (:func:`._fused_common.make_plan`).
+    """
     batch, steps, n = check_common("paragru", pre, a, h0, resets, 1, bias)
+    if not sequential and rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     dev = pre.device
     pre = pre.contiguous()
     a, bias, h0 = (as_f32(t, dev) for t in (a, bias, h0))
-    plan = make_plan("gru_fwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
-                     block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
-                     sequential=sequential)
+    plan = make_plan("gru_fwd", batch, steps, n, dev, seg_len=seg_len,
+                     warmup=0 if sequential else warmup, block_n=block_n, num_warps=num_warps,
+                     steps_per_block=steps_per_block, sequential=sequential)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = triton.cdiv(steps, plan.steps_per_block)
     out = torch.empty(batch, steps, n, device=dev, dtype=torch.float32)
@@ -272,43 +303,41 @@ def _forward(pre, a, h0, resets, rounds, bias, *, seg_len, warmup, block_n, num_
         E, A, S, X = torch.empty(4, batch, plan.segments, n, device=dev,
                                  dtype=torch.float32).unbind(0)
     else:
-        E = A = S = X = out
-    grid = (triton.cdiv(n, plan.block_n), batch, plan.segments)
+        E = A = S = X = None  # the one-segment walk has no boundaries
+    block_count = triton.cdiv(n, plan.block_n)
+    verify = verify_tol is not None and segmented
+    fell = torch.empty(batch, block_count, device=dev, dtype=torch.int8) if verify else None
 
-    def launch(correct: bool) -> None:
-        _gru_fwd_kernel[grid](
-            pre, a, a if bias is None else bias, a if h0 is None else h0,
-            pre if rst is None else rst, out, E, A, S, X, steps, n, blocks, plan.seg_len,
-            plan.warmup, BOUNDARY_TOL, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
-            HAS_RST=rst is not None, SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n,
-            K=plan.steps_per_block, num_warps=plan.num_warps)
+    def launch(correct: bool, segments: int = plan.segments, check: bool = False) -> None:
+        _gru_fwd_kernel[(block_count, batch, segments)](
+            pre, a, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n, blocks,
+            plan.seg_len if segments > 1 else steps, plan.warmup, plan.segments,
+            verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
+            BN=plan.block_n, K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=1, reverse=False)
-    return out
+    if verify:
+        launch(False, segments=1, check=True)
+    report = ForwardReport(plan.segments, rounds if segmented else 0, fell if verify else None)
+    return out, report
 
 
 def newton_forward(pre, a, h0=None, resets=None, num_iters: int = 3, *, bias=None,
                    seg_len=None, warmup=None, block_n=None, num_warps=None,
                    steps_per_block=None) -> torch.Tensor:
-    """All states ``H`` (B, T, N) fp32: the solution of the ParaGRU recurrence.
-
-    ``bias`` (3, N), if given, is added to the pre-activations (the cell's ``b``).
-    Segmented hybrid (see :mod:`._fused_common`); ``num_iters`` (>= 1) bounds the
-    boundary-Newton rounds. ``seg_len``/``warmup``/``block_n``/``num_warps``/
-    ``steps_per_block`` override the tuned launch plan (:func:`._fused_common.make_plan`).
-    """
+    """All states ``H`` (B, T, N) fp32 by :func:`forward` (unverified); ``num_iters``
+    (>= 1) bounds the boundary-Newton rounds."""
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
-    return _forward(pre, a, h0, resets, num_iters, bias, seg_len=seg_len, warmup=warmup,
-                    block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
-                    sequential=False)
+    return forward(pre, a, h0, resets, num_iters, bias=bias, seg_len=seg_len, warmup=warmup,
+                   block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block)[0]
 
 
 def sequential_forward(pre, a, h0=None, resets=None, *, bias=None, block_n=None,
                        num_warps=None, steps_per_block=None) -> torch.Tensor:
     """All states ``H`` (B, T, N) fp32 by one fused loop over t per (row, channel block)."""
-    return _forward(pre, a, h0, resets, 0, bias, seg_len=None, warmup=0, block_n=block_n,
-                    num_warps=num_warps, steps_per_block=steps_per_block, sequential=True)
+    return forward(pre, a, h0, resets, 0, bias=bias, block_n=block_n, num_warps=num_warps,
+                   steps_per_block=steps_per_block, sequential=True)[0]
 
 
 def backward(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=None,
@@ -339,19 +368,74 @@ def backward(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=N
     if segmented:
         E, A, S, X = torch.empty(4, batch, P, n, device=dev, dtype=torch.float32).unbind(0)
     else:
-        E = A = S = X = grad_h0_part
+        E = A = S = X = None  # the one-segment walk has no boundaries
     grid = (triton.cdiv(n, plan.block_n), batch, P)
 
     def launch(correct: bool) -> None:
         _gru_bwd_kernel[grid](
-            pre, a, a if bias is None else bias, a if h0 is None else h0,
-            pre if rst is None else rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
+            pre, a, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
-            GROWS=grows, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
-            HAS_RST=rst is not None, SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n,
+            GROWS=grows, SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n,
             K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=1, reverse=True)
     grad_w = grad_w_part.sum((0, 1))
     grad_bias = None if bias is None else grad_w[3:]
     return grad_pre, grad_w[:3], grad_h0_part.sum(1), grad_bias
+
+
+class _ParaGRUSolve(torch.autograd.Function):
+    """:func:`forward` with :func:`backward` as its gradient (pre, a, bias, initial_state)."""
+
+    @staticmethod
+    def forward(ctx, pre, a, bias, initial_state, resets, rounds, verify_tol, sequential,
+                report_out):
+        states, report = forward(pre, a, initial_state, resets, rounds, bias=bias,
+                                 verify_tol=verify_tol, sequential=sequential)
+        report_out.append(report)
+        ctx.resets = resets
+        ctx.save_for_backward(pre, a, bias, initial_state, states)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        reject_double_backward("ParaGRU")
+        pre, a, bias, h0, states = ctx.saved_tensors
+        grad_pre, grad_a, grad_h0, grad_bias = backward(
+            pre, a, h0, ctx.resets, states, grad_states.contiguous(), bias=bias)
+        grad_h0 = grad_h0.to(h0.dtype) if h0 is not None else None
+        return grad_pre, grad_a, grad_bias, grad_h0, None, None, None, None, None
+
+
+def paragru_solve(pre, a, bias=None, initial_state=None, resets=None, *, rounds: int = 3,
+                  verify_tol=None, sequential: bool = False):
+    """All states ``(B, T, N)`` fp32 of the ParaGRU recurrence and a ``ForwardReport``.
+
+    ``pre`` (B, T, 3N) fp32/bf16 gate-major pre-activations, ``a`` (3, N) recurrent
+    vectors (already clipped), ``bias`` (3, N) or None, ``initial_state`` (B, N) or None
+    (zeros), ``resets`` bool (B, T) or None. Plan options as :func:`forward`.
+    Differentiable with respect to ``pre``, ``a``, ``bias`` and ``initial_state``.
+    """
+    report_out = []
+    states = _ParaGRUSolve.apply(pre, a, bias, initial_state, resets, rounds, verify_tol,
+                                 sequential, report_out)
+    return states, report_out[0]
+
+
+def paragru_naive(pre, a, bias=None, initial_state=None, resets=None):
+    """The ParaGRU recurrence by a plain PyTorch loop over t (differentiable by autograd);
+    same arguments and states as :func:`paragru_solve`, computed in the dtype of ``a``."""
+    pre = pre.to(a.dtype) if bias is None else pre.to(a.dtype) + bias.flatten()
+    batch, steps, _ = pre.shape
+    h0 = pre.new_zeros(batch, a.shape[1]) if initial_state is None else initial_state.to(a.dtype)
+    a_z, a_r, a_h = a.unbind(0)
+    h, states = h0, []
+    for t, pre_t in enumerate(pre.unbind(1)):
+        if t > 0 and resets is not None:
+            h = torch.where(resets[:, t, None], h0, h)
+        u_z, u_r, u_h = pre_t.chunk(3, dim=-1)
+        z = torch.sigmoid(a_z * h + u_z)
+        r = torch.sigmoid(a_r * h + u_r)
+        h = h + z * (torch.tanh(a_h * (r * h) + u_h) - h)
+        states.append(h)
+    return torch.stack(states, 1)

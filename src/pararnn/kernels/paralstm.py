@@ -1,5 +1,9 @@
 """Fused Triton kernels for the ParaLSTM cell (:class:`pararnn.cells.ParaLSTMCell`).
 
+The op: ``paralstm_solve(pre, a, peephole, bias, initial_state, resets, *, rounds,
+verify_tol, sequential) -> (states, report)``, differentiable (autograd Function below),
+and ``paralstm_naive`` with the same arguments, the plain PyTorch loop it must match.
+
 Same scheme as :mod:`.paragru` (see :mod:`._fused_common`), with a 2-vector state
 ``(c, h)`` per channel and 2x2 Jacobian blocks. ``newton_forward`` returns the solution
 of the recurrence; ``num_iters`` bounds the boundary-Newton rounds.
@@ -13,12 +17,15 @@ from __future__ import annotations
 
 import torch
 
-from ._fused_common import (BOUNDARY_TOL, as_f32, check_common, load_gate_bias,
+from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
+                            check_common, load_gate_bias, optional_inputs, reset_word, rows_in,
+                            reject_double_backward, verified_walk,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
                             tanh, tl, triton)
 
-__all__ = ["supports", "newton_forward", "sequential_forward", "backward"]
+__all__ = ["supports", "paralstm_solve", "paralstm_naive", "forward", "newton_forward",
+           "sequential_forward", "backward"]
 
 
 def supports(pre: torch.Tensor) -> bool:
@@ -86,11 +93,13 @@ def _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o, p_f, p_o):
     return dc_dc, dc_dh, through * dc_dc, through * dc_dh + do * a_o * tc
 
 
+@verified_walk
+@optional_inputs
 @triton.jit
-def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, W, tol,
-                     HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
-                     SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, BN: tl.constexpr,
-                     K: tl.constexpr):
+def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L, W, P,
+                     tol, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
+                     SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
+                     BN: tl.constexpr, K: tl.constexpr):
     # blocks of K steps held as (K, BN) register tiles, loaded one block ahead
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -107,7 +116,13 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, 
         cs, hs, run = _moved(X, S, bnd, mn, tol)
         t_begin = seg_start
     else:
-        run = True
+        if VERIFY:
+            # the exact one-segment walk, only where a P-segment solve left mismatched
+            # boundaries (E, S are that solve's); FELL records which blocks reran
+            run = boundaries_mismatch(E, S, b, P, N, offs, mn, tol, 2, BN)
+            tl.store(FELL + b * tl.num_programs(0) + pid_n, run.to(tl.int8))
+        else:
+            run = True
         t_begin = tl.maximum(seg_start - W, 0)
         cs = tl.where(t_begin == 0, c0, 0.0)
         hs = tl.where(t_begin == 0, h0, 0.0)
@@ -120,16 +135,16 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, 
         m11 = tl.full([BN], 1.0, tl.float32)
         base0 = (t_begin // K) * K
         t_rows = base0 + rows
-        m2 = ((t_rows >= t_begin) & (t_rows < seg_end))[:, None] & mn[None, :]
+        m2 = rows_in(t_rows, t_begin, seg_end, mn)
         uf, uc, uo = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
         if HAS_RST:
-            bits = tl.load(RST + b * (NB + 2) + 1 + base0 // K)
+            bits = reset_word(RST, b, NB, base0 // K)
         for t0 in range(base0, seg_end, K):
             t_rows = t0 + K + rows
             m2 = (t_rows < seg_end)[:, None] & mn[None, :]
             uf_n, uc_n, uo_n = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
             if HAS_RST:
-                bits_n = tl.load(RST + b * (NB + 2) + 2 + t0 // K)
+                bits_n = reset_word(RST, b, NB, t0 // K + 1)
             out_c = tl.zeros([K, BN], dtype=tl.float32)
             out_h = tl.zeros([K, BN], dtype=tl.float32)
             for j in tl.static_range(K):
@@ -171,7 +186,7 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, 
                     m10 = tl.where(upd, n10, m10)
                     m11 = tl.where(upd, n11, m11)
             o_rows = t0 + rows
-            o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
+            o_mask = rows_in(o_rows, seg_start, seg_end, mn)
             optr = HOUT + (b * T + o_rows)[:, None] * (2 * N) + 2 * offs[None, :]
             tl.store(optr, out_c, mask=o_mask)
             tl.store(optr + 1, out_h, mask=o_mask)
@@ -184,6 +199,7 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, T, N, NB, L, 
             _store_boundary(E, A, S, bnd, mn, cs, hs, m00, m01, m10, m11, s_c, s_h)
 
 
+@optional_inputs
 @triton.jit
 def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB,
                      L, W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -230,7 +246,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
         # blocks of K steps aligned to multiples of K, from the one holding t_top - 1 down
         top_base = ((t_top - 1) // K) * K
         t_rows = top_base + rows
-        valid = ((t_rows >= seg_start) & (t_rows < t_top))[:, None] & mn[None, :]
+        valid = rows_in(t_rows, seg_start, t_top, mn)
         prev = valid & (t_rows > 0)[:, None]
         uf, uc, uo = load_gate_tiles(PRE, b, T, N, t_rows, offs, valid)
         sptr = (b * T + t_rows)[:, None] * (2 * N) + 2 * offs[None, :]
@@ -239,7 +255,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
         hc = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
         hh = tl.load(HS + sptr - 2 * N + 1, mask=prev, other=0.0)
         if HAS_RST:
-            bits = tl.load(RST + b * (NB + 2) + 1 + top_base // K)
+            bits = reset_word(RST, b, NB, top_base // K)
         for blk in range(0, (top_base - (seg_start // K) * K) // K + 1):
             base = top_base - blk * K
             t_rows = base - K + rows
@@ -252,7 +268,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
             hc_n = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
             hh_n = tl.load(HS + sptr - 2 * N + 1, mask=prev, other=0.0)
             if HAS_RST:
-                bits_n = tl.load(RST + b * (NB + 2) + base // K)
+                bits_n = reset_word(RST, b, NB, base // K - 1)
             o_f = tl.zeros([K, BN], dtype=tl.float32)
             o_c = tl.zeros([K, BN], dtype=tl.float32)
             o_o = tl.zeros([K, BN], dtype=tl.float32)
@@ -311,7 +327,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
                 mu_c = tl.where(live, tl.where(restart, 0.0, nu_c), mu_c)
                 mu_h = tl.where(live, tl.where(restart, 0.0, nu_h), mu_h)
             o_rows = base + rows
-            o_mask = ((o_rows >= seg_start) & (o_rows < seg_end))[:, None] & mn[None, :]
+            o_mask = rows_in(o_rows, seg_start, seg_end, mn)
             store_gate_tiles(GPRE, b, T, N, o_rows, offs, o_mask, o_f, o_c, o_o)
             uf = uf_n
             uc = uc_n
@@ -344,16 +360,21 @@ def _check_peephole(name, peephole, n):
         raise ValueError(f"{name}: peephole must be (2, {n}), got {tuple(peephole.shape)}")
 
 
-def _forward(pre, a, peephole, h0, resets, rounds, bias, *, seg_len, warmup, block_n,
-             num_warps, steps_per_block, sequential):
+def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=None,
+            verify_tol=None, seg_len=None, warmup=None, block_n=None, num_warps=None,
+            steps_per_block=None, sequential=False):
+    """All states (B, T, 2N) interleaved fp32 of the ParaLSTM recurrence, and a
+    :class:`~._fused_common.ForwardReport`; options as :func:`.paragru.forward`."""
     batch, steps, n = check_common("paralstm", pre, a, h0, resets, 2, bias)
     _check_peephole("paralstm", peephole, n)
+    if not sequential and rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     dev = pre.device
     pre = pre.contiguous()
     a, peephole, bias, h0 = (as_f32(t, dev) for t in (a, peephole, bias, h0))
-    plan = make_plan("lstm_fwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
-                     block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
-                     sequential=sequential)
+    plan = make_plan("lstm_fwd", batch, steps, n, dev, seg_len=seg_len,
+                     warmup=0 if sequential else warmup, block_n=block_n, num_warps=num_warps,
+                     steps_per_block=steps_per_block, sequential=sequential)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = triton.cdiv(steps, plan.steps_per_block)
     out = torch.empty(batch, steps, 2 * n, device=dev, dtype=torch.float32)
@@ -362,19 +383,23 @@ def _forward(pre, a, peephole, h0, resets, rounds, bias, *, seg_len, warmup, blo
     if segmented:
         E, A, S, X = _boundary_buffers(batch, P, n, dev)
     else:
-        E = A = S = X = out
-    grid = (triton.cdiv(n, plan.block_n), batch, P)
+        E = A = S = X = None  # the one-segment walk has no boundaries
+    block_count = triton.cdiv(n, plan.block_n)
+    verify = verify_tol is not None and segmented
+    fell = torch.empty(batch, block_count, device=dev, dtype=torch.int8) if verify else None
 
-    def launch(correct: bool) -> None:
-        _lstm_fwd_kernel[grid](
-            pre, a, peephole, a if bias is None else bias, a if h0 is None else h0,
-            pre if rst is None else rst, out, E, A, S, X, steps, n, blocks, plan.seg_len,
-            plan.warmup, BOUNDARY_TOL, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
-            HAS_RST=rst is not None, SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n,
-            K=plan.steps_per_block, num_warps=plan.num_warps)
+    def launch(correct: bool, segments: int = P, check: bool = False) -> None:
+        _lstm_fwd_kernel[(block_count, batch, segments)](
+            pre, a, peephole, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n,
+            blocks,
+            plan.seg_len if segments > 1 else steps, plan.warmup, P,
+            verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
+            BN=plan.block_n, K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=2, reverse=False)
-    return out
+    if verify:
+        launch(False, segments=1, check=True)
+    return out, ForwardReport(P, rounds if segmented else 0, fell if verify else None)
 
 
 def _boundary_buffers(batch, segments, n, device):
@@ -388,25 +413,20 @@ def _boundary_buffers(batch, segments, n, device):
 def newton_forward(pre, a, peephole, h0=None, resets=None, num_iters: int = 3, *, bias=None,
                    seg_len=None, warmup=None, block_n=None, num_warps=None,
                    steps_per_block=None) -> torch.Tensor:
-    """All states (B, T, 2N) interleaved fp32: the solution of the ParaLSTM recurrence.
-
-    ``bias`` (3, N), if given, is added to the pre-activations (the cell's ``b``).
-    Segmented hybrid (see :mod:`._fused_common`); ``num_iters`` (>= 1) bounds the
-    boundary-Newton rounds.
-    """
+    """All states (B, T, 2N) interleaved fp32 by :func:`forward` (unverified);
+    ``num_iters`` (>= 1) bounds the boundary-Newton rounds."""
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
-    return _forward(pre, a, peephole, h0, resets, num_iters, bias, seg_len=seg_len,
-                    warmup=warmup, block_n=block_n, num_warps=num_warps,
-                    steps_per_block=steps_per_block, sequential=False)
+    return forward(pre, a, peephole, h0, resets, num_iters, bias=bias, seg_len=seg_len,
+                   warmup=warmup, block_n=block_n, num_warps=num_warps,
+                   steps_per_block=steps_per_block)[0]
 
 
 def sequential_forward(pre, a, peephole, h0=None, resets=None, *, bias=None, block_n=None,
                        num_warps=None, steps_per_block=None) -> torch.Tensor:
     """All states (B, T, 2N) by one fused loop over t per (row, channel block)."""
-    return _forward(pre, a, peephole, h0, resets, 0, bias, seg_len=None, warmup=0,
-                    block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
-                    sequential=True)
+    return forward(pre, a, peephole, h0, resets, 0, bias=bias, block_n=block_n,
+                   num_warps=num_warps, steps_per_block=steps_per_block, sequential=True)[0]
 
 
 def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=None,
@@ -440,19 +460,83 @@ def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_len=None
     if segmented:
         E, A, S, X = _boundary_buffers(batch, P, n, dev)
     else:
-        E = A = S = X = grad_h0_part
+        E = A = S = X = None  # the one-segment walk has no boundaries
     grid = (triton.cdiv(n, plan.block_n), batch, P)
 
     def launch(correct: bool) -> None:
         _lstm_bwd_kernel[grid](
-            pre, a, peephole, a if bias is None else bias, a if h0 is None else h0,
-            pre if rst is None else rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
+            pre, a, peephole, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
-            GROWS=grows, HAS_BIAS=bias is not None, HAS_H0=h0 is not None,
-            HAS_RST=rst is not None, SEGMENTED=segmented, CORRECT=correct,
+            GROWS=grows, SEGMENTED=segmented, CORRECT=correct,
             BN=plan.block_n, K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=2, reverse=True)
     grad_w = grad_w_part.sum((0, 1))
     grad_bias = None if bias is None else grad_w[5:]
     return grad_pre, grad_w[:3], grad_w[3:5], grad_h0_part.sum(1), grad_bias
+
+
+class _ParaLSTMSolve(torch.autograd.Function):
+    """:func:`forward` with :func:`backward` as its gradient
+    (pre, a, peephole, bias, initial_state)."""
+
+    @staticmethod
+    def forward(ctx, pre, a, peephole, bias, initial_state, resets, rounds, verify_tol,
+                sequential, report_out):
+        states, report = forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
+                                 verify_tol=verify_tol, sequential=sequential)
+        report_out.append(report)
+        ctx.resets = resets
+        ctx.save_for_backward(pre, a, peephole, bias, initial_state, states)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        reject_double_backward("ParaLSTM")
+        pre, a, peephole, bias, h0, states = ctx.saved_tensors
+        grad_pre, grad_a, grad_peephole, grad_h0, grad_bias = backward(
+            pre, a, peephole, h0, ctx.resets, states, grad_states.contiguous(), bias=bias)
+        grad_h0 = grad_h0.to(h0.dtype) if h0 is not None else None
+        return grad_pre, grad_a, grad_peephole, grad_bias, grad_h0, None, None, None, None, None
+
+
+def paralstm_solve(pre, a, peephole, bias=None, initial_state=None, resets=None, *,
+                   rounds: int = 3, verify_tol=None, sequential: bool = False):
+    """All states ``(B, T, 2N)`` fp32 (interleaved ``(c, h)`` per channel) of the ParaLSTM
+    recurrence and a ``ForwardReport``.
+
+    ``pre`` (B, T, 3N) fp32/bf16, ``a`` (3, N) and ``peephole`` (2, N) (already clipped),
+    ``bias`` (3, N) or None, ``initial_state`` (B, 2N) interleaved or None (zeros),
+    ``resets`` bool (B, T) or None. Plan options as :func:`.paragru.forward`.
+    Differentiable with respect to ``pre``, ``a``, ``peephole``, ``bias`` and
+    ``initial_state``.
+    """
+    report_out = []
+    states = _ParaLSTMSolve.apply(pre, a, peephole, bias, initial_state, resets, rounds,
+                                  verify_tol, sequential, report_out)
+    return states, report_out[0]
+
+
+def paralstm_naive(pre, a, peephole, bias=None, initial_state=None, resets=None):
+    """The ParaLSTM recurrence by a plain PyTorch loop over t (differentiable by autograd);
+    same arguments and states as :func:`paralstm_solve`, computed in the dtype of ``a``."""
+    pre = pre.to(a.dtype) if bias is None else pre.to(a.dtype) + bias.flatten()
+    batch, steps, _ = pre.shape
+    n = a.shape[1]
+    s0 = (pre.new_zeros(batch, 2 * n) if initial_state is None
+          else initial_state.to(a.dtype)).unflatten(-1, (n, 2))
+    a_f, a_c, a_o = a.unbind(0)
+    p_f, p_o = peephole.unbind(0)
+    c, h = s0[..., 0], s0[..., 1]
+    states = []
+    for t, pre_t in enumerate(pre.unbind(1)):
+        if t > 0 and resets is not None:
+            c = torch.where(resets[:, t, None], s0[..., 0], c)
+            h = torch.where(resets[:, t, None], s0[..., 1], h)
+        u_f, u_c, u_o = pre_t.chunk(3, dim=-1)
+        f = torch.sigmoid(a_f * h + u_f + p_f * c)
+        candidate = torch.tanh(a_c * h + u_c)
+        c = f * c + (1 - f) * candidate
+        h = torch.sigmoid(a_o * h + u_o + p_o * c) * torch.tanh(c)
+        states.append(torch.stack((c, h), -1).flatten(-2))
+    return torch.stack(states, 1)

@@ -34,7 +34,8 @@ import triton
 import triton.language as tl
 
 from ..structure import JacobianStructure
-from ._triton_utils import INTERPRET, affine1, affine2, affine3, last_row
+from . import interpreter_enabled
+from ._triton_utils import affine1, affine2, affine3, last_row
 
 __all__ = ["linear_recurrence", "supports"]
 
@@ -388,34 +389,30 @@ def _check(jac, rhs, structure, initial_state) -> int:
     for name, tensor in tensors.items():
         if tensor.device != rhs.device:
             raise ValueError(f"{name} is on {tensor.device}, rhs on {rhs.device}")
-    if rhs.device.type != "cuda" and not INTERPRET:
+    if rhs.device.type != "cuda" and not interpreter_enabled():
         raise ValueError(
             f"linear_recurrence needs CUDA tensors (got {rhs.device}); on CPU set "
-            "TRITON_INTERPRET=1 before importing triton to run the kernels interpreted"
+            "TRITON_INTERPRET=1 before the kernels are first used to run them interpreted"
         )
     return 1 if structure.kind == "diagonal" else structure.block_size
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _pick_chunks(batch: int, steps: int, columns: int, cfg: _Config, device: torch.device) -> int:
     """How many chunks to cut the time axis into (1: a single pass)."""
-    programs = batch * _cdiv(columns, cfg.block_c)
+    programs = batch * triton.cdiv(columns, cfg.block_c)
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     if programs >= cfg.single_pass_per_sm * sms:
         return 1
     longest = max(1, steps // (cfg.block_t * _MIN_TILES_PER_CHUNK))
-    return min(_cdiv(cfg.chunked_per_sm * sms, programs), longest)
+    return min(triton.cdiv(cfg.chunked_per_sm * sms, programs), longest)
 
 
 def _solve(jac, rhs, out, k, reverse, initial_state, n_chunks, cfg) -> None:
     """Write the states into ``out`` using ``n_chunks`` chunks along time (contiguous inputs)."""
     batch, steps, width = rhs.shape
     columns = width // k
-    chunk_len = _cdiv(_cdiv(steps, n_chunks), cfg.block_t) * cfg.block_t
-    n_chunks = _cdiv(steps, chunk_len)
+    chunk_len = triton.cdiv(triton.cdiv(steps, n_chunks), cfg.block_t) * cfg.block_t
+    n_chunks = triton.cdiv(steps, chunk_len)
     init = initial_state
     mask_first = init is None
     if n_chunks == 1:
@@ -437,7 +434,7 @@ def _solve(jac, rhs, out, k, reverse, initial_state, n_chunks, cfg) -> None:
 def _launch(k, cfg, jac, rhs, out, carry, init, sum_jac, sum_rhs, steps, chunk_len, n_chunks,
             reverse, mask_first, *, carry_in, write_out) -> None:
     columns = rhs.shape[2] // k
-    n_blocks = _cdiv(columns, cfg.block_c)
+    n_blocks = triton.cdiv(columns, cfg.block_c)
     grid = (rhs.shape[0] * n_chunks * n_blocks,)
     # Pointers a configuration does not touch still need a tensor: pass rhs.
     _KERNELS[k][grid](

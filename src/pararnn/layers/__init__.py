@@ -1,7 +1,7 @@
 """nn.Modules users hold: ``RNN(cell)``, ``ParaGRU``, ``ParaLSTM``."""
 
 from .projection import MultiHeadProjection
-from .reference_layers import ParaGRU, ParaLSTM
+from .projected import ParaGRU, ParaLSTM
 from .rnn import RNN
 
 __all__ = ["RNN", "ParaGRU", "ParaLSTM", "MultiHeadProjection"]

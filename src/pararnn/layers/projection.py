@@ -22,7 +22,7 @@ class MultiHeadProjection(nn.Module):
 
     Head ``h`` maps input features ``[h D/H, (h+1) D/H)`` to channels
     ``[h N/H, (h+1) N/H)`` of every gate. The output is gate-major: all channels of
-    gate 0, then gate 1, ... as the reference cells expect. ``num_heads=1`` is a plain
+    gate 0, then gate 1, ... as ParaGRUCell and ParaLSTMCell expect. ``num_heads=1`` is a plain
     dense projection. Weights are Kaiming-uniform (variance 1 / fan-in), biases zero.
     """
 
@@ -60,7 +60,14 @@ class MultiHeadProjection(nn.Module):
             dtype = torch.get_autocast_dtype(device)
             x, weight = x.to(dtype), weight.to(dtype)
         with torch.autocast(device, enabled=False):
-            out = _GateMajorHeadsMatmul.apply(x, weight)
+            if torch.compiler.is_compiling():
+                # the same product as one einsum: the compiler cannot trace GEMMs writing
+                # into strided out= slices, and it plans the layout itself
+                heads = weight.shape[0]
+                out = torch.einsum("...hd,hgnd->...ghn", x.unflatten(-1, (heads, -1)), weight)
+                out = out.flatten(-3)
+            else:
+                out = _GateMajorHeadsMatmul.apply(x, weight)
         return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..solver import NewtonConfig, SolveInfo, solve
-from ..solver.inputs import check_cell, check_options
+from ..solver import NewtonConfig, SolveInfo, check_cell, check_options, solve
 
 
 class SequenceModule(nn.Module):
@@ -28,10 +27,33 @@ class SequenceModule(nn.Module):
             check_options(**options)
         super().__setattr__(name, value)
 
-    def _solve(self, cell, x, h0, resets, cu_seqlens):
-        """Run the solver on batch-first or time-first, batched or unbatched input."""
+    def _check_input(self, x, input_size: int, h0, state_size: int, cu_seqlens,
+                     h0_name: str = "h0") -> None:
+        """Check ``x`` and the initial state as the user passed them (before any projection,
+        packing or unsqueezing), so that errors quote the user's shapes."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        layout = "(batch, time, features)" if self.batch_first else "(time, batch, features)"
+        if x.dim() not in (2, 3) or x.shape[-1] != input_size:
+            raise ValueError(
+                f"x must have shape {layout} or (time, features) with features = "
+                f"input_size ({input_size}), got {tuple(x.shape)}")
+        if x.numel() == 0:
+            raise ValueError(f"x must have batch >= 1 and time >= 1, got shape {tuple(x.shape)}")
+        if h0 is None or cu_seqlens is not None:  # with cu_seqlens the solver checks (S, N)
+            return
+        if not isinstance(h0, torch.Tensor):
+            raise TypeError(f"{h0_name} must be a torch.Tensor or None, got {type(h0).__name__}")
+        if x.dim() == 2:
+            expected = (state_size,)
+        else:
+            expected = (x.shape[0] if self.batch_first else x.shape[1], state_size)
+        if tuple(h0.shape) != expected:
+            what = "unbatched x: (state_size,)" if x.dim() == 2 else "(batch, state_size)"
+            raise ValueError(f"{h0_name} must have shape {expected} ({what}), got {tuple(h0.shape)}")
+
+    def _solve(self, cell, x, h0, resets, cu_seqlens):
+        """Run the solver on batch-first or time-first, batched or unbatched input."""
         unbatched = x.dim() == 2
         if unbatched:
             x = x.unsqueeze(0)
@@ -68,4 +90,5 @@ class RNN(SequenceModule):
         self.cell = cell
 
     def forward(self, x, h0=None, *, resets=None, cu_seqlens=None):
+        self._check_input(x, self.cell.input_size, h0, self.cell.state_size, cu_seqlens)
         return self._solve(self.cell, x, h0, resets, cu_seqlens)

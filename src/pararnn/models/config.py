@@ -72,7 +72,7 @@ class ModelConfig:
     # with gated_norm, else "none"
     rnn_output: str | None = None
     init_std: float = 0.02  # std of the embedding and projections (GPT-2: 0.02; 1/sqrt(d): DCLM)
-    # the paper's block (DESIGN.md section 2): off by default
+    # the paper's block (docs/DESIGN.md, "The language-model block"): off by default
     conv_kernel: int = 0  # short causal depthwise conv before the cell (0: none)
     gated_norm: bool = False  # gated RMSNorm after the cell
     residual_scale: bool = False  # learnable per-channel scale on both residual branches

@@ -6,8 +6,8 @@ sequence; decoding feeds one token at a time from the previous state
 :class:`~pararnn.models.blocks.StaticCache` holds that state in buffers updated in place,
 so that a decode step can be captured in a CUDA graph (``pararnn.generation``).
 
-With the paper's block options (``conv_kernel``, ``gated_norm``; docs/DESIGN.md section 2)
-a short causal depthwise convolution (+ SiLU) runs before the cell, and the cell output
+With the paper's block options (``conv_kernel``, ``gated_norm``; docs/DESIGN.md, "The language-model
+block") a short causal depthwise convolution (+ SiLU) runs before the cell, and the cell output
 goes through ``RMSNorm(h) * silu(W_g x)``. ``rnn_output`` picks the parts of that output
 stage on their own: ``none``, ``norm`` (``RMSNorm(h)``), ``gate`` (``h * silu(W_g x)``)
 or ``gated_norm``.
@@ -30,7 +30,7 @@ from torch import nn
 
 from ..cells import ParaLSTMCell
 from ..kernels import triton_available
-from ..layers.reference_layers import ParaGRU, ParaLSTM
+from ..layers.projected import ParaGRU, ParaLSTM
 from ..solver import NewtonConfig
 from .blocks import CausalConv1d, GatedRMSNorm, RMSNorm, StaticCache, state_dtype
 from .config import ModelConfig

@@ -6,11 +6,9 @@ import torch
 
 from .backends import select_fused, select_scan
 from .config import NewtonConfig, SolveInfo
-from .function import ParallelSolve
-from .fused import fused_solve
 from .inputs import check_inputs, check_options
-from .newton import handle_failure
-from .sequential import sequential_solve
+from .newton import (ParallelSolve, handle_failure, newton_solve, scaled_residual,
+                     sequential_solve, verify_structure)
 
 # On the CPU, without gradients, the step loop beats Newton once a step is this wide
 # (batch x state): the loop's per-step overhead is amortised, while Newton does ~3x the
@@ -41,37 +39,60 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
 
     Returns:
         ``(states, h_n, info)``: all states ``(B, T, N)`` in the dtype of ``x``, the final
-        state of each sequence, and a :class:`SolveInfo`.
+        state of each sequence in the compute dtype (float32 for bfloat16/float16 ``x``,
+        so that feeding it back, e.g. from a decode cache, does not round the state), and a
+        :class:`SolveInfo`.
     """
     config = check_options(mode, newton, backend)
     dtype, sequences = check_inputs(cell, x, h0, resets, cu_seqlens)
     out_dtype = x.dtype
     n_init = x.shape[0] if sequences.ends is None else sequences.ends.numel()
-    h0c = x.new_zeros(n_init, cell.state_size, dtype=dtype) if h0 is None else h0.to(dtype)
     fused = select_fused(cell, x, backend) if sequences.segment_ids is None else None
     if mode == "auto":
-        mode = _auto_mode(cell, x, h0c, fused)
+        mode = _auto_mode(cell, x, h0, fused)
 
     with torch.autocast(x.device.type, enabled=False):
-        if fused is not None and (mode == "parallel" or not _needs_grad(cell, x, h0c)):
-            # the kernels read bf16 input as it is and compute in fp32: no upcast copy
-            states = fused_solve(fused, cell, x, h0c, sequences.starts if sequences.has_resets else None,
-                                 config.max_iters, sequential=mode == "sequential")
-            info = SolveInfo(mode=mode, backend=fused.name,
-                             iterations=config.max_iters if mode == "parallel" else 0)
-            if mode == "parallel" and config.tol is not None:
-                states = _check_solution(cell, x.to(dtype), h0c, sequences, config, states, info)
+        if fused is not None and (mode == "parallel" or not _needs_grad(cell, x, h0)):
+            # the kernels read bf16 input as it is and compute in fp32 (no upcast copy)
+            # and start from zeros without an h0 (no zeros tensor)
+            tol = config.tolerance(dtype)
+            on_device = tol is not None and config.on_failure == "sequential"
+            states, report = fused(
+                x, None if h0 is None else h0.to(dtype),
+                sequences.starts if sequences.has_resets else None,
+                rounds=config.max_iters, sequential=mode == "sequential",
+                verify_tol=tol if on_device else None)
+            info = SolveInfo(mode, "triton-fused", segments=report.segments,
+                             boundary_rounds=report.boundary_rounds,
+                             fallback_flags=report.fell_back)
+            if mode == "parallel" and tol is not None and not on_device:
+                states = _check_solution(cell, x.to(dtype), _initial(h0, n_init, cell, x, dtype),
+                                         sequences, config, tol, states, info)
+            elif mode == "parallel" and report.segments == 1:
+                info.converged = True  # one exact walk: nothing to converge
         elif mode == "sequential":
+            h0c = _initial(h0, n_init, cell, x, dtype)
             states = sequential_solve(cell, x.to(dtype), h0c, sequences)
             info = SolveInfo(mode="sequential", backend="torch")
         else:
+            xc, h0c = x.to(dtype), _initial(h0, n_init, cell, x, dtype)
+            verify_structure(cell, xc, h0c)
             linear_solver, name = select_scan(cell.structure, x.device, dtype, backend)
-            info_out: list[SolveInfo] = []
-            states = ParallelSolve.apply(cell, sequences, config, linear_solver, name, info_out,
-                                         x.to(dtype), h0c, *cell.parameters())
-            info = info_out[0]
-    states = states.to(out_dtype)
-    return states, sequences.final_states(states), info
+            if _needs_grad(cell, x, h0):
+                info_out: list[SolveInfo] = []
+                states = ParallelSolve.apply(cell, sequences, config, linear_solver, name,
+                                             info_out, xc, h0c, *cell.parameters())
+                info = info_out[0]
+            else:  # nothing to differentiate: no autograd Function around Newton
+                states, info = newton_solve(cell, xc, h0c, sequences, config, linear_solver, name)
+    # the final state stays in the compute dtype: a decode cache that feeds it back must
+    # not round the state to bfloat16 every token
+    return states.to(out_dtype), sequences.final_states(states), info
+
+
+def _initial(h0, n_init: int, cell, x, dtype):
+    """The initial states in the compute dtype (zeros when the caller gave none)."""
+    return x.new_zeros(n_init, cell.state_size, dtype=dtype) if h0 is None else h0.to(dtype)
 
 
 def _auto_mode(cell, x, h0, fused) -> str:
@@ -88,16 +109,18 @@ def _auto_mode(cell, x, h0, fused) -> str:
 def _needs_grad(cell, x, h0) -> bool:
     if not torch.is_grad_enabled():
         return False
-    return x.requires_grad or h0.requires_grad or any(p.requires_grad for p in cell.parameters())
+    return (x.requires_grad or (h0 is not None and h0.requires_grad)
+            or any(p.requires_grad for p in cell.parameters()))
 
 
-def _check_solution(cell, x, h0, sequences, config: NewtonConfig, states, info: SolveInfo):
-    """Measure a fused solve's residual and apply ``on_failure`` (only when ``tol`` is set)."""
+def _check_solution(cell, x, h0, sequences, config: NewtonConfig, tol: float, states,
+                    info: SolveInfo):
+    """Host check of a fused solve's residual, for ``on_failure`` "raise"/"warn"."""
     with torch.no_grad():
         value = cell.step(x, sequences.previous_states(states, h0))
-        info.residual = (value - states).abs().amax()
-    info.converged = bool(info.residual <= config.tol)
+        info.residual = scaled_residual(value, states)
+    info.converged = bool(info.residual <= tol)
     if info.converged:
         return states
-    states, _ = handle_failure(cell, x, h0, sequences, config, states, info)
+    states, _ = handle_failure(cell, x, h0, sequences, config, tol, states, info)
     return states

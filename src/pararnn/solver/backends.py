@@ -1,4 +1,4 @@
-"""Which implementation solves: the PyTorch reference, or a Triton kernel when one applies.
+"""Which implementation solves: the PyTorch scan, or a Triton kernel when one applies.
 
 ``backend="torch"`` always takes the PyTorch path. ``backend="triton"`` requires a kernel
 for the structure and dtype (CUDA tensors, or CPU tensors under Triton's interpreter,
@@ -8,11 +8,9 @@ when one applies and the PyTorch path everywhere else (float64 always stays in P
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from ..kernels import triton_available
+from ..kernels import interpreter_enabled, triton_available
 from ..scan import solve_linear_recurrence
 from ..structure import JacobianStructure
 
@@ -23,7 +21,7 @@ def triton_runs_on(device: torch.device) -> bool:
         return False
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return device.type == "cpu" and interpreter_enabled()
 
 
 def select_scan(structure: JacobianStructure, device: torch.device, dtype: torch.dtype, backend: str):
@@ -49,60 +47,15 @@ def select_scan(structure: JacobianStructure, device: torch.device, dtype: torch
     return solve_linear_recurrence, "torch"
 
 
-class FusedSolve:
-    """Fused Triton whole-solve for a reference cell (:mod:`pararnn.kernels.paragru` /
-    :mod:`~pararnn.kernels.paralstm`): forward and backward over a whole (B, T) batch.
-
-    ``weights`` are the cell's ``recurrent_weights()`` (after clipping), as a tuple, and
-    ``bias`` the cell's gate bias ``(3, N)`` or None;
-    ``resets`` is bool (B, T) (True where step t restarts from ``h0``; step 0 always
-    does) or None; one initial state per batch row. The launch plan inside the kernels
-    is the measured per-shape rule (:func:`pararnn.kernels._fused_common.make_plan`): one
-    segment, i.e. the fused sequential loop, when batch x channels alone fill the GPU,
-    otherwise the segmented hybrid (sequential inside segments, Newton across them).
-    """
-
-    name = "triton-fused"
-
-    def __init__(self, module):
-        self.module = module
-
-    def forward(self, x, h0, resets, max_iters: int, weights, bias) -> torch.Tensor:
-        """All states (B, T, state_size) in float32: the solution of the recurrence;
-        ``max_iters`` bounds the boundary-Newton rounds."""
-        return self.module.newton_forward(x, *weights, h0, resets, max_iters, bias=bias)
-
-    def sequential(self, x, h0, resets, weights, bias) -> torch.Tensor:
-        """The same states by the fused loop over t (no autograd)."""
-        return self.module.sequential_forward(x, *weights, h0, resets, bias=bias)
-
-    def backward(self, x, h0, resets, states, grad_states, weights, bias):
-        """``(grad_x, grad_weights, grad_h0, grad_bias)``; ``grad_weights`` matches
-        ``weights``, ``grad_x`` has the dtype of ``x``, ``grad_bias`` is None without bias."""
-        grad_x, *grad_w, grad_h0, grad_bias = self.module.backward(
-            x, *weights, h0, resets, states, grad_states, bias=bias)
-        return grad_x, tuple(grad_w), grad_h0, grad_bias
-
-
 def select_fused(cell, x: torch.Tensor, backend: str):
-    """A fused whole-solve implementation for ``cell``, or None to use the generic path.
+    """The cell's fused whole-solve (its :meth:`~pararnn.Cell.fused_solver` hook), or None
+    to use the generic path.
 
-    Only the reference cells (exact types ParaGRUCell / ParaLSTMCell: a subclass may change
-    the step) on float32/bfloat16 input have fused kernels. ``"auto"`` takes them on CUDA,
+    Fused kernels take float32/bfloat16 input. ``"auto"`` takes them on CUDA,
     ``"triton"`` also under the CPU interpreter, ``"torch"`` never.
     """
-    if backend == "torch" or not triton_runs_on(x.device):
+    if backend == "torch" or x.dtype not in (torch.float32, torch.bfloat16):
         return None
-    from ..cells import ParaGRUCell, ParaLSTMCell
-
-    if type(cell) is ParaGRUCell:
-        from ..kernels import paragru as module
-    elif type(cell) is ParaLSTMCell:
-        from ..kernels import paralstm as module
-    else:
+    if not triton_runs_on(x.device) or (backend == "auto" and x.device.type != "cuda"):
         return None
-    if not module.supports(x):
-        return None
-    if backend == "auto" and x.device.type != "cuda":
-        return None
-    return FusedSolve(module)
+    return cell.fused_solver()

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 ON_FAILURE = ("raise", "sequential", "warn")
+
+# tol="auto": the scaled residual max |f(h_{t-1}, x_t) - h_t| / (1 + |h_t|) a solve must
+# reach, by the dtype the state math runs in. A converged float32 solve sits near 1e-7
+# (three iterations of the test cells at T=1000), a diverged or stalled one at 1e-2 and
+# up, or NaN. Slowly converging solves (unclipped cells, long sequences) can land between
+# the bound and the rounding level: they fall back to the exact loop; raise max_iters to
+# keep them parallel.
+AUTO_TOL = {torch.float32: 1e-4, torch.float64: 1e-8}
 
 
 class NewtonConvergenceError(RuntimeError):
@@ -19,34 +27,41 @@ class NewtonConfig:
     """How the parallel (Newton) solve runs and what it does when it fails.
 
     Args:
-        max_iters: Newton iterations at most (>= 1). The reference cells with clipped
-            recurrent weights converge to float32 precision in about 3.
-        tol: bound on the max-abs residual ``|f(h_{t-1}, x_t) - h_t|``. ``None`` (the fast
-            training default) runs exactly ``max_iters`` iterations and checks nothing
-            (no device synchronisation; :class:`SolveInfo` then has no residual). With a
-            number, the solve stops as soon as the residual is below it and, if it is
-            still above (or not finite) after ``max_iters``, does what ``on_failure`` says.
+        max_iters: Newton iterations at most (>= 1). ParaGRUCell and ParaLSTMCell with clipped
+            recurrent weights converge to float32 precision in about 3. (The fused
+            kernels' boundary-Newton rounds are bounded by the same number; see
+            :class:`SolveInfo.boundary_rounds`.)
+        tol: bound on the scaled residual ``max |f(h_{t-1}, x_t) - h_t| / (1 + |h_t|)``.
+            ``"auto"`` (the default) runs exactly ``max_iters`` iterations, then checks the
+            residual against a bound chosen from the compute dtype (1e-4 in float32, 1e-8
+            in float64) and applies ``on_failure``; on the fused GPU path with
+            ``on_failure="sequential"`` the check and the exact rerun are decided on the
+            device, without a host synchronisation. A number also stops iterating early
+            once the residual is below it. ``None`` checks nothing: exactly ``max_iters``
+            iterations, no residual, no fallback (fast, but a solve that did not converge
+            is returned silently).
         on_failure: ``"raise"`` a :class:`NewtonConvergenceError`; recompute with the
             ``"sequential"`` loop (always correct, slower); or ``"warn"`` and return the
             unconverged Newton result.
         jacobian: ``None`` uses the cell's exact Jacobian. ``"diagonal"`` runs quasi-Newton
             with only its diagonal: a dense or block cell then costs an O(N) scan instead of
             O(N^3) (dense) per combine, at the price of more iterations (linear instead of
-            quadratic convergence). Needs ``tol``: convergence is then checked, not assumed.
-            The backward pass always uses the exact Jacobian.
+            quadratic convergence). Needs a ``tol`` (``"auto"`` or a number): convergence is
+            then checked, not assumed. The backward pass always uses the exact Jacobian.
     """
 
     max_iters: int = 3
-    tol: Optional[float] = None
+    tol: Union[float, str, None] = "auto"
     on_failure: str = "sequential"
     jacobian: Optional[str] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_iters, bool) or not isinstance(self.max_iters, int) or self.max_iters < 1:
             raise ValueError(f"NewtonConfig.max_iters must be an int >= 1, got {self.max_iters!r}")
-        if self.tol is not None:
+        if self.tol is not None and self.tol != "auto":
             if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not self.tol > 0:
-                raise ValueError(f"NewtonConfig.tol must be a positive number or None, got {self.tol!r}")
+                raise ValueError(
+                    f"NewtonConfig.tol must be 'auto', a positive number or None, got {self.tol!r}")
         if self.jacobian not in (None, "diagonal"):
             raise ValueError(f"NewtonConfig.jacobian must be None or 'diagonal', got {self.jacobian!r}")
         if self.jacobian is not None and self.tol is None:
@@ -56,25 +71,92 @@ class NewtonConfig:
                 f"NewtonConfig.on_failure must be one of {ON_FAILURE}, got {self.on_failure!r}"
             )
 
+    def tolerance(self, dtype: torch.dtype) -> Optional[float]:
+        """The residual bound for state math in ``dtype`` (None: unchecked)."""
+        if self.tol == "auto":
+            return AUTO_TOL[dtype]
+        return self.tol
 
-@dataclass
+    @property
+    def stops_early(self) -> bool:
+        """Whether iterating stops once the residual is below ``tol`` (a numeric tol)."""
+        return self.tol is not None and self.tol != "auto"
+
+
 class SolveInfo:
     """What one call of the solver did (read it from ``RNN.last_solve``).
 
     Attributes:
         mode: ``"parallel"`` or ``"sequential"``: the path that ran.
-        backend: implementation used, e.g. ``"torch"`` or ``"triton"``.
-        iterations: Newton iterations applied (0 for the sequential path); for the fused
-            Triton backend, the bound on its boundary-Newton rounds.
-        residual: max-abs residual of the returned Newton states, as a 0-d tensor;
-            measured only when ``tol`` is set (``None`` otherwise).
-        converged: whether ``residual <= tol``; ``None`` when not measured.
-        fell_back: True when Newton failed and the states were recomputed sequentially.
+        backend: implementation used: ``"torch"``, ``"triton"`` (scan kernels) or
+            ``"triton-fused"`` (fused whole-solve kernels).
+        iterations: Newton iterations applied (0 for the sequential path and for the
+            fused kernels, which run no global Newton).
+        residual: the scaled residual of the returned Newton states as a 0-d tensor, when
+            it was measured on the host (``None`` otherwise).
+        converged: whether the Newton (or boundary-Newton) result met ``tol``; ``None``
+            when nothing was checked.
+        fell_back: whether (part of) the states were recomputed by the exact sequential
+            walk because the parallel solve did not converge.
+        segments: fused kernels only: time segments of the launch plan (1: one exact
+            sequential walk).
+        boundary_rounds: fused kernels only: boundary-Newton rounds run (0 for one segment).
+        exact_walk: fused kernels only: whether the plan was one exact sequential walk.
+
+    On the fused path the fallback is decided on the device: ``converged`` and
+    ``fell_back`` then read a device flag the first time they are accessed (that read
+    synchronises; the solve itself does not).
     """
 
-    mode: str
-    backend: str
-    iterations: int = 0
-    residual: Optional[torch.Tensor] = None
-    converged: Optional[bool] = None
-    fell_back: bool = False
+    def __init__(self, mode: str, backend: str, iterations: int = 0, *,
+                 residual: Optional[torch.Tensor] = None, converged: Optional[bool] = None,
+                 fell_back: bool = False, segments: Optional[int] = None,
+                 boundary_rounds: Optional[int] = None,
+                 fallback_flags: Optional[torch.Tensor] = None) -> None:
+        self.mode, self.backend, self.iterations = mode, backend, iterations
+        self.residual = residual
+        self.segments, self.boundary_rounds = segments, boundary_rounds
+        self._converged, self._fell_back = converged, fell_back
+        self._flags = fallback_flags  # device flags of the fused verification walk
+
+    def set_fallback_flags(self, flags: torch.Tensor) -> None:
+        """Record a device tensor whose any() says whether the solve fell back."""
+        self._flags = flags
+
+    @property
+    def exact_walk(self) -> Optional[bool]:
+        return None if self.segments is None else self.segments == 1
+
+    def _read_flags(self) -> None:
+        if self._flags is not None:
+            self._fell_back = bool(self._flags.any())
+            self._converged = not self._fell_back
+            self._flags = None
+
+    @property
+    def fell_back(self) -> bool:
+        self._read_flags()
+        return self._fell_back
+
+    @fell_back.setter
+    def fell_back(self, value: bool) -> None:
+        self._flags, self._fell_back = None, value
+
+    @property
+    def converged(self) -> Optional[bool]:
+        self._read_flags()
+        return self._converged
+
+    @converged.setter
+    def converged(self, value: Optional[bool]) -> None:
+        self._converged = value
+
+    def __repr__(self) -> str:
+        fields = [f"mode={self.mode!r}", f"backend={self.backend!r}",
+                  f"iterations={self.iterations}"]
+        if self.residual is not None:
+            fields.append(f"residual={float(self.residual):.3e}")
+        if self.segments is not None:
+            fields += [f"segments={self.segments}", f"boundary_rounds={self.boundary_rounds}"]
+        fields += [f"converged={self.converged}", f"fell_back={self.fell_back}"]
+        return f"SolveInfo({', '.join(fields)})"

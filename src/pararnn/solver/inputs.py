@@ -25,13 +25,38 @@ class Sequences:
 
     ``starts[b, t]`` is True where step t starts from an initial state (t = 0, a reset,
     a document boundary) rather than from ``h[b, t-1]``. The initial state of each
-    sequence is ``h0[b]`` or, with ``cu_seqlens``, ``h0[segment_ids[t]]``.
+    sequence is ``h0[b]`` or, with ``cu_seqlens``, ``h0[segment_ids[t]]``. ``starts`` is
+    built on first use: the fused kernels without resets never need it.
     """
 
-    starts: torch.Tensor  # (B, T) bool
-    segment_ids: Optional[torch.Tensor]  # (T,) long, only with cu_seqlens
-    ends: Optional[torch.Tensor]  # (S,) long, last step of each sequence (cu_seqlens)
-    has_resets: bool = False  # whether any step after t = 0 starts a sequence
+    batch: int
+    steps: int
+    device: torch.device
+    resets: Optional[torch.Tensor] = None  # (B, T) bool, as the caller passed them
+    bounds: Optional[torch.Tensor] = None  # (S,) long, first step of each sequence (cu_seqlens)
+    segment_ids: Optional[torch.Tensor] = None  # (T,) long, only with cu_seqlens
+    ends: Optional[torch.Tensor] = None  # (S,) long, last step of each sequence (cu_seqlens)
+
+    @property
+    def has_resets(self) -> bool:
+        """Whether steps after t = 0 may start a sequence from ``resets``."""
+        return self.resets is not None
+
+    _starts: Optional[torch.Tensor] = None
+
+    @property
+    def starts(self) -> torch.Tensor:
+        # built on first use and kept (not functools.cached_property: its lock stops
+        # torch.compile on Python 3.11)
+        if self._starts is None:
+            starts = torch.zeros(self.batch, self.steps, dtype=torch.bool, device=self.device)
+            starts[:, 0] = True
+            if self.resets is not None:
+                starts = starts | self.resets
+            if self.bounds is not None:
+                starts[0, self.bounds] = True
+            self._starts = starts
+        return self._starts
 
     def initial_states(self, h0: torch.Tensor, batch: int, steps: int) -> torch.Tensor:
         """``(B, T, N)`` initial state for every step (a broadcast view without cu_seqlens)."""
@@ -130,8 +155,6 @@ def check_inputs(cell, x, h0, resets, cu_seqlens) -> tuple[torch.dtype, Sequence
 
 def _sequences(x: torch.Tensor, resets, cu_seqlens) -> Sequences:
     batch, steps, _ = x.shape
-    starts = torch.zeros(batch, steps, dtype=torch.bool, device=x.device)
-    starts[:, 0] = True
     if resets is not None:
         if not isinstance(resets, torch.Tensor) or resets.dtype != torch.bool:
             raise TypeError(
@@ -144,9 +167,9 @@ def _sequences(x: torch.Tensor, resets, cu_seqlens) -> Sequences:
             )
         if resets.device != x.device:
             raise ValueError(f"resets is on {resets.device} but x is on {x.device}")
-        return Sequences(starts | resets, None, None, has_resets=True)
+        return Sequences(batch, steps, x.device, resets=resets)
     if cu_seqlens is None:
-        return Sequences(starts, None, None)
+        return Sequences(batch, steps, x.device)
 
     if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
         raise TypeError("cu_seqlens must be an int32/int64 tensor of cumulative sequence lengths")
@@ -160,10 +183,10 @@ def _sequences(x: torch.Tensor, resets, cu_seqlens) -> Sequences:
             f"cu_seqlens must rise strictly from 0 to the sequence length {steps}, got {bounds}"
         )
     bounds_t = torch.as_tensor(bounds, device=x.device, dtype=torch.long)
-    starts[0, bounds_t[:-1]] = True
     lengths = bounds_t.diff()
     segment_ids = torch.repeat_interleave(torch.arange(lengths.numel(), device=x.device), lengths)
-    return Sequences(starts, segment_ids, bounds_t[1:] - 1)
+    return Sequences(batch, steps, x.device, bounds=bounds_t[:-1], segment_ids=segment_ids,
+                     ends=bounds_t[1:] - 1)
 
 
 def check_options(mode, newton, backend) -> NewtonConfig:

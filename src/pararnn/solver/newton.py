@@ -1,8 +1,16 @@
-"""Newton's method on the whole sequence at once (DESIGN.md section 1).
+"""The generic solve for any :class:`pararnn.Cell`: Newton on the whole sequence, the
+sequential loop it falls back to, and the autograd Function (docs/DESIGN.md, "The method").
 
-``F_t(H) = h_t - f(h_{t-1}, x_t) = 0`` for all t. Each iteration linearises every step
-at the current guess and solves the resulting *linear* recurrence
-``dh_t = J_t dh_{t-1} + r_t`` with a parallel scan.
+Forward: ``F_t(H) = h_t - f(h_{t-1}, x_t) = 0`` for all t. Each iteration linearises
+every step at the current guess and solves the resulting *linear* recurrence
+``dh_t = J_t dh_{t-1} + r_t`` with a parallel scan. The result is checked against the
+config's tolerance and, if it misses it, ``on_failure`` decides (docs/DESIGN.md, "Safety").
+
+Backward: with ``g_t = ∂L/∂h_t`` the adjoints solve ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` —
+the forward's kind of affine recurrence, reversed in time with transposed Jacobians —
+then every input, parameter and initial-state gradient is one batched VJP of
+``cell.step`` over all steps with cotangent ``λ``. Only ``x``, ``h0`` and the states are
+saved; Jacobians are recomputed.
 """
 
 from __future__ import annotations
@@ -10,11 +18,33 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch.func import functional_call
 
 from ..structure import DIAGONAL
 from .config import NewtonConfig, NewtonConvergenceError, SolveInfo
 from .inputs import Sequences
-from .sequential import sequential_solve
+
+
+def sequential_solve(cell, x: torch.Tensor, h0: torch.Tensor, sequences: Sequences) -> torch.Tensor:
+    """States ``(B, T, N)`` by the plain loop, one ``cell.step`` per time step: the reference
+    every other path must match; differentiable by autograd."""
+    batch, steps, _ = x.shape
+    # unbind, not x[:, t]: the backward of T slices would write T full-size gradients
+    # (O(T^2) work); unbind's backward is one stack.
+    inputs = x.unbind(1)
+    inits = sequences.initial_states(h0, batch, steps).unbind(1)
+    starts = sequences.starts.unsqueeze(-1).unbind(1)
+    h = inits[0]
+    states = []
+    for x_t, init_t, start_t in zip(inputs, inits, starts):
+        h = cell.step(x_t, torch.where(start_t, init_t, h))
+        states.append(h)
+    return torch.stack(states, dim=1)
+
+
+def scaled_residual(value: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """``max |f(h_{t-1}, x_t) - h_t| / (1 + |h_t|)`` as a 0-d tensor (NaN stays NaN)."""
+    return ((value - states).abs() / (1 + states.abs())).amax()
 
 
 def initial_guess(cell, x, h0, sequences: Sequences) -> torch.Tensor:
@@ -30,15 +60,16 @@ def newton_solve(cell, x, h0, sequences: Sequences, config: NewtonConfig, linear
     ``linear_solver(jac, rhs, structure, reverse=False)`` solves the affine recurrence.
     """
     structure = cell.structure
+    tol = config.tolerance(x.dtype)
     quasi_newton = config.jacobian == "diagonal" and structure.kind != "diagonal"
     states = initial_guess(cell, x, h0, sequences)
     info = SolveInfo(mode="parallel", backend=backend)
     for iteration in range(config.max_iters):
         value, jac = cell.step_and_jacobian(x, sequences.previous_states(states, h0))
         residual = value - states
-        if config.tol is not None:
-            info.residual = residual.abs().amax()
-            if info.residual <= config.tol:
+        if config.stops_early:
+            info.residual = scaled_residual(value, states)
+            if info.residual <= tol:
                 info.converged = True
                 return states, info
         step_structure = structure
@@ -47,31 +78,147 @@ def newton_solve(cell, x, h0, sequences: Sequences, config: NewtonConfig, linear
         jac = step_structure.zero_where(jac, sequences.starts)
         states = states + linear_solver(jac, residual, step_structure)
         info.iterations = iteration + 1
-    if config.tol is None:
+    if tol is None:
         return states, info
 
     value = cell.step(x, sequences.previous_states(states, h0))
-    info.residual = (value - states).abs().amax()
-    info.converged = bool(info.residual <= config.tol)  # False for NaN too
+    info.residual = scaled_residual(value, states)
+    if torch.compiler.is_compiling() and config.on_failure == "sequential":
+        # no host round trip inside a compiled graph: the fallback is chosen by torch.cond
+        # and SolveInfo reads the flag lazily (input NaN checks need the eager path)
+        met = info.residual <= tol
+        info.set_fallback_flags(~met)
+        states = torch.cond(met, lambda s: s.clone(),
+                            lambda s: sequential_solve(cell, x, h0, sequences), (states,))
+        return states, info
+    info.converged = bool(info.residual <= tol)  # False for NaN too
     if info.converged:
         return states, info
-    return handle_failure(cell, x, h0, sequences, config, states, info)
+    return handle_failure(cell, x, h0, sequences, config, tol, states, info)
 
 
-def handle_failure(cell, x, h0, sequences, config: NewtonConfig, states, info: SolveInfo):
-    """Apply ``config.on_failure`` to unconverged Newton states."""
-    for name, tensor in (("x", x), ("h0", h0)):
+def handle_failure(cell, x, h0, sequences, config: NewtonConfig, tol: float, states,
+                   info: SolveInfo):
+    """Apply ``config.on_failure`` to Newton states whose residual missed ``tol``.
+
+    A non-finite residual from finite inputs and parameters means Newton diverged (an
+    expanding or chaotic cell): the sequential loop, which needs no convergence, is the
+    answer. If that loop overflows too, the recurrence itself has no finite solution.
+    """
+    for name, tensor in (("x", x), ("h0", h0), *cell.named_parameters()):
         if not torch.isfinite(tensor).all():
-            raise ValueError(f"{name} contains NaN or Inf; the recurrence has no finite solution")
-    message = (
-        f"Newton did not converge: max-abs residual {float(info.residual):.3e} > tol "
-        f"{config.tol:.1e} after {config.max_iters} iterations. Raise NewtonConfig.max_iters, "
-        "bound the cell's Jacobian (e.g. recurrent_clip), or use on_failure='sequential'."
-    )
+            what = name if name in ("x", "h0") else f"the cell's parameter {name!r}"
+            raise ValueError(f"{what} contains NaN or Inf; the recurrence has no finite solution")
+    residual = float(info.residual)
+    if residual != residual or residual in (float("inf"), float("-inf")):
+        message = (
+            f"Newton diverged: the residual is {residual} after {config.max_iters} iterations "
+            "although the inputs are finite, so the cell's Jacobians grow too fast along the "
+            "sequence (an expanding or chaotic recurrence) for Newton from the initial guess. "
+            "Use on_failure='sequential' (the default), or mode='sequential'."
+        )
+    else:
+        message = (
+            f"Newton did not converge: scaled residual {residual:.3e} > tol {tol:.1e} after "
+            f"{config.max_iters} iterations. Raise NewtonConfig.max_iters, bound the cell's "
+            "Jacobian (e.g. recurrent_clip), or use on_failure='sequential'."
+        )
     if config.on_failure == "raise":
         raise NewtonConvergenceError(message)
     if config.on_failure == "warn":
         warnings.warn(message, RuntimeWarning, stacklevel=4)
         return states, info
     info.fell_back = True
-    return sequential_solve(cell, x, h0, sequences), info
+    states = sequential_solve(cell, x, h0, sequences)
+    if not torch.isfinite(states).all():
+        raise ValueError(
+            f"the sequential recurrence of {type(cell).__name__} overflows to NaN/Inf on this "
+            "input (finite x, h0 and parameters): the states themselves are not finite, so "
+            "no solver can return them; rescale the inputs or the cell's weights")
+    return states, info
+
+
+def verify_structure(cell, x: torch.Tensor, h0: torch.Tensor) -> None:
+    """Check once per cell instance that its declared Jacobian structure (and its
+    ``step_and_jacobian``) matches ``step``; raise a ValueError naming both if not.
+
+    One probe at real operating points (one step from ``h0`` at the first few inputs of
+    the first row): the structured Jacobian times a random vector must equal the JVP of
+    ``step`` along it. A structure that drops non-zero entries fails this for almost
+    every probe vector. Cached on the instance by structure, so a later solve pays
+    nothing; skipped while ``torch.compile`` traces (the eager call verified it).
+    """
+    structure = cell.structure
+    if cell.__dict__.get("_verified_structure") == structure or torch.compiler.is_compiling():
+        return
+    steps = min(x.shape[1], 4)
+    with torch.no_grad():
+        xs = x[:1, :steps]
+        start = h0[:1].unsqueeze(1).expand(1, steps, h0.shape[-1])
+        probe_at = cell.step(xs, start)
+        direction = torch.randn(probe_at.shape, dtype=probe_at.dtype, device=probe_at.device,
+                                generator=torch.Generator(probe_at.device).manual_seed(0))
+        _, exact = torch.func.jvp(lambda h: cell.step(xs, h), (probe_at,), (direction,))
+        _, jac = cell.step_and_jacobian(xs, probe_at)
+        error = float((structure.apply(jac, direction) - exact).abs().amax())
+        scale = 1.0 + float(exact.abs().amax())
+    bound = 1e-3 if x.dtype != torch.float64 else 1e-8
+    if not error <= bound * scale:
+        declared = structure.kind + (f" (block_size={structure.block_size})"
+                                     if structure.kind == "block" else "")
+        raise ValueError(
+            f"{type(cell).__name__} declares jacobian={declared!r}, but its step's Jacobian "
+            f"does not have that structure (or its step_and_jacobian is wrong): the "
+            f"structured Jacobian times a probe vector differs from the JVP of step by "
+            f"{error:.2e}. Declare the structure that holds every non-zero entry of "
+            f"d step/d h_prev (e.g. jacobian='dense'), or fix step_and_jacobian.")
+    cell.__dict__["_verified_structure"] = structure
+
+
+def reject_double_backward() -> None:
+    """Raise if a parallel backward is being differentiated (``create_graph=True``)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "the parallel solve does not support double backward (create_graph=True); "
+            "use mode='sequential' for higher-order gradients"
+        )
+
+
+class ParallelSolve(torch.autograd.Function):
+    """Newton forward (:func:`newton_solve`), adjoint-scan backward (module doc)."""
+
+    @staticmethod
+    def forward(ctx, cell, sequences, config, linear_solver, backend, info_out, x, h0, *params):
+        states, info = newton_solve(cell, x, h0, sequences, config, linear_solver, backend)
+        info_out.append(info)
+        ctx.cell, ctx.sequences, ctx.linear_solver = cell, sequences, linear_solver
+        # The tensors that were the cell's parameters during forward: backward may run
+        # after a functional_call swapped them back, so it calls the cell with these.
+        ctx.param_names = [name for name, _ in cell.named_parameters()]
+        ctx.save_for_backward(x, h0, states, *params)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        reject_double_backward()
+        x, h0, states, *params = ctx.saved_tensors
+        cell, sequences = ctx.cell, ctx.sequences
+        structure = cell.structure
+        weights = dict(zip(ctx.param_names, params))
+        prev = sequences.previous_states(states, h0)
+        _, jac = functional_call(cell, weights, (x, prev), {"jacobian": True})
+        jac = structure.zero_where(jac, sequences.starts)
+        # Coefficient of λ_{t+1} in λ_t is J_{t+1}^T; the last slot is unused.
+        next_jac_t = structure.transpose(torch.cat((jac[:, 1:], jac[:, :1]), dim=1))
+        adjoint = ctx.linear_solver(next_jac_t, grad_states.contiguous(), structure, reverse=True)
+
+        needs = ctx.needs_input_grad[6:]
+        leaves = [t.detach().requires_grad_(need) for t, need in zip((x, h0, *params), needs)]
+        x_in, h0_in, *params_in = leaves
+        with torch.enable_grad():
+            value = functional_call(cell, dict(zip(ctx.param_names, params_in)),
+                                    (x_in, sequences.previous_states(states, h0_in)))
+            wanted = [t for t, need in zip(leaves, needs) if need]
+            grads = iter(torch.autograd.grad(value, wanted, adjoint, allow_unused=True))
+        outputs = [next(grads) if need else None for need in needs]
+        return (None,) * 6 + tuple(outputs)

@@ -1,4 +1,5 @@
-"""``ParaGRU`` and ``ParaLSTM``: multi-head input projection + reference cell + solver."""
+"""``ParaGRU`` and ``ParaLSTM``: a multi-head input projection feeding ParaGRUCell /
+ParaLSTMCell, solved by :func:`pararnn.solve` (docs/DESIGN.md, "The cells")."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ class _ProjectedRNN(SequenceModule):
                  recurrent_clip: float | None = None, batch_first: bool = True,
                  device=None, dtype=None) -> None:
         super().__init__(mode=mode, newton=newton, backend=backend, batch_first=batch_first)
+        if dtype is not None and dtype not in (torch.float32, torch.float64):
+            raise TypeError(
+                f"{type(self).__name__} parameters must be float32 or float64, got dtype={dtype}; "
+                "keep the parameters in float32 and run under torch.autocast(device_type, "
+                "dtype=torch.bfloat16) for mixed precision (the state math runs in float32)")
         self.input_size, self.hidden_size = input_size, hidden_size
         # the gate bias lives in the cell, where the fused kernels add it for free
         self.projection = MultiHeadProjection(
@@ -27,13 +33,6 @@ class _ProjectedRNN(SequenceModule):
                                     device=device, dtype=dtype)
 
     def _run(self, x, h0, resets, cu_seqlens):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() not in (2, 3) or x.shape[-1] != self.input_size:
-            raise ValueError(
-                f"x must have shape (batch, time, {self.input_size}) or (time, {self.input_size}), "
-                f"got {tuple(x.shape)}"
-            )
         weight_dtype = self.projection.weight.dtype
         if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(
@@ -44,7 +43,7 @@ class _ProjectedRNN(SequenceModule):
 
 
 class ParaGRU(_ProjectedRNN):
-    """GRU with diagonal recurrence, solved in parallel over time (DESIGN.md section 2).
+    """GRU with diagonal recurrence, solved in parallel over time (docs/DESIGN.md, "The cells").
 
     ``output, h_n = gru(x, h0=None, *, resets=None, cu_seqlens=None)``: ``x`` ``(B, T, input_size)``,
     ``output`` ``(B, T, hidden_size)``, ``h0``/``h_n`` ``(B, hidden_size)`` (no leading
@@ -60,6 +59,7 @@ class ParaGRU(_ProjectedRNN):
     cell_class = ParaGRUCell
 
     def forward(self, x, h0=None, *, resets=None, cu_seqlens=None):
+        self._check_input(x, self.input_size, h0, self.hidden_size, cu_seqlens)
         return self._run(x, h0, resets, cu_seqlens)
 
 
@@ -74,14 +74,16 @@ class ParaLSTM(_ProjectedRNN):
 
     def forward(self, x, state=None, *, resets=None, cu_seqlens=None):
         packed = None
+        self._check_input(x, self.input_size, None, self.hidden_size, cu_seqlens)
         if state is not None:
             if not (isinstance(state, (tuple, list)) and len(state) == 2):
                 raise TypeError("state must be a tuple (h0, c0) or None")
             h0, c0 = state
-            if not (isinstance(h0, torch.Tensor) and isinstance(c0, torch.Tensor)):
-                raise TypeError("state must be a tuple of two tensors (h0, c0)")
-            if h0.shape != c0.shape:
-                raise ValueError(f"h0 and c0 must have the same shape, got {tuple(h0.shape)} and {tuple(c0.shape)}")
+            for name, part in (("h0", h0), ("c0", c0)):
+                self._check_input(x, self.input_size, part, self.hidden_size, cu_seqlens,
+                                  h0_name=f"state {name}")
+            if h0.dtype != c0.dtype:
+                raise TypeError(f"h0 and c0 must share one dtype, got {h0.dtype} and {c0.dtype}")
             packed = ParaLSTMCell.pack_state(h0, c0)
         states, final = self._run(x, packed, resets, cu_seqlens)
         output, _ = ParaLSTMCell.unpack_state(states)

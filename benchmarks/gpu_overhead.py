@@ -1,0 +1,136 @@
+"""Per-call cost of the ParaGRU / ParaLSTM layers on a CUDA GPU, where host work (argument
+checks, plan, launches) rather than the GPU bounds the time.
+
+    PYTHONPATH=src python benchmarks/gpu_overhead.py --out results/<folder>
+
+1. ``per_call``: forward at B=1, T=16 (decode-like prompt chunks), no gradients, default
+   config: wall-clock per call over 300 back-to-back calls (host-bound), next to the GPU
+   time of the same forward replayed from a CUDA graph (the floor once the host is out).
+2. ``layers``: the layer table at language-model shapes (16x1024x512, 8x4096x1024),
+   forward and forward+backward, fp32 and bf16 autocast: median of 20 calls, each timed
+   with CUDA events.
+
+Writes ``<out>/gpu_overhead.json`` and prints both tables. About 1-2 minutes on an H200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import time
+
+import torch
+
+import pararnn
+
+CALLS = 300
+LAYER_SHAPES = [(16, 1024, 512), (8, 4096, 1024)]
+
+
+def make_layer(layer_cls, hidden):
+    torch.manual_seed(0)
+    return layer_cls(hidden, hidden, num_heads=max(1, hidden // 128), recurrent_clip=0.5,
+                     device="cuda")
+
+
+def per_call(layer_cls, hidden):
+    layer = make_layer(layer_cls, hidden)
+    x = torch.randn(1, 16, hidden, device="cuda")
+    with torch.no_grad():
+        for _ in range(20):
+            layer(x)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(CALLS):
+            layer(x)
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - start) * 1e3 / CALLS
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            layer(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            layer(x)
+        graph.replay()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(CALLS):
+            graph.replay()
+        torch.cuda.synchronize()
+        graph_ms = (time.perf_counter() - start) * 1e3 / CALLS
+    return {"cell": layer_cls.__name__, "hidden": hidden, "shape": [1, 16, hidden],
+            "eager_ms_per_call": wall_ms, "cuda_graph_ms_per_call": graph_ms,
+            "plan_segments": layer.last_solve.segments}
+
+
+def median_event_ms(fn, repeats=20, warmup=5):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def layer_row(layer_cls, shape, dtype, backward):
+    batch, steps, hidden = shape
+    layer = make_layer(layer_cls, hidden)
+    x = torch.randn(batch, steps, hidden, device="cuda", requires_grad=backward)
+
+    def call():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            out = layer(x)[0]
+        if backward:
+            out.float().sum().backward()
+
+    with torch.set_grad_enabled(backward):
+        ms = median_event_ms(call)
+    return {"cell": layer_cls.__name__, "shape": list(shape), "dtype": dtype,
+            "pass": "fwd+bwd" if backward else "fwd", "ms": ms,
+            "plan_segments": layer.last_solve.segments}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for gpu_overhead.json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_overhead.py needs a CUDA device")
+    os.makedirs(args.out, exist_ok=True)
+    result = {"benchmark": "gpu_overhead", "device": torch.cuda.get_device_name(),
+              "torch": torch.__version__,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+              "per_call": [], "layers": []}
+    print("| cell | B x T x N | eager ms/call | CUDA-graph ms/call | segments |\n|---|---|---|---|---|")
+    for layer_cls in (pararnn.ParaGRU, pararnn.ParaLSTM):
+        for hidden in (512, 1024):
+            row = per_call(layer_cls, hidden)
+            result["per_call"].append(row)
+            print(f"| {row['cell']} | 1x16x{hidden} | {row['eager_ms_per_call']:.3f} "
+                  f"| {row['cuda_graph_ms_per_call']:.3f} | {row['plan_segments']} |", flush=True)
+    print("\n| cell | B x T x N | dtype | pass | ms | segments |\n|---|---|---|---|---|---|")
+    for layer_cls in (pararnn.ParaGRU, pararnn.ParaLSTM):
+        for shape in LAYER_SHAPES:
+            for dtype in ("fp32", "bf16"):
+                for backward in (False, True):
+                    row = layer_row(layer_cls, shape, dtype, backward)
+                    result["layers"].append(row)
+                    print(f"| {row['cell']} | {'x'.join(map(str, shape))} | {dtype} | {row['pass']} "
+                          f"| {row['ms']:.3f} | {row['plan_segments']} |", flush=True)
+                    torch.cuda.empty_cache()
+    with open(os.path.join(args.out, "gpu_overhead.json"), "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

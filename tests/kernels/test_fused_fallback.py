@@ -1,0 +1,118 @@
+"""The fused path's on-device safety net: a segmented solve whose boundary Newton did not
+converge is replaced by the exact walk, chosen on the device (no host synchronisation).
+
+Runs through Triton's interpreter on CPU (tests/kernels/conftest.py) at small sizes; the
+launch plan is forced to short segments without warm-up so that one boundary round
+cannot converge for large recurrent weights.
+"""
+
+import pytest
+import torch
+
+import pararnn
+
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+
+from pararnn.kernels import _fused_common  # noqa: E402
+from pararnn.kernels._fused_common import boundaries_mismatch  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def short_segments(monkeypatch):
+    """Plans of 8-step segments without warm-up (the tuned plan walks these sizes whole)."""
+    monkeypatch.setattr(_fused_common, "MIN_SEG_LEN", 8)
+    monkeypatch.setattr(_fused_common, "WARMUP", 0)
+    monkeypatch.setattr(_fused_common, "CHAINS_PER_SM", 1 << 20)
+
+
+@triton.jit
+def _mismatch_probe(E, S, OUT, P, N, tol, WIDTH: tl.constexpr, BN: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BN)
+    bad = boundaries_mismatch(E, S, b, P, N, offs, offs < N, tol, WIDTH, BN)
+    tl.store(OUT + b, bad.to(tl.int32))
+
+
+def big_weight_layer(layer_cls, scale=4.0):
+    torch.manual_seed(0)
+    layer = layer_cls(4, 8, num_heads=2, mode="parallel", backend="triton", device=DEVICE,
+                      newton=pararnn.NewtonConfig(max_iters=1))
+    with torch.no_grad():
+        layer.cell.a.copy_(torch.randn(3, 8) * scale)
+        layer.projection.weight.mul_(4)
+    return layer
+
+
+def run(layer, x, mode, newton):
+    layer.mode, layer.newton = mode, newton
+    with torch.no_grad():
+        out, _ = layer(x)
+    return out, layer.last_solve
+
+
+def test_unconverged_fused_gru_reruns_exactly(short_segments):
+    layer = big_weight_layer(pararnn.ParaGRU)
+    x = torch.randn(2, 32, 4, device=DEVICE)
+    ref, _ = run(layer, x, "sequential", None)
+    unchecked, info = run(layer, x, "parallel", pararnn.NewtonConfig(max_iters=1, tol=None))
+    assert info.segments == 4 and info.boundary_rounds == 1 and info.exact_walk is False
+    assert info.converged is None and not info.fell_back
+    assert (unchecked - ref).abs().max() > 0.1  # one boundary round is not enough here
+    out, info = run(layer, x, "parallel", pararnn.NewtonConfig(max_iters=1))
+    assert info.fell_back and info.converged is False and info.iterations == 0
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_converged_fused_lstm_skips_the_rerun(short_segments):
+    layer = big_weight_layer(pararnn.ParaLSTM, scale=0.3)
+    x = torch.randn(2, 32, 4, device=DEVICE)
+    ref, _ = run(layer, x, "sequential", None)
+    out, info = run(layer, x, "parallel", pararnn.NewtonConfig(max_iters=3))
+    assert info.segments == 4 and info.boundary_rounds == 3
+    assert info.converged and not info.fell_back
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_unconverged_fused_lstm_gradients_match_the_loop(short_segments):
+    """Forward falls back on the device; the fused backward (the linear adjoint
+    recurrence) then gives the gradients of the exact solution."""
+    layer = big_weight_layer(pararnn.ParaLSTM)
+    x = torch.randn(2, 24, 4, device=DEVICE)
+    grads = []
+    for backend, mode in (("torch", "sequential"), ("triton", "parallel")):
+        layer.zero_grad()
+        layer.backend, layer.mode = backend, mode
+        xg = x.clone().requires_grad_()
+        out, (h_n, c_n) = layer(xg)
+        (out.sin().sum() + c_n.square().sum()).backward()
+        grads.append([out.detach(), xg.grad, *(p.grad for p in layer.parameters())])
+    assert layer.last_solve.fell_back
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_boundary_mismatch_check_finds_every_segment():
+    """``boundaries_mismatch`` (the verification walk's decision) on crafted boundaries:
+    consistent ones pass, a mismatch or NaN at any segment (also past the first group of
+    8) or in any state component is found, a difference within tol is not."""
+    def mismatched(E, S):
+        batch, segments, n, width = E.shape
+        out = torch.empty(batch, dtype=torch.int32, device=DEVICE)
+        _mismatch_probe[(batch,)](E, S, out, segments, n, 1e-4, WIDTH=width, BN=8)
+        return out.tolist()
+
+    for width in (1, 2):
+        E = torch.randn(2, 13, 5, width, device=DEVICE)
+        S = torch.roll(E, 1, dims=1)  # S_c = E_{c-1}; S_0 is never compared
+        assert mismatched(E, S) == [0, 0]
+        for segment, component, value in ((11, width - 1, 1e-2), (3, 0, float("nan")),
+                                          (12, 0, float("inf"))):
+            bad = S.clone()
+            bad[1, segment, 4, component] += value
+            assert mismatched(E, bad) == [0, 1]
+        close = S.clone()
+        close[0, 9, 0, 0] += 1e-5
+        assert mismatched(E, close) == [0, 0]
