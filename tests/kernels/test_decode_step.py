@@ -7,11 +7,11 @@ pytest.importorskip("triton")
 
 from pararnn.cells import ParaGRUCell, ParaLSTMCell  # noqa: E402
 from pararnn.kernels import decode_step  # noqa: E402
-from pararnn.kernels._fused_common import interpreting  # noqa: E402
+from pararnn.kernels import interpreter_enabled  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
-if not CUDA and not interpreting():
+if not CUDA and not interpreter_enabled():
     pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
 
 
