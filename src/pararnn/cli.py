@@ -69,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "flags on the command line override it (default: none)")
     t.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)}")
     t.add_argument("--size", default=d.size, help=f"one of {', '.join(SIZES)} (see `pararnn sizes`)")
-    t.add_argument("--block", default=d.block, choices=["standard", "paper"],
-                   help="paper: causal conv + gated RMSNorm + scaled residuals (ParaRNN paper)")
+    t.add_argument("--block", default=d.block, choices=["standard", "paper", "tuned", "auto"],
+                   help="standard: the plain mixer; paper: + causal conv, gated RMSNorm, scaled "
+                   "residuals (ParaRNN paper); tuned: paper + state 2x d_model + chrono memory init "
+                   "(ParaRNN models; RESULTS.md); auto: tuned for paragru/paralstm, standard otherwise")
     t.add_argument("--model-options", type=_model_options, default={}, metavar="KEY=VALUE,...",
                    help="ModelConfig overrides, e.g. rnn_expand=2,rnn_init=paper")
     t.add_argument("--data", default=d.data, help="text file or directory of text files "
@@ -160,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--models", "--model", default="paragru,transformer",
                    help=f"comma-separated, from {', '.join(MODELS)}")
     b.add_argument("--size", choices=list(SIZES), default="tiny")
+    b.add_argument("--block", default="auto", choices=["standard", "paper", "tuned", "auto"],
+                   help="block of the random-weight models (as `pararnn train --block`)")
     b.add_argument("--contexts", default="512,8192,32768", help="comma-separated context lengths")
     b.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,4,16,64,256")
     b.add_argument("--new-tokens", type=_positive_int, default=64, help="timed decode steps")
@@ -193,14 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated models (empty: variants only)")
     w.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE,...",
                    help="a model with ModelConfig overrides, NAME starting with the model, e.g. "
-                   "paragru+expand2=rnn_expand=2 (block=standard|paper picks the block; schedule, "
+                   "paragru+expand2=rnn_expand=2 (block=standard|paper|tuned picks the block; schedule, "
                    "recurrent_lr_mult, weight_decay, warmup_steps, min_lr_ratio, grad_clip are "
                    "training options); repeatable")
     w.add_argument("--lrs", action="append", default=[], metavar="NAME=LR,LR,...",
                    help="LR grid of a model or variant (variants inherit their model's); defaults: "
                    + "; ".join(f"{m} {','.join(map(str, g))}" for m, g in DEFAULT_LRS.items()))
     w.add_argument("--stages", default="lr,seeds", help="comma-separated, in order: lr, seeds, throughput")
-    w.add_argument("--rnn-block", default="paper", choices=["standard", "paper"],
+    w.add_argument("--rnn-block", default="tuned", choices=["standard", "paper", "tuned"],
                    help="block of the ParaRNN models (transformer and mamba2 use the standard one)")
     w.add_argument("--size", default="small", choices=list(SIZES))
     w.add_argument("--seq-len", type=_positive_int, default=512)
@@ -430,7 +434,7 @@ def cmd_bench_decode(args, parser) -> None:
     for name, model in models:
         if model is None:
             torch.manual_seed(0)
-            model = build_model(preset(name, args.size)).to(device).eval()
+            model = build_model(preset(name, args.size, block=args.block)).to(device).eval()
         generator = _generator(model, device, args)
         for batch in batches:
             for context in contexts:

@@ -42,7 +42,7 @@ from .metrics import MetricsLog, plot_losses
 class TrainConfig:
     model: str = "paragru"
     size: str = "tiny"
-    block: str = "standard"  # "paper": causal conv + gated norm + scaled residuals
+    block: str = "auto"  # see models.config.preset: "tuned" for ParaGRU/ParaLSTM, else "standard"
     model_options: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {"rnn_expand": 2}
     data: str | None = None  # None: the Python standard library's source; stored absolute
     out: str = "runs/tiny"

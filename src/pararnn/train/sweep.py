@@ -108,8 +108,8 @@ def parse_entry(spec: str, block: str) -> Entry:
         raise ValueError(f"variant {spec!r}: option {bad[0]!r} must look like key=value")
     pairs = dict(p.split("=", 1) for p in parts)
     block = pairs.pop("block", block).strip()
-    if block not in ("standard", "paper"):
-        raise ValueError(f"block of {name!r} must be standard or paper, got {block!r}")
+    if block not in ("standard", "paper", "tuned"):
+        raise ValueError(f"block of {name!r} must be standard, paper or tuned, got {block!r}")
     train_options = {}
     for key in [k for k in pairs if k.strip() in TRAIN_OPTIONS]:
         value = pairs.pop(key).strip()
