@@ -9,7 +9,7 @@ def run(j):
                 seq_len=j.get("seq", 512), batch_size=j.get("bs", 32), lr=j["lr"], eval_every=steps // 4, eval_tokens=262144,
                 ckpt_every=10**6, log_every=50, seed=0, progress=False, data=j.get("data"))
     t = time.time()
-    p = subprocess.run([sys.executable, ".scout/one.py", json.dumps(args)], env=env, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "one.py"), json.dumps(args)], env=env, capture_output=True, text=True)
     rows = [json.loads(l) for l in open(f"{d}/metrics.jsonl")] if os.path.exists(f"{d}/metrics.jsonl") else []
     val = [r for r in rows if "val_loss" in r]
     tr = [r for r in rows if "tokens_per_s" in r or "tok_s" in r]
