@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Everything this project checks and measures on one CUDA machine, in one go, from the
-# source tree: the GPU tests, the fused-kernel and layer benchmarks, decode speed and
-# memory. Each stage has a time limit and writes its log (and JSON) into OUTDIR, so a run
-# cut short keeps what finished.
+# source tree: the GPU tests, the safety-check overhead, the per-call cost, the fused-kernel
+# and layer benchmarks, decode speed and memory. Each stage has a time limit and writes its
+# log (and JSON) into OUTDIR, so a run cut short keeps what finished; OUTDIR.tgz packs it
+# all into one file (the device tool returns at most 8 files).
 #
 #   benchmarks/gpu_all.sh OUTDIR [test-seconds] [bench-seconds] [decode-seconds]
+#
+# Language-model comparisons (`pararnn sweep`) and the state-tracking grid
+# (benchmarks/gpu_synthetic.sh) take longer and run on their own (RESULTS.md).
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_all.sh OUTDIR [test-s] [bench-s] [decode-s]}
 mkdir -p "$out"
@@ -14,19 +18,26 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv |
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
     | tee -a "$out/device.txt"
 
-# GPU tests (kernels at real sizes, the PyTorch path on CUDA, LM kernels and decoding);
-# xdist workers compile Triton kernels in parallel.
+# GPU tests: kernels at real sizes (fused solves, fallback walk, decode step, scans), the
+# PyTorch path on CUDA, CUDA-graph capture, LM kernels and decoding, the synthetic suite,
+# then the GPU tests of the CPU-heavy files. xdist workers compile Triton kernels in parallel.
 workers=$(( $(nproc) > 12 ? 12 : $(nproc) ))
-timeout "${2:-150}" python3 -m pytest -v -n "$workers" -p no:cacheprovider -rfE \
+timeout "${2:-300}" python3 -m pytest -q -n "$workers" -p no:cacheprovider -rfE \
     tests/kernels tests/test_cuda.py tests/test_backends.py tests/lm/test_gpu.py \
+    tests/lm/test_generation.py tests/synthetic/test_synthetic_gpu.py \
     2>&1 | tee "$out/gpu_tests.log" | tail -25
+timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE -m gpu \
+    tests/lm/test_quality.py tests/lm/test_cli.py tests/test_context_parallel.py \
+    2>&1 | tee -a "$out/gpu_tests.log" | tail -10
 
+timeout "${3:-200}" python3 benchmarks/gpu_safety.py --out "$out" > "$out/gpu_safety.log" 2>&1
+timeout 90 python3 benchmarks/gpu_overhead.py --out "$out" > "$out/gpu_overhead.log" 2>&1
 timeout "${3:-200}" python3 benchmarks/gpu_fused.py --sections main,layers,narrow,baselines,sweep \
     --json "$out/gpu_fused.json" > "$out/gpu_fused.log" 2>&1
-tail -60 "$out/gpu_fused.log"
+tail -40 "$out/gpu_fused.log"
 
-for model in paragru paralstm transformer; do
-    timeout "${4:-35}" python3 -m pararnn bench-decode --model "$model" --size small \
-        --contexts 512,512,2048,8192 --new-tokens 64 --json "$out/decode_$model.json" \
-        2>&1 | tee "$out/decode_$model.log" | tail -6
-done
+timeout "${4:-240}" python3 -m pararnn bench-decode --models paragru,paralstm,transformer,mamba2 \
+    --size small --batch-sizes 1,4,16,64,256 --contexts 512,8192,32768 --new-tokens 64 \
+    --json "$out/decode.json" 2>&1 | tee "$out/decode.log" | tail -25
+
+tar czf "$out.tgz" -C "$(dirname "$out")" "$(basename "$out")"

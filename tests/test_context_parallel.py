@@ -30,6 +30,7 @@ def test_multi_process_solves_equal_the_single_process_solve(tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_two_ranks_match_one_gpu(tmp_path):
     """float32 with the fused kernels: NCCL on 2 GPUs, or 2 ranks sharing 1 GPU over gloo."""

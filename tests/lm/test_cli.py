@@ -85,6 +85,7 @@ def test_the_check_compares_the_estimate_with_free_memory(spare, monkeypatch):
             check()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_memory_check_uses_free_device_memory():
     device = torch.device("cuda", torch.cuda.current_device())
