@@ -6,7 +6,7 @@
 :meth:`Generator.prefill` runs the prompt through the model in one parallel call (the
 Newton solve for ParaGRU/ParaLSTM, chunked SSD for Mamba2, causal attention for the
 Transformer) with dynamic caches, then copies the per-layer states into
-:class:`~pararnn.models.blocks.StaticCache` buffers allocated once per
+:class:`~pararnn.models.lm.StaticCache` buffers allocated once per
 ``(batch, max_len)``. Each decode step (:meth:`Generator.step`) reads one token per row
 from a fixed input buffer and updates those buffers in place, so on CUDA it is captured
 once in a CUDA graph and replayed per token: a step costs one graph launch instead of a
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .layers.projection import MultiHeadProjection
-from .models.blocks import cache_tensors, sample
+from .models.lm import cache_tensors, sample
 
 
 @dataclass(frozen=True)

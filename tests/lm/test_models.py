@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pararnn.models import MODELS, SIZES, build_model, preset
-from pararnn.models.blocks import GatedRMSNorm, cache_tensors, sample
+from pararnn.models.lm import GatedRMSNorm, cache_tensors, sample
 from pararnn.models.mamba2 import ssd_backend, ssd_chunked, ssd_sequential
 
 # (model, block) pairs: every model, and the paper's block options for the ParaRNN mixers

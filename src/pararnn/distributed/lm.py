@@ -130,7 +130,7 @@ def enable_context_parallel(model: nn.Module, group: dist.ProcessGroup | None = 
     dicts and checkpoints stay those of the plain model. Transformer and Mamba2 models
     raise a ValueError (their mixers are not split along time here).
     """
-    from ..models.paralm import ParaRNNMixer
+    from ..models.rnn_mixer import ParaRNNMixer
 
     blocks = getattr(model, "blocks", None)
     if blocks is None:

@@ -6,14 +6,14 @@
 
 from __future__ import annotations
 
-from .blocks import LanguageModel, sample
+from .lm import LanguageModel, sample
 from .config import MODELS, SIZES, ModelConfig, preset
 
 
 def mixer_factory(model: str):
     """The class of the sequence mixer of ``model`` (one of :data:`MODELS`)."""
     if model in ("paragru", "paralstm"):
-        from .paralm import ParaRNNMixer
+        from .rnn_mixer import ParaRNNMixer
         return ParaRNNMixer
     if model == "transformer":
         from .transformer import Attention

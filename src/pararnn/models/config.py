@@ -1,11 +1,11 @@
 """Model configurations and size presets.
 
-Every model shares one skeleton (see ``blocks.py``): token embedding, ``n_layers``
+Every model shares one skeleton (see ``lm.py``): token embedding, ``n_layers``
 residual blocks of ``[RMSNorm -> mixer ; RMSNorm -> SwiGLU MLP]``, a final RMSNorm and
 an output head tied to the embedding. Only the *mixer* differs between models:
 
 * ``paragru`` / ``paralstm``: input projection, ParaGRU/ParaLSTM with a multi-head input
-  projection and diagonal recurrence, output projection (``paralm.py``);
+  projection and diagonal recurrence, output projection (``rnn_mixer.py``);
 * ``transformer``: causal multi-head attention with RoPE (``transformer.py``);
 * ``mamba2``: the Mamba2 SSD mixer (``mamba2.py``).
 

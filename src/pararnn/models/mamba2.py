@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import CausalConv1d, RMSNorm, StaticCache, state_dtype
+from .lm import CausalConv1d, RMSNorm, StaticCache, state_dtype
 from .config import ModelConfig
 
 _MAMBA_SSD = None  # the kernel function once imported, False when unavailable

@@ -11,7 +11,7 @@ width (Mamba2: state 64, 4 heads of 32 channels).
 from __future__ import annotations
 
 from ..models import ModelConfig, build_model, preset
-from ..models.blocks import LanguageModel
+from ..models.lm import LanguageModel
 from .tasks import Task
 
 # test accuracy (%) of the paper's Table 1 (best of 3 seeds); None: not in the paper

@@ -3,7 +3,7 @@
 Training and prefill run the cell with the parallel Newton solver over the whole
 sequence; decoding feeds one token at a time from the previous state
 (:func:`recurrent_step`), so the state per layer is O(1) in the context length. A
-:class:`~pararnn.models.blocks.StaticCache` holds that state in buffers updated in place,
+:class:`~pararnn.models.lm.StaticCache` holds that state in buffers updated in place,
 so that a decode step can be captured in a CUDA graph (``pararnn.generation``).
 
 With the paper's block options (``conv_kernel``, ``gated_norm``; docs/DESIGN.md, "The language-model
@@ -32,7 +32,7 @@ from ..cells import ParaLSTMCell
 from ..kernels import triton_available
 from ..layers.projected import ParaGRU, ParaLSTM
 from ..solver import NewtonConfig
-from .blocks import CausalConv1d, GatedRMSNorm, RMSNorm, StaticCache, state_dtype
+from .lm import CausalConv1d, GatedRMSNorm, RMSNorm, StaticCache, state_dtype
 from .config import ModelConfig
 
 
