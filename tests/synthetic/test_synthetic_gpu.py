@@ -15,7 +15,9 @@ pytestmark = [pytest.mark.gpu,
 
 @pytest.mark.parametrize("model", ["paragru", "paralstm"])
 @pytest.mark.parametrize("task", ["parity", "khop"])
-def test_cuda_solves_match_the_cpu_recurrence(task, model):
+def test_cuda_solves_match_the_cpu_recurrence(task, model, monkeypatch):
+    # cuDNN runs float32 convolutions (the paper block's conv) in TF32 by default: ~1e-3 off
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
     spec = get_task(task)
     cpu = build_synthetic_model(spec, model).eval()
