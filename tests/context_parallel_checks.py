@@ -209,46 +209,58 @@ def worker(rank: int, init_file: str) -> None:
         dist.destroy_process_group()
 
 
-def cuda_worker(rank: int, init_file: str) -> None:
-    """2 ranks on CUDA, float32, the layers' default backend (the fused Triton kernels):
-    ParaGRU with h0 and ParaLSTM with resets, against one GPU on the whole sequence.
-    NCCL with one GPU per rank where there are 2 GPUs; else both ranks share GPU 0 and
-    talk through gloo (which moves CUDA tensors through the host)."""
-    two_gpus = torch.cuda.device_count() >= 2
-    device = torch.device("cuda", rank if two_gpus else 0)
-    torch.cuda.set_device(device)
+def fused_worker(rank: int, init_file: str, on_cuda: bool) -> None:
+    """2 ranks, float32, the fused Triton kernels solving each chunk: ParaGRU with h0 and
+    ParaLSTM with resets, against one process on the whole sequence.
+
+    On CUDA: NCCL with one GPU per rank where there are 2 GPUs; else both ranks share GPU 0
+    and talk through gloo (which moves CUDA tensors through the host). On the CPU: the
+    kernels run in Triton's interpreter (the parent sets TRITON_INTERPRET=1), small sizes."""
+    two_gpus = on_cuda and torch.cuda.device_count() >= 2
+    if on_cuda:
+        device = torch.device("cuda", rank if two_gpus else 0)
+        torch.cuda.set_device(device)
+        batch, steps, features, hidden, backend = 4, 1001, 64, 128, "auto"
+    else:
+        torch.set_num_threads(1)
+        device = torch.device("cpu")
+        batch, steps, features, hidden, backend = 2, 37, 8, 16, "triton"
     dist.init_process_group("nccl" if two_gpus else "gloo", init_method=f"file://{init_file}",
                             rank=rank, world_size=2)
     try:
         for name, lstm in (("ParaGRU", False), ("ParaLSTM", True)):
             torch.manual_seed(4)
-            layer = (ParaLSTM if lstm else ParaGRU)(64, 128, recurrent_clip=0.5, device=device,
-                                                    newton=NewtonConfig(max_iters=8))
-            x = torch.randn(4, 1001, 64, device=device)
-            state = torch.randn(4, 128, device=device) * 0.5
+            layer = (ParaLSTM if lstm else ParaGRU)(features, hidden, recurrent_clip=0.5, device=device,
+                                                    newton=NewtonConfig(max_iters=8), backend=backend)
+            x = torch.randn(batch, steps, features, device=device)
+            state = torch.randn(batch, hidden, device=device) * 0.5
             state = (state, state.flip(0)) if lstm else state
-            cuts = (torch.rand(4, 1001, device=device) < 0.01) if lstm else None
-            weight = torch.randn(4, 1001, 128, device=device)
+            cuts = (torch.rand(batch, steps, device=device) < 0.05) if lstm else None
+            weight = torch.randn(batch, steps, hidden, device=device)
             x_ref = x.clone().requires_grad_()
             output, _ = layer(x_ref, state, resets=cuts)
+            assert layer.last_solve.backend == "triton-fused", layer.last_solve
             (output * weight).sum().backward()
             want = {"x": x_ref.grad, **{n: p.grad.clone() for n, p in layer.named_parameters()}}
             layer.zero_grad()
             x_all = x.clone().requires_grad_()
-            out_k, _ = ContextParallel(layer)(time_chunk(x_all, rank, 2), state,
-                                              resets=None if cuts is None else time_chunk(cuts, rank, 2))
+            wrapped = ContextParallel(layer)
+            out_k, _ = wrapped(time_chunk(x_all, rank, 2), state,
+                               resets=None if cuts is None else time_chunk(cuts, rank, 2))
+            assert wrapped.last_solve.backend == "triton-fused", wrapped.last_solve
             (out_k * time_chunk(weight, rank, 2)).sum().backward()
-            close(f"cuda {name} output", out_k, time_chunk(output, rank, 2), 1e-4)
+            where = "cuda" if on_cuda else "interpreter"
+            close(f"{where} {name} output", out_k, time_chunk(output, rank, 2), 1e-4)
             for key, got in (("x", summed(x_all.grad, None)),
                              *((n, summed(p.grad, None)) for n, p in layer.named_parameters())):
                 scale = want[key].abs().max().item()
-                close(f"cuda {name} grad {key} (relative)", got / scale, want[key] / scale, 1e-4)
+                close(f"{where} {name} grad {key} (relative)", got / scale, want[key] / scale, 1e-4)
     finally:
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    if sys.argv[2:] == ["--cuda"]:
-        mp.spawn(cuda_worker, args=(sys.argv[1],), nprocs=2)
+    if sys.argv[2:] in (["--cuda"], ["--interpret"]):
+        mp.spawn(fused_worker, args=(sys.argv[1], sys.argv[2] == "--cuda"), nprocs=2)
     else:
         mp.spawn(worker, args=(sys.argv[1],), nprocs=WORLD)

@@ -30,6 +30,16 @@ def test_multi_process_solves_equal_the_single_process_solve(tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
 
 
+def test_fused_kernels_in_the_interpreter_two_ranks_match_one_process(tmp_path):
+    """The per-chunk solve through the fused Triton kernels (Triton's CPU interpreter)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, str(ROOT / "tests" / "context_parallel_checks.py"),
+                          str(tmp_path / "init"), "--interpret"], env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert run.returncode == 0, run.stderr[-4000:]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_two_ranks_match_one_gpu(tmp_path):

@@ -61,11 +61,14 @@ class ContextSolveInfo:
             last round (0.0 for a group of one rank).
         chunk_solves: solves of this rank's chunk (a rank whose incoming state did not
             change between rounds keeps its states).
+        backend: the path of this rank's chunk solves, as :attr:`pararnn.SolveInfo.backend`
+            (e.g. ``"triton-fused"`` where the fused kernels ran).
     """
 
     rounds: int
     residual: float
     chunk_solves: int
+    backend: str
 
 
 @dataclass(frozen=True)
@@ -154,11 +157,14 @@ class _Chunk:
         self.cell, self.x, self.h0, self.options, self.first = cell, x, h0, options, first
         self.resets = resets if resets is not None and bool(resets.any()) else None
         self.restarted = None  # the solve from h0, made on first use
+        self.backend = ""  # what the last chunk solve ran on
 
     def _solve(self, incoming: torch.Tensor) -> torch.Tensor:
         opts = self.options
-        return solve(self.cell, self.x, incoming, mode=opts.mode, newton=opts.newton,
-                     resets=self.resets, backend=opts.backend)[0]
+        states, _, info = solve(self.cell, self.x, incoming, mode=opts.mode, newton=opts.newton,
+                                resets=self.resets, backend=opts.backend)
+        self.backend = info.backend
+        return states
 
     def states_from(self, incoming: torch.Tensor) -> torch.Tensor:
         if self.resets is None:
@@ -228,7 +234,7 @@ def _solve_boundaries(chunk: _Chunk, group, weights: dict):
         if rounds == size or (tol is not None and residual <= tol):
             break
         incoming = _newton_update(structure, incoming, ends, all_composed)
-    return used, states, all_composed, ends, ContextSolveInfo(rounds, residual, solves)
+    return used, states, all_composed, ends, ContextSolveInfo(rounds, residual, solves, chunk.backend)
 
 
 class _ContextParallelSolve(torch.autograd.Function):
