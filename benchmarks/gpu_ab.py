@@ -17,27 +17,13 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 
 import torch
 
 import pararnn
+from cuda_timing import median_event_ms
 
 SHAPES = [(8, 4096, 1024), (16, 1024, 512), (1, 65536, 256), (64, 2048, 2048)]
-
-
-def median_event_ms(fn, repeats: int = 20, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def time_layer(layer_cls, shape, dtype: str, backward: bool) -> float:

@@ -19,12 +19,12 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import time
 
 import torch
 
 import pararnn
+from cuda_timing import median_event_ms
 
 CALLS = 300
 LAYER_SHAPES = [(16, 1024, 512), (8, 4096, 1024)]
@@ -66,20 +66,6 @@ def per_call(layer_cls, hidden):
     return {"cell": layer_cls.__name__, "hidden": hidden, "shape": [1, 16, hidden],
             "eager_ms_per_call": wall_ms, "cuda_graph_ms_per_call": graph_ms,
             "plan_segments": layer.last_solve.segments}
-
-
-def median_event_ms(fn, repeats=20, warmup=5):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def layer_row(layer_cls, shape, dtype, backward):

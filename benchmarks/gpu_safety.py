@@ -17,29 +17,13 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 
 import torch
 
 import pararnn
+from cuda_timing import REPEATS, median_event_ms
 
 SHAPES = [(8, 4096, 1024), (16, 1024, 512), (32, 512, 512), (1, 65536, 256)]
-REPEATS, WARMUP_CALLS = 20, 5
-
-
-def time_calls(fn) -> float:
-    """Median milliseconds of ``REPEATS`` calls of ``fn``, each between two CUDA events."""
-    for _ in range(WARMUP_CALLS):
-        fn()
-    times = []
-    for _ in range(REPEATS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def measure(layer_cls, shape, dtype, backward: bool):
@@ -63,7 +47,7 @@ def measure(layer_cls, shape, dtype, backward: bool):
                          ("unchecked", pararnn.NewtonConfig(tol=None))):
         layer.newton = config
         with torch.set_grad_enabled(backward):
-            row[f"{name}_ms"] = time_calls(call)
+            row[f"{name}_ms"] = median_event_ms(call)
         info = layer.last_solve
         row[f"{name}_plan"] = {"segments": info.segments, "boundary_rounds": info.boundary_rounds,
                                "fell_back": info.fell_back}

@@ -18,17 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _tanh(x):
-    e = tl.exp(-2.0 * tl.abs(x))
-    t = (1.0 - e) / (1.0 + e)
-    return tl.where(x >= 0, t, -t)
+from ._fused_common import sigmoid, tanh
 
 
 @triton.jit
@@ -62,9 +52,9 @@ def _gru_step_kernel(PRE, AW, BIAS, H, HOUT, N, clip,
     mask = offs < N
     uz, ur, uh, a_z, a_r, a_h = _gates(PRE, AW, BIAS, row, offs, mask, N, clip, HAS_BIAS, HAS_CLIP)
     h = tl.load(H + row * N + offs, mask=mask, other=0.0).to(tl.float32)
-    z = _sigmoid(a_z * h + uz)
-    r = _sigmoid(a_r * h + ur)
-    cand = _tanh(a_h * (r * h) + uh)
+    z = sigmoid(a_z * h + uz)
+    r = sigmoid(a_r * h + ur)
+    cand = tanh(a_h * (r * h) + uh)
     tl.store(HOUT + row * N + offs, (h + z * (cand - h)).to(HOUT.dtype.element_ty), mask=mask)
 
 
@@ -82,11 +72,11 @@ def _lstm_step_kernel(PRE, AW, PEEP, BIAS, H, C, HOUT, COUT, N, clip,
         p_o = tl.minimum(tl.maximum(p_o, -clip), clip)
     h = tl.load(H + row * N + offs, mask=mask, other=0.0).to(tl.float32)
     c = tl.load(C + row * N + offs, mask=mask, other=0.0).to(tl.float32)
-    f = _sigmoid(a_f * h + uf + p_f * c)
-    cand = _tanh(a_c * h + uc)
+    f = sigmoid(a_f * h + uf + p_f * c)
+    cand = tanh(a_c * h + uc)
     c_next = cand + f * (c - cand)
-    o = _sigmoid(a_o * h + uo + p_o * c_next)
-    tl.store(HOUT + row * N + offs, (o * _tanh(c_next)).to(HOUT.dtype.element_ty), mask=mask)
+    o = sigmoid(a_o * h + uo + p_o * c_next)
+    tl.store(HOUT + row * N + offs, (o * tanh(c_next)).to(HOUT.dtype.element_ty), mask=mask)
     tl.store(COUT + row * N + offs, c_next.to(COUT.dtype.element_ty), mask=mask)
 
 
