@@ -22,3 +22,26 @@ def median_event_ms(fn, repeats: int = REPEATS, warmup: int = WARMUP_CALLS) -> f
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def make_layer(layer_cls, hidden: int, **options):
+    """The benchmarks' layer: ``hidden -> hidden``, input-projection heads of 128 channels,
+    recurrent clip 0.5 (as the language models use), on the current CUDA device."""
+    torch.manual_seed(0)
+    return layer_cls(hidden, hidden, num_heads=max(1, hidden // 128), recurrent_clip=0.5,
+                     device="cuda", **options)
+
+
+def time_layer(layer, shape, dtype: str, backward: bool) -> float:
+    """Median ms of ``layer`` on random input of ``shape`` (B, T, F): forward, plus the
+    backward of the outputs' sum when ``backward``; ``dtype`` "bf16" runs under autocast."""
+    x = torch.randn(*shape, device="cuda", requires_grad=backward)
+
+    def call():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            out = layer(x)[0]
+        if backward:
+            out.float().sum().backward()
+
+    with torch.set_grad_enabled(backward):
+        return median_event_ms(call)

@@ -21,26 +21,9 @@ import os
 import torch
 
 import pararnn
-from cuda_timing import median_event_ms
+from cuda_timing import make_layer, time_layer
 
 SHAPES = [(8, 4096, 1024), (16, 1024, 512), (1, 65536, 256), (64, 2048, 2048)]
-
-
-def time_layer(layer_cls, shape, dtype: str, backward: bool) -> float:
-    batch, steps, hidden = shape
-    torch.manual_seed(0)
-    layer = layer_cls(hidden, hidden, num_heads=max(1, hidden // 128), recurrent_clip=0.5,
-                      newton=pararnn.NewtonConfig(tol=None), device="cuda")
-    x = torch.randn(batch, steps, hidden, device="cuda", requires_grad=backward)
-
-    def call():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            out = layer(x)[0]
-        if backward:
-            out.float().sum().backward()
-
-    with torch.set_grad_enabled(backward):
-        return median_event_ms(call)
 
 
 def main() -> None:
@@ -56,7 +39,8 @@ def main() -> None:
         for shape in SHAPES:
             for dtype in ("fp32", "bf16"):
                 for backward in (False, True):
-                    ms = time_layer(layer_cls, shape, dtype, backward)
+                    ms = time_layer(make_layer(layer_cls, shape[2], newton=pararnn.NewtonConfig(tol=None)),
+                                    shape, dtype, backward)
                     rows.append({"cell": layer_cls.__name__, "shape": list(shape), "dtype": dtype,
                                  "pass": "fwd+bwd" if backward else "fwd", "ms": ms})
                     print(f"{args.label} {layer_cls.__name__} {'x'.join(map(str, shape))} {dtype} "

@@ -24,16 +24,10 @@ import time
 import torch
 
 import pararnn
-from cuda_timing import median_event_ms
+from cuda_timing import make_layer, time_layer
 
 CALLS = 300
 LAYER_SHAPES = [(16, 1024, 512), (8, 4096, 1024)]
-
-
-def make_layer(layer_cls, hidden):
-    torch.manual_seed(0)
-    return layer_cls(hidden, hidden, num_heads=max(1, hidden // 128), recurrent_clip=0.5,
-                     device="cuda")
 
 
 def per_call(layer_cls, hidden):
@@ -69,18 +63,8 @@ def per_call(layer_cls, hidden):
 
 
 def layer_row(layer_cls, shape, dtype, backward):
-    batch, steps, hidden = shape
-    layer = make_layer(layer_cls, hidden)
-    x = torch.randn(batch, steps, hidden, device="cuda", requires_grad=backward)
-
-    def call():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            out = layer(x)[0]
-        if backward:
-            out.float().sum().backward()
-
-    with torch.set_grad_enabled(backward):
-        ms = median_event_ms(call)
+    layer = make_layer(layer_cls, shape[2])
+    ms = time_layer(layer, shape, dtype, backward)
     return {"cell": layer_cls.__name__, "shape": list(shape), "dtype": dtype,
             "pass": "fwd+bwd" if backward else "fwd", "ms": ms,
             "plan_segments": layer.last_solve.segments}

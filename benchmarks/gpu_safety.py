@@ -21,33 +21,18 @@ import os
 import torch
 
 import pararnn
-from cuda_timing import REPEATS, median_event_ms
+from cuda_timing import REPEATS, make_layer, time_layer
 
 SHAPES = [(8, 4096, 1024), (16, 1024, 512), (32, 512, 512), (1, 65536, 256)]
 
 
 def measure(layer_cls, shape, dtype, backward: bool):
-    batch, steps, hidden = shape
-    torch.manual_seed(0)
-    layer = layer_cls(hidden, hidden, num_heads=max(1, hidden // 128), recurrent_clip=0.5,
-                      device="cuda")
-    x = torch.randn(batch, steps, hidden, device="cuda", requires_grad=backward)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16")
-
-    def call():
-        with autocast:
-            out = layer(x)[0]
-        if backward:
-            out.float().sum().backward()
-        else:
-            return out
-
+    layer = make_layer(layer_cls, shape[2])
     row = {}
     for name, config in (("checked", pararnn.NewtonConfig()),
                          ("unchecked", pararnn.NewtonConfig(tol=None))):
         layer.newton = config
-        with torch.set_grad_enabled(backward):
-            row[f"{name}_ms"] = median_event_ms(call)
+        row[f"{name}_ms"] = time_layer(layer, shape, dtype, backward)
         info = layer.last_solve
         row[f"{name}_plan"] = {"segments": info.segments, "boundary_rounds": info.boundary_rounds,
                                "fell_back": info.fell_back}

@@ -19,6 +19,7 @@ from pararnn.distributed import ContextParallel, context_parallel_solve, enable_
 from pararnn.distributed.affine import affine_scan, compose_chunk
 from pararnn.models import build_model, preset
 from pararnn.structure import DENSE, DIAGONAL, block
+from source_corpus import write_source_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,16 +104,10 @@ def test_train_with_context_parallel_matches_one_process(tmp_path):
     gloo) trains the paper-block ParaGRU LM like one process on whole sequences."""
     from safetensors.torch import load_file
 
-    from pararnn.data.corpus import stdlib_files
     from pararnn.train import TrainConfig, open_checkpoint, train
     from pararnn.train.metrics import read_metrics
 
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    stdlib_root, files = stdlib_files()
-    for path in files[:20]:
-        name = path.relative_to(stdlib_root).as_posix().replace("/", "__")
-        (corpus / name).write_text(path.read_text(encoding="utf-8", errors="replace")[:2000])
+    corpus = write_source_corpus(tmp_path / "corpus", files=20)
     options = dict(model="paragru", size="nano", block="paper", data=str(corpus), seq_len=32, batch_size=4,
                    max_steps=3, eval_every=3, ckpt_every=3, eval_tokens=256, log_every=1, lr=3e-3)
     train(TrainConfig(out=str(tmp_path / "single"), progress=False, device="cpu", **options))

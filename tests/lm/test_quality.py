@@ -10,23 +10,18 @@ import torch
 
 import pararnn.train.loop as loop
 from pararnn.cli import main
-from pararnn.data.corpus import stdlib_files
 from pararnn.models import build_model, preset
 from pararnn.models.config import parse_model_options
 from pararnn.models.flops import forward_flops_per_token
 from pararnn.train import TrainConfig, train
 from pararnn.train.metrics import read_metrics
 from pararnn.train.sweep import parse_entry
+from source_corpus import write_source_corpus
 
 
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    stdlib_root, files = stdlib_files()
-    for path in files[:40]:
-        name = path.relative_to(stdlib_root).as_posix().replace("/", "__")
-        (root / name).write_text(path.read_text(encoding="utf-8", errors="replace")[:1500])
-    return root
+    return write_source_corpus(tmp_path_factory.mktemp("corpus"), files=40, chars=1500)
 
 
 @pytest.mark.parametrize("model,block", [("paragru", "paper"), ("paralstm", "standard"),

@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 
 import pararnn.train.loop as loop
 from pararnn.cli import main
-from pararnn.data.corpus import stdlib_files
 from pararnn.train import CheckpointError, TrainConfig, open_checkpoint, train
 from pararnn.train.checkpoint import CheckpointWarning
 from pararnn.train.metrics import read_metrics
+from source_corpus import write_source_corpus
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -24,12 +24,7 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
     """~100 KB of real Python source in 50 files."""
-    root = tmp_path_factory.mktemp("corpus")
-    stdlib_root, files = stdlib_files()
-    for path in files[:50]:
-        name = path.relative_to(stdlib_root).as_posix().replace("/", "__")
-        (root / name).write_text(path.read_text(encoding="utf-8", errors="replace")[:2000])
-    return root
+    return write_source_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def config(corpus_dir, out, **overrides):
