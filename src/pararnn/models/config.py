@@ -184,7 +184,7 @@ def parse_model_options(text: str) -> dict:
     return options
 
 
-def reference_layer_params(d_model: int) -> int:
+def transformer_block_params(d_model: int) -> int:
     """Parameters of one Transformer block (without norms): attention + SwiGLU(8/3 d)."""
     return 4 * d_model * d_model + 3 * d_model * round_up(8 * d_model // 3, 64)
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, reference_layer_params, round_up
+from .config import ModelConfig, transformer_block_params, round_up
 
 
 class StaticCache(dict):
@@ -128,7 +128,7 @@ def count_params(module: nn.Module) -> int:
 def matched_mlp_hidden(cfg: ModelConfig, mixer_params: int) -> int:
     """SwiGLU width that brings a block to the Transformer block's parameter count."""
     multiple = 64 if cfg.d_model >= 512 else 16  # coarse steps would overshoot small models
-    spare = reference_layer_params(cfg.d_model) - mixer_params
+    spare = transformer_block_params(cfg.d_model) - mixer_params
     return max(multiple, round_up(round(spare / (3 * cfg.d_model)), multiple))
 
 
