@@ -75,7 +75,7 @@ def newton_solve(cell, x, h0, sequences: Sequences, config: NewtonConfig, linear
         step_structure = structure
         if quasi_newton:
             jac, step_structure = structure.diagonal(jac), DIAGONAL
-        jac = step_structure.zero_where(jac, sequences.starts)
+        jac = mask_restarts(jac, sequences, step_structure)
         states = states + linear_solver(jac, residual, step_structure)
         info.iterations = iteration + 1
     if tol is None:
@@ -95,6 +95,15 @@ def newton_solve(cell, x, h0, sequences: Sequences, config: NewtonConfig, linear
     if info.converged:
         return states, info
     return handle_failure(cell, x, h0, sequences, config, tol, states, info)
+
+
+def mask_restarts(jac: torch.Tensor, sequences: Sequences, structure) -> torch.Tensor:
+    """Zero the Jacobians of the steps that restart from an initial state. Without resets
+    or packed sequences that is only step 0, whose Jacobian the linear solvers never read
+    (``h_{-1} = 0``), so the full-size masked copy is skipped."""
+    if sequences.starts_only_at_zero:
+        return jac
+    return structure.zero_where(jac, sequences.starts)
 
 
 def handle_failure(cell, x, h0, sequences, config: NewtonConfig, tol: float, states,
@@ -207,7 +216,7 @@ class ParallelSolve(torch.autograd.Function):
         weights = dict(zip(ctx.param_names, params))
         prev = sequences.previous_states(states, h0)
         _, jac = functional_call(cell, weights, (x, prev), {"jacobian": True})
-        jac = structure.zero_where(jac, sequences.starts)
+        jac = mask_restarts(jac, sequences, structure)
         # Coefficient of λ_{t+1} in λ_t is J_{t+1}^T; the last slot is unused.
         next_jac_t = structure.transpose(torch.cat((jac[:, 1:], jac[:, :1]), dim=1))
         adjoint = ctx.linear_solver(next_jac_t, grad_states.contiguous(), structure, reverse=True)
