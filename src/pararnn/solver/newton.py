@@ -213,21 +213,25 @@ class ParallelSolve(torch.autograd.Function):
         x, h0, states, *params = ctx.saved_tensors
         cell, sequences = ctx.cell, ctx.sequences
         structure = cell.structure
-        weights = dict(zip(ctx.param_names, params))
-        prev = sequences.previous_states(states, h0)
-        _, jac = functional_call(cell, weights, (x, prev), {"jacobian": True})
+        needs = ctx.needs_input_grad[6:]
+        leaves = [t.detach().requires_grad_(need) for t, need in zip((x, h0, *params), needs)]
+        x_in, h0_in, *params_in = leaves
+        weights_in = dict(zip(ctx.param_names, params_in))
+        with torch.enable_grad():
+            prev_in = sequences.previous_states(states, h0_in)
+            if cell.jacobian_value_is_step():  # one cell evaluation for both
+                value, jac = functional_call(cell, weights_in, (x_in, prev_in), {"jacobian": True})
+                jac = jac.detach()
+            else:
+                value = functional_call(cell, weights_in, (x_in, prev_in))
+                with torch.no_grad():
+                    _, jac = functional_call(cell, dict(zip(ctx.param_names, params)),
+                                             (x, prev_in.detach()), {"jacobian": True})
         jac = mask_restarts(jac, sequences, structure)
         # Coefficient of λ_{t+1} in λ_t is J_{t+1}^T; the last slot is unused.
         next_jac_t = structure.transpose(torch.cat((jac[:, 1:], jac[:, :1]), dim=1))
         adjoint = ctx.linear_solver(next_jac_t, grad_states.contiguous(), structure, reverse=True)
-
-        needs = ctx.needs_input_grad[6:]
-        leaves = [t.detach().requires_grad_(need) for t, need in zip((x, h0, *params), needs)]
-        x_in, h0_in, *params_in = leaves
-        with torch.enable_grad():
-            value = functional_call(cell, dict(zip(ctx.param_names, params_in)),
-                                    (x_in, sequences.previous_states(states, h0_in)))
-            wanted = [t for t, need in zip(leaves, needs) if need]
-            grads = iter(torch.autograd.grad(value, wanted, adjoint, allow_unused=True))
+        wanted = [t for t, need in zip(leaves, needs) if need]
+        grads = iter(torch.autograd.grad(value, wanted, adjoint, allow_unused=True))
         outputs = [next(grads) if need else None for need in needs]
         return (None,) * 6 + tuple(outputs)
