@@ -41,9 +41,15 @@ def solve_linear_recurrence(
         ``(B, T, N)`` states.
     """
     algebra = _Algebra(structure)
+    tail = jac[:, :-1].flip(1) if reverse else jac[:, 1:]
     if reverse:
-        return _odd_even_solve(jac[:, :-1].flip(1), rhs.flip(1), algebra).flip(1)
-    return _odd_even_solve(jac[:, 1:], rhs, algebra)
+        rhs = rhs.flip(1)
+    if algebra.kind == "block":
+        tail, rhs = algebra.to_planar(tail, rhs)
+    states = _odd_even_solve(tail, rhs, algebra)
+    if algebra.kind == "block":
+        states = algebra.from_planar(states)
+    return states.flip(1) if reverse else states
 
 
 class _Algebra:
@@ -52,8 +58,10 @@ class _Algebra:
     The structure's generic ops build a ``k``-times larger broadcast product and reduce
     it; for the diagonal and small blocks the same sums written out term by term (with
     ``addcmul``) read and write each operand once, which is what bounds the scan on a CPU.
-    The additions happen in the same order as the generic ops (column 0 first), so the
-    results agree to rounding.
+    Small blocks are first copied to a planar layout, block entry ``(i, j)`` of all
+    ``n`` blocks contiguous: ``(..., k, k, n)`` Jacobians and ``(..., k, n)`` states, so
+    that every op runs over contiguous rows of ``n`` (vectorised) instead of over
+    interleaved entries of stride ``k``.
     """
 
     def __init__(self, structure: JacobianStructure) -> None:
@@ -63,15 +71,24 @@ class _Algebra:
             self.kind = "matmul"
         self.k = structure.block_size
 
+    def to_planar(self, jac: torch.Tensor, rhs: torch.Tensor):
+        """``(..., n, k, k)`` Jacobians and ``(..., n * k)`` vectors -> planar copies."""
+        return (jac.movedim(-3, -1).contiguous(),
+                rhs.unflatten(-1, (-1, self.k)).movedim(-1, -2).contiguous())
+
+    def from_planar(self, states: torch.Tensor) -> torch.Tensor:
+        """Planar ``(..., k, n)`` states -> ``(..., n * k)``."""
+        return states.movedim(-2, -1).flatten(-2)
+
     def compose(self, outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
         """``outer @ inner`` per step."""
         if self.kind == "diagonal":
             return outer * inner
         if self.kind == "block":
-            # column j of outer times row j of inner, summed over j
-            out = outer[..., 0:1] * inner[..., 0:1, :]
+            # planar (..., i, j, n): column j of outer times row j of inner, summed over j
+            out = outer[..., :, 0:1, :] * inner[..., 0:1, :, :]
             for j in range(1, self.k):
-                out.addcmul_(outer[..., j:j + 1], inner[..., j:j + 1, :])
+                out.addcmul_(outer[..., :, j:j + 1, :], inner[..., j:j + 1, :, :])
             return out
         return self.structure.compose(outer, inner)
 
@@ -80,14 +97,11 @@ class _Algebra:
         """``J v + r`` per step, written into ``out`` when given."""
         if self.kind == "diagonal":
             return torch.addcmul(rhs, jac, vec, out=out)
-        if self.kind == "block":
-            k = self.k
-            vec_blocks = vec.unflatten(-1, (-1, k))
-            result = torch.addcmul(rhs.unflatten(-1, (-1, k)), jac[..., 0], vec_blocks[..., 0:1],
-                                   out=None if out is None else out.unflatten(-1, (-1, k)))
-            for j in range(1, k):
-                result.addcmul_(jac[..., j], vec_blocks[..., j:j + 1])
-            return result.flatten(-2) if out is None else out
+        if self.kind == "block":  # planar: jac (..., i, j, n), vec and rhs (..., j, n)
+            result = torch.addcmul(rhs, jac[..., :, 0, :], vec[..., 0:1, :], out=out)
+            for j in range(1, self.k):
+                result.addcmul_(jac[..., :, j, :], vec[..., j:j + 1, :])
+            return result
         result = self.structure.apply(jac, vec) + rhs
         if out is None:
             return result
