@@ -99,7 +99,9 @@ class ParaLSTMCell(Cell):
         dh_dc = through_c * dc_dc
         dh_dh = through_c * dc_dh + do * a_o * tanh_c
         # rows (c', h'), columns (c, h), matching the interleaved layout
-        jac = torch.stack((dc_dc, dc_dh, dh_dc, dh_dh), dim=-1).unflatten(-1, (2, 2))
+        # (..., H, 2, 2) blocks, stored entry-major (all H blocks' (0, 0) entries, then
+        # (0, 1), ...): contiguous writes here, and the planar layout the PyTorch scan uses
+        jac = torch.stack((dc_dc, dc_dh, dh_dc, dh_dh), dim=-2).unflatten(-2, (2, 2)).movedim(-1, -3)
         return self.pack_state(h_next, c_next), jac
 
     def jacobian_value_is_step(self) -> bool:

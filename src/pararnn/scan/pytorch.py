@@ -73,8 +73,10 @@ class _Algebra:
 
     def to_planar(self, jac: torch.Tensor, rhs: torch.Tensor):
         """``(..., n, k, k)`` Jacobians and ``(..., n * k)`` vectors -> planar copies."""
-        return (jac.movedim(-3, -1).contiguous(),
-                rhs.unflatten(-1, (-1, self.k)).movedim(-1, -2).contiguous())
+        planar = jac.movedim(-3, -1)
+        if planar.stride(-1) != 1:  # a cell may already store its blocks entry-major
+            planar = planar.contiguous()
+        return planar, rhs.unflatten(-1, (-1, self.k)).movedim(-1, -2).contiguous()
 
     def from_planar(self, states: torch.Tensor) -> torch.Tensor:
         """Planar ``(..., k, n)`` states -> ``(..., n * k)``."""
