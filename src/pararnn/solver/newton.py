@@ -44,7 +44,8 @@ def sequential_solve(cell, x: torch.Tensor, h0: torch.Tensor, sequences: Sequenc
 
 def scaled_residual(value: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     """``max |f(h_{t-1}, x_t) - h_t| / (1 + |h_t|)`` as a 0-d tensor (NaN stays NaN)."""
-    return ((value - states).abs() / (1 + states.abs())).amax()
+    # in place on the fresh temporaries: two full-size allocations instead of four
+    return (value - states).abs_().div_(states.abs().add_(1)).amax()
 
 
 def initial_guess(cell, x, h0, sequences: Sequences) -> torch.Tensor:
