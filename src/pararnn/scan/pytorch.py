@@ -129,8 +129,11 @@ def _odd_even_solve(tail: torch.Tensor, rhs: torch.Tensor, algebra: _Algebra) ->
     states[:, 0] = rhs[:, 0]
     n_later_even = (steps + 1) // 2 - 1
     if n_later_even:
-        algebra.apply_add(tail[:, 1::2], odd_states[:, :n_later_even], rhs[:, 2::2],
-                          out=states[:, 2::2])
+        later_even = (tail[:, 1::2], odd_states[:, :n_later_even], rhs[:, 2::2])
+        if torch.compiler.is_compiling():  # dynamo cannot trace out= into a view
+            states[:, 2::2] = algebra.apply_add(*later_even)
+        else:
+            algebra.apply_add(*later_even, out=states[:, 2::2])
     return states
 
 

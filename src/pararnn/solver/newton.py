@@ -32,6 +32,12 @@ def sequential_solve(cell, x: torch.Tensor, h0: torch.Tensor, sequences: Sequenc
     # unbind, not x[:, t]: the backward of T slices would write T full-size gradients
     # (O(T^2) work); unbind's backward is one stack.
     inputs = x.unbind(1)
+    if sequences.starts_only_at_zero:  # no per-step select of the initial state
+        h, states = h0, []
+        for x_t in inputs:
+            h = cell.step(x_t, h)
+            states.append(h)
+        return torch.stack(states, dim=1)
     inits = sequences.initial_states(h0, batch, steps).unbind(1)
     starts = sequences.starts.unsqueeze(-1).unbind(1)
     h = inits[0]
