@@ -1,7 +1,8 @@
 """CPU timing of the PyTorch solver path at language-model shapes, and of one LM training step.
 
     python benchmarks/cpu_train_step.py --out results/cpu/train_step.json
-    python benchmarks/cpu_train_step.py --threads 1 2 --repeats 5 --out ...
+    python benchmarks/cpu_train_step.py --threads 1 2 --repeats 5 --label "after" --out ...
+    python benchmarks/cpu_train_step.py --table results/cpu/train_step_*.json
 
 Times (median of ``--repeats`` after one warm-up call, wall clock) for each torch thread
 count in ``--threads``:
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 
 import torch
@@ -82,6 +84,39 @@ def time_train_steps(models, size: str, batch: int, steps: int, repeats: int) ->
     return rows
 
 
+def table(paths) -> None:
+    """Before/after markdown from JSON files of this script (medians over the files' runs)."""
+    runs = {}
+    for path in paths:
+        with open(path) as f:
+            report = json.load(f)
+        side = report["label"].split()[0]
+        for run in report["runs"]:
+            for row in run["layers"]:
+                key = ("layer", run["threads"], row["layer"], row["batch"], row["steps"],
+                       row["width"], row["mode"])
+                runs.setdefault(key, {}).setdefault(side, []).append((row["fwd_ms"], row["fwd_bwd_ms"]))
+            for row in run["train_steps"]:
+                key = ("train", run["threads"], row["model"], row["batch"], row["seq_len"])
+                runs.setdefault(key, {}).setdefault(side, []).append((row["step_ms"],))
+    print("| threads | layer | B×T×N | mode | fwd before | fwd after | fwd+bwd before | fwd+bwd after |")
+    print("|---:|---|---|---|---:|---:|---:|---:|")
+    for key, sides in runs.items():
+        if key[0] != "layer" or len(sides) < 2:
+            continue
+        cols = [statistics.median(v[i] for v in sides[s]) for i in (0, 1) for s in ("before", "after")]
+        print(f"| {key[1]} | {key[2]} | {key[3]}×{key[4]}×{key[5]} | {key[6]} | "
+              + " | ".join(f"{c:.1f}" for c in cols) + " |")
+    print()
+    print("| threads | model | B×T | train step before (ms) | after (ms) | speedup |")
+    print("|---:|---|---|---:|---:|---:|")
+    for key, sides in runs.items():
+        if key[0] != "train" or len(sides) < 2:
+            continue
+        before, after = (statistics.median(v[0] for v in sides[s]) for s in ("before", "after"))
+        print(f"| {key[1]} | {key[2]} | {key[3]}×{key[4]} | {before:.0f} | {after:.0f} | {before / after:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -93,7 +128,13 @@ def main() -> None:
     parser.add_argument("--skip-layers", action="store_true")
     parser.add_argument("--label", default="", help="free text stored in the JSON (e.g. before/after)")
     parser.add_argument("--out", help="JSON file to write")
+    parser.add_argument("--table", nargs="+", metavar="JSON",
+                        help="print the before/after markdown of these files (labels 'before ...' "
+                             "and 'after ...') instead of measuring")
     args = parser.parse_args()
+    if args.table:
+        table(args.table)
+        return
     report = dict(label=args.label, torch=torch.__version__,
                   cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
                   load_average_before=os.getloadavg(), runs=[])
