@@ -10,7 +10,8 @@ Backward: with ``g_t = ∂L/∂h_t`` the adjoints solve ``λ_t = g_t + J_{t+1}^T
 the forward's kind of affine recurrence, reversed in time with transposed Jacobians —
 then every input, parameter and initial-state gradient is one batched VJP of
 ``cell.step`` over all steps with cotangent ``λ``. Only ``x``, ``h0`` and the states are
-saved; Jacobians are recomputed.
+saved; Jacobians are recomputed, by the same cell call that records the VJP's graph when the
+cell declares :meth:`~pararnn.Cell.jacobian_value_is_step` (ParaGRU, ParaLSTM).
 """
 
 from __future__ import annotations
