@@ -3,17 +3,20 @@
     python benchmarks/cpu_solver.py [--steps 64 256 1024 4096] [--batch 4] [--hidden 256]
     python benchmarks/cpu_solver.py --auto-rule     # inference (no grad) over step width
     python benchmarks/cpu_solver.py --safety        # checked default vs NewtonConfig(tol=None)
+    python benchmarks/cpu_solver.py --auto-rule-grad --steps 128 1024 [--out rows.json]
+                                                    # training (fwd+bwd) over step width
 
 Prints a markdown table for BENCHMARKS.md.
 """
 
 import argparse
+import json
 import os
 import platform
 
 import torch
 
-from pararnn import NewtonConfig, ParaGRU
+from pararnn import NewtonConfig, ParaGRU, ParaLSTM
 from pararnn.demo import compare, median_time
 
 
@@ -32,6 +35,36 @@ def auto_rule_table(steps: int = 2048, repeats: int = 3) -> None:
                 times[mode] = median_time(lambda: layer(x), repeats) * 1e3
         faster = min(times, key=times.get)
         print(f"| {hidden} | {times['sequential']:.1f} | {times['parallel']:.1f} | {faster} |", flush=True)
+
+
+def auto_rule_grad_table(steps_list, repeats: int, out: str | None) -> None:
+    """Forward+backward, sequential (autograd through the loop) vs parallel, for ParaGRU and
+    ParaLSTM layers (input = hidden, one head) at batch 8 over the step width batch x state."""
+    print(f"forward+backward, B=8, median of {repeats}, {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print("| layer | T | B·state | sequential (ms) | parallel (ms) | faster |")
+    print("|---|---:|---:|---:|---:|---|")
+    rows = []
+    for name, layer_type in (("ParaGRU", ParaGRU), ("ParaLSTM", ParaLSTM)):
+        for steps in steps_list:
+            for hidden in (16, 64, 128, 256, 512):
+                torch.manual_seed(0)
+                layer = layer_type(hidden, hidden, recurrent_clip=0.5)
+                x = torch.randn(8, steps, hidden, requires_grad=True)
+                times = {}
+                for mode in ("sequential", "parallel"):
+                    layer.mode = mode
+                    times[mode] = median_time(lambda: layer(x)[0].square().mean().backward(),
+                                              repeats) * 1e3
+                width = 8 * layer.cell.state_size
+                faster = min(times, key=times.get)
+                rows.append(dict(layer=name, steps=steps, width=width, **times))
+                print(f"| {name} | {steps} | {width} | {times['sequential']:.1f} "
+                      f"| {times['parallel']:.1f} | {faster} |", flush=True)
+    if out:
+        with open(out, "w") as f:
+            json.dump(dict(threads=torch.get_num_threads(), load_average=os.getloadavg(),
+                           torch=torch.__version__, rows=rows), f, indent=1)
 
 
 def safety_table(batch: int, hidden: int, steps_list, repeats: int) -> None:
@@ -69,7 +102,13 @@ def main() -> None:
                         help="time the no-grad forward over step width instead")
     parser.add_argument("--safety", action="store_true",
                         help="time the checked default against the unchecked config instead")
+    parser.add_argument("--auto-rule-grad", action="store_true",
+                        help="time forward+backward over step width (ParaGRU, ParaLSTM)")
+    parser.add_argument("--out", help="JSON file for the --auto-rule-grad rows")
     args = parser.parse_args()
+    if args.auto_rule_grad:
+        auto_rule_grad_table(args.steps, args.repeats, args.out)
+        return
     if args.auto_rule:
         auto_rule_table(repeats=args.repeats)
         return

@@ -44,5 +44,7 @@ def test_auto_mode_rule_on_cpu():
         assert narrow.last_solve.mode == "parallel"
     wide(x)
     assert wide.last_solve.mode == "parallel"  # training: the parallel backward wins
+    wide(torch.randn(8 * torch.get_num_threads(), 16, 4))  # ... to 4096 per thread
+    assert wide.last_solve.mode == "sequential"
     wide(x[:, :1])
     assert wide.last_solve.mode == "sequential"  # a single step needs no Newton

@@ -101,3 +101,24 @@ def test_no_grad_inputs_are_not_differentiated():
     out, _ = pararnn.RNN(cell, mode="parallel")(x)
     out.sum().backward()
     assert x.grad is not None and cell.a.grad is None
+
+
+class HalvedGRUCell(pararnn.ParaGRUCell):
+    """A subclass with its own step: the backward must not reuse ParaGRU's one-call path."""
+
+    def step(self, x, h_prev):
+        return 0.5 * super().step(x, h_prev)
+
+    def step_and_jacobian(self, x, h_prev):
+        value, jac = super().step_and_jacobian(x, h_prev)
+        return 0.5 * value, 0.5 * jac
+
+
+def test_backward_evaluates_builtin_cells_once_and_subclasses_generically():
+    assert pararnn.ParaGRUCell(4).jacobian_value_is_step()
+    assert pararnn.ParaLSTMCell(4).jacobian_value_is_step()
+    cell = HalvedGRUCell(5, dtype=torch.float64)
+    assert not cell.jacobian_value_is_step()
+    x = torch.randn(2, 40, cell.input_size, dtype=torch.float64)
+    h0 = torch.randn(2, cell.state_size, dtype=torch.float64) * 0.5
+    assert_same_gradients(cell, x, h0)

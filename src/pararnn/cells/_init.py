@@ -35,9 +35,22 @@ def check_clip(limit: float | None) -> float | None:
     return float(limit)
 
 
-def with_bias(pre: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Gate pre-activations ``(..., G * N)`` plus a per-gate bias ``(G, N)`` (if any)."""
-    return pre if bias is None else pre + bias.flatten()
+def gate_biases(bias: torch.Tensor | None, gates: int) -> tuple:
+    """The rows of a per-gate bias ``(G, N)``, or ``G`` Nones without a bias."""
+    return (None,) * gates if bias is None else bias.unbind(0)
+
+
+def preactivation(u: torch.Tensor, weight: torch.Tensor, h: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    """``u + weight ⊙ h (+ bias)`` as one fresh tensor.
+
+    The multiply-add is one op and the bias is added in place, so evaluating a gate over
+    a whole sequence allocates one ``(B, T, N)`` tensor instead of three: on a CPU the
+    Newton solve is bound by such passes over memory. (In-place is autograd-safe here:
+    ``addcmul``'s backward does not read its result.)
+    """
+    pre = torch.addcmul(u, weight, h)
+    return pre if bias is None else pre.add_(bias)
 
 
 def runs_own_step(cell, cls, *methods: str) -> bool:

@@ -59,6 +59,13 @@ class Cell(nn.Module):
         """
         return None
 
+    def jacobian_value_is_step(self) -> bool:
+        """Whether :meth:`step_and_jacobian` computes its value with the same differentiable
+        ops as :meth:`step`. Then the solver's backward makes one call under autograd for
+        both the Jacobians (detached) and the graph of the step's VJP, instead of two cell
+        evaluations. False unless a cell declares it (ParaGRUCell and ParaLSTMCell do)."""
+        return False
+
     @property
     def structure(self) -> JacobianStructure:
         block_size = self.block_size if self.jacobian == "block" else 1

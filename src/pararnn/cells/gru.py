@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._init import check_clip, clipped, runs_own_step, with_bias, xavier_normal_vector_
+from ._init import (check_clip, clipped, gate_biases, preactivation, runs_own_step,
+                    xavier_normal_vector_)
 from .base import Cell
 
 
@@ -48,24 +49,30 @@ class ParaGRUCell(Cell):
 
     def _gates(self, x, h):
         a_z, a_r, a_h = self.recurrent_weights().unbind(0)
-        u_z, u_r, u_h = with_bias(x, self.bias).chunk(3, dim=-1)
-        z = torch.sigmoid(a_z * h + u_z)
-        r = torch.sigmoid(a_r * h + u_r)
-        candidate = torch.tanh(a_h * (r * h) + u_h)
+        u_z, u_r, u_h = x.chunk(3, dim=-1)
+        b_z, b_r, b_h = gate_biases(self.bias, 3)
+        z = preactivation(u_z, a_z, h, b_z).sigmoid_()
+        r = preactivation(u_r, a_r, h, b_r).sigmoid_()
+        candidate = preactivation(u_h, a_h, r * h, b_h).tanh_()
         return (a_z, a_r, a_h), z, r, candidate
 
     def step(self, x: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
         _, z, _, candidate = self._gates(x, h_prev)
-        return h_prev + z * (candidate - h_prev)
+        return torch.addcmul(h_prev, z, candidate - h_prev)
 
     def step_and_jacobian(self, x, h_prev):
         (a_z, a_r, a_h), z, r, candidate = self._gates(x, h_prev)
-        h_next = h_prev + z * (candidate - h_prev)
+        update = candidate - h_prev
+        h_next = torch.addcmul(h_prev, z, update)
         dz = z * (1 - z) * a_z
         dr = r * (1 - r) * a_r
-        dcandidate = (1 - candidate * candidate) * a_h * (dr * h_prev + r)
-        jac = dz * (candidate - h_prev) + z * dcandidate + (1 - z)
+        dcandidate = (1 - candidate * candidate) * a_h * torch.addcmul(r, dr, h_prev)
+        jac = (dz * update).addcmul_(z, dcandidate).add_(1 - z)
         return h_next, jac
+
+    def jacobian_value_is_step(self) -> bool:
+        # both come from the same _gates unless a subclass replaced one of them
+        return runs_own_step(self, ParaGRUCell, "step", "step_and_jacobian", "_gates")
 
     def fused_solver(self):
         """The fused ParaGRU kernels (:func:`pararnn.kernels.paragru.paragru_solve`) unless a

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._init import check_clip, clipped, runs_own_step, with_bias, xavier_normal_vector_
+from ._init import (check_clip, clipped, gate_biases, preactivation, runs_own_step,
+                    xavier_normal_vector_)
 from .base import Cell
 
 
@@ -70,12 +71,13 @@ class ParaLSTMCell(Cell):
 
     def _forward(self, x, state):
         (a_f, a_c, a_o), (p_f, p_o) = (w.unbind(0) for w in self.recurrent_weights())
-        u_f, u_c, u_o = with_bias(x, self.bias).chunk(3, dim=-1)
+        u_f, u_c, u_o = x.chunk(3, dim=-1)
+        b_f, b_c, b_o = gate_biases(self.bias, 3)
         h, c = self.unpack_state(state)
-        f = torch.sigmoid(a_f * h + u_f + p_f * c)
-        candidate = torch.tanh(a_c * h + u_c)
-        c_next = candidate + f * (c - candidate)
-        o = torch.sigmoid(a_o * h + u_o + p_o * c_next)
+        f = preactivation(u_f, a_f, h, b_f).addcmul_(p_f, c).sigmoid_()
+        candidate = preactivation(u_c, a_c, h, b_c).tanh_()
+        c_next = torch.addcmul(candidate, f, c - candidate)
+        o = preactivation(u_o, a_o, h, b_o).addcmul_(p_o, c_next).sigmoid_()
         tanh_c = torch.tanh(c_next)
         h_next = o * tanh_c
         return (a_f, a_c, a_o, p_f, p_o), (h, c, f, candidate, c_next, o, tanh_c, h_next)
@@ -97,10 +99,14 @@ class ParaLSTMCell(Cell):
         dh_dc = through_c * dc_dc
         dh_dh = through_c * dc_dh + do * a_o * tanh_c
         # rows (c', h'), columns (c, h), matching the interleaved layout
-        jac = torch.stack(
-            (torch.stack((dc_dc, dc_dh), dim=-1), torch.stack((dh_dc, dh_dh), dim=-1)), dim=-2
-        )
+        # (..., H, 2, 2) blocks, stored entry-major (all H blocks' (0, 0) entries, then
+        # (0, 1), ...): contiguous writes here, and the planar layout the PyTorch scan uses
+        jac = torch.stack((dc_dc, dc_dh, dh_dc, dh_dh), dim=-2).unflatten(-2, (2, 2)).movedim(-1, -3)
         return self.pack_state(h_next, c_next), jac
+
+    def jacobian_value_is_step(self) -> bool:
+        # both come from the same _forward unless a subclass replaced one of them
+        return runs_own_step(self, ParaLSTMCell, "step", "step_and_jacobian", "_forward")
 
     def fused_solver(self):
         """The fused ParaLSTM kernels (:func:`pararnn.kernels.paralstm.paralstm_solve`)

@@ -7,6 +7,7 @@ Depth O(log T), work O(T) compositions, no Python loop over time; any T >= 1.
 
 Initial states and resets are not arguments: callers fold an initial state into
 ``r_0`` and zero ``J_t`` where the state restarts (see :mod:`pararnn.solver`).
+``J_0`` is never read (``h_0 = r_0``), so a caller without resets need not zero it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from __future__ import annotations
 import torch
 
 from ..structure import JacobianStructure
+
+# Blocks up to this size are combined entry-column by entry-column with elementwise ops;
+# larger blocks and dense Jacobians use the structure's batched matmuls.
+_EXPLICIT_BLOCK = 4
 
 
 def solve_linear_recurrence(
@@ -35,35 +40,100 @@ def solve_linear_recurrence(
     Returns:
         ``(B, T, N)`` states.
     """
+    algebra = _Algebra(structure)
+    tail = jac[:, :-1].flip(1) if reverse else jac[:, 1:]
     if reverse:
-        return solve_linear_recurrence(
-            jac.flip(1), rhs.flip(1), structure, reverse=False
-        ).flip(1)
-    return _odd_even_solve(jac, rhs, structure)
+        rhs = rhs.flip(1)
+    if algebra.kind == "block":
+        tail, rhs = algebra.to_planar(tail, rhs)
+    states = _odd_even_solve(tail, rhs, algebra)
+    if algebra.kind == "block":
+        states = algebra.from_planar(states)
+    return states.flip(1) if reverse else states
 
 
-def _odd_even_solve(jac, rhs, structure: JacobianStructure) -> torch.Tensor:
+class _Algebra:
+    """``compose`` and fused ``J v + r`` for one structure, with elementwise fast paths.
+
+    The structure's generic ops build a ``k``-times larger broadcast product and reduce
+    it; for the diagonal and small blocks the same sums written out term by term (with
+    ``addcmul``) read and write each operand once, which is what bounds the scan on a CPU.
+    Small blocks are first copied to a planar layout, block entry ``(i, j)`` of all
+    ``n`` blocks contiguous: ``(..., k, k, n)`` Jacobians and ``(..., k, n)`` states, so
+    that every op runs over contiguous rows of ``n`` (vectorised) instead of over
+    interleaved entries of stride ``k``.
+    """
+
+    def __init__(self, structure: JacobianStructure) -> None:
+        self.structure = structure
+        self.kind = structure.kind
+        if self.kind == "block" and structure.block_size > _EXPLICIT_BLOCK:
+            self.kind = "matmul"
+        self.k = structure.block_size
+
+    def to_planar(self, jac: torch.Tensor, rhs: torch.Tensor):
+        """``(..., n, k, k)`` Jacobians and ``(..., n * k)`` vectors -> planar copies."""
+        planar = jac.movedim(-3, -1)
+        if planar.stride(-1) != 1:  # a cell may already store its blocks entry-major
+            planar = planar.contiguous()
+        return planar, rhs.unflatten(-1, (-1, self.k)).movedim(-1, -2).contiguous()
+
+    def from_planar(self, states: torch.Tensor) -> torch.Tensor:
+        """Planar ``(..., k, n)`` states -> ``(..., n * k)``."""
+        return states.movedim(-2, -1).flatten(-2)
+
+    def compose(self, outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+        """``outer @ inner`` per step."""
+        if self.kind == "diagonal":
+            return outer * inner
+        if self.kind == "block":
+            # planar (..., i, j, n): column j of outer times row j of inner, summed over j
+            out = outer[..., :, 0:1, :] * inner[..., 0:1, :, :]
+            for j in range(1, self.k):
+                out.addcmul_(outer[..., :, j:j + 1, :], inner[..., j:j + 1, :, :])
+            return out
+        return self.structure.compose(outer, inner)
+
+    def apply_add(self, jac: torch.Tensor, vec: torch.Tensor, rhs: torch.Tensor,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+        """``J v + r`` per step, written into ``out`` when given."""
+        if self.kind == "diagonal":
+            return torch.addcmul(rhs, jac, vec, out=out)
+        if self.kind == "block":  # planar: jac (..., i, j, n), vec and rhs (..., j, n)
+            result = torch.addcmul(rhs, jac[..., :, 0, :], vec[..., 0:1, :], out=out)
+            for j in range(1, self.k):
+                result.addcmul_(jac[..., :, j, :], vec[..., j:j + 1, :])
+            return result
+        result = self.structure.apply(jac, vec) + rhs
+        if out is None:
+            return result
+        return out.copy_(result)
+
+
+def _odd_even_solve(tail: torch.Tensor, rhs: torch.Tensor, algebra: _Algebra) -> torch.Tensor:
+    """States of ``h_0 = r_0``, ``h_t = tail[t-1] h_{t-1} + r_t`` (``tail`` holds J_1..J_{T-1})."""
     steps = rhs.shape[1]
     if steps == 1:
         return rhs
     pairs = steps // 2
-    even_jac, odd_jac = jac[:, 0 : 2 * pairs : 2], jac[:, 1 : 2 * pairs : 2]
-    even_rhs, odd_rhs = rhs[:, 0 : 2 * pairs : 2], rhs[:, 1 : 2 * pairs : 2]
-    # Step 2i+1 expressed through step 2i-1: (J_{2i+1}, r_{2i+1}) ∘ (J_{2i}, r_{2i}).
-    pair_jac = structure.compose(odd_jac, even_jac)
-    pair_rhs = structure.apply(odd_jac, even_rhs) + odd_rhs
-    odd_states = _odd_even_solve(pair_jac, pair_rhs, structure)  # h_1, h_3, ...
+    # Step 2i+1 expressed through step 2i-1: (J_{2i+1}, r_{2i+1}) ∘ (J_{2i}, r_{2i}); for
+    # i = 0 only the right-hand side (h_{-1} = 0), so the half problem's tail starts at i = 1.
+    odd_jac = tail[:, 0 : 2 * pairs : 2]  # J_{2i+1}
+    pair_rhs = algebra.apply_add(odd_jac, rhs[:, 0 : 2 * pairs : 2], rhs[:, 1 : 2 * pairs : 2])
+    pair_tail = algebra.compose(odd_jac[:, 1:], tail[:, 1 : 2 * pairs - 1 : 2])
+    odd_states = _odd_even_solve(pair_tail, pair_rhs, algebra)  # h_1, h_3, ...
 
-    # Even steps from the odd state before them (h_{-1} = 0 for step 0).
-    n_even = (steps + 1) // 2
-    before_even = torch.cat(
-        (torch.zeros_like(odd_states[:, :1]), odd_states[:, : n_even - 1]), dim=1
-    )
-    even_states = structure.apply(jac[:, 0::2], before_even) + rhs[:, 0::2]
-
+    # Even steps 2i >= 2 from the odd state before them; h_0 = r_0.
     states = torch.empty_like(rhs)
-    states[:, 0::2] = even_states
     states[:, 1::2] = odd_states
+    states[:, 0] = rhs[:, 0]
+    n_later_even = (steps + 1) // 2 - 1
+    if n_later_even:
+        later_even = (tail[:, 1::2], odd_states[:, :n_later_even], rhs[:, 2::2])
+        if torch.compiler.is_compiling():  # dynamo cannot trace out= into a view
+            states[:, 2::2] = algebra.apply_add(*later_even)
+        else:
+            algebra.apply_add(*later_even, out=states[:, 2::2])
     return states
 
 

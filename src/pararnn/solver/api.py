@@ -10,10 +10,16 @@ from .inputs import check_inputs, check_options
 from .newton import (ParallelSolve, handle_failure, newton_solve, scaled_residual,
                      sequential_solve, verify_structure)
 
-# On the CPU, without gradients, the step loop beats Newton once a step is this wide
-# (batch x state): the loop's per-step overhead is amortised, while Newton does ~3x the
-# arithmetic. Measured in BENCHMARKS.md ("auto on the CPU").
+# On the CPU (PyTorch path) the step loop beats Newton once a step is this wide
+# (batch x state): the loop's per-step overhead is amortised, while Newton makes ~5 cell
+# evaluations and 3 scans over the whole sequence, each a pass over memory. Without
+# gradients from 768. With gradients (training: autograd through the loop against the
+# adjoint-scan backward) from 4096 per intra-op thread: Newton's whole-sequence passes
+# split over the threads, the loop's small steps do not (ParaGRU and ParaLSTM, T = 128
+# and 1024; crossover between 2048 and 4096 on 1 thread, between 4096 and 8192 on 2).
+# Measured in BENCHMARKS.md ("CPU: sequential vs parallel").
 CPU_SEQUENTIAL_MIN_WIDTH = 768
+CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD = 4096
 
 
 def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = "auto",
@@ -27,9 +33,10 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
         h0: initial state ``(B, N)`` (``(S, N)``, one per sequence, with ``cu_seqlens``);
             zeros if None.
         mode: ``"sequential"`` (step loop), ``"parallel"`` (Newton + scan) or ``"auto"``:
-            sequential for a single step, and on the CPU without gradients once
-            ``B * state_size >= 768``; parallel otherwise (the fused kernels then pick
-            their own sequential/segmented plan per shape).
+            sequential for a single step, and on the CPU once ``B * state_size`` is at
+            least 768 without gradients, or 4096 per torch thread with them; parallel
+            otherwise (the fused kernels then pick their own sequential/segmented plan
+            per shape).
         newton: :class:`NewtonConfig` for the parallel mode (default ``NewtonConfig()``).
         resets: optional bool ``(B, T)``; True where the state restarts from ``h0``.
         cu_seqlens: optional cumulative lengths ``(S + 1,)`` of sequences packed in
@@ -100,9 +107,11 @@ def _auto_mode(cell, x, h0, fused) -> str:
     batch, steps, _ = x.shape
     if steps == 1:
         return "sequential"
-    if (fused is None and x.device.type == "cpu" and not _needs_grad(cell, x, h0)
-            and batch * cell.state_size >= CPU_SEQUENTIAL_MIN_WIDTH):
-        return "sequential"
+    if fused is None and x.device.type == "cpu":
+        wide = (CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD * torch.get_num_threads()
+                if _needs_grad(cell, x, h0) else CPU_SEQUENTIAL_MIN_WIDTH)
+        if batch * cell.state_size >= wide:
+            return "sequential"
     return "parallel"
 
 

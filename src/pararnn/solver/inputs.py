@@ -64,9 +64,16 @@ class Sequences:
             return h0.unsqueeze(1).expand(batch, steps, h0.shape[-1])
         return h0[self.segment_ids].unsqueeze(0)
 
+    @property
+    def starts_only_at_zero(self) -> bool:
+        """Whether every row is one sequence from t = 0 (no resets, no cu_seqlens)."""
+        return self.resets is None and self.bounds is None
+
     def previous_states(self, states: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
         """``h_{t-1}`` as each step sees it: shifted states, initial states at starts."""
         batch, steps, _ = states.shape
+        if self.starts_only_at_zero:  # one concatenation instead of a shift and a select
+            return torch.cat((h0.unsqueeze(1), states[:, :-1]), dim=1)
         shifted = torch.cat((torch.zeros_like(states[:, :1]), states[:, :-1]), dim=1)
         init = self.initial_states(h0, batch, steps)
         return torch.where(self.starts.unsqueeze(-1), init, shifted)

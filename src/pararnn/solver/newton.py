@@ -10,7 +10,8 @@ Backward: with ``g_t = ∂L/∂h_t`` the adjoints solve ``λ_t = g_t + J_{t+1}^T
 the forward's kind of affine recurrence, reversed in time with transposed Jacobians —
 then every input, parameter and initial-state gradient is one batched VJP of
 ``cell.step`` over all steps with cotangent ``λ``. Only ``x``, ``h0`` and the states are
-saved; Jacobians are recomputed.
+saved; Jacobians are recomputed, by the same cell call that records the VJP's graph when the
+cell declares :meth:`~pararnn.Cell.jacobian_value_is_step` (ParaGRU, ParaLSTM).
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ def sequential_solve(cell, x: torch.Tensor, h0: torch.Tensor, sequences: Sequenc
     # unbind, not x[:, t]: the backward of T slices would write T full-size gradients
     # (O(T^2) work); unbind's backward is one stack.
     inputs = x.unbind(1)
+    if sequences.starts_only_at_zero:  # no per-step select of the initial state
+        h, states = h0, []
+        for x_t in inputs:
+            h = cell.step(x_t, h)
+            states.append(h)
+        return torch.stack(states, dim=1)
     inits = sequences.initial_states(h0, batch, steps).unbind(1)
     starts = sequences.starts.unsqueeze(-1).unbind(1)
     h = inits[0]
@@ -44,7 +51,8 @@ def sequential_solve(cell, x: torch.Tensor, h0: torch.Tensor, sequences: Sequenc
 
 def scaled_residual(value: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     """``max |f(h_{t-1}, x_t) - h_t| / (1 + |h_t|)`` as a 0-d tensor (NaN stays NaN)."""
-    return ((value - states).abs() / (1 + states.abs())).amax()
+    # in place on the fresh temporaries: two full-size allocations instead of four
+    return (value - states).abs_().div_(states.abs().add_(1)).amax()
 
 
 def initial_guess(cell, x, h0, sequences: Sequences) -> torch.Tensor:
@@ -75,7 +83,7 @@ def newton_solve(cell, x, h0, sequences: Sequences, config: NewtonConfig, linear
         step_structure = structure
         if quasi_newton:
             jac, step_structure = structure.diagonal(jac), DIAGONAL
-        jac = step_structure.zero_where(jac, sequences.starts)
+        jac = mask_restarts(jac, sequences, step_structure)
         states = states + linear_solver(jac, residual, step_structure)
         info.iterations = iteration + 1
     if tol is None:
@@ -95,6 +103,15 @@ def newton_solve(cell, x, h0, sequences: Sequences, config: NewtonConfig, linear
     if info.converged:
         return states, info
     return handle_failure(cell, x, h0, sequences, config, tol, states, info)
+
+
+def mask_restarts(jac: torch.Tensor, sequences: Sequences, structure) -> torch.Tensor:
+    """Zero the Jacobians of the steps that restart from an initial state. Without resets
+    or packed sequences that is only step 0, whose Jacobian the linear solvers never read
+    (``h_{-1} = 0``), so the full-size masked copy is skipped."""
+    if sequences.starts_only_at_zero:
+        return jac
+    return structure.zero_where(jac, sequences.starts)
 
 
 def handle_failure(cell, x, h0, sequences, config: NewtonConfig, tol: float, states,
@@ -204,21 +221,25 @@ class ParallelSolve(torch.autograd.Function):
         x, h0, states, *params = ctx.saved_tensors
         cell, sequences = ctx.cell, ctx.sequences
         structure = cell.structure
-        weights = dict(zip(ctx.param_names, params))
-        prev = sequences.previous_states(states, h0)
-        _, jac = functional_call(cell, weights, (x, prev), {"jacobian": True})
-        jac = structure.zero_where(jac, sequences.starts)
-        # Coefficient of λ_{t+1} in λ_t is J_{t+1}^T; the last slot is unused.
-        next_jac_t = structure.transpose(torch.cat((jac[:, 1:], jac[:, :1]), dim=1))
-        adjoint = ctx.linear_solver(next_jac_t, grad_states.contiguous(), structure, reverse=True)
-
         needs = ctx.needs_input_grad[6:]
         leaves = [t.detach().requires_grad_(need) for t, need in zip((x, h0, *params), needs)]
         x_in, h0_in, *params_in = leaves
+        weights_in = dict(zip(ctx.param_names, params_in))
         with torch.enable_grad():
-            value = functional_call(cell, dict(zip(ctx.param_names, params_in)),
-                                    (x_in, sequences.previous_states(states, h0_in)))
-            wanted = [t for t, need in zip(leaves, needs) if need]
-            grads = iter(torch.autograd.grad(value, wanted, adjoint, allow_unused=True))
+            prev_in = sequences.previous_states(states, h0_in)
+            if cell.jacobian_value_is_step():  # one cell evaluation for both
+                value, jac = functional_call(cell, weights_in, (x_in, prev_in), {"jacobian": True})
+                jac = jac.detach()
+            else:
+                value = functional_call(cell, weights_in, (x_in, prev_in))
+                with torch.no_grad():
+                    _, jac = functional_call(cell, dict(zip(ctx.param_names, params)),
+                                             (x, prev_in.detach()), {"jacobian": True})
+        jac = mask_restarts(jac, sequences, structure)
+        # Coefficient of λ_{t+1} in λ_t is J_{t+1}^T; the last slot is unused.
+        next_jac_t = structure.transpose(torch.cat((jac[:, 1:], jac[:, :1]), dim=1))
+        adjoint = ctx.linear_solver(next_jac_t, grad_states.contiguous(), structure, reverse=True)
+        wanted = [t for t, need in zip(leaves, needs) if need]
+        grads = iter(torch.autograd.grad(value, wanted, adjoint, allow_unused=True))
         outputs = [next(grads) if need else None for need in needs]
         return (None,) * 6 + tuple(outputs)

@@ -1,0 +1,157 @@
+"""CPU timing of the PyTorch solver path at language-model shapes, and of one LM training step.
+
+    python benchmarks/cpu_train_step.py --out results/cpu/train_step.json
+    python benchmarks/cpu_train_step.py --threads 1 2 --repeats 5 --label "after" --out ...
+    python benchmarks/cpu_train_step.py --table results/cpu/train_step_*.json
+
+Times (median of ``--repeats`` after one warm-up call, wall clock) for each torch thread
+count in ``--threads``:
+
+* ParaGRU / ParaLSTM layers (input = state width, one head; fp32) in the parallel and the
+  sequential mode: the no-grad forward and forward+backward;
+* one AdamW training step (forward, backward, optimizer) of ``--size`` LMs (``block="auto"``,
+  as ``pararnn train`` builds them) at ``--batch-size`` x ``--seq-len``, one per model.
+
+Writes the raw numbers, the load average before and after, and the torch version as JSON.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from pararnn import ParaGRU, ParaLSTM
+from pararnn.models import build_model
+from pararnn.models.config import preset
+
+LAYER_SHAPES = ((8, 128, 256), (8, 128, 512), (4, 1024, 256))
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def time_layers(repeats: int) -> list[dict]:
+    rows = []
+    for name, layer_type in (("paragru", ParaGRU), ("paralstm", ParaLSTM)):
+        for batch, steps, width in LAYER_SHAPES:
+            torch.manual_seed(0)
+            layer = layer_type(width, width, recurrent_clip=0.5)
+            x = torch.randn(batch, steps, width)
+            for mode in ("parallel", "sequential"):
+                layer.mode = mode
+                with torch.no_grad():
+                    fwd = median_ms(lambda: layer(x), repeats)
+                xg = x.clone().requires_grad_()
+
+                def fwd_bwd():
+                    layer.zero_grad(set_to_none=True)
+                    layer(xg)[0].square().mean().backward()
+
+                rows.append(dict(layer=name, batch=batch, steps=steps, width=width, mode=mode,
+                                 fwd_ms=fwd, fwd_bwd_ms=median_ms(fwd_bwd, repeats)))
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def time_train_steps(models, size: str, batch: int, steps: int, repeats: int) -> list[dict]:
+    rows = []
+    for name in models:
+        torch.manual_seed(0)
+        model = build_model(preset(name, size, block="auto"))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        idx = torch.randint(0, model.cfg.vocab_size, (batch, steps + 1))
+
+        def train_step():
+            loss = model(idx[:, :-1], idx[:, 1:])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        rows.append(dict(model=name, size=size, batch=batch, seq_len=steps,
+                         params=model.num_params(), step_ms=median_ms(train_step, repeats)))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def table(paths) -> None:
+    """Before/after markdown from JSON files of this script (medians over the files' runs)."""
+    runs = {}
+    for path in paths:
+        with open(path) as f:
+            report = json.load(f)
+        side = report["label"].split()[0]
+        for run in report["runs"]:
+            for row in run["layers"]:
+                key = ("layer", run["threads"], row["layer"], row["batch"], row["steps"],
+                       row["width"], row["mode"])
+                runs.setdefault(key, {}).setdefault(side, []).append((row["fwd_ms"], row["fwd_bwd_ms"]))
+            for row in run["train_steps"]:
+                key = ("train", run["threads"], row["model"], row["batch"], row["seq_len"])
+                runs.setdefault(key, {}).setdefault(side, []).append((row["step_ms"],))
+    print("| threads | layer | B×T×N | mode | fwd before | fwd after | fwd+bwd before | fwd+bwd after |")
+    print("|---:|---|---|---|---:|---:|---:|---:|")
+    for key, sides in runs.items():
+        if key[0] != "layer" or len(sides) < 2:
+            continue
+        cols = [statistics.median(v[i] for v in sides[s]) for i in (0, 1) for s in ("before", "after")]
+        print(f"| {key[1]} | {key[2]} | {key[3]}×{key[4]}×{key[5]} | {key[6]} | "
+              + " | ".join(f"{c:.1f}" for c in cols) + " |")
+    print()
+    print("| threads | model | B×T | train step before (ms) | after (ms) | speedup |")
+    print("|---:|---|---|---:|---:|---:|")
+    for key, sides in runs.items():
+        if key[0] != "train" or len(sides) < 2:
+            continue
+        before, after = (statistics.median(v[0] for v in sides[s]) for s in ("before", "after"))
+        print(f"| {key[1]} | {key[2]} | {key[3]}×{key[4]} | {before:.0f} | {after:.0f} | {before / after:.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", nargs="+", default=["paragru", "paralstm", "transformer"])
+    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--skip-layers", action="store_true")
+    parser.add_argument("--label", default="", help="free text stored in the JSON (e.g. before/after)")
+    parser.add_argument("--out", help="JSON file to write")
+    parser.add_argument("--table", nargs="+", metavar="JSON",
+                        help="print the before/after markdown of these files (labels 'before ...' "
+                             "and 'after ...') instead of measuring")
+    args = parser.parse_args()
+    if args.table:
+        table(args.table)
+        return
+    report = dict(label=args.label, torch=torch.__version__,
+                  cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
+                  load_average_before=os.getloadavg(), runs=[])
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"--- {threads} thread(s), load average {os.getloadavg()}", flush=True)
+        report["runs"].append(dict(
+            threads=threads, load_average=os.getloadavg(),
+            layers=[] if args.skip_layers else time_layers(args.repeats),
+            train_steps=time_train_steps(args.models, args.size, args.batch_size, args.seq_len,
+                                         args.repeats)))
+    report["load_average_after"] = os.getloadavg()
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
