@@ -39,7 +39,7 @@ def _mismatch_probe(E, S, OUT, P, N, tol, WIDTH: tl.constexpr, BN: tl.constexpr)
 def big_weight_layer(layer_cls, scale=4.0):
     torch.manual_seed(0)
     layer = layer_cls(4, 8, num_heads=2, mode="parallel", backend="triton", device=DEVICE,
-                      newton=pararnn.NewtonConfig(max_iters=1))
+                      newton=pararnn.NewtonConfig(boundary_rounds=1))
     with torch.no_grad():
         layer.cell.a.copy_(torch.randn(3, 8) * scale)
         layer.projection.weight.mul_(4)
@@ -57,20 +57,31 @@ def test_unconverged_fused_gru_reruns_exactly(short_segments):
     layer = big_weight_layer(pararnn.ParaGRU)
     x = torch.randn(2, 32, 4, device=DEVICE)
     ref, _ = run(layer, x, "sequential", None)
-    unchecked, info = run(layer, x, "parallel", pararnn.NewtonConfig(max_iters=1, tol=None))
+    unchecked, info = run(layer, x, "parallel", pararnn.NewtonConfig(boundary_rounds=1, tol=None))
     assert info.segments == 4 and info.boundary_rounds == 1 and info.exact_walk is False
     assert info.converged is None and not info.fell_back
     assert (unchecked - ref).abs().max() > 0.1  # one boundary round is not enough here
-    out, info = run(layer, x, "parallel", pararnn.NewtonConfig(max_iters=1))
+    out, info = run(layer, x, "parallel", pararnn.NewtonConfig(boundary_rounds=1))
     assert info.fell_back and info.converged is False and info.iterations == 0
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_max_iters_does_not_bound_the_fused_boundary_rounds(short_segments):
+    """max_iters counts the generic path's Newton iterations; boundary_rounds the fused
+    plan's rounds across segments: one option, one meaning."""
+    layer = big_weight_layer(pararnn.ParaLSTM, scale=0.3)
+    x = torch.randn(2, 32, 4, device=DEVICE)
+    _, info = run(layer, x, "parallel", pararnn.NewtonConfig(max_iters=1, boundary_rounds=2))
+    assert info.segments == 4 and info.boundary_rounds == 2 and info.iterations == 0
+    with pytest.raises(ValueError, match="boundary_rounds"):
+        pararnn.NewtonConfig(boundary_rounds=0)
 
 
 def test_converged_fused_lstm_skips_the_rerun(short_segments):
     layer = big_weight_layer(pararnn.ParaLSTM, scale=0.3)
     x = torch.randn(2, 32, 4, device=DEVICE)
     ref, _ = run(layer, x, "sequential", None)
-    out, info = run(layer, x, "parallel", pararnn.NewtonConfig(max_iters=3))
+    out, info = run(layer, x, "parallel", pararnn.NewtonConfig(boundary_rounds=3))
     assert info.segments == 4 and info.boundary_rounds == 3
     assert info.converged and not info.fell_back
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)

@@ -96,7 +96,8 @@ class ParaRNNMixer(nn.Module):
         self.conv = CausalConv1d(cell_input, cfg.conv_kernel) if cfg.conv_kernel > 0 else None
         layer = ParaGRU if cfg.model == "paragru" else ParaLSTM
         self.rnn = layer(cell_input, n, num_heads=cfg.rnn_heads, recurrent_clip=cfg.recurrent_clip,
-                         newton=NewtonConfig(max_iters=cfg.newton_iters))
+                         newton=NewtonConfig(max_iters=cfg.newton_iters,
+                                             boundary_rounds=cfg.newton_iters))
         if output == "gated_norm":
             self.norm = GatedRMSNorm(n, cfg.norm_eps)
         elif output == "norm":

@@ -67,7 +67,7 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             states, report = fused(
                 x, None if h0 is None else h0.to(dtype),
                 sequences.starts if sequences.has_resets else None,
-                rounds=config.max_iters, sequential=mode == "sequential",
+                rounds=config.boundary_rounds, sequential=mode == "sequential",
                 verify_tol=tol if on_device else None)
             info = SolveInfo(mode, "triton-fused", segments=report.segments,
                              boundary_rounds=report.boundary_rounds,

@@ -27,10 +27,9 @@ class NewtonConfig:
     """How the parallel (Newton) solve runs and what it does when it fails.
 
     Args:
-        max_iters: Newton iterations at most (>= 1). ParaGRUCell and ParaLSTMCell with clipped
-            recurrent weights converge to float32 precision in about 3. (The fused
-            kernels' boundary-Newton rounds are bounded by the same number; see
-            :class:`SolveInfo.boundary_rounds`.)
+        max_iters: Newton iterations over the whole sequence at most (>= 1), on the generic
+            path (PyTorch or Triton scans). ParaGRUCell and ParaLSTMCell with clipped
+            recurrent weights converge to float32 precision in about 3.
         tol: bound on the scaled residual ``max |f(h_{t-1}, x_t) - h_t| / (1 + |h_t|)``.
             ``"auto"`` (the default) runs exactly ``max_iters`` iterations, then checks the
             residual against a bound chosen from the compute dtype (1e-4 in float32, 1e-8
@@ -48,16 +47,25 @@ class NewtonConfig:
             O(N^3) (dense) per combine, at the price of more iterations (linear instead of
             quadratic convergence). Needs a ``tol`` (``"auto"`` or a number): convergence is
             then checked, not assumed. The backward pass always uses the exact Jacobian.
+        boundary_rounds: the fused kernels (ParaGRU/ParaLSTM on the GPU) walk each time
+            segment exactly and run Newton only across segment boundaries: this bounds those
+            rounds (>= 1; see :attr:`SolveInfo.boundary_rounds` for how many ran). ``tol``
+            and ``on_failure`` apply to their result as to ``max_iters`` iterations.
     """
 
     max_iters: int = 3
     tol: Union[float, str, None] = "auto"
     on_failure: str = "sequential"
     jacobian: Optional[str] = None
+    boundary_rounds: int = 3
 
     def __post_init__(self) -> None:
         if isinstance(self.max_iters, bool) or not isinstance(self.max_iters, int) or self.max_iters < 1:
             raise ValueError(f"NewtonConfig.max_iters must be an int >= 1, got {self.max_iters!r}")
+        if (isinstance(self.boundary_rounds, bool) or not isinstance(self.boundary_rounds, int)
+                or self.boundary_rounds < 1):
+            raise ValueError(
+                f"NewtonConfig.boundary_rounds must be an int >= 1, got {self.boundary_rounds!r}")
         if self.tol is not None and self.tol != "auto":
             if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not self.tol > 0:
                 raise ValueError(
