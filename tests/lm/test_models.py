@@ -10,8 +10,10 @@ from pararnn.models import MODELS, SIZES, build_model, preset
 from pararnn.models.lm import GatedRMSNorm, cache_tensors, sample
 from pararnn.models.mamba2 import ssd_backend, ssd_chunked, ssd_sequential
 
-# (model, block) pairs: every model, and the paper's block options for the ParaRNN mixers
-VARIANTS = [(m, "standard") for m in MODELS] + [("paragru", "paper"), ("paralstm", "paper")]
+# (model, block) pairs: every model, and the paper's and the tuned (default) block options
+# for the ParaRNN mixers
+VARIANTS = [(m, "standard") for m in MODELS] + [(m, b) for b in ("paper", "tuned")
+                                                for m in ("paragru", "paralstm")]
 
 
 def small_model(model, block="standard", **overrides):
@@ -36,6 +38,39 @@ def test_parameter_counts_match_across_models(size):
     assert abs(reference / EXPECTED_BLOCK_PARAMS[size] - 1) < 0.05, counts
     for model, n in counts.items():
         assert abs(n / reference - 1) < 0.03, (model, counts)
+
+
+@pytest.mark.parametrize("size", [s for s in SIZES if s not in ("nano", "tiny")])
+def test_tuned_block_keeps_the_parameter_count(size):
+    """The default ParaRNN block (state 2x d_model) narrows the SwiGLU to stay within 1.5% of
+    the Transformer at every size from small up (tiny: the SwiGLU would shrink to 16)."""
+    with torch.device("meta"):
+        reference = build_model(preset("transformer", size, block="auto")).num_params()
+        for model in ("paragru", "paralstm"):
+            lm = build_model(preset(model, size, block="auto"))
+            assert abs(lm.num_params() / reference - 1) < 0.015, (model, size)
+            assert lm.cfg.mlp_hidden > 0
+
+
+def test_auto_block_is_tuned_for_the_rnns_and_standard_for_the_baselines():
+    for model in ("paragru", "paralstm"):
+        cfg = preset(model, "small", block="auto")
+        assert (cfg.conv_kernel, cfg.gated_norm, cfg.residual_scale) == (4, True, True)
+        assert (cfg.rnn_hidden, cfg.rnn_memory) == (2 * cfg.d_model, 64.0)
+        assert cfg == preset(model, "small", block="tuned")
+        paper = preset(model, "small", block="paper")
+        assert (paper.rnn_hidden, paper.rnn_memory) == (paper.d_model, 0.0)
+        # an explicit choice wins over the tuned defaults
+        assert preset(model, "small", block="tuned", rnn_expand=1).rnn_hidden == cfg.d_model
+        assert preset(model, "small", block="tuned", rnn_hidden=768).rnn_hidden == 768
+        chosen = preset(model, "small", block="tuned", rnn_forget_bias=2.0)
+        assert (chosen.rnn_memory, chosen.rnn_forget_bias) == (0.0, 2.0)
+    for model in ("transformer", "mamba2"):
+        assert preset(model, "small", block="auto") == preset(model, "small", block="standard")
+    from pararnn.train import TrainConfig
+    assert TrainConfig().block == "auto"
+    with pytest.raises(ValueError, match="unknown block"):
+        preset("paragru", "small", block="fancy")
 
 
 def test_sizes_command_prints_counts(capsys):
