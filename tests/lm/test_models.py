@@ -1,7 +1,5 @@
 """Language models: sizes, shapes, causality, cached decoding == parallel forward."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F

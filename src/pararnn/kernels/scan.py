@@ -410,7 +410,6 @@ def _pick_chunks(batch: int, steps: int, columns: int, cfg: _Config, device: tor
 def _solve(jac, rhs, out, k, reverse, initial_state, n_chunks, cfg) -> None:
     """Write the states into ``out`` using ``n_chunks`` chunks along time (contiguous inputs)."""
     batch, steps, width = rhs.shape
-    columns = width // k
     chunk_len = triton.cdiv(triton.cdiv(steps, n_chunks), cfg.block_t) * cfg.block_t
     n_chunks = triton.cdiv(steps, chunk_len)
     init = initial_state
