@@ -16,7 +16,8 @@ import torch
 
 from pararnn import ParaGRU
 from pararnn.distributed import ContextParallel, context_parallel_solve, enable_context_parallel, time_chunk
-from pararnn.distributed.affine import affine_scan, compose_chunk
+from pararnn.distributed.affine import compose_chunk
+from pararnn.scan import solve_linear_recurrence
 from pararnn.models import build_model, preset
 from pararnn.structure import DENSE, DIAGONAL, block
 from source_corpus import write_source_corpus
@@ -64,13 +65,14 @@ def test_scan_and_chunk_product_match_the_step_loop(structure):
         state = (dense[:, t] @ state.unsqueeze(-1)).squeeze(-1) + rhs[:, t]
         states.append(state)
         product = dense[:, t] @ product
-    torch.testing.assert_close(affine_scan(structure, coeff, rhs), torch.stack(states, 1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(solve_linear_recurrence(coeff, rhs, structure), torch.stack(states, 1),
+                               rtol=0, atol=1e-12)
     torch.testing.assert_close(structure.to_dense(compose_chunk(structure, coeff)), product, rtol=0, atol=1e-12)
     state, backwards = torch.zeros(batch, n, dtype=torch.float64), []
     for t in reversed(range(steps)):
         state = (dense[:, t] @ state.unsqueeze(-1)).squeeze(-1) + rhs[:, t]
         backwards.append(state)
-    torch.testing.assert_close(affine_scan(structure, coeff, rhs, reverse=True),
+    torch.testing.assert_close(solve_linear_recurrence(coeff, rhs, structure, reverse=True),
                                torch.stack(backwards[::-1], 1), rtol=0, atol=1e-12)
 
 

@@ -48,7 +48,8 @@ from torch.func import functional_call
 from ..cells import Cell
 from ..solver import NewtonConfig, solve
 from ..structure import JacobianStructure
-from .affine import affine_scan, compose_chunk
+from ..scan import solve_linear_recurrence
+from .affine import compose_chunk
 
 
 @dataclass
@@ -276,14 +277,14 @@ class _ContextParallelSolve(torch.autograd.Function):
         # adjoint recurrence λ_t = g_t + J_{t+1}^T λ_{t+1}; the last slot's coefficient is unused
         next_jac_t = structure.transpose(torch.cat((jac[:, 1:], torch.zeros_like(jac[:, :1])), dim=1))
         grad = grad_states.to(dtype)
-        local = affine_scan(structure, next_jac_t, grad, reverse=True)
+        local = solve_linear_recurrence(next_jac_t, grad, structure, reverse=True)
         local_incoming = structure.apply(structure.transpose(jac[:, 0]), local[:, 0])
         all_local, all_h_n = _gather(group, local_incoming, grad_h_n.to(dtype))
         arriving = all_h_n.sum(0)  # the adjoint of h_n = s_K
         for k in range(all_local.shape[0] - 1, rank, -1):
             arriving = all_local[k] + structure.apply(structure.transpose(all_composed[k]), arriving)
         grad = torch.cat((grad[:, :-1], grad[:, -1:] + arriving.unsqueeze(1)), dim=1)
-        adjoint = affine_scan(structure, next_jac_t, grad, reverse=True)
+        adjoint = solve_linear_recurrence(next_jac_t, grad, structure, reverse=True)
 
         needs = ctx.needs_input_grad[5:]
         leaves = [t.detach().requires_grad_(need) for t, need in zip((x, h0, *params), needs)]
