@@ -362,7 +362,7 @@ def _generator(model, device, args):
 
 def cmd_generate(args, parser) -> None:
     import torch
-    from .generation import SamplingConfig
+    from .generation import SamplingConfig, synchronize
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     ckpt, model, device, _ = _open(args)
     tokenizer = ckpt.tokenizer()
@@ -378,10 +378,10 @@ def cmd_generate(args, parser) -> None:
     generator.reserve(1, len(ids) + args.max_new_tokens)  # buffers and graph capture: not timed
     tokens = generator.stream(torch.tensor([ids], device=device), args.max_new_tokens, sampling,
                               generator=rng, stop_tokens=stops)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     first = next(tokens)  # the prefill and the first draw
-    _sync(device)
+    synchronize(device)
     prefill_s = time.perf_counter() - start
     decode_start = time.perf_counter()
     for token in itertools.chain([first], tokens):
@@ -393,7 +393,7 @@ def cmd_generate(args, parser) -> None:
             sys.stdout.write(text[len(printed):])
             sys.stdout.flush()
             printed = text
-    _sync(device)
+    synchronize(device)
     decode_s = time.perf_counter() - decode_start
     sys.stdout.write(tokenizer.decode(out)[len(printed):] + "\n")
     rate = f"{max(len(out) - 1, 0) / decode_s:.1f}" if decode_s > 0 else "n/a"
@@ -401,12 +401,6 @@ def cmd_generate(args, parser) -> None:
           f"{len(out)} new tokens at {rate} tokens/s "
           f"({'CUDA graph' if generator.cuda_graph else 'eager'}); "
           f"decode state {generator.state_bytes() / 2**20:.3f} MiB]", file=sys.stderr)
-
-
-def _sync(device) -> None:
-    import torch
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def cmd_bench_decode(args, parser) -> None:
@@ -422,12 +416,8 @@ def cmd_bench_decode(args, parser) -> None:
         ckpt, model, device, _ = _open(args)
         models = [(ckpt.meta["model"], model)]
     else:
-        names = [m for m in args.models.split(",") if m]
-        unknown = [m for m in names if m not in MODELS]
-        if unknown or not names:
-            raise ValueError(f"--models must name models from {', '.join(MODELS)}, got {args.models!r}")
         device = pick_device(args.device)
-        models = [(name, None) for name in names]
+        models = [(name, None) for name in _choices(args.models, MODELS, "models")]
     rows = []
     print(f"{'model':<12}{'batch':>6}{'context':>9}{'tok/s':>12}{'bound tok/s':>13}{'of bound':>9}"
           f"{'step ms':>9}{'peak MiB':>10}{'state MiB':>11}")

@@ -233,7 +233,8 @@ def decode_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
     raise ValueError(f"dtype must be auto, float32 or bfloat16, got {dtype!r}")
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timings need it; a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -258,7 +259,7 @@ def benchmark_decode(generator: Generator, batch: int, context: int, new_tokens:
         if needed > 0.9 * free:
             return {"batch": batch, "context": context,
                     "error": f"decode buffers of {needed / 2**30:.1f} GiB do not fit in {free / 2**30:.1f} GiB free"}
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     if prefill == "real":
         prompt = torch.randint(0, vocab, (batch, context), device=device)
@@ -273,18 +274,18 @@ def benchmark_decode(generator: Generator, batch: int, context: int, new_tokens:
         logits = torch.randn(batch, vocab, device=device)
     else:
         raise ValueError(f"prefill must be 'real' or 'synthetic', got {prefill!r}")
-    _sync(device)
+    synchronize(device)
     prefill_s = time.perf_counter() - start
     token = logits.argmax(-1)
     for _ in range(warmup):
         token = generator.step(token).argmax(-1)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(new_tokens):
         token = generator.step(token).argmax(-1)
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     step_bytes = generator.parameter_bytes() + generator.state_bytes()
     return {"batch": batch, "context": context, "new_tokens": new_tokens, "prefill": prefill,
