@@ -15,6 +15,7 @@ from pararnn.models.config import parse_model_options
 from pararnn.models.flops import forward_flops_per_token
 from pararnn.train import TrainConfig, train
 from pararnn.train.metrics import read_metrics
+from pararnn.train.schedules import wsd_lr
 from pararnn.train.sweep import parse_entry
 from source_corpus import write_source_corpus
 
@@ -53,7 +54,7 @@ def test_weight_decay_only_on_linear_matrices(model, block):
 
 
 def test_wsd_schedule():
-    lrs = [loop.wsd_lr(s, warmup=10, total=100, min_ratio=0.1) for s in range(101)]
+    lrs = [wsd_lr(s, warmup=10, total=100, min_ratio=0.1) for s in range(101)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(v == 1.0 for v in lrs[10:80])  # stable until the last 20%
     assert all(a > b for a, b in zip(lrs[80:100], lrs[81:101]))  # then a linear decay

@@ -15,7 +15,6 @@ parallel and the sequential state sequences shows where Newton did not converge.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..solver import NewtonConfig
+from ..train.schedules import cosine_decay
 from .data import disjoint_splits
 from .models import BLOCKS, build_synthetic_model, paper_accuracy
 from .tasks import IGNORE, get_task
@@ -85,8 +85,7 @@ def lr_at(step: int, cfg: RunConfig, elapsed: float = 0.0) -> float:
     progress = (step - warmup) / max(1, cfg.steps - warmup)
     if cfg.time_limit is not None:
         progress = max(progress, elapsed / cfg.time_limit)
-    floor = cfg.min_lr_ratio * cfg.lr
-    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * cosine_decay(progress, cfg.min_lr_ratio)
 
 
 def rnn_layer(model):

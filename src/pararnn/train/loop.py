@@ -36,6 +36,7 @@ from .checkpoint import (CheckpointError, has_checkpoint, open_checkpoint, remov
                          save_checkpoint, write_text_atomic)
 from .memory import check_training_memory
 from .metrics import MetricsLog, plot_losses
+from .schedules import SCHEDULES
 
 
 @dataclass
@@ -115,30 +116,6 @@ def autocast_for(device: torch.device, dtype: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def cosine_lr(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
-    """LR multiplier: linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-WSD_DECAY_FRACTION = 0.2
-
-
-def wsd_lr(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
-    """Warm-up, stable, decay: linear warm-up to 1, constant, then a linear decay to
-    ``min_ratio`` over the last 20% of ``total`` steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    decay_start = max(warmup, total - round(WSD_DECAY_FRACTION * total))
-    if step < decay_start:
-        return 1.0
-    progress = min(1.0, (step - decay_start) / max(1, total - decay_start))
-    return 1.0 - (1.0 - min_ratio) * progress
-
-
-SCHEDULES = {"cosine": cosine_lr, "wsd": wsd_lr}
 
 
 def optimizer_groups(model: torch.nn.Module, *, lr: float, weight_decay: float,
