@@ -17,6 +17,13 @@ import torch
 from torch import nn
 
 
+def kaiming_uniform_(weight: torch.Tensor) -> torch.Tensor:
+    """Uniform init with variance ``1 / fan_in``, the fan-in being the last dimension (the
+    input features of a ``Linear`` weight, or of one head of a multi-head projection)."""
+    bound = math.sqrt(3.0 / weight.shape[-1])
+    return nn.init.uniform_(weight, -bound, bound)
+
+
 class MultiHeadProjection(nn.Module):
     """``x (…, D) -> (…, gates * N)`` with one block-diagonal matrix per gate.
 
@@ -46,8 +53,7 @@ class MultiHeadProjection(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = math.sqrt(3.0 / self.weight.shape[-1])
-        nn.init.uniform_(self.weight, -bound, bound)
+        kaiming_uniform_(self.weight)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 

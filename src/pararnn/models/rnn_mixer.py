@@ -22,8 +22,6 @@ the ``3n`` gate pre-activations would also change what the conv sees and triple 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +29,7 @@ from torch import nn
 from ..cells import ParaLSTMCell
 from ..kernels import triton_available
 from ..layers.projected import ParaGRU, ParaLSTM
+from ..layers.projection import kaiming_uniform_
 from ..solver import NewtonConfig
 from .lm import CausalConv1d, GatedRMSNorm, RMSNorm, StaticCache, state_dtype
 from .config import ModelConfig
@@ -69,12 +68,6 @@ def recurrent_step(rnn: nn.Module, u: torch.Tensor, state, out=None):
                 buffer.copy_(value)
             new = out
     return new[0][:, None], (tuple(new) if lstm else new[0])
-
-
-def kaiming_uniform_(weight: torch.Tensor) -> None:
-    """Uniform with variance ``1 / fan_in`` (fan-in: the last dimension)."""
-    bound = math.sqrt(3.0 / weight.shape[-1])
-    nn.init.uniform_(weight, -bound, bound)
 
 
 class ParaRNNMixer(nn.Module):
