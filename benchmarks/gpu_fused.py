@@ -28,7 +28,6 @@ import torch
 
 SHAPES = [(8, 4096, 1024), (64, 2048, 2048), (1, 65536, 256)]
 SWEEP_T = [256, 1024, 4096, 16384]
-APPLE_GRU_FWD = {(8, 4096, 1024): 0.77, (64, 2048, 2048): 10.5, (1, 65536, 256): 0.42}
 
 
 def bench(fn, rotate=1):
@@ -330,16 +329,14 @@ def print_tables(results):
     print(f"\ndevice: {results['device']}; torch {results['torch']}, triton {results['triton']}; "
           f"copy bandwidth {bw / 1e12:.2f} TB/s (read+write); {results['date']}")
     print("\n| cell | B×T×N | fused fwd | x floor | fused fwd, GPU time (graph) | x floor "
-          "| fused sequential fwd | torch Newton fwd | floor | fused fwd+bwd | fwd+bwd floor | Apple fwd |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| fused sequential fwd | torch Newton fwd | floor | fused fwd+bwd | fwd+bwd floor |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results.get("main", []):
         shape = tuple(r["shape"])
-        apple = APPLE_GRU_FWD.get(shape) if r["cell"] == "gru" else None
         print(f"| {r['cell']} | {'×'.join(map(str, shape))} | {r['newton']:.3f} ms "
               f"| {r['newton'] / r['floor']:.2f} | {r['graph']:.3f} ms | {r['graph'] / r['floor']:.2f} "
               f"| {r['seq']:.3f} ms | {r['torch']:.2f} ms "
-              f"| {r['floor']:.3f} ms | {r['fwd_bwd']:.3f} ms | {r['floor_fb']:.3f} ms "
-              f"| {f'{apple} ms' if apple else '-'} |")
+              f"| {r['floor']:.3f} ms | {r['fwd_bwd']:.3f} ms | {r['floor_fb']:.3f} ms |")
     print("\n| cell | B×T×N | max abs err fused Newton | fused sequential | torch Newton (3 it) "
           "| fused Newton vs fused sequential |")
     print("|---|---|---:|---:|---:|---:|")
