@@ -25,7 +25,9 @@ def sequential_states(cell, pre, h0, resets):
 
 
 def reference_grads(cell, pre, h0, resets, grad_states):
-    """(states, grad_pre, [grad of each parameter], grad_h0) in float64."""
+    """(states, grad_pre, [grad of each parameter], grad_h0) in float64. The parameter
+    gradients are copies: a later ``cell.to(device)`` moves a parameter's ``.grad`` in
+    place, which would move the reference with it."""
     cell = cell.double()
     pre = pre.detach().double().requires_grad_()
     h0_in = (torch.zeros(pre.shape[0], cell.state_size, dtype=torch.float64)
@@ -34,4 +36,5 @@ def reference_grads(cell, pre, h0, resets, grad_states):
         p.grad = None
     states = sequential_states(cell, pre, h0_in, resets)
     (states * grad_states.double()).sum().backward()
-    return (states.detach(), pre.grad, [p.grad for p in cell.parameters()], h0_in.grad)
+    return (states.detach(), pre.grad, [p.grad.clone() for p in cell.parameters()],
+            h0_in.grad)
