@@ -7,7 +7,7 @@ import torch
 from .backends import select_fused, select_scan
 from .config import NewtonConfig, SolveInfo
 from .inputs import check_inputs, check_options
-from .newton import (ParallelSolve, handle_failure, newton_solve, scaled_residual,
+from .newton import (LoopSolve, ParallelSolve, handle_failure, newton_solve, scaled_residual,
                      sequential_solve, verify_structure)
 
 # On the CPU (PyTorch path) the step loop beats Newton once a step is this wide
@@ -55,7 +55,8 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
     out_dtype = x.dtype
     n_init = x.shape[0] if sequences.ends is None else sequences.ends.numel()
     fused = select_fused(cell, x, backend) if sequences.segment_ids is None else None
-    if mode == "auto":
+    auto = mode == "auto"
+    if auto:
         mode = _auto_mode(cell, x, h0, fused)
 
     with torch.autocast(x.device.type, enabled=False):
@@ -78,8 +79,13 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             elif mode == "parallel" and report.segments == 1:
                 info.converged = True  # one exact walk: nothing to converge
         elif mode == "sequential":
-            h0c = _initial(h0, n_init, cell, x, dtype)
-            states = sequential_solve(cell, x.to(dtype), h0c, sequences)
+            xc, h0c = x.to(dtype), _initial(h0, n_init, cell, x, dtype)
+            if auto and _needs_grad(cell, x, h0) and not torch.compiler.is_compiling():
+                # training through the loop: the adjoint backward instead of autograd's
+                # node per op and step (mode="sequential" keeps those: double backward)
+                states = LoopSolve.apply(cell, sequences, xc, h0c, *cell.parameters())
+            else:
+                states = sequential_solve(cell, xc, h0c, sequences)
             info = SolveInfo(mode="sequential", backend="torch")
         else:
             xc, h0c = x.to(dtype), _initial(h0, n_init, cell, x, dtype)
