@@ -13,13 +13,13 @@ from .newton import (LoopSolve, ParallelSolve, handle_failure, newton_solve, sca
 # On the CPU (PyTorch path) the step loop beats Newton once a step is this wide
 # (batch x state): the loop's per-step overhead is amortised, while Newton makes ~5 cell
 # evaluations and 3 scans over the whole sequence, each a pass over memory. Without
-# gradients from 768. With gradients (training: autograd through the loop against the
-# adjoint-scan backward) from 4096 per intra-op thread: Newton's whole-sequence passes
-# split over the threads, the loop's small steps do not (ParaGRU and ParaLSTM, T = 128
-# and 1024; crossover between 2048 and 4096 on 1 thread, between 4096 and 8192 on 2).
-# Measured in BENCHMARKS.md ("CPU: sequential vs parallel").
+# gradients from 768. With gradients (training: the loop with its adjoint backward,
+# LoopSolve, against Newton with the adjoint-scan backward; both backwards linearise the
+# cell once) from 512 per intra-op thread: Newton's whole-sequence passes split over the
+# threads, the loop's small steps do not (ParaGRU and ParaLSTM, T = 128, 1 thread:
+# crossover between 128 and 512). Measured in BENCHMARKS.md ("CPU training path").
 CPU_SEQUENTIAL_MIN_WIDTH = 768
-CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD = 4096
+CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD = 512
 
 
 def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = "auto",
@@ -34,7 +34,7 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             zeros if None.
         mode: ``"sequential"`` (step loop), ``"parallel"`` (Newton + scan) or ``"auto"``:
             sequential for a single step, and on the CPU once ``B * state_size`` is at
-            least 768 without gradients, or 4096 per torch thread with them; parallel
+            least 768 without gradients, or 512 per torch thread with them; parallel
             otherwise (the fused kernels then pick their own sequential/segmented plan
             per shape).
         newton: :class:`NewtonConfig` for the parallel mode (default ``NewtonConfig()``).

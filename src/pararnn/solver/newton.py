@@ -247,9 +247,12 @@ def complete_vjp(pairs, leaves, needs) -> tuple:
 
 
 # The sequential backward takes time in chunks of about this many state entries
-# (batch x steps x state): each chunk's elementwise passes then stay in the CPU's cache
-# (256 KiB per float32 tensor) instead of streaming whole-sequence tensors from memory.
-CHUNK_ENTRIES = 1 << 16
+# (batch x steps x state, 512 KiB per float32 tensor): a chunk's ~15 temporaries then
+# mostly stay in a CPU core's L2 cache instead of streaming whole-sequence tensors from
+# memory, while the per-chunk overhead (one linearize, one autograd call) stays small.
+# Measured on ParaGRU/ParaLSTM at B = 8, state 512/1024, 1 thread: 2^17 beats 2^14-2^16
+# (per-chunk overhead) and 2^18-2^20 (cache misses) by 10-60%.
+CHUNK_ENTRIES = 1 << 17
 
 
 class LoopSolve(torch.autograd.Function):
