@@ -102,3 +102,17 @@ def test_analytic_linearize_matches_autograd(cell):
     want = torch.autograd.grad(cell.step(x, h), inputs, cotangent)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_loop_backward_uses_the_forward_parameters(loop_training):
+    """gradcheck through parameters swapped in by functional_call: the backward, which runs
+    after the swap is undone, must differentiate the tensors the forward used."""
+    cell = pararnn.ParaLSTMCell(3, recurrent_clip=0.6, dtype=torch.float64)
+    rnn = pararnn.RNN(cell)
+    x = torch.randn(2, 6, 9, dtype=torch.float64)
+    a = cell.a.detach().clone().requires_grad_()
+
+    def fn(a):
+        return torch.func.functional_call(rnn, {"cell.a": a}, (x,))[0]
+
+    assert torch.autograd.gradcheck(fn, (a,))
