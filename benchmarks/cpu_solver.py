@@ -13,11 +13,13 @@ import argparse
 import json
 import os
 import platform
+import time
 
 import torch
 
 from pararnn import NewtonConfig, ParaGRU, ParaLSTM
 from pararnn.demo import compare, median_time
+from pararnn.solver import api
 
 
 def auto_rule_table(steps: int = 2048, repeats: int = 3) -> None:
@@ -37,14 +39,29 @@ def auto_rule_table(steps: int = 2048, repeats: int = 3) -> None:
         print(f"| {hidden} | {times['sequential']:.1f} | {times['parallel']:.1f} | {faster} |", flush=True)
 
 
+def median_cpu_ms(fn, repeats: int) -> float:
+    """Median process CPU time of ``fn`` in ms after a warm-up call: on a shared machine this
+    counts this process's work only (with one thread it is the single-core time)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
 def auto_rule_grad_table(steps_list, repeats: int, out: str | None) -> None:
-    """Forward+backward, sequential (autograd through the loop) vs parallel, for ParaGRU and
-    ParaLSTM layers (input = hidden, one head) at batch 8 over the step width batch x state."""
-    print(f"forward+backward, B=8, median of {repeats}, {torch.get_num_threads()} threads, "
+    """Forward+backward for ParaGRU and ParaLSTM layers (input = hidden, one head) at batch 8
+    over the step width batch x state: autograd through the loop (``mode="sequential"``),
+    the loop with its adjoint backward (what ``mode="auto"`` trains with when it picks the
+    loop; forced here at every width) and Newton (``mode="parallel"``)."""
+    print(f"forward+backward, B=8, median CPU time of {repeats}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.2f}")
-    print("| layer | T | B·state | sequential (ms) | parallel (ms) | faster |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| layer | T | B·state | autograd loop (ms) | loop + adjoint (ms) | parallel (ms) | faster |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     rows = []
+    rule = api.CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD
     for name, layer_type in (("ParaGRU", ParaGRU), ("ParaLSTM", ParaLSTM)):
         for steps in steps_list:
             for hidden in (16, 64, 128, 256, 512):
@@ -52,15 +69,21 @@ def auto_rule_grad_table(steps_list, repeats: int, out: str | None) -> None:
                 layer = layer_type(hidden, hidden, recurrent_clip=0.5)
                 x = torch.randn(8, steps, hidden, requires_grad=True)
                 times = {}
-                for mode in ("sequential", "parallel"):
+                for label, mode in (("sequential", "sequential"), ("loop_adjoint", "auto"),
+                                    ("parallel", "parallel")):
                     layer.mode = mode
-                    times[mode] = median_time(lambda: layer(x)[0].square().mean().backward(),
-                                              repeats) * 1e3
+                    api.CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD = 0  # auto: always the loop
+                    try:
+                        times[label] = median_cpu_ms(
+                            lambda: layer(x)[0].square().mean().backward(), repeats)
+                    finally:
+                        api.CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD = rule
                 width = 8 * layer.cell.state_size
-                faster = min(times, key=times.get)
+                faster = "loop" if times["loop_adjoint"] < times["parallel"] else "parallel"
                 rows.append(dict(layer=name, steps=steps, width=width, **times))
                 print(f"| {name} | {steps} | {width} | {times['sequential']:.1f} "
-                      f"| {times['parallel']:.1f} | {faster} |", flush=True)
+                      f"| {times['loop_adjoint']:.1f} | {times['parallel']:.1f} | {faster} |",
+                      flush=True)
     if out:
         with open(out, "w") as f:
             json.dump(dict(threads=torch.get_num_threads(), load_average=os.getloadavg(),

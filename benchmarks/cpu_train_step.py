@@ -7,12 +7,15 @@
 Times (median of ``--repeats`` after one warm-up call, wall clock) for each torch thread
 count in ``--threads``:
 
-* ParaGRU / ParaLSTM layers (input = state width, one head; fp32) in the parallel and the
-  sequential mode: the no-grad forward and forward+backward;
+* ParaGRU / ParaLSTM layers (input = state width, one head; fp32) in the parallel, the
+  sequential (autograd through the loop) and the auto mode (with gradients on the CPU
+  from 512 x threads per step: the loop with its adjoint backward): the no-grad forward
+  and forward+backward;
 * one AdamW training step (forward, backward, optimizer) of ``--size`` LMs (``block="auto"``,
   as ``pararnn train`` builds them) at ``--batch-size`` x ``--seq-len``, one per model.
 
-Writes the raw numbers, the load average before and after, and the torch version as JSON.
+Writes the raw numbers (train steps: wall clock and process CPU time), the load average
+before and after, and the torch version as JSON.
 """
 
 import argparse
@@ -31,13 +34,18 @@ from pararnn.models.config import preset
 LAYER_SHAPES = ((8, 128, 256), (8, 128, 512), (4, 1024, 256))
 
 
-def median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int, cpu_times: list | None = None) -> float:
+    """Median wall-clock ms; the median process CPU ms is appended to ``cpu_times`` when given
+    (on a shared machine the CPU time counts only this process's work)."""
     fn()  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    if cpu_times is not None:
+        cpu_times.append(sorted(cpu)[len(cpu) // 2] * 1e3)
     return sorted(times)[len(times) // 2] * 1e3
 
 
@@ -48,7 +56,7 @@ def time_layers(repeats: int) -> list[dict]:
             torch.manual_seed(0)
             layer = layer_type(width, width, recurrent_clip=0.5)
             x = torch.randn(batch, steps, width)
-            for mode in ("parallel", "sequential"):
+            for mode in ("parallel", "sequential", "auto"):
                 layer.mode = mode
                 with torch.no_grad():
                     fwd = median_ms(lambda: layer(x), repeats)
@@ -78,8 +86,10 @@ def time_train_steps(models, size: str, batch: int, steps: int, repeats: int) ->
             loss.backward()
             optimizer.step()
 
+        cpu = []
         rows.append(dict(model=name, size=size, batch=batch, seq_len=steps,
-                         params=model.num_params(), step_ms=median_ms(train_step, repeats)))
+                         params=model.num_params(), step_ms=median_ms(train_step, repeats, cpu),
+                         step_cpu_ms=cpu[0]))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -98,7 +108,8 @@ def table(paths) -> None:
                 runs.setdefault(key, {}).setdefault(side, []).append((row["fwd_ms"], row["fwd_bwd_ms"]))
             for row in run["train_steps"]:
                 key = ("train", run["threads"], row["model"], row["batch"], row["seq_len"])
-                runs.setdefault(key, {}).setdefault(side, []).append((row["step_ms"],))
+                runs.setdefault(key, {}).setdefault(side, []).append(
+                    (row["step_ms"], row.get("step_cpu_ms", float("nan"))))
     print("| threads | layer | B×T×N | mode | fwd before | fwd after | fwd+bwd before | fwd+bwd after |")
     print("|---:|---|---|---|---:|---:|---:|---:|")
     for key, sides in runs.items():
@@ -108,13 +119,17 @@ def table(paths) -> None:
         print(f"| {key[1]} | {key[2]} | {key[3]}×{key[4]}×{key[5]} | {key[6]} | "
               + " | ".join(f"{c:.1f}" for c in cols) + " |")
     print()
-    print("| threads | model | B×T | train step before (ms) | after (ms) | speedup |")
-    print("|---:|---|---|---:|---:|---:|")
+    print("| threads | model | B×T | wall before (ms) | wall after (ms) | speedup "
+          "| CPU before (ms) | CPU after (ms) | speedup |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
     for key, sides in runs.items():
         if key[0] != "train" or len(sides) < 2:
             continue
-        before, after = (statistics.median(v[0] for v in sides[s]) for s in ("before", "after"))
-        print(f"| {key[1]} | {key[2]} | {key[3]}×{key[4]} | {before:.0f} | {after:.0f} | {before / after:.2f}x |")
+        (before, before_cpu), (after, after_cpu) = (
+            [statistics.median(v[i] for v in sides[s]) for i in (0, 1)] for s in ("before", "after"))
+        print(f"| {key[1]} | {key[2]} | {key[3]}×{key[4]} | {before:.0f} | {after:.0f} "
+              f"| {before / after:.2f}x | {before_cpu:.0f} | {after_cpu:.0f} "
+              f"| {before_cpu / after_cpu:.2f}x |")
 
 
 def main() -> None:

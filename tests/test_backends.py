@@ -42,9 +42,10 @@ def test_auto_mode_rule_on_cpu():
         assert wide.last_solve.mode == "sequential"  # inference, wide steps: the loop wins
         narrow(x)
         assert narrow.last_solve.mode == "parallel"
-    wide(x)
-    assert wide.last_solve.mode == "parallel"  # training: the parallel backward wins
-    wide(torch.randn(8 * torch.get_num_threads(), 16, 4))  # ... to 4096 per thread
+    mid = pararnn.ParaGRU(4, 256)
+    mid(x[:1])
+    assert mid.last_solve.mode == "parallel"  # training below 512 per thread: Newton ...
+    wide(x[:1].expand(torch.get_num_threads(), -1, -1))  # ... from 512 per thread the loop
     assert wide.last_solve.mode == "sequential"
     wide(x[:, :1])
     assert wide.last_solve.mode == "sequential"  # a single step needs no Newton

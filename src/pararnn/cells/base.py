@@ -35,16 +35,31 @@ class Cell(nn.Module):
         """``h_t = f(h_{t-1}, x_t)`` for ``x``: ``(..., input_size)``, ``h_prev``: ``(..., state_size)``."""
         raise NotImplementedError(f"{type(self).__name__} must implement step(x, h_prev)")
 
-    def forward(self, x: torch.Tensor, h_prev: torch.Tensor, *, jacobian: bool = False):
-        """:meth:`step`, or :meth:`step_and_jacobian` when ``jacobian=True``.
+    def forward(self, x: torch.Tensor, h_prev: torch.Tensor, *, jacobian: bool = False,
+                linearize: bool = False):
+        """:meth:`step`, or :meth:`step_and_jacobian` when ``jacobian=True``, or
+        :meth:`linearize` when ``linearize=True``.
 
         The solver calls cells through ``forward`` under ``torch.func.functional_call``
         so that parameters swapped in by the caller (``functional_call``, FSDP, ...) are
         the ones differentiated.
         """
+        if linearize:
+            return self.linearize(x, h_prev)
         if jacobian:
             return self.step_and_jacobian(x, h_prev)
         return self.step(x, h_prev)
+
+    def sequence_stepper(self, x: torch.Tensor):
+        """:meth:`step` bound to a whole sequence ``x`` ``(B, T, input_size)``: a function
+        ``(t, h_prev) -> step(x[:, t], h_prev)`` that the step loop calls once per step.
+
+        A cell may prepare here, once per sequence, what does not depend on the state
+        (clipped weights, per-step views of ``x``), so that a step runs only its
+        arithmetic: on a CPU the loop's cost is the number of ops per step.
+        """
+        inputs = x.unbind(1)  # one call for all the per-step views
+        return lambda t, h_prev: self.step(inputs[t], h_prev)
 
     def fused_solver(self):
         """A fused whole-sequence solve for this cell, or None (the generic Newton path).
@@ -65,6 +80,30 @@ class Cell(nn.Module):
         both the Jacobians (detached) and the graph of the step's VJP, instead of two cell
         evaluations. False unless a cell declares it (ParaGRUCell and ParaLSTMCell do)."""
         return False
+
+    def linearize(self, x: torch.Tensor, h_prev: torch.Tensor):
+        """What the backward needs at a batch of steps: ``(jac, pullback)``.
+
+        ``jac`` is ``∂f/∂h_prev`` in this cell's structure (no autograd history).
+        ``pullback(cotangent)`` returns pairs ``(tensor, grad)``: autograd from those
+        tensors back to ``x``, ``h_prev`` and the parameters completes the VJP of the
+        step with ``cotangent`` (``(..., state_size)``). Called in grad mode on inputs
+        that require grad where a gradient is wanted.
+
+        The default records the step's autograd graph (once for value and Jacobian when
+        :meth:`jacobian_value_is_step`) and pairs its value with the cotangent. A cell
+        with an analytic VJP (ParaGRUCell, ParaLSTMCell) returns the gradients of its
+        inputs and (clipped) weights instead, so the backward never builds a graph of
+        the whole step.
+        """
+        if self.jacobian_value_is_step():  # one cell evaluation for both
+            value, jac = self.step_and_jacobian(x, h_prev)
+            jac = jac.detach()
+        else:
+            value = self.step(x, h_prev)
+            with torch.no_grad():
+                _, jac = self.step_and_jacobian(x, h_prev)
+        return jac, lambda cotangent: ((value, cotangent),)
 
     @property
     def structure(self) -> JacobianStructure:

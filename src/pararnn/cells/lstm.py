@@ -10,6 +10,14 @@ from ._init import (check_clip, clipped, gate_biases, preactivation, runs_own_st
 from .base import Cell
 
 
+_sigmoid_backward = torch.ops.aten.sigmoid_backward  # (g, s) -> g s (1 - s)
+_tanh_backward = torch.ops.aten.tanh_backward  # (g, t) -> g (1 - t²)
+
+# the methods that define the recurrence: a subclass that overrides one of them changes it,
+# so the analytic backward, the prepared loop and the fused kernels no longer apply
+_OWN_STEP = ("step", "step_and_jacobian", "_forward", "_step_parameters")
+
+
 class ParaLSTMCell(Cell):
     """CIFG LSTM with peephole connections, all recurrences elementwise::
 
@@ -69,26 +77,44 @@ class ParaLSTMCell(Cell):
         pairs = state.unflatten(-1, (-1, 2))
         return pairs[..., 1], pairs[..., 0]
 
-    def _forward(self, x, state):
+    def _step_parameters(self):
+        """``(a_f, a_c, a_o, p_f, p_o, b_f, b_c, b_o)``: the rows of the clipped weights and
+        of the bias (Nones without)."""
         (a_f, a_c, a_o), (p_f, p_o) = (w.unbind(0) for w in self.recurrent_weights())
-        u_f, u_c, u_o = x.chunk(3, dim=-1)
-        b_f, b_c, b_o = gate_biases(self.bias, 3)
+        return a_f, a_c, a_o, p_f, p_o, *gate_biases(self.bias, 3)
+
+    def _forward(self, u_f, u_c, u_o, state, parameters):
+        a_f, a_c, a_o, p_f, p_o, b_f, b_c, b_o = parameters
         h, c = self.unpack_state(state)
         f = preactivation(u_f, a_f, h, b_f).addcmul_(p_f, c).sigmoid_()
         candidate = preactivation(u_c, a_c, h, b_c).tanh_()
-        c_next = torch.addcmul(candidate, f, c - candidate)
+        c_next = torch.lerp(candidate, c, f)
         o = preactivation(u_o, a_o, h, b_o).addcmul_(p_o, c_next).sigmoid_()
         tanh_c = torch.tanh(c_next)
         h_next = o * tanh_c
-        return (a_f, a_c, a_o, p_f, p_o), (h, c, f, candidate, c_next, o, tanh_c, h_next)
+        return h, c, f, candidate, c_next, o, tanh_c, h_next
 
     def step(self, x: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
-        _, values = self._forward(x, h_prev)
+        values = self._forward(*x.chunk(3, dim=-1), h_prev, self._step_parameters())
         return self.pack_state(values[-1], values[4])
 
+    def sequence_stepper(self, x):
+        if not runs_own_step(self, ParaLSTMCell, *_OWN_STEP):
+            return super().sequence_stepper(x)
+        parameters = self._step_parameters()
+        u_f, u_c, u_o = (u.unbind(1) for u in x.chunk(3, dim=-1))
+
+        def step(t, h_prev):
+            values = self._forward(u_f[t], u_c[t], u_o[t], h_prev, parameters)
+            return self.pack_state(values[-1], values[4])
+
+        return step
+
     def step_and_jacobian(self, x, h_prev):
-        (a_f, a_c, a_o, p_f, p_o), (h, c, f, candidate, c_next, o, tanh_c, h_next) = \
-            self._forward(x, h_prev)
+        parameters = self._step_parameters()
+        a_f, a_c, a_o, p_f, p_o = parameters[:5]
+        h, c, f, candidate, c_next, o, tanh_c, h_next = self._forward(*x.chunk(3, dim=-1), h_prev,
+                                                                      parameters)
         df = f * (1 - f)
         dcand_dh = (1 - candidate * candidate) * a_c
         dc_dc = df * p_f * (c - candidate) + f
@@ -104,14 +130,67 @@ class ParaLSTMCell(Cell):
         jac = torch.stack((dc_dc, dc_dh, dh_dc, dh_dh), dim=-2).unflatten(-2, (2, 2)).movedim(-1, -3)
         return self.pack_state(h_next, c_next), jac
 
+    def linearize(self, x, h_prev):
+        """Analytic Jacobian and VJP (see :meth:`Cell.linearize`), from the derivatives of
+        ``c'`` by the pre-activations of ``f`` and ``c̃``, of ``h'`` by that of ``o``, and the
+        total ``∂h'/∂c'`` (directly and through ``o``'s peephole)."""
+        if not runs_own_step(self, ParaLSTMCell, *_OWN_STEP):
+            return super().linearize(x, h_prev)
+        parameters, bias = self._step_parameters(), self.bias  # bound now: see Cell.linearize
+        a_f, a_c, a_o, p_f, p_o = parameters[:5]  # rows of the clipped a and peepholes
+        with torch.no_grad():
+            h, c, f, candidate, c_next, o, tanh_c, _ = self._forward(*x.chunk(3, dim=-1), h_prev,
+                                                                     parameters)
+            # fused derivative kernels, one pass apiece
+            d_f = _sigmoid_backward(c - candidate, f)  # ∂c'/∂pre_f = f(1-f)(c-c̃)
+            d_c = _tanh_backward(torch.rsub(f, 1), candidate)  # ∂c'/∂pre_c = (1-f)(1-c̃²)
+            d_o = _sigmoid_backward(tanh_c, o)  # ∂h'/∂pre_o = o(1-o) tanh(c')
+            through_c = _tanh_backward(o, tanh_c).addcmul_(d_o, p_o)
+            # rows (c', h'), columns (c, h), stored entry-major as step_and_jacobian does
+            jac = torch.empty(*f.shape[:-1], 4, f.shape[-1], dtype=f.dtype, device=f.device)
+            dc_dc, dc_dh, dh_dc, dh_dh = jac.unbind(-2)
+            torch.addcmul(f, d_f, p_f, out=dc_dc)
+            torch.mul(d_f, a_f, out=dc_dh).addcmul_(d_c, a_c)
+            torch.mul(through_c, dc_dc, out=dh_dc)
+            torch.mul(through_c, dc_dh, out=dh_dh).addcmul_(d_o, a_o)
+            jac = jac.unflatten(-2, (2, 2)).movedim(-1, -3)
+
+        def pullback(cotangent):
+            pairs = []
+            with torch.no_grad():
+                grad_h, grad_c = self.unpack_state(cotangent)
+                grad_c_next = torch.addcmul(grad_c, grad_h, through_c)  # total ∂L/∂c'
+                grad_pre = torch.empty(*f.shape[:-1], 3, f.shape[-1], dtype=f.dtype, device=f.device)
+                g_f, g_c, g_o = grad_pre.unbind(-2)
+                torch.mul(grad_c_next, d_f, out=g_f)
+                torch.mul(grad_c_next, d_c, out=g_c)
+                torch.mul(grad_h, d_o, out=g_o)
+                lead = tuple(range(grad_pre.dim() - 2))
+                if x.requires_grad:
+                    pairs.append((x, grad_pre.flatten(-2)))
+                if h_prev.requires_grad:
+                    grad_h_prev = torch.mul(g_f, a_f).addcmul_(g_c, a_c).addcmul_(g_o, a_o)
+                    grad_c_prev = torch.mul(grad_c_next, f).addcmul_(g_f, p_f)
+                    pairs.append((h_prev, self.pack_state(grad_h_prev, grad_c_prev)))
+                # rows of the clipped weights: autograd adds them up into a and the peepholes
+                for weight, grad, inner in ((a_f, g_f, h), (a_c, g_c, h), (a_o, g_o, h),
+                                            (p_f, g_f, c), (p_o, g_o, c_next)):
+                    if weight.requires_grad:
+                        pairs.append((weight, (grad * inner).sum(lead)))
+                if bias is not None and bias.requires_grad:
+                    pairs.append((bias, grad_pre.sum(lead)))
+            return pairs
+
+        return jac, pullback
+
     def jacobian_value_is_step(self) -> bool:
         # both come from the same _forward unless a subclass replaced one of them
-        return runs_own_step(self, ParaLSTMCell, "step", "step_and_jacobian", "_forward")
+        return runs_own_step(self, ParaLSTMCell, *_OWN_STEP)
 
     def fused_solver(self):
         """The fused ParaLSTM kernels (:func:`pararnn.kernels.paralstm.paralstm_solve`)
         unless a subclass changed the step."""
-        if not runs_own_step(self, ParaLSTMCell, "step", "step_and_jacobian", "_forward"):
+        if not runs_own_step(self, ParaLSTMCell, *_OWN_STEP):
             return None
         return self._fused_solve
 

@@ -82,6 +82,12 @@ class _Algebra:
         """Planar ``(..., k, n)`` states -> ``(..., n * k)``."""
         return states.movedim(-2, -1).flatten(-2)
 
+    def transpose(self, jac: torch.Tensor) -> torch.Tensor:
+        """``J^T`` per step, as a view (planar blocks: swap the entry dims ``i, j``)."""
+        if self.kind == "block":
+            return jac.transpose(-3, -2)
+        return self.structure.transpose(jac)
+
     def compose(self, outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
         """``outer @ inner`` per step."""
         if self.kind == "diagonal":
@@ -135,6 +141,33 @@ def _odd_even_solve(tail: torch.Tensor, rhs: torch.Tensor, algebra: _Algebra) ->
         else:
             algebra.apply_add(*later_even, out=states[:, 2::2])
     return states
+
+
+def solve_adjoint_loop(jac: torch.Tensor, rhs: torch.Tensor, structure: JacobianStructure,
+                       carry: torch.Tensor | None = None) -> torch.Tensor:
+    """The adjoint recurrence ``λ_t = r_t + J_{t+1}^T λ_{t+1}`` (``J_0`` unused) by a loop
+    over the steps, from ``λ_{T-1} = r_{T-1} + carry`` (``carry``: the term ``J_T^T λ_T`` of
+    a later piece of the sequence, ``(B, N)``; zero when None).
+
+    One fused multiply-add per step over ``B x N`` entries: on a CPU cheaper than the
+    scan's whole-sequence passes when ``B x N`` is large, which is when the sequential
+    backward (:class:`pararnn.solver.newton.LoopSolve`) runs it.
+    """
+    algebra = _Algebra(structure)
+    tail = jac[:, 1:]
+    if algebra.kind == "block":
+        tail, rhs = algebra.to_planar(tail, rhs)
+        if carry is not None:
+            carry = carry.unflatten(-1, (-1, algebra.k)).movedim(-1, -2)
+    adjoints = torch.empty_like(rhs)
+    coefficients, terms, outs = algebra.transpose(tail).unbind(1), rhs.unbind(1), adjoints.unbind(1)
+    if carry is None:
+        outs[-1].copy_(terms[-1])
+    else:
+        torch.add(terms[-1], carry, out=outs[-1])
+    for t in range(len(outs) - 2, -1, -1):
+        algebra.apply_add(coefficients[t], outs[t + 1], terms[t], out=outs[t])
+    return algebra.from_planar(adjoints) if algebra.kind == "block" else adjoints
 
 
 def solve_linear_recurrence_sequential(

@@ -7,19 +7,19 @@ import torch
 from .backends import select_fused, select_scan
 from .config import NewtonConfig, SolveInfo
 from .inputs import check_inputs, check_options
-from .newton import (ParallelSolve, handle_failure, newton_solve, scaled_residual,
+from .newton import (LoopSolve, ParallelSolve, handle_failure, newton_solve, scaled_residual,
                      sequential_solve, verify_structure)
 
 # On the CPU (PyTorch path) the step loop beats Newton once a step is this wide
 # (batch x state): the loop's per-step overhead is amortised, while Newton makes ~5 cell
 # evaluations and 3 scans over the whole sequence, each a pass over memory. Without
-# gradients from 768. With gradients (training: autograd through the loop against the
-# adjoint-scan backward) from 4096 per intra-op thread: Newton's whole-sequence passes
-# split over the threads, the loop's small steps do not (ParaGRU and ParaLSTM, T = 128
-# and 1024; crossover between 2048 and 4096 on 1 thread, between 4096 and 8192 on 2).
-# Measured in BENCHMARKS.md ("CPU: sequential vs parallel").
+# gradients from 768. With gradients (training: the loop with its adjoint backward,
+# LoopSolve, against Newton with the adjoint-scan backward; both backwards linearise the
+# cell once) from 512 per intra-op thread: Newton's whole-sequence passes split over the
+# threads, the loop's small steps do not (ParaGRU and ParaLSTM, T = 128, 1 thread:
+# crossover between 128 and 512). Measured in BENCHMARKS.md ("CPU training path").
 CPU_SEQUENTIAL_MIN_WIDTH = 768
-CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD = 4096
+CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD = 512
 
 
 def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = "auto",
@@ -34,7 +34,7 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             zeros if None.
         mode: ``"sequential"`` (step loop), ``"parallel"`` (Newton + scan) or ``"auto"``:
             sequential for a single step, and on the CPU once ``B * state_size`` is at
-            least 768 without gradients, or 4096 per torch thread with them; parallel
+            least 768 without gradients, or 512 per torch thread with them; parallel
             otherwise (the fused kernels then pick their own sequential/segmented plan
             per shape).
         newton: :class:`NewtonConfig` for the parallel mode (default ``NewtonConfig()``).
@@ -55,7 +55,8 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
     out_dtype = x.dtype
     n_init = x.shape[0] if sequences.ends is None else sequences.ends.numel()
     fused = select_fused(cell, x, backend) if sequences.segment_ids is None else None
-    if mode == "auto":
+    auto = mode == "auto"
+    if auto:
         mode = _auto_mode(cell, x, h0, fused)
 
     with torch.autocast(x.device.type, enabled=False):
@@ -78,8 +79,13 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             elif mode == "parallel" and report.segments == 1:
                 info.converged = True  # one exact walk: nothing to converge
         elif mode == "sequential":
-            h0c = _initial(h0, n_init, cell, x, dtype)
-            states = sequential_solve(cell, x.to(dtype), h0c, sequences)
+            xc, h0c = x.to(dtype), _initial(h0, n_init, cell, x, dtype)
+            if auto and _needs_grad(cell, x, h0) and not torch.compiler.is_compiling():
+                # training through the loop: the adjoint backward instead of autograd's
+                # node per op and step (mode="sequential" keeps those: double backward)
+                states = LoopSolve.apply(cell, sequences, xc, h0c, *cell.parameters())
+            else:
+                states = sequential_solve(cell, xc, h0c, sequences)
             info = SolveInfo(mode="sequential", backend="torch")
         else:
             xc, h0c = x.to(dtype), _initial(h0, n_init, cell, x, dtype)

@@ -1,0 +1,118 @@
+"""The step loop's adjoint backward (``LoopSolve``, what ``mode="auto"`` trains with on the
+CPU when it picks the loop) against autograd through the loop, and the cells' analytic
+``linearize`` against autograd through their step."""
+
+import pytest
+import torch
+
+import pararnn
+from pararnn.solver import api, newton
+from cells_zoo import all_cells
+
+
+@pytest.fixture
+def loop_training(monkeypatch):
+    """auto picks the loop for every shape with gradients, in chunks of 5 steps or fewer."""
+    monkeypatch.setattr(api, "CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD", 0)
+    monkeypatch.setattr(newton, "CHUNK_ENTRIES", 5)
+
+
+def gradients(cell, x, h0, mode, **kwargs):
+    x = x.detach().requires_grad_()
+    h0 = h0.detach().requires_grad_()
+    rnn = pararnn.RNN(cell, mode=mode)
+    out, h_n = rnn(x, h0, **kwargs)
+    assert rnn.last_solve.mode == "sequential"
+    assert (type(out.grad_fn).__name__ == "LoopSolveBackward") == (mode == "auto")
+    weights = torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)
+    loss = (out.sin() * weights).sum() + (h_n**2).sum()
+    return torch.autograd.grad(loss, [x, h0, *cell.parameters()])
+
+
+def assert_same_gradients(cell, x, h0, **kwargs):
+    want = gradients(cell, x, h0, "sequential", **kwargs)  # autograd through the loop
+    got = gradients(cell, x, h0, "auto", **kwargs)
+    names = ["x", "h0", *(n for n, _ in cell.named_parameters())]
+    for name, a, b in zip(names, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("steps", [1, 5, 7, 23])
+@pytest.mark.parametrize("name", sorted(all_cells()))
+def test_loop_backward_matches_autograd(loop_training, name, steps):
+    cell = all_cells()[name]
+    x = torch.randn(1, steps, cell.input_size, dtype=torch.float64)
+    h0 = torch.randn(1, cell.state_size, dtype=torch.float64) * 0.5
+    assert_same_gradients(cell, x, h0)
+
+
+@pytest.mark.parametrize("name", ["paragru", "paralstm", "dense", "block3"])
+def test_loop_backward_with_resets_and_packed_sequences(loop_training, name):
+    cell = all_cells()[name]
+    x = torch.randn(2, 31, cell.input_size, dtype=torch.float64)
+    h0 = torch.randn(2, cell.state_size, dtype=torch.float64) * 0.5
+    assert_same_gradients(cell, x, h0, resets=torch.rand(2, 31) < 0.15)
+    h0s = torch.randn(3, cell.state_size, dtype=torch.float64) * 0.5
+    assert_same_gradients(cell, x[:1], h0s, cu_seqlens=torch.tensor([0, 4, 20, 31]))
+
+
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_layer_trains_through_the_loop_backward(loop_training, layer_cls):
+    """Clipped recurrent weights (the clip's gradient too), bias, no h0."""
+    layer = layer_cls(6, 8, num_heads=2, recurrent_clip=0.3, dtype=torch.float64)
+    with torch.no_grad():
+        layer.cell.bias.normal_()
+    x = torch.randn(3, 17, 6, dtype=torch.float64)
+    grads = {}
+    for mode in ("sequential", "auto"):
+        layer.mode = mode
+        layer.zero_grad()
+        out, _ = layer(x)
+        out.cos().sum().backward()
+        grads[mode] = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    assert (layer.cell.a.abs() > 0.3).any()  # some entries clipped: zero gradient there
+    for name in grads["sequential"]:
+        torch.testing.assert_close(grads["auto"][name], grads["sequential"][name],
+                                   rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_loop_backward_rejects_double_backward(loop_training):
+    x = torch.randn(1, 4, 12, dtype=torch.float64, requires_grad=True)
+    out, _ = pararnn.RNN(pararnn.ParaGRUCell(4, dtype=torch.float64))(x)
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
+@pytest.mark.parametrize("cell", [pararnn.ParaGRUCell(5, recurrent_clip=0.4, dtype=torch.float64),
+                                  pararnn.ParaLSTMCell(5, recurrent_clip=0.4, dtype=torch.float64)])
+def test_analytic_linearize_matches_autograd(cell):
+    """Jacobian and every input/parameter gradient of the pullback, at random points."""
+    with torch.no_grad():
+        cell.bias.normal_()
+        cell.a.mul_(3)  # past the clip in places
+    x = torch.randn(2, 3, cell.input_size, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 3, cell.state_size, dtype=torch.float64, requires_grad=True)
+    cotangent = torch.randn(2, 3, cell.state_size, dtype=torch.float64)
+    jac, pullback = cell.linearize(x, h)
+    _, want_jac = cell.step_and_jacobian(x, h)
+    torch.testing.assert_close(jac, want_jac.detach(), rtol=1e-12, atol=1e-14)
+    outputs, cotangents = zip(*pullback(cotangent))
+    inputs = [x, h, *cell.parameters()]
+    got = torch.autograd.grad(outputs, inputs, cotangents)
+    want = torch.autograd.grad(cell.step(x, h), inputs, cotangent)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_loop_backward_uses_the_forward_parameters(loop_training):
+    """gradcheck through parameters swapped in by functional_call: the backward, which runs
+    after the swap is undone, must differentiate the tensors the forward used."""
+    cell = pararnn.ParaLSTMCell(3, recurrent_clip=0.6, dtype=torch.float64)
+    rnn = pararnn.RNN(cell)
+    x = torch.randn(2, 6, 9, dtype=torch.float64)
+    a = cell.a.detach().clone().requires_grad_()
+
+    def fn(a):
+        return torch.func.functional_call(rnn, {"cell.a": a}, (x,))[0]
+
+    assert torch.autograd.gradcheck(fn, (a,))
