@@ -70,6 +70,7 @@ def test_recall_tasks_get_the_paper_block_with_a_long_memory_gate(name):
     full = build_synthetic_model(get_task(name), "paralstm").blocks[0]
     assert full.mixer.conv is not None and full.mixer.norm is not None and full.scale1 is not None
     assert full.mixer.rnn.cell.recurrent_clip == 0.9 and full.mlp is None
+    assert synthetic_config(get_task(name), "paralstm").rnn_init == "paper"
     # chrono init: LSTM forget gate f = 1 - 1/tau with tau in [2, 64] steps
     f = torch.sigmoid(full.mixer.rnn.cell.bias[0].double())
     tau = 1 / (1 - f)

@@ -9,11 +9,15 @@ channel to cycle between states, which a clipped (contracting) cell cannot do. T
 Transformer (RoPE) and Mamba2 mixers are the library's own, at the same width (Mamba2:
 state 64, 4 heads of 32 channels).
 
-The ParaRNN block also starts with the chrono init of its memory gate (time constants
-spread over 2..64 steps, ``rnn_memory=64``) instead of a gate at 1/2, which forgets
-within a few steps: MQAR and k-hop must keep what they read for up to the whole
-sequence, and with gates at 1/2 the gradient from a query to its key-value pair vanishes
-before training can open them. The bare parity cell keeps the paper's init.
+The paper block is initialised as in the paper (``rnn_init="paper"``: Kaiming-uniform
+projections into the cell, Xavier recurrent vectors) and its memory gate with the chrono
+init (time constants spread over 2..64 steps, ``rnn_memory=64``) instead of a gate at
+1/2, which forgets within a few steps: MQAR and k-hop must keep what they read for up to
+the whole sequence, and with gates at 1/2 the gradient from a query to its key-value
+pair vanishes before training can open them. On the CPU (MQAR, ParaGRU, lr 3e-3,
+batches of 64) validation accuracy after 300 steps: 12% with neither, 27% with the
+chrono init, 33% with both. The bare cells keep the library's default init, with which
+the paper's parity result reproduces.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ def synthetic_config(task: Task, model: str, *, block: str = "auto", width: int 
                   output_size=task.num_classes, n_heads=heads,
                   # ParaRNN mixers: hidden state = width, `heads` input-projection heads
                   rnn_hidden=width, rnn_heads=heads, recurrent_clip=None if bare else 0.9,
-                  rnn_memory=0.0 if bare else MEMORY,
+                  rnn_memory=0.0 if bare else MEMORY, rnn_init="gpt2" if bare else "paper",
                   # Mamba2: d_inner = 2 * width in `heads` heads, state 64
                   mamba_d_state=64, mamba_headdim=2 * width // heads)
     fields.update(overrides)
