@@ -11,11 +11,11 @@
 # sets. A run that ends while its validation accuracy still climbs is marked
 # "still learning" (under-trained) in the table.
 #
-#   benchmarks/gpu_synthetic.sh OUTDIR [STEPS=6000] [LIMIT=330] [JOBS=all]
+#   benchmarks/gpu_synthetic.sh OUTDIR [STEPS=6000] [LIMIT=320] [JOBS=all]
 #
-# Budget on one H200 with the defaults: under 8.5 minutes of wall time (start-up, then at
+# Budget on one H200 with the defaults: under 8 minutes of wall time (start-up, then at
 # most LIMIT s of training, then evaluation on 20k test sequences at the training length
-# and 5k at 2x and 4x it); a job still running after LIMIT + 140 s is killed (its run is
+# and 5k at 2x and 4x it); a job still running after LIMIT + 150 s is killed (its run is
 # missing from the merged table, and its log says how far it got).
 # Writes OUTDIR/results.json (the kept run of every (task, model) with its grid),
 # OUTDIR/results.md (the table and the grid's validation accuracies), OUTDIR/device.txt,
@@ -26,7 +26,7 @@
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_synthetic.sh OUTDIR [STEPS] [LIMIT] [JOBS]}
 steps=${2:-6000}
-limit=${3:-330}
+limit=${3:-320}
 lrs=${LRS:-"1e-3 3e-3"}
 tasks="parity mqar khop modcount s5"
 models="paragru paralstm transformer mamba2"
@@ -44,7 +44,7 @@ python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/devi
 run_one() {  # task model lr: one training run, cut off if it overruns its share of the budget
     local name="$1_$2_lr$3"
     # shellcheck disable=SC2086  # SYNTH_ARGS is a list of flags
-    timeout $((limit + 140)) python3 -m pararnn synthetic --task "$1" --model "$2" --lr "$3" \
+    timeout $((limit + 150)) python3 -m pararnn synthetic --task "$1" --model "$2" --lr "$3" \
         --device "$device" --steps "$steps" --time-limit "$limit" --n-test 20000 --n-test-long 5000 \
         ${SYNTH_ARGS:-} --out "$out/runs/$name" > "$out/runs/$name.log" 2>&1
     echo "$name: exit $? ($(tail -n 1 "$out/runs/$name.log"))"

@@ -3,7 +3,9 @@
 :func:`run` trains with AdamW and a cosine learning rate (linear warm-up) on a fixed
 training set, stops early once the validation accuracy reaches ``target``, then scores
 held-out test sets at the training length and at 2x and 4x it (length generalisation):
-the accuracy over every scored position and at the last position only.
+the accuracy over every scored position and at the last position only. Each run says how
+its training ended (:func:`training_status`), so that an under-trained run is not read
+as a model's limit.
 
 For the ParaRNN models the test sets are scored three times: through the parallel
 Newton solve with exactly ``max_iters=3`` and no convergence check, through the solver's
