@@ -56,8 +56,8 @@ def synthetic_config(task: Task, model: str, *, block: str = "auto", width: int 
 
     ``block``: ``"auto"`` is ``"bare"`` on :data:`BARE_TASKS` (the paper's choice for
     parity), ``"paper"`` otherwise; ``"paper"``: causal conv, gated RMSNorm, scaled
-    residuals, recurrent clip 0.9, chrono memory init; ``"bare"``: none of them and no
-    clipping.
+    residuals, recurrent clip 0.9, the paper's init with the chrono memory gate;
+    ``"bare"``: none of them, no clipping, the library's default init.
     """
     if block not in BLOCKS:
         raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {block!r}")
