@@ -9,8 +9,8 @@ import torch
 from pararnn import NewtonConfig
 from pararnn.cli import main
 from pararnn.synthetic.models import build_synthetic_model
-from pararnn.synthetic.report import merge_outputs
-from pararnn.synthetic.runner import RunConfig, evaluate, lr_at, rnn_layer, run
+from pararnn.synthetic.report import best_of_grid, merge_outputs
+from pararnn.synthetic.runner import RunConfig, evaluate, lr_at, rnn_layer, run, training_status
 from pararnn.synthetic.tasks import get_task
 
 TINY = ["--width", "16", "--heads", "2", "--length", "20", "--steps", "4", "--eval-every", "2",
@@ -33,6 +33,7 @@ def test_cli_grid_writes_table_and_self_describing_json(tmp_path, capsys):
     assert runs["modcount", "paragru"]["paper_test_acc"] is None
     for r in doc["runs"]:
         assert r["steps"] == 4 and r["params"] > 0 and r["train_seconds"] >= 0
+        assert r["stop_reason"] == "steps" and r["status"] in ("still learning", "plateau")
         assert r["task_spec"]["name"] == r["task"] and r["task_spec"]["num_classes"] > 1
         assert set(r["test"]) == {"20", "40", "80"}
         assert r["test"]["20"]["n"] == 32 and r["test"]["80"]["n"] == 16
@@ -57,6 +58,36 @@ def test_cli_grid_writes_table_and_self_describing_json(tmp_path, capsys):
     assert [(r["task"], r["model"]) for r in merged["runs"]] == [
         ("parity", "mamba2"), ("parity", "paragru"), ("modcount", "mamba2"), ("modcount", "paragru")]
     assert all(r["job"]["command"] == doc["command"] for r in merged["runs"])
+    assert all(r["lr_grid"] == [{"lr": 5e-4, "final_val_acc": r["final_val_acc"], "steps": 4,
+                                 "status": r["status"]}] for r in merged["runs"])
+    assert "Learning-rate grid" in (tmp_path / "merged" / "results.md").read_text()
+
+
+def test_training_status_says_where_a_run_is_under_trained():
+    def curve(*accs):
+        return [{"step": 100 * (i + 1), "val_acc": a} for i, a in enumerate(accs)]
+    assert training_status(curve(0.5, 1.0), reached_target=True) == "solved"
+    # compared with the last evaluation at or before 3/4 of the run (step 300 of 400)
+    assert training_status(curve(0.2, 0.3, 0.40, 0.42), reached_target=False) == "still learning"
+    assert training_status(curve(0.2, 0.3, 0.40, 0.405), reached_target=False) == "plateau"
+    assert training_status(curve(0.2), reached_target=False) == "still learning"
+
+
+def _fake_run(task, model, lr, val, steps, test):
+    return {"task": task, "model": model, "run_config": {"lr": lr}, "final_val_acc": val,
+            "steps": steps, "status": "plateau", "test_acc": test}
+
+
+def test_best_learning_rate_is_chosen_on_validation_never_on_test():
+    runs = [_fake_run("mqar", "mamba2", 1e-3, 0.40, 900, test=0.99),
+            _fake_run("mqar", "mamba2", 3e-3, 0.95, 900, test=0.10),
+            _fake_run("khop", "mamba2", 1e-3, 1.0, 300, test=1.0),
+            _fake_run("khop", "mamba2", 3e-3, 1.0, 200, test=1.0)]  # tie: fewer steps wins
+    best = {(r["task"], r["model"]): r for r in best_of_grid(runs)}
+    assert best["mqar", "mamba2"]["run_config"]["lr"] == 3e-3
+    assert best["khop", "mamba2"]["run_config"]["lr"] == 3e-3
+    assert [g["lr"] for g in best["mqar", "mamba2"]["lr_grid"]] == [1e-3, 3e-3]
+    assert best["mqar", "mamba2"]["lr_grid"][0]["final_val_acc"] == 0.40
 
 
 def test_cli_rejects_unknown_names():

@@ -55,15 +55,29 @@ def test_mixer_factory_is_exported():
     assert "mixer_factory" in exported and mixer_factory("transformer") is Attention
 
 
-def test_parity_gets_the_bare_cell_and_other_tasks_the_paper_block():
-    bare = build_synthetic_model(get_task("parity"), "paragru").blocks[0]
+@pytest.mark.parametrize("name", ["parity", "modcount", "s5"])
+def test_counting_tasks_get_the_bare_cell(name):
+    torch.manual_seed(0)
+    bare = build_synthetic_model(get_task(name), "paragru").blocks[0]
     assert bare.mixer.conv is None and bare.mixer.norm is None and bare.scale1 is None
-    assert bare.mixer.rnn.cell.recurrent_clip is None
-    full = build_synthetic_model(get_task("khop"), "paralstm").blocks[0]
+    assert bare.mixer.rnn.cell.recurrent_clip is None and bare.mlp is None
+    assert bool((bare.mixer.rnn.cell.bias[0] == 0).all())  # the paper's init: no chrono memory gate
+
+
+@pytest.mark.parametrize("name", ["mqar", "khop"])
+def test_recall_tasks_get_the_paper_block_with_a_long_memory_gate(name):
+    torch.manual_seed(0)
+    full = build_synthetic_model(get_task(name), "paralstm").blocks[0]
     assert full.mixer.conv is not None and full.mixer.norm is not None and full.scale1 is not None
-    assert full.mixer.rnn.cell.recurrent_clip == 0.9
-    for block in (bare, full):
-        assert block.mlp is None
+    assert full.mixer.rnn.cell.recurrent_clip == 0.9 and full.mlp is None
+    assert synthetic_config(get_task(name), "paralstm").rnn_init == "paper"
+    # chrono init: LSTM forget gate f = 1 - 1/tau with tau in [2, 64] steps
+    f = torch.sigmoid(full.mixer.rnn.cell.bias[0].double())
+    tau = 1 / (1 - f)
+    assert float(tau.min()) >= 2 - 1e-9 and float(tau.max()) <= 64 + 1e-9 and float(tau.max()) > 32
+    gru = build_synthetic_model(get_task(name), "paragru").blocks[0].mixer.rnn.cell
+    z = torch.sigmoid(gru.bias[0].double())  # GRU update gate z = 1/tau: small, keeps h
+    assert float(z.max()) <= 0.5 + 1e-9 and float(z.min()) >= 1 / 64 - 1e-9
 
 
 @pytest.mark.parametrize("model", MODELS)

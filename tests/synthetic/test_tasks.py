@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pararnn.synthetic.data import disjoint_splits, sequence_hashes
-from pararnn.synthetic.tasks import IGNORE, TASKS, get_task
+from pararnn.synthetic.tasks import IGNORE, MQAR, TASKS, get_task
 
 
 def generate(name, n=16, length=40, seed=0):
@@ -84,6 +84,20 @@ def test_mqar_keys_are_distinct_and_queries_come_from_the_pairs():
     assert bool((inputs[:, 1:2 * task.pairs:2] >= task.keys).all())
     queries = inputs[:, 2 * task.pairs:]
     assert bool((queries[:, :, None] == keys[:, None, :]).any(-1).all())
+
+
+def test_mqar_hand_worked_example():
+    # Zoology's multi-query associative recall: pairs k v, then queries scored with the
+    # value of their key; the pair positions carry no loss
+    task = MQAR(pairs=2, keys=4, values=4)  # keys 0..3, values 4..7
+    inputs = torch.tensor([[2, 5, 0, 7, 0, 2, 2, 0]])
+    assert task.labels(inputs).tolist() == [[IGNORE, IGNORE, IGNORE, IGNORE, 7, 5, 5, 7]]
+
+
+def test_khop_hand_worked_example():
+    # successor table as it stands at t: 0->1, 1->0 (t=2); 0->2, 2->0 (t=4); 0->1 (t=5)
+    inputs = torch.tensor([[0, 1, 0, 2, 0, 1]])
+    assert get_task("khop").labels(inputs).tolist() == [[IGNORE, IGNORE, 0, IGNORE, 0, 1]]
 
 
 def test_khop_scores_most_positions_of_long_sequences():

@@ -4,8 +4,20 @@ Embedding -> RMSNorm -> mixer -> residual -> RMSNorm -> linear head over the tas
 classes; no MLP. Width 64, recurrent state 64, 4 heads. The ParaRNN mixers use the
 paper's block (short causal conv, gated RMSNorm, scaled residual, recurrent weights
 clipped to 0.9) except on parity, where the paper runs the bare cell: no conv, no gated
-norm, no clipping. The Transformer and Mamba2 mixers are the library's own, at the same
-width (Mamba2: state 64, 4 heads of 32 channels).
+norm, no clipping. Counting mod 5 and S5 get the bare cell too: like parity they need a
+channel to cycle between states, which a clipped (contracting) cell cannot do. The
+Transformer (RoPE) and Mamba2 mixers are the library's own, at the same width (Mamba2:
+state 64, 4 heads of 32 channels).
+
+The paper block is initialised as in the paper (``rnn_init="paper"``: Kaiming-uniform
+projections into the cell, Xavier recurrent vectors) and its memory gate with the chrono
+init (time constants spread over 2..64 steps, ``rnn_memory=64``) instead of a gate at
+1/2, which forgets within a few steps: MQAR and k-hop must keep what they read for up to
+the whole sequence, and with gates at 1/2 the gradient from a query to its key-value
+pair vanishes before training can open them. On the CPU (MQAR, lr 3e-3, batches of 64),
+validation accuracy with neither / the chrono init / both: ParaGRU 12 / 27 / 33% after
+300 steps, ParaLSTM 6 / 18 / 31% after 200. The bare cells keep the library's default
+init, with which the paper's parity result reproduces.
 """
 
 from __future__ import annotations
@@ -33,23 +45,28 @@ def paper_accuracy(task: str, model: str) -> float | None:
 
 
 BLOCKS = ("auto", "paper", "bare")
+# tasks on which "auto" runs the bare cell (the paper's choice for parity)
+BARE_TASKS = ("parity", "modcount", "s5")
+MEMORY = 64.0  # the paper block's chrono init: memory-gate time constants in [2, MEMORY] steps
 
 
 def synthetic_config(task: Task, model: str, *, block: str = "auto", width: int = WIDTH,
                      heads: int = HEADS, **overrides) -> ModelConfig:
     """The paper's one-layer ``model`` for ``task`` (see the module doc).
 
-    ``block``: ``"auto"`` is the paper's choice (``"bare"`` for parity, ``"paper"``
-    otherwise); ``"paper"``: causal conv, gated RMSNorm, scaled residuals, recurrent clip
-    0.9; ``"bare"``: none of them and no clipping.
+    ``block``: ``"auto"`` is ``"bare"`` on :data:`BARE_TASKS` (the paper's choice for
+    parity), ``"paper"`` otherwise; ``"paper"``: causal conv, gated RMSNorm, scaled
+    residuals, recurrent clip 0.9, the paper's init with the chrono memory gate;
+    ``"bare"``: none of them, no clipping, the library's default init.
     """
     if block not in BLOCKS:
         raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {block!r}")
-    bare = task.name == "parity" if block == "auto" else block == "bare"
+    bare = task.name in BARE_TASKS if block == "auto" else block == "bare"
     fields = dict(d_model=width, n_layers=1, mlp_hidden=0, tied_head=False,
                   output_size=task.num_classes, n_heads=heads,
                   # ParaRNN mixers: hidden state = width, `heads` input-projection heads
                   rnn_hidden=width, rnn_heads=heads, recurrent_clip=None if bare else 0.9,
+                  rnn_memory=0.0 if bare else MEMORY, rnn_init="gpt2" if bare else "paper",
                   # Mamba2: d_inner = 2 * width in `heads` heads, state 64
                   mamba_d_state=64, mamba_headdim=2 * width // heads)
     fields.update(overrides)

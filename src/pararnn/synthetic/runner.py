@@ -3,7 +3,9 @@
 :func:`run` trains with AdamW and a cosine learning rate (linear warm-up) on a fixed
 training set, stops early once the validation accuracy reaches ``target``, then scores
 held-out test sets at the training length and at 2x and 4x it (length generalisation):
-the accuracy over every scored position and at the last position only.
+the accuracy over every scored position and at the last position only. Each run says how
+its training ended (:func:`training_status`), so that an under-trained run is not read
+as a model's limit.
 
 For the ParaRNN models the test sets are scored three times: through the parallel
 Newton solve with exactly ``max_iters=3`` and no convergence check, through the solver's
@@ -173,6 +175,21 @@ def evaluate(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
     return {**out["sequential"], "solves": out}
 
 
+def training_status(curve: list[dict], reached_target: bool) -> str:
+    """How a run ended: ``"solved"`` (validation accuracy reached the target),
+    ``"still learning"`` (it rose by more than 1 point over the last quarter of the
+    steps: more training would likely help, so the run is under-trained) or
+    ``"plateau"`` (it did not)."""
+    if reached_target:
+        return "solved"
+    if len(curve) < 2:
+        return "still learning"
+    end = curve[-1]
+    # the last evaluation at or before three quarters of the run
+    before = [point for point in curve if point["step"] <= 0.75 * end["step"]] or curve[:1]
+    return "still learning" if end["val_acc"] - before[-1]["val_acc"] > 0.01 else "plateau"
+
+
 def _quick_accuracy(model, inputs, labels, batch_size, device) -> float:
     """Validation accuracy during training, with the model's own solver settings."""
     was_training = model.training
@@ -200,7 +217,7 @@ def run(cfg: RunConfig, log=print) -> dict:
     train_x, train_y = (t.to(device) for t in data["train"])
     sampler = torch.Generator().manual_seed(cfg.seed + 1)
 
-    curve, val_acc, step, start = [], 0.0, 0, time.perf_counter()
+    curve, val_acc, step, stop, start = [], 0.0, 0, "steps", time.perf_counter()
     model.train()
     while step < cfg.steps:
         for group in optimizer.param_groups:
@@ -220,6 +237,7 @@ def run(cfg: RunConfig, log=print) -> dict:
             curve.append({"step": step, "loss": loss, "val_acc": val_acc})
             log(f"  {cfg.task}/{cfg.model} step {step}: loss {loss:.4f}, val acc {val_acc:.4f}")
             if val_acc >= cfg.target or out_of_time:
+                stop = "target" if val_acc >= cfg.target else "time"
                 break
     train_s = time.perf_counter() - start
 
@@ -235,7 +253,8 @@ def run(cfg: RunConfig, log=print) -> dict:
         test[str(length)] = {"n": len(inputs), **evaluate(model, inputs, labels, cfg.eval_batch_size, device)}
     return {
         "task": cfg.task, "model": cfg.model, "task_spec": task.describe(), "params": params, "steps": step,
-        "stopped_early": val_acc >= cfg.target, "train_seconds": round(train_s, 2),
+        "stopped_early": val_acc >= cfg.target, "stop_reason": stop,
+        "status": training_status(curve, val_acc >= cfg.target), "train_seconds": round(train_s, 2),
         "eval_seconds": round(time.perf_counter() - eval_start, 2),
         "final_val_acc": val_acc, "test": test, "test_acc": test[str(cfg.length)]["acc"],
         "paper_test_acc": paper_accuracy(cfg.task, cfg.model),
