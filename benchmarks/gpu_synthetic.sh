@@ -20,6 +20,11 @@
 # Writes OUTDIR/results.json (the kept run of every (task, model) with its grid),
 # OUTDIR/results.md (the table and the grid's validation accuracies), OUTDIR/device.txt,
 # and one log and JSON per run under OUTDIR/runs/.
+# Mamba2's Triton kernels autotune in every new process; 40 processes autotuning at once
+# on one GPU took the whole budget before their first step (one step in 374 s, 2026-12-02),
+# so one short Mamba2 run goes first, alone, with the autotune results cached
+# on disk (TRITON_CACHE_AUTOTUNING) for the grid's processes to reuse.
+# TASKS and MODELS (default: all) select part of the grid, e.g. to re-run one model.
 # LRS (default "1e-3 3e-3"), DEVICE (default cuda) and SYNTH_ARGS (extra `pararnn
 # synthetic` flags, after the script's own) allow other grids and a quick dry run
 # elsewhere, e.g. DEVICE=cpu LRS=1e-3 SYNTH_ARGS="--width 16 --n-test 64 ..." .
@@ -28,15 +33,16 @@ out=${1:?usage: benchmarks/gpu_synthetic.sh OUTDIR [STEPS] [LIMIT] [JOBS]}
 steps=${2:-6000}
 limit=${3:-320}
 lrs=${LRS:-"1e-3 3e-3"}
-tasks="parity mqar khop modcount s5"
-models="paragru paralstm transformer mamba2"
+tasks=${TASKS:-"parity mqar khop modcount s5"}
+models=${MODELS:-"paragru paralstm transformer mamba2"}
 runs=$(( $(wc -w <<< "$tasks") * $(wc -w <<< "$models") * $(wc -w <<< "$lrs") ))
 jobs=${4:-$runs}
-mkdir -p "$out/runs"
+mkdir -p "$out/runs" "$out/warmup"
 out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
 # one CPU thread per job: the jobs share the host's cores (the data are made on the CPU)
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export TRITON_CACHE_AUTOTUNING=1
 device=${DEVICE:-cuda}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$out/device.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/device.txt"
@@ -51,6 +57,13 @@ run_one() {  # task model lr: one training run, cut off if it overruns its share
 }
 export -f run_one
 export out steps limit device
+if [[ " $models " == *" mamba2 "* ]]; then  # the warm-up: autotune once, alone (not a result)
+    # the autotune keys are the kernels' sizes (width, heads, state, chunk), the same for every task
+    # shellcheck disable=SC2086
+    timeout 120 python3 -m pararnn synthetic --task mqar --model mamba2 --device "$device" \
+        --steps 2 --n-test 64 --n-test-long 64 ${SYNTH_ARGS:-} --out "$out/warmup/mamba2" \
+        > "$out/warmup/mamba2.log" 2>&1
+fi
 for task in $tasks; do
     for model in $models; do
         for lr in $lrs; do
