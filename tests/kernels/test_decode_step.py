@@ -69,6 +69,33 @@ def test_fused_step_in_place(kind):
         assert torch.equal(f, s)
 
 
+@pytest.mark.skipif(not CUDA, reason="tracing runs the launcher on fake tensors, which Triton's interpreter cannot")
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_fused_step_compiles_in_one_graph(kind):
+    """The kernel is a custom operator: ``torch.compile(fullgraph=True)`` (inductor) traces
+    an in-place step and the work around it, and computes what the eager call does."""
+    cell = _cell(kind, 40, 0.5, True)
+    pre = torch.randn(2, 120, device=DEVICE)
+    states = [torch.randn(2, 40, device=DEVICE) for _ in range(1 if kind == "gru" else 2)]
+    if kind == "gru":
+        expected = [decode_step.gru_step(pre, cell, states[0])]
+    else:
+        expected = list(decode_step.lstm_step(pre, cell, *states))
+
+    def step(pre, *states):
+        if kind == "gru":
+            decode_step.gru_step(2 * pre, cell, states[0], out=states[0])
+        else:
+            decode_step.lstm_step(2 * pre, cell, *states, out=states)
+        return states[0] + 1
+
+    with torch.no_grad():
+        y = torch.compile(step, fullgraph=True)(pre / 2, *states)
+    for e, s in zip(expected, states):
+        torch.testing.assert_close(s, e, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(y, expected[0] + 1, atol=1e-6, rtol=1e-6)
+
+
 def test_bad_shapes():
     cell = _cell("gru", 8, 0.5, True)
     with pytest.raises(ValueError, match="pre must be a contiguous tensor of shape"):

@@ -202,10 +202,12 @@ class LanguageModel(nn.Module):
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None):
         """Yield ``max_new_tokens`` sampled tokens ``(B,)`` one by one after prompt ``idx``:
-        :class:`pararnn.generation.Generator` (parallel prefill, then recurrent steps)."""
+        :class:`pararnn.generation.Generator` (parallel prefill, then recurrent steps).
+        A Generator made for one call does not compile its step (compiling takes seconds);
+        keep a Generator to decode many sequences faster."""
         from ..generation import Generator, SamplingConfig
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-        yield from Generator(self).stream(idx, max_new_tokens, sampling, generator=generator)
+        yield from Generator(self, compile=False).stream(idx, max_new_tokens, sampling, generator=generator)
 
 
 def cache_tensors(caches: list[dict]) -> list[torch.Tensor]:

@@ -35,20 +35,26 @@ from .lm import CausalConv1d, GatedRMSNorm, RMSNorm, StaticCache, state_dtype
 from .config import ModelConfig
 
 
+# decided once, not per step: a compiled decode step would trace the cached lookup (and warn)
+_TRITON = triton_available()
+
+
 def recurrent_step(rnn: nn.Module, u: torch.Tensor, state, out=None):
     """One decode step ``(B, 1, N)`` of a ParaGRU/ParaLSTM layer from ``state``: the
     multi-head projection of the one input, then one cell step (no solver, and the
     layer's ``mode`` is left alone). ``state`` is what the layer takes: ``h`` for ParaGRU,
     ``(h, c)`` for ParaLSTM. Returns ``(y (B, 1, N), new_state)``; the new state is
-    written into ``out`` (a tuple of tensors like ``(h,)`` or ``(h, c)``) when given.
+    written into ``out`` (a tuple of tensors like ``(h,)`` or ``(h, c)``; may be the
+    state itself) when given.
 
     On CUDA the cell step is one fused Triton kernel (:mod:`pararnn.kernels.decode_step`,
-    float32 math), elsewhere and in float64 the cell's own ``step``.
+    float32 math, a custom operator that ``torch.compile`` traces), elsewhere and in
+    float64 the cell's own ``step``.
     """
     pre = rnn.projection(u[:, 0])
     lstm = isinstance(rnn, ParaLSTM)
     states = tuple(state) if lstm else (state,)
-    if pre.is_cuda and torch.float64 not in (pre.dtype, states[0].dtype) and triton_available():
+    if pre.is_cuda and torch.float64 not in (pre.dtype, states[0].dtype) and _TRITON:
         from ..kernels import decode_step
         pre, states = pre.contiguous(), tuple(s.contiguous() for s in states)
         if out is None:
