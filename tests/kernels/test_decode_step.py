@@ -1,4 +1,5 @@
-"""The fused single-token decode step against the cells' own ``step`` (float64 on the CPU)."""
+"""The fused single-token decode steps against the cells' own ``step`` and the convolution's
+formula (float64 on the CPU)."""
 
 import pytest
 import torch
@@ -96,9 +97,34 @@ def test_fused_step_compiles_in_one_graph(kind):
     torch.testing.assert_close(y, expected[0] + 1, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("k,channels", [(4, 40), (2, 1500), (3, 7)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv_step_equals_the_formula(k, channels, dtype):
+    """Output ``bias + sum_j w_j window_j + w_{k-1} x`` and the window shifted by one,
+    with ``x`` a strided slice (the convolution reads a chunk of a projection)."""
+    torch.manual_seed(k)
+    batch = 3
+    weight, bias = torch.randn(channels, 1, k, device=DEVICE), torch.randn(channels, device=DEVICE)
+    x = torch.randn(batch, 2 * channels, device=DEVICE).to(dtype)[:, :channels]
+    window = torch.randn(batch, channels, k - 1, device=DEVICE).to(dtype)
+    full = torch.cat([window.double(), x.double()[:, :, None]], dim=2)
+    expected = (full * weight[:, 0].double()).sum(-1) + bias.double()
+    y = decode_step.conv_step(x, window, weight, bias)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.double(), expected, atol=1e-5 if dtype == torch.float32 else 2e-2,
+                               rtol=1e-5 if dtype == torch.float32 else 1e-2)
+    assert torch.equal(window, full[:, :, 1:].to(dtype))
+
+
 def test_bad_shapes():
     cell = _cell("gru", 8, 0.5, True)
     with pytest.raises(ValueError, match="pre must be a contiguous tensor of shape"):
         decode_step.gru_step(torch.randn(2, 25, device=DEVICE), cell, torch.randn(2, 8, device=DEVICE))
     with pytest.raises(ValueError, match="not contiguous"):
         decode_step.gru_step(torch.randn(2, 24, device=DEVICE), cell, torch.randn(8, 2, device=DEVICE).t())
+    with pytest.raises(ValueError, match="window must be a contiguous tensor of shape"):
+        decode_step.conv_step(torch.randn(2, 8, device=DEVICE), torch.zeros(2, 8, 2, device=DEVICE),
+                              torch.randn(8, 1, 4, device=DEVICE), torch.randn(8, device=DEVICE))
+    with pytest.raises(ValueError, match="contiguous rows"):
+        decode_step.conv_step(torch.randn(8, 2, device=DEVICE).t(), torch.zeros(2, 8, 3, device=DEVICE),
+                              torch.randn(8, 1, 4, device=DEVICE), torch.randn(8, device=DEVICE))

@@ -1,4 +1,5 @@
-"""One fused decode step of the ParaGRU / ParaLSTM cells for a batch of single tokens.
+"""Fused single-token decode steps: the ParaGRU / ParaLSTM cells, and the short causal
+convolution before them (and in Mamba2).
 
 A decode step of a ParaRNN layer is the input projection of one token (a matrix product,
 left to cuBLAS) and one cell step: a dozen elementwise operations that eager PyTorch runs
@@ -10,6 +11,12 @@ before it is written by the same program). Math in float32 whatever the input dt
 
 Layouts as the cells: ``pre`` ``(B, 3N)`` gate-major, ``a`` / ``bias`` ``(3, N)``,
 ``peephole`` ``(2, N)``, states ``(B, N)`` float32.
+
+The depthwise convolution's step reads the window of the last ``k-1`` inputs, computes the
+output and shifts the new input into the window in one pass. In PyTorch this is a
+concatenation, a product-sum and a shifted copy back into the window, which a compiler
+must split into three kernels (a shifted in-place copy races between its threads; here
+each program owns its channels' windows, reads them whole and then writes them).
 
 The launches are registered as custom operators with :func:`torch.library.triton_op`
 (``pararnn::gru_decode_step_``, ``pararnn::lstm_decode_step_``, updating the state in
@@ -87,6 +94,24 @@ def _lstm_step_kernel(PRE, AW, PEEP, BIAS, H, C, N, clip,
     tl.store(C + row * N + offs, c_next.to(C.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _conv_step_kernel(X, WINDOW, W, BIAS, Y, C, x_stride, K: tl.constexpr, BC: tl.constexpr):
+    row = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BC + tl.arange(0, BC)
+    mask = offs < C
+    x = tl.load(X + row * x_stride + offs, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(BIAS + offs, mask=mask, other=0.0).to(tl.float32)
+    y += x * tl.load(W + offs * K + K - 1, mask=mask, other=0.0).to(tl.float32)
+    window = WINDOW + row * C * (K - 1) + offs * (K - 1)
+    for j in tl.static_range(K - 1):
+        past = tl.load(window + j, mask=mask, other=0.0)
+        y += past.to(tl.float32) * tl.load(W + offs * K + j, mask=mask, other=0.0).to(tl.float32)
+        if j > 0:
+            tl.store(window + j - 1, past, mask=mask)
+    tl.store(window + K - 2, x.to(WINDOW.dtype.element_ty), mask=mask)
+    tl.store(Y + row * C + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
 def _launch_shape(batch: int, n: int) -> tuple[tuple[int, int], int]:
     block = min(1024, triton.next_power_of_2(n))
     return (triton.cdiv(n, block), batch), block
@@ -112,6 +137,14 @@ def _lstm_step_(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor, bias
     wrap_triton(_lstm_step_kernel)[grid](
         pre, a, peephole, a if bias is None else bias, h, c, h.shape[1], 0.0 if clip is None else clip,
         HAS_BIAS=bias is not None, HAS_CLIP=clip is not None, BN=block)
+
+
+@triton_op("pararnn::conv_decode_step_", mutates_args={"window"})
+def _conv_step_(x: torch.Tensor, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                y: torch.Tensor) -> None:
+    grid, block = _launch_shape(*x.shape)
+    wrap_triton(_conv_step_kernel)[grid](x, window, weight, bias, y, x.shape[1], x.stride(0),
+                                         K=weight.shape[-1], BC=block)
 
 
 def _check(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -155,3 +188,20 @@ def lstm_step(pre: torch.Tensor, cell, h: torch.Tensor, c: torch.Tensor,
     h_out, c_out = _start_from(h, h_out), _start_from(c, c_out)
     _lstm_step_(pre, cell.a, cell.peephole, cell.bias, h_out, c_out, cell.recurrent_clip)
     return h_out, c_out
+
+
+def conv_step(x: torch.Tensor, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """One step of a depthwise causal convolution (:class:`pararnn.models.lm.CausalConv1d`):
+    input ``x`` ``(B, C)`` (rows may be strided), the last ``k-1`` inputs in ``window``
+    ``(B, C, k-1)``, ``weight`` ``(C, 1, k)``, ``bias`` ``(C,)``. Returns the output
+    ``(B, C)`` in the window's dtype (float32 math) and shifts ``x`` into ``window`` in place."""
+    batch, channels = x.shape
+    k = weight.shape[-1]
+    if x.stride(1) != 1:
+        raise ValueError(f"x must have contiguous rows, got strides {x.stride()}")
+    for name, tensor, shape in (("window", window, (batch, channels, k - 1)),
+                                ("weight", weight, (channels, 1, k)), ("bias", bias, (channels,))):
+        _check(name, tensor, shape)
+    y = torch.empty(batch, channels, device=x.device, dtype=window.dtype)
+    _conv_step_(x, window, weight, bias, y)
+    return y

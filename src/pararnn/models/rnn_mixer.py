@@ -27,16 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cells import ParaLSTMCell
-from ..kernels import triton_available
 from ..layers.projected import ParaGRU, ParaLSTM
 from ..layers.projection import kaiming_uniform_
 from ..solver import NewtonConfig
-from .lm import CausalConv1d, GatedRMSNorm, RMSNorm, StaticCache, state_dtype
+from .lm import _TRITON, CausalConv1d, GatedRMSNorm, RMSNorm, StaticCache, state_dtype
 from .config import ModelConfig
-
-
-# decided once, not per step: a compiled decode step would trace the cached lookup (and warn)
-_TRITON = triton_available()
 
 
 def recurrent_step(rnn: nn.Module, u: torch.Tensor, state, out=None):
