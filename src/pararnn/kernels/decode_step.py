@@ -95,11 +95,11 @@ def _lstm_step_kernel(PRE, AW, PEEP, BIAS, H, C, N, clip,
 
 
 @triton.jit
-def _conv_step_kernel(X, WINDOW, W, BIAS, Y, C, x_stride, K: tl.constexpr, BC: tl.constexpr):
+def _conv_step_kernel(X, WINDOW, W, BIAS, Y, C, K: tl.constexpr, BC: tl.constexpr):
     row = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0) * BC + tl.arange(0, BC)
     mask = offs < C
-    x = tl.load(X + row * x_stride + offs, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + row * C + offs, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(BIAS + offs, mask=mask, other=0.0).to(tl.float32)
     y += x * tl.load(W + offs * K + K - 1, mask=mask, other=0.0).to(tl.float32)
     window = WINDOW + row * C * (K - 1) + offs * (K - 1)
@@ -143,8 +143,7 @@ def _lstm_step_(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor, bias
 def _conv_step_(x: torch.Tensor, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 y: torch.Tensor) -> None:
     grid, block = _launch_shape(*x.shape)
-    wrap_triton(_conv_step_kernel)[grid](x, window, weight, bias, y, x.shape[1], x.stride(0),
-                                         K=weight.shape[-1], BC=block)
+    wrap_triton(_conv_step_kernel)[grid](x, window, weight, bias, y, x.shape[1], K=weight.shape[-1], BC=block)
 
 
 def _check(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -197,8 +196,9 @@ def conv_step(x: torch.Tensor, window: torch.Tensor, weight: torch.Tensor, bias:
     ``(B, C)`` in the window's dtype (float32 math) and shifts ``x`` into ``window`` in place."""
     batch, channels = x.shape
     k = weight.shape[-1]
-    if x.stride(1) != 1:
-        raise ValueError(f"x must have contiguous rows, got strides {x.stride()}")
+    # a strided x (a chunk of a projection) is copied: a stride passed to the kernel would
+    # be the traced one, which a compiler need not keep for a tensor it lays out itself
+    x = x.contiguous()
     for name, tensor, shape in (("window", window, (batch, channels, k - 1)),
                                 ("weight", weight, (channels, 1, k)), ("bias", bias, (channels,))):
         _check(name, tensor, shape)
