@@ -162,10 +162,12 @@ class Generator:
         if self._compiled_step is not None:
             try:
                 return self._compiled_step()
+            except torch.cuda.OutOfMemoryError:
+                raise  # buffers that do not fit: the eager step would not fit either
             except Exception as err:  # noqa: BLE001 (any compiler failure: the eager step is the answer)
                 # the compiler fails while tracing or building, before the step runs, so
-                # the buffers are as they were
-                # the first paragraph of dynamo's message names the error that says why
+                # the buffers are as they were; the first paragraph of dynamo's message
+                # names the error that says why
                 reason = " ".join(str(err).strip().split("\n\n")[0].split())[:300]
                 reason = f"{type(err).__name__}: {reason}"
                 warnings.warn(f"torch.compile of the decode step failed ({reason}); decoding with "
