@@ -121,8 +121,10 @@ class Generator:
             compile = self.device.type == "cuda"
         #: the backend the decode step is compiled with, None when it runs eagerly
         self.compiled = "inductor" if compile is True else (compile or None)
-        self._compiled_step = (torch.compile(_own_code(self._eager_step), backend=self.compiled, fullgraph=True)
-                               if self.compiled else None)
+        self._compiled_step = None
+        if self.compiled:
+            self._compiled_step = torch.compile(_own_code(self._eager_step), backend=self.compiled,
+                                                fullgraph=True)
         self._shape: tuple[int, int] | None = None  # (batch, max_len) of the buffers
         self._caches = None
         self._token = self._logits = self._graph = None

@@ -143,7 +143,8 @@ def _lstm_step_(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor, bias
 def _conv_step_(x: torch.Tensor, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 y: torch.Tensor) -> None:
     grid, block = _launch_shape(*x.shape)
-    wrap_triton(_conv_step_kernel)[grid](x, window, weight, bias, y, x.shape[1], K=weight.shape[-1], BC=block)
+    wrap_triton(_conv_step_kernel)[grid](x, window, weight, bias, y, x.shape[1],
+                                         K=weight.shape[-1], BC=block)
 
 
 def _check(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -189,7 +190,8 @@ def lstm_step(pre: torch.Tensor, cell, h: torch.Tensor, c: torch.Tensor,
     return h_out, c_out
 
 
-def conv_step(x: torch.Tensor, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def conv_step(x: torch.Tensor, window: torch.Tensor, weight: torch.Tensor,
+              bias: torch.Tensor) -> torch.Tensor:
     """One step of a depthwise causal convolution (:class:`pararnn.models.lm.CausalConv1d`):
     input ``x`` ``(B, C)`` (rows may be strided), the last ``k-1`` inputs in ``window``
     ``(B, C, k-1)``, ``weight`` ``(C, 1, k)``, ``bias`` ``(C,)``. Returns the output
