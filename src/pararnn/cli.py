@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop-at-eos", action="store_true", help="stop at the end-of-text token")
     g.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                    help="decode step by step in eager mode on a GPU too")
+    _add_compile_flag(g)
     _add_runtime(g)
 
     b = sub.add_parser("bench-decode", help="decode speed and memory against batch size and context")
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--block", default="auto", choices=["standard", "paper", "tuned", "auto"],
                    help="block of the random-weight models (as `pararnn train --block`)")
     b.add_argument("--contexts", default="512,8192,32768", help="comma-separated context lengths")
-    b.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,4,16,64,256")
+    b.add_argument("--batch-sizes", default="1,2,4,8,16,32,64,128,256", help="comma-separated")
     b.add_argument("--new-tokens", type=_positive_int, default=64, help="timed decode steps")
     b.add_argument("--prefill", choices=["synthetic", "real"], default="synthetic",
                    help="real: run a random prompt of each context length; synthetic: random "
@@ -173,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bandwidth", type=float, default=4.25e12,
                    help="memory bandwidth in bytes/s for the bound (default: measured on an H200)")
     b.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false")
-    b.add_argument("--json", help="also write the rows to this JSON file")
+    _add_compile_flag(b)
+    b.add_argument("--json", help="also write the rows to this JSON file (rewritten after each row)")
     _add_runtime(b)
 
     x = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder (needs pararnn[hf])")
@@ -354,10 +356,16 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def _add_compile_flag(parser) -> None:
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the decode step (default: on a GPU; compiling takes "
+                        "seconds per model and batch size)")
+
+
 def _generator(model, device, args):
     from .generation import Generator, decode_dtype
     return Generator(model, dtype=decode_dtype(device, args.dtype),
-                     cuda_graph=args.cuda_graph and device.type == "cuda")
+                     cuda_graph=args.cuda_graph and device.type == "cuda", compile=args.compile)
 
 
 def cmd_generate(args, parser) -> None:
@@ -399,7 +407,7 @@ def cmd_generate(args, parser) -> None:
     rate = f"{max(len(out) - 1, 0) / decode_s:.1f}" if decode_s > 0 else "n/a"
     print(f"[{ckpt.meta['model']}: prompt {len(ids)} tokens in {prefill_s * 1e3:.1f} ms; "
           f"{len(out)} new tokens at {rate} tokens/s "
-          f"({'CUDA graph' if generator.cuda_graph else 'eager'}); "
+          f"({'compiled, ' if generator.compiled else ''}{'CUDA graph' if generator.cuda_graph else 'eager'}); "
           f"decode state {generator.state_bytes() / 2**20:.3f} MiB]", file=sys.stderr)
 
 
@@ -419,8 +427,12 @@ def cmd_bench_decode(args, parser) -> None:
         device = pick_device(args.device)
         models = [(name, None) for name in _choices(args.models, MODELS, "models")]
     rows = []
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    meta = {"command": "pararnn " + " ".join(sys.argv[1:]), "device_name": device_name,
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "bandwidth": args.bandwidth}
     print(f"{'model':<12}{'batch':>6}{'context':>9}{'tok/s':>12}{'bound tok/s':>13}{'of bound':>9}"
-          f"{'step ms':>9}{'peak MiB':>10}{'state MiB':>11}")
+          f"{'step ms':>9}{'peak MiB':>10}{'state MiB':>11}  step")
     for name, model in models:
         if model is None:
             torch.manual_seed(0)
@@ -435,21 +447,19 @@ def cmd_bench_decode(args, parser) -> None:
                     row = {"batch": batch, "context": context, "error": "out of memory"}
                 generator.release()  # free the buffers (and graph) before the next shape
                 rows.append({"model": name, "size": args.size, "device": str(device), **row})
+                if args.json:  # after every row: a run cut short keeps what it measured
+                    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                    Path(args.json).write_text(json.dumps(
+                        {**meta, "loadavg": os.getloadavg(), "rows": rows}, indent=1))
                 if "error" in row:
                     print(f"{name:<12}{batch:>6}{context:>9}  {row['error']}")
                     continue
                 peak = f"{row['peak_mib']:.0f}" if row["peak_mib"] is not None else "n/a"
+                step = ("compiled " if row["compiled"] else "") + ("graph" if row["cuda_graph"] else "eager")
                 print(f"{name:<12}{batch:>6}{context:>9}{row['decode_tok_s']:>12.0f}"
                       f"{row['bound_tok_s']:>13.0f}{row['decode_tok_s'] / row['bound_tok_s']:>9.1%}"
-                      f"{row['step_ms']:>9.3f}{peak:>10}{row['state_mib']:>11.2f}", flush=True)
+                      f"{row['step_ms']:>9.3f}{peak:>10}{row['state_mib']:>11.2f}  {step}", flush=True)
         del model, generator
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        meta = {"command": "pararnn " + " ".join(sys.argv[1:]), "device_name": device_name,
-                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "loadavg": os.getloadavg(), "bandwidth": args.bandwidth}
-        Path(args.json).write_text(json.dumps({**meta, "rows": rows}, indent=1))
 
 
 def cmd_export(args, parser) -> None:

@@ -10,7 +10,10 @@ Transformer) with dynamic caches, then copies the per-layer states into
 ``(batch, max_len)``. Each decode step (:meth:`Generator.step`) reads one token per row
 from a fixed input buffer and updates those buffers in place, so on CUDA it is captured
 once in a CUDA graph and replayed per token: a step costs one graph launch instead of a
-few hundred kernel launches. The CLI (``generate``, ``bench-decode``),
+few hundred kernel launches. On CUDA the step is also compiled with ``torch.compile``
+(inductor fuses the norms, casts and elementwise pieces between the matrix products,
+which a replayed graph otherwise runs as dozens of tiny kernels per layer) before it is
+captured. The CLI (``generate``, ``bench-decode``),
 :meth:`~pararnn.models.LanguageModel.generate` and the lm-eval adapter decode through
 this class.
 """
@@ -20,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+import types
+import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -68,6 +73,17 @@ def autocast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return decode
 
 
+def _own_code(method):
+    """``method`` (bound) running a copy of its code object. ``torch.compile`` keeps compiled
+    graphs, and counts recompilations against its limit (8), per code object: with a copy
+    each Generator compiles for its own model and shapes (a few graphs) instead of all
+    Generators of a process sharing, and exhausting, one limit."""
+    func = method.__func__
+    own = types.FunctionType(func.__code__.replace(), func.__globals__, func.__name__,
+                             func.__defaults__, func.__closure__)
+    return types.MethodType(own, method.__self__)
+
+
 class Generator:
     """Decodes with ``model`` (a :class:`~pararnn.models.LanguageModel` in eval mode).
 
@@ -79,9 +95,17 @@ class Generator:
             parameters' dtype (no autocast).
         cuda_graph: capture the decode step in a CUDA graph (default: when the model is on
             a CUDA device). Eager and graph steps run the same kernels on the same buffers.
+        compile: ``torch.compile`` the decode step (``fullgraph=True``; compiled at the
+            first step of each new buffer shape, then captured in the graph): ``True``
+            (inductor), a ``torch.compile`` backend (name or callable), or ``False``.
+            Default: inductor when the model is on a CUDA device, off elsewhere. If
+            compiling fails, one warning says why and decoding continues with the eager
+            step (:attr:`compiled` is then None). Inductor fuses operations, so its
+            logits match the eager step's to rounding, not bit for bit.
     """
 
-    def __init__(self, model, *, dtype: torch.dtype | None = None, cuda_graph: bool | None = None) -> None:
+    def __init__(self, model, *, dtype: torch.dtype | None = None, cuda_graph: bool | None = None,
+                 compile: bool | str | Callable | None = None) -> None:
         param = next(model.parameters())
         self.model, self.device = model, param.device
         self.dtype = param.dtype if dtype is None else dtype
@@ -93,6 +117,14 @@ class Generator:
         if use_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs the model on a CUDA device, it is on {self.device}")
         self.cuda_graph = use_graph
+        if compile is None:
+            compile = self.device.type == "cuda"
+        #: the backend the decode step is compiled with, None when it runs eagerly
+        self.compiled = "inductor" if compile is True else (compile or None)
+        self._compiled_step = None
+        if self.compiled:
+            self._compiled_step = torch.compile(_own_code(self._eager_step), backend=self.compiled,
+                                                fullgraph=True)
         self._shape: tuple[int, int] | None = None  # (batch, max_len) of the buffers
         self._caches = None
         self._token = self._logits = self._graph = None
@@ -127,17 +159,35 @@ class Generator:
         with torch.no_grad(), self._context():
             return self.decode_model(self._token[:, None], caches=self._caches)[:, -1]
 
+    def _run_step(self) -> torch.Tensor:
+        """One decode step on the buffers: compiled when asked and possible, else eager."""
+        if self._compiled_step is not None:
+            try:
+                return self._compiled_step()
+            except torch.cuda.OutOfMemoryError:
+                raise  # buffers that do not fit: the eager step would not fit either
+            except Exception as err:  # noqa: BLE001 (any compiler failure: the eager step is the answer)
+                # the compiler fails while tracing or building, before the step runs, so
+                # the buffers are as they were; the first paragraph of dynamo's message
+                # names the error that says why
+                reason = " ".join(str(err).strip().split("\n\n")[0].split())[:300]
+                reason = f"{type(err).__name__}: {reason}"
+                warnings.warn(f"torch.compile of the decode step failed ({reason}); decoding with "
+                              f"the eager step instead", RuntimeWarning, stacklevel=2)
+                self._compiled_step = self.compiled = None
+        return self._eager_step()
+
     def _capture(self) -> None:
         with torch.cuda.device(self.device):  # the graph records on the current device
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # warm-up outside the graph (Triton compiles, cuBLAS handles)
                 for _ in range(2):
-                    self._eager_step()
+                    self._run_step()
             torch.cuda.current_stream().wait_stream(side)
             self._graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self._graph):
-                self._logits = self._eager_step()
+                self._logits = self._run_step()
         for buffer in cache_tensors(self._caches):  # the warm-up steps wrote into the state
             buffer.zero_()
 
@@ -167,7 +217,7 @@ class Generator:
         if self._graph is not None:
             self._graph.replay()
             return self._logits
-        return self._eager_step()
+        return self._run_step()
 
     def parameter_bytes(self) -> int:
         """Bytes of the parameters a decode step reads (the model's tied embedding is read
@@ -296,4 +346,5 @@ def benchmark_decode(generator: Generator, batch: int, context: int, new_tokens:
             "state_mib": generator.state_bytes() / 2**20,
             "bytes_per_step": step_bytes,
             "bound_tok_s": batch * bandwidth / step_bytes,
-            "dtype": str(generator.dtype).removeprefix("torch."), "cuda_graph": generator.cuda_graph}
+            "dtype": str(generator.dtype).removeprefix("torch."), "cuda_graph": generator.cuda_graph,
+            "compiled": generator.compiled is not None}

@@ -1,4 +1,5 @@
-"""The fused single-token decode step against the cells' own ``step`` (float64 on the CPU)."""
+"""The fused single-token decode steps against the cells' own ``step`` and the convolution's
+formula (float64 on the CPU)."""
 
 import pytest
 import torch
@@ -69,9 +70,58 @@ def test_fused_step_in_place(kind):
         assert torch.equal(f, s)
 
 
+@pytest.mark.skipif(not CUDA, reason="tracing runs the launcher on fake tensors, which Triton's interpreter cannot")
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_fused_step_compiles_in_one_graph(kind):
+    """The kernel is a custom operator: ``torch.compile(fullgraph=True)`` (inductor) traces
+    an in-place step and the work around it, and computes what the eager call does."""
+    cell = _cell(kind, 40, 0.5, True)
+    pre = torch.randn(2, 120, device=DEVICE)
+    states = [torch.randn(2, 40, device=DEVICE) for _ in range(1 if kind == "gru" else 2)]
+    if kind == "gru":
+        expected = [decode_step.gru_step(pre, cell, states[0])]
+    else:
+        expected = list(decode_step.lstm_step(pre, cell, *states))
+
+    def step(pre, *states):
+        if kind == "gru":
+            decode_step.gru_step(2 * pre, cell, states[0], out=states[0])
+        else:
+            decode_step.lstm_step(2 * pre, cell, *states, out=states)
+        return states[0] + 1
+
+    with torch.no_grad():
+        y = torch.compile(step, fullgraph=True)(pre / 2, *states)
+    for e, s in zip(expected, states):
+        torch.testing.assert_close(s, e, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(y, expected[0] + 1, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("k,channels", [(4, 40), (2, 1500), (3, 7)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv_step_equals_the_formula(k, channels, dtype):
+    """Output ``bias + sum_j w_j window_j + w_{k-1} x`` and the window shifted by one,
+    with ``x`` a strided slice (the convolution reads a chunk of a projection)."""
+    torch.manual_seed(k)
+    batch = 3
+    weight, bias = torch.randn(channels, 1, k, device=DEVICE), torch.randn(channels, device=DEVICE)
+    x = torch.randn(batch, 2 * channels, device=DEVICE).to(dtype)[:, :channels]
+    window = torch.randn(batch, channels, k - 1, device=DEVICE).to(dtype)
+    full = torch.cat([window.double(), x.double()[:, :, None]], dim=2)
+    expected = (full * weight[:, 0].double()).sum(-1) + bias.double()
+    y = decode_step.conv_step(x, window, weight, bias)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.double(), expected, atol=1e-5 if dtype == torch.float32 else 2e-2,
+                               rtol=1e-5 if dtype == torch.float32 else 1e-2)
+    assert torch.equal(window, full[:, :, 1:].to(dtype))
+
+
 def test_bad_shapes():
     cell = _cell("gru", 8, 0.5, True)
     with pytest.raises(ValueError, match="pre must be a contiguous tensor of shape"):
         decode_step.gru_step(torch.randn(2, 25, device=DEVICE), cell, torch.randn(2, 8, device=DEVICE))
     with pytest.raises(ValueError, match="not contiguous"):
         decode_step.gru_step(torch.randn(2, 24, device=DEVICE), cell, torch.randn(8, 2, device=DEVICE).t())
+    with pytest.raises(ValueError, match="window must be a contiguous tensor of shape"):
+        decode_step.conv_step(torch.randn(2, 8, device=DEVICE), torch.zeros(2, 8, 2, device=DEVICE),
+                              torch.randn(8, 1, 4, device=DEVICE), torch.randn(8, device=DEVICE))

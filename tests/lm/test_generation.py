@@ -1,7 +1,8 @@
 """The one generation path: static in-place decode buffers == dynamic caches, sampling,
-stop tokens, CUDA graphs (GPU), bench-decode."""
+stop tokens, the compiled decode step, CUDA graphs (GPU), bench-decode."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -44,6 +45,57 @@ def test_greedy_tokens_are_the_argmax_of_the_parallel_forward(model):
     with torch.no_grad():
         seq = torch.cat([prompt, tokens], 1)
         assert torch.equal(lm(seq)[:, 4:-1].argmax(-1), tokens)
+
+
+# the four mixers, and the ParaRNN block with conv window and gated norm
+COMPILE_VARIANTS = [(m, "standard") for m in MODELS] + [(m, "tuned") for m in ("paragru", "paralstm")]
+
+
+def _decode_logits(generator, idx, tokens):
+    """Logits of the prefill of ``idx``, then of a step per row of ``tokens``, stacked."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to the eager step warns
+        logits = [generator.prefill(idx, max_len=idx.shape[1] + len(tokens) + 1)]
+        logits += [generator.step(token).clone() for token in tokens]
+    return torch.stack(logits)
+
+
+@pytest.mark.parametrize("model,block", COMPILE_VARIANTS)
+def test_compiled_decode_step_equals_eager(model, block):
+    """The decode step traced by ``torch.compile(fullgraph=True)`` (backend aot_eager: the
+    traced, functionalised graph, without inductor's minute of CPU compile time) gives the
+    eager step's logits bit for bit."""
+    lm = small_model(model, block).float()
+    idx, tokens = torch.randint(0, 64, (2, 7)), torch.randint(0, 64, (4, 2))
+    compiled = Generator(lm, compile="aot_eager")
+    assert Generator(lm).compiled is None and compiled.compiled == "aot_eager"
+    assert torch.equal(_decode_logits(compiled, idx, tokens), _decode_logits(Generator(lm), idx, tokens))
+    assert compiled.compiled == "aot_eager"
+
+
+def test_compiled_decode_step_under_autocast_and_new_batch_sizes():
+    """Under bf16 autocast too, and after a recompilation for a second batch size."""
+    lm = small_model("paragru", "tuned").float()
+    eager = Generator(lm, dtype=torch.bfloat16)
+    compiled = Generator(lm, dtype=torch.bfloat16, compile="aot_eager")
+    for batch in (1, 3):
+        idx, tokens = torch.randint(0, 64, (batch, 6)), torch.randint(0, 64, (3, batch))
+        assert torch.equal(_decode_logits(compiled, idx, tokens), _decode_logits(eager, idx, tokens))
+    assert compiled.compiled == "aot_eager"
+
+
+def test_failed_compilation_warns_once_and_decodes_eagerly():
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    lm = small_model("paragru", "tuned").float()
+    idx, tokens = torch.randint(0, 64, (2, 5)), torch.randint(0, 64, (4, 2))
+    expected = Generator(lm).generate(idx, 6)
+    generator = Generator(lm, compile=broken_backend)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the decode step failed.*no compiler here") as caught:
+        tokens = generator.generate(idx, 6)
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert generator.compiled is None and torch.equal(tokens, expected)
 
 
 def test_decode_calls_the_cell_step_and_leaves_the_layer_mode_alone(monkeypatch):
@@ -148,16 +200,35 @@ def test_cuda_graph_greedy_tokens_equal_eager(model, monkeypatch):
     torch.manual_seed(0)
     lm = build_model(preset(model, "tiny")).cuda().eval()
     prompt = torch.randint(0, 256, (3, 37), device="cuda")
-    graph = Generator(lm, dtype=torch.bfloat16)
-    eager = Generator(lm, dtype=torch.bfloat16, cuda_graph=False)
+    graph = Generator(lm, dtype=torch.bfloat16, compile=False)
+    eager = Generator(lm, dtype=torch.bfloat16, cuda_graph=False, compile=False)
     assert graph.cuda_graph and not eager.cuda_graph
     tokens = graph.generate(prompt, 40)
     assert torch.equal(tokens, eager.generate(prompt, 40))
     assert torch.equal(graph.generate(prompt, 40), tokens)  # a second call replays the same graph
-    fp32 = Generator(lm)  # float32: the graph reproduces the parallel forward's argmax
+    fp32 = Generator(lm, compile=False)  # float32: the graph reproduces the parallel forward's argmax
     tokens = fp32.generate(prompt, 20, GREEDY)
     with torch.no_grad():
         logits = lm(torch.cat([prompt, tokens], 1))[:, 36:-1].float()
     top2 = logits.topk(2, -1).values
     clear = (top2[..., 0] - top2[..., 1]) > 1e-3  # ties within float32 noise may flip
     assert torch.equal(logits.argmax(-1)[clear], tokens[clear])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("model", MODELS)
+def test_inductor_compiled_graph_step_equals_eager(model, monkeypatch):
+    """The default CUDA decode step (inductor, then a CUDA graph) in float32: the eager
+    step's logits to rounding (inductor fuses and reorders), with no fallback warning."""
+    from pararnn.models import build_model, preset
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    lm = build_model(preset(model, "tiny", block="auto")).cuda().eval()
+    prompt = torch.randint(0, 256, (3, 21), device="cuda")
+    tokens = torch.randint(0, 256, (12, 3), device="cuda")
+    compiled = Generator(lm)
+    assert compiled.compiled == "inductor" and compiled.cuda_graph
+    expected = _decode_logits(Generator(lm, cuda_graph=False, compile=False), prompt, tokens)
+    torch.testing.assert_close(_decode_logits(compiled, prompt, tokens), expected, atol=1e-4, rtol=1e-4)
+    assert compiled.compiled == "inductor"

@@ -1,4 +1,5 @@
-"""One fused decode step of the ParaGRU / ParaLSTM cells for a batch of single tokens.
+"""Fused single-token decode steps: the ParaGRU / ParaLSTM cells, and the short causal
+convolution before them (and in Mamba2).
 
 A decode step of a ParaRNN layer is the input projection of one token (a matrix product,
 left to cuBLAS) and one cell step: a dozen elementwise operations that eager PyTorch runs
@@ -10,6 +11,18 @@ before it is written by the same program). Math in float32 whatever the input dt
 
 Layouts as the cells: ``pre`` ``(B, 3N)`` gate-major, ``a`` / ``bias`` ``(3, N)``,
 ``peephole`` ``(2, N)``, states ``(B, N)`` float32.
+
+The depthwise convolution's step reads the window of the last ``k-1`` inputs, computes the
+output and shifts the new input into the window in one pass. In PyTorch this is a
+concatenation, a product-sum and a shifted copy back into the window, which a compiler
+must split into three kernels (a shifted in-place copy races between its threads; here
+each program owns its channels' windows, reads them whole and then writes them).
+
+The launches are registered as custom operators with :func:`torch.library.triton_op`
+(``pararnn::gru_decode_step_``, ``pararnn::lstm_decode_step_``, updating the state in
+place), so that ``torch.compile(fullgraph=True)`` traces a decode step through them
+without a graph break: the compiler sees an opaque op with declared mutations, fuses the
+elementwise work around it and launches the kernel from its own code.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op, wrap_triton
 
 from ._fused_common import sigmoid, tanh
 
@@ -45,7 +59,7 @@ def _gates(PRE, AW, BIAS, row, offs, mask, N, clip,
 
 
 @triton.jit
-def _gru_step_kernel(PRE, AW, BIAS, H, HOUT, N, clip,
+def _gru_step_kernel(PRE, AW, BIAS, H, N, clip,
                      HAS_BIAS: tl.constexpr, HAS_CLIP: tl.constexpr, BN: tl.constexpr):
     row = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0) * BN + tl.arange(0, BN)
@@ -55,11 +69,11 @@ def _gru_step_kernel(PRE, AW, BIAS, H, HOUT, N, clip,
     z = sigmoid(a_z * h + uz)
     r = sigmoid(a_r * h + ur)
     cand = tanh(a_h * (r * h) + uh)
-    tl.store(HOUT + row * N + offs, (h + z * (cand - h)).to(HOUT.dtype.element_ty), mask=mask)
+    tl.store(H + row * N + offs, (h + z * (cand - h)).to(H.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _lstm_step_kernel(PRE, AW, PEEP, BIAS, H, C, HOUT, COUT, N, clip,
+def _lstm_step_kernel(PRE, AW, PEEP, BIAS, H, C, N, clip,
                       HAS_BIAS: tl.constexpr, HAS_CLIP: tl.constexpr, BN: tl.constexpr):
     row = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0) * BN + tl.arange(0, BN)
@@ -76,8 +90,61 @@ def _lstm_step_kernel(PRE, AW, PEEP, BIAS, H, C, HOUT, COUT, N, clip,
     cand = tanh(a_c * h + uc)
     c_next = cand + f * (c - cand)
     o = sigmoid(a_o * h + uo + p_o * c_next)
-    tl.store(HOUT + row * N + offs, (o * tanh(c_next)).to(HOUT.dtype.element_ty), mask=mask)
-    tl.store(COUT + row * N + offs, c_next.to(COUT.dtype.element_ty), mask=mask)
+    tl.store(H + row * N + offs, (o * tanh(c_next)).to(H.dtype.element_ty), mask=mask)
+    tl.store(C + row * N + offs, c_next.to(C.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _conv_step_kernel(X, WINDOW, W, BIAS, Y, C, K: tl.constexpr, BC: tl.constexpr):
+    row = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BC + tl.arange(0, BC)
+    mask = offs < C
+    x = tl.load(X + row * C + offs, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(BIAS + offs, mask=mask, other=0.0).to(tl.float32)
+    y += x * tl.load(W + offs * K + K - 1, mask=mask, other=0.0).to(tl.float32)
+    window = WINDOW + row * C * (K - 1) + offs * (K - 1)
+    for j in tl.static_range(K - 1):
+        past = tl.load(window + j, mask=mask, other=0.0)
+        y += past.to(tl.float32) * tl.load(W + offs * K + j, mask=mask, other=0.0).to(tl.float32)
+        if j > 0:
+            tl.store(window + j - 1, past, mask=mask)
+    tl.store(window + K - 2, x.to(WINDOW.dtype.element_ty), mask=mask)
+    tl.store(Y + row * C + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+def _launch_shape(batch: int, n: int) -> tuple[tuple[int, int], int]:
+    block = min(1024, triton.next_power_of_2(n))
+    return (triton.cdiv(n, block), batch), block
+
+
+# The operators take the cell's tensors and update the state in place. Each program reads
+# every entry of its block before writing it, so in place needs no second buffer; a bias
+# of None launches with ``a`` in its slot (HAS_BIAS=False: never read).
+
+@triton_op("pararnn::gru_decode_step_", mutates_args={"h"})
+def _gru_step_(pre: torch.Tensor, a: torch.Tensor, bias: torch.Tensor | None, h: torch.Tensor,
+               clip: float | None) -> None:
+    grid, block = _launch_shape(*h.shape)
+    wrap_triton(_gru_step_kernel)[grid](
+        pre, a, a if bias is None else bias, h, h.shape[1], 0.0 if clip is None else clip,
+        HAS_BIAS=bias is not None, HAS_CLIP=clip is not None, BN=block)
+
+
+@triton_op("pararnn::lstm_decode_step_", mutates_args={"h", "c"})
+def _lstm_step_(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor, bias: torch.Tensor | None,
+                h: torch.Tensor, c: torch.Tensor, clip: float | None) -> None:
+    grid, block = _launch_shape(*h.shape)
+    wrap_triton(_lstm_step_kernel)[grid](
+        pre, a, peephole, a if bias is None else bias, h, c, h.shape[1], 0.0 if clip is None else clip,
+        HAS_BIAS=bias is not None, HAS_CLIP=clip is not None, BN=block)
+
+
+@triton_op("pararnn::conv_decode_step_", mutates_args={"window"})
+def _conv_step_(x: torch.Tensor, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                y: torch.Tensor) -> None:
+    grid, block = _launch_shape(*x.shape)
+    wrap_triton(_conv_step_kernel)[grid](x, window, weight, bias, y, x.shape[1],
+                                         K=weight.shape[-1], BC=block)
 
 
 def _check(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -86,24 +153,23 @@ def _check(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
                          f"{tuple(tensor.shape)}{'' if tensor.is_contiguous() else ' (not contiguous)'}")
 
 
-def _launch_shape(batch: int, n: int) -> tuple[tuple[int, int], int]:
-    block = min(1024, triton.next_power_of_2(n))
-    return (triton.cdiv(n, block), batch), block
+def _start_from(state: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """The buffer the in-place op updates: ``out`` holding ``state`` (a copy of ``state``
+    when ``out`` is None, nothing to copy when ``out`` is ``state``)."""
+    if out is None:
+        return state.clone()
+    return out if out is state else out.copy_(state)
 
 
 def gru_step(pre: torch.Tensor, cell, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """:meth:`pararnn.ParaGRUCell.step` of ``pre`` ``(B, 3N)`` from ``h`` ``(B, N)`` into
     ``out`` (a new tensor like ``h`` by default; may be ``h`` itself)."""
     batch, n = h.shape
-    out = torch.empty_like(h) if out is None else out
-    for name, tensor, shape in (("pre", pre, (batch, 3 * n)), ("h", h, (batch, n)),
-                                ("out", out, (batch, n)), ("a", cell.a, (3, n))):
+    checks = [("pre", pre, (batch, 3 * n)), ("h", h, (batch, n)), ("a", cell.a, (3, n))]
+    for name, tensor, shape in checks + ([] if out is None else [("out", out, (batch, n))]):
         _check(name, tensor, shape)
-    grid, block = _launch_shape(batch, n)
-    bias = cell.bias if cell.bias is not None else cell.a
-    clip = cell.recurrent_clip
-    _gru_step_kernel[grid](pre, cell.a, bias, h, out, n, 0.0 if clip is None else clip,
-                           HAS_BIAS=cell.bias is not None, HAS_CLIP=clip is not None, BN=block)
+    out = _start_from(h, out)
+    _gru_step_(pre, cell.a, cell.bias, out, cell.recurrent_clip)
     return out
 
 
@@ -112,15 +178,32 @@ def lstm_step(pre: torch.Tensor, cell, h: torch.Tensor, c: torch.Tensor,
     """:meth:`pararnn.ParaLSTMCell.step` of ``pre`` ``(B, 3N)`` from ``(h, c)`` each
     ``(B, N)``; returns ``(h', c')``, written into ``out`` when given (may be ``(h, c)``)."""
     batch, n = h.shape
-    h_out, c_out = (torch.empty_like(h), torch.empty_like(c)) if out is None else out
-    for name, tensor, shape in (("pre", pre, (batch, 3 * n)), ("h", h, (batch, n)), ("c", c, (batch, n)),
-                                ("h_out", h_out, (batch, n)), ("c_out", c_out, (batch, n)),
-                                ("a", cell.a, (3, n)), ("peephole", cell.peephole, (2, n))):
+    h_out, c_out = (None, None) if out is None else out
+    checks = [("pre", pre, (batch, 3 * n)), ("h", h, (batch, n)), ("c", c, (batch, n)),
+              ("a", cell.a, (3, n)), ("peephole", cell.peephole, (2, n))]
+    if out is not None:
+        checks += [("h_out", h_out, (batch, n)), ("c_out", c_out, (batch, n))]
+    for name, tensor, shape in checks:
         _check(name, tensor, shape)
-    grid, block = _launch_shape(batch, n)
-    bias = cell.bias if cell.bias is not None else cell.a
-    clip = cell.recurrent_clip
-    _lstm_step_kernel[grid](pre, cell.a, cell.peephole, bias, h, c, h_out, c_out, n,
-                            0.0 if clip is None else clip, HAS_BIAS=cell.bias is not None,
-                            HAS_CLIP=clip is not None, BN=block)
+    h_out, c_out = _start_from(h, h_out), _start_from(c, c_out)
+    _lstm_step_(pre, cell.a, cell.peephole, cell.bias, h_out, c_out, cell.recurrent_clip)
     return h_out, c_out
+
+
+def conv_step(x: torch.Tensor, window: torch.Tensor, weight: torch.Tensor,
+              bias: torch.Tensor) -> torch.Tensor:
+    """One step of a depthwise causal convolution (:class:`pararnn.models.lm.CausalConv1d`):
+    input ``x`` ``(B, C)`` (rows may be strided), the last ``k-1`` inputs in ``window``
+    ``(B, C, k-1)``, ``weight`` ``(C, 1, k)``, ``bias`` ``(C,)``. Returns the output
+    ``(B, C)`` in the window's dtype (float32 math) and shifts ``x`` into ``window`` in place."""
+    batch, channels = x.shape
+    k = weight.shape[-1]
+    # a strided x (a chunk of a projection) is copied: a stride passed to the kernel would
+    # be the traced one, which a compiler need not keep for a tensor it lays out itself
+    x = x.contiguous()
+    for name, tensor, shape in (("window", window, (batch, channels, k - 1)),
+                                ("weight", weight, (channels, 1, k)), ("bias", bias, (channels,))):
+        _check(name, tensor, shape)
+    y = torch.empty(batch, channels, device=x.device, dtype=window.dtype)
+    _conv_step_(x, window, weight, bias, y)
+    return y

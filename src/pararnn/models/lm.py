@@ -22,7 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import triton_available
 from .config import ModelConfig, transformer_block_params, round_up
+
+# decided once, not per step: a compiled decode step would trace the cached lookup (and warn)
+_TRITON = triton_available()
 
 
 class StaticCache(dict):
@@ -83,7 +87,12 @@ class CausalConv1d(nn.Module):
 
     def static_step(self, x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
         """One token ``x`` ``(B, 1, C)`` with the last ``k-1`` inputs in ``window``
-        ``(B, C, k-1)``, which is updated in place."""
+        ``(B, C, k-1)``, which is updated in place. On CUDA one fused Triton kernel
+        (:func:`pararnn.kernels.decode_step.conv_step`, float32 math), elsewhere and in
+        float64 PyTorch in the window's dtype."""
+        if x.is_cuda and window.dtype != torch.float64 and _TRITON:
+            from ..kernels import decode_step
+            return decode_step.conv_step(x[:, 0], window, self.weight, self.bias)[:, None]
         xt = torch.cat([window, x.transpose(1, 2).to(window.dtype)], dim=2)
         window.copy_(xt[:, :, 1:])
         y = (xt * self.weight[:, 0].to(xt.dtype)).sum(-1) + self.bias.to(xt.dtype)
@@ -202,10 +211,12 @@ class LanguageModel(nn.Module):
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None):
         """Yield ``max_new_tokens`` sampled tokens ``(B,)`` one by one after prompt ``idx``:
-        :class:`pararnn.generation.Generator` (parallel prefill, then recurrent steps)."""
+        :class:`pararnn.generation.Generator` (parallel prefill, then recurrent steps).
+        A Generator made for one call does not compile its step (compiling takes seconds);
+        keep a Generator to decode many sequences faster."""
         from ..generation import Generator, SamplingConfig
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-        yield from Generator(self).stream(idx, max_new_tokens, sampling, generator=generator)
+        yield from Generator(self, compile=False).stream(idx, max_new_tokens, sampling, generator=generator)
 
 
 def cache_tensors(caches: list[dict]) -> list[torch.Tensor]:

@@ -27,11 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cells import ParaLSTMCell
-from ..kernels import triton_available
 from ..layers.projected import ParaGRU, ParaLSTM
 from ..layers.projection import kaiming_uniform_
 from ..solver import NewtonConfig
-from .lm import CausalConv1d, GatedRMSNorm, RMSNorm, StaticCache, state_dtype
+from .lm import _TRITON, CausalConv1d, GatedRMSNorm, RMSNorm, StaticCache, state_dtype
 from .config import ModelConfig
 
 
@@ -40,15 +39,17 @@ def recurrent_step(rnn: nn.Module, u: torch.Tensor, state, out=None):
     multi-head projection of the one input, then one cell step (no solver, and the
     layer's ``mode`` is left alone). ``state`` is what the layer takes: ``h`` for ParaGRU,
     ``(h, c)`` for ParaLSTM. Returns ``(y (B, 1, N), new_state)``; the new state is
-    written into ``out`` (a tuple of tensors like ``(h,)`` or ``(h, c)``) when given.
+    written into ``out`` (a tuple of tensors like ``(h,)`` or ``(h, c)``; may be the
+    state itself) when given.
 
     On CUDA the cell step is one fused Triton kernel (:mod:`pararnn.kernels.decode_step`,
-    float32 math), elsewhere and in float64 the cell's own ``step``.
+    float32 math, a custom operator that ``torch.compile`` traces), elsewhere and in
+    float64 the cell's own ``step``.
     """
     pre = rnn.projection(u[:, 0])
     lstm = isinstance(rnn, ParaLSTM)
     states = tuple(state) if lstm else (state,)
-    if pre.is_cuda and torch.float64 not in (pre.dtype, states[0].dtype) and triton_available():
+    if pre.is_cuda and torch.float64 not in (pre.dtype, states[0].dtype) and _TRITON:
         from ..kernels import decode_step
         pre, states = pre.contiguous(), tuple(s.contiguous() for s in states)
         if out is None:

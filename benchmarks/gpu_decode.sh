@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Decode speed of the four language models on one CUDA GPU (`--size small`, bf16, random
+# weights, decode state filled at each context), the decode step compiled with
+# torch.compile and not, both replayed from a CUDA graph: batch 1..256 at contexts
+# 512 / 8192 / 32768, with the memory-bandwidth bound of each row.
+#
+#   benchmarks/gpu_decode.sh OUTDIR [seconds]      # default 240
+#
+# Writes OUTDIR/decode_eager.{json,log} (step not compiled), OUTDIR/decode_compiled.{json,log}
+# and OUTDIR/summary.txt (compiled against not, and ParaRNN against the Transformer). The
+# JSON files are rewritten after every row, so a stage cut short by its time limit keeps
+# what it measured. Compiling costs seconds per model and shape class (batch 1, then one
+# dynamic-batch graph, and for the Transformer one per new KV length), so the compiled
+# stage gets most of the time; models run in order of interest.
+set -uo pipefail
+out=${1:?usage: benchmarks/gpu_decode.sh OUTDIR [seconds]}
+budget=${2:-240}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$out/device.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
+    | tee -a "$out/device.txt"
+
+sweep=(bench-decode --models paragru,transformer,paralstm,mamba2 --size small
+       --batch-sizes 1,2,4,8,16,32,64,128,256 --contexts 512,8192,32768 --new-tokens 64)
+timeout $((budget * 3 / 10)) python3 -m pararnn "${sweep[@]}" --no-compile \
+    --json "$out/decode_eager.json" > "$out/decode_eager.log" 2>&1
+timeout $((budget * 7 / 10 - 5)) python3 -m pararnn "${sweep[@]}" --compile \
+    --json "$out/decode_compiled.json" > "$out/decode_compiled.log" 2>&1
+
+python3 - "$out" <<'EOF' | tee "$out/summary.txt"
+import json, sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+runs = {}
+for mode in ("eager", "compiled"):
+    path = out / f"decode_{mode}.json"
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    runs[mode] = {(r["model"], r["batch"], r["context"]): r for r in rows if "error" not in r}
+keys = sorted(set(runs["eager"]) | set(runs["compiled"]), key=lambda k: (k[0], k[1], k[2]))
+print(f"{'model':<12}{'batch':>6}{'context':>9}{'tok/s':>10}{'compiled':>10}{'gain':>7}{'of bound':>9}")
+for key in keys:
+    eager, compiled = runs["eager"].get(key), runs["compiled"].get(key)
+    # '*': the compiled run fell back to the eager step (its log has the warning)
+    rate = lambda row, mark=False: (f"{row['decode_tok_s']:.0f}{'*' if mark and not row['compiled'] else ''}"
+                                    if row else "-")
+    gain = f"{compiled['decode_tok_s'] / eager['decode_tok_s']:.2f}x" if eager and compiled else "-"
+    best = compiled or eager
+    print(f"{key[0]:<12}{key[1]:>6}{key[2]:>9}{rate(eager):>10}{rate(compiled, True):>10}{gain:>7}"
+          f"{best['decode_tok_s'] / best['bound_tok_s']:>9.1%}")
+print()
+for mode, rows in runs.items():  # the ParaRNN models against the Transformer, same step kind
+    for batch in (1, 64):
+        attention = rows.get(("transformer", batch, 32768))
+        for model in ("paragru", "paralstm", "mamba2"):
+            row = rows.get((model, batch, 32768))
+            if row and attention:
+                print(f"{mode}: {model} / transformer at batch {batch}, context 32768: "
+                      f"{row['decode_tok_s'] / attention['decode_tok_s']:.2f}x "
+                      f"({row['decode_tok_s']:.0f} vs {attention['decode_tok_s']:.0f} tok/s)")
+EOF
