@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            check_common, load_gate_bias, optional_inputs, reset_word, rows_in,
-                            reject_double_backward, verified_walk,
+                            check_common, load_gate_bias, needs_grad, optional_inputs,
+                            reset_word, rows_in, reject_double_backward, verified_walk,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
                             tanh, tl, triton)
@@ -296,7 +296,7 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
                      warmup=0 if sequential else warmup, block_n=block_n, num_warps=num_warps,
                      steps_per_block=steps_per_block, sequential=sequential)
     rst = pack_resets(resets, plan.steps_per_block)
-    blocks = triton.cdiv(steps, plan.steps_per_block)
+    blocks = plan.step_blocks
     out = torch.empty(batch, steps, n, device=dev, dtype=torch.float32)
     segmented = plan.segments > 1
     if segmented:
@@ -304,7 +304,7 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
                                  dtype=torch.float32).unbind(0)
     else:
         E = A = S = X = None  # the one-segment walk has no boundaries
-    block_count = triton.cdiv(n, plan.block_n)
+    block_count = plan.channel_blocks
     verify = verify_tol is not None and segmented
     fell = torch.empty(batch, block_count, device=dev, dtype=torch.int8) if verify else None
 
@@ -358,7 +358,7 @@ def backward(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=N
     plan = make_plan("gru_bwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
                      block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block)
     rst = pack_resets(resets, plan.steps_per_block)
-    blocks = triton.cdiv(steps, plan.steps_per_block)
+    blocks = plan.step_blocks
     P = plan.segments
     grows = 3 if bias is None else 6
     grad_pre = torch.empty(batch, steps, 3 * n, device=dev, dtype=pre.dtype)
@@ -369,7 +369,7 @@ def backward(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=N
         E, A, S, X = torch.empty(4, batch, P, n, device=dev, dtype=torch.float32).unbind(0)
     else:
         E = A = S = X = None  # the one-segment walk has no boundaries
-    grid = (triton.cdiv(n, plan.block_n), batch, P)
+    grid = (plan.channel_blocks, batch, P)
 
     def launch(correct: bool) -> None:
         _gru_bwd_kernel[grid](
@@ -416,6 +416,9 @@ def paragru_solve(pre, a, bias=None, initial_state=None, resets=None, *, rounds:
     (zeros), ``resets`` bool (B, T) or None. Plan options as :func:`forward`.
     Differentiable with respect to ``pre``, ``a``, ``bias`` and ``initial_state``.
     """
+    if not needs_grad(pre, a, bias, initial_state):  # no autograd Function's host cost
+        return forward(pre, a, initial_state, resets, rounds, bias=bias,
+                       verify_tol=verify_tol, sequential=sequential)
     report_out = []
     states = _ParaGRUSolve.apply(pre, a, bias, initial_state, resets, rounds, verify_tol,
                                  sequential, report_out)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            check_common, load_gate_bias, optional_inputs, reset_word, rows_in,
-                            reject_double_backward, verified_walk,
+                            check_common, load_gate_bias, needs_grad, optional_inputs,
+                            reset_word, rows_in, reject_double_backward, verified_walk,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
                             tanh, tl, triton)
@@ -376,7 +376,7 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
                      warmup=0 if sequential else warmup, block_n=block_n, num_warps=num_warps,
                      steps_per_block=steps_per_block, sequential=sequential)
     rst = pack_resets(resets, plan.steps_per_block)
-    blocks = triton.cdiv(steps, plan.steps_per_block)
+    blocks = plan.step_blocks
     out = torch.empty(batch, steps, 2 * n, device=dev, dtype=torch.float32)
     P = plan.segments
     segmented = P > 1
@@ -384,7 +384,7 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
         E, A, S, X = _boundary_buffers(batch, P, n, dev)
     else:
         E = A = S = X = None  # the one-segment walk has no boundaries
-    block_count = triton.cdiv(n, plan.block_n)
+    block_count = plan.channel_blocks
     verify = verify_tol is not None and segmented
     fell = torch.empty(batch, block_count, device=dev, dtype=torch.int8) if verify else None
 
@@ -450,7 +450,7 @@ def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_len=None
     plan = make_plan("lstm_bwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
                      block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block)
     rst = pack_resets(resets, plan.steps_per_block)
-    blocks = triton.cdiv(steps, plan.steps_per_block)
+    blocks = plan.step_blocks
     P = plan.segments
     grows = 5 if bias is None else 8
     grad_pre = torch.empty(batch, steps, 3 * n, device=dev, dtype=pre.dtype)
@@ -461,7 +461,7 @@ def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_len=None
         E, A, S, X = _boundary_buffers(batch, P, n, dev)
     else:
         E = A = S = X = None  # the one-segment walk has no boundaries
-    grid = (triton.cdiv(n, plan.block_n), batch, P)
+    grid = (plan.channel_blocks, batch, P)
 
     def launch(correct: bool) -> None:
         _lstm_bwd_kernel[grid](
@@ -511,6 +511,9 @@ def paralstm_solve(pre, a, peephole, bias=None, initial_state=None, resets=None,
     Differentiable with respect to ``pre``, ``a``, ``peephole``, ``bias`` and
     ``initial_state``.
     """
+    if not needs_grad(pre, a, peephole, bias, initial_state):  # no autograd Function cost
+        return forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
+                       verify_tol=verify_tol, sequential=sequential)
     report_out = []
     states = _ParaLSTMSolve.apply(pre, a, peephole, bias, initial_state, resets, rounds,
                                   verify_tol, sequential, report_out)

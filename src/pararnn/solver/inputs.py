@@ -85,12 +85,14 @@ class Sequences:
         return states[0, self.ends]
 
 
-def check_cell(cell) -> torch.dtype | None:
-    """Check the cell's definition; return its parameters' dtype (None if it has none)."""
+def check_cell(cell, params: list | None = None) -> torch.dtype | None:
+    """Check the cell's definition; return its parameters' dtype (None if it has none).
+    ``params``: the cell's parameters, when the caller has listed them already."""
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a pararnn.Cell, got {type(cell).__name__}")
     cell.check_definition()
-    dtypes = {p.dtype for p in cell.parameters() if p.is_floating_point()}
+    dtypes = {p.dtype for p in (cell.parameters() if params is None else params)
+              if p.is_floating_point()}
     if len(dtypes) > 1:
         raise TypeError(f"cell parameters must share one dtype, got {sorted(map(str, dtypes))}")
     dtype = dtypes.pop() if dtypes else None
@@ -117,8 +119,10 @@ def compute_dtype(x: torch.Tensor, param_dtype: torch.dtype | None) -> torch.dty
 
 
 def check_inputs(cell, x, h0, resets, cu_seqlens) -> tuple[torch.dtype, Sequences]:
-    """Validate everything a solve needs; return the compute dtype and the sequence layout."""
-    param_dtype = check_cell(cell)
+    """Validate everything a solve needs; return the compute dtype and the sequence layout.
+    Metadata only (shapes, dtypes, devices): no tensor is read, except ``cu_seqlens``."""
+    params = list(cell.parameters()) if isinstance(cell, Cell) else None
+    param_dtype = check_cell(cell, params)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 3:
@@ -134,7 +138,6 @@ def check_inputs(cell, x, h0, resets, cu_seqlens) -> tuple[torch.dtype, Sequence
     if steps < 1 or batch < 1:
         raise ValueError(f"x must have batch >= 1 and time >= 1, got shape {tuple(x.shape)}")
     dtype = compute_dtype(x, param_dtype)
-    params = list(cell.parameters())
     if params and params[0].device != x.device:
         raise ValueError(f"x is on {x.device} but the cell's parameters are on {params[0].device}")
 
