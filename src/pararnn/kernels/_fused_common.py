@@ -55,14 +55,12 @@ def supports_tensor(pre: torch.Tensor) -> bool:
     return pre.device.type == "cpu" and interpreter_enabled()
 
 
-# Optional inputs are passed as None (Triton specialises a None argument as a constexpr)
-# and their HAS_* flags derived from that, so no kernel takes a dummy pointer.
-optional_inputs = triton.heuristics({
-    "HAS_BIAS": lambda args: args["BIAS"] is not None,
-    "HAS_H0": lambda args: args["H0"] is not None,
-    "HAS_RST": lambda args: args["RST"] is not None,
-})
-verified_walk = triton.heuristics({"VERIFY": lambda args: args["FELL"] is not None})
+def optional_flags(bias, h0, resets) -> dict:
+    """The ``HAS_*`` constexprs of the optional kernel inputs, which are passed as None
+    when absent (Triton specialises a None argument as a constexpr), so no kernel takes a
+    dummy pointer. Set at the launch site rather than by ``triton.heuristics``: each
+    heuristics wrapper adds host work to every launch."""
+    return {"HAS_BIAS": bias is not None, "HAS_H0": h0 is not None, "HAS_RST": resets is not None}
 
 
 def needs_grad(*tensors) -> bool:

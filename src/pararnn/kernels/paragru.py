@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            check_common, load_gate_bias, needs_grad, optional_inputs,
-                            reset_word, rows_in, reject_double_backward, verified_walk,
+                            check_common, load_gate_bias, needs_grad, optional_flags,
+                            reset_word, rows_in, reject_double_backward,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
                             tanh, tl, triton)
@@ -61,8 +61,6 @@ def _moved(X, S, bnd, mn, tol):
     return x, moved > 0
 
 
-@verified_walk
-@optional_inputs
 @triton.jit
 def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L, W, P, tol,
                     HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
@@ -147,7 +145,6 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L,
             tl.store(S + bnd, s, mask=mn)
 
 
-@optional_inputs
 @triton.jit
 def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB, L,
                     W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
@@ -308,11 +305,14 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
     verify = verify_tol is not None and segmented
     fell = torch.empty(batch, block_count, device=dev, dtype=torch.int8) if verify else None
 
+    flags = optional_flags(bias, h0, rst)
+
     def launch(correct: bool, segments: int = plan.segments, check: bool = False) -> None:
         _gru_fwd_kernel[(block_count, batch, segments)](
             pre, a, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n, blocks,
             plan.seg_len if segments > 1 else steps, plan.warmup, plan.segments,
             verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
+            VERIFY=check, **flags,
             BN=plan.block_n, K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=1, reverse=False)
@@ -371,11 +371,13 @@ def backward(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=N
         E = A = S = X = None  # the one-segment walk has no boundaries
     grid = (plan.channel_blocks, batch, P)
 
+    flags = optional_flags(bias, h0, rst)
+
     def launch(correct: bool) -> None:
         _gru_bwd_kernel[grid](
             pre, a, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
-            GROWS=grows, SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n,
+            GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags, BN=plan.block_n,
             K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=1, reverse=True)
