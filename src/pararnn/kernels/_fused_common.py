@@ -211,13 +211,13 @@ def make_plan(kernel: str, batch: int, steps: int, channels: int, device: torch.
     """The launch plan for this call, cached: a small call (decode-like prompt chunks) is
     bound by host work, and the plan depends only on these arguments and the tuning
     constants above (part of the key, so that tests can change them)."""
-    return _cached_plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n,
-                        num_warps, steps_per_block, sequential,
-                        CHAINS_PER_SM, MIN_SEG_LEN, WARMUP)
+    # torch.compile traces the function itself (it warns about a cache it would bypass)
+    plan = _plan if torch.compiler.is_compiling() else _cached_plan
+    return plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_warps,
+                steps_per_block, sequential, CHAINS_PER_SM, MIN_SEG_LEN, WARMUP)
 
 
-@functools.lru_cache(maxsize=1024)
-def _cached_plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_warps,
+def _plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_warps,
                  steps_per_block, sequential, chains_per_sm, min_seg_len, default_warmup) -> Plan:
     tile_bn, tile_warps, tile_k = CUDA_TILES[kernel]
     if block_n is None:
@@ -250,6 +250,9 @@ def _cached_plan(kernel, batch, steps, channels, device, seg_len, warmup, block_
         raise ValueError(f"steps_per_block must be a power of two <= 16, got {steps_per_block}")
     return Plan(segments, seg_len, warmup, block_n, num_warps, steps_per_block,
                 cdiv(channels, block_n), cdiv(steps, steps_per_block))
+
+
+_cached_plan = functools.lru_cache(maxsize=1024)(_plan)
 
 
 # ----------------------------------------------------------------------------------------
@@ -352,6 +355,36 @@ class ForwardReport:
     segments: int
     boundary_rounds: int
     fell_back: torch.Tensor | None
+
+
+def default_plan(kernel: str, pre: torch.Tensor, channels: int, sequential: bool) -> Plan:
+    """The plan a forward with the tuned defaults runs (what the registered op launches)."""
+    batch, steps, _ = pre.shape
+    return make_plan(kernel, batch, steps, channels, pre.device, seg_len=None,
+                     warmup=0 if sequential else None, block_n=None, num_warps=None,
+                     sequential=sequential)
+
+
+def op_flags(report: ForwardReport, pre: torch.Tensor) -> torch.Tensor:
+    """The verification flags as a registered op returns them: empty when none ran (an op
+    returns tensors only)."""
+    return pre.new_empty(0, dtype=torch.int8) if report.fell_back is None else report.fell_back
+
+
+def fake_flags(pre: torch.Tensor, plan: Plan, batch: int, verify_tol) -> torch.Tensor:
+    """The shape :func:`op_flags` gives, for the op's fake (shape-only) implementation."""
+    if verify_tol is None or plan.segments == 1:
+        return pre.new_empty(0, dtype=torch.int8)
+    return pre.new_empty(batch, plan.channel_blocks, dtype=torch.int8)
+
+
+def op_report(pre, kernel: str, channels: int, rounds: int, verify_tol, sequential: bool,
+              flags: torch.Tensor) -> ForwardReport:
+    """The :class:`ForwardReport` of a call of the registered forward op."""
+    plan = default_plan(kernel, pre, channels, sequential)
+    verified = verify_tol is not None and plan.segments > 1
+    return ForwardReport(plan.segments, rounds if plan.segments > 1 else 0,
+                         flags if verified else None)
 
 
 @triton.jit
