@@ -396,9 +396,28 @@ def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, w
     return grad_pre, grad_w_part.sum((0, 1)), grad_h0_part.sum(1)
 
 
-# The op as PyTorch sees it (torch.library): opaque to torch.compile, so the layer traces
-# without graph breaks, and differentiable through its registered backward. Eager calls
-# that need no gradients skip it (the dispatcher's host cost) and call ``forward``.
+class _ParaGRUSolve(torch.autograd.Function):
+    """:func:`forward` with :func:`backward` as its gradient (pre, a, bias, initial_state):
+    the eager path with gradients (cheaper on the host than the registered op below)."""
+
+    @staticmethod
+    def forward(ctx, pre, a, bias, initial_state, resets, rounds, verify_tol, sequential,
+                report_out):
+        states, report = forward(pre, a, initial_state, resets, rounds, bias=bias,
+                                 verify_tol=verify_tol, sequential=sequential)
+        report_out.append(report)
+        ctx.save_for_backward(pre, a, bias, initial_state, resets, states)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        return _op_backward(ctx, grad_states, None) + (None,)
+
+
+# The op as torch.compile sees it (torch.library): opaque to the compiler, so the layer
+# traces without graph breaks, differentiable through the registered backward. Eager
+# calls skip the dispatcher's host cost: without gradients they call ``forward``, with
+# gradients the autograd Function above.
 @torch.library.custom_op("pararnn::paragru_forward", mutates_args=())
 def _forward_op(pre: torch.Tensor, a: torch.Tensor, bias: Optional[torch.Tensor],
                 initial_state: Optional[torch.Tensor], resets: Optional[torch.Tensor],
@@ -438,10 +457,15 @@ def _setup_backward(ctx, inputs, output):
 
 
 def _op_backward(ctx, grad_states, _):
+    """The backward of both the registered op and the eager autograd Function."""
     reject_double_backward("ParaGRU")
     pre, a, bias, h0, resets, states = ctx.saved_tensors
-    grad_pre, grad_w, grad_h0 = _backward_op(pre, a, bias, h0, resets, states,
-                                             grad_states.contiguous())
+    grad_states = grad_states.contiguous()
+    if torch.compiler.is_compiling():
+        grad_pre, grad_w, grad_h0 = _backward_op(pre, a, bias, h0, resets, states, grad_states)
+    else:
+        grad_pre, grad_w, grad_h0 = _backward_parts(pre, a, h0, resets, states, grad_states,
+                                                    bias=bias)
     return (grad_pre, grad_w[:3], None if bias is None else grad_w[3:],
             None if h0 is None else grad_h0.to(h0.dtype), None, None, None, None)
 
@@ -459,9 +483,14 @@ def paragru_solve(pre, a, bias=None, initial_state=None, resets=None, *, rounds:
     Differentiable with respect to ``pre``, ``a``, ``bias`` and ``initial_state``; traced
     by ``torch.compile`` as one op (``torch.ops.pararnn.paragru_forward``).
     """
-    if not (torch.compiler.is_compiling() or needs_grad(pre, a, bias, initial_state)):
-        return forward(pre, a, initial_state, resets, rounds, bias=bias,
-                       verify_tol=verify_tol, sequential=sequential)
+    if not torch.compiler.is_compiling():
+        if not needs_grad(pre, a, bias, initial_state):
+            return forward(pre, a, initial_state, resets, rounds, bias=bias,
+                           verify_tol=verify_tol, sequential=sequential)
+        report_out = []
+        states = _ParaGRUSolve.apply(pre, a, bias, initial_state, resets, rounds, verify_tol,
+                                     sequential, report_out)
+        return states, report_out[0]
     states, flags = _forward_op(pre, a, bias, initial_state, resets, rounds, verify_tol,
                                 sequential)
     return states, op_report(pre, "gru_fwd", a.shape[1], rounds, verify_tol, sequential, flags)

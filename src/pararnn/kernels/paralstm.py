@@ -488,9 +488,26 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_l
     return grad_pre, grad_w_part.sum((0, 1)), grad_h0_part.sum(1)
 
 
-# The op as PyTorch sees it (torch.library), as :mod:`.paragru`: opaque to
-# torch.compile, differentiable through its registered backward; eager calls that need
-# no gradients call ``forward`` directly.
+class _ParaLSTMSolve(torch.autograd.Function):
+    """:func:`forward` with :func:`backward` as its gradient (pre, a, peephole, bias,
+    initial_state): the eager path with gradients."""
+
+    @staticmethod
+    def forward(ctx, pre, a, peephole, bias, initial_state, resets, rounds, verify_tol,
+                sequential, report_out):
+        states, report = forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
+                                 verify_tol=verify_tol, sequential=sequential)
+        report_out.append(report)
+        ctx.save_for_backward(pre, a, peephole, bias, initial_state, resets, states)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        return _op_backward(ctx, grad_states, None) + (None,)
+
+
+# The op as torch.compile sees it (torch.library), as in :mod:`.paragru`; eager calls
+# use ``forward`` or the autograd Function above.
 @torch.library.custom_op("pararnn::paralstm_forward", mutates_args=())
 def _forward_op(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor,
                 bias: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
@@ -532,10 +549,16 @@ def _setup_backward(ctx, inputs, output):
 
 
 def _op_backward(ctx, grad_states, _):
+    """The backward of both the registered op and the eager autograd Function."""
     reject_double_backward("ParaLSTM")
     pre, a, peephole, bias, h0, resets, states = ctx.saved_tensors
-    grad_pre, grad_w, grad_h0 = _backward_op(pre, a, peephole, bias, h0, resets, states,
-                                             grad_states.contiguous())
+    grad_states = grad_states.contiguous()
+    if torch.compiler.is_compiling():
+        grad_pre, grad_w, grad_h0 = _backward_op(pre, a, peephole, bias, h0, resets, states,
+                                                 grad_states)
+    else:
+        grad_pre, grad_w, grad_h0 = _backward_parts(pre, a, peephole, h0, resets, states,
+                                                    grad_states, bias=bias)
     return (grad_pre, grad_w[:3], grad_w[3:5], None if bias is None else grad_w[5:],
             None if h0 is None else grad_h0.to(h0.dtype), None, None, None, None)
 
@@ -555,10 +578,14 @@ def paralstm_solve(pre, a, peephole, bias=None, initial_state=None, resets=None,
     ``initial_state``; traced by ``torch.compile`` as one op
     (``torch.ops.pararnn.paralstm_forward``).
     """
-    if not (torch.compiler.is_compiling()
-            or needs_grad(pre, a, peephole, bias, initial_state)):
-        return forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
-                       verify_tol=verify_tol, sequential=sequential)
+    if not torch.compiler.is_compiling():
+        if not needs_grad(pre, a, peephole, bias, initial_state):
+            return forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
+                           verify_tol=verify_tol, sequential=sequential)
+        report_out = []
+        states = _ParaLSTMSolve.apply(pre, a, peephole, bias, initial_state, resets, rounds,
+                                      verify_tol, sequential, report_out)
+        return states, report_out[0]
     states, flags = _forward_op(pre, a, peephole, bias, initial_state, resets, rounds,
                                 verify_tol, sequential)
     return states, op_report(pre, "lstm_fwd", a.shape[1], rounds, verify_tol, sequential,
