@@ -218,7 +218,7 @@ def make_plan(kernel: str, batch: int, steps: int, channels: int, device: torch.
 
 
 def _plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_warps,
-                 steps_per_block, sequential, chains_per_sm, min_seg_len, default_warmup) -> Plan:
+          steps_per_block, sequential, chains_per_sm, min_seg_len, default_warmup) -> Plan:
     tile_bn, tile_warps, tile_k = CUDA_TILES[kernel]
     if block_n is None:
         block_n = 16 if device.type == "cpu" else tile_bn

@@ -96,7 +96,8 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
                 states, info = newton_solve(cell, xc, h0c, sequences, config, linear_solver, name)
     # the final state stays in the compute dtype: a decode cache that feeds it back must
     # not round the state to bfloat16 every token
-    return states.to(out_dtype), sequences.final_states(states), info
+    out = states if states.dtype == out_dtype else states.to(out_dtype)
+    return out, sequences.final_states(states), info
 
 
 def _no_autocast(device_type: str):

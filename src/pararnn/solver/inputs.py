@@ -81,8 +81,17 @@ class Sequences:
     def final_states(self, states: torch.Tensor) -> torch.Tensor:
         """``h_n``: ``(B, N)``, or ``(S, N)`` (one per sequence) with cu_seqlens."""
         if self.ends is None:
-            return states[:, -1]
+            return states.select(1, -1)
         return states[0, self.ends]
+
+
+def _parameters(cell: Cell) -> list:
+    """``list(cell.parameters())``, read straight from the module when it has no
+    submodules (the reference cells): ``parameters()`` walks the module tree, host time
+    on every call of a small solve."""
+    if cell._modules:
+        return list(cell.parameters())
+    return [p for p in cell._parameters.values() if p is not None]
 
 
 def check_cell(cell, params: list | None = None) -> torch.dtype | None:
@@ -121,7 +130,7 @@ def compute_dtype(x: torch.Tensor, param_dtype: torch.dtype | None) -> torch.dty
 def check_inputs(cell, x, h0, resets, cu_seqlens) -> tuple[torch.dtype, Sequences]:
     """Validate everything a solve needs; return the compute dtype and the sequence layout.
     Metadata only (shapes, dtypes, devices): no tensor is read, except ``cu_seqlens``."""
-    params = list(cell.parameters()) if isinstance(cell, Cell) else None
+    params = _parameters(cell) if isinstance(cell, Cell) else None
     param_dtype = check_cell(cell, params)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
