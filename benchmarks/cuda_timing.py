@@ -24,6 +24,25 @@ def median_event_ms(fn, repeats: int = REPEATS, warmup: int = WARMUP_CALLS) -> f
     return statistics.median(times)
 
 
+def interleaved_median_event_ms(fns, repeats: int = REPEATS, warmup: int = WARMUP_CALLS):
+    """Median milliseconds of each of ``fns``, timed in turns (A B, B A, A B, ...) so
+    that drifts of the host or the clocks fall on all of them alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for i in range(repeats):
+        order = range(len(fns)) if i % 2 == 0 else reversed(range(len(fns)))
+        for k in order:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fns[k]()
+            end.record()
+            end.synchronize()
+            times[k].append(start.elapsed_time(end))
+    return [statistics.median(t) for t in times]
+
+
 def make_layer(layer_cls, hidden: int, **options):
     """The benchmarks' layer: ``hidden -> hidden``, input-projection heads of 128 channels,
     recurrent clip 0.5 (as the language models use), on the current CUDA device."""
@@ -32,16 +51,19 @@ def make_layer(layer_cls, hidden: int, **options):
                      device="cuda", **options)
 
 
-def time_layer(layer, shape, dtype: str, backward: bool) -> float:
-    """Median ms of ``layer`` on random input of ``shape`` (B, T, F): forward, plus the
-    backward of the outputs' sum when ``backward``; ``dtype`` "bf16" runs under autocast."""
-    x = torch.randn(*shape, device="cuda", requires_grad=backward)
-
+def layer_call(layer, x, dtype: str, backward: bool):
+    """One timed step: ``layer`` on ``x``, plus the backward of the outputs' sum when
+    ``backward``; ``dtype`` "bf16" runs under autocast."""
     def call():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16"):
             out = layer(x)[0]
         if backward:
             out.float().sum().backward()
+    return call
 
+
+def time_layer(layer, shape, dtype: str, backward: bool) -> float:
+    """Median ms of :func:`layer_call` on random input of ``shape`` (B, T, F)."""
+    x = torch.randn(*shape, device="cuda", requires_grad=backward)
     with torch.set_grad_enabled(backward):
-        return median_event_ms(call)
+        return median_event_ms(layer_call(layer, x, dtype, backward))

@@ -4,13 +4,20 @@ checks, plan, launches) rather than the GPU bounds the time.
     PYTHONPATH=src python benchmarks/gpu_overhead.py --out results/<folder>
 
 1. ``per_call``: forward at B=1, T=16 (decode-like prompt chunks), no gradients, default
-   config: wall-clock per call over 300 back-to-back calls (host-bound), next to the GPU
-   time of the same forward replayed from a CUDA graph (the floor once the host is out).
+   config: wall-clock per call over 300 back-to-back calls (host-bound; the median of 5
+   such rounds), next to the GPU time of the same forward replayed from a CUDA graph (the
+   floor once the host is out), and the kernels one call launches (torch.profiler).
 2. ``layers``: the layer table at language-model shapes (16x1024x512, 8x4096x1024),
    forward and forward+backward, fp32 and bf16 autocast: median of 20 calls, each timed
    with CUDA events.
 
-Writes ``<out>/gpu_overhead.json`` and prints both tables. About 1-2 minutes on an H200.
+``--sections per_call`` runs the first only (about 20 s). Uses only the public layer API,
+so it measures whichever ``pararnn`` is first on ``PYTHONPATH`` (an older tree too):
+
+    PYTHONPATH=OLD/src python benchmarks/gpu_overhead.py --sections per_call --out DIR --label before
+
+Writes ``<out>/gpu_overhead[_<label>].json`` and prints the tables. About 1-2 minutes on an
+H200 with both sections.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import time
 
 import torch
@@ -26,7 +34,7 @@ import torch
 import pararnn
 from cuda_timing import make_layer, time_layer
 
-CALLS = 300
+CALLS, ROUNDS = 300, 5
 LAYER_SHAPES = [(16, 1024, 512), (8, 4096, 1024)]
 
 
@@ -36,12 +44,15 @@ def per_call(layer_cls, hidden):
     with torch.no_grad():
         for _ in range(20):
             layer(x)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(CALLS):
-            layer(x)
-        torch.cuda.synchronize()
-        wall_ms = (time.perf_counter() - start) * 1e3 / CALLS
+        rounds = []
+        for _ in range(ROUNDS):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(CALLS):
+                layer(x)
+            torch.cuda.synchronize()
+            rounds.append((time.perf_counter() - start) * 1e3 / CALLS)
+        kernels = kernels_of(lambda: layer(x))
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -58,8 +69,20 @@ def per_call(layer_cls, hidden):
         torch.cuda.synchronize()
         graph_ms = (time.perf_counter() - start) * 1e3 / CALLS
     return {"cell": layer_cls.__name__, "hidden": hidden, "shape": [1, 16, hidden],
-            "eager_ms_per_call": wall_ms, "cuda_graph_ms_per_call": graph_ms,
-            "plan_segments": layer.last_solve.segments}
+            "eager_ms_per_call": statistics.median(rounds), "eager_ms_rounds": rounds,
+            "cuda_graph_ms_per_call": graph_ms, "kernels_per_call": len(kernels),
+            "kernels": kernels, "plan_segments": layer.last_solve.segments}
+
+
+def kernels_of(fn) -> list[str]:
+    """Names of the GPU kernels (and memsets/copies) one call of ``fn`` launches, in order."""
+    fn()  # anything lazily set up happens outside the profile
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return [e.name for e in sorted(events, key=lambda e: e.time_range.start)]
 
 
 def layer_row(layer_cls, shape, dtype, backward):
@@ -73,32 +96,45 @@ def layer_row(layer_cls, shape, dtype, backward):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for gpu_overhead.json")
+    parser.add_argument("--sections", default="per_call,layers",
+                        help="comma-separated: per_call, layers (default both)")
+    parser.add_argument("--label", default="", help="suffix of the JSON name, e.g. before")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_overhead.py needs a CUDA device")
+    sections = args.sections.split(",")
     os.makedirs(args.out, exist_ok=True)
     result = {"benchmark": "gpu_overhead", "device": torch.cuda.get_device_name(),
-              "torch": torch.__version__,
+              "torch": torch.__version__, "pararnn": os.path.dirname(pararnn.__file__),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
               "per_call": [], "layers": []}
-    print("| cell | B x T x N | eager ms/call | CUDA-graph ms/call | segments |\n|---|---|---|---|---|")
-    for layer_cls in (pararnn.ParaGRU, pararnn.ParaLSTM):
-        for hidden in (512, 1024):
-            row = per_call(layer_cls, hidden)
-            result["per_call"].append(row)
-            print(f"| {row['cell']} | 1x16x{hidden} | {row['eager_ms_per_call']:.3f} "
-                  f"| {row['cuda_graph_ms_per_call']:.3f} | {row['plan_segments']} |", flush=True)
-    print("\n| cell | B x T x N | dtype | pass | ms | segments |\n|---|---|---|---|---|---|")
-    for layer_cls in (pararnn.ParaGRU, pararnn.ParaLSTM):
-        for shape in LAYER_SHAPES:
-            for dtype in ("fp32", "bf16"):
-                for backward in (False, True):
-                    row = layer_row(layer_cls, shape, dtype, backward)
-                    result["layers"].append(row)
-                    print(f"| {row['cell']} | {'x'.join(map(str, shape))} | {dtype} | {row['pass']} "
-                          f"| {row['ms']:.3f} | {row['plan_segments']} |", flush=True)
-                    torch.cuda.empty_cache()
-    with open(os.path.join(args.out, "gpu_overhead.json"), "w") as f:
+    if "per_call" in sections:
+        print("| cell | B x T x N | eager ms/call | CUDA-graph ms/call | kernels/call | segments |\n"
+              "|---|---|---|---|---|---|")
+        for layer_cls in (pararnn.ParaGRU, pararnn.ParaLSTM):
+            for hidden in (512, 1024):
+                row = per_call(layer_cls, hidden)
+                result["per_call"].append(row)
+                print(f"| {row['cell']} | 1x16x{hidden} | {row['eager_ms_per_call']:.3f} "
+                      f"| {row['cuda_graph_ms_per_call']:.3f} | {row['kernels_per_call']} "
+                      f"| {row['plan_segments']} |", flush=True)
+        for row in result["per_call"]:
+            print(f"kernels of {row['cell']} 1x16x{row['hidden']}: " + ", ".join(
+                name[:40] for name in row["kernels"]))
+    if "layers" in sections:
+        print("\n| cell | B x T x N | dtype | pass | ms | segments |\n|---|---|---|---|---|---|")
+        for layer_cls in (pararnn.ParaGRU, pararnn.ParaLSTM):
+            for shape in LAYER_SHAPES:
+                for dtype in ("fp32", "bf16"):
+                    for backward in (False, True):
+                        row = layer_row(layer_cls, shape, dtype, backward)
+                        result["layers"].append(row)
+                        print(f"| {row['cell']} | {'x'.join(map(str, shape))} | {dtype} "
+                              f"| {row['pass']} | {row['ms']:.3f} | {row['plan_segments']} |",
+                              flush=True)
+                        torch.cuda.empty_cache()
+    name = f"gpu_overhead_{args.label}.json" if args.label else "gpu_overhead.json"
+    with open(os.path.join(args.out, name), "w") as f:
         json.dump(result, f, indent=1)
 
 

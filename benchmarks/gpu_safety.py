@@ -5,10 +5,17 @@ the unchecked ``NewtonConfig(tol=None)``, at the training shapes, layer level.
     PYTHONPATH=src python benchmarks/gpu_safety.py --out results/<folder>
 
 For each cell (ParaGRU, ParaLSTM), shape B x T x N, dtype (float32 parameters with
-float32 input, or bfloat16 autocast) and pass (forward, forward+backward): the median of
-20 timed calls (CUDA events around each call, after 5 warm-up calls) for both configs,
-the overhead in percent, and the plan the solve ran (segments, whether it fell back).
-Writes ``<out>/gpu_safety.json`` and prints a markdown table. About 2-4 minutes on an H200.
+float32 input, or bfloat16 autocast) and pass (forward, forward+backward): two copies of
+the layer (same weights, one per config) timed in turns on the same input, the median of
+``--repeats`` calls each (CUDA events around each call, after 5 warm-up calls), the
+overhead in percent, and the plan the solve ran (segments, whether it fell back). Timing
+in turns matters: most of these calls are bound by host work, whose speed drifts by tens
+of percent between one block of calls and the next.
+
+``--shapes 1x65536x256,16x1024x512`` limits the shapes. Uses only the public layer API,
+so it measures whichever ``pararnn`` is first on ``PYTHONPATH`` (an older tree too).
+Writes ``<out>/gpu_safety[_<label>].json`` and prints a markdown table. About 2-4 minutes
+on an H200 for all shapes.
 """
 
 from __future__ import annotations
@@ -21,19 +28,22 @@ import os
 import torch
 
 import pararnn
-from cuda_timing import REPEATS, make_layer, time_layer
+from cuda_timing import interleaved_median_event_ms, layer_call, make_layer
 
 SHAPES = [(8, 4096, 1024), (16, 1024, 512), (32, 512, 512), (1, 65536, 256)]
 
 
-def measure(layer_cls, shape, dtype, backward: bool):
-    layer = make_layer(layer_cls, shape[2])
+def measure(layer_cls, shape, dtype, backward: bool, repeats: int):
+    layers = {"checked": make_layer(layer_cls, shape[2], newton=pararnn.NewtonConfig()),
+              "unchecked": make_layer(layer_cls, shape[2], newton=pararnn.NewtonConfig(tol=None))}
+    x = torch.randn(*shape, device="cuda", requires_grad=backward)
+    with torch.set_grad_enabled(backward):
+        times = interleaved_median_event_ms(
+            [layer_call(layer, x, dtype, backward) for layer in layers.values()], repeats)
     row = {}
-    for name, config in (("checked", pararnn.NewtonConfig()),
-                         ("unchecked", pararnn.NewtonConfig(tol=None))):
-        layer.newton = config
-        row[f"{name}_ms"] = time_layer(layer, shape, dtype, backward)
+    for (name, layer), ms in zip(layers.items(), times):
         info = layer.last_solve
+        row[f"{name}_ms"] = ms
         row[f"{name}_plan"] = {"segments": info.segments, "boundary_rounds": info.boundary_rounds,
                                "fell_back": info.fell_back}
     row["overhead_pct"] = 100.0 * (row["checked_ms"] / row["unchecked_ms"] - 1.0)
@@ -43,20 +53,25 @@ def measure(layer_cls, shape, dtype, backward: bool):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for gpu_safety.json")
+    parser.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES),
+                        help="comma-separated BxTxN (default: the training shapes)")
+    parser.add_argument("--repeats", type=int, default=40, help="timed calls per config")
+    parser.add_argument("--label", default="", help="suffix of the JSON name, e.g. before")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_safety.py needs a CUDA device")
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     os.makedirs(args.out, exist_ok=True)
     rows = []
     print("| cell | B x T x N | dtype | pass | checked ms | unchecked ms | overhead | segments | fell back |")
     print("|---|---|---|---|---|---|---|---|---|")
     for layer_cls in (pararnn.ParaGRU, pararnn.ParaLSTM):
-        for shape in SHAPES:
+        for shape in shapes:
             for dtype in ("fp32", "bf16"):
                 for backward in (False, True):
                     row = {"cell": layer_cls.__name__, "shape": list(shape), "dtype": dtype,
                            "pass": "fwd+bwd" if backward else "fwd",
-                           **measure(layer_cls, shape, dtype, backward)}
+                           **measure(layer_cls, shape, dtype, backward, args.repeats)}
                     rows.append(row)
                     print(f"| {row['cell']} | {'x'.join(map(str, shape))} | {dtype} | {row['pass']} "
                           f"| {row['checked_ms']:.3f} | {row['unchecked_ms']:.3f} "
@@ -64,9 +79,11 @@ def main() -> None:
                           f"| {row['checked_plan']['fell_back']} |", flush=True)
                     torch.cuda.empty_cache()
     result = {"benchmark": "gpu_safety", "device": torch.cuda.get_device_name(),
-              "torch": torch.__version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-              "repeats": REPEATS, "rows": rows}
-    with open(os.path.join(args.out, "gpu_safety.json"), "w") as f:
+              "torch": torch.__version__, "pararnn": os.path.dirname(pararnn.__file__),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+              "repeats": args.repeats, "rows": rows}
+    name = f"gpu_safety_{args.label}.json" if args.label else "gpu_safety.json"
+    with open(os.path.join(args.out, name), "w") as f:
         json.dump(result, f, indent=1)
 
 

@@ -22,15 +22,17 @@ modules are imported lazily (on first use), so setting it at the start of a prog
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
 
-@functools.lru_cache(maxsize=None)
+# looked up once; a plain constant (not an lru_cache) so torch.compile reads it silently
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
     """True if the ``triton`` package can be imported (the kernels need it)."""
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_FOUND
 
 
 def interpreter_enabled() -> bool:

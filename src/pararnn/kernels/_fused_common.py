@@ -55,14 +55,17 @@ def supports_tensor(pre: torch.Tensor) -> bool:
     return pre.device.type == "cpu" and interpreter_enabled()
 
 
-# Optional inputs are passed as None (Triton specialises a None argument as a constexpr)
-# and their HAS_* flags derived from that, so no kernel takes a dummy pointer.
-optional_inputs = triton.heuristics({
-    "HAS_BIAS": lambda args: args["BIAS"] is not None,
-    "HAS_H0": lambda args: args["H0"] is not None,
-    "HAS_RST": lambda args: args["RST"] is not None,
-})
-verified_walk = triton.heuristics({"VERIFY": lambda args: args["FELL"] is not None})
+def optional_flags(bias, h0, resets) -> dict:
+    """The ``HAS_*`` constexprs of the optional kernel inputs, which are passed as None
+    when absent (Triton specialises a None argument as a constexpr), so no kernel takes a
+    dummy pointer. Set at the launch site rather than by ``triton.heuristics``: each
+    heuristics wrapper adds host work to every launch."""
+    return {"HAS_BIAS": bias is not None, "HAS_H0": h0 is not None, "HAS_RST": resets is not None}
+
+
+def needs_grad(*tensors) -> bool:
+    """Whether autograd must record the op: grad mode is on and an input requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def reject_double_backward(op: str) -> None:
@@ -149,7 +152,9 @@ def store_gate_tiles(GPRE, b, T, N, t_rows, offs, mask, g0, g1, g2):
 @dataclass(frozen=True)
 class Plan:
     """Launch plan: ``segments`` of ``seg_len`` steps, ``warmup`` steps, channel block,
-    and ``steps_per_block`` steps loaded together (one block ahead)."""
+    and ``steps_per_block`` steps loaded together (one block ahead); ``channel_blocks``
+    and ``step_blocks`` count the blocks of ``block_n`` channels and of
+    ``steps_per_block`` steps."""
 
     segments: int
     seg_len: int
@@ -157,6 +162,18 @@ class Plan:
     block_n: int
     num_warps: int
     steps_per_block: int
+    channel_blocks: int
+    step_blocks: int
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` in plain Python (``triton.cdiv`` is a jit function: slow to call
+    from the host)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
 # Tuned on an H100 (benchmarks/gpu_profile.py --sweep, GPU time by CUDA-graph replay):
@@ -191,6 +208,17 @@ def make_plan(kernel: str, batch: int, steps: int, channels: int, device: torch.
               seg_len: int | None, warmup: int | None, block_n: int | None,
               num_warps: int | None, steps_per_block: int | None = None,
               sequential: bool = False) -> Plan:
+    """The launch plan for this call, cached: a small call (decode-like prompt chunks) is
+    bound by host work, and the plan depends only on these arguments and the tuning
+    constants above (part of the key, so that tests can change them)."""
+    # torch.compile traces the function itself (it warns about a cache it would bypass)
+    plan = _plan if torch.compiler.is_compiling() else _cached_plan
+    return plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_warps,
+                steps_per_block, sequential, CHAINS_PER_SM, MIN_SEG_LEN, WARMUP)
+
+
+def _plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_warps,
+          steps_per_block, sequential, chains_per_sm, min_seg_len, default_warmup) -> Plan:
     tile_bn, tile_warps, tile_k = CUDA_TILES[kernel]
     if block_n is None:
         block_n = 16 if device.type == "cpu" else tile_bn
@@ -203,24 +231,28 @@ def make_plan(kernel: str, batch: int, steps: int, channels: int, device: torch.
         seg_len = steps
     elif seg_len is None:
         sms = _multiprocessors(device) if device.type == "cuda" else 1
-        want = sms * CHAINS_PER_SM // max(1, batch * channels)
-        if want <= 2 or steps <= 2 * MIN_SEG_LEN:
+        want = sms * chains_per_sm // max(1, batch * channels)
+        if want <= 2 or steps <= 2 * min_seg_len:
             seg_len = steps  # measured: warm-up and boundary rounds don't pay off here
         else:
-            seg_len = max(MIN_SEG_LEN, math.ceil(steps / want))
+            seg_len = max(min_seg_len, math.ceil(steps / want))
     if seg_len < 1:
         raise ValueError(f"seg_len must be >= 1, got {seg_len}")
     seg_len = min(seg_len, steps)
-    segments = math.ceil(steps / seg_len)
+    segments = cdiv(steps, seg_len)
     if warmup is None:
-        warmup = WARMUP
+        warmup = default_warmup
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     if steps_per_block is None:
         steps_per_block = 4 if device.type == "cpu" else tile_k
     if steps_per_block < 1 or steps_per_block > 16 or steps_per_block & (steps_per_block - 1):
         raise ValueError(f"steps_per_block must be a power of two <= 16, got {steps_per_block}")
-    return Plan(segments, seg_len, warmup, block_n, num_warps, steps_per_block)
+    return Plan(segments, seg_len, warmup, block_n, num_warps, steps_per_block,
+                cdiv(channels, block_n), cdiv(steps, steps_per_block))
+
+
+_cached_plan = functools.lru_cache(maxsize=1024)(_plan)
 
 
 # ----------------------------------------------------------------------------------------
@@ -298,9 +330,9 @@ def _boundary_2x2_kernel(E, A, S, X, P, N,
 def solve_boundaries(E, A, S, X, *, block: int, reverse: bool) -> None:
     """Corrected segment starts ``X`` (same layout as ``S``) from one walk's E, A, S."""
     batch, segments, channels = S.shape[:3]
-    bp = triton.next_power_of_2(segments)
-    bn = max(1, min(triton.next_power_of_2(channels), 4096 // bp if block == 1 else 2048 // bp))
-    grid = (triton.cdiv(channels, bn), batch)
+    bp = next_power_of_2(segments)
+    bn = max(1, min(next_power_of_2(channels), 4096 // bp if block == 1 else 2048 // bp))
+    grid = (cdiv(channels, bn), batch)
     kernel = _boundary_diag_kernel if block == 1 else _boundary_2x2_kernel
     kernel[grid](E, A, S, X, segments, channels, REVERSE=reverse, BP=bp, BN=bn)
 
@@ -323,6 +355,36 @@ class ForwardReport:
     segments: int
     boundary_rounds: int
     fell_back: torch.Tensor | None
+
+
+def default_plan(kernel: str, pre: torch.Tensor, channels: int, sequential: bool) -> Plan:
+    """The plan a forward with the tuned defaults runs (what the registered op launches)."""
+    batch, steps, _ = pre.shape
+    return make_plan(kernel, batch, steps, channels, pre.device, seg_len=None,
+                     warmup=0 if sequential else None, block_n=None, num_warps=None,
+                     sequential=sequential)
+
+
+def op_flags(report: ForwardReport, pre: torch.Tensor) -> torch.Tensor:
+    """The verification flags as a registered op returns them: empty when none ran (an op
+    returns tensors only)."""
+    return pre.new_empty(0, dtype=torch.int8) if report.fell_back is None else report.fell_back
+
+
+def fake_flags(pre: torch.Tensor, plan: Plan, batch: int, verify_tol) -> torch.Tensor:
+    """The shape :func:`op_flags` gives, for the op's fake (shape-only) implementation."""
+    if verify_tol is None or plan.segments == 1:
+        return pre.new_empty(0, dtype=torch.int8)
+    return pre.new_empty(batch, plan.channel_blocks, dtype=torch.int8)
+
+
+def op_report(pre, kernel: str, channels: int, rounds: int, verify_tol, sequential: bool,
+              flags: torch.Tensor) -> ForwardReport:
+    """The :class:`ForwardReport` of a call of the registered forward op."""
+    plan = default_plan(kernel, pre, channels, sequential)
+    verified = verify_tol is not None and plan.segments > 1
+    return ForwardReport(plan.segments, rounds if plan.segments > 1 else 0,
+                         flags if verified else None)
 
 
 @triton.jit
@@ -377,8 +439,10 @@ def check_common(name: str, pre: torch.Tensor, a: torch.Tensor, h0, resets, stat
 
 
 def as_f32(t: torch.Tensor | None, device) -> torch.Tensor | None:
-    if t is None:
-        return None
+    """``t`` as a contiguous fp32 tensor on ``device`` for a kernel to read: ``t`` itself
+    when it already is one (the usual case; no aten op), else a converted copy."""
+    if t is None or (t.dtype == torch.float32 and t.device == device and t.is_contiguous()):
+        return t
     return t.detach().to(device=device, dtype=torch.float32).contiguous()
 
 

@@ -16,11 +16,14 @@ Layouts: ``pre`` (B, T, 3N) gate-major ``[u_z | u_r | u_h]``; ``a`` (3, N); stat
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            check_common, load_gate_bias, optional_inputs, reset_word, rows_in,
-                            reject_double_backward, verified_walk,
+                            check_common, default_plan, fake_flags, load_gate_bias, needs_grad,
+                            op_flags, op_report, optional_flags,
+                            reset_word, rows_in, reject_double_backward,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
                             tanh, tl, triton)
@@ -61,8 +64,6 @@ def _moved(X, S, bnd, mn, tol):
     return x, moved > 0
 
 
-@verified_walk
-@optional_inputs
 @triton.jit
 def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L, W, P, tol,
                     HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
@@ -147,7 +148,6 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L,
             tl.store(S + bnd, s, mask=mn)
 
 
-@optional_inputs
 @triton.jit
 def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB, L,
                     W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
@@ -296,7 +296,7 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
                      warmup=0 if sequential else warmup, block_n=block_n, num_warps=num_warps,
                      steps_per_block=steps_per_block, sequential=sequential)
     rst = pack_resets(resets, plan.steps_per_block)
-    blocks = triton.cdiv(steps, plan.steps_per_block)
+    blocks = plan.step_blocks
     out = torch.empty(batch, steps, n, device=dev, dtype=torch.float32)
     segmented = plan.segments > 1
     if segmented:
@@ -304,15 +304,18 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
                                  dtype=torch.float32).unbind(0)
     else:
         E = A = S = X = None  # the one-segment walk has no boundaries
-    block_count = triton.cdiv(n, plan.block_n)
+    block_count = plan.channel_blocks
     verify = verify_tol is not None and segmented
     fell = torch.empty(batch, block_count, device=dev, dtype=torch.int8) if verify else None
+
+    flags = optional_flags(bias, h0, rst)
 
     def launch(correct: bool, segments: int = plan.segments, check: bool = False) -> None:
         _gru_fwd_kernel[(block_count, batch, segments)](
             pre, a, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n, blocks,
             plan.seg_len if segments > 1 else steps, plan.warmup, plan.segments,
             verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
+            VERIFY=check, **flags,
             BN=plan.block_n, K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=1, reverse=False)
@@ -340,14 +343,23 @@ def sequential_forward(pre, a, h0=None, resets=None, *, bias=None, block_n=None,
                    steps_per_block=steps_per_block, sequential=True)[0]
 
 
-def backward(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=None,
-             block_n=None, num_warps=None, steps_per_block=None):
+def backward(pre, a, h0, resets, H, grad_H, *, bias=None, **plan_options):
     """Gradients of ``sum(grad_H * H)`` through the recurrence.
 
     Returns ``(grad_pre (B,T,3N), grad_a (3,N), grad_h0 (B,N), grad_bias (3,N) or None)``;
     ``grad_pre`` in the dtype of ``pre``, the rest fp32. ``H`` must be the forward
     solution. ``grad_h0`` is returned also when ``h0`` is None (zero state).
+    ``plan_options`` (``seg_len``, ``warmup``, ...) as :func:`forward`.
     """
+    grad_pre, grad_w, grad_h0 = _backward_parts(pre, a, h0, resets, H, grad_H, bias=bias,
+                                                **plan_options)
+    return grad_pre, grad_w[:3], grad_h0, None if bias is None else grad_w[3:]
+
+
+def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=None,
+                    block_n=None, num_warps=None, steps_per_block=None):
+    """:func:`backward` with the per-channel parameter gradients in one (3 or 6, N) tensor,
+    rows ``a`` then ``bias``."""
     batch, steps, n = check_common("paragru.backward", pre, a, h0, resets, 1, bias)
     if tuple(H.shape) != (batch, steps, n) or tuple(grad_H.shape) != (batch, steps, n):
         raise ValueError(f"paragru.backward: H and grad_H must be ({batch}, {steps}, {n}), "
@@ -358,7 +370,7 @@ def backward(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=N
     plan = make_plan("gru_bwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
                      block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block)
     rst = pack_resets(resets, plan.steps_per_block)
-    blocks = triton.cdiv(steps, plan.steps_per_block)
+    blocks = plan.step_blocks
     P = plan.segments
     grows = 3 if bias is None else 6
     grad_pre = torch.empty(batch, steps, 3 * n, device=dev, dtype=pre.dtype)
@@ -369,23 +381,24 @@ def backward(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=N
         E, A, S, X = torch.empty(4, batch, P, n, device=dev, dtype=torch.float32).unbind(0)
     else:
         E = A = S = X = None  # the one-segment walk has no boundaries
-    grid = (triton.cdiv(n, plan.block_n), batch, P)
+    grid = (plan.channel_blocks, batch, P)
+
+    flags = optional_flags(bias, h0, rst)
 
     def launch(correct: bool) -> None:
         _gru_bwd_kernel[grid](
             pre, a, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
-            GROWS=grows, SEGMENTED=segmented, CORRECT=correct, BN=plan.block_n,
+            GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags, BN=plan.block_n,
             K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=1, reverse=True)
-    grad_w = grad_w_part.sum((0, 1))
-    grad_bias = None if bias is None else grad_w[3:]
-    return grad_pre, grad_w[:3], grad_h0_part.sum(1), grad_bias
+    return grad_pre, grad_w_part.sum((0, 1)), grad_h0_part.sum(1)
 
 
 class _ParaGRUSolve(torch.autograd.Function):
-    """:func:`forward` with :func:`backward` as its gradient (pre, a, bias, initial_state)."""
+    """:func:`forward` with :func:`backward` as its gradient (pre, a, bias, initial_state):
+    the eager path with gradients (cheaper on the host than the registered op below)."""
 
     @staticmethod
     def forward(ctx, pre, a, bias, initial_state, resets, rounds, verify_tol, sequential,
@@ -393,18 +406,71 @@ class _ParaGRUSolve(torch.autograd.Function):
         states, report = forward(pre, a, initial_state, resets, rounds, bias=bias,
                                  verify_tol=verify_tol, sequential=sequential)
         report_out.append(report)
-        ctx.resets = resets
-        ctx.save_for_backward(pre, a, bias, initial_state, states)
+        ctx.save_for_backward(pre, a, bias, initial_state, resets, states)
         return states
 
     @staticmethod
     def backward(ctx, grad_states):
-        reject_double_backward("ParaGRU")
-        pre, a, bias, h0, states = ctx.saved_tensors
-        grad_pre, grad_a, grad_h0, grad_bias = backward(
-            pre, a, h0, ctx.resets, states, grad_states.contiguous(), bias=bias)
-        grad_h0 = grad_h0.to(h0.dtype) if h0 is not None else None
-        return grad_pre, grad_a, grad_bias, grad_h0, None, None, None, None, None
+        return _op_backward(ctx, grad_states, None) + (None,)
+
+
+# The op as torch.compile sees it (torch.library): opaque to the compiler, so the layer
+# traces without graph breaks, differentiable through the registered backward. Eager
+# calls skip the dispatcher's host cost: without gradients they call ``forward``, with
+# gradients the autograd Function above.
+@torch.library.custom_op("pararnn::paragru_forward", mutates_args=())
+def _forward_op(pre: torch.Tensor, a: torch.Tensor, bias: Optional[torch.Tensor],
+                initial_state: Optional[torch.Tensor], resets: Optional[torch.Tensor],
+                rounds: int, verify_tol: Optional[float],
+                sequential: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    states, report = forward(pre, a, initial_state, resets, rounds, bias=bias,
+                             verify_tol=verify_tol, sequential=sequential)
+    return states, op_flags(report, pre)
+
+
+@_forward_op.register_fake
+def _(pre, a, bias, initial_state, resets, rounds, verify_tol, sequential):
+    batch, steps, n = check_common("paragru", pre, a, initial_state, resets, 1, bias)
+    plan = default_plan("gru_fwd", pre, n, sequential)
+    return (pre.new_empty(batch, steps, n, dtype=torch.float32),
+            fake_flags(pre, plan, batch, verify_tol))
+
+
+@torch.library.custom_op("pararnn::paragru_backward", mutates_args=())
+def _backward_op(pre: torch.Tensor, a: torch.Tensor, bias: Optional[torch.Tensor],
+                 initial_state: Optional[torch.Tensor], resets: Optional[torch.Tensor],
+                 states: torch.Tensor,
+                 grad_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward_parts(pre, a, initial_state, resets, states, grad_states, bias=bias)
+
+
+@_backward_op.register_fake
+def _(pre, a, bias, initial_state, resets, states, grad_states):
+    batch, _, n = states.shape
+    return (torch.empty_like(pre), a.new_empty(3 if bias is None else 6, n, dtype=torch.float32),
+            a.new_empty(batch, n, dtype=torch.float32))
+
+
+def _setup_backward(ctx, inputs, output):
+    pre, a, bias, initial_state, resets = inputs[:5]
+    ctx.save_for_backward(pre, a, bias, initial_state, resets, output[0])
+
+
+def _op_backward(ctx, grad_states, _):
+    """The backward of both the registered op and the eager autograd Function."""
+    reject_double_backward("ParaGRU")
+    pre, a, bias, h0, resets, states = ctx.saved_tensors
+    grad_states = grad_states.contiguous()
+    if torch.compiler.is_compiling():
+        grad_pre, grad_w, grad_h0 = _backward_op(pre, a, bias, h0, resets, states, grad_states)
+    else:
+        grad_pre, grad_w, grad_h0 = _backward_parts(pre, a, h0, resets, states, grad_states,
+                                                    bias=bias)
+    return (grad_pre, grad_w[:3], None if bias is None else grad_w[3:],
+            None if h0 is None else grad_h0.to(h0.dtype), None, None, None, None)
+
+
+_forward_op.register_autograd(_op_backward, setup_context=_setup_backward)
 
 
 def paragru_solve(pre, a, bias=None, initial_state=None, resets=None, *, rounds: int = 3,
@@ -414,12 +480,20 @@ def paragru_solve(pre, a, bias=None, initial_state=None, resets=None, *, rounds:
     ``pre`` (B, T, 3N) fp32/bf16 gate-major pre-activations, ``a`` (3, N) recurrent
     vectors (already clipped), ``bias`` (3, N) or None, ``initial_state`` (B, N) or None
     (zeros), ``resets`` bool (B, T) or None. Plan options as :func:`forward`.
-    Differentiable with respect to ``pre``, ``a``, ``bias`` and ``initial_state``.
+    Differentiable with respect to ``pre``, ``a``, ``bias`` and ``initial_state``; traced
+    by ``torch.compile`` as one op (``torch.ops.pararnn.paragru_forward``).
     """
-    report_out = []
-    states = _ParaGRUSolve.apply(pre, a, bias, initial_state, resets, rounds, verify_tol,
-                                 sequential, report_out)
-    return states, report_out[0]
+    if not torch.compiler.is_compiling():
+        if not needs_grad(pre, a, bias, initial_state):
+            return forward(pre, a, initial_state, resets, rounds, bias=bias,
+                           verify_tol=verify_tol, sequential=sequential)
+        report_out = []
+        states = _ParaGRUSolve.apply(pre, a, bias, initial_state, resets, rounds, verify_tol,
+                                     sequential, report_out)
+        return states, report_out[0]
+    states, flags = _forward_op(pre, a, bias, initial_state, resets, rounds, verify_tol,
+                                sequential)
+    return states, op_report(pre, "gru_fwd", a.shape[1], rounds, verify_tol, sequential, flags)
 
 
 def paragru_naive(pre, a, bias=None, initial_state=None, resets=None):

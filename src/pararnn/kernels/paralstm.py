@@ -15,11 +15,14 @@ Layouts: ``pre`` (B, T, 3N) gate-major ``[u_f | u_c | u_o]``; ``a`` (3, N) = (a_
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            check_common, load_gate_bias, optional_inputs, reset_word, rows_in,
-                            reject_double_backward, verified_walk,
+                            check_common, default_plan, fake_flags, load_gate_bias, needs_grad,
+                            op_flags, op_report, optional_flags,
+                            reset_word, rows_in, reject_double_backward,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
                             tanh, tl, triton)
@@ -93,8 +96,6 @@ def _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o, p_f, p_o):
     return dc_dc, dc_dh, through * dc_dc, through * dc_dh + do * a_o * tc
 
 
-@verified_walk
-@optional_inputs
 @triton.jit
 def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L, W, P,
                      tol, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
@@ -199,7 +200,6 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
             _store_boundary(E, A, S, bnd, mn, cs, hs, m00, m01, m10, m11, s_c, s_h)
 
 
-@optional_inputs
 @triton.jit
 def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB,
                      L, W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -376,7 +376,7 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
                      warmup=0 if sequential else warmup, block_n=block_n, num_warps=num_warps,
                      steps_per_block=steps_per_block, sequential=sequential)
     rst = pack_resets(resets, plan.steps_per_block)
-    blocks = triton.cdiv(steps, plan.steps_per_block)
+    blocks = plan.step_blocks
     out = torch.empty(batch, steps, 2 * n, device=dev, dtype=torch.float32)
     P = plan.segments
     segmented = P > 1
@@ -384,9 +384,11 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
         E, A, S, X = _boundary_buffers(batch, P, n, dev)
     else:
         E = A = S = X = None  # the one-segment walk has no boundaries
-    block_count = triton.cdiv(n, plan.block_n)
+    block_count = plan.channel_blocks
     verify = verify_tol is not None and segmented
     fell = torch.empty(batch, block_count, device=dev, dtype=torch.int8) if verify else None
+
+    flags = optional_flags(bias, h0, rst)
 
     def launch(correct: bool, segments: int = P, check: bool = False) -> None:
         _lstm_fwd_kernel[(block_count, batch, segments)](
@@ -394,6 +396,7 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
             blocks,
             plan.seg_len if segments > 1 else steps, plan.warmup, P,
             verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
+            VERIFY=check, **flags,
             BN=plan.block_n, K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=2, reverse=False)
@@ -429,14 +432,23 @@ def sequential_forward(pre, a, peephole, h0=None, resets=None, *, bias=None, blo
                    num_warps=num_warps, steps_per_block=steps_per_block, sequential=True)[0]
 
 
-def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=None,
-             block_n=None, num_warps=None, steps_per_block=None):
+def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, **plan_options):
     """Gradients of ``sum(grad_H * H)`` through the recurrence.
 
     Returns ``(grad_pre (B,T,3N), grad_a (3,N), grad_peephole (2,N), grad_h0 (B,2N),
     grad_bias (3,N) or None)``; ``grad_pre`` in the dtype of ``pre``, the rest fp32;
-    ``grad_h0`` is returned also when ``h0`` is None (zero state).
+    ``grad_h0`` is returned also when ``h0`` is None (zero state). ``plan_options`` as
+    :func:`.paragru.forward`.
     """
+    grad_pre, grad_w, grad_h0 = _backward_parts(pre, a, peephole, h0, resets, H, grad_H,
+                                                bias=bias, **plan_options)
+    return grad_pre, grad_w[:3], grad_w[3:5], grad_h0, None if bias is None else grad_w[5:]
+
+
+def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_len=None,
+                    warmup=None, block_n=None, num_warps=None, steps_per_block=None):
+    """:func:`backward` with the per-channel parameter gradients in one (5 or 8, N)
+    tensor, rows ``a``, ``peephole``, then ``bias``."""
     batch, steps, n = check_common("paralstm.backward", pre, a, h0, resets, 2, bias)
     _check_peephole("paralstm.backward", peephole, n)
     shape = (batch, steps, 2 * n)
@@ -450,7 +462,7 @@ def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_len=None
     plan = make_plan("lstm_bwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
                      block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block)
     rst = pack_resets(resets, plan.steps_per_block)
-    blocks = triton.cdiv(steps, plan.steps_per_block)
+    blocks = plan.step_blocks
     P = plan.segments
     grows = 5 if bias is None else 8
     grad_pre = torch.empty(batch, steps, 3 * n, device=dev, dtype=pre.dtype)
@@ -461,24 +473,24 @@ def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_len=None
         E, A, S, X = _boundary_buffers(batch, P, n, dev)
     else:
         E = A = S = X = None  # the one-segment walk has no boundaries
-    grid = (triton.cdiv(n, plan.block_n), batch, P)
+    grid = (plan.channel_blocks, batch, P)
+
+    flags = optional_flags(bias, h0, rst)
 
     def launch(correct: bool) -> None:
         _lstm_bwd_kernel[grid](
             pre, a, peephole, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
-            GROWS=grows, SEGMENTED=segmented, CORRECT=correct,
+            GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags,
             BN=plan.block_n, K=plan.steps_per_block, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=2, reverse=True)
-    grad_w = grad_w_part.sum((0, 1))
-    grad_bias = None if bias is None else grad_w[5:]
-    return grad_pre, grad_w[:3], grad_w[3:5], grad_h0_part.sum(1), grad_bias
+    return grad_pre, grad_w_part.sum((0, 1)), grad_h0_part.sum(1)
 
 
 class _ParaLSTMSolve(torch.autograd.Function):
-    """:func:`forward` with :func:`backward` as its gradient
-    (pre, a, peephole, bias, initial_state)."""
+    """:func:`forward` with :func:`backward` as its gradient (pre, a, peephole, bias,
+    initial_state): the eager path with gradients."""
 
     @staticmethod
     def forward(ctx, pre, a, peephole, bias, initial_state, resets, rounds, verify_tol,
@@ -486,18 +498,72 @@ class _ParaLSTMSolve(torch.autograd.Function):
         states, report = forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
                                  verify_tol=verify_tol, sequential=sequential)
         report_out.append(report)
-        ctx.resets = resets
-        ctx.save_for_backward(pre, a, peephole, bias, initial_state, states)
+        ctx.save_for_backward(pre, a, peephole, bias, initial_state, resets, states)
         return states
 
     @staticmethod
     def backward(ctx, grad_states):
-        reject_double_backward("ParaLSTM")
-        pre, a, peephole, bias, h0, states = ctx.saved_tensors
-        grad_pre, grad_a, grad_peephole, grad_h0, grad_bias = backward(
-            pre, a, peephole, h0, ctx.resets, states, grad_states.contiguous(), bias=bias)
-        grad_h0 = grad_h0.to(h0.dtype) if h0 is not None else None
-        return grad_pre, grad_a, grad_peephole, grad_bias, grad_h0, None, None, None, None, None
+        return _op_backward(ctx, grad_states, None) + (None,)
+
+
+# The op as torch.compile sees it (torch.library), as in :mod:`.paragru`; eager calls
+# use ``forward`` or the autograd Function above.
+@torch.library.custom_op("pararnn::paralstm_forward", mutates_args=())
+def _forward_op(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor,
+                bias: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
+                resets: Optional[torch.Tensor], rounds: int, verify_tol: Optional[float],
+                sequential: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    states, report = forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
+                             verify_tol=verify_tol, sequential=sequential)
+    return states, op_flags(report, pre)
+
+
+@_forward_op.register_fake
+def _(pre, a, peephole, bias, initial_state, resets, rounds, verify_tol, sequential):
+    batch, steps, n = check_common("paralstm", pre, a, initial_state, resets, 2, bias)
+    plan = default_plan("lstm_fwd", pre, n, sequential)
+    return (pre.new_empty(batch, steps, 2 * n, dtype=torch.float32),
+            fake_flags(pre, plan, batch, verify_tol))
+
+
+@torch.library.custom_op("pararnn::paralstm_backward", mutates_args=())
+def _backward_op(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor,
+                 bias: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
+                 resets: Optional[torch.Tensor], states: torch.Tensor,
+                 grad_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward_parts(pre, a, peephole, initial_state, resets, states, grad_states,
+                           bias=bias)
+
+
+@_backward_op.register_fake
+def _(pre, a, peephole, bias, initial_state, resets, states, grad_states):
+    batch, _, n2 = states.shape
+    return (torch.empty_like(pre),
+            a.new_empty(5 if bias is None else 8, n2 // 2, dtype=torch.float32),
+            a.new_empty(batch, n2, dtype=torch.float32))
+
+
+def _setup_backward(ctx, inputs, output):
+    pre, a, peephole, bias, initial_state, resets = inputs[:6]
+    ctx.save_for_backward(pre, a, peephole, bias, initial_state, resets, output[0])
+
+
+def _op_backward(ctx, grad_states, _):
+    """The backward of both the registered op and the eager autograd Function."""
+    reject_double_backward("ParaLSTM")
+    pre, a, peephole, bias, h0, resets, states = ctx.saved_tensors
+    grad_states = grad_states.contiguous()
+    if torch.compiler.is_compiling():
+        grad_pre, grad_w, grad_h0 = _backward_op(pre, a, peephole, bias, h0, resets, states,
+                                                 grad_states)
+    else:
+        grad_pre, grad_w, grad_h0 = _backward_parts(pre, a, peephole, h0, resets, states,
+                                                    grad_states, bias=bias)
+    return (grad_pre, grad_w[:3], grad_w[3:5], None if bias is None else grad_w[5:],
+            None if h0 is None else grad_h0.to(h0.dtype), None, None, None, None)
+
+
+_forward_op.register_autograd(_op_backward, setup_context=_setup_backward)
 
 
 def paralstm_solve(pre, a, peephole, bias=None, initial_state=None, resets=None, *,
@@ -509,12 +575,21 @@ def paralstm_solve(pre, a, peephole, bias=None, initial_state=None, resets=None,
     ``bias`` (3, N) or None, ``initial_state`` (B, 2N) interleaved or None (zeros),
     ``resets`` bool (B, T) or None. Plan options as :func:`.paragru.forward`.
     Differentiable with respect to ``pre``, ``a``, ``peephole``, ``bias`` and
-    ``initial_state``.
+    ``initial_state``; traced by ``torch.compile`` as one op
+    (``torch.ops.pararnn.paralstm_forward``).
     """
-    report_out = []
-    states = _ParaLSTMSolve.apply(pre, a, peephole, bias, initial_state, resets, rounds,
-                                  verify_tol, sequential, report_out)
-    return states, report_out[0]
+    if not torch.compiler.is_compiling():
+        if not needs_grad(pre, a, peephole, bias, initial_state):
+            return forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
+                           verify_tol=verify_tol, sequential=sequential)
+        report_out = []
+        states = _ParaLSTMSolve.apply(pre, a, peephole, bias, initial_state, resets, rounds,
+                                      verify_tol, sequential, report_out)
+        return states, report_out[0]
+    states, flags = _forward_op(pre, a, peephole, bias, initial_state, resets, rounds,
+                                verify_tol, sequential)
+    return states, op_report(pre, "lstm_fwd", a.shape[1], rounds, verify_tol, sequential,
+                             flags)
 
 
 def paralstm_naive(pre, a, peephole, bias=None, initial_state=None, resets=None):

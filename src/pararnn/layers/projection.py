@@ -64,17 +64,23 @@ class MultiHeadProjection(nn.Module):
         device = x.device.type
         if torch.is_autocast_enabled(device):
             dtype = torch.get_autocast_dtype(device)
-            x, weight = x.to(dtype), weight.to(dtype)
-        with torch.autocast(device, enabled=False):
-            if torch.compiler.is_compiling():
-                # the same product as one einsum: the compiler cannot trace GEMMs writing
-                # into strided out= slices, and it plans the layout itself
-                heads = weight.shape[0]
-                out = torch.einsum("...hd,hgnd->...ghn", x.unflatten(-1, (heads, -1)), weight)
-                out = out.flatten(-3)
-            else:
-                out = _GateMajorHeadsMatmul.apply(x, weight)
+            with torch.autocast(device, enabled=False):
+                out = self._heads_matmul(x.to(dtype), weight.to(dtype))
+        else:
+            out = self._heads_matmul(x, weight)
         return out if self.bias is None else out + self.bias
+
+    @staticmethod
+    def _heads_matmul(x, weight):
+        if torch.compiler.is_compiling():
+            # the same product as one einsum: the compiler cannot trace GEMMs writing
+            # into strided out= slices, and it plans the layout itself
+            heads = weight.shape[0]
+            out = torch.einsum("...hd,hgnd->...ghn", x.unflatten(-1, (heads, -1)), weight)
+            return out.flatten(-3)
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+            return _GateMajorHeadsMatmul.apply(x, weight)
+        return _gate_major_heads_matmul(x, weight)  # no autograd Function's host cost
 
     def extra_repr(self) -> str:
         return (f"{self.input_size} -> {self.num_gates} x {self.hidden_size}, "
@@ -87,17 +93,9 @@ class _GateMajorHeadsMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight):
-        heads, gates, head_out, head_in = weight.shape
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, heads * head_in)
-        rows = x2.shape[0]
-        x_heads = x2.view(rows, heads, head_in).transpose(0, 1)  # (H, M, Dh), row stride D
-        out = x2.new_empty(rows, gates, heads, head_out)
-        for g in range(gates):
-            torch.bmm(x_heads, weight[:, g].transpose(1, 2), out=out[:, g].transpose(0, 1))
-        ctx.save_for_backward(x2, weight)
-        ctx.lead = lead
-        return out.view(*lead, gates * heads * head_out)
+        ctx.save_for_backward(x.reshape(-1, x.shape[-1]), weight)
+        ctx.lead = x.shape[:-1]
+        return _gate_major_heads_matmul(x, weight)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -118,3 +116,17 @@ class _GateMajorHeadsMatmul(torch.autograd.Function):
             x_heads = x2.view(rows, heads, head_in).transpose(0, 1)
             grad_w = torch.bmm(grad.transpose(1, 2), x_heads).view_as(weight)
         return grad_x, grad_w
+
+
+def _gate_major_heads_matmul(x, weight):
+    """The forward product of :class:`_GateMajorHeadsMatmul`: one batched GEMM per gate,
+    each writing its strided slice of the gate-major output."""
+    heads, gates, head_out, head_in = weight.shape
+    x2 = x.reshape(-1, heads * head_in)
+    rows = x2.shape[0]
+    x_heads = x2.view(rows, heads, head_in).transpose(0, 1)  # (H, M, Dh), row stride D
+    out = x2.new_empty(rows, gates, heads, head_out)
+    # per gate: weights (H, Dh, Nh) and output slice (H, M, Nh) (one view op for all gates)
+    for w_g, out_g in zip(weight.transpose(2, 3).unbind(1), out.permute(1, 2, 0, 3).unbind(0)):
+        torch.bmm(x_heads, w_g, out=out_g)
+    return out.view(*x.shape[:-1], gates * heads * head_out)

@@ -64,7 +64,8 @@ class SequenceModule(nn.Module):
             resets = None if resets is None else resets.transpose(0, 1)
         states, h_n, info = solve(cell, x, h0, mode=self.mode, newton=self.newton, resets=resets,
                                   cu_seqlens=cu_seqlens, backend=self.backend)
-        self.last_solve = info
+        # plain attribute write: nn.Module.__setattr__'s checks are host time on every call
+        object.__setattr__(self, "last_solve", info)
         if unbatched:
             return states.squeeze(0), h_n.squeeze(0)
         if not self.batch_first:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .backends import select_fused, select_scan
@@ -59,7 +61,7 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
     if auto:
         mode = _auto_mode(cell, x, h0, fused)
 
-    with torch.autocast(x.device.type, enabled=False):
+    with _no_autocast(x.device.type):
         if fused is not None and (mode == "parallel" or not _needs_grad(cell, x, h0)):
             # the kernels read bf16 input as it is and compute in fp32 (no upcast copy)
             # and start from zeros without an h0 (no zeros tensor)
@@ -100,7 +102,16 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
                 states, info = newton_solve(cell, xc, h0c, sequences, config, linear_solver, name)
     # the final state stays in the compute dtype: a decode cache that feeds it back must
     # not round the state to bfloat16 every token
-    return states.to(out_dtype), sequences.final_states(states), info
+    out = states if states.dtype == out_dtype else states.to(out_dtype)
+    return out, sequences.final_states(states), info
+
+
+def _no_autocast(device_type: str):
+    """Autocast switched off for the solve (a no-op context, cheaper to enter, when it is
+    off already)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _initial(h0, n_init: int, cell, x, dtype):

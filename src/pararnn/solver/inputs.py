@@ -81,16 +81,27 @@ class Sequences:
     def final_states(self, states: torch.Tensor) -> torch.Tensor:
         """``h_n``: ``(B, N)``, or ``(S, N)`` (one per sequence) with cu_seqlens."""
         if self.ends is None:
-            return states[:, -1]
+            return states.select(1, -1)
         return states[0, self.ends]
 
 
-def check_cell(cell) -> torch.dtype | None:
-    """Check the cell's definition; return its parameters' dtype (None if it has none)."""
+def _parameters(cell: Cell) -> list:
+    """``list(cell.parameters())``, read straight from the module when it has no
+    submodules (the reference cells): ``parameters()`` walks the module tree, host time
+    on every call of a small solve."""
+    if cell._modules:
+        return list(cell.parameters())
+    return [p for p in cell._parameters.values() if p is not None]
+
+
+def check_cell(cell, params: list | None = None) -> torch.dtype | None:
+    """Check the cell's definition; return its parameters' dtype (None if it has none).
+    ``params``: the cell's parameters, when the caller has listed them already."""
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a pararnn.Cell, got {type(cell).__name__}")
     cell.check_definition()
-    dtypes = {p.dtype for p in cell.parameters() if p.is_floating_point()}
+    dtypes = {p.dtype for p in (cell.parameters() if params is None else params)
+              if p.is_floating_point()}
     if len(dtypes) > 1:
         raise TypeError(f"cell parameters must share one dtype, got {sorted(map(str, dtypes))}")
     dtype = dtypes.pop() if dtypes else None
@@ -117,8 +128,10 @@ def compute_dtype(x: torch.Tensor, param_dtype: torch.dtype | None) -> torch.dty
 
 
 def check_inputs(cell, x, h0, resets, cu_seqlens) -> tuple[torch.dtype, Sequences]:
-    """Validate everything a solve needs; return the compute dtype and the sequence layout."""
-    param_dtype = check_cell(cell)
+    """Validate everything a solve needs; return the compute dtype and the sequence layout.
+    Metadata only (shapes, dtypes, devices): no tensor is read, except ``cu_seqlens``."""
+    params = _parameters(cell) if isinstance(cell, Cell) else None
+    param_dtype = check_cell(cell, params)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 3:
@@ -134,7 +147,6 @@ def check_inputs(cell, x, h0, resets, cu_seqlens) -> tuple[torch.dtype, Sequence
     if steps < 1 or batch < 1:
         raise ValueError(f"x must have batch >= 1 and time >= 1, got shape {tuple(x.shape)}")
     dtype = compute_dtype(x, param_dtype)
-    params = list(cell.parameters())
     if params and params[0].device != x.device:
         raise ValueError(f"x is on {x.device} but the cell's parameters are on {params[0].device}")
 
