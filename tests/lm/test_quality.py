@@ -182,10 +182,10 @@ def test_sweep_rejects_a_changed_setup(corpus_dir, tmp_path):
 
 
 def test_bpe_sweep_trains_the_tokenizer_once(corpus_dir, tmp_path):
-    from pararnn.train.sweep import Entry, Run, SweepConfig, prepare_tokenizer, train_command
+    from pararnn.train.sweep import Entry, Run, SweepConfig, prepare_data, train_command
     cfg = SweepConfig(out=str(tmp_path / "sweep"), entries=[Entry("paragru", "paragru", "paper")],
                       lrs={"paragru": [1e-3]}, data=str(corpus_dir), tokenizer="bpe", vocab_size=300)
-    prepare_tokenizer(cfg)
+    prepare_data(cfg)
     shared = tmp_path / "sweep" / "tokenizer"
     command = train_command(cfg, Run("lr", cfg.entries[0], 1e-3, 0, 3), tmp_path / "run")
     assert command[command.index("--tokenizer-from") + 1] == str(shared)
