@@ -517,12 +517,18 @@ def cmd_sweep(args, parser) -> None:
                       keep_checkpoints=args.keep_checkpoints, time_limit=args.time_limit,
                       finish_within=args.finish_within)
     if args.dry_run:
-        from .train.sweep import plan, train_command
+        from .train.sweep import estimate, plan, train_command
         runs = plan(cfg, "lr")
         for run in runs:
             print(run.folder(Path(cfg.out)))
         print(f"{len(runs)} stage-lr runs, {args.jobs} at a time; e.g.\n"
               + " ".join(train_command(cfg, runs[0], runs[0].folder(Path(cfg.out)))))
+        rows = estimate(cfg)
+        for row in rows:
+            print(f"stage {row['stage']}: {row['left']} of {row['runs']} runs to go, "
+                  f"{row['tokens_per_run']:,} tokens each, ~{row['device_s']:.0f} device-seconds")
+        print(f"estimate: {sum(r['device_s'] for r in rows):.0f} device-seconds left "
+              "(H200 speeds at --size small, runs sharing the device adding up)")
         return
     import signal
 
@@ -606,8 +612,9 @@ def _run(parser, args, argv) -> int:
             parser.commands["train"].set_defaults(**_load_config(args.config))
             args = parser.parse_args(argv)
         COMMANDS[args.command](args, parser)
-    except KeyboardInterrupt:
-        print("pararnn: interrupted (a training run continues from its last checkpoint with --resume)",
+    except KeyboardInterrupt as err:
+        why = f": {err}" if str(err) else ""  # e.g. a training run stopped by SIGTERM
+        print(f"pararnn: interrupted{why} (a training run continues from its last checkpoint with --resume)",
               file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, FloatingPointError) as err:

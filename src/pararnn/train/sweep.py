@@ -326,13 +326,35 @@ def best_lrs(out: Path, cfg: SweepConfig) -> dict[str, dict]:
 
 
 def run_seconds(cfg: SweepConfig, run: Run, from_step: int = 0) -> float:
-    """Predicted seconds of ``run`` alone on the device from ``from_step`` on: start-up,
-    training and validation (a forward pass costs about a third of a training step)."""
+    """Predicted device seconds of ``run`` alone from ``from_step`` on: training and
+    validation (a forward pass costs about a third of a training step). Start-up
+    (:data:`STARTUP_S`) is mostly CPU work and overlaps other runs, so it is not included."""
     rate = cfg.tokens_per_s[run.entry.model]
     steps = run.steps - from_step
     evals = math.ceil(steps / (run.steps if run.stage == "throughput" else cfg.eval_every))
     tokens = steps * cfg.batch_size * cfg.seq_len + evals * cfg.eval_tokens / 3
-    return STARTUP_S + tokens / rate
+    return tokens / rate
+
+
+def estimate(cfg: SweepConfig) -> list[dict]:
+    """Per stage of ``cfg.stages``: its runs, those not finished, tokens per run and the
+    predicted device seconds of the unfinished ones (:func:`run_seconds`, from their
+    checkpoints; plus one :data:`STARTUP_S` per wave of ``jobs`` runs). Before the LR
+    stage has finished, the later stages are estimated at the first LR of each grid."""
+    out, rows = Path(cfg.out), []
+    for stage in [s for s in STAGES if s in cfg.stages]:
+        try:
+            runs = plan(cfg, stage)
+        except ValueError:  # the best LRs are not known yet; the cost does not depend on them
+            steps, seeds = (cfg.final_steps, cfg.seeds) if stage == "seeds" else (cfg.throughput_steps, [0])
+            runs = [Run(stage, e, cfg.lrs[e.name][0], s, steps) for e in cfg.entries for s in seeds]
+        left = [r for r in runs if not is_finished(r.folder(out))]
+        jobs = 1 if stage == "throughput" else cfg.jobs
+        seconds = sum(run_seconds(cfg, r, steps_done(r.folder(out))) for r in left)
+        rows.append({"stage": stage, "runs": len(runs), "left": len(left),
+                     "tokens_per_run": runs[0].steps * cfg.batch_size * cfg.seq_len,
+                     "device_s": seconds + STARTUP_S * math.ceil(len(left) / jobs)})
+    return rows
 
 
 def steps_done(folder: Path) -> int:
@@ -439,23 +461,21 @@ def _drive(cfg: SweepConfig, todo: list[Run], running: list, failed: list[str], 
 
 def _fits(cfg: SweepConfig, run: Run, from_step: int, running: list, finish_by: float | None,
           deadline: float | None) -> bool:
-    """Whether ``run`` may start now: the predicted work of the runs in flight plus its own
-    (runs sharing the device split it) ends by ``finish_by``, and at least its start-up
-    fits before ``deadline``."""
+    """Whether ``run`` may start now: after its start-up, the predicted work of the runs in
+    flight plus its own (runs sharing the device split it) ends by ``finish_by``; and at
+    least its start-up fits before ``deadline``."""
     now = time.time()
     if deadline is not None and now + STARTUP_S > deadline:
         return False
     if finish_by is None:
         return True
     in_flight = sum(_remaining_seconds(cfg, r, folder, at, launched) for _, r, folder, _, at, launched in running)
-    return now + in_flight + run_seconds(cfg, run, from_step) <= finish_by
+    return now + STARTUP_S + in_flight + run_seconds(cfg, run, from_step) <= finish_by
 
 
 def _remaining_seconds(cfg: SweepConfig, run: Run, folder: Path, at_start: int, launched: float) -> float:
-    """Predicted seconds (alone on the device) a run in flight still needs; past its first
-    logged step it has no start-up left."""
-    reached = _progress(folder, at_start, launched)
-    return run_seconds(cfg, run, reached) - (STARTUP_S if reached > at_start else 0.0)
+    """Predicted device seconds a run in flight still needs (alone on the device)."""
+    return run_seconds(cfg, run, _progress(folder, at_start, launched))
 
 
 def save_sweep_config(cfg: SweepConfig, command: str = "") -> None:
