@@ -35,6 +35,9 @@
 #                  stays the same on every machine)
 #   RESTORE        a PACK of an earlier call, unpacked without overwriting newer files
 #   JOBS           concurrent runs in stages lr and seeds (default 8)
+#   SHAKESPEARE_FINAL_STEPS  final-run steps on Shakespeare (default 6104 = 100M tokens: ~20
+#                  epochs of its 5 MB as bytes, more as BPE tokens; fewer steps overfit less
+#                  and save ~1800 device-seconds per sweep for every 100M tokens cut)
 #   DEVICE, EXTRA  --device (default cuda) and more `pararnn sweep` flags (CPU dry runs)
 #
 # Example, three calls of one session (lead's machine: carry runs/state and data/shakespeare):
@@ -64,14 +67,14 @@ fi
 
 args_of() {  # the `pararnn sweep` flags of one sweep name
     local corpus=${1%-*} tokenizer=${1##*-}
-    local data=python:packages stages=lr,seeds,throughput
+    local data=python:packages stages=lr,seeds,throughput final=6104
     if [ "$corpus" = shakespeare ]; then
-        data=${SHAKESPEARE:-} stages=lr,seeds
+        data=${SHAKESPEARE:-} stages=lr,seeds final=${SHAKESPEARE_FINAL_STEPS:-6104}
         [ -n "$data" ] && [ -d "$data" ] || return 1
     fi
     # shellcheck disable=SC2086  # EXTRA is a list of flags
     echo --out "$outdir/$1" --data "$data" --tokenizer "$tokenizer" --vocab-size 4096 \
-        --size small --seq-len 512 --batch-size 32 --lr-steps 400 --final-steps 6104 \
+        --size small --seq-len 512 --batch-size 32 --lr-steps 400 --final-steps "$final" \
         --seeds 0,1 --eval-every 250 --eval-tokens 262144 --throughput-steps 100 \
         --stages "$stages" --jobs "$jobs" --device "$device" ${EXTRA:-}
 }

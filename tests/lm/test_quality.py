@@ -352,13 +352,13 @@ def test_stopped_sweep_continues_its_runs_exactly(corpus_dir, tmp_path):
 
 
 def test_sweep_starts_only_runs_that_fit_its_time(corpus_dir, tmp_path, capsys):
-    """--finish-within: at the expected speed (here 1 token/s) no run fits, so none starts,
+    """--finish-within: at the expected speed (here 0.01 tokens/s) no run fits, so none starts,
     the stage is left unfinished and the later stage is not attempted."""
     from pararnn.train.sweep import Entry, Run, SweepConfig, run_seconds, sweep
     cfg = SweepConfig(out=str(tmp_path / "sweep"), entries=[Entry("paragru", "paragru", "paper")],
                       lrs={"paragru": [1e-3, 2e-3]}, size="nano", seq_len=16, batch_size=2, lr_steps=5,
                       eval_every=5, eval_tokens=64, data=str(corpus_dir), device="cpu",
-                      finish_within=3600, tokens_per_s={"paragru": 1.0})
+                      finish_within=3600, tokens_per_s={"paragru": 0.01})
     assert run_seconds(cfg, Run("lr", cfg.entries[0], 1e-3, 0, 5)) > 3600
     assert run_seconds(cfg, Run("lr", cfg.entries[0], 1e-3, 0, 5), from_step=5) < 1  # resumed at the end
     assert sweep(cfg) == []
