@@ -80,13 +80,15 @@ args_of() {  # the `pararnn sweep` flags of one sweep name
 }
 
 echo "--- plan (device-seconds from the H200 speeds in pararnn.train.sweep; runs sharing the GPU add up)"
+pids=()
 for name in $sweeps; do  # the dry runs at once: each is mostly `import torch`
     if ! args=$(args_of "$name"); then echo "$name: skipped (set SHAKESPEARE to its folder)" > "$outdir/.plan_$name"; continue; fi
     # shellcheck disable=SC2086
     python3 -m pararnn sweep $args --dry-run 2>&1 | grep -E '^(stage|estimate|pararnn)' | sed "s/^/$name: /" \
         > "$outdir/.plan_$name" &
+    pids+=($!)
 done
-wait
+wait "${pids[@]}"  # (a bare `wait` would also wait for the log's tee)
 total=0
 for name in $sweeps; do
     cat "$outdir/.plan_$name"
@@ -112,5 +114,5 @@ for name in $sweeps; do
     [ -f "$outdir/$name/summary.md" ] && { echo "## $name"; cat "$outdir/$name/summary.md"; }
 done > "$outdir/summary_all.md"
 tar -czf "$pack" -C "$outdir" --exclude=checkpoints --exclude=latest --exclude=tokens \
-    --exclude=loss.png --exclude='.*.tmp*' .
+    --exclude=loss.png --exclude='.*.tmp*' --exclude='./*/*/*/tokenizer.json' .  # runs' copies of */tokenizer
 echo "packed $(du -h "$pack" | cut -f1); done in $(( $(date +%s) - start )) s"

@@ -534,8 +534,11 @@ def cmd_sweep(args, parser) -> None:
 
     def stop(signum, frame):  # `timeout` sends SIGTERM: stop the runs in flight, keep the finished
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
-    failed = sweep(cfg, say=lambda *a: print(*a, flush=True), command=shlex.join(["pararnn", *args.argv]))
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        failed = sweep(cfg, say=lambda *a: print(*a, flush=True), command=shlex.join(["pararnn", *args.argv]))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"report: {Path(args.out) / 'summary.md'}")
     if failed:
         raise ValueError(f"{len(failed)} run(s) failed, e.g. {failed[0]} (see its train.log); "
