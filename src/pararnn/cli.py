@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(ParaRNN models; RESULTS.md); auto: tuned for paragru/paralstm, standard otherwise")
     t.add_argument("--model-options", type=_model_options, default={}, metavar="KEY=VALUE,...",
                    help="ModelConfig overrides, e.g. rnn_expand=2,rnn_init=paper")
-    t.add_argument("--data", default=d.data, help="text file or directory of text files "
-                   "(default: the Python standard library's source, no download)")
+    t.add_argument("--data", default=d.data, help="text file or directory of text files, or "
+                   "python:packages (the .py files of the standard library and site-packages; no "
+                   "download) (default: the Python standard library's source, python:stdlib)")
     t.add_argument("--out", default=d.out, help="run folder: checkpoints, metrics.jsonl, loss.png")
     t.add_argument("--tokenizer", default=d.tokenizer, choices=["byte", "bpe"],
                    help="byte: the 256 byte values; bpe: trained on the training split, saved in the run")
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tokenizer-from", default=d.tokenizer_from, metavar="DIR",
                    help="reuse the tokenizer.json in DIR (e.g. another run) instead of training a BPE "
                    "(default: none; the tokenizer is made by --tokenizer)")
+    t.add_argument("--token-cache", default=d.token_cache, metavar="DIR",
+                   help="keep the encoded corpus in DIR and reuse it in runs with the same data and "
+                   "tokenizer (default: none, encode every time)")
     t.add_argument("--max-steps", type=int, default=d.max_steps,
                    help="optimizer steps to train; also the length of the LR schedule")
     t.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per training sequence")
@@ -215,13 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--final-steps", type=_positive_int, default=1600, help="steps of each stage-2 run")
     w.add_argument("--throughput-steps", type=_positive_int, default=100)
     w.add_argument("--seeds", default="0,1", help="initialisation seeds of stage 2")
-    w.add_argument("--data", help="text file or folder (default: the Python standard library)")
+    w.add_argument("--data", help="text file or folder, or python:packages (standard library and "
+                   "site-packages) (default: python:stdlib, the Python standard library)")
     w.add_argument("--tokenizer", default="byte", choices=["byte", "bpe"])
     w.add_argument("--vocab-size", type=_positive_int, default=4096, help="BPE vocabulary size")
     w.add_argument("--eval-every", type=_positive_int, default=100)
     w.add_argument("--eval-tokens", type=_positive_int, default=262144)
     w.add_argument("--jobs", type=_positive_int, default=1, help="concurrent runs (stages lr and seeds)")
     w.add_argument("--keep-checkpoints", action="store_true", help="keep each run's final checkpoint")
+    w.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop after this many seconds: runs in flight save a checkpoint at the step they "
+                   "reached, and re-running the command continues them (default: no limit)")
+    w.add_argument("--finish-within", type=float, metavar="SECONDS",
+                   help="start a run only if it and the runs in flight are predicted to finish within "
+                   "this many seconds (from H200 speeds at --size small; default: start every run)")
     w.add_argument("--dry-run", action="store_true", help="print the stage-1 runs and one command; run nothing")
     _add_runtime(w)
     _add_synthetic(sub)
@@ -307,8 +318,9 @@ def _open(args):
 def _eval_documents(args, ckpt) -> tuple[list[str], str]:
     """The documents ``pararnn eval`` scores and how to name them."""
     from .data import load_corpus
+    from .data.corpus import is_named_corpus
     stored = ckpt.meta["train_config"]["data"]
-    if args.data is None and stored is not None and not Path(stored).exists():
+    if args.data is None and not is_named_corpus(stored) and not Path(stored).exists():
         # runs trained before data paths were stored absolute may hold a relative one
         where = "" if Path(stored).is_absolute() else f" (relative to where training ran, not {os.getcwd()})"
         raise ValueError(f"the run was trained on --data {stored}{where}, which does not exist here; "
@@ -512,21 +524,31 @@ def cmd_sweep(args, parser) -> None:
                       throughput_steps=args.throughput_steps, data=args.data, tokenizer=args.tokenizer,
                       vocab_size=args.vocab_size, eval_every=args.eval_every, eval_tokens=args.eval_tokens,
                       jobs=args.jobs, device=args.device, dtype=args.dtype,
-                      keep_checkpoints=args.keep_checkpoints)
+                      keep_checkpoints=args.keep_checkpoints, time_limit=args.time_limit,
+                      finish_within=args.finish_within)
     if args.dry_run:
-        from .train.sweep import plan, train_command
+        from .train.sweep import estimate, plan, train_command
         runs = plan(cfg, "lr")
         for run in runs:
             print(run.folder(Path(cfg.out)))
         print(f"{len(runs)} stage-lr runs, {args.jobs} at a time; e.g.\n"
               + " ".join(train_command(cfg, runs[0], runs[0].folder(Path(cfg.out)))))
+        rows = estimate(cfg)
+        for row in rows:
+            print(f"stage {row['stage']}: {row['left']} of {row['runs']} runs to go, "
+                  f"{row['tokens_per_run']:,} tokens each, ~{row['device_s']:.0f} device-seconds")
+        print(f"estimate: {sum(r['device_s'] for r in rows):.0f} device-seconds left "
+              "(H200 speeds at --size small, runs sharing the device adding up)")
         return
     import signal
 
     def stop(signum, frame):  # `timeout` sends SIGTERM: stop the runs in flight, keep the finished
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
-    failed = sweep(cfg, say=lambda *a: print(*a, flush=True), command=shlex.join(["pararnn", *args.argv]))
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        failed = sweep(cfg, say=lambda *a: print(*a, flush=True), command=shlex.join(["pararnn", *args.argv]))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"report: {Path(args.out) / 'summary.md'}")
     if failed:
         raise ValueError(f"{len(failed)} run(s) failed, e.g. {failed[0]} (see its train.log); "
@@ -603,8 +625,9 @@ def _run(parser, args, argv) -> int:
             parser.commands["train"].set_defaults(**_load_config(args.config))
             args = parser.parse_args(argv)
         COMMANDS[args.command](args, parser)
-    except KeyboardInterrupt:
-        print("pararnn: interrupted (a training run continues from its last checkpoint with --resume)",
+    except KeyboardInterrupt as err:
+        why = f": {err}" if str(err) else ""  # e.g. a training run stopped by SIGTERM
+        print(f"pararnn: interrupted{why} (a training run continues from its last checkpoint with --resume)",
               file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, FloatingPointError) as err:

@@ -46,6 +46,40 @@ def test_default_corpus_is_the_standard_library():
     assert corpus.num_chars > 5_000_000
 
 
+def test_packages_corpus_adds_site_packages_to_the_standard_library():
+    """python:packages = the default corpus (split the same way) + package files up to the
+    cap; the named corpora are not paths."""
+    from pararnn.data.corpus import is_named_corpus
+    stdlib = load_corpus("python:stdlib")
+    assert stdlib.train == load_corpus(None).train
+    cap = stdlib.num_chars + 2_000_000
+    corpus = load_corpus("python:packages", max_chars=cap)
+    assert corpus.name.startswith("python:packages:") and "site-packages" in corpus.name
+    assert corpus.train[:len(stdlib.train)] == stdlib.train and corpus.val[:len(stdlib.val)] == stdlib.val
+    assert cap <= corpus.num_chars < cap + 5_000_000  # stops at the first file past the cap
+    assert len(corpus.train) > len(stdlib.train) and len(corpus.val) >= len(stdlib.val)
+    assert is_named_corpus(None) and is_named_corpus("python:packages") and not is_named_corpus("texts")
+
+
+def test_token_cache_reuses_only_the_same_text_and_tokenizer(tmp_path):
+    from pararnn.data import Corpus
+    from pararnn.data.cache import encode_corpus
+    corpus = Corpus("c", ["def f():\n    return 1\n", "x = 2\n"], ["y = 3\n"])
+    tokenizer = ByteTokenizer()
+    fresh = encode_corpus(tokenizer, corpus)
+    first = encode_corpus(tokenizer, corpus, tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+    again = encode_corpus(tokenizer, corpus, tmp_path)
+    assert isinstance(again[0], np.memmap)  # read back, not encoded again
+    for a, b, c in zip(fresh, first, again):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+    changed = Corpus("c", ["def f():\n    return 2\n", "x = 2\n"], ["y = 3\n"])
+    assert not np.array_equal(encode_corpus(tokenizer, changed, tmp_path)[0], fresh[0])
+    bpe = BPETokenizer.train(corpus.train * 20, 300)
+    assert np.array_equal(encode_corpus(bpe, corpus, tmp_path)[0], bpe.encode_documents(corpus.train))
+    assert len(list(tmp_path.glob("*.npy"))) == 6  # one pair per (text, tokenizer)
+
+
 @pytest.mark.parametrize("make", ["missing", "empty_dir", "binary", "empty_file"])
 def test_bad_data(tmp_path, make):
     path = tmp_path / "x"

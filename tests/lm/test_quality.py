@@ -182,10 +182,10 @@ def test_sweep_rejects_a_changed_setup(corpus_dir, tmp_path):
 
 
 def test_bpe_sweep_trains_the_tokenizer_once(corpus_dir, tmp_path):
-    from pararnn.train.sweep import Entry, Run, SweepConfig, prepare_tokenizer, train_command
+    from pararnn.train.sweep import Entry, Run, SweepConfig, prepare_data, train_command
     cfg = SweepConfig(out=str(tmp_path / "sweep"), entries=[Entry("paragru", "paragru", "paper")],
                       lrs={"paragru": [1e-3]}, data=str(corpus_dir), tokenizer="bpe", vocab_size=300)
-    prepare_tokenizer(cfg)
+    prepare_data(cfg)
     shared = tmp_path / "sweep" / "tokenizer"
     command = train_command(cfg, Run("lr", cfg.entries[0], 1e-3, 0, 3), tmp_path / "run")
     assert command[command.index("--tokenizer-from") + 1] == str(shared)
@@ -297,3 +297,72 @@ def test_sweep_lists_from_the_command_line():
         args = dict(models="paragru", variants=[], lr_grids=[], stages="lr", seeds="0", rnn_block="paper")
         with pytest.raises(ValueError, match=match):
             parse_sweep_lists(**{**args, **bad})
+
+
+def _sweep_argv(out, corpus_dir, steps):
+    return ["sweep", "--out", str(out), "--models", "paragru", "--lrs", "paragru=0.004", "--stages", "lr",
+            "--size", "nano", "--seq-len", "16", "--batch-size", "2", "--lr-steps", str(steps),
+            "--eval-every", str(steps), "--eval-tokens", "64", "--data", str(corpus_dir),
+            "--keep-checkpoints", "--device", "cpu"]
+
+
+@pytest.mark.slow  # ~20 s: three `pararnn train` subprocesses
+def test_stopped_sweep_continues_its_runs_exactly(corpus_dir, tmp_path):
+    """SIGTERM to a sweep (as `timeout` or its own --time-limit sends) while its run trains:
+    the run saves a checkpoint at the step it reached; the same command again resumes it
+    there (not from step 0 or the periodic checkpoint) and ends with the same weights and
+    validation loss as a run that was never stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pararnn.train import open_checkpoint
+    from safetensors.torch import load_file
+
+    steps = 120
+    stopped, reference = tmp_path / "stopped", tmp_path / "reference"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "pararnn", *_sweep_argv(stopped, corpus_dir, steps)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = stopped / "lr" / "paragru-lr0.004-s0"
+
+    def trained_steps():
+        log = run / "metrics.jsonl"
+        return max([0] + [r["step"] for r in read_metrics(log) if r.get("kind") == "train"]) if log.exists() else 0
+
+    deadline = time.time() + 120
+    while time.time() < deadline and trained_steps() < 20:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    reached = open_checkpoint(run).meta["step"]
+    assert 20 <= reached < steps and f"SIGTERM at step {reached}:" in (run / "train.log").read_text()
+    assert not (run / "result.json").exists()
+
+    assert main(_sweep_argv(stopped, corpus_dir, steps)) == 0
+    assert f"resumed from {run / 'checkpoints' / f'step_{reached:08d}'} at step {reached}" in (run / "train.log").read_text()
+    assert main(_sweep_argv(reference, corpus_dir, steps)) == 0
+    result = json.loads((run / "result.json").read_text())
+    expected = json.loads((reference / "lr" / run.name / "result.json").read_text())
+    assert result["val_loss"] == expected["val_loss"] and result["steps"] == steps
+    a = load_file(str(open_checkpoint(run).path / "model.safetensors"))
+    b = load_file(str(open_checkpoint(reference / "lr" / run.name).path / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sweep_starts_only_runs_that_fit_its_time(corpus_dir, tmp_path, capsys):
+    """--finish-within: at the expected speed (here 0.01 tokens/s) no run fits, so none starts,
+    the stage is left unfinished and the later stage is not attempted."""
+    from pararnn.train.sweep import Entry, Run, SweepConfig, run_seconds, sweep
+    cfg = SweepConfig(out=str(tmp_path / "sweep"), entries=[Entry("paragru", "paragru", "paper")],
+                      lrs={"paragru": [1e-3, 2e-3]}, size="nano", seq_len=16, batch_size=2, lr_steps=5,
+                      eval_every=5, eval_tokens=64, data=str(corpus_dir), device="cpu",
+                      finish_within=3600, tokens_per_s={"paragru": 0.01})
+    assert run_seconds(cfg, Run("lr", cfg.entries[0], 1e-3, 0, 5)) > 3600
+    assert run_seconds(cfg, Run("lr", cfg.entries[0], 1e-3, 0, 5), from_step=5) < 1  # resumed at the end
+    assert sweep(cfg) == []
+    out = capsys.readouterr().out
+    assert "2 run(s) not started: predicted not to finish in time" in out
+    assert "stage lr is unfinished" in out and "stage seeds" not in out
+    assert not (tmp_path / "sweep" / "lr").exists()

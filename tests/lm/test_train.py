@@ -98,6 +98,32 @@ def test_killed_run_resumes_exactly(corpus_dir, reference_run, tmp_path, monkeyp
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_sigterm_saves_a_checkpoint_where_the_run_stopped(corpus_dir, reference_run, tmp_path, monkeypatch):
+    """SIGTERM (a sweep's time limit) after step 6: the run saves a checkpoint at step 6,
+    between its periodic ones (4, 8), and stops; --resume continues from there with the
+    same batches and LR schedule: same final weights and validation records."""
+    import signal
+    out = tmp_path / "terminated"
+    real_batch = loop.train_batch
+
+    def batch_then_sigterm(tokens, step, **kw):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled after this step, as at any moment
+        return real_batch(tokens, step, **kw)
+
+    monkeypatch.setattr(loop, "train_batch", batch_then_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM at step 6"):
+        train(config(corpus_dir, out))
+    assert open_checkpoint(out).meta["step"] == 6
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler lives only while training
+    monkeypatch.setattr(loop, "train_batch", real_batch)
+    train(config(corpus_dir, out, resume=True))
+    assert curve(out) == curve(reference_run)
+    a, b = weights(out), weights(reference_run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_run_killed_before_its_first_checkpoint_restarts_cleanly(corpus_dir, reference_run, tmp_path,
                                                                  monkeypatch):
     out = tmp_path / "early"

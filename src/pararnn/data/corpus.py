@@ -1,10 +1,19 @@
-"""Text corpora: a file, a directory of text files, or the default corpus with no download.
+"""Text corpora: a file, a directory of text files, or a named corpus with no download.
 
-The default corpus is the source of the running Python's standard library (every Python
-install ships it; ~1,800 ``.py`` files, ~30 MB). Held-out data is split *by file*: a file
-goes to validation when a hash of its relative path says so (about 1 file in 20), so the
-split does not depend on which other files exist. A single file is split by position:
-its last 5% (from a line start) is held out.
+Named corpora come with every Python install:
+
+* ``python:stdlib`` (the default, also ``None``): the source of the running Python's
+  standard library (~1,800 ``.py`` files, ~30 MB with its test suite; 10 MB on installs
+  without it);
+* ``python:packages``: the standard library plus the ``.py`` files of the installed
+  packages (site-packages), capped at :data:`PACKAGES_MAX_CHARS`. A large environment
+  (PyTorch, Triton, Transformers, ...) gives hundreds of MB of code, enough for 100M-token
+  runs without repeating the data. Packages' files are taken in the order of a hash of
+  their paths, so the cap keeps a mix of packages rather than the alphabetically first.
+
+Held-out data is split *by file*: a file goes to validation when a hash of its relative
+path says so (about 1 file in 20), so the split does not depend on which other files
+exist. A single file is split by position: its last 5% (from a line start) is held out.
 """
 
 from __future__ import annotations
@@ -15,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VAL_PERCENT = 5
+STDLIB, PACKAGES = "python:stdlib", "python:packages"
+NAMED_CORPORA = (STDLIB, PACKAGES)
+PACKAGES_MAX_CHARS = 400_000_000  # 4x a 100M-byte run; bounds each run's memory and the BPE encoding time
 
 
 class DataError(ValueError):
@@ -38,6 +50,22 @@ def stdlib_files() -> tuple[Path, list[Path]]:
     files = [p for p in root.rglob("*.py")
              if "site-packages" not in p.parts and "dist-packages" not in p.parts]
     return root, sorted(files)
+
+
+def site_package_dirs() -> list[Path]:
+    """The running Python's site-packages folders (purelib and platlib, deduplicated)."""
+    paths = sysconfig.get_paths()
+    dirs = []
+    for key in ("purelib", "platlib"):
+        path = Path(paths[key])
+        if path.is_dir() and path.resolve() not in [d.resolve() for d in dirs]:
+            dirs.append(path)
+    return dirs
+
+
+def is_named_corpus(data: str | None) -> bool:
+    """Whether ``--data`` names a built-in corpus (or is None, the default) rather than a path."""
+    return data is None or data in NAMED_CORPORA
 
 
 def _read_text(path: Path) -> str | None:
@@ -80,13 +108,37 @@ def _split_text(text: str) -> tuple[list[str], list[str]]:
     return [text[:cut]], [text[cut:]]
 
 
-def load_corpus(path: str | Path | None = None) -> Corpus:
+def _packages_corpus(max_chars: int) -> tuple[str, list[str], list[str]]:
+    root, files = stdlib_files()
+    train, val = _split_files(root, files)  # held out exactly as in the default corpus
+    budget = max_chars - sum(map(len, train)) - sum(map(len, val))
+    package_files = [(f"site-packages/{p.relative_to(d).as_posix()}", p)
+                     for d in site_package_dirs() for p in d.rglob("*.py")]
+    package_files.sort(key=lambda item: (zlib.crc32(item[0].encode()), item[0]))
+    count = 0
+    for relative, path in package_files:
+        if budget <= 0:
+            break
+        text = _read_text(path)
+        if not text:
+            continue
+        (val if _held_out(relative) else train).append(text)
+        budget -= len(text)
+        count += 1
+    dirs = ", ".join(map(str, site_package_dirs())) or "none"
+    return f"{PACKAGES}:{root} + {count} of {len(package_files)} files of {dirs}", train, val
+
+
+def load_corpus(path: str | Path | None = None, *, max_chars: int = PACKAGES_MAX_CHARS) -> Corpus:
     """Load ``path`` (a text file or a directory, searched recursively, hidden entries
-    skipped) or, with ``None``, the standard-library corpus; split off held-out text."""
-    if path is None:
+    skipped) or a named corpus (``python:stdlib``, also ``None``; ``python:packages``, at
+    most ``max_chars`` characters); split off held-out text."""
+    if path is None or str(path) == STDLIB:
         root, files = stdlib_files()
         train, val = _split_files(root, files)
         name = f"python-stdlib:{root}"
+    elif str(path) == PACKAGES:
+        name, train, val = _packages_corpus(max_chars)
     else:
         path = Path(path)
         if path.is_file():

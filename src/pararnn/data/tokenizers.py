@@ -40,8 +40,12 @@ class ByteTokenizer:
         counts[self.eos_id] = 0
         return counts
 
+    def spec(self) -> str:
+        """The tokenizer as the JSON text of its ``tokenizer.json``."""
+        return json.dumps({"kind": self.kind})
+
     def save(self, directory: Path) -> None:
-        (Path(directory) / "tokenizer.json").write_text(json.dumps({"kind": self.kind}))
+        (Path(directory) / "tokenizer.json").write_text(self.spec())
 
 
 class BPETokenizer:
@@ -96,9 +100,12 @@ class BPETokenizer:
             counts[idx] = 0 if idx == self.eos_id else len(token)
         return counts
 
+    def spec(self) -> str:
+        """The tokenizer as the JSON text of its ``tokenizer.json``."""
+        return json.dumps({"kind": self.kind, "bpe": json.loads(self.tok.to_str())})
+
     def save(self, directory: Path) -> None:
-        (Path(directory) / "tokenizer.json").write_text(
-            json.dumps({"kind": self.kind, "bpe": json.loads(self.tok.to_str())}))
+        (Path(directory) / "tokenizer.json").write_text(self.spec())
 
 
 TOKENIZERS = ("byte", "bpe")

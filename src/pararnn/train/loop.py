@@ -14,6 +14,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,8 @@ from ..cells.base import Cell
 from ..data import (BPETokenizer, ByteTokenizer, DataError, eval_batches, eval_starts, load_corpus,
                     load_tokenizer, train_batch)
 from ..data.batches import check_length
+from ..data.cache import encode_corpus
+from ..data.corpus import is_named_corpus
 from ..models import SIZES, build_model, preset
 from ..distributed import TRAIN_BOUNDARY_TOL, ContextMesh, context_layout, enable_context_parallel
 from ..layers.projection import MultiHeadProjection
@@ -50,6 +54,7 @@ class TrainConfig:
     tokenizer: str = "byte"  # or "bpe" (trained on the training split, saved in the run)
     vocab_size: int = 4096  # BPE only
     tokenizer_from: str | None = None  # a folder with a tokenizer.json to reuse (no BPE training)
+    token_cache: str | None = None  # a folder keeping the encoded corpus for later runs (data.cache)
     max_steps: int = 1000
     seq_len: int = 256
     batch_size: int = 16  # per process and micro-step
@@ -213,19 +218,44 @@ def _same_path(a: str | None, b: str | None) -> bool:
 def train(cfg: TrainConfig) -> dict:
     """Train as configured; returns the last validation metrics."""
     cfg.check()
-    if cfg.data is not None:
+    if not is_named_corpus(cfg.data):
         # stored in the run as an absolute path, so that `pararnn eval` works from anywhere
         cfg = dataclasses.replace(cfg, data=os.path.abspath(os.path.expanduser(cfg.data)))
     info = D.init_distributed(cfg.device)
     try:
-        result = _train(cfg, info)
+        with _stop_on_sigterm(info) as stop:
+            result = _train(cfg, info, stop)
         D.wait_for_all(info)
         return result
     finally:
         D.close_distributed(info)
 
 
-def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
+class _StopFlag:
+    requested = False
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm(info: D.DistInfo):
+    """While training on one process (from the main thread), SIGTERM sets a flag instead of
+    killing: the loop then saves a checkpoint at the step it reached and stops, so that
+    ``--resume`` loses nothing. (With several processes the ranks could see the signal at
+    different steps and deadlock in the collective checkpoint, so they keep the default.)"""
+    flag = _StopFlag()
+    if info.world > 1 or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag.requested = True
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train(cfg: TrainConfig, info: D.DistInfo, stop: _StopFlag) -> dict:
     device, run_dir = info.device, Path(cfg.out)
     ckpt = _prepare_run_dir(cfg)
     say = print if info.is_main else (lambda *a, **k: None)
@@ -248,8 +278,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         tokenizer = BPETokenizer.train(corpus.train, cfg.vocab_size)
     else:
         tokenizer = ByteTokenizer()
-    train_tokens = tokenizer.encode_documents(corpus.train)
-    val_tokens = tokenizer.encode_documents(corpus.val)
+    train_tokens, val_tokens = encode_corpus(tokenizer, corpus, cfg.token_cache)
     check_length(train_tokens, cfg.seq_len, "training")
     check_length(val_tokens, cfg.seq_len, "held-out")
     token_bytes = tokenizer.token_bytes()
@@ -307,7 +336,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     # first checkpoint) are dropped: this run writes them again
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step) if info.is_main else None
 
+    saved_step = step  # the step of the newest checkpoint on disk
+
     def checkpoint(val: dict | None) -> None:
+        nonlocal saved_step
+        saved_step = step
         model_state = D.full_model_state(raw, cfg.fsdp)
         optim_state = D.full_optimizer_state(model, optimizer, cfg.fsdp)
         if info.is_main:
@@ -328,6 +361,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     model.train()
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
     while step < cfg.max_steps:
+        if stop.requested:  # SIGTERM (a sweep's time limit, `timeout`): keep the progress
+            if step > saved_step:
+                checkpoint(val)
+            bar.close()
+            raise KeyboardInterrupt(f"SIGTERM at step {step}: checkpoint saved, --resume continues here")
         lr = scheduler.get_last_lr()[0]
         step_loss = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):

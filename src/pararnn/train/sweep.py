@@ -12,9 +12,19 @@ Stages, each a folder ``OUT/<stage>/<name>-lr<lr>-s<seed>/`` holding an ordinary
 Every run sees the same batches in the same order (``--data-seed 0``); ``--seed`` changes
 only the initialisation. Runs of a stage go ``--jobs`` at a time as subprocesses (a small
 model does not fill a large GPU). A run whose ``result.json`` exists is skipped, so
-re-running the same command continues an interrupted sweep. A run checkpoints half-way (an
-interrupted run resumes there, or restarts if it had not got that far); checkpoints are
-deleted once a run has finished (the metrics are what the report needs).
+re-running the same command continues an interrupted sweep. A run checkpoints every
+:data:`CKPT_EVERY` steps (at least half-way) and, when stopped by SIGTERM (the sweep's
+``time_limit``, Ctrl-C, ``timeout``), at the step it reached; the next invocation resumes
+it there with the same batches and LR schedule. Checkpoints are deleted once a run has
+finished (the metrics are what the report needs). The corpus is encoded once per sweep
+into ``OUT/tokens`` and the runs read it from there.
+
+Time budgets (for a GPU lent in calls of a few minutes): ``time_limit`` stops the
+invocation after that many seconds (runs in flight checkpoint and stop); ``finish_within``
+starts a run only if the work in flight plus its own fits in that many seconds, predicted
+from :data:`EXPECTED_TOKENS_PER_S` (runs sharing the device are assumed to split it, so
+that the work of all runs adds up). A stage left unfinished ends the invocation (the next
+stage needs it); re-running continues it.
 
 :func:`write_report` rebuilds ``summary.json``, ``summary.md`` and the validation-curve
 plots from the run folders alone (``pararnn compare OUT``).
@@ -38,6 +48,14 @@ from .checkpoint import write_text_atomic
 from .metrics import read_metrics
 
 STAGES = ("lr", "seeds", "throughput")
+
+# tokens/s of each model alone on one H200 at --size small, batch 32 x 512, bf16: the
+# Transformer and the older ParaGRU block (471k) measured; the tuned ParaRNN blocks (2x
+# state) and Mamba2 estimated from 8 runs that shared the GPU (RESULTS.md section 1). Used
+# to predict run times for `finish_within` and the driver's plan, nothing else.
+EXPECTED_TOKENS_PER_S = {"transformer": 712e3, "mamba2": 470e3, "paragru": 380e3, "paralstm": 380e3}
+STARTUP_S = 45  # per run: start-up, corpus loading, first-step compilation and autotuning
+CKPT_EVERY = 500  # steps between a run's periodic checkpoints
 
 # per-model LR grids (4 values spanning 8x) around the best rates found so far at the
 # small size: attention prefers lower rates than the recurrent mixers
@@ -86,6 +104,9 @@ class SweepConfig:
     device: str = "auto"
     dtype: str = "auto"
     keep_checkpoints: bool = False
+    time_limit: float | None = None  # seconds this invocation may run (then runs checkpoint and stop)
+    finish_within: float | None = None  # start only runs predicted to end within these seconds
+    tokens_per_s: dict = field(default_factory=lambda: dict(EXPECTED_TOKENS_PER_S))  # model -> rate
 
 
 def parse_entry(spec: str, block: str) -> Entry:
@@ -190,8 +211,9 @@ def train_command(cfg: SweepConfig, run: Run, folder: Path) -> list[str]:
            "--max-steps", str(run.steps), "--seq-len", str(cfg.seq_len),
            "--batch-size", str(cfg.batch_size), "--lr", repr(run.lr), "--seed", str(run.seed),
            "--data-seed", "0", "--eval-every", str(run.steps if throughput else cfg.eval_every),
-           "--eval-tokens", str(cfg.eval_tokens), "--ckpt-every", str(max(1, run.steps // 2)),
+           "--eval-tokens", str(cfg.eval_tokens), "--ckpt-every", str(max(1, min(CKPT_EVERY, run.steps // 2))),
            "--keep-checkpoints", "1", "--log-every", "10", "--no-progress", "--resume",
+           "--token-cache", str(Path(cfg.out) / "tokens"),
            "--device", cfg.device, "--dtype", cfg.dtype]
     if run.entry.options:
         cmd += ["--model-options", ",".join(f"{k}={json.dumps(v)}" for k, v in run.entry.options.items())]
@@ -204,19 +226,27 @@ def train_command(cfg: SweepConfig, run: Run, folder: Path) -> list[str]:
     return cmd
 
 
-def prepare_tokenizer(cfg: SweepConfig, say=print) -> None:
+def prepare_data(cfg: SweepConfig, say=print) -> None:
     """Train the BPE once for every run of the sweep (each run would otherwise train the
-    same tokenizer again); byte-level needs nothing."""
+    same tokenizer again), then encode the corpus into the runs' token cache."""
+    from ..data import BPETokenizer, ByteTokenizer, load_corpus, load_tokenizer
+    from ..data.cache import encode_corpus
+    corpus = load_corpus(cfg.data)
     folder = Path(cfg.out) / "tokenizer"
-    if cfg.tokenizer != "bpe" or (folder / "tokenizer.json").exists():
-        return
-    from ..data import BPETokenizer, load_corpus
-    say(f"training a BPE tokenizer of {cfg.vocab_size} tokens on the training split")
-    tokenizer = BPETokenizer.train(load_corpus(cfg.data).train, cfg.vocab_size)
-    tmp = folder.with_name(f".tokenizer.tmp{os.getpid()}")  # renamed into place when complete
-    tmp.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(tmp)
-    os.replace(tmp, folder)
+    if cfg.tokenizer == "byte":
+        tokenizer = ByteTokenizer()
+    elif (folder / "tokenizer.json").exists():
+        tokenizer = load_tokenizer(folder)
+    else:
+        say(f"training a BPE tokenizer of {cfg.vocab_size} tokens on the training split")
+        tokenizer = BPETokenizer.train(corpus.train, cfg.vocab_size)
+        tmp = folder.with_name(f".tokenizer.tmp{os.getpid()}")  # renamed into place when complete
+        tmp.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(tmp)
+        os.replace(tmp, folder)
+    train, val = encode_corpus(tokenizer, corpus, Path(cfg.out) / "tokens")
+    say(f"data: {corpus.name}: {corpus.num_chars:,} characters, {len(train):,} training / "
+        f"{len(val):,} held-out tokens ({cfg.tokenizer} tokenizer)")
 
 
 def is_finished(folder: Path) -> bool:
@@ -295,11 +325,69 @@ def best_lrs(out: Path, cfg: SweepConfig) -> dict[str, dict]:
     return best
 
 
-def execute(cfg: SweepConfig, runs: list[Run], jobs: int, say=print) -> list[str]:
-    """Run the unfinished ``runs``, ``jobs`` at a time; return the folders that failed."""
+def run_seconds(cfg: SweepConfig, run: Run, from_step: int = 0) -> float:
+    """Predicted device seconds of ``run`` alone from ``from_step`` on: training and
+    validation (a forward pass costs about a third of a training step). Start-up
+    (:data:`STARTUP_S`) is mostly CPU work and overlaps other runs, so it is not included."""
+    rate = cfg.tokens_per_s[run.entry.model]
+    steps = run.steps - from_step
+    evals = math.ceil(steps / (run.steps if run.stage == "throughput" else cfg.eval_every))
+    tokens = steps * cfg.batch_size * cfg.seq_len + evals * cfg.eval_tokens / 3
+    return tokens / rate
+
+
+def estimate(cfg: SweepConfig) -> list[dict]:
+    """Per stage of ``cfg.stages``: its runs, those not finished, tokens per run and the
+    predicted device seconds of the unfinished ones (:func:`run_seconds`, from their
+    checkpoints; plus one :data:`STARTUP_S` per wave of ``jobs`` runs). Before the LR
+    stage has finished, the later stages are estimated at the first LR of each grid."""
+    out, rows = Path(cfg.out), []
+    for stage in [s for s in STAGES if s in cfg.stages]:
+        try:
+            runs = plan(cfg, stage)
+        except ValueError:  # the best LRs are not known yet; the cost does not depend on them
+            steps, seeds = (cfg.final_steps, cfg.seeds) if stage == "seeds" else (cfg.throughput_steps, [0])
+            runs = [Run(stage, e, cfg.lrs[e.name][0], s, steps) for e in cfg.entries for s in seeds]
+        left = [r for r in runs if not is_finished(r.folder(out))]
+        jobs = 1 if stage == "throughput" else cfg.jobs
+        seconds = sum(run_seconds(cfg, r, steps_done(r.folder(out))) for r in left)
+        rows.append({"stage": stage, "runs": len(runs), "left": len(left),
+                     "tokens_per_run": runs[0].steps * cfg.batch_size * cfg.seq_len,
+                     "device_s": seconds + STARTUP_S * math.ceil(len(left) / jobs)})
+    return rows
+
+
+def steps_done(folder: Path) -> int:
+    """The step of a run's newest checkpoint (where it resumes), 0 without one."""
+    from .checkpoint import CheckpointError, has_checkpoint, open_checkpoint
+    if not has_checkpoint(folder):
+        return 0
+    try:
+        return int(open_checkpoint(folder).meta["step"])
+    except CheckpointError:
+        return 0
+
+
+def _progress(folder: Path, at_start: int, launched: float) -> int:
+    """The step a run in flight has reached: its last training record, else where it started
+    (records of an earlier attempt, before the run rewrote the file, do not count)."""
+    log = folder / "metrics.jsonl"
+    if not log.exists() or log.stat().st_mtime < launched:
+        return at_start
+    steps = [r["step"] for r in read_metrics(log) if r.get("kind") == "train"]
+    return max([at_start] + steps)
+
+
+def execute(cfg: SweepConfig, runs: list[Run], jobs: int, say=print, deadline: float | None = None,
+            finish_by: float | None = None) -> list[str]:
+    """Run the unfinished ``runs``, ``jobs`` at a time, until ``deadline``, starting a run
+    only when the work in flight and its own are predicted to end by ``finish_by`` (both
+    ``time.time()`` values, None: no limit); return the folders that failed."""
     out = Path(cfg.out)
     todo = [r for r in runs if not is_finished(r.folder(out))]
     say(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to go, {jobs} at a time")
+    if not todo:
+        return []
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:  # concurrent CPU runs would oversubscribe the cores
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
@@ -308,7 +396,7 @@ def execute(cfg: SweepConfig, runs: list[Run], jobs: int, say=print) -> list[str
     running: list[tuple[subprocess.Popen, Run, Path, float]] = []
     failed = []
     try:
-        _drive(cfg, todo, running, failed, jobs, env, say)
+        _drive(cfg, todo, running, failed, jobs, env, say, deadline, finish_by)
     finally:  # interrupted (Ctrl-C, SIGTERM from `timeout`): stop the runs in flight too
         for proc, *_ in running:
             proc.terminate()
@@ -318,20 +406,32 @@ def execute(cfg: SweepConfig, runs: list[Run], jobs: int, say=print) -> list[str
 
 
 def _drive(cfg: SweepConfig, todo: list[Run], running: list, failed: list[str], jobs: int,
-           env: dict, say) -> None:
+           env: dict, say, deadline: float | None, finish_by: float | None) -> None:
     out = Path(cfg.out)
+    starts = {id(run): steps_done(run.folder(out)) for run in todo}  # resumed runs start later
+    skipped: list[Run] = []
     while todo or running:
+        if deadline is not None and time.time() >= deadline:
+            say(f"  time limit: stopping {len(running)} run(s) in flight (they resume from a "
+                f"checkpoint at the step they reached); {len(todo) + len(skipped)} not started")
+            return
         while todo and len(running) < jobs:
             run = todo.pop(0)
             folder = run.folder(out)
+            if not _fits(cfg, run, starts[id(run)], running, finish_by, deadline):
+                skipped.append(run)
+                continue
             folder.mkdir(parents=True, exist_ok=True)
             log = open(folder / "train.log", "a")  # a restarted run appends
             proc = subprocess.Popen(train_command(cfg, run, folder), stdout=log, stderr=subprocess.STDOUT, env=env)
             log.close()
-            running.append((proc, run, folder, time.perf_counter()))
+            running.append((proc, run, folder, time.perf_counter(), starts[id(run)], time.time()))
+        if not running and skipped:
+            say(f"  {len(skipped)} run(s) not started: predicted not to finish in time")
+            return
         time.sleep(0.2)
         for item in list(running):
-            proc, run, folder, start = item
+            proc, run, folder, start, *_ = item
             if proc.poll() is None:
                 continue
             running.remove(item)
@@ -356,6 +456,26 @@ def _drive(cfg: SweepConfig, todo: list[Run], running: list, failed: list[str], 
             else:
                 failed.append(str(folder))
                 say(f"  FAILED {run.stage}/{folder.name} (exit {proc.returncode}); see {folder / 'train.log'}")
+            todo[:0], skipped = skipped, []  # less work in flight: the skipped runs may fit now
+
+
+def _fits(cfg: SweepConfig, run: Run, from_step: int, running: list, finish_by: float | None,
+          deadline: float | None) -> bool:
+    """Whether ``run`` may start now: after its start-up, the predicted work of the runs in
+    flight plus its own (runs sharing the device split it) ends by ``finish_by``; and at
+    least its start-up fits before ``deadline``."""
+    now = time.time()
+    if deadline is not None and now + STARTUP_S > deadline:
+        return False
+    if finish_by is None:
+        return True
+    in_flight = sum(_remaining_seconds(cfg, r, folder, at, launched) for _, r, folder, _, at, launched in running)
+    return now + STARTUP_S + in_flight + run_seconds(cfg, run, from_step) <= finish_by
+
+
+def _remaining_seconds(cfg: SweepConfig, run: Run, folder: Path, at_start: int, launched: float) -> float:
+    """Predicted device seconds a run in flight still needs (alone on the device)."""
+    return run_seconds(cfg, run, _progress(folder, at_start, launched))
 
 
 def save_sweep_config(cfg: SweepConfig, command: str = "") -> None:
@@ -398,16 +518,25 @@ def load_sweep_config(out: Path) -> SweepConfig:
 
 
 def sweep(cfg: SweepConfig, say=print, command: str = "") -> list[str]:
-    """Run the stages in order, then write the report; return the failed run folders.
-    ``command``: the command line, recorded in ``sweep.json`` and the report."""
+    """Run the stages in order (within ``cfg.time_limit``), then write the report; return
+    the failed run folders. ``command``: the command line, recorded in ``sweep.json`` and
+    the report."""
+    start = time.time()
+    deadline = None if cfg.time_limit is None else start + cfg.time_limit
+    finish_by = None if cfg.finish_within is None else start + cfg.finish_within
     save_sweep_config(cfg, command)
-    prepare_tokenizer(cfg, say)
-    failed = []
-    for stage in STAGES:
-        if stage in cfg.stages:
-            say(f"stage {stage}:")
-            failed += execute(cfg, plan(cfg, stage), 1 if stage == "throughput" else cfg.jobs, say)
-    write_report(Path(cfg.out))
+    out, failed, prepared = Path(cfg.out), [], False
+    for stage in [s for s in STAGES if s in cfg.stages]:
+        runs = plan(cfg, stage)
+        say(f"stage {stage}:")
+        if not prepared and not all(is_finished(r.folder(out)) for r in runs):
+            prepare_data(cfg, say)
+            prepared = True
+        failed += execute(cfg, runs, 1 if stage == "throughput" else cfg.jobs, say, deadline, finish_by)
+        if not all(is_finished(r.folder(out)) for r in runs):
+            say(f"stage {stage} is unfinished: re-run the same command to continue it")
+            break
+    write_report(out)
     return failed
 
 
