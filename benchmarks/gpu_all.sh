@@ -21,11 +21,14 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 # GPU tests: kernels at real sizes (fused solves, fallback walk, decode step, scans), the
 # PyTorch path on CUDA, CUDA-graph capture, LM kernels and decoding, the synthetic suite,
 # then the GPU tests of the CPU-heavy files. xdist workers compile Triton kernels in parallel.
+# -v names every test as it finishes, so a stage cut by its time limit still says which
+# tests failed (on 2026-12-02 a cut run showed two "F" and no names).
 workers=$(( $(nproc) > 12 ? 12 : $(nproc) ))
-timeout "${2:-300}" python3 -m pytest -q -n "$workers" -p no:cacheprovider -rfE \
+timeout "${2:-300}" python3 -m pytest -v -n "$workers" -p no:cacheprovider -rfE \
     tests/kernels tests/test_cuda.py tests/test_backends.py tests/lm/test_gpu.py \
     tests/lm/test_generation.py tests/synthetic/test_synthetic_gpu.py \
-    2>&1 | tee "$out/gpu_tests.log" | tail -25
+    > "$out/gpu_tests.log" 2>&1
+grep -E "FAILED|ERROR" "$out/gpu_tests.log" | tail -20; tail -3 "$out/gpu_tests.log"
 timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE -m gpu \
     tests/lm/test_quality.py tests/lm/test_cli.py tests/test_context_parallel.py \
     2>&1 | tee -a "$out/gpu_tests.log" | tail -10
