@@ -42,7 +42,8 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
         newton: :class:`NewtonConfig` for the parallel mode (default ``NewtonConfig()``).
         resets: optional bool ``(B, T)``; True where the state restarts from ``h0``.
         cu_seqlens: optional cumulative lengths ``(S + 1,)`` of sequences packed in
-            batch 1, as in flash-attention; each sequence starts from its own ``h0``.
+            batch 1, as in flash-attention; each sequence starts from its own ``h0``
+            (the fused kernels run packed sequences that start from zeros, ``h0=None``).
         backend: ``"auto"`` (Triton kernels on CUDA where they apply, else PyTorch),
             ``"torch"`` or ``"triton"`` (see :mod:`pararnn.solver.backends`).
 
@@ -56,7 +57,10 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
     dtype, sequences = check_inputs(cell, x, h0, resets, cu_seqlens)
     out_dtype = x.dtype
     n_init = x.shape[0] if sequences.ends is None else sequences.ends.numel()
-    fused = select_fused(cell, x, backend) if sequences.segment_ids is None else None
+    # packed documents (cu_seqlens) that all start from zeros are resets to the kernels;
+    # one initial state per document is not in their interface: generic path
+    packed_with_h0 = sequences.segment_ids is not None and h0 is not None
+    fused = None if packed_with_h0 else select_fused(cell, x, backend)
     auto = mode == "auto"
     if auto:
         mode = _auto_mode(cell, x, h0, fused)
@@ -69,7 +73,7 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             on_device = tol is not None and config.on_failure == "sequential"
             states, report = fused(
                 x, None if h0 is None else h0.to(dtype),
-                sequences.starts if sequences.has_resets else None,
+                None if sequences.starts_only_at_zero else sequences.starts,
                 rounds=config.boundary_rounds, sequential=mode == "sequential",
                 verify_tol=tol if on_device else None)
             info = SolveInfo(mode, "triton-fused", segments=report.segments,

@@ -37,11 +37,6 @@ class Sequences:
     segment_ids: Optional[torch.Tensor] = None  # (T,) long, only with cu_seqlens
     ends: Optional[torch.Tensor] = None  # (S,) long, last step of each sequence (cu_seqlens)
 
-    @property
-    def has_resets(self) -> bool:
-        """Whether steps after t = 0 may start a sequence from ``resets``."""
-        return self.resets is not None
-
     _starts: Optional[torch.Tensor] = None
 
     @property
