@@ -6,6 +6,7 @@
 # all into one file (the device tool returns at most 8 files).
 #
 #   benchmarks/gpu_all.sh OUTDIR [test-seconds] [bench-seconds] [decode-seconds]
+#   PEER_WHEEL=pararnn_torch-0.17.4-py3-none-any.whl benchmarks/gpu_all.sh OUTDIR   # + peers
 #
 # Language-model comparisons (`pararnn sweep`) and the state-tracking grid
 # (benchmarks/gpu_synthetic.sh) take longer and run on their own (RESULTS.md).
@@ -38,6 +39,18 @@ timeout 90 python3 benchmarks/gpu_overhead.py --out "$out" > "$out/gpu_overhead.
 timeout "${3:-200}" python3 benchmarks/gpu_fused.py --sections main,layers,narrow,baselines,sweep \
     --json "$out/gpu_fused.json" > "$out/gpu_fused.log" 2>&1
 tail -40 "$out/gpu_fused.log"
+
+# Peers in the same run, when a wheel is given: PEER_WHEEL=path/to/pararnn_torch-*.whl
+# (it installs a package also named pararnn, so it lives in its own folder and process).
+if [ -n "${PEER_WHEEL:-}" ]; then
+    python3 -m pip install --quiet --no-index --no-deps --target /tmp/pararnn_peer "$PEER_WHEEL"
+    timeout 120 python3 benchmarks/gpu_peers.py --impl ours --json "$out/peers_ours.json" \
+        > "$out/peers.log" 2>&1
+    PYTHONPATH=/tmp/pararnn_peer timeout 180 python3 benchmarks/gpu_peers.py --impl pararnn-torch \
+        --json "$out/peers_pararnn_torch.json" >> "$out/peers.log" 2>&1
+    python3 benchmarks/gpu_peers.py --table "$out/peers_ours.json" "$out/peers_pararnn_torch.json" \
+        | tee -a "$out/peers.log"
+fi
 
 timeout "${4:-240}" python3 -m pararnn bench-decode --models paragru,paralstm,transformer,mamba2 \
     --size small --batch-sizes 1,4,16,64,256 --contexts 512,8192,32768 --new-tokens 64 \
