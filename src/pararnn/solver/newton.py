@@ -202,6 +202,22 @@ def reject_double_backward() -> None:
         )
 
 
+def _save_solve(ctx, cell, sequences, x, h0, states, params) -> None:
+    """What the solve Functions' backwards need. The parameter names go with the tensors
+    that were the cell's parameters during forward: backward may run after a
+    functional_call swapped them back, so it calls the cell with these."""
+    ctx.cell, ctx.sequences = cell, sequences
+    ctx.param_names = [name for name, _ in cell.named_parameters()]
+    ctx.save_for_backward(x, h0, states, *params)
+
+
+def _saved_solve(ctx):
+    """``(cell, sequences, (x, h0, states, *params))`` saved by :func:`_save_solve`; a
+    double backward raises here."""
+    reject_double_backward()
+    return ctx.cell, ctx.sequences, ctx.saved_tensors
+
+
 class ParallelSolve(torch.autograd.Function):
     """Newton forward (:func:`newton_solve`), adjoint-scan backward (module doc)."""
 
@@ -209,18 +225,13 @@ class ParallelSolve(torch.autograd.Function):
     def forward(ctx, cell, sequences, config, linear_solver, backend, info_out, x, h0, *params):
         states, info = newton_solve(cell, x, h0, sequences, config, linear_solver, backend)
         info_out.append(info)
-        ctx.cell, ctx.sequences, ctx.linear_solver = cell, sequences, linear_solver
-        # The tensors that were the cell's parameters during forward: backward may run
-        # after a functional_call swapped them back, so it calls the cell with these.
-        ctx.param_names = [name for name, _ in cell.named_parameters()]
-        ctx.save_for_backward(x, h0, states, *params)
+        ctx.linear_solver = linear_solver
+        _save_solve(ctx, cell, sequences, x, h0, states, params)
         return states
 
     @staticmethod
     def backward(ctx, grad_states):
-        reject_double_backward()
-        x, h0, states, *params = ctx.saved_tensors
-        cell, sequences = ctx.cell, ctx.sequences
+        cell, sequences, (x, h0, states, *params) = _saved_solve(ctx)
         structure = cell.structure
         needs = ctx.needs_input_grad[6:]
         leaves = [t.detach().requires_grad_(need) for t, need in zip((x, h0, *params), needs)]
@@ -268,16 +279,12 @@ class LoopSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, sequences, x, h0, *params):
         states = sequential_solve(cell, x, h0, sequences)
-        ctx.cell, ctx.sequences = cell, sequences
-        ctx.param_names = [name for name, _ in cell.named_parameters()]  # see ParallelSolve
-        ctx.save_for_backward(x, h0, states, *params)
+        _save_solve(ctx, cell, sequences, x, h0, states, params)
         return states
 
     @staticmethod
     def backward(ctx, grad_states):
-        reject_double_backward()
-        x, h0, states, *params = ctx.saved_tensors
-        cell, sequences = ctx.cell, ctx.sequences
+        cell, sequences, (x, h0, states, *params) = _saved_solve(ctx)
         structure = cell.structure
         need_x, need_h0, *need_params = ctx.needs_input_grad[2:]
         params_in = [p.detach().requires_grad_(need) for p, need in zip(params, need_params)]
