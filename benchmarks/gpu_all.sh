@@ -22,10 +22,11 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 # GPU tests: kernels at real sizes (fused solves, fallback walk, decode step, scans), the
 # PyTorch path on CUDA, CUDA-graph capture, LM kernels and decoding, the synthetic suite,
 # then the GPU tests of the CPU-heavy files. xdist workers compile Triton kernels in parallel.
-# -v names every test as it finishes, so a stage cut by its time limit still says which
-# tests failed (on 2026-12-02 a cut run showed two "F" and no names).
+# -v names every test as it finishes, and the time limit interrupts pytest as Ctrl-C does
+# (it stops its xdist workers and prints the failures so far), so a stage cut short still
+# says which tests failed (on 2026-12-02 a cut run showed two "F" and no names).
 workers=$(( $(nproc) > 12 ? 12 : $(nproc) ))
-timeout "${2:-300}" python3 -m pytest -v -n "$workers" -p no:cacheprovider -rfE \
+timeout -s INT -k 30 "${2:-300}" python3 -m pytest -v -n "$workers" -p no:cacheprovider -rfE \
     tests/kernels tests/test_cuda.py tests/test_backends.py tests/lm/test_gpu.py \
     tests/lm/test_generation.py tests/synthetic/test_synthetic_gpu.py \
     > "$out/gpu_tests.log" 2>&1
