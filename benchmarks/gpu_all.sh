@@ -15,9 +15,7 @@ out=${1:?usage: benchmarks/gpu_all.sh OUTDIR [test-s] [bench-s] [decode-s]}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$out/device.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
-    | tee -a "$out/device.txt"
+benchmarks/device_info.sh "$out/device.txt"
 
 # GPU tests: kernels at real sizes (fused solves, fallback walk, decode step, scans), the
 # PyTorch path on CUDA, CUDA-graph capture, LM kernels and decoding, the synthetic suite,

@@ -18,9 +18,7 @@ budget=${2:-240}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$out/device.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
-    | tee -a "$out/device.txt"
+benchmarks/device_info.sh "$out/device.txt"
 
 sweep=(bench-decode --models paragru,transformer,paralstm,mamba2 --size small
        --batch-sizes 1,2,4,8,16,32,64,128,256 --contexts 512,8192,32768 --new-tokens 64)

@@ -44,8 +44,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export TRITON_CACHE_AUTOTUNING=1
 device=${DEVICE:-cuda}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$out/device.txt"
-python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/device.txt"
+benchmarks/device_info.sh "$out/device.txt"
 
 run_one() {  # task model lr: one training run, cut off if it overruns its share of the budget
     local name="$1_$2_lr$3"
