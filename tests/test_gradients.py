@@ -5,25 +5,18 @@ import torch
 
 import pararnn
 from cells_zoo import CONVERGED, all_cells
+from gradient_checks import assert_gradients_close, loss_gradients
 
 
-def gradients(cell, x, h0, mode, resets=None, cu_seqlens=None):
-    """d loss / d (x, h0, every parameter) with a loss touching all outputs and h_n."""
-    x = x.detach().requires_grad_()
-    h0 = h0.detach().requires_grad_()
+def gradients(cell, x, h0, mode, **kwargs):
     rnn = pararnn.RNN(cell, mode=mode, newton=pararnn.NewtonConfig(**CONVERGED))
-    out, h_n = rnn(x, h0, resets=resets, cu_seqlens=cu_seqlens)
-    weights = torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)
-    loss = (out.sin() * weights).sum() + (h_n**2).sum()
-    return torch.autograd.grad(loss, [x, h0, *cell.parameters()])
+    return loss_gradients(rnn, x, h0, **kwargs)[1]
 
 
 def assert_same_gradients(cell, x, h0, **kwargs):
-    ref = gradients(cell, x, h0, "sequential", **kwargs)
+    want = gradients(cell, x, h0, "sequential", **kwargs)  # autograd through the loop
     got = gradients(cell, x, h0, "parallel", **kwargs)
-    names = ["x", "h0", *(n for n, _ in cell.named_parameters())]
-    for name, a, b in zip(names, got, ref):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=f"gradient of {name}")
+    assert_gradients_close(cell, got, want, rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 7, 257])

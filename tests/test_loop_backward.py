@@ -8,6 +8,7 @@ import torch
 import pararnn
 from pararnn.solver import api, newton
 from cells_zoo import all_cells
+from gradient_checks import assert_gradients_close, loss_gradients
 
 
 @pytest.fixture
@@ -18,23 +19,17 @@ def loop_training(monkeypatch):
 
 
 def gradients(cell, x, h0, mode, **kwargs):
-    x = x.detach().requires_grad_()
-    h0 = h0.detach().requires_grad_()
     rnn = pararnn.RNN(cell, mode=mode)
-    out, h_n = rnn(x, h0, **kwargs)
+    out, grads = loss_gradients(rnn, x, h0, **kwargs)
     assert rnn.last_solve.mode == "sequential"
     assert (type(out.grad_fn).__name__ == "LoopSolveBackward") == (mode == "auto")
-    weights = torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)
-    loss = (out.sin() * weights).sum() + (h_n**2).sum()
-    return torch.autograd.grad(loss, [x, h0, *cell.parameters()])
+    return grads
 
 
 def assert_same_gradients(cell, x, h0, **kwargs):
     want = gradients(cell, x, h0, "sequential", **kwargs)  # autograd through the loop
     got = gradients(cell, x, h0, "auto", **kwargs)
-    names = ["x", "h0", *(n for n, _ in cell.named_parameters())]
-    for name, a, b in zip(names, got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
+    assert_gradients_close(cell, got, want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("steps", [1, 5, 7, 23])
