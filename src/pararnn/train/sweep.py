@@ -301,8 +301,8 @@ def plan(cfg: SweepConfig, stage: str) -> list[Run]:
     missing = [e.name for e in cfg.entries if e.name not in best]
     if missing:
         raise ValueError(f"stage {stage} needs the lr stage of {', '.join(missing)} finished first")
-    if stage == "seeds":
-        return [Run("seeds", e, best[e.name]["lr"], s, cfg.final_steps) for e in cfg.entries for s in cfg.seeds]
+    if stage == "seeds":  # seed-major: a sweep cut short has the first seed of every model
+        return [Run("seeds", e, best[e.name]["lr"], s, cfg.final_steps) for s in cfg.seeds for e in cfg.entries]
     return [Run("throughput", e, best[e.name]["lr"], 0, cfg.throughput_steps) for e in cfg.entries]
 
 
