@@ -411,7 +411,7 @@ class _ParaGRUSolve(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_states):
-        return _op_backward(ctx, grad_states, None) + (None,)
+        return _gradients(ctx, grad_states, through_op=False) + (None,)
 
 
 # The op as torch.compile sees it (torch.library): opaque to the compiler, so the layer
@@ -456,18 +456,25 @@ def _setup_backward(ctx, inputs, output):
     ctx.save_for_backward(pre, a, bias, initial_state, resets, output[0])
 
 
-def _op_backward(ctx, grad_states, _):
-    """The backward of both the registered op and the eager autograd Function."""
+def _gradients(ctx, grad_states, through_op: bool):
+    """The backward of both the registered op and the eager autograd Function. The
+    registered op's backward calls the backward op: torch.compile traces it with fake
+    tensors (AOTAutograd's joint graph), which a Triton launch cannot take; the eager
+    Function calls the kernels directly, without the dispatcher's host cost."""
     reject_double_backward("ParaGRU")
     pre, a, bias, h0, resets, states = ctx.saved_tensors
     grad_states = grad_states.contiguous()
-    if torch.compiler.is_compiling():
+    if through_op:
         grad_pre, grad_w, grad_h0 = _backward_op(pre, a, bias, h0, resets, states, grad_states)
     else:
         grad_pre, grad_w, grad_h0 = _backward_parts(pre, a, h0, resets, states, grad_states,
                                                     bias=bias)
     return (grad_pre, grad_w[:3], None if bias is None else grad_w[3:],
             None if h0 is None else grad_h0.to(h0.dtype), None, None, None, None)
+
+
+def _op_backward(ctx, grad_states, _flags):
+    return _gradients(ctx, grad_states, through_op=True)
 
 
 _forward_op.register_autograd(_op_backward, setup_context=_setup_backward)
