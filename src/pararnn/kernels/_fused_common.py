@@ -63,11 +63,6 @@ def optional_flags(bias, h0, resets) -> dict:
     return {"HAS_BIAS": bias is not None, "HAS_H0": h0 is not None, "HAS_RST": resets is not None}
 
 
-def needs_grad(*tensors) -> bool:
-    """Whether autograd must record the op: grad mode is on and an input requires grad."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def reject_double_backward(op: str) -> None:
     """Raise if a fused backward is being differentiated (``create_graph=True``)."""
     if torch.is_grad_enabled():

@@ -16,6 +16,8 @@ import math
 import torch
 from torch import nn
 
+from .._grad import needs_grad
+
 
 def kaiming_uniform_(weight: torch.Tensor) -> torch.Tensor:
     """Uniform init with variance ``1 / fan_in``, the fan-in being the last dimension (the
@@ -78,7 +80,7 @@ class MultiHeadProjection(nn.Module):
             heads = weight.shape[0]
             out = torch.einsum("...hd,hgnd->...ghn", x.unflatten(-1, (heads, -1)), weight)
             return out.flatten(-3)
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        if needs_grad(x, weight):
             return _GateMajorHeadsMatmul.apply(x, weight)
         return _gate_major_heads_matmul(x, weight)  # no autograd Function's host cost
 

@@ -6,6 +6,7 @@ import contextlib
 
 import torch
 
+from .._grad import needs_grad
 from .backends import select_fused, select_scan
 from .config import NewtonConfig, SolveInfo
 from .inputs import check_inputs, check_options
@@ -137,10 +138,7 @@ def _auto_mode(cell, x, h0, fused) -> str:
 
 
 def _needs_grad(cell, x, h0) -> bool:
-    if not torch.is_grad_enabled():
-        return False
-    return (x.requires_grad or (h0 is not None and h0.requires_grad)
-            or any(p.requires_grad for p in cell.parameters()))
+    return needs_grad(x, h0, *cell.parameters())
 
 
 def _check_solution(cell, x, h0, sequences, config: NewtonConfig, tol: float, states,
