@@ -49,11 +49,12 @@ from .metrics import read_metrics
 
 STAGES = ("lr", "seeds", "throughput")
 
-# tokens/s of each model alone on one H200 at --size small, batch 32 x 512, bf16: the
-# Transformer and the older ParaGRU block (471k) measured; the tuned ParaRNN blocks (2x
-# state) and Mamba2 estimated from 8 runs that shared the GPU (RESULTS.md section 1). Used
-# to predict run times for `finish_within` and the driver's plan, nothing else.
-EXPECTED_TOKENS_PER_S = {"transformer": 712e3, "mamba2": 470e3, "paragru": 380e3, "paralstm": 380e3}
+# tokens/s of each model on one H200 at --size small, batch 32 x 512, bf16, eager, the default
+# blocks, alone (benchmarks/gpu_lm_speed.py on 2026-12-02: results/gpu_h200_2026-12-02c/speed/),
+# except Mamba2: alone 229k, but launch-bound, it kept ~220k while sharing the GPU with two
+# other runs, so as a share of the device it counts as about twice that. Used to predict run
+# times for `finish_within` and the driver's plan, nothing else.
+EXPECTED_TOKENS_PER_S = {"transformer": 640e3, "mamba2": 450e3, "paragru": 407e3, "paralstm": 427e3}
 STARTUP_S = 45  # per run: start-up, corpus loading, first-step compilation and autotuning
 CKPT_EVERY = 500  # steps between a run's periodic checkpoints
 
