@@ -25,7 +25,7 @@ def mixer_factory(model: str):
 
 
 def build_model(cfg: ModelConfig) -> LanguageModel:
-    return LanguageModel(cfg, mixer_factory(cfg.model))
+    return LanguageModel(cfg, mixer_factory)
 
 
 __all__ = ["MODELS", "SIZES", "LanguageModel", "ModelConfig", "build_model", "mixer_factory",

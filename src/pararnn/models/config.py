@@ -9,9 +9,14 @@ an output head tied to the embedding. Only the *mixer* differs between models:
 * ``transformer``: causal multi-head attention with RoPE (``transformer.py``);
 * ``mamba2``: the Mamba2 SSD mixer (``mamba2.py``).
 
-Mixers have different sizes, so unless ``mlp_hidden`` is given, each model's SwiGLU width
-is chosen to give every model the parameter count of the Transformer of the same
-``d_model`` and ``n_layers`` (attention ``4 d^2`` + SwiGLU of width ``8/3 d``).
+A *hybrid* ParaRNN model (``attn_every=k``) makes every k-th block a Transformer block, as
+Griffin, Jamba and Samba mix a few attention layers among recurrent ones: attention
+copies exact strings from far back, which a fixed-size recurrent state cannot.
+
+Mixers have different sizes, so unless ``mlp_hidden`` is given, each block's SwiGLU width
+is chosen to give it the parameter count of the Transformer block of the same
+``d_model`` (attention ``4 d^2`` + SwiGLU of width ``8/3 d``), so that every model has
+the Transformer's parameter count.
 """
 
 from __future__ import annotations
@@ -83,6 +88,9 @@ class ModelConfig:
     mamba_ngroups: int = 1
     mamba_conv: int = 4
     mamba_chunk: int = 64
+    # hybrid (paragru / paralstm only): every attn_every-th block is a Transformer block
+    # (the last of each group of attn_every, Griffin's R, R, A pattern); 0: none
+    attn_every: int = 0
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -136,10 +144,26 @@ class ModelConfig:
             raise ValueError(f"init_std must be a positive number, got {self.init_std!r}")
         if not self.rnn_forget_bias >= 0:
             raise ValueError(f"rnn_forget_bias must be >= 0, got {self.rnn_forget_bias!r}")
+        if isinstance(self.attn_every, bool) or not isinstance(self.attn_every, int) or self.attn_every < 0:
+            raise ValueError(f"attn_every must be 0 (no attention blocks) or a positive integer, "
+                             f"got {self.attn_every!r}")
+        if self.attn_every and not self.is_rnn:
+            raise ValueError(f"attn_every mixes attention blocks into a paragru or paralstm model; "
+                             f"the {self.model} model takes attn_every=0 only")
+        if self.attn_every > self.n_layers:
+            raise ValueError(f"attn_every={self.attn_every} exceeds n_layers={self.n_layers}: "
+                             "no block would be an attention block")
 
     @property
     def is_rnn(self) -> bool:
         return self.model in ("paragru", "paralstm")
+
+    @property
+    def block_models(self) -> list[str]:
+        """The mixer of each block, as a model name: ``model``, except blocks
+        ``k-1, 2k-1, ...`` of a hybrid (``attn_every=k``), which are ``"transformer"``."""
+        k = self.attn_every
+        return ["transformer" if k and (i + 1) % k == 0 else self.model for i in range(self.n_layers)]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

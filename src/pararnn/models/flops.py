@@ -5,9 +5,10 @@ FLOPs per token = 3 x forward (the backward costs two forwards). Forward FLOPs p
 
 * every matrix product: 2 x its weight count (all ``nn.Linear`` and multi-head projection
   weights, plus the output head tied to the embedding: 2 x vocab x d_model);
-* attention, per layer: ``QK^T`` and ``AV`` over the causal prefix, on average
+* attention, per attention layer (every layer of the Transformer, every ``attn_every``-th
+  of a hybrid): ``QK^T`` and ``AV`` over the causal prefix, on average
   ``(T + 1) / 2`` keys per query: ``2 x 2 x d_model x (T + 1) / 2``;
-* ParaGRU / ParaLSTM recurrence, per layer and hidden unit: one sequential cell step
+* ParaGRU / ParaLSTM recurrence, per recurrent layer and hidden unit: one sequential cell step
   (:data:`CELL_STEP_FLOPS`, counting each add, multiply and activation as one FLOP).
   Model FLOPs, not what the Newton solver spends: its extra iterations are overhead;
 * Mamba2, per layer: the recurrent form of the SSD, ``state = decay * state + x B^T``
@@ -39,14 +40,14 @@ def forward_flops_per_token(model: nn.Module, seq_len: int) -> float:
     """Forward FLOPs per token of a :class:`~pararnn.models.LanguageModel` (see module doc)."""
     cfg = model.cfg
     flops = 2.0 * (matmul_weights(model) + cfg.vocab_size * cfg.d_model)
-    for block in model.blocks:
+    for kind, block in zip(cfg.block_models, model.blocks):  # a hybrid mixes two kinds
         mixer = block.mixer
-        if cfg.model == "transformer":
+        if kind == "transformer":
             flops += 2.0 * cfg.d_model * (seq_len + 1)
-        elif cfg.model == "mamba2":
+        elif kind == "mamba2":
             flops += 5.0 * mixer.d_inner * mixer.d_state
         else:
-            flops += CELL_STEP_FLOPS[cfg.model] * cfg.rnn_hidden
+            flops += CELL_STEP_FLOPS[kind] * cfg.rnn_hidden
         conv = getattr(mixer, "conv", None)
         if conv is not None:
             flops += 2.0 * conv.weight.numel()

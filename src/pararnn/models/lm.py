@@ -1,7 +1,8 @@
 """The shared language-model skeleton: norms, SwiGLU, residual blocks and the LM itself.
 
-A *mixer* is the sequence-mixing module of a block (ParaRNN, attention or Mamba2). Each
-mixer implements ``forward(x, cache=None) -> y`` with ``x`` of shape ``(B, T, d_model)``:
+A *mixer* is the sequence-mixing module of a block (ParaRNN, attention or Mamba2; a
+hybrid model has ParaRNN and attention blocks). Each mixer implements
+``forward(x, cache=None) -> y`` with ``x`` of shape ``(B, T, d_model)``:
 
 * ``cache=None``: training / scoring: the whole sequence at once, from an empty state;
 * ``cache`` a dict from :meth:`LanguageModel.new_caches`: continue from the state the
@@ -111,13 +112,13 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, mixer: nn.Module) -> None:
+    def __init__(self, cfg: ModelConfig, mixer: nn.Module, mlp_hidden: int) -> None:
         super().__init__()
         self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mixer = mixer
-        has_mlp = cfg.mlp_hidden > 0  # mlp_hidden=0: a mixer-only block
+        has_mlp = mlp_hidden > 0  # mlp_hidden=0: a mixer-only block
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps) if has_mlp else None
-        self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden) if has_mlp else None
+        self.mlp = SwiGLU(cfg.d_model, mlp_hidden) if has_mlp else None
         self.scale1 = nn.Parameter(torch.ones(cfg.d_model)) if cfg.residual_scale else None
         self.scale2 = nn.Parameter(torch.ones(cfg.d_model)) if cfg.residual_scale and has_mlp else None
 
@@ -145,17 +146,28 @@ class LanguageModel(nn.Module):
     """Embedding -> ``n_layers`` x :class:`Block` -> RMSNorm -> output head (tied to the
     embedding unless ``cfg.tied_head`` is False).
 
-    ``make_mixer(cfg)`` builds one mixer; use :func:`pararnn.models.build_model`.
+    ``mixer_class(name)`` is the mixer class of a model name, built as ``mixer_class(name)(cfg)``
+    for each block of ``cfg.block_models``; use :func:`pararnn.models.build_model`.
+
+    Unless ``cfg.mlp_hidden`` is given, each block's SwiGLU width is matched to its mixer
+    (:func:`matched_mlp_hidden`). A model of one kind of block records that width in
+    ``self.cfg.mlp_hidden``; a hybrid has two and keeps ``mlp_hidden=None``: both follow
+    from the config again when a checkpoint is loaded.
     """
 
-    def __init__(self, cfg: ModelConfig, make_mixer) -> None:
+    def __init__(self, cfg: ModelConfig, mixer_class) -> None:
         super().__init__()
-        if cfg.mlp_hidden is None:  # resolved on a copy: the caller's config stays as it was
+        mixers = {name: mixer_class(name) for name in cfg.block_models}
+        if cfg.mlp_hidden is None:
             with torch.device("meta"):
-                cfg = dataclasses.replace(cfg, mlp_hidden=matched_mlp_hidden(cfg, count_params(make_mixer(cfg))))
+                widths = {name: matched_mlp_hidden(cfg, count_params(make(cfg))) for name, make in mixers.items()}
+            if len(widths) == 1:  # resolved on a copy: the caller's config stays as it was
+                cfg = dataclasses.replace(cfg, mlp_hidden=widths[cfg.block_models[0]])
+        else:
+            widths = dict.fromkeys(mixers, cfg.mlp_hidden)
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg, make_mixer(cfg)) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, mixers[name](cfg), widths[name]) for name in cfg.block_models)
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.head = None if cfg.tied_head else nn.Linear(cfg.d_model, cfg.output_size, bias=False)
         self.reset_parameters()
