@@ -99,6 +99,8 @@ def test_clear_errors():
         context_parallel_solve(layer.cell, torch.randn(1, 3, 15))
     with pytest.raises(ValueError, match="paragru and paralstm models only"):
         enable_context_parallel(build_model(preset("transformer", "nano", vocab_size=64)))
+    with pytest.raises(ValueError, match="without attention blocks"):  # a hybrid
+        enable_context_parallel(build_model(preset("paragru", "nano", vocab_size=64, attn_every=2)))
 
 
 def test_train_with_context_parallel_matches_one_process(tmp_path):

@@ -138,8 +138,9 @@ def enable_context_parallel(model: nn.Module, group: dist.ProcessGroup | None = 
     for block in blocks:
         if not isinstance(block.mixer, ParaRNNMixer):
             raise ValueError(
-                f"context parallelism supports the paragru and paralstm models only; this model's "
-                f"mixer is {type(block.mixer).__name__} (attention and Mamba2 are not split along time)")
+                f"context parallelism supports the paragru and paralstm models only, without "
+                f"attention blocks (attn_every); this model has a {type(block.mixer).__name__} "
+                f"mixer (attention and Mamba2 are not split along time)")
     for block in blocks:
         mixer = block.mixer
         mixer.rnn.forward = functools.partial(_rnn_chunk_forward, mixer.rnn, group, boundary_tol)
