@@ -10,8 +10,9 @@ Both variants run the same model (``--size small``, the tuned block, bf16) throu
 and batch: the step time (median of ``--repeats`` timings of ``--new-tokens`` steps) and
 the kernels one compiled step launches (torch.profiler, the step run outside the graph:
 the graph replays the same kernels); per model the largest logit difference between the
-variants after the same prompt and tokens (batch 1). Batch 1 of both models runs first,
-and the JSON is rewritten after every row, so a run cut short keeps what finished.
+variants after the same prompt and tokens (batch 1); last, one ParaGRU layer's kernels
+alone per call, to pick the launch plan. Batch 1 of both models runs first, and the JSON
+is rewritten after every row, so a run cut short keeps what finished.
 Writes OUTDIR/decode_fused.json and OUTDIR/decode_fused.log.
 """
 
@@ -33,6 +34,7 @@ from pararnn.models import build_model, preset, rnn_mixer
 # value: rnn_mixer.FUSED_PROJECTION_MAX_BATCH while the variant compiles and runs
 VARIANTS = {"projected kernel": 1 << 30, "projection + step kernel": 0}
 MODELS = ("paragru", "paralstm")
+DEVICE = "cuda"
 
 
 class Log:
@@ -54,6 +56,36 @@ def step_kernels(generator: Generator) -> list[str]:
         torch.cuda.synchronize()
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     return [e.name for e in sorted(events, key=lambda e: e.time_range.start)]
+
+
+def kernel_sweep(model, batches: list[int], log, result: dict, save) -> None:
+    """One ParaGRU layer of ``model`` alone, per call in a CUDA graph: the projected kernel
+    at several launch targets (``decode_step._TARGET_PROGRAMS``: programs per launch, which
+    sets the channel block) against the eager projection followed by the fused cell step."""
+    from pararnn.kernels import decode_step
+
+    layer = model.blocks[0].mixer.rnn
+    weight = layer.projection.weight.detach().to(torch.bfloat16)
+    heads, _, head_out, head_in = weight.shape
+    default = decode_step._TARGET_PROGRAMS
+    for batch in batches:
+        u = torch.randn(batch, heads * head_in, device=DEVICE, dtype=torch.bfloat16)
+        h = torch.zeros(batch, heads * head_out, device=DEVICE)
+        row = {"batch": batch, "projected_us": {}}
+        for target in (64, 128, 256, 512, 1024):
+            decode_step._TARGET_PROGRAMS = target
+            row["projected_us"][target] = 1e3 * triton.testing.do_bench_cudagraph(
+                lambda: decode_step.gru_projected_step(u, weight, None, layer.cell, h, out=h))
+        decode_step._TARGET_PROGRAMS = default
+        with torch.no_grad():
+            layer.projection.weight.data = weight  # the decode copy's bf16 weights
+            row["projection_then_step_us"] = 1e3 * triton.testing.do_bench_cudagraph(
+                lambda: decode_step.gru_step(layer.projection(u).contiguous(), layer.cell, h, out=h))
+        result["kernel_sweep"].append(row)
+        save()
+        log(f"one layer, batch {batch:>3}: projected kernel (us by target programs) "
+            + "  ".join(f"{t}: {us:.2f}" for t, us in row["projected_us"].items())
+            + f"; eager projection + step kernel {row['projection_then_step_us']:.2f} us")
 
 
 def decode_logits(generator: Generator, prompt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -78,7 +110,7 @@ def main() -> None:
     result = {"benchmark": "gpu_decode_fused", "device_name": torch.cuda.get_device_name(),
               "torch": torch.__version__, "triton": triton.__version__, "size": args.size,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "rows": [], "checks": []}
+              "rows": [], "checks": [], "kernel_sweep": []}
 
     def save() -> None:
         (out / "decode_fused.json").write_text(json.dumps(result, indent=1))
@@ -87,14 +119,14 @@ def main() -> None:
     models, generators = {}, {}
     for name in MODELS:
         torch.manual_seed(0)
-        models[name] = build_model(preset(name, args.size, block="tuned")).cuda().eval()
+        models[name] = build_model(preset(name, args.size, block="tuned")).to(DEVICE).eval()
         for variant in VARIANTS:
             generators[name, variant] = Generator(models[name], dtype=torch.bfloat16)
 
     # the same prompt and tokens through both variants (batch 1; compiles the batch-1 step)
     for name, model in models.items():
-        prompt = torch.randint(0, model.cfg.vocab_size, (1, 64), device="cuda")
-        tokens = torch.randint(0, model.cfg.vocab_size, (16, 1), device="cuda")
+        prompt = torch.randint(0, model.cfg.vocab_size, (1, 64), device=DEVICE)
+        tokens = torch.randint(0, model.cfg.vocab_size, (16, 1), device=DEVICE)
         logits = {}
         for variant, max_batch in VARIANTS.items():
             rnn_mixer.FUSED_PROJECTION_MAX_BATCH = max_batch
@@ -109,7 +141,8 @@ def main() -> None:
             f"(largest logit {check['max_abs_logit']:.2f}), same greedy tokens: {check['same_greedy_tokens']}")
         save()
 
-    for batch in (int(b) for b in args.batch_sizes.split(",")):
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    for batch in batches:
         for name in MODELS:
             for variant, max_batch in VARIANTS.items():
                 rnn_mixer.FUSED_PROJECTION_MAX_BATCH = max_batch
@@ -134,6 +167,8 @@ def main() -> None:
             fused, unfused = (r["step_ms"] for r in result["rows"][-2:])
             log(f"{name:<9} batch {batch:>3}: projected kernel {unfused / fused:.3f}x")
     rnn_mixer.FUSED_PROJECTION_MAX_BATCH = 16
+    kernel_sweep(build_model(preset("paragru", args.size, block="tuned")).to(DEVICE).eval(), batches,
+                 log, result, save)
 
     log(f"\nkernels of one batch-1 step by name, counts: {' | '.join(VARIANTS)}")
     for name in MODELS:
