@@ -97,6 +97,21 @@ def test_projected_step_equals_projection_then_step(kind, heads, proj_bias, batc
 
 
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
+@pytest.mark.parametrize("batch", [3, 5])
+def test_projected_step_with_several_rows_per_program(kind, batch, monkeypatch):
+    """A launch plan whose programs take several batch rows (the last block partly empty)."""
+    monkeypatch.setattr(decode_step, "_TARGET_PROGRAMS", 4)
+    inputs, n = SHAPES[2]
+    grid, _, _, rows = decode_step._projected_launch(batch, 2, n // 2, inputs // 2)
+    assert rows > 1 and grid[2] * rows > batch
+    layer = _layer(kind, 2, proj_bias=True)
+    u = torch.randn(batch, inputs, device=DEVICE)
+    states = _states(kind, batch, n)
+    for g, e in zip(_projected(kind, layer, u, states), _reference64(kind, layer, u, states)):
+        torch.testing.assert_close(g.double(), e, atol=2e-6, rtol=2e-6)
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
 def test_projected_step_in_place(kind):
     """Writing the new state over the old one gives what a fresh output holds."""
     layer = _layer(kind, 2, proj_bias=True)

@@ -157,29 +157,39 @@ def _project(U, W, PBIAS, row, head, offs, mask, N, head_out, head_in,
 
 
 @triton.jit
-def _gru_projected_kernel(U, W, PBIAS, AW, BIAS, H, N, head_out, head_in, clip,
+def _gru_projected_kernel(U, W, PBIAS, AW, BIAS, H, batch, N, head_out, head_in, clip,
                           HAS_PBIAS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_CLIP: tl.constexpr,
-                          BN: tl.constexpr, BK: tl.constexpr):
-    row = tl.program_id(2).to(tl.int64)
+                          BN: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr):
     head = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0) * BN + tl.arange(0, BN)
     mask = offs < head_out
-    uz, ur, uh = _project(U, W, PBIAS, row, head, offs, mask, N, head_out, head_in, HAS_PBIAS, BN, BK)
-    _gru_update(AW, BIAS, H, row, head * head_out + offs, mask, N, clip, uz, ur, uh,
-                HAS_BIAS, HAS_CLIP)
+    # BB rows per program: the weight block is reread from L1 for every row after the
+    # first; a row past the batch (in the last block) reads the last row and stores nothing
+    for i in range(BB):
+        row = tl.program_id(2).to(tl.int64) * BB + i
+        valid = mask & (tl.zeros_like(offs) + row < batch)  # a vector: the interpreter needs one
+        uz, ur, uh = _project(U, W, PBIAS, tl.minimum(row, batch - 1), head, offs, mask, N,
+                              head_out, head_in, HAS_PBIAS, BN, BK)
+        _gru_update(AW, BIAS, H, row, head * head_out + offs, valid, N, clip, uz, ur, uh,
+                    HAS_BIAS, HAS_CLIP)
 
 
 @triton.jit
-def _lstm_projected_kernel(U, W, PBIAS, AW, PEEP, BIAS, H, C, N, head_out, head_in, clip,
+def _lstm_projected_kernel(U, W, PBIAS, AW, PEEP, BIAS, H, C, batch, N, head_out, head_in, clip,
                            HAS_PBIAS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_CLIP: tl.constexpr,
-                           BN: tl.constexpr, BK: tl.constexpr):
-    row = tl.program_id(2).to(tl.int64)
+                           BN: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr):
     head = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0) * BN + tl.arange(0, BN)
     mask = offs < head_out
-    uf, uc, uo = _project(U, W, PBIAS, row, head, offs, mask, N, head_out, head_in, HAS_PBIAS, BN, BK)
-    _lstm_update(AW, PEEP, BIAS, H, C, row, head * head_out + offs, mask, N, clip, uf, uc, uo,
-                 HAS_BIAS, HAS_CLIP)
+    # BB rows per program: the weight block is reread from L1 for every row after the
+    # first; a row past the batch (in the last block) reads the last row and stores nothing
+    for i in range(BB):
+        row = tl.program_id(2).to(tl.int64) * BB + i
+        valid = mask & (tl.zeros_like(offs) + row < batch)  # a vector: the interpreter needs one
+        uf, uc, uo = _project(U, W, PBIAS, tl.minimum(row, batch - 1), head, offs, mask, N,
+                              head_out, head_in, HAS_PBIAS, BN, BK)
+        _lstm_update(AW, PEEP, BIAS, H, C, row, head * head_out + offs, valid, N, clip,
+                     uf, uc, uo, HAS_BIAS, HAS_CLIP)
 
 
 @triton.jit
@@ -227,22 +237,32 @@ def _lstm_step_(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor, bias
         HAS_BIAS=bias is not None, HAS_CLIP=clip is not None, BN=block)
 
 
-# The projected steps: one program per (block of a head's output channels, head, batch row).
-# At batch 1 the product is a matrix-vector product, bound by reading the weights, so the
-# blocks are made small enough to give every SM of a large GPU programs to run (a few
-# hundred programs); each reads whole contiguous weight rows. Every batch row rereads the
-# weights (from L2): past a small batch cuBLAS's GEMM, which reads them once, wins.
+# The projected steps: one program per (block of a head's output channels, head, block of
+# batch rows). At batch 1 the product is a matrix-vector product, bound by reading the
+# weights, so the blocks are made small enough to give every SM of a large GPU programs to
+# run (a few hundred programs); each reads whole contiguous weight rows. Every block of rows
+# rereads the weights (from L2), so once the channel blocks have grown to their largest
+# tile a program takes several rows (rereading its weights from L1): past a small batch
+# cuBLAS's GEMM, which reads them once into tensor cores, still wins.
 _TARGET_PROGRAMS = 256
 _MAX_TILE = 4096  # BN x BK float32 products per gate accumulated in registers
+_MAX_ROWS = 16
 
 
-def _projected_launch(batch: int, heads: int, head_out: int, head_in: int) -> tuple[tuple[int, int, int], int, int]:
+def _projected_launch(batch: int, heads: int, head_out: int,
+                      head_in: int) -> tuple[tuple[int, int, int], int, int, int]:
+    """``(grid, BN, BK, BB)``: plain integer arithmetic (no ``triton.cdiv``: a jit
+    function, slow to call on the host)."""
     block_k = min(256, triton.next_power_of_2(head_in))
     block_n = 4
-    while (block_n < 64 and block_n * block_k < _MAX_TILE and block_n < head_out
+    while (block_n < 64 and 2 * block_n * block_k <= _MAX_TILE and block_n < head_out
            and batch * heads * -(-head_out // (2 * block_n)) >= _TARGET_PROGRAMS):
         block_n *= 2
-    return (-(-head_out // block_n), heads, batch), block_n, block_k
+    channel_blocks = -(-head_out // block_n)
+    rows = 1
+    while rows < _MAX_ROWS and -(-batch // (2 * rows)) * heads * channel_blocks >= _TARGET_PROGRAMS:
+        rows *= 2
+    return (channel_blocks, heads, -(-batch // rows)), block_n, block_k, rows
 
 
 @triton_op("pararnn::gru_projected_decode_step_", mutates_args={"h"})
@@ -250,12 +270,12 @@ def _gru_projected_step_(u: torch.Tensor, weight: torch.Tensor, proj_bias: torch
                          a: torch.Tensor, bias: torch.Tensor | None, h: torch.Tensor,
                          clip: float | None) -> None:
     heads, _, head_out, head_in = weight.shape
-    grid, block_n, block_k = _projected_launch(h.shape[0], heads, head_out, head_in)
+    grid, block_n, block_k, rows = _projected_launch(h.shape[0], heads, head_out, head_in)
     wrap_triton(_gru_projected_kernel)[grid](
         u, weight, a if proj_bias is None else proj_bias, a, a if bias is None else bias, h,
-        h.shape[1], head_out, head_in, 0.0 if clip is None else clip,
+        h.shape[0], h.shape[1], head_out, head_in, 0.0 if clip is None else clip,
         HAS_PBIAS=proj_bias is not None, HAS_BIAS=bias is not None, HAS_CLIP=clip is not None,
-        BN=block_n, BK=block_k)
+        BN=block_n, BK=block_k, BB=rows)
 
 
 @triton_op("pararnn::lstm_projected_decode_step_", mutates_args={"h", "c"})
@@ -263,12 +283,12 @@ def _lstm_projected_step_(u: torch.Tensor, weight: torch.Tensor, proj_bias: torc
                           a: torch.Tensor, peephole: torch.Tensor, bias: torch.Tensor | None,
                           h: torch.Tensor, c: torch.Tensor, clip: float | None) -> None:
     heads, _, head_out, head_in = weight.shape
-    grid, block_n, block_k = _projected_launch(h.shape[0], heads, head_out, head_in)
+    grid, block_n, block_k, rows = _projected_launch(h.shape[0], heads, head_out, head_in)
     wrap_triton(_lstm_projected_kernel)[grid](
         u, weight, a if proj_bias is None else proj_bias, a, peephole, a if bias is None else bias,
-        h, c, h.shape[1], head_out, head_in, 0.0 if clip is None else clip,
+        h, c, h.shape[0], h.shape[1], head_out, head_in, 0.0 if clip is None else clip,
         HAS_PBIAS=proj_bias is not None, HAS_BIAS=bias is not None, HAS_CLIP=clip is not None,
-        BN=block_n, BK=block_k)
+        BN=block_n, BK=block_k, BB=rows)
 
 
 @triton_op("pararnn::conv_decode_step_", mutates_args={"window"})
