@@ -10,9 +10,9 @@ Both variants run the same model (``--size small``, the tuned block, bf16) throu
 and batch: the step time (median of ``--repeats`` timings of ``--new-tokens`` steps) and
 the kernels one compiled step launches (torch.profiler, the step run outside the graph:
 the graph replays the same kernels); per model the largest logit difference between the
-variants after the same prompt and tokens (batch 1); last, one ParaGRU layer's kernels
-alone per call, to pick the launch plan. Batch 1 of both models runs first, and the JSON
-is rewritten after every row, so a run cut short keeps what finished.
+variants after the same prompt and tokens (batch 1); one ParaGRU layer's kernels alone
+per call, to pick the launch plan. Batch 1 of both models and the one-layer sweep run
+first, and the JSON is rewritten after every row, so a run cut short keeps what finished.
 Writes OUTDIR/decode_fused.json and OUTDIR/decode_fused.log.
 """
 
@@ -115,6 +115,10 @@ def main() -> None:
     def save() -> None:
         (out / "decode_fused.json").write_text(json.dumps(result, indent=1))
 
+    # each batch size compiled for its static shape, as a Generator's first shape is (a
+    # compilation with a dynamic batch takes longer)
+    torch._dynamo.config.automatic_dynamic_shapes = False
+    default_max_batch = rnn_mixer.FUSED_PROJECTION_MAX_BATCH
     started = time.perf_counter()
     models, generators = {}, {}
     for name in MODELS:
@@ -132,6 +136,7 @@ def main() -> None:
             rnn_mixer.FUSED_PROJECTION_MAX_BATCH = max_batch
             logits[variant] = decode_logits(generators[name, variant], prompt, tokens)
             generators[name, variant].release()
+        rnn_mixer.FUSED_PROJECTION_MAX_BATCH = default_max_batch
         a, b = logits.values()
         check = {"model": name, "max_abs_logit_diff": (a - b).abs().max().item(),
                  "max_abs_logit": b.abs().max().item(),
@@ -141,8 +146,7 @@ def main() -> None:
             f"(largest logit {check['max_abs_logit']:.2f}), same greedy tokens: {check['same_greedy_tokens']}")
         save()
 
-    batches = [int(b) for b in args.batch_sizes.split(",")]
-    for batch in batches:
+    def measure(batch: int) -> None:
         for name in MODELS:
             for variant, max_batch in VARIANTS.items():
                 rnn_mixer.FUSED_PROJECTION_MAX_BATCH = max_batch
@@ -166,17 +170,26 @@ def main() -> None:
                     f"[{time.perf_counter() - started:.0f} s]")
             fused, unfused = (r["step_ms"] for r in result["rows"][-2:])
             log(f"{name:<9} batch {batch:>3}: projected kernel {unfused / fused:.3f}x")
-    rnn_mixer.FUSED_PROJECTION_MAX_BATCH = 16
+        rnn_mixer.FUSED_PROJECTION_MAX_BATCH = default_max_batch
+
+    def kernel_table(batch: int) -> None:
+        log(f"kernels of one batch-{batch} step by name, counts: {' | '.join(VARIANTS)}")
+        for name in MODELS:
+            counts = {r["variant"]: r["kernel_counts"] for r in result["rows"]
+                      if r["model"] == name and r["batch"] == batch}
+            for kernel in sorted(set().union(*counts.values())):
+                per_variant = "  ".join(f"{counts[v].get(kernel, 0):>3}" for v in VARIANTS)
+                log(f"  {name:<9} {per_variant}  {kernel[:120]}")
+
+    # the first batch size, its kernels and the one-layer sweep first: the larger batches
+    # cost a compilation each and are the first thing a time limit cuts
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    measure(batches[0])
+    kernel_table(batches[0])
     kernel_sweep(build_model(preset("paragru", args.size, block="tuned")).to(DEVICE).eval(), batches,
                  log, result, save)
-
-    log(f"\nkernels of one batch-1 step by name, counts: {' | '.join(VARIANTS)}")
-    for name in MODELS:
-        counts = {r["variant"]: r["kernel_counts"] for r in result["rows"]
-                  if r["model"] == name and r["batch"] == 1}
-        for kernel in sorted(set().union(*counts.values())):
-            per_variant = "  ".join(f"{counts[v].get(kernel, 0):>3}" for v in VARIANTS)
-            log(f"  {name:<9} {per_variant}  {kernel[:120]}")
+    for batch in batches[1:]:
+        measure(batch)
     save()
 
 
