@@ -96,6 +96,21 @@ def test_projected_step_equals_projection_then_step(kind, heads, proj_bias, batc
         torch.testing.assert_close(g, e, atol=unfused_tol, rtol=unfused_tol)
 
 
+@pytest.mark.parametrize("batch", [1, 2, 4, 16, 64, 1000])
+def test_launch_plan_covers_the_problem(batch):
+    """At the small model's shape (4 heads of 256 -> 3 x 256): every (row, channel) has a
+    program, no block of rows is wholly empty, there are programs for every SM, and batch
+    1 gets one row per program."""
+    heads, head_out, head_in = 4, 256, 256
+    (channel_blocks, grid_heads, row_blocks), block_n, block_k, rows = decode_step._projected_launch(
+        batch, heads, head_out, head_in)
+    assert grid_heads == heads and channel_blocks * block_n >= head_out and block_k == 256
+    assert row_blocks * rows >= batch > (row_blocks - 1) * rows
+    assert channel_blocks * heads * row_blocks >= decode_step._TARGET_PROGRAMS
+    if batch == 1:
+        assert rows == 1 and block_n == 4
+
+
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
 @pytest.mark.parametrize("batch", [3, 5])
 def test_projected_step_with_several_rows_per_program(kind, batch, monkeypatch):

@@ -251,16 +251,17 @@ _MAX_ROWS = 16
 
 def _projected_launch(batch: int, heads: int, head_out: int,
                       head_in: int) -> tuple[tuple[int, int, int], int, int, int]:
-    """``(grid, BN, BK, BB)``: plain integer arithmetic (no ``triton.cdiv``: a jit
-    function, slow to call on the host)."""
-    block_k = min(256, triton.next_power_of_2(head_in))
+    """``(grid, BN, BK, BB)``: plain integer arithmetic (``triton.cdiv`` and
+    ``triton.next_power_of_2`` are wrapped functions, slower to call on the host)."""
+    block_k = min(256, 1 << (head_in - 1).bit_length())  # the next power of 2
     block_n = 4
     while (block_n < 64 and 2 * block_n * block_k <= _MAX_TILE and block_n < head_out
            and batch * heads * -(-head_out // (2 * block_n)) >= _TARGET_PROGRAMS):
         block_n *= 2
     channel_blocks = -(-head_out // block_n)
     rows = 1
-    while rows < _MAX_ROWS and -(-batch // (2 * rows)) * heads * channel_blocks >= _TARGET_PROGRAMS:
+    while (rows < min(batch, _MAX_ROWS)
+           and -(-batch // (2 * rows)) * heads * channel_blocks >= _TARGET_PROGRAMS):
         rows *= 2
     return (channel_blocks, heads, -(-batch // rows)), block_n, block_k, rows
 
