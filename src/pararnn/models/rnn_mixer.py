@@ -28,10 +28,19 @@ from torch import nn
 
 from ..cells import ParaLSTMCell
 from ..layers.projected import ParaGRU, ParaLSTM
-from ..layers.projection import kaiming_uniform_
+from ..layers.projection import MultiHeadProjection, kaiming_uniform_
 from ..solver import NewtonConfig
 from .lm import _TRITON, CausalConv1d, GatedRMSNorm, RMSNorm, StaticCache, state_dtype
 from .config import ModelConfig
+
+
+# Device types whose decode steps run the Triton kernels (the CPU tests add "cpu" under
+# Triton's interpreter).
+_KERNEL_DEVICES = ("cuda",)
+#: Largest batch whose decode step computes the cell's input projection inside the cell
+#: step's kernel (one matrix-vector product per row, weights reread per row); larger
+#: batches run the projection as a GEMM (cuBLAS) before the fused cell step. 0: never.
+FUSED_PROJECTION_MAX_BATCH = 16
 
 
 def recurrent_step(rnn: nn.Module, u: torch.Tensor, state, out=None):
@@ -43,22 +52,18 @@ def recurrent_step(rnn: nn.Module, u: torch.Tensor, state, out=None):
     state itself) when given.
 
     On CUDA the cell step is one fused Triton kernel (:mod:`pararnn.kernels.decode_step`,
-    float32 math, a custom operator that ``torch.compile`` traces), elsewhere and in
-    float64 the cell's own ``step``.
+    float32 math, a custom operator that ``torch.compile`` traces), which up to
+    :data:`FUSED_PROJECTION_MAX_BATCH` rows also computes the projection; elsewhere, in
+    float64 and for a cell or projection whose subclass changes the computation, the
+    layer's own ``projection`` and ``cell.step``.
     """
-    pre = rnn.projection(u[:, 0])
     lstm = isinstance(rnn, ParaLSTM)
     states = tuple(state) if lstm else (state,)
-    if pre.is_cuda and torch.float64 not in (pre.dtype, states[0].dtype) and _TRITON:
-        from ..kernels import decode_step
-        pre, states = pre.contiguous(), tuple(s.contiguous() for s in states)
-        if out is None:
-            out = tuple(torch.empty(s.shape, device=s.device, dtype=state_dtype(s.dtype)) for s in states)
-        if lstm:
-            new = decode_step.lstm_step(pre, rnn.cell, *states, out=out)
-        else:
-            new = (decode_step.gru_step(pre, rnn.cell, states[0], out=out[0]),)
-    else:
+    x = u[:, 0]
+    kernels = (x.device.type in _KERNEL_DEVICES and _TRITON and rnn.cell.fused_solver() is not None
+               and torch.float64 not in (x.dtype, states[0].dtype))
+    if not kernels:
+        pre = rnn.projection(x)
         if lstm:
             packed = rnn.cell.step(pre, ParaLSTMCell.pack_state(*states))
             new = ParaLSTMCell.unpack_state(packed)
@@ -68,7 +73,46 @@ def recurrent_step(rnn: nn.Module, u: torch.Tensor, state, out=None):
             for buffer, value in zip(out, new):
                 buffer.copy_(value)
             new = out
+        return new[0][:, None], (tuple(new) if lstm else new[0])
+
+    from ..kernels import decode_step
+    states = tuple(s.contiguous() for s in states)
+    if out is None:
+        out = tuple(torch.empty(s.shape, device=s.device, dtype=state_dtype(s.dtype)) for s in states)
+    projected = _projection_operands(rnn.projection, x)
+    if projected is not None:
+        x, weight = projected
+        bias = rnn.projection.bias
+        if lstm:
+            new = decode_step.lstm_projected_step(x, weight, bias, rnn.cell, *states, out=out)
+        else:
+            new = (decode_step.gru_projected_step(x, weight, bias, rnn.cell, states[0], out=out[0]),)
+    else:
+        pre = rnn.projection(x).contiguous()
+        if lstm:
+            new = decode_step.lstm_step(pre, rnn.cell, *states, out=out)
+        else:
+            new = (decode_step.gru_step(pre, rnn.cell, states[0], out=out[0]),)
     return new[0][:, None], (tuple(new) if lstm else new[0])
+
+
+def _projection_operands(projection: nn.Module, x: torch.Tensor):
+    """``(x, weight)`` as ``projection`` would multiply them (both in the autocast dtype
+    under autocast; ``x`` contiguous) when the projected decode kernel applies to them, else
+    None: a batch above :data:`FUSED_PROJECTION_MAX_BATCH`, a subclass of the projection,
+    or dtypes other than one float32 or bfloat16 for both."""
+    if x.shape[0] > FUSED_PROJECTION_MAX_BATCH or type(projection) is not MultiHeadProjection:
+        return None
+    weight, device = projection.weight, x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        x, weight = x.to(dtype), weight.to(dtype)
+    if x.dtype != weight.dtype or x.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    # a strided x (a chunk of the input projection) is copied: a stride passed to the
+    # kernel would be the traced one, which a compiler need not keep for a tensor it lays
+    # out itself
+    return x.contiguous(), weight
 
 
 class ParaRNNMixer(nn.Module):
