@@ -194,8 +194,10 @@ CUDA_TILES = {"gru_fwd": (128, 1, 4), "gru_bwd": (128, 1, 4),
               "lstm_fwd": (128, 1, 4), "lstm_bwd": (64, 2, 1)}
 
 
-@functools.lru_cache(maxsize=None)
 def _multiprocessors(device: torch.device) -> int:
+    # not cached here: eager calls get here only when the plan cache misses, and
+    # torch.compile folds get_device_properties to a constant (an lru_cache it would
+    # warn about and bypass)
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 

@@ -448,7 +448,8 @@ def _backward_op(pre: torch.Tensor, a: torch.Tensor, bias: Optional[torch.Tensor
 @_backward_op.register_fake
 def _(pre, a, bias, initial_state, resets, states, grad_states):
     batch, _, n = states.shape
-    return (torch.empty_like(pre), a.new_empty(3 if bias is None else 6, n, dtype=torch.float32),
+    # grad_pre contiguous, as the kernel writes it (empty_like would copy pre's strides)
+    return (pre.new_empty(pre.shape), a.new_empty(3 if bias is None else 6, n, dtype=torch.float32),
             a.new_empty(batch, n, dtype=torch.float32))
 
 

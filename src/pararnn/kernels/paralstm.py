@@ -539,7 +539,8 @@ def _backward_op(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor,
 @_backward_op.register_fake
 def _(pre, a, peephole, bias, initial_state, resets, states, grad_states):
     batch, _, n2 = states.shape
-    return (torch.empty_like(pre),
+    # grad_pre contiguous, as the kernel writes it (empty_like would copy pre's strides)
+    return (pre.new_empty(pre.shape),
             a.new_empty(5 if bias is None else 8, n2 // 2, dtype=torch.float32),
             a.new_empty(batch, n2, dtype=torch.float32))
 
