@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="order of the training batches (default: --seed)")
     t.add_argument("--peak-tflops", type=float, default=d.peak_tflops,
                    help="device peak for the logged MFU (default: dense bf16 peak of known GPUs)")
-    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the training forward and backward (inductor; validation runs eager)")
     t.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (under torchrun)")
     t.add_argument("--context-parallel", type=_positive_int, default=d.context_parallel, metavar="K",
                    help="split each sequence along time over K ranks (under torchrun; ParaGRU/ParaLSTM)")
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--eval-tokens", type=_positive_int, default=262144)
     w.add_argument("--jobs", type=_positive_int, default=1, help="concurrent runs (stages lr and seeds)")
     w.add_argument("--keep-checkpoints", action="store_true", help="keep each run's final checkpoint")
+    w.add_argument("--compile", action="store_true",
+                   help="torch.compile every run (all models alike; recorded in sweep.json)")
     w.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="stop after this many seconds: runs in flight save a checkpoint at the step they "
                    "reached, and re-running the command continues them (default: no limit)")
@@ -523,7 +526,7 @@ def cmd_sweep(args, parser) -> None:
                       batch_size=args.batch_size, lr_steps=args.lr_steps, final_steps=args.final_steps,
                       throughput_steps=args.throughput_steps, data=args.data, tokenizer=args.tokenizer,
                       vocab_size=args.vocab_size, eval_every=args.eval_every, eval_tokens=args.eval_tokens,
-                      jobs=args.jobs, device=args.device, dtype=args.dtype,
+                      jobs=args.jobs, device=args.device, dtype=args.dtype, compile=args.compile,
                       keep_checkpoints=args.keep_checkpoints, time_limit=args.time_limit,
                       finish_within=args.finish_within)
     if args.dry_run:

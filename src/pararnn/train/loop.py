@@ -76,7 +76,7 @@ class TrainConfig:
     peak_tflops: float | None = None  # for MFU; None: the device's dense bf16 peak if known
     device: str = "auto"
     dtype: str = "auto"  # "auto": bf16 autocast on GPU, float32 on CPU
-    compile: bool = False
+    compile: bool | str = False  # True: torch.compile (inductor); a string names the backend
     fsdp: bool = False
     context_parallel: int = 1  # K ranks share each sequence, seq_len / K tokens each (torchrun)
     resume: bool = False
@@ -104,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not self.recurrent_lr_mult > 0:
             raise ValueError(f"--recurrent-lr-mult must be positive, got {self.recurrent_lr_mult}")
+        if not isinstance(self.compile, (bool, str)) or self.compile == "":
+            raise ValueError(f"compile must be a bool or a torch.compile backend name, got {self.compile!r}")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ValueError(f"--peak-tflops must be positive, got {self.peak_tflops}")
         check_model_options(self.model_options)
@@ -121,6 +123,20 @@ def autocast_for(device: torch.device, dtype: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def compiled(model: torch.nn.Module, compile: bool | str):
+    """``model`` behind ``torch.compile`` (inductor for True, else the named backend), or
+    ``model`` itself for False.
+
+    Only the training forward runs compiled: validation and checkpoints use ``model``
+    itself, so saved weights have their plain names (no ``_orig_mod.`` prefix) and load
+    uncompiled, and validation's other grad mode and last partial batch add no graphs.
+    One graph serves every step: the batch shape and the solver's options do not change
+    between steps, and what the solver does on the host per call (argument checks, the
+    ``last_solve`` record) traces into the graph or its side effects, adding no guard that a
+    later step fails (``tests/lm/test_compile.py``)."""
+    if compile is False:
+        return model
+    return torch.compile(model, backend="inductor" if compile is True else compile)
 
 
 def optimizer_groups(model: torch.nn.Module, *, lr: float, weight_decay: float,
@@ -321,7 +337,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: _StopFlag) -> dict:
         say(f"resumed from {ckpt.path} at step {step}")
     elif cfg.resume:
         say(f"no checkpoint in {run_dir} yet: starting from step 0")
-    forward = torch.compile(model) if cfg.compile else model
+    forward = compiled(model, cfg.compile)
     autocast = autocast_for(device, cfg.dtype)
 
     if info.is_main:
