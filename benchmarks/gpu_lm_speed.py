@@ -4,44 +4,168 @@ default blocks, bf16 autocast, fused AdamW with the training loop's parameter gr
 gradient clipping).
 
     PYTHONPATH=src python benchmarks/gpu_lm_speed.py --out DIR [--sizes small,medium]
-        [--seq-lens 512,4096] [--compile both|off|on] [--steps 20]
+        [--seq-lens 512,4096] [--compile both|off|on] [--steps 20] [--profile [--save-traces]]
 
 Every step sees the same number of tokens (``--tokens-per-step``, 16,384 = 32 x 512 as in
 RESULTS.md), so a longer sequence means a smaller batch. Data are random token ids: speed
 does not depend on the text. Per (size, sequence length, model, eager/compiled): warm-up
 steps (compilation, Triton autotuning), then the median over ``--steps`` steps, each timed
-with CUDA events from the batch upload to the optimizer step. The Transformer uses PyTorch's
-SDPA (flash attention on an H200). Writes ``DIR/lm_speed.json`` after every row.
+with CUDA events from the batch upload to the optimizer step, and the median host time of
+those steps (the CPU's time to issue a step; nothing in a step waits for the GPU, so a
+host time near the step time means the GPU waited for the host). The Transformer uses
+PyTorch's SDPA (flash attention on an H200). Writes ``DIR/lm_speed.json`` after every row.
+
+``--profile``: then one more step under ``torch.profiler`` (CPU and CUDA activities): its
+CUDA kernel time by kind (:data:`KERNEL_KINDS`: GEMM, attention, the ParaRNN solve,
+Mamba's SSD, convolution, optimizer with the gradient clip, the rest: norms, elementwise,
+loss), kernel count, GPU busy time (the union of kernel and copy intervals) and host
+synchronisations inside the step; in the JSON row under ``profile`` and printed below
+the row. ``--save-traces`` also writes each step's Chrome trace to
+``DIR/trace_<model>_<size>_T<len>_<mode>.json.gz`` (Perfetto, chrome://tracing).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import gzip
 import json
 import os
 import statistics
 import sys
+import tempfile
+import time
 
 import torch
 
 from pararnn.models import build_model, preset
 from pararnn.models.flops import peak_flops, train_flops_per_token
 from pararnn.train.loop import autocast_for, optimizer_groups
+from pararnn.train.loop import compiled as training_forward
 
 MODELS = ("transformer", "mamba2", "paragru", "paralstm")
 
+# Kernel kinds by (lowercase) substrings of CUDA kernel names; the first kind that
+# matches wins, so conv and attention precede gemm (cuDNN's implicit-GEMM convolutions,
+# fmha_cutlass*). Not a bare "conv": inductor names its kernels after the ops they fuse,
+# and convert_element_type is in many. GEMMs: cuBLAS (nvjet_*, sm90_xmma_gemm_*, cutlass
+# kernels, split-K reductions) and inductor's matmul templates (triton_tem_*); ParaRNN:
+# the fused walk and boundary kernels (kernels/paragru.py, paralstm.py, _fused_common.py);
+# Mamba: mamba-ssm's SSD kernels; optimizer: the fused AdamW and the foreach
+# gradient-norm clip (multi_tensor_apply_kernel, lpnorm_cleanup).
+KERNEL_KINDS = (
+    ("optimizer", ("multi_tensor_apply", "adam", "lpnorm")),
+    ("attention", ("flash", "fmha", "sdpa", "attention")),
+    ("pararnn", ("_gru_fwd", "_gru_bwd", "_lstm_fwd", "_lstm_bwd", "_boundary_")),
+    ("mamba", ("_chunk_scan", "_chunk_state", "_chunk_cumsum", "_bmm_chunk", "_state_passing")),
+    ("conv", ("convolution", "conv1d", "conv2d", "depthwise", "fprop", "dgrad", "wgrad")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "splitkreduce", "triton_tem_", "cublas")),
+)
+OTHER = "other"  # norms, elementwise, reductions, the loss: what inductor fuses
+COPIES = "memcpy/memset"
+KINDS = ("gemm", "attention", "pararnn", "mamba", "conv", OTHER, "optimizer", COPIES)  # as printed
+STEP_RANGE = "lm_training_step"  # the record_function range around the profiled step
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
+              "cuStreamSynchronize", "cuCtxSynchronize", "cudaMemcpy")
+
+
+def kernel_kind(name: str) -> str:
+    """The :data:`KERNEL_KINDS` kind of a CUDA kernel, :data:`OTHER` if none matches."""
+    lower = name.lower()
+    for kind, patterns in KERNEL_KINDS:
+        if any(p in lower for p in patterns):
+            return kind
+    return OTHER
+
+
+def busy_ms(intervals) -> float:
+    """Length of the union of ``(start, end)`` intervals in microseconds, in ms."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total / 1e3
+
+
+def profile_breakdown(events: list[dict]) -> dict:
+    """One profiled step from its Chrome trace events (``torch.profiler``'s export): CUDA
+    time per kernel kind (ms), kernel count, GPU busy ms (kernels and copies may overlap
+    on several streams: their union) and host synchronisations inside the step's
+    :data:`STEP_RANGE` range (None if the trace lacks it)."""
+    by_kind = dict.fromkeys(KINDS, 0.0)
+    intervals, kernels = [], 0
+    for e in events:
+        category = str(e.get("cat", "")).lower()
+        if e.get("ph") != "X" or category not in ("kernel", "gpu_memcpy", "gpu_memset"):
+            continue
+        kernels += category == "kernel"
+        by_kind[kernel_kind(e["name"]) if category == "kernel" else COPIES] += e["dur"] / 1e3
+        intervals.append((e["ts"], e["ts"] + e["dur"]))
+    step = [e for e in events if e.get("ph") == "X" and e.get("name") == STEP_RANGE
+            and str(e.get("cat", "")).lower() == "user_annotation"]
+    syncs = None
+    if step:
+        start, end = step[0]["ts"], step[0]["ts"] + step[0]["dur"]
+        syncs = sum(1 for e in events if e.get("ph") == "X" and e.get("name") in SYNC_CALLS
+                    and start <= e["ts"] <= end)
+    return {"kernels": kernels, "kernel_ms": sum(by_kind.values()), "busy_ms": busy_ms(intervals),
+            "by_kind_ms": by_kind, "syncs": syncs}
+
+
+def format_profile(row: dict) -> str:
+    """One printed line: what a profiled row says about host and GPU time."""
+    p, step = row["profile"], row["step_ms"]
+    syncs = "?" if p["syncs"] is None else p["syncs"]
+    return (f"      profile: {p['kernels']} kernels, {p['kernel_ms']:.2f} ms of kernels, GPU busy "
+            f"{p['busy_ms']:.2f} ms ({p['busy_ms'] / step:.0%} of the step), host {row['host_ms']:.2f} ms "
+            f"({row['host_ms'] / step:.0%}), {syncs} host syncs")
+
+
+def profile_table(rows: list[dict]) -> str:
+    """The profiled rows as a Markdown table: CUDA ms per step by kernel kind, then
+    kernels, GPU busy, host and step ms."""
+    rows = [r for r in rows if "profile" in r]
+    head = ["model", "T", "mode", *KINDS, "kernels", "GPU busy", "host", "step"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
+    for r in rows:
+        p = r["profile"]
+        cells = [r["model"], str(r["seq_len"]), "compiled" if r["compiled"] else "eager",
+                 *(f"{p['by_kind_ms'][kind]:.2f}" for kind in KINDS), str(p["kernels"]),
+                 f"{p['busy_ms']:.2f}", f"{r['host_ms']:.2f}", f"{r['step_ms']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def profile_step(step, index: int, trace_path: str | None) -> dict:
+    """:func:`profile_breakdown` of ``step(index)`` under the profiler (after warm-up)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with record_function(STEP_RANGE):
+            step(index)
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            text = f.read()
+    if trace_path is not None:
+        with gzip.open(trace_path, "wt") as f:
+            f.write(text)
+    return profile_breakdown(json.loads(text)["traceEvents"])
+
 
 def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, steps: int, warmup: int,
-            compiled: bool, device: torch.device) -> dict:
+            compiled: bool, device: torch.device, profile: bool = False,
+            trace_path: str | None = None) -> dict:
     torch.manual_seed(0)
     model = build_model(preset(model_name, size, vocab_size=320, block="auto")).to(device)
     optimizer = torch.optim.AdamW(optimizer_groups(model, lr=1e-3, weight_decay=0.1), lr=1e-3,
                                   betas=(0.9, 0.95), fused=True)
-    forward = torch.compile(model) if compiled else model
+    forward = training_forward(model, compiled)  # as `pararnn train [--compile]`
     autocast = autocast_for(device, "auto")
     batch = tokens_per_step // seq_len
-    tokens = torch.randint(0, 320, (steps + warmup, batch, seq_len + 1), device="cpu").pin_memory()
+    tokens = torch.randint(0, 320, (steps + warmup + 1, batch, seq_len + 1), device="cpu").pin_memory()
 
     def step(i: int) -> None:
         xy = tokens[i].to(device, non_blocking=True)
@@ -52,26 +176,33 @@ def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, step
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    started = time.perf_counter()
     for i in range(warmup):
         step(i)
     torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - started  # with compilation and autotuning
     torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, host = [], []
     for i in range(warmup, warmup + steps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        issued = time.perf_counter()
         start.record()
         step(i)
+        host.append(time.perf_counter() - issued)
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     seconds = statistics.median(times)
     peak = peak_flops(device)
     flops = train_flops_per_token(model, seq_len)
-    return {"model": model_name, "size": size, "seq_len": seq_len, "batch": batch,
-            "compiled": compiled, "params": model.num_params(), "step_ms": seconds * 1e3,
-            "tok_per_s": tokens_per_step / seconds,
-            "mfu": tokens_per_step / seconds * flops / peak if peak else None,
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
+    row = {"model": model_name, "size": size, "seq_len": seq_len, "batch": batch,
+           "compiled": compiled, "params": model.num_params(), "step_ms": seconds * 1e3,
+           "host_ms": statistics.median(host) * 1e3, "tok_per_s": tokens_per_step / seconds,
+           "mfu": tokens_per_step / seconds * flops / peak if peak else None,
+           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "warmup_s": warmup_s}
+    if profile:
+        row["profile"] = profile_step(step, warmup + steps, trace_path)
+    return row
 
 
 def main() -> None:
@@ -84,6 +215,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--compile", choices=("off", "on", "both"), default="off")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one more step of each row: CUDA time by kernel kind, host vs GPU")
+    parser.add_argument("--save-traces", action="store_true",
+                        help="with --profile, also write each profiled step's Chrome trace into --out")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_lm_speed.py needs a CUDA GPU")
@@ -94,29 +229,38 @@ def main() -> None:
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "command": " ".join(sys.argv), "rows": []}
-    print(f"{'size':>6} {'T':>5} {'model':>11} {'mode':>8} {'step ms':>8} {'tok/s':>10} {'MFU':>6} {'GiB':>6}")
+    print(f"{'size':>6} {'T':>5} {'model':>11} {'mode':>8} {'step ms':>8} {'host ms':>8} {'tok/s':>10} "
+          f"{'MFU':>6} {'GiB':>6}")
     for size in args.sizes.split(","):
         for seq_len in map(int, args.seq_lens.split(",")):
             for compiled in modes:
                 for name in args.models.split(","):
+                    mode = "compiled" if compiled else "eager"
+                    trace = (os.path.join(args.out, f"trace_{name}_{size}_T{seq_len}_{mode}.json.gz")
+                             if args.profile and args.save_traces else None)
                     try:
                         row = measure(name, size, seq_len, args.tokens_per_step, args.steps, args.warmup,
-                                      compiled, device)
+                                      compiled, device, args.profile, trace)
                     except Exception as error:  # one failing row must not lose the others
                         row = {"model": name, "size": size, "seq_len": seq_len, "compiled": compiled,
                                "error": f"{type(error).__name__}: {error}"[:500]}
-                        print(f"{size:>6} {seq_len:>5} {name:>11} {'compiled' if compiled else 'eager':>8} "
-                              f"ERROR {row['error'][:120]}", flush=True)
+                        print(f"{size:>6} {seq_len:>5} {name:>11} {mode:>8} ERROR {row['error'][:120]}",
+                              flush=True)
                     else:
                         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
-                        print(f"{size:>6} {seq_len:>5} {name:>11} {'compiled' if compiled else 'eager':>8} "
-                              f"{row['step_ms']:8.2f} {row['tok_per_s']:10,.0f} {mfu:>6} "
+                        print(f"{size:>6} {seq_len:>5} {name:>11} {mode:>8} {row['step_ms']:8.2f} "
+                              f"{row['host_ms']:8.2f} {row['tok_per_s']:10,.0f} {mfu:>6} "
                               f"{row['peak_mem_gib']:6.2f}", flush=True)
+                        if "profile" in row:
+                            print(format_profile(row), flush=True)
                     record["rows"].append(row)
                     with open(path, "w") as f:
                         json.dump(record, f, indent=1)
                     torch._dynamo.reset()
                     torch.cuda.empty_cache()
+    if args.profile:
+        print("\nCUDA ms per step by kernel kind (profiled step), host and step ms (median):\n"
+              + profile_table(record["rows"]))
 
 
 if __name__ == "__main__":
