@@ -133,7 +133,7 @@ def compiled(model: torch.nn.Module, compile: bool | str):
     One graph serves every step: the batch shape and the solver's options do not change
     between steps, and what the solver does on the host per call (argument checks, the
     ``last_solve`` record) traces into the graph or its side effects, adding no guard that a
-    later step fails (``tests/lm/test_compile.py``)."""
+    later step fails (``tests/lm/test_train_compile.py``)."""
     if compile is False:
         return model
     return torch.compile(model, backend="inductor" if compile is True else compile)
