@@ -1,32 +1,26 @@
 """torch.compile of the language models in training (``pararnn train --compile``).
 
 On the CPU the ParaGRU/ParaLSTM blocks run the fused Triton solve (the GPU's path) in
-Triton's interpreter, compiled with ``aot_eager``: Dynamo's trace, AOTAutograd's joint
-graph and the registered ops' fake implementations, without inductor's code generation.
+Triton's interpreter (``conftest.py``), compiled with ``aot_eager``: Dynamo's trace,
+AOTAutograd's joint graph and the registered ops' fake implementations, without
+inductor's code generation.
 The GPU test compiles the ``small`` models with inductor in bf16.
 """
 
 import contextlib
-import os
 import warnings
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
-# Triton picks its interpreter as it decorates kernels, its own when it is imported (by
-# torch._dynamo, too): set before that, as tests/kernels/conftest.py does
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from torch._dynamo.utils import counters  # noqa: E402
-
-import pararnn.train.loop as loop  # noqa: E402
-from pararnn.cli import main  # noqa: E402
-from pararnn.models import build_model, preset  # noqa: E402
-from pararnn.train import TrainConfig, open_checkpoint, train  # noqa: E402
-from pararnn.train.checkpoint import load_model  # noqa: E402
-from pararnn.train.metrics import read_metrics  # noqa: E402
-from source_corpus import write_source_corpus  # noqa: E402
+import pararnn.train.loop as loop
+from pararnn.cli import main
+from pararnn.models import build_model, preset
+from pararnn.train import TrainConfig, open_checkpoint, train
+from pararnn.train.checkpoint import load_model
+from pararnn.train.metrics import read_metrics
+from source_corpus import write_source_corpus
 
 pytest.importorskip("triton")
 
