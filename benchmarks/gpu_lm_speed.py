@@ -11,9 +11,10 @@ RESULTS.md), so a longer sequence means a smaller batch. Data are random token i
 does not depend on the text. Per (size, sequence length, model, eager/compiled): warm-up
 steps (compilation, Triton autotuning), then the median over ``--steps`` steps, each timed
 with CUDA events from the batch upload to the optimizer step, and the median host time of
-those steps (the CPU's time to issue a step; nothing in a step waits for the GPU, so a
-host time near the step time means the GPU waited for the host). The Transformer uses
-PyTorch's SDPA (flash attention on an H200). Writes ``DIR/lm_speed.json`` after every row.
+those steps (the CPU's time to issue a step: unless the step synchronises, which the
+profile counts, a host time near the step time means the GPU waited for the host). The
+Transformer uses PyTorch's SDPA (flash attention on an H200). Writes ``DIR/lm_speed.json``
+after every row.
 
 ``--profile``: then one more step under ``torch.profiler`` (CPU and CUDA activities): its
 CUDA kernel time by kind (:data:`KERNEL_KINDS`: GEMM, attention, the ParaRNN solve,
