@@ -25,6 +25,8 @@ from source_corpus import write_source_corpus
 pytest.importorskip("triton")
 
 RNN_MODELS = ("paragru", "paralstm")
+# the small-model tests run where the fused kernels do: on the GPU when there is one
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def force_fused(lm):
@@ -38,7 +40,7 @@ def small_lm(model: str):
     """Two tuned blocks (conv + SiLU, gated RMSNorm, residual scales, chrono init) with a
     16-channel state: one channel block per kernel program keeps the interpreter fast."""
     cfg = preset(model, None, vocab_size=32, block="tuned", d_model=32, n_layers=2, rnn_hidden=16)
-    return force_fused(build_model(cfg))
+    return force_fused(build_model(cfg)).to(DEVICE)
 
 
 def loss_and_grads(run, lm, x, y, autocast=None):
@@ -54,7 +56,7 @@ def loss_and_grads(run, lm, x, y, autocast=None):
 def test_compiled_lm_matches_eager_in_one_graph(model):
     """fullgraph=True: the whole LM, blocks and fused solves included, is one graph."""
     lm = small_lm(model)
-    x, y = torch.randint(0, 32, (2, 2, 8)).unbind(0)
+    x, y = torch.randint(0, 32, (2, 2, 8), device=DEVICE).unbind(0)
     torch._dynamo.reset()
     compiled = torch.compile(lm, fullgraph=True, backend="aot_eager")
     want = loss_and_grads(lm, lm, x, y)
@@ -74,7 +76,7 @@ def run_config(corpus_dir, out, **overrides):
     fields = dict(model="paragru", size="nano", model_options={"d_model": 32, "rnn_hidden": 16, "n_layers": 1},
                   data=str(corpus_dir), out=str(out), seq_len=8, batch_size=1, max_steps=5,
                   eval_every=5, ckpt_every=3, eval_tokens=16, log_every=1, progress=False,
-                  device="cpu")
+                  device=DEVICE, dtype="float32")
     return TrainConfig(**{**fields, **overrides})
 
 
