@@ -86,7 +86,8 @@ def train_losses(out):
 
 def test_compiled_training_one_graph_checkpoint_and_resume(corpus_dir, tmp_path, monkeypatch):
     """Three compiled training steps trace one graph and never recompile (the solver's
-    per-call host work adds no failing guard); the checkpoint loads into an uncompiled
+    per-call host work adds no failing guard, nor does the eager validation after step 2,
+    which switches the model to eval mode and back); the checkpoint loads into an uncompiled
     model; resuming compiled continues the run as an eager run of the same length does.
     (The loop treats every model alike; ParaLSTM's graph is checked above.)"""
     model = "paragru"
@@ -103,7 +104,7 @@ def test_compiled_training_one_graph_checkpoint_and_resume(corpus_dir, tmp_path,
     counters.clear()
     monkeypatch.setattr(loop, "train_batch", dying_batch)
     with torch._dynamo.config.patch(error_on_recompile=True), pytest.raises(KeyboardInterrupt):
-        train(run_config(corpus_dir, compiled_out, model=model, compile="aot_eager"))
+        train(run_config(corpus_dir, compiled_out, model=model, compile="aot_eager", eval_every=2))
     monkeypatch.setattr(loop, "train_batch", real_batch)
     assert counters["stats"]["unique_graphs"] == 1
 
