@@ -144,7 +144,7 @@ def test_sweep_compile_reaches_every_run(tmp_path, capsys):
 @pytest.mark.parametrize("model", RNN_MODELS)
 def test_inductor_compiled_small_lm_trains_like_eager_in_bf16(model):
     """The ``small`` LM compiled with inductor, bf16 autocast, T=512: one graph (no graph
-    break), no recompilation over three optimizer steps, no Dynamo warning about an
+    break), no recompilation over three training steps, no Dynamo warning about an
     lru_cache; the first loss and gradients are as close to the float32 eager ones as the
     eager bf16 step's are (up to a small factor: inductor rounds fused ops differently)."""
     torch.manual_seed(0)
