@@ -136,7 +136,9 @@ class ParaLSTMCell(Cell):
             c_next = torch.lerp(candidate, c, f)
             o = o_steps[t].addcmul_(a_o, h).addcmul_(p_o, c_next).sigmoid_()
             h_next = o * torch.tanh(c_next, out=tanh_steps[t])
-            last[:] = self.pack_state(h_next, c_next), h_next, c_next
+            # interleaved (c, h) in one op: a complex number's parts are stored that way
+            # (pack_state's stack costs ~3x as much per step)
+            last[:] = torch.view_as_real(torch.complex(c_next, h_next)).flatten(-2), h_next, c_next
             return last[0]
 
         return step, tape
