@@ -318,9 +318,9 @@ class LoopSolve(torch.autograd.Function):
                 jac, pullback = functional_call(cell, weights, (x_in, prev_in), options)
             if not only_at_zero:
                 jac = structure.zero_where(jac, sequences.starts[:, start:end])
-            adjoint = solve_adjoint_loop(jac, grad_states[:, start:end], structure, carry)
-            if start:  # J_start^T λ_start: the term the chunk before adds to its last adjoint
-                carry = structure.apply(structure.transpose(jac[:, 0]), adjoint[:, 0])
+            # and, for the chunk before, J_start^T λ_start: the term it adds to its last adjoint
+            adjoint, carry = solve_adjoint_loop(jac, grad_states[:, start:end], structure, carry,
+                                                with_carry=True)
             grad_x_in, grad_prev_in, *grads = complete_vjp(
                 pullback(adjoint), (x_in, prev_in, *params_in), (need_x, need_prev, *need_params))
             if need_x:
