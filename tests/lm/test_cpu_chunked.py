@@ -74,7 +74,7 @@ def test_gated_norm_matches_plain_ops(chunk_elements):
         lambda y, g, w: cpu_chunked.GatedRMSNormFn.apply(y, g, w, 1e-5), (y, gate, norm.weight))
 
 
-def test_float32_matches_plain_ops_and_other_paths_keep_the_plain_ops():
+def test_float32_matches_plain_ops_and_inference_keeps_the_plain_ops():
     torch.manual_seed(0)
     conv, norm = CausalConv1d(16, 4), GatedRMSNorm(16)
     x = torch.randn(2, 9, 16, requires_grad=True)
@@ -83,6 +83,9 @@ def test_float32_matches_plain_ops_and_other_paths_keep_the_plain_ops():
     # a decode cache, or no SiLU: the plain conv; autocast: the plain ops
     for out in (conv(x, {}, silu=True), conv(x)):
         assert "CausalConvSiLU" not in type(out.grad_fn).__name__
+    with torch.no_grad():  # inference: the plain ops, which a compiled decode step reproduces
+        torch.testing.assert_close(norm(x, x), plain_gated_norm(norm, x, x), rtol=0, atol=0)
+        torch.testing.assert_close(conv(x, silu=True), plain_conv_silu(conv, x), rtol=0, atol=0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert "GatedRMSNormFn" not in type(norm(x, x).grad_fn).__name__
         assert "CausalConvSiLU" not in type(conv(x, silu=True).grad_fn).__name__

@@ -8,8 +8,8 @@ a chunk that stays in it (``benchmarks/cpu_chunked_ops.py``). Autograd's chain o
 These autograd Functions instead run the whole chain on one chunk of rows at a time,
 read their inputs and write their outputs once, and recompute the cheap intermediates in
 the backward instead of saving them. Same math as the plain ops (the modules in
-:mod:`pararnn.models.lm` use these only on the CPU, eagerly, without autocast; GPUs and
-``torch.compile`` fuse the plain ops themselves).
+:mod:`pararnn.models.lm` use these only for training on the CPU, eagerly, without autocast;
+GPUs and ``torch.compile`` fuse the plain ops themselves).
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ CHUNK_ELEMENTS = 1 << 16
 
 
 def use_chunked(x: torch.Tensor) -> bool:
-    """Whether to take the chunked CPU path for ``x``: eager CPU calls in ``x``'s own dtype."""
-    return (x.device.type == "cpu" and not torch.compiler.is_compiling()
+    """Whether to take the chunked CPU path for ``x``: eager CPU training calls without
+    autocast. Inference keeps the plain ops, which a compiled decode step reproduces bit
+    for bit (``tests/lm/test_generation.py``); it has no backward to save."""
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling()
             and not torch.is_autocast_enabled("cpu"))
 
 

@@ -56,7 +56,7 @@ class RMSNorm(nn.Module):
 
 class GatedRMSNorm(RMSNorm):
     """``RMSNorm(y) * silu(gate)``: the norm after the cell in the ParaRNN paper's block.
-    On the CPU one chunked autograd Function (:mod:`pararnn.models.cpu_chunked`)."""
+    Training on the CPU: one chunked autograd Function (:mod:`pararnn.models.cpu_chunked`)."""
 
     def forward(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         if use_chunked(y) and y.dtype == gate.dtype == self.weight.dtype:
