@@ -318,7 +318,7 @@ class LoopSolve(torch.autograd.Function):
                 jac, pullback = functional_call(cell, weights, (x_in, prev_in), options)
             if not only_at_zero:
                 jac = structure.zero_where(jac, sequences.starts[:, start:end])
-            # and, for the chunk before, J_start^T λ_start: the term it adds to its last adjoint
+            # the chunk's adjoints, and J_start^T λ_start: what the chunk before adds to its last one
             adjoint, carry = solve_adjoint_loop(jac, grad_states[:, start:end], structure, carry,
                                                 with_carry=True)
             grad_x_in, grad_prev_in, *grads = complete_vjp(
