@@ -120,16 +120,19 @@ def table(paths) -> None:
               + " | ".join(f"{c:.1f}" for c in cols) + " |")
     print()
     print("| threads | model | B×T | wall before (ms) | wall after (ms) | speedup "
-          "| CPU before (ms) | CPU after (ms) | speedup |")
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
-    for key, sides in runs.items():
-        if key[0] != "train" or len(sides) < 2:
-            continue
-        (before, before_cpu), (after, after_cpu) = (
-            [statistics.median(v[i] for v in sides[s]) for i in (0, 1)] for s in ("before", "after"))
+          "| CPU before (ms) | CPU after (ms) | speedup | CPU ÷ Transformer before | after |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    medians = {key: {side: [statistics.median(v[i] for v in values) for i in (0, 1)]
+                     for side, values in sides.items()}
+               for key, sides in runs.items() if key[0] == "train" and len(sides) == 2}
+    for key, sides in medians.items():
+        (before, before_cpu), (after, after_cpu) = sides["before"], sides["after"]
+        control = medians.get(key[:2] + ("transformer",) + key[3:])
+        ratios = ([f"{before_cpu / control['before'][1]:.2f}", f"{after_cpu / control['after'][1]:.2f}"]
+                  if control else ["", ""])
         print(f"| {key[1]} | {key[2]} | {key[3]}×{key[4]} | {before:.0f} | {after:.0f} "
               f"| {before / after:.2f}x | {before_cpu:.0f} | {after_cpu:.0f} "
-              f"| {before_cpu / after_cpu:.2f}x |")
+              f"| {before_cpu / after_cpu:.2f}x | " + " | ".join(ratios) + " |")
 
 
 def main() -> None:

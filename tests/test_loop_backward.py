@@ -99,6 +99,40 @@ def test_analytic_linearize_matches_autograd(cell):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
+def pullback_gradients(pullback, cotangent, inputs):
+    outputs, grads = zip(*pullback(cotangent))
+    return torch.autograd.grad(outputs, inputs, grads)
+
+
+@pytest.mark.parametrize("cell", [pararnn.ParaGRUCell(5, recurrent_clip=0.4, dtype=torch.float64),
+                                  pararnn.ParaLSTMCell(5, recurrent_clip=0.4, dtype=torch.float64)])
+def test_taping_stepper_matches_the_step_and_its_tape_the_linearization(cell):
+    """The loop that records the gates gives the states of ``step``, and ``linearize`` from
+    that tape gives the Jacobians and pullback it gives without one."""
+    with torch.no_grad():
+        cell.bias.normal_()
+    x = torch.randn(2, 6, cell.input_size, dtype=torch.float64)
+    h0 = torch.randn(2, cell.state_size, dtype=torch.float64)
+    with torch.no_grad():
+        step, tape = cell.taping_stepper(x)
+        states, h = [], h0
+        for t in range(x.shape[1]):
+            h = step(t, h)
+            states.append(h)
+        states = torch.stack(states, dim=1)
+        previous = torch.cat((h0.unsqueeze(1), states[:, :-1]), dim=1)
+        torch.testing.assert_close(states, cell.step(x, previous), rtol=1e-13, atol=1e-14)
+    x.requires_grad_()
+    cotangent = torch.randn_like(states)
+    (jac, pullback), (want_jac, want_pullback) = (
+        cell.linearize(x, previous, **options) for options in ({"tape": tape}, {}))
+    torch.testing.assert_close(jac, want_jac, rtol=1e-13, atol=1e-14)
+    inputs = [x, *cell.parameters()]
+    got, want = (pullback_gradients(pb, cotangent, inputs) for pb in (pullback, want_pullback))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14)
+
+
 def test_loop_backward_uses_the_forward_parameters(loop_training):
     """gradcheck through parameters swapped in by functional_call: the backward, which runs
     after the swap is undone, must differentiate the tensors the forward used."""

@@ -36,16 +36,16 @@ class Cell(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement step(x, h_prev)")
 
     def forward(self, x: torch.Tensor, h_prev: torch.Tensor, *, jacobian: bool = False,
-                linearize: bool = False):
+                linearize: bool = False, tape: torch.Tensor | None = None):
         """:meth:`step`, or :meth:`step_and_jacobian` when ``jacobian=True``, or
-        :meth:`linearize` when ``linearize=True``.
+        :meth:`linearize` when ``linearize=True`` (with ``tape`` when given).
 
         The solver calls cells through ``forward`` under ``torch.func.functional_call``
         so that parameters swapped in by the caller (``functional_call``, FSDP, ...) are
         the ones differentiated.
         """
         if linearize:
-            return self.linearize(x, h_prev)
+            return self.linearize(x, h_prev) if tape is None else self.linearize(x, h_prev, tape=tape)
         if jacobian:
             return self.step_and_jacobian(x, h_prev)
         return self.step(x, h_prev)
@@ -60,6 +60,15 @@ class Cell(nn.Module):
         """
         inputs = x.unbind(1)  # one call for all the per-step views
         return lambda t, h_prev: self.step(inputs[t], h_prev)
+
+    def taping_stepper(self, x: torch.Tensor):
+        """``(step, tape)``: a :meth:`sequence_stepper` for a loop without autograd that also
+        records, per step, what :meth:`linearize` would recompute (``tape`` ``(B, T, …)``,
+        filled as the loop runs), so that the loop's backward can pass
+        ``linearize(x, h_prev, tape=tape[:, steps])`` instead. The default records nothing
+        (``tape`` None); ParaGRU and ParaLSTM record their gates.
+        """
+        return self.sequence_stepper(x), None
 
     def fused_solver(self):
         """A fused whole-sequence solve for this cell, or None (the generic Newton path).

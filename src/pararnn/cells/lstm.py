@@ -110,6 +110,39 @@ class ParaLSTMCell(Cell):
 
         return step
 
+    def taping_stepper(self, x):
+        """The loop's step writing ``(f, c̃, o, tanh(c'))`` in place into a tape
+        ``(B, T, 4, N)`` whose first three rows start as the biased pre-activations
+        ``u + b`` (one pass for all steps instead of three bias adds per step)."""
+        if not runs_own_step(self, ParaLSTMCell, *_OWN_STEP):
+            return super().taping_stepper(x)
+        n = self.hidden_size
+        tape = x.new_empty(*x.shape[:-1], 4, n)
+        pre = x.unflatten(-1, (3, n))
+        if self.bias is None:
+            tape[..., :3, :] = pre
+        else:
+            torch.add(pre, self.bias, out=tape[..., :3, :])
+        a_f, a_c, a_o, p_f, p_o = self._step_parameters()[:5]
+        f_steps, c_steps, o_steps, tanh_steps = (tape[..., i, :].unbind(1) for i in range(4))
+        # the last state returned with its contiguous (h, c): the loop passes that state
+        # back, and ops on contiguous halves run ~2x faster than on the interleaved views
+        last = [None, None, None]
+
+        def step(t, h_prev):
+            h, c = last[1:] if h_prev is last[0] else self.unpack_state(h_prev)
+            f = f_steps[t].addcmul_(a_f, h).addcmul_(p_f, c).sigmoid_()
+            candidate = c_steps[t].addcmul_(a_c, h).tanh_()
+            c_next = torch.lerp(candidate, c, f)
+            o = o_steps[t].addcmul_(a_o, h).addcmul_(p_o, c_next).sigmoid_()
+            h_next = o * torch.tanh(c_next, out=tanh_steps[t])
+            # interleaved (c, h) in one op: a complex number's parts are stored that way
+            # (pack_state's stack costs ~3x as much per step)
+            last[:] = torch.view_as_real(torch.complex(c_next, h_next)).flatten(-2), h_next, c_next
+            return last[0]
+
+        return step, tape
+
     def step_and_jacobian(self, x, h_prev):
         parameters = self._step_parameters()
         a_f, a_c, a_o, p_f, p_o = parameters[:5]
@@ -130,17 +163,22 @@ class ParaLSTMCell(Cell):
         jac = torch.stack((dc_dc, dc_dh, dh_dc, dh_dh), dim=-2).unflatten(-2, (2, 2)).movedim(-1, -3)
         return self.pack_state(h_next, c_next), jac
 
-    def linearize(self, x, h_prev):
+    def linearize(self, x, h_prev, tape=None):
         """Analytic Jacobian and VJP (see :meth:`Cell.linearize`), from the derivatives of
         ``c'`` by the pre-activations of ``f`` and ``c̃``, of ``h'`` by that of ``o``, and the
-        total ``∂h'/∂c'`` (directly and through ``o``'s peephole)."""
+        total ``∂h'/∂c'`` (directly and through ``o``'s peephole). The gates come from
+        ``tape`` (:meth:`taping_stepper`) when given."""
         if not runs_own_step(self, ParaLSTMCell, *_OWN_STEP):
             return super().linearize(x, h_prev)
         parameters, bias = self._step_parameters(), self.bias  # bound now: see Cell.linearize
         a_f, a_c, a_o, p_f, p_o = parameters[:5]  # rows of the clipped a and peepholes
         with torch.no_grad():
-            h, c, f, candidate, c_next, o, tanh_c, _ = self._forward(*x.chunk(3, dim=-1), h_prev,
-                                                                     parameters)
+            if tape is None:
+                h, c, f, candidate, c_next, o, tanh_c, _ = self._forward(*x.chunk(3, dim=-1),
+                                                                         h_prev, parameters)
+            else:
+                (h, c), (f, candidate, o, tanh_c) = self.unpack_state(h_prev), tape.unbind(-2)
+                c_next = torch.lerp(candidate, c, f)
             # fused derivative kernels, one pass apiece
             d_f = _sigmoid_backward(c - candidate, f)  # ∂c'/∂pre_f = f(1-f)(c-c̃)
             d_c = _tanh_backward(torch.rsub(f, 1), candidate)  # ∂c'/∂pre_c = (1-f)(1-c̃²)

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..kernels import triton_available
 from .config import ModelConfig, transformer_block_params, round_up
+from .cpu_chunked import CausalConvSiLU, GatedRMSNormFn, use_chunked
 
 # decided once, not per step: a compiled decode step would trace the cached lookup (and warn)
 _TRITON = triton_available()
@@ -55,9 +56,12 @@ class RMSNorm(nn.Module):
 
 
 class GatedRMSNorm(RMSNorm):
-    """``RMSNorm(y) * silu(gate)``: the norm after the cell in the ParaRNN paper's block."""
+    """``RMSNorm(y) * silu(gate)``: the norm after the cell in the ParaRNN paper's block.
+    Training on the CPU: one chunked autograd Function (:mod:`pararnn.models.cpu_chunked`)."""
 
     def forward(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        if use_chunked(y) and y.dtype == gate.dtype == self.weight.dtype:
+            return GatedRMSNormFn.apply(y, gate, self.weight, self.eps)
         return super().forward(y) * F.silu(gate)
 
 
@@ -71,8 +75,17 @@ class CausalConv1d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
         nn.init.uniform_(self.weight, -1 / math.sqrt(kernel_size), 1 / math.sqrt(kernel_size))
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None, key: str = "conv") -> torch.Tensor:
-        """``x``: ``(B, T, C)`` -> ``(B, T, C)``; output ``t`` sees inputs ``t-k+1 .. t``."""
+    def forward(self, x: torch.Tensor, cache: dict | None = None, key: str = "conv",
+                silu: bool = False) -> torch.Tensor:
+        """``x``: ``(B, T, C)`` -> ``(B, T, C)``; output ``t`` sees inputs ``t-k+1 .. t``.
+        ``silu=True`` applies SiLU to the output (on the CPU, for training, fused with the
+        conv: :mod:`pararnn.models.cpu_chunked`)."""
+        if cache is None and silu and use_chunked(x) and x.dtype == self.weight.dtype:
+            return CausalConvSiLU.apply(x, self.weight, self.bias)
+        y = self._conv(x, cache, key)
+        return F.silu(y) if silu else y
+
+    def _conv(self, x: torch.Tensor, cache: dict | None, key: str) -> torch.Tensor:
         if isinstance(cache, StaticCache):
             return self.static_step(x, cache[key])
         B, T, C = x.shape

@@ -187,7 +187,7 @@ class ParaRNNMixer(nn.Module):
             if self.gated:
                 u, gate = u.chunk(2, dim=-1)
         if self.conv is not None:
-            u = F.silu(self.conv(u, cache))
+            u = self.conv(u, cache, silu=True)
         y = self._recur(u, cache)
         if isinstance(self.norm, GatedRMSNorm):
             y = self.norm(y, gate)

@@ -100,6 +100,17 @@ class _Algebra:
             return out
         return self.structure.compose(outer, inner)
 
+    def apply(self, jac: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """``J v`` per step."""
+        if self.kind == "diagonal":
+            return jac * vec
+        if self.kind == "block":  # planar, as in apply_add
+            result = jac[..., :, 0, :] * vec[..., 0:1, :]
+            for j in range(1, self.k):
+                result.addcmul_(jac[..., :, j, :], vec[..., j:j + 1, :])
+            return result
+        return self.structure.apply(jac, vec)
+
     def apply_add(self, jac: torch.Tensor, vec: torch.Tensor, rhs: torch.Tensor,
                   out: torch.Tensor | None = None) -> torch.Tensor:
         """``J v + r`` per step, written into ``out`` when given."""
@@ -144,30 +155,38 @@ def _odd_even_solve(tail: torch.Tensor, rhs: torch.Tensor, algebra: _Algebra) ->
 
 
 def solve_adjoint_loop(jac: torch.Tensor, rhs: torch.Tensor, structure: JacobianStructure,
-                       carry: torch.Tensor | None = None) -> torch.Tensor:
+                       carry: torch.Tensor | None = None, *, with_carry: bool = False):
     """The adjoint recurrence ``λ_t = r_t + J_{t+1}^T λ_{t+1}`` (``J_0`` unused) by a loop
     over the steps, from ``λ_{T-1} = r_{T-1} + carry`` (``carry``: the term ``J_T^T λ_T`` of
     a later piece of the sequence, ``(B, N)``; zero when None).
 
     One fused multiply-add per step over ``B x N`` entries: on a CPU cheaper than the
     scan's whole-sequence passes when ``B x N`` is large, which is when the sequential
-    backward (:class:`pararnn.solver.newton.LoopSolve`) runs it.
+    backward (:class:`pararnn.solver.newton.LoopSolve`) runs it. With ``with_carry``,
+    returns ``(λ, J_0^T λ_0)``: the carry of the piece before this one.
     """
     algebra = _Algebra(structure)
-    tail = jac[:, 1:]
+    steps = jac if with_carry else jac[:, 1:]  # J_0 is read only for the carry
     if algebra.kind == "block":
-        tail, rhs = algebra.to_planar(tail, rhs)
+        steps, rhs = algebra.to_planar(steps, rhs)
         if carry is not None:
             carry = carry.unflatten(-1, (-1, algebra.k)).movedim(-1, -2)
     adjoints = torch.empty_like(rhs)
-    coefficients, terms, outs = algebra.transpose(tail).unbind(1), rhs.unbind(1), adjoints.unbind(1)
+    coefficients, terms, outs = algebra.transpose(steps).unbind(1), rhs.unbind(1), adjoints.unbind(1)
+    if with_carry:  # coefficients[t] is J_t^T here, J_{t+1}^T without the carry
+        coefficients = coefficients[1:] + coefficients[:1]
     if carry is None:
         outs[-1].copy_(terms[-1])
     else:
         torch.add(terms[-1], carry, out=outs[-1])
     for t in range(len(outs) - 2, -1, -1):
         algebra.apply_add(coefficients[t], outs[t + 1], terms[t], out=outs[t])
-    return algebra.from_planar(adjoints) if algebra.kind == "block" else adjoints
+    if algebra.kind == "block":
+        adjoints = algebra.from_planar(adjoints)
+    if not with_carry:
+        return adjoints
+    next_carry = algebra.apply(coefficients[-1], outs[0])
+    return adjoints, algebra.from_planar(next_carry) if algebra.kind == "block" else next_carry
 
 
 def solve_linear_recurrence_sequential(

@@ -27,13 +27,15 @@ from .config import NewtonConfig, NewtonConvergenceError, SolveInfo
 from .inputs import Sequences
 
 
-def sequential_solve(cell, x: torch.Tensor, h0: torch.Tensor, sequences: Sequences) -> torch.Tensor:
+def sequential_solve(cell, x: torch.Tensor, h0: torch.Tensor, sequences: Sequences,
+                     step=None) -> torch.Tensor:
     """States ``(B, T, N)`` by the plain loop, one ``cell.step`` per time step: the reference
-    every other path must match; differentiable by autograd."""
+    every other path must match; differentiable by autograd. ``step``: the cell's stepper
+    for ``x`` to use (default :meth:`~pararnn.Cell.sequence_stepper`)."""
     batch, steps, _ = x.shape
     # per-step views by unbind, not x[:, t]: the backward of T slices would write T
     # full-size gradients (O(T^2) work); unbind's backward is one stack.
-    step = cell.sequence_stepper(x)
+    step = step or cell.sequence_stepper(x)
     if sequences.starts_only_at_zero:  # no per-step select of the initial state
         h, states = h0, []
         for t in range(steps):
@@ -278,7 +280,8 @@ class LoopSolve(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cell, sequences, x, h0, *params):
-        states = sequential_solve(cell, x, h0, sequences)
+        step, ctx.tape = cell.taping_stepper(x)  # what linearize need not recompute
+        states = sequential_solve(cell, x, h0, sequences, step)
         _save_solve(ctx, cell, sequences, x, h0, states, params)
         return states
 
@@ -308,13 +311,16 @@ class LoopSolve(torch.autograd.Function):
             need_prev = need_h0 and (start == 0 or not only_at_zero)
             x_in = x[:, start:end].detach().requires_grad_(need_x)
             prev_in = prev_chunk.detach().requires_grad_(need_prev)
+            options = {"linearize": True}
+            if ctx.tape is not None:
+                options["tape"] = ctx.tape[:, start:end]
             with torch.enable_grad():
-                jac, pullback = functional_call(cell, weights, (x_in, prev_in), {"linearize": True})
+                jac, pullback = functional_call(cell, weights, (x_in, prev_in), options)
             if not only_at_zero:
                 jac = structure.zero_where(jac, sequences.starts[:, start:end])
-            adjoint = solve_adjoint_loop(jac, grad_states[:, start:end], structure, carry)
-            if start:  # J_start^T λ_start: the term the chunk before adds to its last adjoint
-                carry = structure.apply(structure.transpose(jac[:, 0]), adjoint[:, 0])
+            # the chunk's adjoints, and J_start^T λ_start: what the chunk before adds to its last one
+            adjoint, carry = solve_adjoint_loop(jac, grad_states[:, start:end], structure, carry,
+                                                with_carry=True)
             grad_x_in, grad_prev_in, *grads = complete_vjp(
                 pullback(adjoint), (x_in, prev_in, *params_in), (need_x, need_prev, *need_params))
             if need_x:
