@@ -189,7 +189,7 @@ class Mamba2Mixer(nn.Module):
         b, l, _ = u.shape
         gn = self.ngroups * self.d_state
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.d_inner + 2 * gn, self.nheads], -1)
-        xBC = F.silu(self.conv(xBC, cache))
+        xBC = self.conv(xBC, cache, silu=True)
         x, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
         x = x.view(b, l, self.nheads, self.headdim)
         B = B.view(b, l, self.ngroups, self.d_state)
