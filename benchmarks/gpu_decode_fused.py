@@ -31,6 +31,8 @@ import triton
 from pararnn.generation import Generator, benchmark_decode
 from pararnn.models import build_model, preset, rnn_mixer
 
+from gpu_decode_ab import decode_logits
+
 # value: rnn_mixer.FUSED_PROJECTION_MAX_BATCH while the variant compiles and runs
 VARIANTS = {"projected kernel": 1 << 30, "projection + step kernel": 0}
 MODELS = ("paragru", "paralstm")
@@ -86,12 +88,6 @@ def kernel_sweep(model, batches: list[int], log, result: dict, save) -> None:
         log(f"one layer, batch {batch:>3}: projected kernel (us by target programs) "
             + "  ".join(f"{t}: {us:.2f}" for t, us in row["projected_us"].items())
             + f"; eager projection + step kernel {row['projection_then_step_us']:.2f} us")
-
-
-def decode_logits(generator: Generator, prompt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    logits = [generator.prefill(prompt, prompt.shape[1] + len(tokens) + 1).float()]
-    logits += [generator.step(token).float() for token in tokens]
-    return torch.stack(logits)
 
 
 def main() -> None:
