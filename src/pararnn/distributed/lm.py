@@ -98,20 +98,20 @@ class _HaloExchange(torch.autograd.Function):
 
 
 def _conv_chunk_forward(conv: nn.Module, group, x: torch.Tensor, cache: dict | None = None,
-                        key: str = "conv") -> torch.Tensor:
+                        key: str = "conv", silu: bool = False) -> torch.Tensor:
     """The causal conv on a time chunk: the previous chunk's last ``k - 1`` inputs are its past."""
     if cache is not None:
         raise ValueError("decoding with caches is not context-parallel; use the model unsplit")
     halo = conv.kernel_size - 1
     original = type(conv).forward
     if halo == 0:
-        return original(conv, x)
+        return original(conv, x, silu=silu)
     if x.shape[1] < halo:
         raise ValueError(f"each time chunk needs at least {halo} steps for the causal conv "
                          f"(kernel {conv.kernel_size}), got {x.shape[1]}")
     past = _HaloExchange.apply(x[:, -halo:], group)
     # the conv reads its past inputs from a decode cache: hand it the halo that way
-    return original(conv, x, {key: past.transpose(1, 2)}, key)
+    return original(conv, x, {key: past.transpose(1, 2)}, key, silu=silu)
 
 
 def _rnn_chunk_forward(layer: nn.Module, group, boundary_tol, x, state=None):
