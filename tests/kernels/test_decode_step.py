@@ -97,11 +97,13 @@ def test_fused_step_compiles_in_one_graph(kind):
     torch.testing.assert_close(y, expected[0] + 1, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("k,channels", [(4, 40), (2, 1500), (3, 7)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_conv_step_equals_the_formula(k, channels, dtype):
-    """Output ``bias + sum_j w_j window_j + w_{k-1} x`` and the window shifted by one,
-    with ``x`` a strided slice (the convolution reads a chunk of a projection)."""
+def test_conv_step_equals_the_formula(k, channels, dtype, silu):
+    """Output ``bias + sum_j w_j window_j + w_{k-1} x`` (with ``silu``: its SiLU) and the
+    window shifted by one, with ``x`` a strided slice (the convolution reads a chunk of a
+    projection)."""
     torch.manual_seed(k)
     batch = 3
     weight, bias = torch.randn(channels, 1, k, device=DEVICE), torch.randn(channels, device=DEVICE)
@@ -109,7 +111,9 @@ def test_conv_step_equals_the_formula(k, channels, dtype):
     window = torch.randn(batch, channels, k - 1, device=DEVICE).to(dtype)
     full = torch.cat([window.double(), x.double()[:, :, None]], dim=2)
     expected = (full * weight[:, 0].double()).sum(-1) + bias.double()
-    y = decode_step.conv_step(x, window, weight, bias)
+    if silu:
+        expected = torch.nn.functional.silu(expected)
+    y = decode_step.conv_step(x, window, weight, bias, silu=silu)
     assert y.dtype == dtype
     torch.testing.assert_close(y.double(), expected, atol=1e-5 if dtype == torch.float32 else 2e-2,
                                rtol=1e-5 if dtype == torch.float32 else 1e-2)

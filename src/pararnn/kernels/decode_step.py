@@ -193,7 +193,8 @@ def _lstm_projected_kernel(U, W, PBIAS, AW, PEEP, BIAS, H, C, batch, N, head_out
 
 
 @triton.jit
-def _conv_step_kernel(X, WINDOW, W, BIAS, Y, C, K: tl.constexpr, BC: tl.constexpr):
+def _conv_step_kernel(X, WINDOW, W, BIAS, Y, C, K: tl.constexpr, SILU: tl.constexpr,
+                      BC: tl.constexpr):
     row = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0) * BC + tl.arange(0, BC)
     mask = offs < C
@@ -207,6 +208,8 @@ def _conv_step_kernel(X, WINDOW, W, BIAS, Y, C, K: tl.constexpr, BC: tl.constexp
         if j > 0:
             tl.store(window + j - 1, past, mask=mask)
     tl.store(window + K - 2, x.to(WINDOW.dtype.element_ty), mask=mask)
+    if SILU:  # the activation after the conv, here rather than as a kernel of its own
+        y = y * sigmoid(y)
     tl.store(Y + row * C + offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -294,10 +297,10 @@ def _lstm_projected_step_(u: torch.Tensor, weight: torch.Tensor, proj_bias: torc
 
 @triton_op("pararnn::conv_decode_step_", mutates_args={"window"})
 def _conv_step_(x: torch.Tensor, window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                y: torch.Tensor) -> None:
+                y: torch.Tensor, silu: bool) -> None:
     grid, block = _launch_shape(*x.shape)
     wrap_triton(_conv_step_kernel)[grid](x, window, weight, bias, y, x.shape[1],
-                                         K=weight.shape[-1], BC=block)
+                                         K=weight.shape[-1], SILU=silu, BC=block)
 
 
 def _check(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -395,11 +398,12 @@ def lstm_projected_step(u: torch.Tensor, weight: torch.Tensor, proj_bias: torch.
 
 
 def conv_step(x: torch.Tensor, window: torch.Tensor, weight: torch.Tensor,
-              bias: torch.Tensor) -> torch.Tensor:
+              bias: torch.Tensor, silu: bool = False) -> torch.Tensor:
     """One step of a depthwise causal convolution (:class:`pararnn.models.lm.CausalConv1d`):
     input ``x`` ``(B, C)`` (rows may be strided), the last ``k-1`` inputs in ``window``
     ``(B, C, k-1)``, ``weight`` ``(C, 1, k)``, ``bias`` ``(C,)``. Returns the output
-    ``(B, C)`` in the window's dtype (float32 math) and shifts ``x`` into ``window`` in place."""
+    ``(B, C)`` in the window's dtype (float32 math; ``silu=True``: SiLU of it) and shifts
+    ``x`` into ``window`` in place."""
     batch, channels = x.shape
     k = weight.shape[-1]
     # a strided x (a chunk of a projection) is copied: a stride passed to the kernel would
@@ -409,5 +413,5 @@ def conv_step(x: torch.Tensor, window: torch.Tensor, weight: torch.Tensor,
                                 ("weight", weight, (channels, 1, k)), ("bias", bias, (channels,))):
         _check(name, tensor, shape)
     y = torch.empty(batch, channels, device=x.device, dtype=window.dtype)
-    _conv_step_(x, window, weight, bias, y)
+    _conv_step_(x, window, weight, bias, y, silu)
     return y

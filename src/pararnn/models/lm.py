@@ -79,15 +79,15 @@ class CausalConv1d(nn.Module):
                 silu: bool = False) -> torch.Tensor:
         """``x``: ``(B, T, C)`` -> ``(B, T, C)``; output ``t`` sees inputs ``t-k+1 .. t``.
         ``silu=True`` applies SiLU to the output (on the CPU, for training, fused with the
-        conv: :mod:`pararnn.models.cpu_chunked`)."""
+        conv: :mod:`pararnn.models.cpu_chunked`; in a CUDA decode step, inside its kernel)."""
         if cache is None and silu and use_chunked(x) and x.dtype == self.weight.dtype:
             return CausalConvSiLU.apply(x, self.weight, self.bias)
+        if isinstance(cache, StaticCache):
+            return self.static_step(x, cache[key], silu=silu)
         y = self._conv(x, cache, key)
         return F.silu(y) if silu else y
 
     def _conv(self, x: torch.Tensor, cache: dict | None, key: str) -> torch.Tensor:
-        if isinstance(cache, StaticCache):
-            return self.static_step(x, cache[key])
         B, T, C = x.shape
         xt = x.transpose(1, 2)
         past = cache.get(key) if cache is not None else None
@@ -99,18 +99,18 @@ class CausalConv1d(nn.Module):
         y = F.conv1d(xt, self.weight.to(xt.dtype), self.bias.to(xt.dtype), groups=C)
         return y.transpose(1, 2)
 
-    def static_step(self, x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    def static_step(self, x: torch.Tensor, window: torch.Tensor, silu: bool = False) -> torch.Tensor:
         """One token ``x`` ``(B, 1, C)`` with the last ``k-1`` inputs in ``window``
-        ``(B, C, k-1)``, which is updated in place. On CUDA one fused Triton kernel
-        (:func:`pararnn.kernels.decode_step.conv_step`, float32 math), elsewhere and in
-        float64 PyTorch in the window's dtype."""
+        ``(B, C, k-1)``, which is updated in place (``silu``: SiLU of the output). On CUDA
+        one fused Triton kernel (:func:`pararnn.kernels.decode_step.conv_step`, float32
+        math, the SiLU included), elsewhere and in float64 PyTorch in the window's dtype."""
         if x.is_cuda and window.dtype != torch.float64 and _TRITON:
             from ..kernels import decode_step
-            return decode_step.conv_step(x[:, 0], window, self.weight, self.bias)[:, None]
+            return decode_step.conv_step(x[:, 0], window, self.weight, self.bias, silu=silu)[:, None]
         xt = torch.cat([window, x.transpose(1, 2).to(window.dtype)], dim=2)
         window.copy_(xt[:, :, 1:])
         y = (xt * self.weight[:, 0].to(xt.dtype)).sum(-1) + self.bias.to(xt.dtype)
-        return y[:, None]
+        return (F.silu(y) if silu else y)[:, None]
 
 
 class SwiGLU(nn.Module):
