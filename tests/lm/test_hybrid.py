@@ -1,6 +1,7 @@
 """Hybrid ParaRNN language models (``attn_every=k``): a Transformer block every k-th block
-among ParaGRU/ParaLSTM blocks. Shapes, causality, decoding, parameter matching, FLOPs,
-errors, and a run through `pararnn train`, its checkpoint and the Hugging Face export."""
+among ParaGRU/ParaLSTM blocks. Decoding, parameter matching, FLOPs, errors, and a run
+through `pararnn train`, its checkpoint and the Hugging Face export (shapes, loss and
+causality: tests/lm/test_models.py, with the other models)."""
 
 import pytest
 import torch
@@ -34,29 +35,6 @@ def test_every_kth_block_is_an_attention_block():
     assert preset("paralstm", "tiny").block_models == ["paralstm"] * 4
     assert [type(b.mixer) for b in hybrid().blocks] == [ParaRNNMixer, Attention, ParaRNNMixer]
     assert all(isinstance(b.mixer, Attention) for b in hybrid(attn_every=1).blocks)
-
-
-@pytest.mark.parametrize("model,block", HYBRIDS)
-def test_shapes_loss_and_gradients(model, block):
-    lm = hybrid(model, block).float().train()
-    idx = torch.randint(0, 64, (2, 20))
-    assert lm(idx).shape == (2, 20, 64)
-    loss = lm(idx, idx)
-    loss.backward()
-    assert loss.ndim == 0 and torch.isfinite(loss)
-    assert all(p.grad is not None for p in lm.parameters())
-
-
-@pytest.mark.parametrize("model,block", HYBRIDS)
-def test_causality(model, block):
-    lm = hybrid(model, block)
-    idx = torch.randint(0, 64, (2, 24))
-    changed, t = idx.clone(), 13
-    changed[:, t] = (changed[:, t] + 7) % 64
-    with torch.no_grad():
-        a, b = lm(idx), lm(changed)
-    torch.testing.assert_close(a[:, :t], b[:, :t], atol=1e-12, rtol=0)
-    assert not torch.allclose(a[:, t:], b[:, t:])
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])

@@ -12,6 +12,10 @@ from pararnn.models.mamba2 import ssd_backend, ssd_chunked, ssd_sequential
 # for the ParaRNN mixers
 VARIANTS = [(m, "standard") for m in MODELS] + [(m, b) for b in ("paper", "tuned")
                                                 for m in ("paragru", "paralstm")]
+# with hybrids (attn_every=2 at nano: a ParaRNN block, then an attention block)
+WITH_HYBRIDS = [(m, b, {}) for m, b in VARIANTS] + [
+    ("paragru", "standard", {"attn_every": 2}), ("paralstm", "paper", {"attn_every": 2}),
+    ("paragru", "tuned", {"attn_every": 2})]
 
 
 def small_model(model, block="standard", **overrides):
@@ -78,9 +82,9 @@ def test_sizes_command_prints_counts(capsys):
     assert "7b" in out and "paragru" in out and "M" in out
 
 
-@pytest.mark.parametrize("model,block", VARIANTS)
-def test_shapes_and_loss(model, block):
-    lm = small_model(model, block).float().train()
+@pytest.mark.parametrize("model,block,options", WITH_HYBRIDS)
+def test_shapes_and_loss(model, block, options):
+    lm = small_model(model, block, **options).float().train()
     idx = torch.randint(0, 64, (3, 20))
     assert lm(idx).shape == (3, 20, 64)
     loss = lm(idx, idx)
@@ -89,9 +93,9 @@ def test_shapes_and_loss(model, block):
     assert all(p.grad is not None for p in lm.parameters())
 
 
-@pytest.mark.parametrize("model,block", VARIANTS)
-def test_causality(model, block):
-    lm = small_model(model, block)
+@pytest.mark.parametrize("model,block,options", WITH_HYBRIDS)
+def test_causality(model, block, options):
+    lm = small_model(model, block, **options)
     idx = torch.randint(0, 64, (2, 24))
     changed = idx.clone()
     t = 13
