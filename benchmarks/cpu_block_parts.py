@@ -13,7 +13,6 @@ Run it against another tree with ``PYTHONPATH=that/src`` for a before/after.
 
 import argparse
 import inspect
-import json
 import os
 import time
 
@@ -23,6 +22,8 @@ import torch.nn.functional as F
 from pararnn import solve
 from pararnn.models import build_model
 from pararnn.models.config import preset
+
+from cpu_train_step import save_report
 
 
 def cpu_ms(fn, repeats: int) -> tuple[float, float]:
@@ -109,11 +110,7 @@ def main() -> None:
             rows[part] = dict(median_ms=median, min_ms=low)
             print(f"{name:12s} {part:16s} median {median:7.2f} ms  min {low:7.2f} ms", flush=True)
         report["models"][name] = rows
-    report["load_average_after"] = os.getloadavg()
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+    save_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -135,6 +135,15 @@ def table(paths) -> None:
               f"| {before_cpu / after_cpu:.2f}x | " + " | ".join(ratios) + " |")
 
 
+def save_report(report: dict, path: str | None) -> None:
+    """Add the load average after the run and write ``report`` as JSON to ``path`` (if given)."""
+    report["load_average_after"] = os.getloadavg()
+    if path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(report, f, indent=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -164,11 +173,7 @@ def main() -> None:
             layers=[] if args.skip_layers else time_layers(args.repeats),
             train_steps=time_train_steps(args.models, args.size, args.batch_size, args.seq_len,
                                          args.repeats)))
-    report["load_average_after"] = os.getloadavg()
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+    save_report(report, args.out)
 
 
 if __name__ == "__main__":
