@@ -36,12 +36,11 @@ variants=(
     "paragru+attn4n1536=attn_every=4,rnn_expand=3,rnn_in_proj=false"
 )
 lrs=(--lrs transformer=1e-3 --lrs mamba2=2e-3 --lrs paragru=2e-3 --lrs paralstm=2e-3)
-for v in "${variants[@]}"; do
-    name=${v%%=*}
-    lrs+=(--lrs "$name=2e-3")  # ParaGRU and ParaLSTM both had their best at 2e-3
-done
 variant_args=()
-for v in "${variants[@]}"; do variant_args+=(--variant "$v"); done
+for v in "${variants[@]}"; do  # ParaGRU and ParaLSTM both had their best at 2e-3
+    variant_args+=(--variant "$v")
+    lrs+=(--lrs "${v%%=*}=2e-3")
+done
 
 # shellcheck disable=SC2086  # EXTRA is a list of flags
 python3 -m pararnn sweep --out "$outdir" --data python:packages --tokenizer byte \
