@@ -51,12 +51,13 @@ def make_layer(layer_cls, hidden: int, **options):
                      device="cuda", **options)
 
 
-def layer_call(layer, x, dtype: str, backward: bool):
-    """One timed step: ``layer`` on ``x``, plus the backward of the outputs' sum when
-    ``backward``; ``dtype`` "bf16" runs under autocast."""
+def layer_call(layer, x, dtype: str, backward: bool, **options):
+    """One timed step: ``layer`` on ``x`` (and keyword ``options``, e.g. ``cu_seqlens``),
+    plus the backward of the outputs' sum when ``backward``; ``dtype`` "bf16" runs under
+    autocast."""
     def call():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            out = layer(x)[0]
+            out = layer(x, **options)[0]
         if backward:
             out.float().sum().backward()
     return call

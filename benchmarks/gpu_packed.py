@@ -41,15 +41,6 @@ def document_lengths(kind: str) -> list[int]:
     return [b - a for a, b in zip(edges, edges[1:])]
 
 
-def packed_call(layer, x, cu_seqlens, dtype: str, backward: bool):
-    def call():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            out = layer(x, cu_seqlens=cu_seqlens)[0]
-        if backward:
-            out.float().sum().backward()
-    return call
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
@@ -74,10 +65,10 @@ def main() -> None:
                     row = {"cell": layer_cls.__name__, "documents": docs, "count": len(lengths),
                            "dtype": dtype, "backward": backward}
                     with torch.set_grad_enabled(backward):
-                        row["packed_ms"] = median_event_ms(packed_call(fused, x, cu_seqlens, dtype, backward))
+                        row["packed_ms"] = median_event_ms(layer_call(fused, x, dtype, backward, cu_seqlens=cu_seqlens))
                         row["packed_backend"] = fused.last_solve.backend
                         row["generic_ms"] = median_event_ms(
-                            packed_call(generic, x, cu_seqlens, dtype, backward), repeats=5, warmup=1)
+                            layer_call(generic, x, dtype, backward, cu_seqlens=cu_seqlens), repeats=5, warmup=1)
                         row["generic_backend"] = generic.last_solve.backend
                         if docs == "equal":
                             padded = x.detach().reshape(len(lengths), 4096, HIDDEN).clone().requires_grad_(backward)
