@@ -65,7 +65,8 @@ def main() -> None:
                     row = {"cell": layer_cls.__name__, "documents": docs, "count": len(lengths),
                            "dtype": dtype, "backward": backward}
                     with torch.set_grad_enabled(backward):
-                        row["packed_ms"] = median_event_ms(layer_call(fused, x, dtype, backward, cu_seqlens=cu_seqlens))
+                        row["packed_ms"] = median_event_ms(
+                            layer_call(fused, x, dtype, backward, cu_seqlens=cu_seqlens))
                         row["packed_backend"] = fused.last_solve.backend
                         row["generic_ms"] = median_event_ms(
                             layer_call(generic, x, dtype, backward, cu_seqlens=cu_seqlens), repeats=5, warmup=1)
