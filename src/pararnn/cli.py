@@ -29,7 +29,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .models.config import MODELS, SIZES
+from .models.config import BLOCKS, HYBRID_ATTN_EVERY, MODELS, SIZES
 
 
 def _positive_int(text: str) -> int:
@@ -69,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "flags on the command line override it (default: none)")
     t.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)}")
     t.add_argument("--size", default=d.size, help=f"one of {', '.join(SIZES)} (see `pararnn sizes`)")
-    t.add_argument("--block", default=d.block, choices=["standard", "paper", "tuned", "auto"],
+    t.add_argument("--block", default=d.block, choices=list(BLOCKS),
                    help="standard: the plain mixer; paper: + causal conv, gated RMSNorm, scaled "
                    "residuals (ParaRNN paper); tuned: paper + state 2x d_model + chrono memory init "
-                   "(ParaRNN models; RESULTS.md); auto: tuned for paragru/paralstm, standard otherwise")
+                   f"(ParaRNN models; RESULTS.md); hybrid: tuned + every {HYBRID_ATTN_EVERY}th block "
+                   f"an attention block (models of >= {HYBRID_ATTN_EVERY} layers); auto: hybrid for "
+                   "paragru/paralstm, standard otherwise")
     t.add_argument("--model-options", type=_model_options, default={}, metavar="KEY=VALUE,...",
                    help="ModelConfig overrides, e.g. rnn_expand=2,rnn_init=paper")
     t.add_argument("--data", default=d.data, help="text file or directory of text files, or "
@@ -168,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--models", "--model", default="paragru,transformer",
                    help=f"comma-separated, from {', '.join(MODELS)}")
     b.add_argument("--size", choices=list(SIZES), default="tiny")
-    b.add_argument("--block", default="auto", choices=["standard", "paper", "tuned", "auto"],
+    b.add_argument("--block", default="auto", choices=list(BLOCKS),
                    help="block of the random-weight models (as `pararnn train --block`)")
     b.add_argument("--contexts", default="512,8192,32768", help="comma-separated context lengths")
     b.add_argument("--batch-sizes", default="1,2,4,8,16,32,64,128,256", help="comma-separated")
@@ -204,14 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated models (empty: variants only)")
     w.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE,...",
                    help="a model with ModelConfig overrides, NAME starting with the model, e.g. "
-                   "paragru+expand2=rnn_expand=2 (block=standard|paper|tuned picks the block; schedule, "
+                   "paragru+expand2=rnn_expand=2 (block=standard|paper|tuned|hybrid picks the block; schedule, "
                    "recurrent_lr_mult, weight_decay, warmup_steps, min_lr_ratio, grad_clip are "
                    "training options); repeatable")
     w.add_argument("--lrs", action="append", default=[], metavar="NAME=LR,LR,...",
                    help="LR grid of a model or variant (variants inherit their model's); defaults: "
                    + "; ".join(f"{m} {','.join(map(str, g))}" for m, g in DEFAULT_LRS.items()))
     w.add_argument("--stages", default="lr,seeds", help="comma-separated, in order: lr, seeds, throughput")
-    w.add_argument("--rnn-block", default="tuned", choices=["standard", "paper", "tuned"],
+    w.add_argument("--rnn-block", default="hybrid", choices=[b for b in BLOCKS if b != "auto"],
                    help="block of the ParaRNN models (transformer and mamba2 use the standard one)")
     w.add_argument("--size", default="small", choices=list(SIZES))
     w.add_argument("--seq-len", type=_positive_int, default=512)

@@ -5,10 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from pararnn.models import MODELS, SIZES, build_model, preset
+from pararnn.models.config import HYBRID_ATTN_EVERY
 from pararnn.models.lm import GatedRMSNorm, cache_tensors, sample
 from pararnn.models.mamba2 import ssd_backend, ssd_chunked, ssd_sequential
 
-# (model, block) pairs: every model, and the paper's and the tuned (default) block options
+# (model, block) pairs: every model, and the paper's and the tuned block options
 # for the ParaRNN mixers
 VARIANTS = [(m, "standard") for m in MODELS] + [(m, b) for b in ("paper", "tuned")
                                                 for m in ("paragru", "paralstm")]
@@ -42,24 +43,44 @@ def test_parameter_counts_match_across_models(size):
         assert abs(n / reference - 1) < 0.03, (model, counts)
 
 
+@pytest.mark.parametrize("block", ["tuned", "hybrid"])
 @pytest.mark.parametrize("size", [s for s in SIZES if s not in ("nano", "tiny")])
-def test_tuned_block_keeps_the_parameter_count(size):
-    """The default ParaRNN block (state 2x d_model) narrows the SwiGLU to stay within 1.5% of
+def test_tuned_and_hybrid_blocks_keep_the_parameter_count(size, block):
+    """The ParaRNN blocks with a state 2x d_model narrow their SwiGLU to stay within 1.5% of
     the Transformer at every size from small up (tiny: the SwiGLU would shrink to 16)."""
     with torch.device("meta"):
         reference = build_model(preset("transformer", size, block="auto")).num_params()
         for model in ("paragru", "paralstm"):
-            lm = build_model(preset(model, size, block="auto"))
+            lm = build_model(preset(model, size, block=block))
             assert abs(lm.num_params() / reference - 1) < 0.015, (model, size)
-            assert lm.cfg.mlp_hidden > 0
+            assert all(b.mlp is not None for b in lm.blocks)
 
 
-def test_auto_block_is_tuned_for_the_rnns_and_standard_for_the_baselines():
+def test_hybrid_block_puts_one_attention_block_in_eight():
+    for model in ("paragru", "paralstm"):
+        for size in SIZES:
+            cfg = preset(model, size, block="hybrid")
+            kinds = cfg.block_models
+            if cfg.n_layers < HYBRID_ATTN_EVERY:  # too few blocks: purely recurrent
+                assert cfg == preset(model, size, block="tuned") and "transformer" not in kinds
+                continue
+            assert cfg == preset(model, size, block="tuned", attn_every=HYBRID_ATTN_EVERY)
+            assert [i for i, k in enumerate(kinds) if k == "transformer"] == \
+                list(range(HYBRID_ATTN_EVERY - 1, cfg.n_layers, HYBRID_ATTN_EVERY))
+            assert kinds.count(model) == cfg.n_layers - cfg.n_layers // HYBRID_ATTN_EVERY
+        # an explicit attn_every wins: 0 gives the purely recurrent tuned model
+        assert preset(model, "small", block="hybrid", attn_every=0) == preset(model, "small", block="tuned")
+        assert preset(model, "small", block="hybrid", attn_every=4).block_models.count("transformer") == 2
+    assert preset("transformer", "small", block="hybrid") == preset("transformer", "small", block="tuned")
+
+
+def test_auto_block_is_hybrid_for_the_rnns_and_standard_for_the_baselines():
     for model in ("paragru", "paralstm"):
         cfg = preset(model, "small", block="auto")
         assert (cfg.conv_kernel, cfg.gated_norm, cfg.residual_scale) == (4, True, True)
         assert (cfg.rnn_hidden, cfg.rnn_memory) == (2 * cfg.d_model, 64.0)
-        assert cfg == preset(model, "small", block="tuned")
+        assert cfg == preset(model, "small", block="hybrid")
+        assert cfg.attn_every == HYBRID_ATTN_EVERY
         paper = preset(model, "small", block="paper")
         assert (paper.rnn_hidden, paper.rnn_memory) == (paper.d_model, 0.0)
         # an explicit choice wins over the tuned defaults

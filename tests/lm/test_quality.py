@@ -245,6 +245,32 @@ def test_a_second_invocation_runs_its_own_entries_and_reports_all(tmp_path):
         ("paragru+x2", 4e-3, 0), ("paragru+x2", 4e-3, 1)]
 
 
+def test_sweep_refuses_a_run_folder_of_another_configuration(tmp_path):
+    """A run trained before the default block changed (or restored from another sweep's
+    pack) must not count as this entry's run: planning it names the differing fields."""
+    from pararnn.train.sweep import SweepConfig, best_lrs, plan, save_sweep_config
+    out = tmp_path / "sweep"
+    hybrid = parse_entry("paragru", "hybrid")
+    cfg = SweepConfig(out=str(out), entries=[hybrid], lrs={"paragru": [2e-3, 4e-3]}, size="small")
+    save_sweep_config(cfg)
+    run = out / "lr" / "paragru-lr0.002-s0"
+    run.mkdir(parents=True)
+    recorded = preset("paragru", "small", block="tuned", vocab_size=320).to_dict()  # purely recurrent
+    recorded.pop("attn_every")  # as recorded before the field existed: its default (0) applies
+    (run / "config.json").write_text(json.dumps({"model": recorded}))
+    (run / "result.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"attn_every 0 there, 8 here"):
+        plan(cfg, "lr")
+    with pytest.raises(ValueError, match="another configuration"):
+        best_lrs(out, cfg)
+    # the same run under a variant that names its options is accepted, whatever the vocabulary
+    pure = parse_entry("paragru=attn_every=0", "hybrid")
+    recorded.update(vocab_size=4096, output_size=4096)
+    (run / "config.json").write_text(json.dumps({"model": recorded}))
+    assert [r.lr for r in plan(SweepConfig(out=str(out), entries=[pure], lrs={"paragru": [2e-3, 4e-3]},
+                                           size="small"), "lr")] == [2e-3, 4e-3]
+
+
 def test_resume_refuses_other_model_options(corpus_dir, tmp_path):
     from pararnn.train.checkpoint import CheckpointError
     fields = dict(model="paragru", size="nano", data=str(corpus_dir), out=str(tmp_path / "run"), seq_len=16,

@@ -43,7 +43,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..models.config import MODELS, parse_model_options
+from ..models.config import BLOCKS, MODELS, ModelConfig, parse_model_options, preset
 from .checkpoint import write_text_atomic
 from .metrics import read_metrics
 
@@ -131,8 +131,9 @@ def parse_entry(spec: str, block: str) -> Entry:
         raise ValueError(f"variant {spec!r}: option {bad[0]!r} must look like key=value")
     pairs = dict(p.split("=", 1) for p in parts)
     block = pairs.pop("block", block).strip()
-    if block not in ("standard", "paper", "tuned"):
-        raise ValueError(f"block of {name!r} must be standard, paper or tuned, got {block!r}")
+    if block not in BLOCKS or block == "auto":
+        raise ValueError(f"block of {name!r} must be one of {', '.join(b for b in BLOCKS if b != 'auto')}, "
+                         f"got {block!r}")
     train_options = {}
     for key in [k for k in pairs if k.strip() in TRAIN_OPTIONS]:
         value = pairs.pop(key).strip()
@@ -257,6 +258,26 @@ def is_finished(folder: Path) -> bool:
     return (folder / "result.json").exists()
 
 
+def check_run_config(folder: Path, cfg: SweepConfig, entry: Entry) -> None:
+    """Raise if the run in ``folder`` was started with another model configuration than
+    ``entry``'s (a default block that changed since, a restored pack of another sweep):
+    it would be skipped as finished, or resumed, and reported under the wrong name."""
+    path = folder / "config.json"
+    if not path.exists():
+        return
+    recorded = json.loads(path.read_text())["model"]
+    planned = preset(entry.model, cfg.size, block=entry.block, **entry.options).to_dict()
+    defaults = ModelConfig(model=entry.model).to_dict()  # for fields older runs did not record
+    derived = {"vocab_size", "output_size"} | ({"mlp_hidden"} if planned["mlp_hidden"] is None else set())
+    differ = [f"{key} {recorded.get(key, defaults[key])!r} there, {value!r} here"
+              for key, value in planned.items()
+              if key not in derived and recorded.get(key, defaults[key]) != value]
+    if differ:
+        raise ValueError(f"{folder} holds a run of another configuration than entry {entry.name!r} "
+                         f"({'; '.join(differ)}): move it out of the sweep folder, or name the "
+                         "entry as a variant with these options")
+
+
 def diverged(folder: Path) -> bool:
     """Whether the run in ``folder`` stopped because its loss became inf/NaN."""
     log = folder / "train.log"
@@ -296,8 +317,11 @@ def plan(cfg: SweepConfig, stage: str) -> list[Run]:
     out = Path(cfg.out)
     if stage == "lr":  # LR-major order: each wave of concurrent runs mixes the models
         longest = max(len(cfg.lrs[e.name]) for e in cfg.entries)
-        return [Run("lr", e, cfg.lrs[e.name][i], 0, cfg.lr_steps)
+        runs = [Run("lr", e, cfg.lrs[e.name][i], 0, cfg.lr_steps)
                 for i in range(longest) for e in cfg.entries if i < len(cfg.lrs[e.name])]
+        for run in runs:
+            check_run_config(run.folder(out), cfg, run.entry)
+        return runs
     best = best_lrs(out, cfg)
     for e in cfg.entries:  # a one-value grid is a given LR: nothing to sweep first
         if e.name not in best and len(cfg.lrs[e.name]) == 1:
@@ -306,8 +330,12 @@ def plan(cfg: SweepConfig, stage: str) -> list[Run]:
     if missing:
         raise ValueError(f"stage {stage} needs the lr stage of {', '.join(missing)} finished first")
     if stage == "seeds":  # seed-major: a sweep cut short has the first seed of every model
-        return [Run("seeds", e, best[e.name]["lr"], s, cfg.final_steps) for s in cfg.seeds for e in cfg.entries]
-    return [Run("throughput", e, best[e.name]["lr"], 0, cfg.throughput_steps) for e in cfg.entries]
+        runs = [Run("seeds", e, best[e.name]["lr"], s, cfg.final_steps) for s in cfg.seeds for e in cfg.entries]
+    else:
+        runs = [Run("throughput", e, best[e.name]["lr"], 0, cfg.throughput_steps) for e in cfg.entries]
+    for run in runs:
+        check_run_config(run.folder(out), cfg, run.entry)
+    return runs
 
 
 def best_lrs(out: Path, cfg: SweepConfig) -> dict[str, dict]:
@@ -319,6 +347,7 @@ def best_lrs(out: Path, cfg: SweepConfig) -> dict[str, dict]:
         results = []
         for lr in cfg.lrs[entry.name]:
             folder = Run("lr", entry, lr, 0, cfg.lr_steps).folder(out)
+            check_run_config(folder, cfg, entry)
             if is_finished(folder):
                 results.append(json.loads((folder / "result.json").read_text()))
         finite = [r for r in results if math.isfinite(r["val_loss"])]
