@@ -9,9 +9,10 @@
 # 1,250 steps = 20.5M tokens, seed 0, the same batches in the same order, the corpus and
 # tokenizer of the 100M-token comparison (python:packages, bytes), all runs at once
 # (JOBS, default 12). Entries: the Transformer and Mamba2 as references, ParaGRU/ParaLSTM with
-# today's default block, and ParaRNN options at equal parameters: attention blocks among the
-# recurrent ones (attn_every), wider states with the input projection dropped to pay for them
-# (rnn_expand, rnn_in_proj=false), a wider causal conv. Safe to re-run: finished runs are
+# the purely recurrent `tuned` block (the default before this ablation), and ParaRNN options
+# at equal parameters: attention blocks among the recurrent ones (attn_every), wider states
+# with the input projection dropped to pay for them (rnn_expand, rnn_in_proj=false), a wider
+# causal conv. Safe to re-run: finished runs are
 # skipped, interrupted ones resume from their checkpoint (same machine) or start again.
 # Everything but checkpoints and token caches is packed into PACK (default OUTDIR.tar.gz).
 #
@@ -45,7 +46,7 @@ done
 # shellcheck disable=SC2086  # EXTRA is a list of flags
 python3 -m pararnn sweep --out "$outdir" --data python:packages --tokenizer byte \
     --size small --seq-len 512 --batch-size 32 --lr-steps "${STEPS:-1250}" --stages lr \
-    --eval-every 250 --eval-tokens 262144 --jobs "${JOBS:-12}" --device "${DEVICE:-cuda}" \
+    --eval-every 250 --eval-tokens 262144 --jobs "${JOBS:-12}" --device "${DEVICE:-cuda}" --rnn-block tuned \
     --models transformer,mamba2,paragru,paralstm "${variant_args[@]}" "${lrs[@]}" \
     --time-limit $((seconds - 40)) ${EXTRA:-}
 echo "(exit $?) after $(( $(date +%s) - start )) s"
