@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pararnn", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from .train.loop import TrainConfig
+    from .train.loop import DEFAULT_LR, TrainConfig
     d = TrainConfig()
     # every train/eval flag has a help text, and its default is shown after it
     t = sub.add_parser("train", help="train a language model (also under torchrun)",
@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per training sequence")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per process and micro-step")
     t.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-steps per optimizer step")
-    t.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: each model's "
+                   "best at --size small, " + ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LR.items()) + ")")
     t.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio,
                    help="final LR / peak LR of the schedule")
     t.add_argument("--schedule", default=d.schedule, choices=["cosine", "wsd"],

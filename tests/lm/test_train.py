@@ -313,6 +313,16 @@ def test_config_file(corpus_dir, tmp_path, capsys):
     assert code == 0, err
     saved = json.loads((tmp_path / "r" / "config.json").read_text())["train"]
     assert saved["model"] == "transformer" and saved["max_steps"] == 2 and saved["out"] == str(tmp_path / "r")
+    assert saved["lr"] == 1e-3  # the config file gives no LR: the Transformer's default
+
+
+def test_default_lr_is_each_models_own():
+    from pararnn.train.loop import DEFAULT_LR
+    assert {m: TrainConfig(model=m).lr for m in DEFAULT_LR} == DEFAULT_LR
+    assert DEFAULT_LR["transformer"] < DEFAULT_LR["paragru"]
+    assert TrainConfig(model="transformer", lr=3e-3).lr == 3e-3  # a given LR wins
+    with pytest.raises(ValueError, match="unknown model"):
+        TrainConfig(model="rwkv").check()
 
 
 def corrupt_copy(reference_run, tmp_path, what):

@@ -43,11 +43,17 @@ from .metrics import MetricsLog, plot_losses
 from .schedules import SCHEDULES
 
 
+# the peak LR when none is given: each model's best of its 4-LR sweep at --size small
+# (RESULTS.md section 1); one LR for all would favour some models (2e-3 left the
+# Transformer 22% higher in loss than 1e-3 after 6.6M tokens)
+DEFAULT_LR = {"transformer": 1e-3, "mamba2": 2e-3, "paragru": 2e-3, "paralstm": 2e-3}
+
+
 @dataclass
 class TrainConfig:
     model: str = "paragru"
     size: str = "tiny"
-    block: str = "auto"  # see models.config.preset: "tuned" for ParaGRU/ParaLSTM, else "standard"
+    block: str = "auto"  # see models.config.preset: "hybrid" for ParaGRU/ParaLSTM, else "standard"
     model_options: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {"rnn_expand": 2}
     data: str | None = None  # None: the Python standard library's source; stored absolute
     out: str = "runs/tiny"
@@ -59,7 +65,7 @@ class TrainConfig:
     seq_len: int = 256
     batch_size: int = 16  # per process and micro-step
     grad_accum: int = 1
-    lr: float = 2e-3
+    lr: float | None = None  # None: DEFAULT_LR of the model
     min_lr_ratio: float = 0.1
     schedule: str = "cosine"  # or "wsd": warm-up, constant, linear decay over the last 20%
     warmup_steps: int | None = None  # None: 5% of max_steps
@@ -81,6 +87,10 @@ class TrainConfig:
     context_parallel: int = 1  # K ranks share each sequence, seq_len / K tokens each (torchrun)
     resume: bool = False
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr = DEFAULT_LR.get(self.model)  # an unknown model fails in check()
 
     def check(self) -> None:
         if self.model not in MODELS:
