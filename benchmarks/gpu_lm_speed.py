@@ -158,9 +158,9 @@ def profile_step(step, index: int, trace_path: str | None) -> dict:
 
 def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, steps: int, warmup: int,
             compiled: bool, device: torch.device, profile: bool = False,
-            trace_path: str | None = None) -> dict:
+            trace_path: str | None = None, block: str = "auto") -> dict:
     torch.manual_seed(0)
-    model = build_model(preset(model_name, size, vocab_size=320, block="auto")).to(device)
+    model = build_model(preset(model_name, size, vocab_size=320, block=block)).to(device)
     optimizer = torch.optim.AdamW(optimizer_groups(model, lr=1e-3, weight_decay=0.1), lr=1e-3,
                                   betas=(0.9, 0.95), fused=True)
     forward = training_forward(model, compiled)  # as `pararnn train [--compile]`
@@ -196,7 +196,7 @@ def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, step
     seconds = statistics.median(times)
     peak = peak_flops(device)
     flops = train_flops_per_token(model, seq_len)
-    row = {"model": model_name, "size": size, "seq_len": seq_len, "batch": batch,
+    row = {"model": model_name, "block": block, "size": size, "seq_len": seq_len, "batch": batch,
            "compiled": compiled, "params": model.num_params(), "step_ms": seconds * 1e3,
            "host_ms": statistics.median(host) * 1e3, "tok_per_s": tokens_per_step / seconds,
            "mfu": tokens_per_step / seconds * flops / peak if peak else None,
@@ -209,7 +209,10 @@ def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, step
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help="comma-separated MODEL or MODEL:BLOCK (default block: auto, as "
+                        "`pararnn train`), e.g. paragru,paragru:tuned for the hybrid and the "
+                        "purely recurrent ParaGRU")
     parser.add_argument("--sizes", default="small")
     parser.add_argument("--seq-lens", default="512,4096")
     parser.add_argument("--tokens-per-step", type=int, default=16384)
@@ -230,26 +233,29 @@ def main() -> None:
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "command": " ".join(sys.argv), "rows": []}
-    print(f"{'size':>6} {'T':>5} {'model':>11} {'mode':>8} {'step ms':>8} {'host ms':>8} {'tok/s':>10} "
+    print(f"{'size':>6} {'T':>5} {'model':>14} {'mode':>8} {'step ms':>8} {'host ms':>8} {'tok/s':>10} "
           f"{'MFU':>6} {'GiB':>6}")
     for size in args.sizes.split(","):
         for seq_len in map(int, args.seq_lens.split(",")):
             for compiled in modes:
-                for name in args.models.split(","):
+                for spec in args.models.split(","):
+                    name, _, block = spec.partition(":")
+                    block = block or "auto"
                     mode = "compiled" if compiled else "eager"
-                    trace = (os.path.join(args.out, f"trace_{name}_{size}_T{seq_len}_{mode}.json.gz")
+                    trace = (os.path.join(args.out, f"trace_{name}_{block}_{size}_T{seq_len}_{mode}.json.gz")
                              if args.profile and args.save_traces else None)
                     try:
                         row = measure(name, size, seq_len, args.tokens_per_step, args.steps, args.warmup,
-                                      compiled, device, args.profile, trace)
+                                      compiled, device, args.profile, trace, block)
                     except Exception as error:  # one failing row must not lose the others
-                        row = {"model": name, "size": size, "seq_len": seq_len, "compiled": compiled,
+                        row = {"model": name, "block": block, "size": size, "seq_len": seq_len,
+                               "compiled": compiled,
                                "error": f"{type(error).__name__}: {error}"[:500]}
-                        print(f"{size:>6} {seq_len:>5} {name:>11} {mode:>8} ERROR {row['error'][:120]}",
+                        print(f"{size:>6} {seq_len:>5} {spec:>14} {mode:>8} ERROR {row['error'][:120]}",
                               flush=True)
                     else:
                         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
-                        print(f"{size:>6} {seq_len:>5} {name:>11} {mode:>8} {row['step_ms']:8.2f} "
+                        print(f"{size:>6} {seq_len:>5} {spec:>14} {mode:>8} {row['step_ms']:8.2f} "
                               f"{row['host_ms']:8.2f} {row['tok_per_s']:10,.0f} {mfu:>6} "
                               f"{row['peak_mem_gib']:6.2f}", flush=True)
                         if "profile" in row:

@@ -49,8 +49,9 @@ from .metrics import read_metrics
 
 STAGES = ("lr", "seeds", "throughput")
 
-# tokens/s of each model on one H200 at --size small, batch 32 x 512, bf16, eager, the default
-# blocks, alone (benchmarks/gpu_lm_speed.py on 2026-12-02: results/gpu_h200_2026-12-02c/speed/),
+# tokens/s of each model on one H200 at --size small, batch 32 x 512, bf16, eager, the blocks
+# then default (ParaRNN: tuned, purely recurrent; the hybrid default ran ~5% faster than it
+# in a shared sweep), alone (benchmarks/gpu_lm_speed.py, 2026-12-02: results/gpu_h200_2026-12-02c/speed/),
 # except Mamba2: alone 229k, but launch-bound, it kept ~220k while sharing the GPU with two
 # other runs, so as a share of the device it counts as about twice that. Used to predict run
 # times for `finish_within` and the driver's plan, nothing else.
