@@ -123,18 +123,20 @@ def check_layer(name, make_layer, group, size, *, h0: bool, resets: bool, lstm=F
         assert info.rounds < K or info.residual <= boundary_tol, info
 
 
-def check_language_model(group, K):
-    """The paper-block ParaGRU LM (causal conv halo) on chunks vs whole sequences.
+def check_language_model(group, K, steps=12, attn_every=0):
+    """The paper-block ParaGRU LM (causal conv halo) on chunks vs whole sequences; with
+    ``attn_every``, a hybrid whose attention blocks gather the earlier chunks' keys.
 
     The loss is a fixed random weighting of the float64 logits (the model's own
     cross-entropy runs in float32, which would hide errors below 1e-7)."""
     rank = dist.get_rank(group)
     torch.manual_seed(2)
-    model = build_model(preset("paragru", "nano", vocab_size=64, block="paper")).double()
+    model = build_model(preset("paragru", "nano", vocab_size=64, block="paper", attn_every=attn_every)).double()
     for block in model.blocks:
-        block.mixer.rnn.newton = EXACT
-    idx = torch.randint(0, 64, (2, 12))
-    weight = torch.randn(2, 12, 64, dtype=torch.float64)
+        if hasattr(block.mixer, "rnn"):
+            block.mixer.rnn.newton = EXACT
+    idx = torch.randint(0, 64, (2, steps))
+    weight = torch.randn(2, steps, 64, dtype=torch.float64)
     logits = model(idx)
     (logits * weight).sum().backward()
     want = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -204,6 +206,8 @@ def worker(rank: int, init_file: str) -> None:
                         group, K, h0=False, resets=False, steps=16, boundary_tol=1e-8)
             if K == 2:
                 check_language_model(group, K)
+            if K in (2, 3):  # chunks of 7, 6 and 5, 4, 4 steps: the attention block's offsets
+                check_language_model(group, K, steps=13, attn_every=2)
         check_data_by_context_mesh()
     finally:
         dist.destroy_process_group()

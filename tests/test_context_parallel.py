@@ -3,7 +3,8 @@
 The multi-process checks (gloo on CPU, float64, 1e-10) run in one 4-process spawn,
 tests/context_parallel_checks.py: K = 2, 3, 4 (odd chunk lengths), h0, resets, ParaGRU,
 ParaLSTM (2x2 blocks), a dense user cell, early boundary stopping, the paper-block LM
-(conv halo) and a 2 x 2 (data x context) mesh under DDP and FSDP2.
+(conv halo), a hybrid LM (attention over gathered keys, uneven chunks) and a 2 x 2
+(data x context) mesh under DDP and FSDP2.
 """
 
 import os
@@ -97,10 +98,9 @@ def test_clear_errors():
         context_parallel_solve(layer.cell, torch.randn(1, 3, 15, dtype=torch.float64))
     with pytest.raises(ValueError, match="initialised torch.distributed"):
         context_parallel_solve(layer.cell, torch.randn(1, 3, 15))
-    with pytest.raises(ValueError, match="paragru and paralstm models only"):
-        enable_context_parallel(build_model(preset("transformer", "nano", vocab_size=64)))
-    with pytest.raises(ValueError, match="without attention blocks"):  # a hybrid
-        enable_context_parallel(build_model(preset("paragru", "nano", vocab_size=64, attn_every=2)))
+    for model in ("transformer", "mamba2"):
+        with pytest.raises(ValueError, match="paragru and paralstm models only"):
+            enable_context_parallel(build_model(preset(model, "nano", vocab_size=64)))
 
 
 def test_train_with_context_parallel_matches_one_process(tmp_path):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from .layer import context_parallel_forward
@@ -114,6 +115,50 @@ def _conv_chunk_forward(conv: nn.Module, group, x: torch.Tensor, cache: dict | N
     return original(conv, x, {key: past.transpose(1, 2)}, key, silu=silu)
 
 
+class _GatherChunks(torch.autograd.Function):
+    """Every rank's ``(B, H, L_r, D)`` keys or values, padded to the longest chunk ``L`` and
+    stacked ``(K, B, H, L, D)``. Backward: the gradient of this rank's chunk is the sum of
+    what every rank's attention sent back to it; an all-reduce of the whole stack gives it
+    (gloo has no reduce-scatter, and the stack is no larger than the sequence's keys)."""
+
+    @staticmethod
+    def forward(ctx, chunk, longest, group):
+        padded = F.pad(chunk, (0, 0, 0, longest - chunk.shape[2])).contiguous()
+        parts = [torch.empty_like(padded) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, padded, group=group)
+        ctx.group, ctx.rank, ctx.steps = group, dist.get_rank(group), chunk.shape[2]
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rank, :, :, :ctx.steps], None, None
+
+
+def _attention_chunk_forward(attn: nn.Module, group, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+    """Causal attention for a time chunk (a hybrid's attention blocks): this chunk's queries
+    attend to the keys of every earlier chunk and its own, gathered from the ranks. Ranks
+    later in the sequence do more of the work (the last one attends to all keys)."""
+    if cache is not None:
+        raise ValueError("decoding with caches is not context-parallel; use the model unsplit")
+    B, T, D = x.shape
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    # chunks may differ by one step (time_chunk): every rank needs every chunk's length
+    lengths = [torch.empty(1, dtype=torch.long, device=x.device) for _ in range(size)]
+    dist.all_gather(lengths, torch.tensor([T], device=x.device), group=group)
+    lengths = torch.cat(lengths).tolist()
+    start = sum(lengths[:rank])
+    positions = torch.arange(start, start + T, device=x.device)
+    q, k, v = attn.rotated_qkv(x, positions)
+    keys, values = (_GatherChunks.apply(t, max(lengths), group) for t in (k, v))
+    keys = torch.cat([keys[r, :, :, :lengths[r]] for r in range(rank + 1)], dim=2)
+    values = torch.cat([values[r, :, :, :lengths[r]] for r in range(rank + 1)], dim=2)
+    visible = torch.arange(start + T, device=x.device)[None, :] <= positions[:, None]
+    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
+    return attn.out_proj(y.transpose(1, 2).reshape(B, T, D))
+
+
 def _rnn_chunk_forward(layer: nn.Module, group, boundary_tol, x, state=None):
     output, final, _ = context_parallel_forward(layer, x, state, group=group, boundary_tol=boundary_tol)
     return output, final
@@ -125,24 +170,28 @@ def enable_context_parallel(model: nn.Module, group: dist.ProcessGroup | None = 
 
     Afterwards ``model(x_k, y_k)`` on rank ``k`` of ``group`` takes that rank's chunk of
     the tokens. Each mixer's recurrent layer goes through the context-parallel solve and
-    its causal conv (the paper block) receives the previous chunk's last ``k - 1`` inputs.
+    its causal conv (the paper block) receives the previous chunk's last ``k - 1`` inputs;
+    a hybrid's attention blocks gather the keys and values of the chunks before their own.
     The layers' forward methods are replaced on the instances, so parameter names, state
     dicts and checkpoints stay those of the plain model. Transformer and Mamba2 models
-    raise a ValueError (their mixers are not split along time here).
+    raise a ValueError (context parallelism is for the recurrent models here).
     """
     from ..models.rnn_mixer import ParaRNNMixer
+    from ..models.transformer import Attention
 
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise TypeError(f"model must be a pararnn LanguageModel, got {type(model).__name__}")
-    for block in blocks:
-        if not isinstance(block.mixer, ParaRNNMixer):
-            raise ValueError(
-                f"context parallelism supports the paragru and paralstm models only, without "
-                f"attention blocks (attn_every); this model has a {type(block.mixer).__name__} "
-                f"mixer (attention and Mamba2 are not split along time)")
-    for block in blocks:
-        mixer = block.mixer
+    mixers = [block.mixer for block in blocks]
+    if not any(isinstance(m, ParaRNNMixer) for m in mixers) or not all(
+            isinstance(m, (ParaRNNMixer, Attention)) for m in mixers):
+        kinds = sorted({type(m).__name__ for m in mixers})
+        raise ValueError(f"context parallelism supports the paragru and paralstm models only "
+                         f"(hybrids included); this model's mixers are {', '.join(kinds)}")
+    for mixer in mixers:
+        if isinstance(mixer, Attention):
+            mixer.forward = functools.partial(_attention_chunk_forward, mixer, group)
+            continue
         mixer.rnn.forward = functools.partial(_rnn_chunk_forward, mixer.rnn, group, boundary_tol)
         if mixer.conv is not None:
             mixer.conv.forward = functools.partial(_conv_chunk_forward, mixer.conv, group)

@@ -48,14 +48,20 @@ class Attention(nn.Module):
         nn.init.normal_(self.qkv.weight, 0.0, std)
         nn.init.normal_(self.out_proj.weight, 0.0, out_std)
 
+    def rotated_qkv(self, x: torch.Tensor, positions: torch.Tensor):
+        """Queries, keys and values ``(B, H, T, head_dim)`` of ``x`` ``(B, T, D)``, queries and
+        keys rotated to their ``positions`` ``(T,)``."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return rotate(q, positions, self.inv_freq), rotate(k, positions, self.inv_freq), v
+
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         if isinstance(cache, StaticCache):
             return self._static_step(x, cache)
         B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         start = 0 if cache is None else cache.get("pos", 0)
         positions = torch.arange(start, start + T, device=x.device)
-        q, k = rotate(q, positions, self.inv_freq), rotate(k, positions, self.inv_freq)
+        q, k, v = self.rotated_qkv(x, positions)
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -106,9 +112,8 @@ class Attention(nn.Module):
         spreads over the key positions (a fused attention kernel would use only B x H
         blocks for one query); scores in the cache dtype, softmax in float32."""
         B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         pos = cache["pos"].view(1)
-        q, k = rotate(q, pos, self.inv_freq), rotate(k, pos, self.inv_freq)
+        q, k, v = self.rotated_qkv(x, pos)
         keys, values = cache["k"], cache["v"]
         keys.index_copy_(2, pos, k.to(keys.dtype))
         values.index_copy_(2, pos, v.to(values.dtype))
