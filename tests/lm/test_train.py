@@ -309,11 +309,21 @@ def test_config_file(corpus_dir, tmp_path, capsys):
     cfg.write_text(json.dumps({"model": "transformer", "size": "nano", "max-steps": 2, "seq_len": 16,
                                "batch_size": 2, "eval_tokens": 64, "data": str(corpus_dir),
                                "device": "cpu", "progress": False, "out": "ignored"}))
-    code, _, err = run_cli(capsys, "train", "--config", str(cfg), "--out", str(tmp_path / "r"))
+    code, out, err = run_cli(capsys, "train", "--config", str(cfg), "--out", str(tmp_path / "r"))
     assert code == 0, err
     saved = json.loads((tmp_path / "r" / "config.json").read_text())["train"]
     assert saved["model"] == "transformer" and saved["max_steps"] == 2 and saved["out"] == str(tmp_path / "r")
     assert saved["lr"] == 1e-3  # the config file gives no LR: the Transformer's default
+    assert "peak LR 0.001" in out
+
+
+def test_a_hybrid_run_says_how_its_blocks_are_laid_out(corpus_dir, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train", "--model", "paralstm", "--size", "nano", "--model-options",
+                             "attn_every=2", "--max-steps", "1", "--seq-len", "16", "--batch-size", "2",
+                             "--eval-tokens", "64", "--data", str(corpus_dir), "--device", "cpu",
+                             "--no-progress", "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    assert "model: paralstm nano, 1 paralstm + 1 attention blocks:" in out and "peak LR 0.002" in out
 
 
 def test_default_lr_is_each_models_own():

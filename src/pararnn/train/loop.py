@@ -323,8 +323,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: _StopFlag) -> dict:
         enable_context_parallel(model, context.group, boundary_tol=TRAIN_BOUNDARY_TOL)
         say(f"context parallel: {context.data_world} data x {context.size} context ranks")
     n_params = model.num_params()
-    say(f"model: {cfg.model} {cfg.size}: {n_params:,} parameters "
-        f"({model.num_params(non_embedding=True):,} without the embedding)")
+    kinds = model_cfg.block_models
+    attention = kinds.count("transformer") if model_cfg.is_rnn else 0
+    layout = f", {len(kinds) - attention} {cfg.model} + {attention} attention blocks" if attention else ""
+    say(f"model: {cfg.model} {cfg.size}{layout}: {n_params:,} parameters "
+        f"({model.num_params(non_embedding=True):,} without the embedding); peak LR {cfg.lr:g}")
     model = D.wrap_model(model, info, cfg.fsdp)  # before the optimizer: FSDP swaps the parameters
     optimizer = torch.optim.AdamW(
         optimizer_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
