@@ -1,0 +1,350 @@
+"""The ParaGRU and ParaLSTM step loops and their adjoint backwards as compiled C loops, for
+CPU training through the loop (:class:`pararnn.solver.newton.LoopSolve`).
+
+Why C: in PyTorch each step of the loop is ~8 small ops of ~2-4 µs each over a few
+thousand entries, and the backward ~25 whole-chunk passes; at the ``tiny`` LM's shapes
+that overhead, not arithmetic, was the cell's cost (BENCHMARKS.md, "CPU training path").
+Here one C function walks the whole sequence per batch row (the state stays in L1, the
+inner loop over channels is vectorised, ``exp``/``tanh`` from the C library's vector
+math), and the backward walks the adjoint recurrence ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` in
+the same pass that forms the gate gradients, reading the gates the forward wrote on
+its tape. The math is the cells' own (``taping_stepper`` and ``linearize``), and the
+tests compare the two paths with autograd through the loop in float64.
+
+The source is compiled once per process with the system C compiler (``cc``, ~0.5 s for
+both dtypes) into a temporary directory and loaded with ``ctypes``; no compiler, or a
+failed build, means one warning and the PyTorch loop. ``PARARNN_CPU_LOOP=0`` switches the
+C loops off. ``torch.compile`` was measured as the alternative and lost: a compiled step
+costs ~23 µs per call in dynamo's wrapper, and inductor's vectorised ``tanh`` was 5x
+slower than ATen's on this project's CPU (BENCHMARKS.md, "CPU training path, round 4").
+
+Rows of the batch are independent, so with several torch threads the rows are split
+over that many Python threads (``ctypes`` releases the GIL during the call).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+# One source for both dtypes: ``real`` is float or double, chosen by -DREAL_DOUBLE.
+# Layouts (all contiguous): pre (B, T, G, N) gate-major pre-activations u, tape
+# (B, T, G', N) the gates the forward writes, states (B, T, S) with S = N (GRU) or 2N
+# interleaved (c, h) per channel (LSTM), weights (G, N) clipped. The backward adds into
+# grad_w / grad_b (per-thread buffers, summed by the caller) and writes grad_pre
+# (B, T, G, N) and grad_h0 (B, S).
+_SOURCE = r"""
+#include <math.h>
+#ifdef REAL_DOUBLE
+typedef double real;
+#define EXP exp
+#define TANH tanh
+#else
+typedef float real;
+#define EXP expf
+#define TANH tanhf
+#endif
+#define R real *restrict
+#define C const real *restrict
+
+static inline real sigmoid(real x) { return 1 / (1 + EXP(-x)); }
+
+/* One step over the n channels of one row: a function of its own, so that the compiler
+   sees restrict pointers with affine accesses and vectorises the loop. */
+static void gru_step(long n, C u, C a, C bias, C h, R gate, R out) {
+    #pragma omp simd
+    for (long i = 0; i < n; i++) {
+        real hp = h[i];
+        real z = sigmoid(u[i] + bias[i] + a[i] * hp);
+        real r = sigmoid(u[n + i] + bias[n + i] + a[n + i] * hp);
+        real cand = TANH(u[2 * n + i] + bias[2 * n + i] + r * (a[2 * n + i] * hp));
+        gate[i] = z; gate[n + i] = r; gate[2 * n + i] = cand;
+        out[i] = hp + z * (cand - hp);
+    }
+}
+
+void gru_forward(long rows, long steps, long n, C pre, C a, C bias, C h0, R tape, R states) {
+    for (long b = 0; b < rows; b++)
+        for (long t = 0; t < steps; t++) {
+            long at = b * steps + t;
+            gru_step(n, pre + at * 3 * n, a, bias, t ? states + (at - 1) * n : h0 + b * n,
+                     tape + at * 3 * n, states + at * n);
+        }
+}
+
+static void gru_adjoint_step(long n, C a, C h, C gate, C g, R gp, R grad_w, R grad_b, R carry) {
+    #pragma omp simd
+    for (long i = 0; i < n; i++) {
+        real hp = h[i], z = gate[i], r = gate[n + i], cand = gate[2 * n + i];
+        real lam = g[i] + carry[i];  /* total dL/dh_t */
+        real g_z = lam * z * (1 - z) * (cand - hp);       /* dL/d pre_z */
+        real g_h = lam * z * (1 - cand * cand);           /* dL/d pre_h */
+        real g_r = g_h * a[2 * n + i] * hp * r * (1 - r); /* through r * h */
+        gp[i] = g_z; gp[n + i] = g_r; gp[2 * n + i] = g_h;
+        grad_w[i] += g_z * hp; grad_w[n + i] += g_r * hp; grad_w[2 * n + i] += g_h * (r * hp);
+        grad_b[i] += g_z; grad_b[n + i] += g_r; grad_b[2 * n + i] += g_h;
+        carry[i] = lam * (1 - z) + g_z * a[i] + g_r * a[n + i] + g_h * r * a[2 * n + i];
+    }
+}
+
+void gru_backward(long rows, long steps, long n, C a, C h0, C tape, C states, C grad_states,
+                  R grad_pre, R grad_h0, R grad_w, R grad_b, R carry) {
+    for (long b = 0; b < rows; b++) {
+        for (long i = 0; i < n; i++) carry[i] = 0;
+        for (long t = steps - 1; t >= 0; t--) {
+            long at = b * steps + t;
+            gru_adjoint_step(n, a, t ? states + (at - 1) * n : h0 + b * n, tape + at * 3 * n,
+                             grad_states + at * n, grad_pre + at * 3 * n, grad_w, grad_b, carry);
+        }
+        for (long i = 0; i < n; i++) grad_h0[b * n + i] = carry[i];
+    }
+}
+
+/* hc: the previous state, planar (h then c), updated in place */
+static void lstm_step(long n, C u, C a, C p, C bias, R hc, R gate, R out) {
+    #pragma omp simd
+    for (long i = 0; i < n; i++) {
+        real h = hc[i], c = hc[n + i];
+        real f = sigmoid(u[i] + bias[i] + a[i] * h + p[i] * c);
+        real cand = TANH(u[n + i] + bias[n + i] + a[n + i] * h);
+        real c_next = cand + f * (c - cand);
+        real o = sigmoid(u[2 * n + i] + bias[2 * n + i] + a[2 * n + i] * h + p[n + i] * c_next);
+        real tanh_c = TANH(c_next), h_next = o * tanh_c;
+        gate[i] = f; gate[n + i] = cand; gate[2 * n + i] = o; gate[3 * n + i] = tanh_c;
+        out[2 * i] = c_next; out[2 * i + 1] = h_next;
+        hc[i] = h_next; hc[n + i] = c_next;
+    }
+}
+
+void lstm_forward(long rows, long steps, long n, C pre, C a, C p, C bias, C h0, R tape, R states,
+                  R hc) {
+    for (long b = 0; b < rows; b++) {
+        for (long i = 0; i < n; i++) { hc[n + i] = h0[b * 2 * n + 2 * i]; hc[i] = h0[b * 2 * n + 2 * i + 1]; }
+        for (long t = 0; t < steps; t++) {
+            long at = b * steps + t;
+            lstm_step(n, pre + at * 3 * n, a, p, bias, hc, tape + at * 4 * n, states + at * 2 * n);
+        }
+    }
+}
+
+/* grad_w: (a_f, a_c, a_o, p_f, p_o); carry: planar (c, h) */
+static void lstm_adjoint_step(long n, C a, C p, C prev, C gate, C g, R gp, R grad_w, R grad_b,
+                              R carry) {
+    #pragma omp simd
+    for (long i = 0; i < n; i++) {
+        real c = prev[2 * i], h = prev[2 * i + 1];
+        real f = gate[i], cand = gate[n + i], o = gate[2 * n + i], tanh_c = gate[3 * n + i];
+        real c_next = cand + f * (c - cand);
+        real lam_c = g[2 * i] + carry[i], lam_h = g[2 * i + 1] + carry[n + i];
+        real d_f = f * (1 - f) * (c - cand);     /* dc'/d pre_f */
+        real d_c = (1 - f) * (1 - cand * cand);  /* dc'/d pre_c */
+        real d_o = o * (1 - o) * tanh_c;         /* dh'/d pre_o */
+        real grad_c_next = lam_c + lam_h * (o * (1 - tanh_c * tanh_c) + d_o * p[n + i]);
+        real g_f = grad_c_next * d_f, g_c = grad_c_next * d_c, g_o = lam_h * d_o;
+        gp[i] = g_f; gp[n + i] = g_c; gp[2 * n + i] = g_o;
+        grad_w[i] += g_f * h; grad_w[n + i] += g_c * h; grad_w[2 * n + i] += g_o * h;
+        grad_w[3 * n + i] += g_f * c; grad_w[4 * n + i] += g_o * c_next;
+        grad_b[i] += g_f; grad_b[n + i] += g_c; grad_b[2 * n + i] += g_o;
+        carry[i] = grad_c_next * f + g_f * p[i];
+        carry[n + i] = g_f * a[i] + g_c * a[n + i] + g_o * a[2 * n + i];
+    }
+}
+
+void lstm_backward(long rows, long steps, long n, C a, C p, C h0, C tape, C states, C grad_states,
+                   R grad_pre, R grad_h0, R grad_w, R grad_b, R carry) {
+    for (long b = 0; b < rows; b++) {
+        for (long i = 0; i < 2 * n; i++) carry[i] = 0;
+        for (long t = steps - 1; t >= 0; t--) {
+            long at = b * steps + t;
+            lstm_adjoint_step(n, a, p, t ? states + (at - 1) * 2 * n : h0 + b * 2 * n,
+                              tape + at * 4 * n, grad_states + at * 2 * n, grad_pre + at * 3 * n,
+                              grad_w, grad_b, carry);
+        }
+        for (long i = 0; i < n; i++) { grad_h0[b * 2 * n + 2 * i] = carry[i]; grad_h0[b * 2 * n + 2 * i + 1] = carry[n + i]; }
+    }
+}
+"""
+
+# -ffast-math lets the compiler call the C library's vector exp/tanh (glibc's libmvec; it
+# declares them only under fast math). Inf and NaN still flow through the arithmetic as the
+# hardware computes it (an overflowing exp gives a sigmoid of 0); no comparison in the
+# source depends on them.
+_FLAGS = ["-O3", "-ffast-math", "-fopenmp-simd", "-shared", "-fPIC"]
+# tried in order: not every compiler or CPU knows these (512-bit vectors: 1.5x faster
+# than gcc's default 256 on this project's AVX-512 CPU)
+_TUNING = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
+_DTYPES = {torch.float32: "float", torch.float64: "double"}
+
+_lock = threading.Lock()
+_libraries: dict | None = None
+_workers: ThreadPoolExecutor | None = None
+
+
+def _compile(directory: str, compiler: str, dtype_name: str) -> ctypes.CDLL:
+    source = os.path.join(directory, "loop.c")
+    if not os.path.exists(source):
+        with open(source, "w") as f:
+            f.write(_SOURCE)
+    target = os.path.join(directory, f"loop_{dtype_name}.so")
+    defines = ["-DREAL_DOUBLE"] if dtype_name == "double" else []
+    errors = ""
+    for tuning in _TUNING:
+        command = [compiler, *_FLAGS, *tuning, *defines, source, "-o", target, "-lm"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode == 0:
+            return ctypes.CDLL(target)
+        errors = done.stderr
+    raise RuntimeError(errors.strip()[-2000:])
+
+
+def _load() -> dict:
+    """The compiled libraries by dtype, or {} (after one warning) when they cannot be built."""
+    global _libraries
+    with _lock:
+        if _libraries is not None:
+            return _libraries
+        _libraries = {}
+        if os.environ.get("PARARNN_CPU_LOOP", "1") == "0":
+            return _libraries
+        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        try:
+            if compiler is None:
+                raise RuntimeError("no C compiler (cc) on PATH")
+            with tempfile.TemporaryDirectory(prefix="pararnn_cpu_loop_") as directory:
+                # loaded libraries stay mapped after their files are deleted
+                _libraries = {dtype: _compile(directory, compiler, name) for dtype, name in _DTYPES.items()}
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            _libraries = {}
+            warnings.warn(
+                f"pararnn: could not build the C step loops for CPU training ({error}); "
+                "ParaGRU/ParaLSTM train through the PyTorch loop instead (slower on the CPU)",
+                RuntimeWarning, stacklevel=3)
+        return _libraries
+
+
+def available(x: torch.Tensor) -> bool:
+    """Whether the C loops run for ``x``: on the CPU, float32 or float64, library built."""
+    return x.device.type == "cpu" and x.dtype in _DTYPES and x.dtype in _load()
+
+
+def _pointer(tensor: torch.Tensor | None):
+    return None if tensor is None else ctypes.c_void_p(tensor.data_ptr())
+
+
+def _row_ranges(rows: int) -> list[range]:
+    """The batch rows split into one range per torch thread (rows are independent)."""
+    parts = max(1, min(rows, torch.get_num_threads()))
+    bounds = [rows * k // parts for k in range(parts + 1)]
+    return [range(bounds[k], bounds[k + 1]) for k in range(parts)]
+
+
+def _run(calls) -> None:
+    """Run the thunks ``calls``, in parallel threads when there are several."""
+    global _workers
+    if len(calls) == 1:
+        calls[0]()
+        return
+    with _lock:
+        if _workers is None or _workers._max_workers < len(calls):
+            _workers = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="pararnn_loop")
+    for future in [_workers.submit(call) for call in calls]:
+        future.result()
+
+
+class CompiledLoop:
+    """What :class:`~pararnn.solver.newton.LoopSolve` runs for a ParaGRU (``kind="gru"``)
+    or ParaLSTM (``"lstm"``) cell: :meth:`forward` the loop, :meth:`backward` its adjoint.
+    ``recurrent_weights(parameters)`` maps the cell's parameters by name to its clipped
+    recurrent weights (``(a,)`` or ``(a, peephole)``): the backward differentiates it to
+    carry the clipped weights' gradients to the parameters."""
+
+    def __init__(self, kind: str, recurrent_weights) -> None:
+        self.kind = kind
+        self.recurrent_weights = recurrent_weights
+
+    def forward(self, parameters: dict, x: torch.Tensor, h0: torch.Tensor):
+        """``(states, tape)`` over ``x`` ``(B, T, 3N)`` from ``h0`` ``(B, S)``."""
+        with torch.no_grad():
+            return _forward(self.kind, x, self.recurrent_weights(parameters), parameters.get("bias"), h0)
+
+    def backward(self, parameters: dict, tape, states, h0, grad_states):
+        """``(grad_x, grad_h0, grads)``: ``grads`` by parameter name, for the parameters
+        that require grad."""
+        weights = self.recurrent_weights({name: p.detach() for name, p in parameters.items()})
+        grad_x, grad_h0, grad_w, grad_b = _backward(self.kind, tape, states, h0, weights, grad_states)
+        grads = {}
+        bias = parameters.get("bias")
+        if bias is not None and bias.requires_grad:
+            grads["bias"] = grad_b
+        wanted = [(name, p) for name, p in parameters.items() if name != "bias" and p.requires_grad]
+        if wanted:  # through the clipping: autograd of recurrent_weights
+            with torch.enable_grad():
+                clipped = self.recurrent_weights(parameters)
+            rows = [w.shape[0] for w in clipped]
+            found = torch.autograd.grad(clipped, [p for _, p in wanted], grad_w.split(rows),
+                                        allow_unused=True)
+            grads.update((name, g) for (name, _), g in zip(wanted, found))
+        return grad_x, grad_h0, grads
+
+
+def _forward(kind: str, pre: torch.Tensor, weights: tuple, bias, h0: torch.Tensor):
+    """``(states, tape)`` of the ``kind`` loop from ``h0`` over the pre-activations ``pre``
+    ``(B, T, 3N)``, with the clipped recurrent ``weights`` and ``bias`` (or None)."""
+    library = _load()[pre.dtype]
+    batch, steps, width = pre.shape
+    n = width // 3
+    lstm = kind == "lstm"
+    pre, h0 = pre.contiguous(), h0.contiguous()
+    weights = [w.contiguous() for w in weights]
+    bias = pre.new_zeros(3, n) if bias is None else bias.contiguous()
+    tape = pre.new_empty(batch, steps, 4 if lstm else 3, n)
+    states = pre.new_empty(batch, steps, 2 * n if lstm else n)
+    function = library.lstm_forward if lstm else library.gru_forward
+
+    def call(rows: range):
+        part = slice(rows.start, rows.stop)
+        scratch = [pre.new_empty(2 * n)] if lstm else []  # the LSTM's planar (h, c)
+        args = [pre[part], *weights, bias, h0[part], tape[part], states[part], *scratch]
+        return lambda: function(ctypes.c_long(len(rows)), ctypes.c_long(steps), ctypes.c_long(n),
+                                *map(_pointer, args))
+
+    _run([call(rows) for rows in _row_ranges(batch)])
+    return states, tape
+
+
+def _backward(kind: str, tape: torch.Tensor, states: torch.Tensor, h0: torch.Tensor,
+              weights: tuple, grad_states: torch.Tensor):
+    """``(grad_pre, grad_h0, grad_weights, grad_bias)`` of a loop that :func:`_forward` ran:
+    the gradients of the pre-activations ``(B, T, 3N)``, of ``h0``, of the clipped weights
+    stacked (``(3, N)`` or ``(5, N)``: ``a``, then the peepholes) and of the bias ``(3, N)``."""
+    library = _load()[tape.dtype]
+    batch, steps, _, n = tape.shape
+    lstm = kind == "lstm"
+    weights = [w.contiguous() for w in weights]
+    h0, grad_states = h0.detach().contiguous(), grad_states.contiguous()
+    grad_pre = tape.new_empty(batch, steps, 3 * n)
+    grad_h0 = torch.empty_like(h0)
+    ranges = _row_ranges(batch)
+    # per thread: the weight and bias gradients it adds into, and its carry
+    grad_w = tape.new_zeros(len(ranges), 5 if lstm else 3, n)
+    grad_b = tape.new_zeros(len(ranges), 3, n)
+    carry = tape.new_empty(len(ranges), 2 * n if lstm else n)
+    function = library.lstm_backward if lstm else library.gru_backward
+
+    def call(k: int, rows: range):
+        part = slice(rows.start, rows.stop)
+        args = [*weights, h0[part], tape[part], states[part], grad_states[part], grad_pre[part],
+                grad_h0[part], grad_w[k], grad_b[k], carry[k]]
+        return lambda: function(ctypes.c_long(len(rows)), ctypes.c_long(steps), ctypes.c_long(n),
+                                *map(_pointer, args))
+
+    _run([call(k, rows) for k, rows in enumerate(ranges)])
+    return grad_pre, grad_h0, grad_w.sum(0), grad_b.sum(0)
