@@ -1,62 +1,30 @@
-"""The ParaGRU and ParaLSTM step loops and their adjoint backwards as compiled C loops, for
-CPU training through the loop (:class:`pararnn.solver.newton.LoopSolve`).
+"""The ParaGRU and ParaLSTM step loops and their adjoint backwards in C, for CPU training
+through the loop (:class:`pararnn.solver.newton.LoopSolve`).
 
-Why C: in PyTorch each step of the loop is ~8 small ops of ~2-4 µs each over a few
-thousand entries, and the backward ~25 whole-chunk passes; at the ``tiny`` LM's shapes
-that overhead, not arithmetic, was the cell's cost (BENCHMARKS.md, "CPU training path").
-Here one C function walks the whole sequence per batch row (the state stays in L1, the
-inner loop over channels is vectorised, ``exp``/``tanh`` from the C library's vector
-math), and the backward walks the adjoint recurrence ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` in
-the same pass that forms the gate gradients, reading the gates the forward wrote on
-its tape. The math is the cells' own (``taping_stepper`` and ``linearize``), and the
-tests compare the two paths with autograd through the loop in float64.
-
-The source is compiled once per process with the system C compiler (``cc``, ~0.5 s for
-both dtypes) into a temporary directory and loaded with ``ctypes``; no compiler, or a
-failed build, means one warning and the PyTorch loop. ``PARARNN_CPU_LOOP=0`` switches the
-C loops off. ``torch.compile`` was measured as the alternative and lost: a compiled step
-costs ~23 µs per call in dynamo's wrapper, and inductor's vectorised ``tanh`` was 5x
-slower than ATen's on this project's CPU (BENCHMARKS.md, "CPU training path, round 4").
-
-Rows of the batch are independent, so with several torch threads the rows are split
-over that many Python threads (``ctypes`` releases the GIL during the call).
+Why: in PyTorch each step of the loop is ~8 small ops of ~2-4 µs each over a few thousand
+entries, and its backward ~25 whole-chunk passes; at the ``tiny`` LM's shapes that
+overhead, not arithmetic, was the cell's cost (BENCHMARKS.md, "CPU training path"). Here
+one C function walks the whole sequence per batch row (the state stays in L1, the inner
+loop over channels is vectorised, ``exp``/``tanh`` from the C library's vector math), and
+the backward walks the adjoint recurrence ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` in the same pass
+that forms the gate gradients, reading the gates the forward wrote on its tape. The math
+is the cells' own (``taping_stepper`` and ``linearize``); the tests compare both paths
+with autograd through the loop in float64. Built at first use (:mod:`pararnn._cbuild`);
+without a C compiler the cells run the PyTorch loop.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import shutil
-import subprocess
-import tempfile
-import threading
-import warnings
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 
-# One source for both dtypes: ``real`` is float or double, chosen by -DREAL_DOUBLE.
-# Layouts (all contiguous): pre (B, T, G, N) gate-major pre-activations u, tape
-# (B, T, G', N) the gates the forward writes, states (B, T, S) with S = N (GRU) or 2N
-# interleaved (c, h) per channel (LSTM), weights (G, N) clipped. The backward adds into
-# grad_w / grad_b (per-thread buffers, summed by the caller) and writes grad_pre
-# (B, T, G, N) and grad_h0 (B, S).
-_SOURCE = r"""
-#include <math.h>
-#ifdef REAL_DOUBLE
-typedef double real;
-#define EXP exp
-#define TANH tanh
-#else
-typedef float real;
-#define EXP expf
-#define TANH tanhf
-#endif
-#define R real *restrict
-#define C const real *restrict
+from .. import _cbuild
 
-static inline real sigmoid(real x) { return 1 / (1 + EXP(-x)); }
-
+# Layouts (all contiguous): pre (B, T, 3, N) gate-major pre-activations u, tape (B, T, G, N)
+# the gates the forward writes (GRU z, r, ĥ; LSTM f, c̃, o, tanh c'), states (B, T, S)
+# with S = N (GRU) or 2N interleaved (c, h) per channel (LSTM), a (3, N) and p (2, N) the
+# clipped weights. The backward adds into grad_w / grad_b (one buffer per thread, summed
+# by the caller) and writes grad_pre (B, T, 3, N) and grad_h0 (B, S).
+_SOURCE = _cbuild.PRELUDE + r"""
 /* One step over the n channels of one row: a function of its own, so that the compiler
    sees restrict pointers with affine accesses and vectorises the loop. */
 static void gru_step(long n, C u, C a, C bias, C h, R gate, R out) {
@@ -173,90 +141,13 @@ void lstm_backward(long rows, long steps, long n, C a, C p, C h0, C tape, C stat
 }
 """
 
-# -ffast-math lets the compiler call the C library's vector exp/tanh (glibc's libmvec; it
-# declares them only under fast math). Inf and NaN still flow through the arithmetic as the
-# hardware computes it (an overflowing exp gives a sigmoid of 0); no comparison in the
-# source depends on them.
-_FLAGS = ["-O3", "-ffast-math", "-fopenmp-simd", "-shared", "-fPIC"]
-# tried in order: not every compiler or CPU knows these (512-bit vectors: 1.5x faster
-# than gcc's default 256 on this project's AVX-512 CPU)
-_TUNING = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
-_DTYPES = {torch.float32: "float", torch.float64: "double"}
-
-_lock = threading.Lock()
-_libraries: dict | None = None
-_workers: ThreadPoolExecutor | None = None
-
-
-def _compile(directory: str, compiler: str, dtype_name: str) -> ctypes.CDLL:
-    source = os.path.join(directory, "loop.c")
-    if not os.path.exists(source):
-        with open(source, "w") as f:
-            f.write(_SOURCE)
-    target = os.path.join(directory, f"loop_{dtype_name}.so")
-    defines = ["-DREAL_DOUBLE"] if dtype_name == "double" else []
-    errors = ""
-    for tuning in _TUNING:
-        command = [compiler, *_FLAGS, *tuning, *defines, source, "-o", target, "-lm"]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode == 0:
-            return ctypes.CDLL(target)
-        errors = done.stderr
-    raise RuntimeError(errors.strip()[-2000:])
-
-
-def _load() -> dict:
-    """The compiled libraries by dtype, or {} (after one warning) when they cannot be built."""
-    global _libraries
-    with _lock:
-        if _libraries is not None:
-            return _libraries
-        _libraries = {}
-        if os.environ.get("PARARNN_CPU_LOOP", "1") == "0":
-            return _libraries
-        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-        try:
-            if compiler is None:
-                raise RuntimeError("no C compiler (cc) on PATH")
-            with tempfile.TemporaryDirectory(prefix="pararnn_cpu_loop_") as directory:
-                # loaded libraries stay mapped after their files are deleted
-                _libraries = {dtype: _compile(directory, compiler, name) for dtype, name in _DTYPES.items()}
-        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-            _libraries = {}
-            warnings.warn(
-                f"pararnn: could not build the C step loops for CPU training ({error}); "
-                "ParaGRU/ParaLSTM train through the PyTorch loop instead (slower on the CPU)",
-                RuntimeWarning, stacklevel=3)
-        return _libraries
+_LIBRARY = _cbuild.CLibrary("step_loops", _SOURCE,
+                            "ParaGRU/ParaLSTM train through the PyTorch loop instead (slower)")
 
 
 def available(x: torch.Tensor) -> bool:
-    """Whether the C loops run for ``x``: on the CPU, float32 or float64, library built."""
-    return x.device.type == "cpu" and x.dtype in _DTYPES and x.dtype in _load()
-
-
-def _pointer(tensor: torch.Tensor | None):
-    return None if tensor is None else ctypes.c_void_p(tensor.data_ptr())
-
-
-def _row_ranges(rows: int) -> list[range]:
-    """The batch rows split into one range per torch thread (rows are independent)."""
-    parts = max(1, min(rows, torch.get_num_threads()))
-    bounds = [rows * k // parts for k in range(parts + 1)]
-    return [range(bounds[k], bounds[k + 1]) for k in range(parts)]
-
-
-def _run(calls) -> None:
-    """Run the thunks ``calls``, in parallel threads when there are several."""
-    global _workers
-    if len(calls) == 1:
-        calls[0]()
-        return
-    with _lock:
-        if _workers is None or _workers._max_workers < len(calls):
-            _workers = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="pararnn_loop")
-    for future in [_workers.submit(call) for call in calls]:
-        future.result()
+    """Whether the C loops run for ``x``: a float32/float64 CPU tensor, library built."""
+    return _LIBRARY.get(x) is not None
 
 
 class CompiledLoop:
@@ -298,7 +189,7 @@ class CompiledLoop:
 def _forward(kind: str, pre: torch.Tensor, weights: tuple, bias, h0: torch.Tensor):
     """``(states, tape)`` of the ``kind`` loop from ``h0`` over the pre-activations ``pre``
     ``(B, T, 3N)``, with the clipped recurrent ``weights`` and ``bias`` (or None)."""
-    library = _load()[pre.dtype]
+    library = _LIBRARY.get(pre)
     batch, steps, width = pre.shape
     n = width // 3
     lstm = kind == "lstm"
@@ -313,10 +204,9 @@ def _forward(kind: str, pre: torch.Tensor, weights: tuple, bias, h0: torch.Tenso
         part = slice(rows.start, rows.stop)
         scratch = [pre.new_empty(2 * n)] if lstm else []  # the LSTM's planar (h, c)
         args = [pre[part], *weights, bias, h0[part], tape[part], states[part], *scratch]
-        return lambda: function(ctypes.c_long(len(rows)), ctypes.c_long(steps), ctypes.c_long(n),
-                                *map(_pointer, args))
+        return lambda: _cbuild.call(function, len(rows), steps, n, *args)
 
-    _run([call(rows) for rows in _row_ranges(batch)])
+    _cbuild.run_parallel([call(rows) for rows in _cbuild.row_ranges(batch)])
     return states, tape
 
 
@@ -325,14 +215,14 @@ def _backward(kind: str, tape: torch.Tensor, states: torch.Tensor, h0: torch.Ten
     """``(grad_pre, grad_h0, grad_weights, grad_bias)`` of a loop that :func:`_forward` ran:
     the gradients of the pre-activations ``(B, T, 3N)``, of ``h0``, of the clipped weights
     stacked (``(3, N)`` or ``(5, N)``: ``a``, then the peepholes) and of the bias ``(3, N)``."""
-    library = _load()[tape.dtype]
+    library = _LIBRARY.get(tape)
     batch, steps, _, n = tape.shape
     lstm = kind == "lstm"
     weights = [w.contiguous() for w in weights]
     h0, grad_states = h0.detach().contiguous(), grad_states.contiguous()
     grad_pre = tape.new_empty(batch, steps, 3 * n)
     grad_h0 = torch.empty_like(h0)
-    ranges = _row_ranges(batch)
+    ranges = _cbuild.row_ranges(batch)
     # per thread: the weight and bias gradients it adds into, and its carry
     grad_w = tape.new_zeros(len(ranges), 5 if lstm else 3, n)
     grad_b = tape.new_zeros(len(ranges), 3, n)
@@ -343,8 +233,7 @@ def _backward(kind: str, tape: torch.Tensor, states: torch.Tensor, h0: torch.Ten
         part = slice(rows.start, rows.stop)
         args = [*weights, h0[part], tape[part], states[part], grad_states[part], grad_pre[part],
                 grad_h0[part], grad_w[k], grad_b[k], carry[k]]
-        return lambda: function(ctypes.c_long(len(rows)), ctypes.c_long(steps), ctypes.c_long(n),
-                                *map(_pointer, args))
+        return lambda: _cbuild.call(function, len(rows), steps, n, *args)
 
-    _run([call(k, rows) for k, rows in enumerate(ranges)])
+    _cbuild.run_parallel([call(k, rows) for k, rows in enumerate(ranges)])
     return grad_pre, grad_h0, grad_w.sum(0), grad_b.sum(0)

@@ -1,0 +1,139 @@
+"""Small C sources built at first use with the system compiler and called through ``ctypes``:
+the CPU training path's fused loops (:mod:`pararnn.cells.cpu_loop`,
+:mod:`pararnn.models.cpu_chunked`).
+
+Why: on the CPU, a chain of small PyTorch ops pays ~2-4 µs of dispatch per op and one
+pass over memory per op; a C loop pays neither. ``torch.compile`` (inductor's C++ backend)
+was measured as the alternative and lost at these shapes (BENCHMARKS.md, "CPU training
+path, round 4"). Each source is compiled once per process for float32 and float64 (``real``
+is ``float``, or ``double`` under ``-DREAL_DOUBLE``) into a temporary directory, ~0.3 s per
+dtype. No compiler, or a failed build, means one warning and the PyTorch ops instead;
+``PARARNN_CPU_KERNELS=0`` switches the C code off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+# -ffast-math lets the compiler call the C library's vector exp/tanh (glibc's libmvec
+# declares them only under fast math). Inf and NaN still flow through the arithmetic as the
+# hardware computes it (an overflowing exp gives a sigmoid of 0); no comparison in the
+# sources depends on them.
+_FLAGS = ["-O3", "-ffast-math", "-fopenmp-simd", "-shared", "-fPIC"]
+# tried in order: not every compiler or CPU knows these (512-bit vectors: 1.5x faster than
+# gcc's default 256-bit ones for the step loops on this project's AVX-512 CPU)
+_TUNING = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
+_DTYPES = {torch.float32: "float", torch.float64: "double"}
+
+_lock = threading.Lock()
+_workers: ThreadPoolExecutor | None = None
+
+
+def enabled() -> bool:
+    return os.environ.get("PARARNN_CPU_KERNELS", "1") != "0"
+
+
+class CLibrary:
+    """The C ``source`` (named ``name`` in messages) built for float32 and float64 at the
+    first :meth:`get`; ``what`` says what runs instead when it cannot be built."""
+
+    def __init__(self, name: str, source: str, what: str) -> None:
+        self.name, self.source, self.what = name, source, what
+        self._built: dict | None = None
+
+    def get(self, tensor: torch.Tensor) -> ctypes.CDLL | None:
+        """The library for ``tensor``'s dtype if it is a float32/float64 CPU tensor and the
+        source builds, else None."""
+        if tensor.device.type != "cpu" or tensor.dtype not in _DTYPES:
+            return None
+        return self._load().get(tensor.dtype)
+
+    def _load(self) -> dict:
+        with _lock:
+            if self._built is None:
+                self._built = self._build() if enabled() else {}
+            return self._built
+
+    def _build(self) -> dict:
+        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        try:
+            if compiler is None:
+                raise RuntimeError("no C compiler (cc) on PATH")
+            with tempfile.TemporaryDirectory(prefix=f"pararnn_{self.name}_") as directory:
+                source = os.path.join(directory, f"{self.name}.c")
+                with open(source, "w") as f:
+                    f.write(self.source)
+                # a loaded library stays mapped after its file is deleted
+                return {dtype: self._compile(compiler, source, real) for dtype, real in _DTYPES.items()}
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            warnings.warn(f"pararnn: could not build the C code for {self.name} ({error}); "
+                          f"{self.what}", RuntimeWarning, stacklevel=4)
+            return {}
+
+    @staticmethod
+    def _compile(compiler: str, source: str, real: str) -> ctypes.CDLL:
+        target = source[:-2] + f"_{real}.so"
+        defines = ["-DREAL_DOUBLE"] if real == "double" else []
+        errors = ""
+        for tuning in _TUNING:
+            command = [compiler, *_FLAGS, *tuning, *defines, source, "-o", target, "-lm"]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode == 0:
+                return ctypes.CDLL(target)
+            errors = done.stderr
+        raise RuntimeError(errors.strip()[-2000:])
+
+
+# The header every source starts with: ``real``, its exp/tanh, restrict shorthands.
+PRELUDE = r"""
+#include <math.h>
+#ifdef REAL_DOUBLE
+typedef double real;
+#define EXP exp
+#define TANH tanh
+#else
+typedef float real;
+#define EXP expf
+#define TANH tanhf
+#endif
+#define R real *restrict
+#define C const real *restrict
+
+static inline real sigmoid(real x) { return 1 / (1 + EXP(-x)); }
+"""
+
+
+def call(function, *args) -> None:
+    """``function(*args)`` with ints passed as C longs and tensors (or None) as pointers."""
+    function(*(ctypes.c_long(a) if isinstance(a, int) else
+               None if a is None else ctypes.c_void_p(a.data_ptr()) for a in args))
+
+
+def row_ranges(rows: int) -> list[range]:
+    """``range(rows)`` split into one part per torch thread (for independent rows)."""
+    parts = max(1, min(rows, torch.get_num_threads()))
+    bounds = [rows * k // parts for k in range(parts + 1)]
+    return [range(bounds[k], bounds[k + 1]) for k in range(parts)]
+
+
+def run_parallel(thunks) -> None:
+    """Run the thunks, in parallel threads when there are several (``ctypes`` releases the
+    GIL during a C call, so C work on independent rows runs on as many cores)."""
+    global _workers
+    if len(thunks) == 1:
+        thunks[0]()
+        return
+    with _lock:
+        if _workers is None or _workers._max_workers < len(thunks):
+            _workers = ThreadPoolExecutor(max_workers=len(thunks), thread_name_prefix="pararnn_c")
+    for future in [_workers.submit(thunk) for thunk in thunks]:
+        future.result()
