@@ -5,9 +5,9 @@ the CPU training path's fused loops (:mod:`pararnn.cells.cpu_loop`,
 Why: on the CPU, a chain of small PyTorch ops pays ~2-4 µs of dispatch per op and one
 pass over memory per op; a C loop pays neither. ``torch.compile`` (inductor's C++ backend)
 was measured as the alternative and lost at these shapes (BENCHMARKS.md, "CPU training
-path, round 4"). Each source is compiled once per process for float32 and float64 (``real``
-is ``float``, or ``double`` under ``-DREAL_DOUBLE``) into a temporary directory, ~0.3 s per
-dtype. No compiler, or a failed build, means one warning and the PyTorch ops instead;
+path, round 4"). Each source is compiled once per process and dtype used (``real`` is
+``float``, or ``double`` under ``-DREAL_DOUBLE``) into a temporary directory, ~0.2-0.3 s
+each. No compiler, or a failed build, means one warning and the PyTorch ops instead;
 ``PARARNN_CPU_KERNELS=0`` switches the C code off.
 """
 
@@ -43,27 +43,28 @@ def enabled() -> bool:
 
 
 class CLibrary:
-    """The C ``source`` (named ``name`` in messages) built for float32 and float64 at the
-    first :meth:`get`; ``what`` says what runs instead when it cannot be built."""
+    """The C ``source`` (named ``name`` in messages), built for a dtype at the first
+    :meth:`get` of that dtype; ``what`` says what runs instead when it cannot be built."""
 
     def __init__(self, name: str, source: str, what: str) -> None:
         self.name, self.source, self.what = name, source, what
-        self._built: dict | None = None
+        self._built: dict = {}
+        self._failed = False
 
     def get(self, tensor: torch.Tensor) -> ctypes.CDLL | None:
-        """The library for ``tensor``'s dtype if it is a float32/float64 CPU tensor and the
-        source builds, else None."""
-        if tensor.device.type != "cpu" or tensor.dtype not in _DTYPES:
+        """The library for ``tensor``'s dtype if it is a float32/float64 CPU tensor, the C
+        code is switched on and the source builds, else None."""
+        if tensor.device.type != "cpu" or tensor.dtype not in _DTYPES or not enabled():
             return None
-        return self._load().get(tensor.dtype)
+        library = self._built.get(tensor.dtype)
+        if library is None and not self._failed:
+            with _lock:
+                if tensor.dtype not in self._built and not self._failed:
+                    self._built[tensor.dtype] = self._build(_DTYPES[tensor.dtype])
+                library = self._built.get(tensor.dtype)
+        return library
 
-    def _load(self) -> dict:
-        with _lock:
-            if self._built is None:
-                self._built = self._build() if enabled() else {}
-            return self._built
-
-    def _build(self) -> dict:
+    def _build(self, real: str) -> ctypes.CDLL | None:
         compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
         try:
             if compiler is None:
@@ -73,11 +74,12 @@ class CLibrary:
                 with open(source, "w") as f:
                     f.write(self.source)
                 # a loaded library stays mapped after its file is deleted
-                return {dtype: self._compile(compiler, source, real) for dtype, real in _DTYPES.items()}
+                return self._compile(compiler, source, real)
         except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            self._failed = True  # warn once, and do not try again
             warnings.warn(f"pararnn: could not build the C code for {self.name} ({error}); "
                           f"{self.what}", RuntimeWarning, stacklevel=4)
-            return {}
+            return None
 
     @staticmethod
     def _compile(compiler: str, source: str, real: str) -> ctypes.CDLL:

@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pararnn import _cbuild
 from pararnn.models import cpu_chunked
 from pararnn.models.lm import CausalConv1d, GatedRMSNorm
 
@@ -33,7 +32,6 @@ def chunk_elements(request, monkeypatch):
             pytest.skip("no C compiler")
         return request.param
     monkeypatch.setenv("PARARNN_CPU_KERNELS", "0")
-    monkeypatch.setattr(cpu_chunked, "_LIBRARY", _cbuild.CLibrary("off", cpu_chunked._SOURCE, ""))
     monkeypatch.setattr(cpu_chunked, "CHUNK_ELEMENTS", request.param)
     return request.param
 
