@@ -12,7 +12,7 @@ from pararnn.solver import api, newton
 from cells_zoo import all_cells
 from gradient_checks import assert_gradients_close, loss_gradients
 
-HAS_C = cpu_loop.available(torch.zeros(1, dtype=torch.float64))
+HAS_C = cpu_loop._LIBRARY.get(torch.zeros(1, dtype=torch.float64)) is not None
 
 
 def without_c_loops(monkeypatch):
@@ -162,14 +162,14 @@ def test_loop_backward_uses_the_forward_parameters(loop_training):
 
 
 @pytest.mark.skipif(not HAS_C, reason="no C compiler")
-@pytest.mark.parametrize("threads", [1, 3])
-def test_c_loops_run_where_they_apply(monkeypatch, threads):
+def test_c_loops_run_where_they_apply(monkeypatch):
     """float32/float64 ParaGRU/ParaLSTM on the CPU; not bfloat16, not a subclass that
-    changes the step. Rows split over threads give the same gradients."""
+    changes the step."""
     monkeypatch.setattr(api, "CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD", 0)
     calls = []
-    backward = cpu_loop._backward
-    monkeypatch.setattr(cpu_loop, "_backward", lambda *args: calls.append(1) or backward(*args))
+    backward = cpu_loop.CompiledLoop.backward
+    monkeypatch.setattr(cpu_loop.CompiledLoop, "backward",
+                        lambda *args: calls.append(1) or backward(*args))
 
     class Shifted(pararnn.ParaGRUCell):
         def step(self, x, h_prev):
@@ -180,19 +180,14 @@ def test_c_loops_run_where_they_apply(monkeypatch, threads):
             assert isinstance(cell.compiled_loop(torch.zeros(1, dtype=dtype)), cpu_loop.CompiledLoop)
         assert cell.compiled_loop(torch.zeros(1, dtype=torch.bfloat16)) is None
     assert Shifted(4).compiled_loop(torch.zeros(1)) is None
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for name in ("paragru", "paralstm"):
-            cell = all_cells()[name]
-            x = torch.randn(5, 9, cell.input_size, dtype=torch.float64)
-            h0 = torch.randn(5, cell.state_size, dtype=torch.float64)
-            want = gradients(cell, x, h0, "sequential")
-            got = gradients(cell, x, h0, "auto")
-            assert_gradients_close(cell, got, want, rtol=1e-10, atol=1e-12)
-        assert len(calls) == 2
-    finally:
-        torch.set_num_threads(previous)
+    for name in ("paragru", "paralstm"):
+        cell = all_cells()[name]
+        x = torch.randn(5, 9, cell.input_size, dtype=torch.float64)
+        h0 = torch.randn(5, cell.state_size, dtype=torch.float64)
+        want = gradients(cell, x, h0, "sequential")
+        got = gradients(cell, x, h0, "auto")
+        assert_gradients_close(cell, got, want, rtol=1e-10, atol=1e-12)
+    assert len(calls) == 2
 
 
 def test_c_build_failure_warns_once_and_switch_off_is_silent(monkeypatch, recwarn):

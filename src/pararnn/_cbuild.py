@@ -9,6 +9,10 @@ path, round 4"). Each source is compiled once per process and dtype used (``real
 ``float``, or ``double`` under ``-DREAL_DOUBLE``) into a temporary directory, ~0.2-0.3 s
 each. No compiler, or a failed build, means one warning and the PyTorch ops instead;
 ``PARARNN_CPU_KERNELS=0`` switches the C code off.
+
+The C code runs on the calling thread. Splitting the batch rows over Python threads
+(``ctypes`` releases the GIL) was measured at 2 torch threads and gained nothing: the
+other core is still busy with the spin-wait of torch's OpenMP workers after each op.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -35,7 +38,6 @@ _TUNING = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], []
 _DTYPES = {torch.float32: "float", torch.float64: "double"}
 
 _lock = threading.Lock()
-_workers: ThreadPoolExecutor | None = None
 
 
 def enabled() -> bool:
@@ -119,24 +121,3 @@ def call(function, *args) -> None:
     None) as pointers to their first element."""
     function(*(ctypes.c_long(a) if isinstance(a, int) else ctypes.c_double(a) if isinstance(a, float)
                else None if a is None else ctypes.c_void_p(a.data_ptr()) for a in args))
-
-
-def row_ranges(rows: int) -> list[range]:
-    """``range(rows)`` split into one part per torch thread (for independent rows)."""
-    parts = max(1, min(rows, torch.get_num_threads()))
-    bounds = [rows * k // parts for k in range(parts + 1)]
-    return [range(bounds[k], bounds[k + 1]) for k in range(parts)]
-
-
-def run_parallel(thunks) -> None:
-    """Run the thunks, in parallel threads when there are several (``ctypes`` releases the
-    GIL during a C call, so C work on independent rows runs on as many cores)."""
-    global _workers
-    if len(thunks) == 1:
-        thunks[0]()
-        return
-    with _lock:
-        if _workers is None or _workers._max_workers < len(thunks):
-            _workers = ThreadPoolExecutor(max_workers=len(thunks), thread_name_prefix="pararnn_c")
-    for future in [_workers.submit(thunk) for thunk in thunks]:
-        future.result()

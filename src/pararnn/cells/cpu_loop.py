@@ -22,8 +22,8 @@ from .. import _cbuild
 # Layouts (all contiguous): pre (B, T, 3, N) gate-major pre-activations u, tape (B, T, G, N)
 # the gates the forward writes (GRU z, r, ĥ; LSTM f, c̃, o, tanh c'), states (B, T, S)
 # with S = N (GRU) or 2N interleaved (c, h) per channel (LSTM), a (3, N) and p (2, N) the
-# clipped weights. The backward adds into grad_w / grad_b (one buffer per thread, summed
-# by the caller) and writes grad_pre (B, T, 3, N) and grad_h0 (B, S).
+# clipped weights. The backward adds into grad_w / grad_b (zeroed by the caller) and writes
+# grad_pre (B, T, 3, N) and grad_h0 (B, S).
 _SOURCE = _cbuild.PRELUDE + r"""
 /* One step over the n channels of one row: a function of its own, so that the compiler
    sees restrict pointers with affine accesses and vectorises the loop. */
@@ -145,9 +145,11 @@ _LIBRARY = _cbuild.CLibrary("step_loops", _SOURCE,
                             "ParaGRU/ParaLSTM train through the PyTorch loop instead (slower)")
 
 
-def available(x: torch.Tensor) -> bool:
-    """Whether the C loops run for ``x``: a float32/float64 CPU tensor, library built."""
-    return _LIBRARY.get(x) is not None
+def compiled_loop(kind: str, x: torch.Tensor, recurrent_weights):
+    """A :class:`CompiledLoop` of ``kind`` for ``x`` (a float32/float64 CPU tensor) if the C
+    code builds, else None."""
+    library = _LIBRARY.get(x)
+    return None if library is None else CompiledLoop(library, kind, recurrent_weights)
 
 
 class CompiledLoop:
@@ -157,20 +159,44 @@ class CompiledLoop:
     recurrent weights (``(a,)`` or ``(a, peephole)``): the backward differentiates it to
     carry the clipped weights' gradients to the parameters."""
 
-    def __init__(self, kind: str, recurrent_weights) -> None:
-        self.kind = kind
+    def __init__(self, library, kind: str, recurrent_weights) -> None:
+        self.library, self.lstm = library, kind == "lstm"
         self.recurrent_weights = recurrent_weights
 
     def forward(self, parameters: dict, x: torch.Tensor, h0: torch.Tensor):
-        """``(states, tape)`` over ``x`` ``(B, T, 3N)`` from ``h0`` ``(B, S)``."""
+        """``(states, tape)`` over ``x`` ``(B, T, 3N)`` from ``h0`` ``(B, S)``: the tape holds
+        the gates (GRU ``(B, T, 3, N)``, LSTM ``(B, T, 4, N)``) for :meth:`backward`."""
         with torch.no_grad():
-            return _forward(self.kind, x, self.recurrent_weights(parameters), parameters.get("bias"), h0)
+            weights = [w.contiguous() for w in self.recurrent_weights(parameters)]
+            bias = parameters.get("bias")
+        batch, steps, width = x.shape
+        n = width // 3
+        x, h0 = x.contiguous(), h0.contiguous()
+        bias = x.new_zeros(3, n) if bias is None else bias.detach().contiguous()
+        tape = x.new_empty(batch, steps, 4 if self.lstm else 3, n)
+        states = x.new_empty(batch, steps, 2 * n if self.lstm else n)
+        if self.lstm:  # with a scratch row: the previous (h, c), planar
+            _cbuild.call(self.library.lstm_forward, batch, steps, n, x, *weights, bias, h0, tape,
+                         states, x.new_empty(2 * n))
+        else:
+            _cbuild.call(self.library.gru_forward, batch, steps, n, x, *weights, bias, h0, tape, states)
+        return states, tape
 
     def backward(self, parameters: dict, tape, states, h0, grad_states):
-        """``(grad_x, grad_h0, grads)``: ``grads`` by parameter name, for the parameters
-        that require grad."""
-        weights = self.recurrent_weights({name: p.detach() for name, p in parameters.items()})
-        grad_x, grad_h0, grad_w, grad_b = _backward(self.kind, tape, states, h0, weights, grad_states)
+        """``(grad_x, grad_h0, grads)`` of the loop :meth:`forward` ran: ``grads`` by
+        parameter name, for the parameters that require grad."""
+        batch, steps, _, n = tape.shape
+        with torch.no_grad():
+            weights = [w.contiguous() for w in self.recurrent_weights(parameters)]
+        h0, grad_states = h0.contiguous(), grad_states.contiguous()
+        grad_x = tape.new_empty(batch, steps, 3 * n)
+        grad_h0 = torch.empty_like(h0)
+        # the gradients of the clipped weights stacked (a, then the peepholes) and of the bias
+        grad_w, grad_b = tape.new_zeros(5 if self.lstm else 3, n), tape.new_zeros(3, n)
+        carry = tape.new_empty(2 * n if self.lstm else n)
+        _cbuild.call(self.library.lstm_backward if self.lstm else self.library.gru_backward,
+                     batch, steps, n, *weights, h0, tape, states, grad_states, grad_x, grad_h0,
+                     grad_w, grad_b, carry)
         grads = {}
         bias = parameters.get("bias")
         if bias is not None and bias.requires_grad:
@@ -184,56 +210,3 @@ class CompiledLoop:
                                         allow_unused=True)
             grads.update((name, g) for (name, _), g in zip(wanted, found))
         return grad_x, grad_h0, grads
-
-
-def _forward(kind: str, pre: torch.Tensor, weights: tuple, bias, h0: torch.Tensor):
-    """``(states, tape)`` of the ``kind`` loop from ``h0`` over the pre-activations ``pre``
-    ``(B, T, 3N)``, with the clipped recurrent ``weights`` and ``bias`` (or None)."""
-    library = _LIBRARY.get(pre)
-    batch, steps, width = pre.shape
-    n = width // 3
-    lstm = kind == "lstm"
-    pre, h0 = pre.contiguous(), h0.contiguous()
-    weights = [w.contiguous() for w in weights]
-    bias = pre.new_zeros(3, n) if bias is None else bias.contiguous()
-    tape = pre.new_empty(batch, steps, 4 if lstm else 3, n)
-    states = pre.new_empty(batch, steps, 2 * n if lstm else n)
-    function = library.lstm_forward if lstm else library.gru_forward
-
-    def call(rows: range):
-        part = slice(rows.start, rows.stop)
-        scratch = [pre.new_empty(2 * n)] if lstm else []  # the LSTM's planar (h, c)
-        args = [pre[part], *weights, bias, h0[part], tape[part], states[part], *scratch]
-        return lambda: _cbuild.call(function, len(rows), steps, n, *args)
-
-    _cbuild.run_parallel([call(rows) for rows in _cbuild.row_ranges(batch)])
-    return states, tape
-
-
-def _backward(kind: str, tape: torch.Tensor, states: torch.Tensor, h0: torch.Tensor,
-              weights: tuple, grad_states: torch.Tensor):
-    """``(grad_pre, grad_h0, grad_weights, grad_bias)`` of a loop that :func:`_forward` ran:
-    the gradients of the pre-activations ``(B, T, 3N)``, of ``h0``, of the clipped weights
-    stacked (``(3, N)`` or ``(5, N)``: ``a``, then the peepholes) and of the bias ``(3, N)``."""
-    library = _LIBRARY.get(tape)
-    batch, steps, _, n = tape.shape
-    lstm = kind == "lstm"
-    weights = [w.contiguous() for w in weights]
-    h0, grad_states = h0.detach().contiguous(), grad_states.contiguous()
-    grad_pre = tape.new_empty(batch, steps, 3 * n)
-    grad_h0 = torch.empty_like(h0)
-    ranges = _cbuild.row_ranges(batch)
-    # per thread: the weight and bias gradients it adds into, and its carry
-    grad_w = tape.new_zeros(len(ranges), 5 if lstm else 3, n)
-    grad_b = tape.new_zeros(len(ranges), 3, n)
-    carry = tape.new_empty(len(ranges), 2 * n if lstm else n)
-    function = library.lstm_backward if lstm else library.gru_backward
-
-    def call(k: int, rows: range):
-        part = slice(rows.start, rows.stop)
-        args = [*weights, h0[part], tape[part], states[part], grad_states[part], grad_pre[part],
-                grad_h0[part], grad_w[k], grad_b[k], carry[k]]
-        return lambda: _cbuild.call(function, len(rows), steps, n, *args)
-
-    _cbuild.run_parallel([call(k, rows) for k, rows in enumerate(ranges)])
-    return grad_pre, grad_h0, grad_w.sum(0), grad_b.sum(0)

@@ -114,10 +114,10 @@ class ParaGRUCell(Cell):
     def compiled_loop(self, x):
         """The C loop and adjoint (:mod:`pararnn.cells.cpu_loop`) on the CPU, unless a
         subclass changed the step or the C loops could not be built."""
-        if not runs_own_step(self, ParaGRUCell, *_OWN_STEP) or not cpu_loop.available(x):
+        if not runs_own_step(self, ParaGRUCell, *_OWN_STEP):
             return None
         clip = self.recurrent_clip
-        return cpu_loop.CompiledLoop("gru", lambda parameters: (clipped(parameters["a"], clip),))
+        return cpu_loop.compiled_loop("gru", x, lambda parameters: (clipped(parameters["a"], clip),))
 
     def step_and_jacobian(self, x, h_prev):
         parameters = self._step_parameters()

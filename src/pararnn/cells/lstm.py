@@ -147,10 +147,10 @@ class ParaLSTMCell(Cell):
     def compiled_loop(self, x):
         """The C loop and adjoint (:mod:`pararnn.cells.cpu_loop`) on the CPU, unless a
         subclass changed the step or the C loops could not be built."""
-        if not runs_own_step(self, ParaLSTMCell, *_OWN_STEP) or not cpu_loop.available(x):
+        if not runs_own_step(self, ParaLSTMCell, *_OWN_STEP):
             return None
         clip = self.recurrent_clip
-        return cpu_loop.CompiledLoop("lstm", lambda parameters: (
+        return cpu_loop.compiled_loop("lstm", x, lambda parameters: (
             clipped(parameters["a"], clip), clipped(parameters["peephole"], clip)))
 
     def step_and_jacobian(self, x, h_prev):

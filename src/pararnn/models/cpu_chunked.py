@@ -34,9 +34,9 @@ CHUNK_ELEMENTS = 1 << 16
 
 
 # Layouts: the conv's x (B, T, C) with strides (sb, st, 1), taps (K, C), bias (C,), out and
-# grad_out (B, T, C) contiguous; a scratch row (T, C) per thread for the conv-output
-# gradient. The norm's x and gate rows of width W with row strides sx, sg, weight (W,),
-# inv_rms (R,). Weight/bias gradients are added into one buffer per thread.
+# grad_out (B, T, C) contiguous; a scratch row (T, C) for the conv-output gradient. The
+# norm's x and gate rows of width W with row strides sx, sg, weight (W,), inv_rms (R,).
+# Weight/bias gradients are added into buffers the caller zeroes.
 _SOURCE = _cbuild.PRELUDE + r"""
 /* y[t] = bias + sum_s taps[K-1-s] x[t-s] for one (t, row), over the C channels */
 static void conv_at(long t, long k, long c, long st, C x, C taps, C bias, R acc) {
@@ -173,11 +173,8 @@ class CausalConvSiLU(torch.autograd.Function):
                 x = x.contiguous()
             (batch, steps, channels), kernel = x.shape, taps.shape[0]
             bias = bias.contiguous()
-            _cbuild.run_parallel([
-                lambda rows=rows: _cbuild.call(library.conv_silu_forward, len(rows), steps, channels,
-                                               kernel, x.stride(0), x.stride(1), x[rows.start:],
-                                               taps, bias, out[rows.start:])
-                for rows in _cbuild.row_ranges(batch)])
+            _cbuild.call(library.conv_silu_forward, batch, steps, channels, kernel, x.stride(0),
+                         x.stride(1), x, taps, bias, out)
         else:
             for rows in _row_chunks(x.shape[0], x.shape[1] * x.shape[2]):
                 _silu_out(_causal_conv(x[rows], taps, bias), out=out[rows])
@@ -189,7 +186,7 @@ class CausalConvSiLU(torch.autograd.Function):
         x, taps, bias = ctx.saved_tensors
         kernel, steps = taps.shape[0], x.shape[1]
         library = _LIBRARY.get(x)
-        if library is not None:
+        if library is not None and x.stride(-1) == 1:  # as the C forward leaves it
             return _conv_silu_backward_c(library, x, taps, bias, grad_out.contiguous())
         grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         grad_taps = torch.zeros_like(taps)
@@ -209,18 +206,11 @@ class CausalConvSiLU(torch.autograd.Function):
 def _conv_silu_backward_c(library, x, taps, bias, grad_out):
     (batch, steps, channels), kernel = x.shape, taps.shape[0]
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    ranges = _cbuild.row_ranges(batch)
-    # per thread: the tap and bias gradients it adds into, and a (T, C) scratch row
-    grad_taps = taps.new_zeros(len(ranges), kernel, channels)
-    grad_bias = bias.new_zeros(len(ranges), channels)
-    scratch = x.new_empty(len(ranges), steps, channels)
-    _cbuild.run_parallel([
-        lambda k=k, rows=rows: _cbuild.call(
-            library.conv_silu_backward, len(rows), steps, channels, kernel, x.stride(0), x.stride(1),
-            x[rows.start:], taps, bias, grad_out[rows.start:], grad_x[rows.start:], grad_taps[k],
-            grad_bias[k], scratch[k])
-        for k, rows in enumerate(ranges)])
-    return grad_x, grad_taps.sum(0).t().unsqueeze(1), grad_bias.sum(0)
+    grad_taps, grad_bias = torch.zeros_like(taps), torch.zeros_like(bias)
+    _cbuild.call(library.conv_silu_backward, batch, steps, channels, kernel, x.stride(0), x.stride(1),
+                 x, taps, bias, grad_out, grad_x, grad_taps, grad_bias,
+                 x.new_empty(steps, channels))  # the scratch row
+    return grad_x, grad_taps.t().unsqueeze(1), grad_bias
 
 
 class GatedRMSNormFn(torch.autograd.Function):
@@ -235,13 +225,8 @@ class GatedRMSNormFn(torch.autograd.Function):
         inv_rms = torch.empty(x2.shape[0], 1, dtype=x.dtype, device=x.device)
         library = _LIBRARY.get(x)
         if library is not None:
-            weight_c = weight.contiguous()
-            _cbuild.run_parallel([
-                lambda rows=rows: _cbuild.call(
-                    library.gated_norm_forward, len(rows), width, x2.stride(0), gate2.stride(0),
-                    float(eps), x2[rows.start:], gate2[rows.start:], weight_c, out[rows.start:],
-                    inv_rms[rows.start:])
-                for rows in _cbuild.row_ranges(x2.shape[0])])
+            _cbuild.call(library.gated_norm_forward, x2.shape[0], width, x2.stride(0), gate2.stride(0),
+                         float(eps), x2, gate2, weight.contiguous(), out, inv_rms)
         else:
             for rows in _row_chunks(x2.shape[0], width):
                 xc, r = x2[rows], inv_rms[rows]
@@ -264,16 +249,10 @@ class GatedRMSNormFn(torch.autograd.Function):
         library = _LIBRARY.get(x2)
         if library is not None:
             grad2, weight = grad2.contiguous(), weight.contiguous()
-            ranges = _cbuild.row_ranges(x2.shape[0])
-            grad_weight = weight.new_zeros(len(ranges), width)  # one per thread
-            _cbuild.run_parallel([
-                lambda k=k, rows=rows: _cbuild.call(
-                    library.gated_norm_backward, len(rows), width, x2.stride(0), gate2.stride(0),
-                    x2[rows.start:], gate2[rows.start:], weight, inv_rms[rows.start:],
-                    grad2[rows.start:], grad_x[rows.start:], grad_gate[rows.start:], grad_weight[k])
-                for k, rows in enumerate(ranges)])
-            return (grad_x.view(ctx.shapes[0]), grad_gate.view(ctx.shapes[1]), grad_weight.sum(0),
-                    None)
+            grad_weight = torch.zeros_like(weight)
+            _cbuild.call(library.gated_norm_backward, x2.shape[0], width, x2.stride(0), gate2.stride(0),
+                         x2, gate2, weight, inv_rms, grad2, grad_x, grad_gate, grad_weight)
+            return grad_x.view(ctx.shapes[0]), grad_gate.view(ctx.shapes[1]), grad_weight, None
         grad_weight = torch.zeros_like(weight)
         for rows in _row_chunks(x2.shape[0], width):
             xc, gc, go, r = x2[rows], gate2[rows], grad2[rows], inv_rms[rows]
