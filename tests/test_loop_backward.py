@@ -162,9 +162,11 @@ def test_loop_backward_uses_the_forward_parameters(loop_training):
 
 
 @pytest.mark.skipif(not HAS_C, reason="no C compiler")
-def test_c_loops_run_where_they_apply(monkeypatch):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_c_loops_run_where_they_apply(monkeypatch, threads):
     """float32/float64 ParaGRU/ParaLSTM on the CPU; not bfloat16, not a subclass that
-    changes the step."""
+    changes the step. Batch rows split over threads: the same gradients."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # the C loops' thread count
     monkeypatch.setattr(api, "CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD", 0)
     calls = []
     backward = cpu_loop.CompiledLoop.backward

@@ -10,9 +10,11 @@ path, round 4"). Each source is compiled once per process and dtype used (``real
 each. No compiler, or a failed build, means one warning and the PyTorch ops instead;
 ``PARARNN_CPU_KERNELS=0`` switches the C code off.
 
-The C code runs on the calling thread. Splitting the batch rows over Python threads
-(``ctypes`` releases the GIL) was measured at 2 torch threads and gained nothing: the
-other core is still busy with the spin-wait of torch's OpenMP workers after each op.
+Loops over independent rows run on torch's OpenMP threads where torch uses GNU OpenMP
+(Linux wheels): built with ``-fopenmp``, the library shares the ``libgomp`` torch loaded.
+Elsewhere they run on the calling thread. (Python threads instead, with ``ctypes``
+releasing the GIL, were measured at 2 torch threads and gained nothing: the other core is
+still busy with the spin-wait of torch's OpenMP workers after each op.)
 """
 
 from __future__ import annotations
@@ -88,8 +90,9 @@ class CLibrary:
         target = source[:-2] + f"_{real}.so"
         defines = ["-DREAL_DOUBLE"] if real == "double" else []
         errors = ""
-        for tuning in _TUNING:
-            command = [compiler, *_FLAGS, *tuning, *defines, source, "-o", target, "-lm"]
+        openmp = [["-fopenmp"]] if _torch_libgomp() else []
+        for extra in [[*omp, *tuning] for omp in openmp for tuning in _TUNING] + list(_TUNING):
+            command = [compiler, *_FLAGS, *extra, *defines, source, "-o", target, "-lm"]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode == 0:
                 return ctypes.CDLL(target)
@@ -97,7 +100,19 @@ class CLibrary:
         raise RuntimeError(errors.strip()[-2000:])
 
 
-# The header every source starts with: ``real``, its exp/tanh, restrict shorthands.
+def _torch_libgomp() -> bool:
+    """Whether this process runs GNU OpenMP (torch's own libgomp.so.1 on Linux wheels): a
+    library built with -fopenmp then shares it, so its parallel loops run on the same
+    threads as torch's ops (a second OpenMP runtime would fight them for the cores)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return any("libgomp" in line for line in maps)
+    except OSError:
+        return False
+
+
+# The header every source starts with: ``real``, its exp/tanh, restrict shorthands, the
+# OpenMP thread number.
 PRELUDE = r"""
 #include <math.h>
 #ifdef REAL_DOUBLE
@@ -112,6 +127,13 @@ typedef float real;
 #define R real *restrict
 #define C const real *restrict
 
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD omp_get_thread_num()
+#else
+#define THREAD 0
+#endif
+
 static inline real sigmoid(real x) { return 1 / (1 + EXP(-x)); }
 """
 
@@ -121,3 +143,9 @@ def call(function, *args) -> None:
     None) as pointers to their first element."""
     function(*(ctypes.c_long(a) if isinstance(a, int) else ctypes.c_double(a) if isinstance(a, float)
                else None if a is None else ctypes.c_void_p(a.data_ptr()) for a in args))
+
+
+def threads(rows: int) -> int:
+    """How many threads a C loop over ``rows`` independent rows runs on: torch's (its
+    OpenMP threads, when the C code is built with OpenMP), at most one per row."""
+    return max(1, min(rows, torch.get_num_threads()))

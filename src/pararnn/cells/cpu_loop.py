@@ -22,8 +22,9 @@ from .. import _cbuild
 # Layouts (all contiguous): pre (B, T, 3, N) gate-major pre-activations u, tape (B, T, G, N)
 # the gates the forward writes (GRU z, r, ĥ; LSTM f, c̃, o, tanh c'), states (B, T, S)
 # with S = N (GRU) or 2N interleaved (c, h) per channel (LSTM), a (3, N) and p (2, N) the
-# clipped weights. The backward adds into grad_w / grad_b (zeroed by the caller) and writes
-# grad_pre (B, T, 3, N) and grad_h0 (B, S).
+# clipped weights. Rows run on `threads` OpenMP threads; per thread, the backward adds into
+# its own grad_w / grad_b (zeroed by the caller, who sums them) and walks its own carry, and
+# the LSTM forward keeps its previous (h, c) planar in its own scratch row hcs.
 _SOURCE = _cbuild.PRELUDE + r"""
 /* One step over the n channels of one row: a function of its own, so that the compiler
    sees restrict pointers with affine accesses and vectorises the loop. */
@@ -39,7 +40,9 @@ static void gru_step(long n, C u, C a, C bias, C h, R gate, R out) {
     }
 }
 
-void gru_forward(long rows, long steps, long n, C pre, C a, C bias, C h0, R tape, R states) {
+void gru_forward(long threads, long rows, long steps, long n, C pre, C a, C bias, C h0, R tape,
+                 R states) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
     for (long b = 0; b < rows; b++)
         for (long t = 0; t < steps; t++) {
             long at = b * steps + t;
@@ -63,9 +66,12 @@ static void gru_adjoint_step(long n, C a, C h, C gate, C g, R gp, R grad_w, R gr
     }
 }
 
-void gru_backward(long rows, long steps, long n, C a, C h0, C tape, C states, C grad_states,
-                  R grad_pre, R grad_h0, R grad_w, R grad_b, R carry) {
+void gru_backward(long threads, long rows, long steps, long n, C a, C h0, C tape, C states,
+                  C grad_states, R grad_pre, R grad_h0, R grad_ws, R grad_bs, R carries) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
     for (long b = 0; b < rows; b++) {
+        real *grad_w = grad_ws + THREAD * 3 * n, *grad_b = grad_bs + THREAD * 3 * n;
+        real *carry = carries + THREAD * n;
         for (long i = 0; i < n; i++) carry[i] = 0;
         for (long t = steps - 1; t >= 0; t--) {
             long at = b * steps + t;
@@ -92,9 +98,11 @@ static void lstm_step(long n, C u, C a, C p, C bias, R hc, R gate, R out) {
     }
 }
 
-void lstm_forward(long rows, long steps, long n, C pre, C a, C p, C bias, C h0, R tape, R states,
-                  R hc) {
+void lstm_forward(long threads, long rows, long steps, long n, C pre, C a, C p, C bias, C h0,
+                  R tape, R states, R hcs) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
     for (long b = 0; b < rows; b++) {
+        real *hc = hcs + THREAD * 2 * n;
         for (long i = 0; i < n; i++) { hc[n + i] = h0[b * 2 * n + 2 * i]; hc[i] = h0[b * 2 * n + 2 * i + 1]; }
         for (long t = 0; t < steps; t++) {
             long at = b * steps + t;
@@ -126,9 +134,12 @@ static void lstm_adjoint_step(long n, C a, C p, C prev, C gate, C g, R gp, R gra
     }
 }
 
-void lstm_backward(long rows, long steps, long n, C a, C p, C h0, C tape, C states, C grad_states,
-                   R grad_pre, R grad_h0, R grad_w, R grad_b, R carry) {
+void lstm_backward(long threads, long rows, long steps, long n, C a, C p, C h0, C tape, C states,
+                   C grad_states, R grad_pre, R grad_h0, R grad_ws, R grad_bs, R carries) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
     for (long b = 0; b < rows; b++) {
+        real *grad_w = grad_ws + THREAD * 5 * n, *grad_b = grad_bs + THREAD * 3 * n;
+        real *carry = carries + THREAD * 2 * n;
         for (long i = 0; i < 2 * n; i++) carry[i] = 0;
         for (long t = steps - 1; t >= 0; t--) {
             long at = b * steps + t;
@@ -175,11 +186,13 @@ class CompiledLoop:
         bias = x.new_zeros(3, n) if bias is None else bias.detach().contiguous()
         tape = x.new_empty(batch, steps, 4 if self.lstm else 3, n)
         states = x.new_empty(batch, steps, 2 * n if self.lstm else n)
-        if self.lstm:  # with a scratch row: the previous (h, c), planar
-            _cbuild.call(self.library.lstm_forward, batch, steps, n, x, *weights, bias, h0, tape,
-                         states, x.new_empty(2 * n))
+        threads = _cbuild.threads(batch)
+        if self.lstm:
+            _cbuild.call(self.library.lstm_forward, threads, batch, steps, n, x, *weights, bias, h0,
+                         tape, states, x.new_empty(threads, 2 * n))
         else:
-            _cbuild.call(self.library.gru_forward, batch, steps, n, x, *weights, bias, h0, tape, states)
+            _cbuild.call(self.library.gru_forward, threads, batch, steps, n, x, *weights, bias, h0,
+                         tape, states)
         return states, tape
 
     def backward(self, parameters: dict, tape, states, h0, grad_states):
@@ -191,12 +204,16 @@ class CompiledLoop:
         h0, grad_states = h0.contiguous(), grad_states.contiguous()
         grad_x = tape.new_empty(batch, steps, 3 * n)
         grad_h0 = torch.empty_like(h0)
-        # the gradients of the clipped weights stacked (a, then the peepholes) and of the bias
-        grad_w, grad_b = tape.new_zeros(5 if self.lstm else 3, n), tape.new_zeros(3, n)
-        carry = tape.new_empty(2 * n if self.lstm else n)
+        threads = _cbuild.threads(batch)
+        # per thread: the gradients of the clipped weights stacked (a, then the peepholes) and
+        # of the bias, and the carry
+        grad_w = tape.new_zeros(threads, 5 if self.lstm else 3, n)
+        grad_b = tape.new_zeros(threads, 3, n)
+        carry = tape.new_empty(threads, 2 * n if self.lstm else n)
         _cbuild.call(self.library.lstm_backward if self.lstm else self.library.gru_backward,
-                     batch, steps, n, *weights, h0, tape, states, grad_states, grad_x, grad_h0,
-                     grad_w, grad_b, carry)
+                     threads, batch, steps, n, *weights, h0, tape, states, grad_states, grad_x,
+                     grad_h0, grad_w, grad_b, carry)
+        grad_w, grad_b = grad_w.sum(0), grad_b.sum(0)
         grads = {}
         bias = parameters.get("bias")
         if bias is not None and bias.requires_grad:

@@ -34,9 +34,10 @@ CHUNK_ELEMENTS = 1 << 16
 
 
 # Layouts: the conv's x (B, T, C) with strides (sb, st, 1), taps (K, C), bias (C,), out and
-# grad_out (B, T, C) contiguous; a scratch row (T, C) for the conv-output gradient. The
-# norm's x and gate rows of width W with row strides sx, sg, weight (W,), inv_rms (R,).
-# Weight/bias gradients are added into buffers the caller zeroes.
+# grad_out (B, T, C) contiguous. The norm's x and gate rows of width W with row strides sx,
+# sg, weight (W,), inv_rms (R,). Rows run on `threads` OpenMP threads; per thread, the
+# backwards add into their own weight/bias gradients (zeroed by the caller, who sums them)
+# and the conv's uses its own scratch row (T, C) for the conv-output gradient.
 _SOURCE = _cbuild.PRELUDE + r"""
 /* y[t] = bias + sum_s taps[K-1-s] x[t-s] for one (t, row), over the C channels */
 static void conv_at(long t, long k, long c, long st, C x, C taps, C bias, R acc) {
@@ -49,8 +50,9 @@ static void conv_at(long t, long k, long c, long st, C x, C taps, C bias, R acc)
     }
 }
 
-void conv_silu_forward(long rows, long steps, long c, long k, long sb, long st, C x, C taps,
-                       C bias, R out) {
+void conv_silu_forward(long threads, long rows, long steps, long c, long k, long sb, long st, C x,
+                       C taps, C bias, R out) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
     for (long b = 0; b < rows; b++)
         for (long t = 0; t < steps; t++) {
             real *y = out + (b * steps + t) * c;
@@ -60,9 +62,13 @@ void conv_silu_forward(long rows, long steps, long c, long k, long sb, long st, 
         }
 }
 
-void conv_silu_backward(long rows, long steps, long c, long k, long sb, long st, C x, C taps,
-                        C bias, C grad_out, R grad_x, R grad_taps, R grad_bias, R grad_y) {
+void conv_silu_backward(long threads, long rows, long steps, long c, long k, long sb, long st, C x,
+                        C taps, C bias, C grad_out, R grad_x, R grad_tapss, R grad_biases,
+                        R grad_ys) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
     for (long b = 0; b < rows; b++) {
+        real *grad_taps = grad_tapss + THREAD * k * c, *grad_bias = grad_biases + THREAD * c;
+        real *grad_y = grad_ys + THREAD * steps * c;
         const real *xb = x + b * sb;
         for (long t = 0; t < steps; t++) {  /* grad_y: dL/d(conv output), one row (T, C) */
             real *gy = grad_y + t * c;
@@ -90,8 +96,9 @@ void conv_silu_backward(long rows, long steps, long c, long k, long sb, long st,
     }
 }
 
-void gated_norm_forward(long rows, long w, long sx, long sg, double eps, C x, C gate, C weight,
-                        R out, R inv_rms) {
+void gated_norm_forward(long threads, long rows, long w, long sx, long sg, double eps, C x,
+                        C gate, C weight, R out, R inv_rms) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
     for (long r = 0; r < rows; r++) {
         const real *xr = x + r * sx, *gr = gate + r * sg;
         real *o = out + r * w, sum = 0;
@@ -104,9 +111,11 @@ void gated_norm_forward(long rows, long w, long sx, long sg, double eps, C x, C 
     }
 }
 
-void gated_norm_backward(long rows, long w, long sx, long sg, C x, C gate, C weight, C inv_rms,
-                         C grad_out, R grad_x, R grad_gate, R grad_weight) {
+void gated_norm_backward(long threads, long rows, long w, long sx, long sg, C x, C gate, C weight,
+                         C inv_rms, C grad_out, R grad_x, R grad_gate, R grad_weights) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
     for (long r = 0; r < rows; r++) {
+        real *grad_weight = grad_weights + THREAD * w;
         const real *xr = x + r * sx, *gr = gate + r * sg, *go = grad_out + r * w;
         real *gx = grad_x + r * w, *gg = grad_gate + r * w, inv = inv_rms[r], dot = 0;
         #pragma omp simd reduction(+:dot)
@@ -173,8 +182,8 @@ class CausalConvSiLU(torch.autograd.Function):
                 x = x.contiguous()
             (batch, steps, channels), kernel = x.shape, taps.shape[0]
             bias = bias.contiguous()
-            _cbuild.call(library.conv_silu_forward, batch, steps, channels, kernel, x.stride(0),
-                         x.stride(1), x, taps, bias, out)
+            _cbuild.call(library.conv_silu_forward, _cbuild.threads(batch), batch, steps, channels,
+                         kernel, x.stride(0), x.stride(1), x, taps, bias, out)
         else:
             for rows in _row_chunks(x.shape[0], x.shape[1] * x.shape[2]):
                 _silu_out(_causal_conv(x[rows], taps, bias), out=out[rows])
@@ -206,11 +215,14 @@ class CausalConvSiLU(torch.autograd.Function):
 def _conv_silu_backward_c(library, x, taps, bias, grad_out):
     (batch, steps, channels), kernel = x.shape, taps.shape[0]
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    grad_taps, grad_bias = torch.zeros_like(taps), torch.zeros_like(bias)
-    _cbuild.call(library.conv_silu_backward, batch, steps, channels, kernel, x.stride(0), x.stride(1),
-                 x, taps, bias, grad_out, grad_x, grad_taps, grad_bias,
-                 x.new_empty(steps, channels))  # the scratch row
-    return grad_x, grad_taps.t().unsqueeze(1), grad_bias
+    threads = _cbuild.threads(batch)
+    # per thread: the tap and bias gradients it adds into, and a (T, C) scratch row
+    grad_taps = taps.new_zeros(threads, kernel, channels)
+    grad_bias = bias.new_zeros(threads, channels)
+    _cbuild.call(library.conv_silu_backward, threads, batch, steps, channels, kernel, x.stride(0),
+                 x.stride(1), x, taps, bias, grad_out, grad_x, grad_taps, grad_bias,
+                 x.new_empty(threads, steps, channels))
+    return grad_x, grad_taps.sum(0).t().unsqueeze(1), grad_bias.sum(0)
 
 
 class GatedRMSNormFn(torch.autograd.Function):
@@ -225,8 +237,9 @@ class GatedRMSNormFn(torch.autograd.Function):
         inv_rms = torch.empty(x2.shape[0], 1, dtype=x.dtype, device=x.device)
         library = _LIBRARY.get(x)
         if library is not None:
-            _cbuild.call(library.gated_norm_forward, x2.shape[0], width, x2.stride(0), gate2.stride(0),
-                         float(eps), x2, gate2, weight.contiguous(), out, inv_rms)
+            rows = x2.shape[0]
+            _cbuild.call(library.gated_norm_forward, _cbuild.threads(rows), rows, width, x2.stride(0),
+                         gate2.stride(0), float(eps), x2, gate2, weight.contiguous(), out, inv_rms)
         else:
             for rows in _row_chunks(x2.shape[0], width):
                 xc, r = x2[rows], inv_rms[rows]
@@ -249,9 +262,12 @@ class GatedRMSNormFn(torch.autograd.Function):
         library = _LIBRARY.get(x2)
         if library is not None:
             grad2, weight = grad2.contiguous(), weight.contiguous()
-            grad_weight = torch.zeros_like(weight)
-            _cbuild.call(library.gated_norm_backward, x2.shape[0], width, x2.stride(0), gate2.stride(0),
-                         x2, gate2, weight, inv_rms, grad2, grad_x, grad_gate, grad_weight)
+            threads = _cbuild.threads(x2.shape[0])
+            grad_weight = weight.new_zeros(threads, width)  # one per thread
+            _cbuild.call(library.gated_norm_backward, threads, x2.shape[0], width, x2.stride(0),
+                         gate2.stride(0), x2, gate2, weight, inv_rms, grad2, grad_x, grad_gate,
+                         grad_weight)
+            grad_weight = grad_weight.sum(0)
             return grad_x.view(ctx.shapes[0]), grad_gate.view(ctx.shapes[1]), grad_weight, None
         grad_weight = torch.zeros_like(weight)
         for rows in _row_chunks(x2.shape[0], width):
