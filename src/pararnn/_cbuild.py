@@ -94,9 +94,13 @@ class CLibrary:
         for extra in [[*omp, *tuning] for omp in openmp for tuning in _TUNING] + list(_TUNING):
             command = [compiler, *_FLAGS, *extra, *defines, source, "-o", target, "-lm"]
             done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode == 0:
+            if done.returncode != 0:
+                errors = done.stderr
+                continue
+            try:  # e.g. torch's libgomp older than the symbols the compiler's OpenMP needs
                 return ctypes.CDLL(target)
-            errors = done.stderr
+            except OSError as error:
+                errors = str(error)
         raise RuntimeError(errors.strip()[-2000:])
 
 
