@@ -71,7 +71,8 @@ def main() -> None:
 
     def record(name, ms, **extra):
         rows[name] = dict(cpu_ms=ms, **extra)
-        print(f"{name:28s} {ms:8.2f} ms " + " ".join(f"{k}={v:.2f}" for k, v in extra.items()), flush=True)
+        extras = " ".join(f"{key}={value:.2f}" for key, value in extra.items())
+        print(f"{name:28s} {ms:8.2f} ms {extras}", flush=True)
 
     with torch.no_grad():
         def eager():

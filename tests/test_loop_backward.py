@@ -179,7 +179,8 @@ def test_c_loops_run_where_they_apply(monkeypatch, threads):
 
     for cell in (pararnn.ParaGRUCell(4), pararnn.ParaLSTMCell(4)):
         for dtype in (torch.float32, torch.float64):
-            assert isinstance(cell.compiled_loop(torch.zeros(1, dtype=dtype)), cpu_loop.CompiledLoop)
+            loop = cell.compiled_loop(torch.zeros(1, dtype=dtype))
+            assert isinstance(loop, cpu_loop.CompiledLoop)
         assert cell.compiled_loop(torch.zeros(1, dtype=torch.bfloat16)) is None
     assert Shifted(4).compiled_loop(torch.zeros(1)) is None
     for name in ("paragru", "paralstm"):

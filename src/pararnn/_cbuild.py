@@ -145,8 +145,9 @@ static inline real sigmoid(real x) { return 1 / (1 + EXP(-x)); }
 def call(function, *args) -> None:
     """``function(*args)`` with ints passed as C longs, floats as doubles and tensors (or
     None) as pointers to their first element."""
-    function(*(ctypes.c_long(a) if isinstance(a, int) else ctypes.c_double(a) if isinstance(a, float)
-               else None if a is None else ctypes.c_void_p(a.data_ptr()) for a in args))
+    function(*(ctypes.c_long(a) if isinstance(a, int) else
+               ctypes.c_double(a) if isinstance(a, float) else
+               None if a is None else ctypes.c_void_p(a.data_ptr()) for a in args))
 
 
 def threads(rows: int) -> int:

@@ -103,7 +103,10 @@ void lstm_forward(long threads, long rows, long steps, long n, C pre, C a, C p, 
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (long b = 0; b < rows; b++) {
         real *hc = hcs + THREAD * 2 * n;
-        for (long i = 0; i < n; i++) { hc[n + i] = h0[b * 2 * n + 2 * i]; hc[i] = h0[b * 2 * n + 2 * i + 1]; }
+        for (long i = 0; i < n; i++) {
+            hc[n + i] = h0[b * 2 * n + 2 * i];
+            hc[i] = h0[b * 2 * n + 2 * i + 1];
+        }
         for (long t = 0; t < steps; t++) {
             long at = b * steps + t;
             lstm_step(n, pre + at * 3 * n, a, p, bias, hc, tape + at * 4 * n, states + at * 2 * n);
@@ -147,7 +150,10 @@ void lstm_backward(long threads, long rows, long steps, long n, C a, C p, C h0, 
                               tape + at * 4 * n, grad_states + at * 2 * n, grad_pre + at * 3 * n,
                               grad_w, grad_b, carry);
         }
-        for (long i = 0; i < n; i++) { grad_h0[b * 2 * n + 2 * i] = carry[i]; grad_h0[b * 2 * n + 2 * i + 1] = carry[n + i]; }
+        for (long i = 0; i < n; i++) {
+            grad_h0[b * 2 * n + 2 * i] = carry[i];
+            grad_h0[b * 2 * n + 2 * i + 1] = carry[n + i];
+        }
     }
 }
 """

@@ -117,7 +117,8 @@ class ParaGRUCell(Cell):
         if not runs_own_step(self, ParaGRUCell, *_OWN_STEP):
             return None
         clip = self.recurrent_clip
-        return cpu_loop.compiled_loop("gru", x, lambda parameters: (clipped(parameters["a"], clip),))
+        return cpu_loop.compiled_loop("gru", x,
+                                      lambda parameters: (clipped(parameters["a"], clip),))
 
     def step_and_jacobian(self, x, h_prev):
         parameters = self._step_parameters()

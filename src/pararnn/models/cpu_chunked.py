@@ -238,8 +238,9 @@ class GatedRMSNormFn(torch.autograd.Function):
         library = _LIBRARY.get(x)
         if library is not None:
             rows = x2.shape[0]
-            _cbuild.call(library.gated_norm_forward, _cbuild.threads(rows), rows, width, x2.stride(0),
-                         gate2.stride(0), float(eps), x2, gate2, weight.contiguous(), out, inv_rms)
+            _cbuild.call(library.gated_norm_forward, _cbuild.threads(rows), rows, width,
+                         x2.stride(0), gate2.stride(0), float(eps), x2, gate2, weight.contiguous(),
+                         out, inv_rms)
         else:
             for rows in _row_chunks(x2.shape[0], width):
                 xc, r = x2[rows], inv_rms[rows]

@@ -298,7 +298,8 @@ class LoopSolve(torch.autograd.Function):
         params_in = [p.detach().requires_grad_(need) for p, need in zip(params, need_params)]
         weights = dict(zip(ctx.param_names, params_in))
         if ctx.compiled is not None:
-            grad_x, grad_h0, grads = ctx.compiled.backward(weights, ctx.tape, states, h0, grad_states)
+            grad_x, grad_h0, grads = ctx.compiled.backward(weights, ctx.tape, states, h0,
+                                                           grad_states)
             return (None, None, grad_x if need_x else None, grad_h0 if need_h0 else None,
                     *(grads.get(name) for name in ctx.param_names))
         batch, steps, width = states.shape
