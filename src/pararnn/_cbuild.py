@@ -116,9 +116,10 @@ def _torch_libgomp() -> bool:
 
 
 # The header every source starts with: ``real``, its exp/tanh, restrict shorthands, the
-# OpenMP thread number.
+# index type, the OpenMP thread number.
 PRELUDE = r"""
 #include <math.h>
+#include <stdint.h>
 #ifdef REAL_DOUBLE
 typedef double real;
 #define EXP exp
@@ -130,6 +131,7 @@ typedef float real;
 #endif
 #define R real *restrict
 #define C const real *restrict
+typedef int64_t idx;  /* sizes, strides and indices (ctypes passes int64) */
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -143,9 +145,9 @@ static inline real sigmoid(real x) { return 1 / (1 + EXP(-x)); }
 
 
 def call(function, *args) -> None:
-    """``function(*args)`` with ints passed as C longs, floats as doubles and tensors (or
+    """``function(*args)`` with ints passed as int64_t, floats as doubles and tensors (or
     None) as pointers to their first element."""
-    function(*(ctypes.c_long(a) if isinstance(a, int) else
+    function(*(ctypes.c_int64(a) if isinstance(a, int) else
                ctypes.c_double(a) if isinstance(a, float) else
                None if a is None else ctypes.c_void_p(a.data_ptr()) for a in args))
 

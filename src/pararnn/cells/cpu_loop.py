@@ -28,9 +28,9 @@ from .. import _cbuild
 _SOURCE = _cbuild.PRELUDE + r"""
 /* One step over the n channels of one row: a function of its own, so that the compiler
    sees restrict pointers with affine accesses and vectorises the loop. */
-static void gru_step(long n, C u, C a, C bias, C h, R gate, R out) {
+static void gru_step(idx n, C u, C a, C bias, C h, R gate, R out) {
     #pragma omp simd
-    for (long i = 0; i < n; i++) {
+    for (idx i = 0; i < n; i++) {
         real hp = h[i];
         real z = sigmoid(u[i] + bias[i] + a[i] * hp);
         real r = sigmoid(u[n + i] + bias[n + i] + a[n + i] * hp);
@@ -40,20 +40,20 @@ static void gru_step(long n, C u, C a, C bias, C h, R gate, R out) {
     }
 }
 
-void gru_forward(long threads, long rows, long steps, long n, C pre, C a, C bias, C h0, R tape,
+void gru_forward(idx threads, idx rows, idx steps, idx n, C pre, C a, C bias, C h0, R tape,
                  R states) {
     #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long b = 0; b < rows; b++)
-        for (long t = 0; t < steps; t++) {
-            long at = b * steps + t;
+    for (idx b = 0; b < rows; b++)
+        for (idx t = 0; t < steps; t++) {
+            idx at = b * steps + t;
             gru_step(n, pre + at * 3 * n, a, bias, t ? states + (at - 1) * n : h0 + b * n,
                      tape + at * 3 * n, states + at * n);
         }
 }
 
-static void gru_adjoint_step(long n, C a, C h, C gate, C g, R gp, R grad_w, R grad_b, R carry) {
+static void gru_adjoint_step(idx n, C a, C h, C gate, C g, R gp, R grad_w, R grad_b, R carry) {
     #pragma omp simd
-    for (long i = 0; i < n; i++) {
+    for (idx i = 0; i < n; i++) {
         real hp = h[i], z = gate[i], r = gate[n + i], cand = gate[2 * n + i];
         real lam = g[i] + carry[i];  /* total dL/dh_t */
         real g_z = lam * z * (1 - z) * (cand - hp);       /* dL/d pre_z */
@@ -66,26 +66,26 @@ static void gru_adjoint_step(long n, C a, C h, C gate, C g, R gp, R grad_w, R gr
     }
 }
 
-void gru_backward(long threads, long rows, long steps, long n, C a, C h0, C tape, C states,
+void gru_backward(idx threads, idx rows, idx steps, idx n, C a, C h0, C tape, C states,
                   C grad_states, R grad_pre, R grad_h0, R grad_ws, R grad_bs, R carries) {
     #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long b = 0; b < rows; b++) {
+    for (idx b = 0; b < rows; b++) {
         real *grad_w = grad_ws + THREAD * 3 * n, *grad_b = grad_bs + THREAD * 3 * n;
         real *carry = carries + THREAD * n;
-        for (long i = 0; i < n; i++) carry[i] = 0;
-        for (long t = steps - 1; t >= 0; t--) {
-            long at = b * steps + t;
+        for (idx i = 0; i < n; i++) carry[i] = 0;
+        for (idx t = steps - 1; t >= 0; t--) {
+            idx at = b * steps + t;
             gru_adjoint_step(n, a, t ? states + (at - 1) * n : h0 + b * n, tape + at * 3 * n,
                              grad_states + at * n, grad_pre + at * 3 * n, grad_w, grad_b, carry);
         }
-        for (long i = 0; i < n; i++) grad_h0[b * n + i] = carry[i];
+        for (idx i = 0; i < n; i++) grad_h0[b * n + i] = carry[i];
     }
 }
 
 /* hc: the previous state, planar (h then c), updated in place */
-static void lstm_step(long n, C u, C a, C p, C bias, R hc, R gate, R out) {
+static void lstm_step(idx n, C u, C a, C p, C bias, R hc, R gate, R out) {
     #pragma omp simd
-    for (long i = 0; i < n; i++) {
+    for (idx i = 0; i < n; i++) {
         real h = hc[i], c = hc[n + i];
         real f = sigmoid(u[i] + bias[i] + a[i] * h + p[i] * c);
         real cand = TANH(u[n + i] + bias[n + i] + a[n + i] * h);
@@ -98,27 +98,27 @@ static void lstm_step(long n, C u, C a, C p, C bias, R hc, R gate, R out) {
     }
 }
 
-void lstm_forward(long threads, long rows, long steps, long n, C pre, C a, C p, C bias, C h0,
+void lstm_forward(idx threads, idx rows, idx steps, idx n, C pre, C a, C p, C bias, C h0,
                   R tape, R states, R hcs) {
     #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long b = 0; b < rows; b++) {
+    for (idx b = 0; b < rows; b++) {
         real *hc = hcs + THREAD * 2 * n;
-        for (long i = 0; i < n; i++) {
+        for (idx i = 0; i < n; i++) {
             hc[n + i] = h0[b * 2 * n + 2 * i];
             hc[i] = h0[b * 2 * n + 2 * i + 1];
         }
-        for (long t = 0; t < steps; t++) {
-            long at = b * steps + t;
+        for (idx t = 0; t < steps; t++) {
+            idx at = b * steps + t;
             lstm_step(n, pre + at * 3 * n, a, p, bias, hc, tape + at * 4 * n, states + at * 2 * n);
         }
     }
 }
 
 /* grad_w: (a_f, a_c, a_o, p_f, p_o); carry: planar (c, h) */
-static void lstm_adjoint_step(long n, C a, C p, C prev, C gate, C g, R gp, R grad_w, R grad_b,
+static void lstm_adjoint_step(idx n, C a, C p, C prev, C gate, C g, R gp, R grad_w, R grad_b,
                               R carry) {
     #pragma omp simd
-    for (long i = 0; i < n; i++) {
+    for (idx i = 0; i < n; i++) {
         real c = prev[2 * i], h = prev[2 * i + 1];
         real f = gate[i], cand = gate[n + i], o = gate[2 * n + i], tanh_c = gate[3 * n + i];
         real c_next = cand + f * (c - cand);
@@ -137,20 +137,20 @@ static void lstm_adjoint_step(long n, C a, C p, C prev, C gate, C g, R gp, R gra
     }
 }
 
-void lstm_backward(long threads, long rows, long steps, long n, C a, C p, C h0, C tape, C states,
+void lstm_backward(idx threads, idx rows, idx steps, idx n, C a, C p, C h0, C tape, C states,
                    C grad_states, R grad_pre, R grad_h0, R grad_ws, R grad_bs, R carries) {
     #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long b = 0; b < rows; b++) {
+    for (idx b = 0; b < rows; b++) {
         real *grad_w = grad_ws + THREAD * 5 * n, *grad_b = grad_bs + THREAD * 3 * n;
         real *carry = carries + THREAD * 2 * n;
-        for (long i = 0; i < 2 * n; i++) carry[i] = 0;
-        for (long t = steps - 1; t >= 0; t--) {
-            long at = b * steps + t;
+        for (idx i = 0; i < 2 * n; i++) carry[i] = 0;
+        for (idx t = steps - 1; t >= 0; t--) {
+            idx at = b * steps + t;
             lstm_adjoint_step(n, a, p, t ? states + (at - 1) * 2 * n : h0 + b * 2 * n,
                               tape + at * 4 * n, grad_states + at * 2 * n, grad_pre + at * 3 * n,
                               grad_w, grad_b, carry);
         }
-        for (long i = 0; i < n; i++) {
+        for (idx i = 0; i < n; i++) {
             grad_h0[b * 2 * n + 2 * i] = carry[i];
             grad_h0[b * 2 * n + 2 * i + 1] = carry[n + i];
         }

@@ -40,86 +40,86 @@ CHUNK_ELEMENTS = 1 << 16
 # and the conv's uses its own scratch row (T, C) for the conv-output gradient.
 _SOURCE = _cbuild.PRELUDE + r"""
 /* y[t] = bias + sum_s taps[K-1-s] x[t-s] for one (t, row), over the C channels */
-static void conv_at(long t, long k, long c, long st, C x, C taps, C bias, R acc) {
+static void conv_at(idx t, idx k, idx c, idx st, C x, C taps, C bias, R acc) {
     #pragma omp simd
-    for (long i = 0; i < c; i++) acc[i] = bias[i];
-    for (long s = 0; s < k && s <= t; s++) {
+    for (idx i = 0; i < c; i++) acc[i] = bias[i];
+    for (idx s = 0; s < k && s <= t; s++) {
         const real *xs = x + (t - s) * st, *tap = taps + (k - 1 - s) * c;
         #pragma omp simd
-        for (long i = 0; i < c; i++) acc[i] += tap[i] * xs[i];
+        for (idx i = 0; i < c; i++) acc[i] += tap[i] * xs[i];
     }
 }
 
-void conv_silu_forward(long threads, long rows, long steps, long c, long k, long sb, long st, C x,
+void conv_silu_forward(idx threads, idx rows, idx steps, idx c, idx k, idx sb, idx st, C x,
                        C taps, C bias, R out) {
     #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long b = 0; b < rows; b++)
-        for (long t = 0; t < steps; t++) {
+    for (idx b = 0; b < rows; b++)
+        for (idx t = 0; t < steps; t++) {
             real *y = out + (b * steps + t) * c;
             conv_at(t, k, c, st, x + b * sb, taps, bias, y);
             #pragma omp simd
-            for (long i = 0; i < c; i++) y[i] = y[i] * sigmoid(y[i]);
+            for (idx i = 0; i < c; i++) y[i] = y[i] * sigmoid(y[i]);
         }
 }
 
-void conv_silu_backward(long threads, long rows, long steps, long c, long k, long sb, long st, C x,
+void conv_silu_backward(idx threads, idx rows, idx steps, idx c, idx k, idx sb, idx st, C x,
                         C taps, C bias, C grad_out, R grad_x, R grad_tapss, R grad_biases,
                         R grad_ys) {
     #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long b = 0; b < rows; b++) {
+    for (idx b = 0; b < rows; b++) {
         real *grad_taps = grad_tapss + THREAD * k * c, *grad_bias = grad_biases + THREAD * c;
         real *grad_y = grad_ys + THREAD * steps * c;
         const real *xb = x + b * sb;
-        for (long t = 0; t < steps; t++) {  /* grad_y: dL/d(conv output), one row (T, C) */
+        for (idx t = 0; t < steps; t++) {  /* grad_y: dL/d(conv output), one row (T, C) */
             real *gy = grad_y + t * c;
             const real *go = grad_out + (b * steps + t) * c;
             conv_at(t, k, c, st, xb, taps, bias, gy);
             #pragma omp simd
-            for (long i = 0; i < c; i++) {
+            for (idx i = 0; i < c; i++) {
                 real s = sigmoid(gy[i]);
                 gy[i] = go[i] * s * (1 + gy[i] * (1 - s));
                 grad_bias[i] += gy[i];
             }
         }
-        for (long t = 0; t < steps; t++) {  /* x[t] feeds y[t + s] through taps[K-1-s] */
+        for (idx t = 0; t < steps; t++) {  /* x[t] feeds y[t + s] through taps[K-1-s] */
             real *gx = grad_x + (b * steps + t) * c;
             const real *xs = xb + t * st;
             #pragma omp simd
-            for (long i = 0; i < c; i++) gx[i] = 0;
-            for (long s = 0; s < k && t + s < steps; s++) {
+            for (idx i = 0; i < c; i++) gx[i] = 0;
+            for (idx s = 0; s < k && t + s < steps; s++) {
                 const real *gy = grad_y + (t + s) * c, *tap = taps + (k - 1 - s) * c;
                 real *gtap = grad_taps + (k - 1 - s) * c;
                 #pragma omp simd
-                for (long i = 0; i < c; i++) { gx[i] += tap[i] * gy[i]; gtap[i] += gy[i] * xs[i]; }
+                for (idx i = 0; i < c; i++) { gx[i] += tap[i] * gy[i]; gtap[i] += gy[i] * xs[i]; }
             }
         }
     }
 }
 
-void gated_norm_forward(long threads, long rows, long w, long sx, long sg, double eps, C x,
+void gated_norm_forward(idx threads, idx rows, idx w, idx sx, idx sg, double eps, C x,
                         C gate, C weight, R out, R inv_rms) {
     #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long r = 0; r < rows; r++) {
+    for (idx r = 0; r < rows; r++) {
         const real *xr = x + r * sx, *gr = gate + r * sg;
         real *o = out + r * w, sum = 0;
         #pragma omp simd reduction(+:sum)
-        for (long i = 0; i < w; i++) sum += xr[i] * xr[i];
+        for (idx i = 0; i < w; i++) sum += xr[i] * xr[i];
         real inv = 1 / sqrt(sum / w + (real)eps);
         inv_rms[r] = inv;
         #pragma omp simd
-        for (long i = 0; i < w; i++) o[i] = xr[i] * inv * weight[i] * (gr[i] * sigmoid(gr[i]));
+        for (idx i = 0; i < w; i++) o[i] = xr[i] * inv * weight[i] * (gr[i] * sigmoid(gr[i]));
     }
 }
 
-void gated_norm_backward(long threads, long rows, long w, long sx, long sg, C x, C gate, C weight,
+void gated_norm_backward(idx threads, idx rows, idx w, idx sx, idx sg, C x, C gate, C weight,
                          C inv_rms, C grad_out, R grad_x, R grad_gate, R grad_weights) {
     #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long r = 0; r < rows; r++) {
+    for (idx r = 0; r < rows; r++) {
         real *grad_weight = grad_weights + THREAD * w;
         const real *xr = x + r * sx, *gr = gate + r * sg, *go = grad_out + r * w;
         real *gx = grad_x + r * w, *gg = grad_gate + r * w, inv = inv_rms[r], dot = 0;
         #pragma omp simd reduction(+:dot)
-        for (long i = 0; i < w; i++) {
+        for (idx i = 0; i < w; i++) {
             real normed = xr[i] * inv, s = sigmoid(gr[i]);
             real scaled = go[i] * gr[i] * s;  /* dL/d(normed * weight) */
             grad_weight[i] += scaled * normed;
@@ -129,7 +129,7 @@ void gated_norm_backward(long threads, long rows, long w, long sx, long sg, C x,
         }
         real mean = dot / w;
         #pragma omp simd
-        for (long i = 0; i < w; i++) gx[i] = (gx[i] - xr[i] * inv * mean) * inv;
+        for (idx i = 0; i < w; i++) gx[i] = (gx[i] - xr[i] * inv * mean) * inv;
     }
 }
 """
