@@ -6,16 +6,30 @@ import pytest
 import torch
 
 import pararnn
+from pararnn import _cbuild
+from pararnn.cells import cpu_loop
 from pararnn.solver import api, newton
 from cells_zoo import all_cells
 from gradient_checks import assert_gradients_close, loss_gradients
 
+HAS_C = cpu_loop._LIBRARY.get(torch.zeros(1, dtype=torch.float64)) is not None
 
-@pytest.fixture
-def loop_training(monkeypatch):
-    """auto picks the loop for every shape with gradients, in chunks of 5 steps or fewer."""
+
+def without_c_loops(monkeypatch):
+    """ParaGRU/ParaLSTM train through the PyTorch loop: the path without a C compiler."""
+    monkeypatch.setenv("PARARNN_CPU_KERNELS", "0")
+
+
+@pytest.fixture(params=["c", "torch"])
+def loop_training(request, monkeypatch):
+    """auto picks the loop for every shape with gradients, in chunks of 5 steps or fewer;
+    ParaGRU/ParaLSTM run their C loops ("c") or the PyTorch loop ("torch")."""
     monkeypatch.setattr(api, "CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD", 0)
     monkeypatch.setattr(newton, "CHUNK_ENTRIES", 5)
+    if request.param == "torch":
+        without_c_loops(monkeypatch)
+    elif not HAS_C:
+        pytest.skip("no C compiler")
 
 
 def gradients(cell, x, h0, mode, **kwargs):
@@ -145,3 +159,47 @@ def test_loop_backward_uses_the_forward_parameters(loop_training):
         return torch.func.functional_call(rnn, {"cell.a": a}, (x,))[0]
 
     assert torch.autograd.gradcheck(fn, (a,))
+
+
+@pytest.mark.skipif(not HAS_C, reason="no C compiler")
+@pytest.mark.parametrize("threads", [1, 3])
+def test_c_loops_run_where_they_apply(monkeypatch, threads):
+    """float32/float64 ParaGRU/ParaLSTM on the CPU; not bfloat16, not a subclass that
+    changes the step. Batch rows split over threads: the same gradients."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # the C loops' thread count
+    monkeypatch.setattr(api, "CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD", 0)
+    calls = []
+    backward = cpu_loop.CompiledLoop.backward
+    monkeypatch.setattr(cpu_loop.CompiledLoop, "backward",
+                        lambda *args: calls.append(1) or backward(*args))
+
+    class Shifted(pararnn.ParaGRUCell):
+        def step(self, x, h_prev):
+            return super().step(x, h_prev) + 0.1
+
+    for cell in (pararnn.ParaGRUCell(4), pararnn.ParaLSTMCell(4)):
+        for dtype in (torch.float32, torch.float64):
+            loop = cell.compiled_loop(torch.zeros(1, dtype=dtype))
+            assert isinstance(loop, cpu_loop.CompiledLoop)
+        assert cell.compiled_loop(torch.zeros(1, dtype=torch.bfloat16)) is None
+    assert Shifted(4).compiled_loop(torch.zeros(1)) is None
+    for name in ("paragru", "paralstm"):
+        cell = all_cells()[name]
+        x = torch.randn(5, 9, cell.input_size, dtype=torch.float64)
+        h0 = torch.randn(5, cell.state_size, dtype=torch.float64)
+        want = gradients(cell, x, h0, "sequential")
+        got = gradients(cell, x, h0, "auto")
+        assert_gradients_close(cell, got, want, rtol=1e-10, atol=1e-12)
+    assert len(calls) == 2
+
+
+def test_c_build_failure_warns_once_and_switch_off_is_silent(monkeypatch, recwarn):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    library = _cbuild.CLibrary("loops", cpu_loop._SOURCE, "the PyTorch loop runs instead")
+    x = torch.zeros(1)
+    with pytest.warns(RuntimeWarning, match="could not build the C code for loops"):
+        assert library.get(x) is None
+    recwarn.clear()
+    assert library.get(x) is None and not recwarn  # once per process
+    monkeypatch.setenv("PARARNN_CPU_KERNELS", "0")
+    assert cpu_loop._LIBRARY.get(x) is None and not recwarn

@@ -23,8 +23,15 @@ def grads(out, inputs, seed=1):
     return torch.autograd.grad(out, inputs, cotangent)
 
 
-@pytest.fixture(params=[1 << 16, 40], ids=["default-chunks", "uneven-small-chunks"])
+@pytest.fixture(params=["c", 1 << 16, 40], ids=["c", "default-chunks", "uneven-small-chunks"])
 def chunk_elements(request, monkeypatch):
+    """The C loops, or (as without a C compiler) the chunked PyTorch ops in chunks of
+    ``request.param`` elements."""
+    if request.param == "c":
+        if cpu_chunked._LIBRARY.get(torch.zeros(1, dtype=torch.float64)) is None:
+            pytest.skip("no C compiler")
+        return request.param
+    monkeypatch.setenv("PARARNN_CPU_KERNELS", "0")
     monkeypatch.setattr(cpu_chunked, "CHUNK_ELEMENTS", request.param)
     return request.param
 
@@ -44,6 +51,19 @@ def test_conv_silu_matches_plain_ops(chunk_elements, steps, kernel):
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
     inputs = (both, conv.weight, conv.bias)
     for got, want in zip(grads(out, inputs), grads(expected, inputs)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_conv_silu_and_norm_take_inputs_strided_along_channels(chunk_elements):
+    torch.manual_seed(0)
+    conv, norm = CausalConv1d(5, 4).double(), GatedRMSNorm(5).double()
+    x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    xt = x.transpose(1, 2)  # (B, T, C) with channels strided
+    torch.testing.assert_close(conv(xt, silu=True), plain_conv_silu(conv, xt), rtol=0, atol=1e-12)
+    out = norm(xt, xt.flip(1))
+    expected = plain_gated_norm(norm, xt, xt.flip(1))
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    for got, want in zip(grads(out, (x, norm.weight)), grads(expected, (x, norm.weight))):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 

@@ -70,6 +70,16 @@ class Cell(nn.Module):
         """
         return self.sequence_stepper(x), None
 
+    def compiled_loop(self, x: torch.Tensor):
+        """The step loop and its adjoint backward as compiled code for ``x``, or None.
+
+        Training through the loop (:class:`~pararnn.solver.newton.LoopSolve`) runs this
+        instead of :meth:`taping_stepper` and :meth:`linearize` when a cell returns one:
+        ParaGRU and ParaLSTM on the CPU (:class:`pararnn.cells.cpu_loop.CompiledLoop`, C
+        loops built at first use). None by default.
+        """
+        return None
+
     def fused_solver(self):
         """A fused whole-sequence solve for this cell, or None (the generic Newton path).
 

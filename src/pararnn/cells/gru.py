@@ -7,6 +7,7 @@ from torch import nn
 
 from ._init import (check_clip, clipped, preactivation, runs_own_step,
                     xavier_normal_vector_)
+from . import cpu_loop
 from .base import Cell
 
 
@@ -109,6 +110,15 @@ class ParaGRUCell(Cell):
             return torch.lerp(h_prev, candidate, z)
 
         return step, tape
+
+    def compiled_loop(self, x):
+        """The C loop and adjoint (:mod:`pararnn.cells.cpu_loop`) on the CPU, unless a
+        subclass changed the step or the C loops could not be built."""
+        if not runs_own_step(self, ParaGRUCell, *_OWN_STEP):
+            return None
+        clip = self.recurrent_clip
+        return cpu_loop.compiled_loop("gru", x,
+                                      lambda parameters: (clipped(parameters["a"], clip),))
 
     def step_and_jacobian(self, x, h_prev):
         parameters = self._step_parameters()

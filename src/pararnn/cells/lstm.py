@@ -7,6 +7,7 @@ from torch import nn
 
 from ._init import (check_clip, clipped, gate_biases, preactivation, runs_own_step,
                     xavier_normal_vector_)
+from . import cpu_loop
 from .base import Cell
 
 
@@ -142,6 +143,15 @@ class ParaLSTMCell(Cell):
             return last[0]
 
         return step, tape
+
+    def compiled_loop(self, x):
+        """The C loop and adjoint (:mod:`pararnn.cells.cpu_loop`) on the CPU, unless a
+        subclass changed the step or the C loops could not be built."""
+        if not runs_own_step(self, ParaLSTMCell, *_OWN_STEP):
+            return None
+        clip = self.recurrent_clip
+        return cpu_loop.compiled_loop("lstm", x, lambda parameters: (
+            clipped(parameters["a"], clip), clipped(parameters["peephole"], clip)))
 
     def step_and_jacobian(self, x, h_prev):
         parameters = self._step_parameters()

@@ -280,8 +280,13 @@ class LoopSolve(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cell, sequences, x, h0, *params):
-        step, ctx.tape = cell.taping_stepper(x)  # what linearize need not recompute
-        states = sequential_solve(cell, x, h0, sequences, step)
+        # a compiled loop (ParaGRU/ParaLSTM on the CPU) handles sequences that start at t = 0
+        ctx.compiled = cell.compiled_loop(x) if sequences.starts_only_at_zero else None
+        if ctx.compiled is not None:
+            states, ctx.tape = ctx.compiled.forward(dict(cell.named_parameters()), x, h0)
+        else:
+            step, ctx.tape = cell.taping_stepper(x)  # what linearize need not recompute
+            states = sequential_solve(cell, x, h0, sequences, step)
         _save_solve(ctx, cell, sequences, x, h0, states, params)
         return states
 
@@ -292,6 +297,11 @@ class LoopSolve(torch.autograd.Function):
         need_x, need_h0, *need_params = ctx.needs_input_grad[2:]
         params_in = [p.detach().requires_grad_(need) for p, need in zip(params, need_params)]
         weights = dict(zip(ctx.param_names, params_in))
+        if ctx.compiled is not None:
+            grad_x, grad_h0, grads = ctx.compiled.backward(weights, ctx.tape, states, h0,
+                                                           grad_states)
+            return (None, None, grad_x if need_x else None, grad_h0 if need_h0 else None,
+                    *(grads.get(name) for name in ctx.param_names))
         batch, steps, width = states.shape
         chunk = max(1, CHUNK_ENTRIES // (batch * width))
         only_at_zero = sequences.starts_only_at_zero

@@ -1,0 +1,235 @@
+"""The ParaGRU and ParaLSTM step loops and their adjoint backwards in C, for CPU training
+through the loop (:class:`pararnn.solver.newton.LoopSolve`).
+
+Why: in PyTorch each step of the loop is ~8 small ops of ~2-4 µs each over a few thousand
+entries, and its backward ~25 whole-chunk passes; at the ``tiny`` LM's shapes that
+overhead, not arithmetic, was the cell's cost (BENCHMARKS.md, "CPU training path"). Here
+one C function walks the whole sequence per batch row (the state stays in L1, the inner
+loop over channels is vectorised, ``exp``/``tanh`` from the C library's vector math), and
+the backward walks the adjoint recurrence ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` in the same pass
+that forms the gate gradients, reading the gates the forward wrote on its tape. The math
+is the cells' own (``taping_stepper`` and ``linearize``); the tests compare both paths
+with autograd through the loop in float64. Built at first use (:mod:`pararnn._cbuild`);
+without a C compiler the cells run the PyTorch loop.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _cbuild
+
+# Layouts (all contiguous): pre (B, T, 3, N) gate-major pre-activations u, tape (B, T, G, N)
+# the gates the forward writes (GRU z, r, ĥ; LSTM f, c̃, o, tanh c'), states (B, T, S)
+# with S = N (GRU) or 2N interleaved (c, h) per channel (LSTM), a (3, N) and p (2, N) the
+# clipped weights. Rows run on `threads` OpenMP threads; per thread, the backward adds into
+# its own grad_w / grad_b (zeroed by the caller, who sums them) and walks its own carry, and
+# the LSTM forward keeps its previous (h, c) planar in its own scratch row hcs.
+_SOURCE = _cbuild.PRELUDE + r"""
+/* One step over the n channels of one row: a function of its own, so that the compiler
+   sees restrict pointers with affine accesses and vectorises the loop. */
+static void gru_step(idx n, C u, C a, C bias, C h, R gate, R out) {
+    #pragma omp simd
+    for (idx i = 0; i < n; i++) {
+        real hp = h[i];
+        real z = sigmoid(u[i] + bias[i] + a[i] * hp);
+        real r = sigmoid(u[n + i] + bias[n + i] + a[n + i] * hp);
+        real cand = TANH(u[2 * n + i] + bias[2 * n + i] + r * (a[2 * n + i] * hp));
+        gate[i] = z; gate[n + i] = r; gate[2 * n + i] = cand;
+        out[i] = hp + z * (cand - hp);
+    }
+}
+
+void gru_forward(idx threads, idx rows, idx steps, idx n, C pre, C a, C bias, C h0, R tape,
+                 R states) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (idx b = 0; b < rows; b++)
+        for (idx t = 0; t < steps; t++) {
+            idx at = b * steps + t;
+            gru_step(n, pre + at * 3 * n, a, bias, t ? states + (at - 1) * n : h0 + b * n,
+                     tape + at * 3 * n, states + at * n);
+        }
+}
+
+static void gru_adjoint_step(idx n, C a, C h, C gate, C g, R gp, R grad_w, R grad_b, R carry) {
+    #pragma omp simd
+    for (idx i = 0; i < n; i++) {
+        real hp = h[i], z = gate[i], r = gate[n + i], cand = gate[2 * n + i];
+        real lam = g[i] + carry[i];  /* total dL/dh_t */
+        real g_z = lam * z * (1 - z) * (cand - hp);       /* dL/d pre_z */
+        real g_h = lam * z * (1 - cand * cand);           /* dL/d pre_h */
+        real g_r = g_h * a[2 * n + i] * hp * r * (1 - r); /* through r * h */
+        gp[i] = g_z; gp[n + i] = g_r; gp[2 * n + i] = g_h;
+        grad_w[i] += g_z * hp; grad_w[n + i] += g_r * hp; grad_w[2 * n + i] += g_h * (r * hp);
+        grad_b[i] += g_z; grad_b[n + i] += g_r; grad_b[2 * n + i] += g_h;
+        carry[i] = lam * (1 - z) + g_z * a[i] + g_r * a[n + i] + g_h * r * a[2 * n + i];
+    }
+}
+
+void gru_backward(idx threads, idx rows, idx steps, idx n, C a, C h0, C tape, C states,
+                  C grad_states, R grad_pre, R grad_h0, R grad_ws, R grad_bs, R carries) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (idx b = 0; b < rows; b++) {
+        real *grad_w = grad_ws + THREAD * 3 * n, *grad_b = grad_bs + THREAD * 3 * n;
+        real *carry = carries + THREAD * n;
+        for (idx i = 0; i < n; i++) carry[i] = 0;
+        for (idx t = steps - 1; t >= 0; t--) {
+            idx at = b * steps + t;
+            gru_adjoint_step(n, a, t ? states + (at - 1) * n : h0 + b * n, tape + at * 3 * n,
+                             grad_states + at * n, grad_pre + at * 3 * n, grad_w, grad_b, carry);
+        }
+        for (idx i = 0; i < n; i++) grad_h0[b * n + i] = carry[i];
+    }
+}
+
+/* hc: the previous state, planar (h then c), updated in place */
+static void lstm_step(idx n, C u, C a, C p, C bias, R hc, R gate, R out) {
+    #pragma omp simd
+    for (idx i = 0; i < n; i++) {
+        real h = hc[i], c = hc[n + i];
+        real f = sigmoid(u[i] + bias[i] + a[i] * h + p[i] * c);
+        real cand = TANH(u[n + i] + bias[n + i] + a[n + i] * h);
+        real c_next = cand + f * (c - cand);
+        real o = sigmoid(u[2 * n + i] + bias[2 * n + i] + a[2 * n + i] * h + p[n + i] * c_next);
+        real tanh_c = TANH(c_next), h_next = o * tanh_c;
+        gate[i] = f; gate[n + i] = cand; gate[2 * n + i] = o; gate[3 * n + i] = tanh_c;
+        out[2 * i] = c_next; out[2 * i + 1] = h_next;
+        hc[i] = h_next; hc[n + i] = c_next;
+    }
+}
+
+void lstm_forward(idx threads, idx rows, idx steps, idx n, C pre, C a, C p, C bias, C h0,
+                  R tape, R states, R hcs) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (idx b = 0; b < rows; b++) {
+        real *hc = hcs + THREAD * 2 * n;
+        for (idx i = 0; i < n; i++) {
+            hc[n + i] = h0[b * 2 * n + 2 * i];
+            hc[i] = h0[b * 2 * n + 2 * i + 1];
+        }
+        for (idx t = 0; t < steps; t++) {
+            idx at = b * steps + t;
+            lstm_step(n, pre + at * 3 * n, a, p, bias, hc, tape + at * 4 * n, states + at * 2 * n);
+        }
+    }
+}
+
+/* grad_w: (a_f, a_c, a_o, p_f, p_o); carry: planar (c, h) */
+static void lstm_adjoint_step(idx n, C a, C p, C prev, C gate, C g, R gp, R grad_w, R grad_b,
+                              R carry) {
+    #pragma omp simd
+    for (idx i = 0; i < n; i++) {
+        real c = prev[2 * i], h = prev[2 * i + 1];
+        real f = gate[i], cand = gate[n + i], o = gate[2 * n + i], tanh_c = gate[3 * n + i];
+        real c_next = cand + f * (c - cand);
+        real lam_c = g[2 * i] + carry[i], lam_h = g[2 * i + 1] + carry[n + i];
+        real d_f = f * (1 - f) * (c - cand);     /* dc'/d pre_f */
+        real d_c = (1 - f) * (1 - cand * cand);  /* dc'/d pre_c */
+        real d_o = o * (1 - o) * tanh_c;         /* dh'/d pre_o */
+        real grad_c_next = lam_c + lam_h * (o * (1 - tanh_c * tanh_c) + d_o * p[n + i]);
+        real g_f = grad_c_next * d_f, g_c = grad_c_next * d_c, g_o = lam_h * d_o;
+        gp[i] = g_f; gp[n + i] = g_c; gp[2 * n + i] = g_o;
+        grad_w[i] += g_f * h; grad_w[n + i] += g_c * h; grad_w[2 * n + i] += g_o * h;
+        grad_w[3 * n + i] += g_f * c; grad_w[4 * n + i] += g_o * c_next;
+        grad_b[i] += g_f; grad_b[n + i] += g_c; grad_b[2 * n + i] += g_o;
+        carry[i] = grad_c_next * f + g_f * p[i];
+        carry[n + i] = g_f * a[i] + g_c * a[n + i] + g_o * a[2 * n + i];
+    }
+}
+
+void lstm_backward(idx threads, idx rows, idx steps, idx n, C a, C p, C h0, C tape, C states,
+                   C grad_states, R grad_pre, R grad_h0, R grad_ws, R grad_bs, R carries) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (idx b = 0; b < rows; b++) {
+        real *grad_w = grad_ws + THREAD * 5 * n, *grad_b = grad_bs + THREAD * 3 * n;
+        real *carry = carries + THREAD * 2 * n;
+        for (idx i = 0; i < 2 * n; i++) carry[i] = 0;
+        for (idx t = steps - 1; t >= 0; t--) {
+            idx at = b * steps + t;
+            lstm_adjoint_step(n, a, p, t ? states + (at - 1) * 2 * n : h0 + b * 2 * n,
+                              tape + at * 4 * n, grad_states + at * 2 * n, grad_pre + at * 3 * n,
+                              grad_w, grad_b, carry);
+        }
+        for (idx i = 0; i < n; i++) {
+            grad_h0[b * 2 * n + 2 * i] = carry[i];
+            grad_h0[b * 2 * n + 2 * i + 1] = carry[n + i];
+        }
+    }
+}
+"""
+
+_LIBRARY = _cbuild.CLibrary("step_loops", _SOURCE,
+                            "ParaGRU/ParaLSTM train through the PyTorch loop instead (slower)")
+
+
+def compiled_loop(kind: str, x: torch.Tensor, recurrent_weights):
+    """A :class:`CompiledLoop` of ``kind`` for ``x`` (a float32/float64 CPU tensor) if the C
+    code builds, else None."""
+    library = _LIBRARY.get(x)
+    return None if library is None else CompiledLoop(library, kind, recurrent_weights)
+
+
+class CompiledLoop:
+    """What :class:`~pararnn.solver.newton.LoopSolve` runs for a ParaGRU (``kind="gru"``)
+    or ParaLSTM (``"lstm"``) cell: :meth:`forward` the loop, :meth:`backward` its adjoint.
+    ``recurrent_weights(parameters)`` maps the cell's parameters by name to its clipped
+    recurrent weights (``(a,)`` or ``(a, peephole)``): the backward differentiates it to
+    carry the clipped weights' gradients to the parameters."""
+
+    def __init__(self, library, kind: str, recurrent_weights) -> None:
+        self.library, self.lstm = library, kind == "lstm"
+        self.recurrent_weights = recurrent_weights
+
+    def forward(self, parameters: dict, x: torch.Tensor, h0: torch.Tensor):
+        """``(states, tape)`` over ``x`` ``(B, T, 3N)`` from ``h0`` ``(B, S)``: the tape holds
+        the gates (GRU ``(B, T, 3, N)``, LSTM ``(B, T, 4, N)``) for :meth:`backward`."""
+        with torch.no_grad():
+            weights = [w.contiguous() for w in self.recurrent_weights(parameters)]
+            bias = parameters.get("bias")
+        batch, steps, width = x.shape
+        n = width // 3
+        x, h0 = x.contiguous(), h0.contiguous()
+        bias = x.new_zeros(3, n) if bias is None else bias.detach().contiguous()
+        tape = x.new_empty(batch, steps, 4 if self.lstm else 3, n)
+        states = x.new_empty(batch, steps, 2 * n if self.lstm else n)
+        threads = _cbuild.threads(batch)
+        if self.lstm:
+            _cbuild.call(self.library.lstm_forward, threads, batch, steps, n, x, *weights, bias, h0,
+                         tape, states, x.new_empty(threads, 2 * n))
+        else:
+            _cbuild.call(self.library.gru_forward, threads, batch, steps, n, x, *weights, bias, h0,
+                         tape, states)
+        return states, tape
+
+    def backward(self, parameters: dict, tape, states, h0, grad_states):
+        """``(grad_x, grad_h0, grads)`` of the loop :meth:`forward` ran: ``grads`` by
+        parameter name, for the parameters that require grad."""
+        batch, steps, _, n = tape.shape
+        with torch.no_grad():
+            weights = [w.contiguous() for w in self.recurrent_weights(parameters)]
+        h0, grad_states = h0.contiguous(), grad_states.contiguous()
+        grad_x = tape.new_empty(batch, steps, 3 * n)
+        grad_h0 = torch.empty_like(h0)
+        threads = _cbuild.threads(batch)
+        # per thread: the gradients of the clipped weights stacked (a, then the peepholes) and
+        # of the bias, and the carry
+        grad_w = tape.new_zeros(threads, 5 if self.lstm else 3, n)
+        grad_b = tape.new_zeros(threads, 3, n)
+        carry = tape.new_empty(threads, 2 * n if self.lstm else n)
+        _cbuild.call(self.library.lstm_backward if self.lstm else self.library.gru_backward,
+                     threads, batch, steps, n, *weights, h0, tape, states, grad_states, grad_x,
+                     grad_h0, grad_w, grad_b, carry)
+        grad_w, grad_b = grad_w.sum(0), grad_b.sum(0)
+        grads = {}
+        bias = parameters.get("bias")
+        if bias is not None and bias.requires_grad:
+            grads["bias"] = grad_b
+        wanted = [(name, p) for name, p in parameters.items() if name != "bias" and p.requires_grad]
+        if wanted:  # through the clipping: autograd of recurrent_weights
+            with torch.enable_grad():
+                clipped = self.recurrent_weights(parameters)
+            rows = [w.shape[0] for w in clipped]
+            found = torch.autograd.grad(clipped, [p for _, p in wanted], grad_w.split(rows),
+                                        allow_unused=True)
+            grads.update((name, g) for (name, _), g in zip(wanted, found))
+        return grad_x, grad_h0, grads
