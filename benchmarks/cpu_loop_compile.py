@@ -17,17 +17,8 @@ import torch
 
 from pararnn.cells import ParaGRUCell
 
+from cpu_solver import median_cpu_ms as cpu_ms
 from cpu_train_step import save_report
-
-
-def cpu_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append((time.process_time() - start) * 1e3)
-    return sorted(times)[len(times) // 2]
 
 
 def first_call_s(fn) -> float:
