@@ -13,7 +13,9 @@ steps (compilation, Triton autotuning), then the median over ``--steps`` steps, 
 with CUDA events from the batch upload to the optimizer step, and the median host time of
 those steps (the CPU's time to issue a step: unless the step synchronises, which the
 profile counts, a host time near the step time means the GPU waited for the host). The
-Transformer uses PyTorch's SDPA (flash attention on an H200). Writes ``DIR/lm_speed.json``
+Transformer uses PyTorch's SDPA (flash attention on an H200). Compiled rows also record
+the graphs Dynamo made (``graphs``) and its graph-break reasons with counts
+(``graph_breaks``): each break is host work between graphs. Writes ``DIR/lm_speed.json``
 after every row.
 
 ``--profile``: then one more step under ``torch.profiler`` (CPU and CUDA activities): its
@@ -38,6 +40,7 @@ import tempfile
 import time
 
 import torch
+from torch._dynamo.utils import counters
 
 from pararnn.models import build_model, preset
 from pararnn.models.flops import peak_flops, train_flops_per_token
@@ -177,11 +180,16 @@ def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, step
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    counters["graph_break"].clear()
+    counters["stats"].clear()
     started = time.perf_counter()
     for i in range(warmup):
         step(i)
     torch.cuda.synchronize()
     warmup_s = time.perf_counter() - started  # with compilation and autotuning
+    # what compiling made of the forward: several graphs per step mean host work between them
+    graphs = {"graphs": counters["stats"]["unique_graphs"],
+              "graph_breaks": dict(counters["graph_break"])} if compiled else {}
     torch.cuda.reset_peak_memory_stats()
     times, host = [], []
     for i in range(warmup, warmup + steps):
@@ -200,7 +208,7 @@ def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, step
            "compiled": compiled, "params": model.num_params(), "step_ms": seconds * 1e3,
            "host_ms": statistics.median(host) * 1e3, "tok_per_s": tokens_per_step / seconds,
            "mfu": tokens_per_step / seconds * flops / peak if peak else None,
-           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "warmup_s": warmup_s}
+           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "warmup_s": warmup_s, **graphs}
     if profile:
         row["profile"] = profile_step(step, warmup + steps, trace_path)
     return row
@@ -258,6 +266,8 @@ def main() -> None:
                         print(f"{size:>6} {seq_len:>5} {spec:>14} {mode:>8} {row['step_ms']:8.2f} "
                               f"{row['host_ms']:8.2f} {row['tok_per_s']:10,.0f} {mfu:>6} "
                               f"{row['peak_mem_gib']:6.2f}", flush=True)
+                        if row.get("graph_breaks"):
+                            print(f"      {row['graphs']} graphs, breaks: {row['graph_breaks']}", flush=True)
                         if "profile" in row:
                             print(format_profile(row), flush=True)
                     record["rows"].append(row)
