@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench-decode", help="decode speed and memory against batch size and context")
     b.add_argument("--checkpoint", help="a checkpoint; or give --models and --size (random weights)")
     b.add_argument("--models", "--model", default="paragru,transformer",
-                   help=f"comma-separated, from {', '.join(MODELS)}")
+                   help=f"comma-separated, from {', '.join(MODELS)}; MODEL:BLOCK gives that entry "
+                   "its own block (paragru:tuned,paragru:hybrid: both blocks in one run)")
     b.add_argument("--size", choices=list(SIZES), default="tiny")
     b.add_argument("--block", default="auto", choices=list(BLOCKS),
                    help="block of the random-weight models (as `pararnn train --block`)")
@@ -443,18 +444,20 @@ def cmd_bench_decode(args, parser) -> None:
         models = [(ckpt.meta["model"], model)]
     else:
         device = pick_device(args.device)
-        models = [(name, None) for name in _choices(args.models, MODELS, "models")]
+        models = [(entry, None) for entry in _model_blocks(args.models, args.block)]
     rows = []
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     meta = {"command": "pararnn " + " ".join(sys.argv[1:]), "device_name": device_name,
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "bandwidth": args.bandwidth}
-    print(f"{'model':<12}{'batch':>6}{'context':>9}{'tok/s':>12}{'bound tok/s':>13}{'of bound':>9}"
+    print(f"{'model':<18}{'batch':>6}{'context':>9}{'tok/s':>12}{'bound tok/s':>13}{'of bound':>9}"
           f"{'step ms':>9}{'peak MiB':>10}{'state MiB':>11}  step")
     for name, model in models:
         if model is None:
+            model_name, block = name
+            name = model_name if block == args.block else f"{model_name}:{block}"
             torch.manual_seed(0)
-            model = build_model(preset(name, args.size, block=args.block)).to(device).eval()
+            model = build_model(preset(model_name, args.size, block=block)).to(device).eval()
         generator = _generator(model, device, args)
         for batch in batches:
             for context in contexts:
@@ -470,11 +473,11 @@ def cmd_bench_decode(args, parser) -> None:
                     Path(args.json).write_text(json.dumps(
                         {**meta, "loadavg": os.getloadavg(), "rows": rows}, indent=1))
                 if "error" in row:
-                    print(f"{name:<12}{batch:>6}{context:>9}  {row['error']}")
+                    print(f"{name:<18}{batch:>6}{context:>9}  {row['error']}")
                     continue
                 peak = f"{row['peak_mib']:.0f}" if row["peak_mib"] is not None else "n/a"
                 step = ("compiled " if row["compiled"] else "") + ("graph" if row["cuda_graph"] else "eager")
-                print(f"{name:<12}{batch:>6}{context:>9}{row['decode_tok_s']:>12.0f}"
+                print(f"{name:<18}{batch:>6}{context:>9}{row['decode_tok_s']:>12.0f}"
                       f"{row['bound_tok_s']:>13.0f}{row['decode_tok_s'] / row['bound_tok_s']:>9.1%}"
                       f"{row['step_ms']:>9.3f}{peak:>10}{row['state_mib']:>11.2f}  {step}", flush=True)
         del model, generator
@@ -559,6 +562,20 @@ def cmd_sweep(args, parser) -> None:
     if failed:
         raise ValueError(f"{len(failed)} run(s) failed, e.g. {failed[0]} (see its train.log); "
                          "re-run the same command to retry them")
+
+
+def _model_blocks(text: str, default_block: str) -> list[tuple[str, str]]:
+    """``--models`` entries ``MODEL`` or ``MODEL:BLOCK`` as (model, block) pairs."""
+    entries = []
+    for item in (item.strip() for item in text.split(",") if item.strip()):
+        model, _, block = item.partition(":")
+        if model not in MODELS or (block and block not in BLOCKS):
+            raise ValueError(f"--models entries must be MODEL or MODEL:BLOCK with a model from "
+                             f"{', '.join(MODELS)} and a block from {', '.join(BLOCKS)}, got {item!r}")
+        entries.append((model, block or default_block))
+    if not entries:
+        raise ValueError(f"--models must name at least one model, got {text!r}")
+    return entries
 
 
 def _choices(text: str, known, what: str) -> list[str]:

@@ -190,6 +190,20 @@ def test_bench_decode_writes_rows_with_the_bandwidth_bound(tmp_path, capsys):
     assert main(["bench-decode", "--models", "lstm", "--device", "cpu"]) == 2
 
 
+def test_bench_decode_measures_several_blocks_of_one_model_in_one_run(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench-decode", "--models", "paragru:standard,paragru,paragru:tuned", "--size", "nano",
+                 "--contexts", "16", "--batch-sizes", "1", "--new-tokens", "2", "--device", "cpu",
+                 "--json", str(out)])
+    assert code == 0
+    rows = {r["model"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["paragru:standard", "paragru", "paragru:tuned"]
+    # the tuned block's state is twice as wide as the standard block's (rnn_expand=2)
+    assert rows["paragru:tuned"]["state_mib"] > rows["paragru:standard"]["state_mib"]
+    assert "paragru:tuned" in capsys.readouterr().out
+    assert main(["bench-decode", "--models", "paragru:wide", "--device", "cpu"]) == 2
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("model", MODELS)
