@@ -132,7 +132,13 @@ def _tile(device: torch.device) -> tuple[int, int, int]:
 
 
 def _acc(dtype: torch.dtype):
+    """The kernels' math dtype for input ``dtype`` (a Triton dtype)."""
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _part_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The partial parameter gradients' dtype (the kernels' math dtype, as a torch dtype)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _multiprocessors(device: torch.device) -> int:
@@ -215,10 +221,6 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
     sums = part.sum(0)  # a fixed-order reduction: the same bits every run
     grad_w = sums[:k].t().to(weight.dtype).reshape(weight.shape).contiguous()
     return grad_x, grad_w, sums[k].to(bias.dtype)
-
-
-def _part_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _reject_double_backward() -> None:
