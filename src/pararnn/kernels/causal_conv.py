@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .._grad import needs_grad
-from ._fused_common import cdiv, sigmoid, tl, triton
+from ._fused_common import cdiv, next_power_of_2, sigmoid, tl, triton
 
 __all__ = ["causal_conv1d", "causal_conv1d_naive", "forward", "backward"]
 
@@ -216,7 +216,7 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
     grid = (cdiv(channels, block_c), batch, runs)
     _conv1d_bwd_kernel[grid](x, weight.contiguous(), bias.contiguous(), grad_y, grad_x, part,
                              steps, channels, x.stride(0), x.stride(1), per_run,
-                             K=k, KP=triton.next_power_of_2(k), SILU=silu, ACC=_acc(x.dtype),
+                             K=k, KP=next_power_of_2(k), SILU=silu, ACC=_acc(x.dtype),
                              BT=block_t, BC=block_c, num_warps=warps)
     sums = part.sum(0)  # a fixed-order reduction: the same bits every run
     grad_w = sums[:k].t().to(weight.dtype).reshape(weight.shape).contiguous()
