@@ -207,3 +207,27 @@ def test_compiled_module_traces_one_op(kernel_on_this_device):
         results.append([y.detach(), *torch.autograd.grad(y, [xg, *conv.parameters()], grad)])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model", ["paragru", "mamba2"])
+def test_language_model_loss_and_gradients_unchanged(model, monkeypatch):
+    """A one-layer LM whose conv runs the kernel (the ParaRNN block's conv before the cell,
+    Mamba2's on its x, B, C) computes the loss and gradients of the plain ops."""
+    from pararnn.models import build_model, preset
+
+    torch.manual_seed(0)
+    lm = build_model(preset(model, d_model=32, n_layers=1, vocab_size=64, block="paper")).to(DEVICE)
+    idx = torch.randint(0, 64, (2, 11), device=DEVICE)
+    calls = []
+    kernel_forward = causal_conv.forward
+    monkeypatch.setattr(causal_conv, "forward", lambda *args: calls.append(1) or kernel_forward(*args))
+    results = []
+    for devices in (("cuda", DEVICE.type), ()):
+        monkeypatch.setattr(lm_module, "_KERNEL_DEVICES", devices)
+        lm.zero_grad()
+        loss = lm(idx, idx)
+        loss.backward()
+        results.append([loss.detach(), *(p.grad.clone() for p in lm.parameters())])
+    assert len(calls) == 1  # the first run's one conv, the second's none
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
