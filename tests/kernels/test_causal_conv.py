@@ -23,6 +23,12 @@ TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-
 SHAPES = [(1, 37, 40), (3, 29, 21)]
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32(monkeypatch):
+    """float32 means float32: cuDNN would run the plain path's conv in TF32 by default."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
 def _operands(batch, steps, channels, k, dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, steps, channels, generator=gen, dtype=dtype)
