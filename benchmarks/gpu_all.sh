@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything this project checks and measures on one CUDA machine, in one go, from the
-# source tree: the GPU tests, the safety-check overhead, the per-call cost, the fused-kernel
-# and layer benchmarks, decode speed and memory. Each stage has a time limit and writes its
-# log (and JSON) into OUTDIR, so a run cut short keeps what finished; OUTDIR.tgz packs it
+# source tree: the GPU tests, the safety-check overhead, the per-call cost, the fused-kernel,
+# layer and causal-conv benchmarks, decode speed and memory. Each stage has a time limit
+# and writes its log (and JSON) into OUTDIR, so a run cut short keeps what finished; OUTDIR.tgz packs it
 # all into one file (the device tool returns at most 8 files).
 #
 #   benchmarks/gpu_all.sh OUTDIR [test-seconds] [bench-seconds] [decode-seconds]
@@ -38,6 +38,8 @@ timeout 90 python3 benchmarks/gpu_overhead.py --out "$out" > "$out/gpu_overhead.
 timeout "${3:-200}" python3 benchmarks/gpu_fused.py --sections main,layers,narrow,baselines,sweep \
     --json "$out/gpu_fused.json" > "$out/gpu_fused.log" 2>&1
 tail -40 "$out/gpu_fused.log"
+timeout 150 python3 benchmarks/gpu_conv.py --out "$out" > "$out/gpu_conv.log" 2>&1
+tail -20 "$out/gpu_conv.log"
 
 # Peers in the same run, when a wheel is given: PEER_WHEEL=path/to/pararnn_torch-*.whl
 # (it installs a package also named pararnn, so it lives in its own folder and process).

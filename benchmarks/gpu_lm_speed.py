@@ -55,7 +55,8 @@ MODELS = ("transformer", "mamba2", "paragru", "paralstm")
 # and convert_element_type is in many. GEMMs: cuBLAS (nvjet_*, sm90_xmma_gemm_*, cutlass
 # kernels, split-K reductions) and inductor's matmul templates (triton_tem_*); ParaRNN:
 # the fused walk and boundary kernels (kernels/paragru.py, paralstm.py, _fused_common.py);
-# Mamba: mamba-ssm's SSD kernels; optimizer: the fused AdamW and the foreach
+# Mamba: mamba-ssm's SSD kernels; conv: cuDNN's and the fused causal conv's (_conv1d_*,
+# kernels/causal_conv.py); optimizer: the fused AdamW and the foreach
 # gradient-norm clip (multi_tensor_apply_kernel, lpnorm_cleanup).
 KERNEL_KINDS = (
     ("optimizer", ("multi_tensor_apply", "adam", "lpnorm")),

@@ -29,6 +29,10 @@ from .cpu_chunked import CausalConvSiLU, GatedRMSNormFn, use_chunked
 
 # decided once, not per step: a compiled decode step would trace the cached lookup (and warn)
 _TRITON = triton_available()
+# Device types whose causal conv runs the fused Triton kernel over a whole sequence (the CPU
+# tests add "cpu" under Triton's interpreter), and the input dtypes it takes there.
+_KERNEL_DEVICES = ("cuda",)
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class StaticCache(dict):
@@ -78,8 +82,14 @@ class CausalConv1d(nn.Module):
     def forward(self, x: torch.Tensor, cache: dict | None = None, key: str = "conv",
                 silu: bool = False) -> torch.Tensor:
         """``x``: ``(B, T, C)`` -> ``(B, T, C)``; output ``t`` sees inputs ``t-k+1 .. t``.
-        ``silu=True`` applies SiLU to the output (on the CPU, for training, fused with the
-        conv: :mod:`pararnn.models.cpu_chunked`; in a CUDA decode step, inside its kernel)."""
+        ``silu=True`` applies SiLU to the output. Fused with the conv: on CUDA without a
+        cache (training, scoring) one Triton kernel each way
+        (:func:`pararnn.kernels.causal_conv.causal_conv1d`, float32 math); on the CPU, for
+        training, :mod:`pararnn.models.cpu_chunked`; in a CUDA decode step, inside its kernel.
+        Prefill (a dict cache), float64 and the rest run the plain PyTorch ops."""
+        if cache is None and x.device.type in _KERNEL_DEVICES and x.dtype in _KERNEL_DTYPES and _TRITON:
+            from ..kernels.causal_conv import causal_conv1d
+            return causal_conv1d(x, self.weight, self.bias, silu)
         if cache is None and silu and use_chunked(x) and x.dtype == self.weight.dtype:
             return CausalConvSiLU.apply(x, self.weight, self.bias)
         if isinstance(cache, StaticCache):

@@ -1,0 +1,319 @@
+"""A fused causal depthwise convolution (+ SiLU) over time on the ``(B, T, C)`` layout.
+
+The op: ``causal_conv1d(x, weight, bias, silu) -> y`` with
+
+    y[b, t, c] = act(bias[c] + sum_k weight[c, k] * x[b, t - K + 1 + k, c])
+
+(zeros before ``t = 0``; ``act`` SiLU or the identity), differentiable (autograd Function
+below), and ``causal_conv1d_naive``, the plain PyTorch ops of
+:class:`pararnn.models.lm.CausalConv1d` that it must match.
+
+PyTorch runs this conv as a transpose to channels-first, a zero pad, a grouped
+``F.conv1d`` and a transpose back (layout copies around cuDNN), then SiLU; its backward
+is cuDNN's depthwise data and weight gradients. Here the forward is one kernel over
+(time block, channel block, row) tiles of the natural layout, contiguous in C: a tile
+reads the ``K`` time-shifted copies of its input block (the overlap comes from cache, so
+the input is read about once) and writes the output once.
+
+The backward is one kernel too. The SiLU derivative needs the pre-activation, which it
+recomputes from ``x`` rather than the forward storing it: a stored pre-activation would
+add a tensor written in the forward and read in the backward (7 tensor passes instead of
+5), while recomputing costs ``K`` multiply-adds per element from inputs that the weight
+gradient reads anyway, and keeps the pre-activation in float32. ``dx`` is the transposed
+conv, ``dx[t] = sum_k w[k] dz[t + K - 1 - k]`` with ``dz`` the gradient of the
+pre-activation, so a tile recomputes ``dz`` at its ``K`` shifts. Each program walks a
+run of time blocks of one (row, channel block) and sums its weight and bias gradients in
+registers; each writes one partial row, and one ``sum`` over the rows reduces them
+afterwards: deterministic (no atomics), so gradients are reproducible run to run.
+
+Dtypes as the module under autocast: ``weight`` and ``bias`` are rounded to ``x``'s dtype
+(as ``weight.to(x.dtype)`` does), the math is in float32 (float64 for float64 input),
+the output is in ``x``'s dtype, and the weight and bias gradients come back in the
+parameters' own dtypes (reduced in float32, never rounded to ``x``'s dtype).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._grad import needs_grad
+from ._fused_common import cdiv, next_power_of_2, sigmoid, tl, triton
+
+__all__ = ["causal_conv1d", "causal_conv1d_naive", "forward", "backward"]
+
+# (time block, channel block, warps) per tile. On CUDA a channel block of 64 is one
+# 128-byte line of bf16 per time step; on the CPU (Triton's interpreter) small tiles, so
+# that the tests' small shapes span several tiles with ragged edges.
+CUDA_TILE = (32, 64, 4)
+CPU_TILE = (8, 16, 1)
+# The backward launches about this many programs per SM (splitting time into runs when
+# rows x channel blocks alone give fewer): enough resident tiles to hide memory latency,
+# few enough partial rows for the reduction to stay small.
+PROGRAMS_PER_SM = 16
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@triton.jit
+def _preactivation(X, W, BIAS, rows, c, cm, T, sxt, K: tl.constexpr, ACC: tl.constexpr):
+    """``bias + sum_k w[k] x[rows - K + 1 + k]`` on a ``(rows, c)`` tile (``X`` points at
+    the row's batch entry), parameters rounded to the input dtype, math in ``ACC``."""
+    dt = X.dtype.element_ty
+    z = tl.load(BIAS + c, mask=cm, other=0.0).to(dt).to(ACC)[None, :]
+    for k in tl.static_range(K):
+        src = rows - (K - 1) + k
+        m = ((src >= 0) & (src < T))[:, None] & cm[None, :]
+        xk = tl.load(X + src[:, None] * sxt + c[None, :], mask=m, other=0.0).to(ACC)
+        wk = tl.load(W + c * K + k, mask=cm, other=0.0).to(dt).to(ACC)
+        z = z + xk * wk[None, :]
+    return z
+
+
+@triton.jit
+def _conv1d_fwd_kernel(X, W, BIAS, Y, T, C, sxb, sxt, K: tl.constexpr, SILU: tl.constexpr,
+                       ACC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    b = tl.program_id(2).to(tl.int64)
+    cm = c < C
+    z = _preactivation(X + b * sxb, W, BIAS, rows, c, cm, T, sxt, K, ACC)
+    if SILU:
+        z = z * sigmoid(z)
+    out = Y + b * T * C + rows[:, None] * C + c[None, :]
+    tl.store(out, z.to(Y.dtype.element_ty), mask=(rows < T)[:, None] & cm[None, :])
+
+
+@triton.jit
+def _conv1d_bwd_kernel(X, W, BIAS, G, DX, PART, T, C, sxb, sxt, tiles_per_run,
+                       K: tl.constexpr, KP: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr,
+                       BT: tl.constexpr, BC: tl.constexpr):
+    c = tl.program_id(0) * BC + tl.arange(0, BC)
+    b = tl.program_id(1).to(tl.int64)
+    run = tl.program_id(2)
+    cm = c < C
+    dt = X.dtype.element_ty
+    x_b = X + b * sxb
+    g_b = G + b * T * C
+    taps = tl.arange(0, KP)
+    grad_w = tl.zeros((KP, BC), dtype=ACC)  # row k: this run's sum of dz[t] x[t - K + 1 + k]
+    grad_b = tl.zeros((BC,), dtype=ACC)
+    for i in range(tiles_per_run):
+        rows = (run * tiles_per_run + i) * BT + tl.arange(0, BT)
+        grad_x = tl.zeros((BT, BC), dtype=ACC)
+        # x[t] feeds y[t + j] through tap K-1-j: dz at the K shifts of this tile
+        for j in tl.static_range(K):
+            shifted = rows + j
+            m = (shifted < T)[:, None] & cm[None, :]
+            dz = tl.load(g_b + shifted[:, None] * C + c[None, :], mask=m, other=0.0).to(ACC)
+            if SILU:  # d silu(z) / dz = s (1 + z (1 - s)), s = sigmoid(z), z recomputed
+                z = _preactivation(x_b, W, BIAS, shifted, c, cm, T, sxt, K, ACC)
+                s = sigmoid(z)
+                dz = dz * s * (1.0 + z * (1.0 - s))
+            w = tl.load(W + c * K + (K - 1 - j), mask=cm, other=0.0).to(dt).to(ACC)
+            grad_x += dz * w[None, :]
+            if j == 0:  # this tile's own rows: their share of the parameter gradients
+                grad_b += tl.sum(dz, axis=0)
+                for k in tl.static_range(K):
+                    src = rows - (K - 1) + k
+                    mk = ((src >= 0) & (src < T))[:, None] & cm[None, :]
+                    xk = tl.load(x_b + src[:, None] * sxt + c[None, :], mask=mk, other=0.0).to(ACC)
+                    grad_w += tl.where(taps[:, None] == k, tl.sum(dz * xk, axis=0)[None, :], 0.0)
+        out = DX + b * T * C + rows[:, None] * C + c[None, :]
+        tl.store(out, grad_x.to(DX.dtype.element_ty), mask=(rows < T)[:, None] & cm[None, :])
+    # partial row (b, run): K weight-gradient rows, then the bias gradient
+    part = PART + (b * tl.num_programs(2) + run) * (K + 1) * C
+    tl.store(part + taps[:, None] * C + c[None, :], grad_w, mask=(taps < K)[:, None] & cm[None, :])
+    tl.store(part + K * C + c, grad_b, mask=cm)
+
+
+def _tile(device: torch.device) -> tuple[int, int, int]:
+    return CUDA_TILE if device.type == "cuda" else CPU_TILE
+
+
+def _acc(dtype: torch.dtype):
+    """The kernels' math dtype for input ``dtype`` (a Triton dtype)."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _part_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The partial parameter gradients' dtype (the kernels' math dtype, as a torch dtype)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def _runs(batch: int, steps: int, channels: int, device: torch.device) -> tuple[int, int]:
+    """``(runs, tiles_per_run)``: the backward's time blocks split into ``runs`` runs of
+    ``tiles_per_run`` blocks (no run empty) per (row, channel block)."""
+    block_t, block_c, _ = _tile(device)
+    tiles = cdiv(steps, block_t)
+    want = cdiv(PROGRAMS_PER_SM * _multiprocessors(device), batch * cdiv(channels, block_c))
+    per_run = cdiv(tiles, max(1, min(tiles, want)))
+    return cdiv(tiles, per_run), per_run
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> int:
+    """Kernel size ``K``, after checking the shapes, dtypes and devices."""
+    if x.dim() != 3:
+        raise ValueError(f"x must be (B, T, C), got shape {tuple(x.shape)}")
+    channels = x.shape[2]
+    if weight.dim() not in (2, 3) or weight.shape[0] != channels or (weight.dim() == 3 and weight.shape[1] != 1):
+        raise ValueError(f"weight must be ({channels}, 1, K) or ({channels}, K) for x of "
+                         f"{channels} channels, got shape {tuple(weight.shape)}")
+    if tuple(bias.shape) != (channels,):
+        raise ValueError(f"bias must be ({channels},), got shape {tuple(bias.shape)}")
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if t.dtype not in DTYPES:
+            raise ValueError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device}, x on {x.device}")
+    if weight.shape[-1] < 1:
+        raise ValueError("the kernel size must be at least 1")
+    return weight.shape[-1]
+
+
+def _unit_channel_stride(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the kernels read it: any row and time strides, unit stride over channels."""
+    return x if x.stride(2) == 1 else x.contiguous()
+
+
+def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, silu: bool = False) -> torch.Tensor:
+    """The conv (+ SiLU) of ``x`` ``(B, T, C)``: a new contiguous ``(B, T, C)`` tensor in
+    ``x``'s dtype. ``weight`` ``(C, 1, K)`` or ``(C, K)``, ``bias`` ``(C,)``."""
+    k = _check(x, weight, bias)
+    x = _unit_channel_stride(x)
+    batch, steps, channels = x.shape
+    y = torch.empty(batch, steps, channels, device=x.device, dtype=x.dtype)
+    if y.numel() == 0:
+        return y
+    block_t, block_c, warps = _tile(x.device)
+    grid = (cdiv(steps, block_t), cdiv(channels, block_c), batch)
+    _conv1d_fwd_kernel[grid](x, weight.contiguous(), bias.contiguous(), y, steps, channels,
+                             x.stride(0), x.stride(1), K=k, SILU=silu, ACC=_acc(x.dtype),
+                             BT=block_t, BC=block_c, num_warps=warps)
+    return y
+
+
+def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: torch.Tensor,
+             silu: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``sum(grad_y * y)``: ``(grad_x, grad_weight, grad_bias)``, ``grad_x``
+    contiguous in ``x``'s dtype, the others shaped and typed as ``weight`` and ``bias``."""
+    k = _check(x, weight, bias)
+    if grad_y.shape != x.shape:
+        raise ValueError(f"grad_y must have x's shape {tuple(x.shape)}, got {tuple(grad_y.shape)}")
+    x = _unit_channel_stride(x)
+    grad_y = grad_y.contiguous()
+    batch, steps, channels = x.shape
+    grad_x = torch.empty(batch, steps, channels, device=x.device, dtype=x.dtype)
+    if grad_x.numel() == 0:
+        return grad_x, torch.zeros_like(weight), torch.zeros_like(bias)
+    block_t, block_c, warps = _tile(x.device)
+    runs, per_run = _runs(batch, steps, channels, x.device)
+    part = torch.empty(batch * runs, k + 1, channels, device=x.device, dtype=_part_dtype(x.dtype))
+    grid = (cdiv(channels, block_c), batch, runs)
+    _conv1d_bwd_kernel[grid](x, weight.contiguous(), bias.contiguous(), grad_y, grad_x, part,
+                             steps, channels, x.stride(0), x.stride(1), per_run,
+                             K=k, KP=next_power_of_2(k), SILU=silu, ACC=_acc(x.dtype),
+                             BT=block_t, BC=block_c, num_warps=warps)
+    sums = part.sum(0)  # a fixed-order reduction: the same bits every run
+    grad_w = sums[:k].t().to(weight.dtype).reshape(weight.shape).contiguous()
+    return grad_x, grad_w, sums[k].to(bias.dtype)
+
+
+def _reject_double_backward() -> None:
+    if torch.is_grad_enabled():
+        raise RuntimeError("the fused causal conv's backward does not support double backward "
+                           "(create_graph=True); use causal_conv1d_naive for higher-order gradients")
+
+
+class _CausalConv1d(torch.autograd.Function):
+    """:func:`forward` with :func:`backward` as its gradient: the eager path with
+    gradients (cheaper on the host than the registered op below)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu):
+        ctx.silu = silu
+        ctx.save_for_backward(x, weight, bias)
+        return forward(x, weight, bias, silu)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        _reject_double_backward()
+        x, weight, bias = ctx.saved_tensors
+        return *backward(x, weight, bias, grad_y, ctx.silu), None
+
+
+# The op as torch.compile sees it (torch.library): opaque to the compiler, so a model
+# traces without graph breaks, differentiable through the registered backward op.
+@torch.library.custom_op("pararnn::causal_conv1d", mutates_args=())
+def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, silu: bool) -> torch.Tensor:
+    return forward(x, weight, bias, silu)
+
+
+@_forward_op.register_fake
+def _(x, weight, bias, silu):
+    _check(x, weight, bias)
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("pararnn::causal_conv1d_backward", mutates_args=())
+def _backward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: torch.Tensor,
+                 silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return backward(x, weight, bias, grad_y, silu)
+
+
+@_backward_op.register_fake
+def _(x, weight, bias, grad_y, silu):
+    _check(x, weight, bias)
+    # contiguous, as the kernel writes them (empty_like would copy x's strides)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+
+
+def _setup_backward(ctx, inputs, output):
+    x, weight, bias, silu = inputs
+    ctx.silu = silu
+    ctx.save_for_backward(x, weight, bias)
+
+
+def _op_backward(ctx, grad_y):
+    _reject_double_backward()
+    x, weight, bias = ctx.saved_tensors
+    return *_backward_op(x, weight, bias, grad_y, ctx.silu), None
+
+
+_forward_op.register_autograd(_op_backward, setup_context=_setup_backward)
+
+
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                  silu: bool = False) -> torch.Tensor:
+    """The causal depthwise conv of ``x`` ``(B, T, C)`` (float16/bfloat16/float32/float64,
+    any strides), SiLU after it with ``silu``: ``(B, T, C)`` in ``x``'s dtype.
+
+    ``weight`` ``(C, 1, K)`` (as :class:`~pararnn.models.lm.CausalConv1d` holds it) or
+    ``(C, K)``, ``bias`` ``(C,)``. Under autocast ``x`` is cast to the autocast dtype first,
+    as ``F.conv1d`` casts its input. Differentiable with respect to all three (their
+    gradients in their own dtypes); traced by ``torch.compile`` as one op
+    (``torch.ops.pararnn.causal_conv1d``).
+    """
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
+        x = x.to(torch.get_autocast_dtype(device))
+    if torch.compiler.is_compiling():
+        return _forward_op(x, weight, bias, silu)
+    if not needs_grad(x, weight, bias):
+        return forward(x, weight, bias, silu)
+    return _CausalConv1d.apply(x, weight, bias, silu)
+
+
+def causal_conv1d_naive(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                        silu: bool = False) -> torch.Tensor:
+    """:func:`causal_conv1d` by the plain PyTorch ops of the module: channels-first, zero
+    pad, grouped ``F.conv1d`` with the parameters cast to ``x``'s dtype, back, SiLU."""
+    channels, k = x.shape[2], weight.shape[-1]
+    padded = F.pad(x.transpose(1, 2), (k - 1, 0))
+    y = F.conv1d(padded, weight.reshape(channels, 1, k).to(x.dtype), bias.to(x.dtype),
+                 groups=channels).transpose(1, 2)
+    return F.silu(y) if silu else y
