@@ -27,7 +27,7 @@ CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD = 512
 
 def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = "auto",
           newton: NewtonConfig | None = None, resets: torch.Tensor | None = None,
-          cu_seqlens: torch.Tensor | None = None, backend: str = "auto"):
+          cu_seqlens: torch.Tensor | None = None, backend: str = "auto", hidden: bool = False):
     """Apply ``cell`` over a whole sequence.
 
     Args:
@@ -47,12 +47,17 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             (the fused kernels run packed sequences that start from zeros, ``h0=None``).
         backend: ``"auto"`` (Triton kernels on CUDA where they apply, else PyTorch),
             ``"torch"`` or ``"triton"`` (see :mod:`pararnn.solver.backends`).
+        hidden: return :meth:`cell.hidden(states) <pararnn.Cell.hidden>` (what a layer
+            outputs: ParaLSTM's ``h``) in place of all the states. Training through the C
+            loop on the CPU then writes it as a contiguous tensor of its own, whose gradient
+            goes to the loop's backward as it is (the view's gradient would be a zero-filled
+            one of all the states).
 
     Returns:
-        ``(states, h_n, info)``: all states ``(B, T, N)`` in the dtype of ``x``, the final
-        state of each sequence in the compute dtype (float32 for bfloat16/float16 ``x``,
-        so that feeding it back, e.g. from a decode cache, does not round the state), and a
-        :class:`SolveInfo`.
+        ``(states, h_n, info)``: all states ``(B, T, N)`` (the hidden ones with ``hidden``)
+        in the dtype of ``x``, the final state of each sequence in the compute dtype (float32
+        for bfloat16/float16 ``x``, so that feeding it back, e.g. from a decode cache, does
+        not round the state), and a :class:`SolveInfo`.
     """
     config = check_options(mode, newton, backend)
     dtype, sequences = check_inputs(cell, x, h0, resets, cu_seqlens)
@@ -66,6 +71,7 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
     if auto:
         mode = _auto_mode(cell, x, h0, fused)
 
+    hidden_states = None  # written by the C loop only
     with _no_autocast(x.device.type):
         if fused is not None and (mode == "parallel" or not _needs_grad(cell, x, h0)):
             # the kernels read bf16 input as it is and compute in fp32 (no upcast copy)
@@ -90,7 +96,8 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             if auto and _needs_grad(cell, x, h0) and not torch.compiler.is_compiling():
                 # training through the loop: the adjoint backward instead of autograd's
                 # node per op and step (mode="sequential" keeps those: double backward)
-                states = LoopSolve.apply(cell, sequences, xc, h0c, *cell.parameters())
+                states, hidden_states = LoopSolve.apply(cell, sequences, hidden, xc, h0c,
+                                                        *cell.parameters())
             else:
                 states = sequential_solve(cell, xc, h0c, sequences)
             info = SolveInfo(mode="sequential", backend="torch")
@@ -107,7 +114,11 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
                 states, info = newton_solve(cell, xc, h0c, sequences, config, linear_solver, name)
     # the final state stays in the compute dtype: a decode cache that feeds it back must
     # not round the state to bfloat16 every token
-    out = states if states.dtype == out_dtype else states.to(out_dtype)
+    out = states
+    if hidden:
+        out = cell.hidden(states) if hidden_states is None else hidden_states
+    if out.dtype != out_dtype:
+        out = out.to(out_dtype)
     return out, sequences.final_states(states), info
 
 
