@@ -44,8 +44,8 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             sequential for a single step, and on the CPU once ``B * state_size`` is at
             least 768 without gradients, or with them 128 per torch thread where the
             cell trains through its C loop (ParaGRU/ParaLSTM) and 512 per thread
-            elsewhere; parallel otherwise (the fused kernels then pick their own sequential/segmented plan
-            per shape).
+            elsewhere; parallel otherwise (the fused kernels then pick their own
+            sequential/segmented plan per shape).
         newton: :class:`NewtonConfig` for the parallel mode (default ``NewtonConfig()``).
         resets: optional bool ``(B, T)``; True where the state restarts from ``h0``.
         cu_seqlens: optional cumulative lengths ``(S + 1,)`` of sequences packed in
