@@ -4,7 +4,8 @@ of a ``tiny`` LM (``block="auto"``), median and minimum process CPU time.
     python benchmarks/cpu_block_parts.py --models paragru paralstm transformer --out FILE.json
 
 Parts of a ParaRNN mixer: the input projection (d -> 2n, also the gate), the causal conv +
-SiLU, the cell's multi-head projection, the cell (solve, ``mode="auto"``), the gated
+SiLU, the cell's multi-head projection, the cell (solve, ``mode="auto"``, returning what the
+layer outputs: ParaLSTM's ``h``), the gated
 RMSNorm, the output projection; of the Transformer: the mixer (attention with its
 projections); both: the SwiGLU, one RMSNorm, the whole block. Inputs are random; each part
 is timed alone (its input a leaf), so the parts do not add up to the block exactly.
@@ -59,6 +60,15 @@ def leaf(*shape):
     return torch.randn(*shape).requires_grad_()
 
 
+def cell_output(cell, pre):
+    """The cell's output as the layer returns it: ``solve(…, hidden=True)`` where the tree
+    under test has it, else the hidden part of all the states (ParaLSTM's strided ``h``)."""
+    if "hidden" in inspect.signature(solve).parameters:
+        return solve(cell, pre, hidden=True)[0]
+    states = solve(cell, pre)[0]
+    return cell.unpack_state(states)[0] if hasattr(cell, "unpack_state") else states
+
+
 def parts(model_name: str, batch: int, steps: int):
     torch.manual_seed(0)
     model = build_model(preset(model_name, "tiny", block="auto"))
@@ -79,7 +89,7 @@ def parts(model_name: str, batch: int, steps: int):
         found["in_proj"] = forward_backward(model, mixer.in_proj, x)
         found["conv+silu"] = forward_backward(model, lambda b: conv_silu(b[..., :n]), both)
         found["cell projection"] = forward_backward(model, mixer.rnn.projection, leaf(batch, steps, n))
-        found["cell"] = forward_backward(model, lambda p: solve(mixer.rnn.cell, p)[0], pre)
+        found["cell"] = forward_backward(model, lambda p: cell_output(mixer.rnn.cell, p), pre)
         found["gated norm"] = forward_backward(model, lambda h, b: mixer.norm(h, b[..., n:]), y, both)
         found["out_proj"] = forward_backward(model, mixer.out_proj, y)
     found["mixer"] = forward_backward(model, block.mixer, x)

@@ -42,10 +42,27 @@ def test_auto_mode_rule_on_cpu():
         assert wide.last_solve.mode == "sequential"  # inference, wide steps: the loop wins
         narrow(x)
         assert narrow.last_solve.mode == "parallel"
-    mid = pararnn.ParaGRU(4, 256)
-    mid(x[:1])
-    assert mid.last_solve.mode == "parallel"  # training below 512 per thread: Newton ...
-    wide(x[:1].expand(torch.get_num_threads(), -1, -1))  # ... from 512 per thread the loop
+    wide(x[:1].expand(torch.get_num_threads(), -1, -1))  # training from 512 per thread: the loop
     assert wide.last_solve.mode == "sequential"
     wide(x[:, :1])
     assert wide.last_solve.mode == "sequential"  # a single step needs no Newton
+
+
+def test_auto_mode_rule_with_gradients_where_the_c_loop_trains(monkeypatch):
+    """From B x state = 128 per thread the C loop where it runs; elsewhere Newton below 512
+    per thread."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    x = torch.randn(1, 16, 4)
+    has_c = pararnn.ParaGRUCell(4).compiled_loop(x) is not None
+    mid, narrow = pararnn.ParaGRU(4, 256), pararnn.ParaGRU(4, 64)
+    mid(x)  # B x state = 1 x 256: 128 per thread
+    assert mid.last_solve.mode == ("sequential" if has_c else "parallel")
+    narrow(x.expand(4, -1, -1))  # 4 x 64
+    assert narrow.last_solve.mode == ("sequential" if has_c else "parallel")
+    narrow(x.expand(2, -1, -1))  # 2 x 64
+    assert narrow.last_solve.mode == "parallel"
+    mid(x, resets=torch.rand(1, 16) < 0.2)  # restarts: the PyTorch loop, 512 per thread
+    assert mid.last_solve.mode == "parallel"
+    monkeypatch.setenv("PARARNN_CPU_KERNELS", "0")  # no C loop
+    mid(x)
+    assert mid.last_solve.mode == "parallel"

@@ -85,6 +85,31 @@ def test_layer_trains_through_the_loop_backward(loop_training, layer_cls):
                                    rtol=1e-10, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("loss_reads", ["output", "final state", "both"])
+def test_paralstm_output_and_final_state_train_through_the_loop_backward(loop_training,
+                                                                         loss_reads):
+    """The layer's h (from the C loop a tensor of its own, whose gradient the C backward
+    reads beside that of the states) and its final (h, c): every gradient, x and the initial
+    state included, that of autograd through the loop."""
+    layer = pararnn.ParaLSTM(6, 8, num_heads=2, recurrent_clip=0.3, dtype=torch.float64)
+    with torch.no_grad():
+        layer.cell.bias.normal_()
+    x = torch.randn(3, 17, 6, dtype=torch.float64, requires_grad=True)
+    state = tuple(torch.randn(3, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    inputs = [x, *state, *layer.parameters()]
+    grads = {}
+    for mode in ("sequential", "auto"):
+        layer.mode = mode
+        out, (h_n, c_n) = layer(x, state)
+        loss = {"output": out.cos().sum(), "final state": (h_n * c_n.exp()).sum(),
+                "both": out.cos().sum() + (h_n * c_n.exp()).sum()}[loss_reads]
+        grads[mode] = torch.autograd.grad(loss, inputs)
+        if mode == "auto":  # the C loop's own h, else the view of the states
+            assert out.is_contiguous() == (cpu_loop._LIBRARY.get(x) is not None)
+    for got, want in zip(grads["auto"], grads["sequential"]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_loop_backward_rejects_double_backward(loop_training):
     x = torch.randn(1, 4, 12, dtype=torch.float64, requires_grad=True)
     out, _ = pararnn.RNN(pararnn.ParaGRUCell(4, dtype=torch.float64))(x)

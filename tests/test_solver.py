@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 import torch
 
 import pararnn
+from pararnn.solver import api
 from cells_zoo import CONVERGED, all_cells
 
 STEPS = [1, 2, 7, 257, 1000]
@@ -120,6 +121,26 @@ def test_reference_layers_parallel_equals_sequential(layer_cls):
                     ref_state if isinstance(ref_state, tuple) else (ref_state,)):
         assert a.shape == (3, 16)
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "parallel", "auto"])
+@pytest.mark.parametrize("name", ["paragru", "paralstm", "dense"])
+def test_solve_hidden_is_the_cells_hidden_part_of_the_states(monkeypatch, name, mode):
+    """``hidden=True`` returns ``cell.hidden(states)`` (ParaLSTM's h, all of it otherwise),
+    with and without gradients (auto with them: the loop's Function, and ParaGRU's and
+    ParaLSTM's C loop), and the same final state."""
+    monkeypatch.setattr(api, "CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD", 0)
+    cell = all_cells()[name]
+    x = torch.randn(2, 9, cell.input_size, dtype=torch.float64)
+    newton = pararnn.NewtonConfig(**CONVERGED)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            states, h_n, _ = pararnn.solve(cell, x, mode=mode, newton=newton)
+            hidden, hidden_h_n, _ = pararnn.solve(cell, x, mode=mode, newton=newton, hidden=True)
+        want = states[..., 1::2] if name == "paralstm" else states
+        torch.testing.assert_close(hidden, want, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(hidden_h_n, h_n, rtol=1e-12, atol=1e-14)
+        assert hidden.requires_grad == grad
 
 
 def test_lstm_state_in_and_out():

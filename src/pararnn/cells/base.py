@@ -50,6 +50,11 @@ class Cell(nn.Module):
             return self.step_and_jacobian(x, h_prev)
         return self.step(x, h_prev)
 
+    def hidden(self, states: torch.Tensor) -> torch.Tensor:
+        """The part of ``states`` ``(..., state_size)`` that a layer outputs: all of it by
+        default; ParaLSTM's ``h``."""
+        return states
+
     def sequence_stepper(self, x: torch.Tensor):
         """:meth:`step` bound to a whole sequence ``x`` ``(B, T, input_size)``: a function
         ``(t, h_prev) -> step(x[:, t], h_prev)`` that the step loop calls once per step.

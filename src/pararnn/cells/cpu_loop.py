@@ -22,9 +22,11 @@ from .. import _cbuild
 # Layouts (all contiguous): pre (B, T, 3, N) gate-major pre-activations u, tape (B, T, G, N)
 # the gates the forward writes (GRU z, r, ĥ; LSTM f, c̃, o, tanh c'), states (B, T, S)
 # with S = N (GRU) or 2N interleaved (c, h) per channel (LSTM), a (3, N) and p (2, N) the
-# clipped weights. Rows run on `threads` OpenMP threads; per thread, the backward adds into
-# its own grad_w / grad_b (zeroed by the caller, who sums them) and walks its own carry, and
-# the LSTM forward keeps its previous (h, c) planar in its own scratch row hcs.
+# clipped weights. The LSTM's hidden (B, T, N) is h once more, contiguous (NULL: not
+# written), and its backward adds the gradients of states and hidden (either may be NULL).
+# Rows run on `threads` OpenMP threads; per thread, the backward adds into its own
+# grad_w / grad_b (zeroed by the caller, who sums them) and walks its own carry, and the
+# LSTM forward keeps its previous (h, c) planar in its own scratch row hcs.
 _SOURCE = _cbuild.PRELUDE + r"""
 /* One step over the n channels of one row: a function of its own, so that the compiler
    sees restrict pointers with affine accesses and vectorises the loop. */
@@ -83,7 +85,7 @@ void gru_backward(idx threads, idx rows, idx steps, idx n, C a, C h0, C tape, C 
 }
 
 /* hc: the previous state, planar (h then c), updated in place */
-static void lstm_step(idx n, C u, C a, C p, C bias, R hc, R gate, R out) {
+static void lstm_step(idx n, C u, C a, C p, C bias, R hc, R gate, R out, R hidden) {
     #pragma omp simd
     for (idx i = 0; i < n; i++) {
         real h = hc[i], c = hc[n + i];
@@ -94,12 +96,13 @@ static void lstm_step(idx n, C u, C a, C p, C bias, R hc, R gate, R out) {
         real tanh_c = TANH(c_next), h_next = o * tanh_c;
         gate[i] = f; gate[n + i] = cand; gate[2 * n + i] = o; gate[3 * n + i] = tanh_c;
         out[2 * i] = c_next; out[2 * i + 1] = h_next;
+        if (hidden) hidden[i] = h_next;
         hc[i] = h_next; hc[n + i] = c_next;
     }
 }
 
 void lstm_forward(idx threads, idx rows, idx steps, idx n, C pre, C a, C p, C bias, C h0,
-                  R tape, R states, R hcs) {
+                  R tape, R states, R hidden, R hcs) {
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (idx b = 0; b < rows; b++) {
         real *hc = hcs + THREAD * 2 * n;
@@ -109,20 +112,35 @@ void lstm_forward(idx threads, idx rows, idx steps, idx n, C pre, C a, C p, C bi
         }
         for (idx t = 0; t < steps; t++) {
             idx at = b * steps + t;
-            lstm_step(n, pre + at * 3 * n, a, p, bias, hc, tape + at * 4 * n, states + at * 2 * n);
+            lstm_step(n, pre + at * 3 * n, a, p, bias, hc, tape + at * 4 * n, states + at * 2 * n,
+                      hidden ? hidden + at * n : 0);
         }
     }
 }
 
-/* grad_w: (a_f, a_c, a_o, p_f, p_o); carry: planar (c, h) */
-static void lstm_adjoint_step(idx n, C a, C p, C prev, C gate, C g, R gp, R grad_w, R grad_b,
+/* carry (planar (c, h)) += the gradients of a step's outputs: g interleaved (c, h) and
+   g_hidden (h), either NULL. Loops of their own: a test inside the adjoint step's loop
+   stops the compiler from vectorising it. */
+static void add_output_gradients(idx n, C g, C g_hidden, R carry) {
+    if (g) {
+        #pragma omp simd
+        for (idx i = 0; i < n; i++) { carry[i] += g[2 * i]; carry[n + i] += g[2 * i + 1]; }
+    }
+    if (g_hidden) {
+        #pragma omp simd
+        for (idx i = 0; i < n; i++) carry[n + i] += g_hidden[i];
+    }
+}
+
+/* grad_w: (a_f, a_c, a_o, p_f, p_o); carry: planar (c, h), the outputs' gradients added */
+static void lstm_adjoint_step(idx n, C a, C p, C prev, C gate, R gp, R grad_w, R grad_b,
                               R carry) {
     #pragma omp simd
     for (idx i = 0; i < n; i++) {
         real c = prev[2 * i], h = prev[2 * i + 1];
         real f = gate[i], cand = gate[n + i], o = gate[2 * n + i], tanh_c = gate[3 * n + i];
         real c_next = cand + f * (c - cand);
-        real lam_c = g[2 * i] + carry[i], lam_h = g[2 * i + 1] + carry[n + i];
+        real lam_c = carry[i], lam_h = carry[n + i];
         real d_f = f * (1 - f) * (c - cand);     /* dc'/d pre_f */
         real d_c = (1 - f) * (1 - cand * cand);  /* dc'/d pre_c */
         real d_o = o * (1 - o) * tanh_c;         /* dh'/d pre_o */
@@ -138,7 +156,8 @@ static void lstm_adjoint_step(idx n, C a, C p, C prev, C gate, C g, R gp, R grad
 }
 
 void lstm_backward(idx threads, idx rows, idx steps, idx n, C a, C p, C h0, C tape, C states,
-                   C grad_states, R grad_pre, R grad_h0, R grad_ws, R grad_bs, R carries) {
+                   C grad_states, C grad_hidden, R grad_pre, R grad_h0, R grad_ws, R grad_bs,
+                   R carries) {
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (idx b = 0; b < rows; b++) {
         real *grad_w = grad_ws + THREAD * 5 * n, *grad_b = grad_bs + THREAD * 3 * n;
@@ -146,9 +165,10 @@ void lstm_backward(idx threads, idx rows, idx steps, idx n, C a, C p, C h0, C ta
         for (idx i = 0; i < 2 * n; i++) carry[i] = 0;
         for (idx t = steps - 1; t >= 0; t--) {
             idx at = b * steps + t;
+            add_output_gradients(n, grad_states ? grad_states + at * 2 * n : 0,
+                                 grad_hidden ? grad_hidden + at * n : 0, carry);
             lstm_adjoint_step(n, a, p, t ? states + (at - 1) * 2 * n : h0 + b * 2 * n,
-                              tape + at * 4 * n, grad_states + at * 2 * n, grad_pre + at * 3 * n,
-                              grad_w, grad_b, carry);
+                              tape + at * 4 * n, grad_pre + at * 3 * n, grad_w, grad_b, carry);
         }
         for (idx i = 0; i < n; i++) {
             grad_h0[b * 2 * n + 2 * i] = carry[i];
@@ -180,9 +200,12 @@ class CompiledLoop:
         self.library, self.lstm = library, kind == "lstm"
         self.recurrent_weights = recurrent_weights
 
-    def forward(self, parameters: dict, x: torch.Tensor, h0: torch.Tensor):
-        """``(states, tape)`` over ``x`` ``(B, T, 3N)`` from ``h0`` ``(B, S)``: the tape holds
-        the gates (GRU ``(B, T, 3, N)``, LSTM ``(B, T, 4, N)``) for :meth:`backward`."""
+    def forward(self, parameters: dict, x: torch.Tensor, h0: torch.Tensor, hidden: bool = False):
+        """``(states, tape, h)`` over ``x`` ``(B, T, 3N)`` from ``h0`` ``(B, S)``: the tape holds
+        the gates (GRU ``(B, T, 3, N)``, LSTM ``(B, T, 4, N)``) for :meth:`backward`; ``h``
+        is the LSTM's hidden part of the states ``(B, T, N)`` as a tensor of its own when
+        ``hidden`` (what a layer outputs: no strided copy of the interleaved states), else
+        None (and always None for the GRU, whose states are its hidden states)."""
         with torch.no_grad():
             weights = [w.contiguous() for w in self.recurrent_weights(parameters)]
             bias = parameters.get("bias")
@@ -193,21 +216,26 @@ class CompiledLoop:
         tape = x.new_empty(batch, steps, 4 if self.lstm else 3, n)
         states = x.new_empty(batch, steps, 2 * n if self.lstm else n)
         threads = _cbuild.threads(batch)
+        h = x.new_empty(batch, steps, n) if hidden and self.lstm else None
         if self.lstm:
             _cbuild.call(self.library.lstm_forward, threads, batch, steps, n, x, *weights, bias, h0,
-                         tape, states, x.new_empty(threads, 2 * n))
+                         tape, states, h, x.new_empty(threads, 2 * n))
         else:
             _cbuild.call(self.library.gru_forward, threads, batch, steps, n, x, *weights, bias, h0,
                          tape, states)
-        return states, tape
+        return states, tape, h
 
-    def backward(self, parameters: dict, tape, states, h0, grad_states):
-        """``(grad_x, grad_h0, grads)`` of the loop :meth:`forward` ran: ``grads`` by
-        parameter name, for the parameters that require grad."""
+    def backward(self, parameters: dict, tape, states, h0, grad_states, grad_hidden=None):
+        """``(grad_x, grad_h0, grads)`` of the loop :meth:`forward` ran, from the gradients
+        of its states and (LSTM) of its ``h``, either None where zero (the GRU's
+        ``grad_states`` always given): ``grads`` by parameter name, for the parameters that
+        require grad."""
         batch, steps, _, n = tape.shape
         with torch.no_grad():
             weights = [w.contiguous() for w in self.recurrent_weights(parameters)]
-        h0, grad_states = h0.contiguous(), grad_states.contiguous()
+        h0 = h0.contiguous()
+        grad_states, grad_hidden = (None if g is None else g.contiguous()
+                                    for g in (grad_states, grad_hidden))
         grad_x = tape.new_empty(batch, steps, 3 * n)
         grad_h0 = torch.empty_like(h0)
         threads = _cbuild.threads(batch)
@@ -216,8 +244,9 @@ class CompiledLoop:
         grad_w = tape.new_zeros(threads, 5 if self.lstm else 3, n)
         grad_b = tape.new_zeros(threads, 3, n)
         carry = tape.new_empty(threads, 2 * n if self.lstm else n)
+        gradients = (grad_states, grad_hidden) if self.lstm else (grad_states,)
         _cbuild.call(self.library.lstm_backward if self.lstm else self.library.gru_backward,
-                     threads, batch, steps, n, *weights, h0, tape, states, grad_states, grad_x,
+                     threads, batch, steps, n, *weights, h0, tape, states, *gradients, grad_x,
                      grad_h0, grad_w, grad_b, carry)
         grad_w, grad_b = grad_w.sum(0), grad_b.sum(0)
         grads = {}

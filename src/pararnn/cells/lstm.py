@@ -78,6 +78,10 @@ class ParaLSTMCell(Cell):
         pairs = state.unflatten(-1, (-1, 2))
         return pairs[..., 1], pairs[..., 0]
 
+    def hidden(self, states: torch.Tensor) -> torch.Tensor:
+        """``h`` of interleaved states ``(..., 2H)``: a stride-2 view ``(..., H)``."""
+        return self.unpack_state(states)[0]
+
     def _step_parameters(self):
         """``(a_f, a_c, a_o, p_f, p_o, b_f, b_c, b_o)``: the rows of the clipped weights and
         of the bias (Nones without)."""

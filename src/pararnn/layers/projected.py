@@ -32,14 +32,14 @@ class _ProjectedRNN(SequenceModule):
         self.cell = self.cell_class(hidden_size, recurrent_clip=recurrent_clip, bias=bias,
                                     device=device, dtype=dtype)
 
-    def _run(self, x, h0, resets, cu_seqlens):
+    def _run(self, x, h0, resets, cu_seqlens, hidden=False):
         weight_dtype = self.projection.weight.dtype
         if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(
                 f"x has dtype {x.dtype} but the layer's parameters are {weight_dtype}; pass x in "
                 f"{weight_dtype}, or run under torch.autocast for mixed precision"
             )
-        return self._solve(self.cell, self.projection(x), h0, resets, cu_seqlens)
+        return self._solve(self.cell, self.projection(x), h0, resets, cu_seqlens, hidden)
 
 
 class ParaGRU(_ProjectedRNN):
@@ -85,7 +85,7 @@ class ParaLSTM(_ProjectedRNN):
             if h0.dtype != c0.dtype:
                 raise TypeError(f"h0 and c0 must share one dtype, got {h0.dtype} and {c0.dtype}")
             packed = ParaLSTMCell.pack_state(h0, c0)
-        states, final = self._run(x, packed, resets, cu_seqlens)
-        output, _ = ParaLSTMCell.unpack_state(states)
+        # h only: the CPU training loop then writes it contiguously (pararnn.solve)
+        output, final = self._run(x, packed, resets, cu_seqlens, hidden=True)
         h_n, c_n = ParaLSTMCell.unpack_state(final)
         return output, (h_n, c_n)

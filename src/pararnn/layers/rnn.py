@@ -52,8 +52,9 @@ class SequenceModule(nn.Module):
             what = "unbatched x: (state_size,)" if x.dim() == 2 else "(batch, state_size)"
             raise ValueError(f"{h0_name} must have shape {expected} ({what}), got {tuple(h0.shape)}")
 
-    def _solve(self, cell, x, h0, resets, cu_seqlens):
-        """Run the solver on batch-first or time-first, batched or unbatched input."""
+    def _solve(self, cell, x, h0, resets, cu_seqlens, hidden=False):
+        """Run the solver on batch-first or time-first, batched or unbatched input
+        (``hidden``: see :func:`pararnn.solve`)."""
         unbatched = x.dim() == 2
         if unbatched:
             x = x.unsqueeze(0)
@@ -63,7 +64,7 @@ class SequenceModule(nn.Module):
             x = x.transpose(0, 1)
             resets = None if resets is None else resets.transpose(0, 1)
         states, h_n, info = solve(cell, x, h0, mode=self.mode, newton=self.newton, resets=resets,
-                                  cu_seqlens=cu_seqlens, backend=self.backend)
+                                  cu_seqlens=cu_seqlens, backend=self.backend, hidden=hidden)
         # plain attribute write: nn.Module.__setattr__'s checks are host time on every call
         object.__setattr__(self, "last_solve", info)
         if unbatched:

@@ -21,13 +21,18 @@ from .newton import (LoopSolve, ParallelSolve, handle_failure, newton_solve, sca
 # cell once) from 512 per intra-op thread: Newton's whole-sequence passes split over the
 # threads, the loop's small steps do not (ParaGRU and ParaLSTM, T = 128, 1 thread:
 # crossover between 128 and 512). Measured in BENCHMARKS.md ("CPU training path").
+# A cell that trains through its compiled C loop (Cell.compiled_loop: ParaGRU/ParaLSTM,
+# float32/float64, sequences from t = 0) takes the loop with gradients from 128 per thread:
+# its C adjoint beat Newton at every width measured, from 128 (1 thread, B = 8: 2.6-4.7x
+# for ParaGRU at 128-1024, 7-17x for ParaLSTM at 256-1024; "CPU training path, round 5").
 CPU_SEQUENTIAL_MIN_WIDTH = 768
 CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD = 512
+CPU_SEQUENTIAL_MIN_WIDTH_GRAD_COMPILED_PER_THREAD = 128
 
 
 def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = "auto",
           newton: NewtonConfig | None = None, resets: torch.Tensor | None = None,
-          cu_seqlens: torch.Tensor | None = None, backend: str = "auto"):
+          cu_seqlens: torch.Tensor | None = None, backend: str = "auto", hidden: bool = False):
     """Apply ``cell`` over a whole sequence.
 
     Args:
@@ -37,9 +42,10 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             zeros if None.
         mode: ``"sequential"`` (step loop), ``"parallel"`` (Newton + scan) or ``"auto"``:
             sequential for a single step, and on the CPU once ``B * state_size`` is at
-            least 768 without gradients, or 512 per torch thread with them; parallel
-            otherwise (the fused kernels then pick their own sequential/segmented plan
-            per shape).
+            least 768 without gradients, or with them 128 per torch thread where the
+            cell trains through its C loop (ParaGRU/ParaLSTM) and 512 per thread
+            elsewhere; parallel otherwise (the fused kernels then pick their own
+            sequential/segmented plan per shape).
         newton: :class:`NewtonConfig` for the parallel mode (default ``NewtonConfig()``).
         resets: optional bool ``(B, T)``; True where the state restarts from ``h0``.
         cu_seqlens: optional cumulative lengths ``(S + 1,)`` of sequences packed in
@@ -47,12 +53,17 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             (the fused kernels run packed sequences that start from zeros, ``h0=None``).
         backend: ``"auto"`` (Triton kernels on CUDA where they apply, else PyTorch),
             ``"torch"`` or ``"triton"`` (see :mod:`pararnn.solver.backends`).
+        hidden: return :meth:`cell.hidden(states) <pararnn.Cell.hidden>` (what a layer
+            outputs: ParaLSTM's ``h``) in place of all the states. Training through the C
+            loop on the CPU then writes it as a contiguous tensor of its own, whose gradient
+            goes to the loop's backward as it is (the view's gradient would be a zero-filled
+            one of all the states).
 
     Returns:
-        ``(states, h_n, info)``: all states ``(B, T, N)`` in the dtype of ``x``, the final
-        state of each sequence in the compute dtype (float32 for bfloat16/float16 ``x``,
-        so that feeding it back, e.g. from a decode cache, does not round the state), and a
-        :class:`SolveInfo`.
+        ``(states, h_n, info)``: all states ``(B, T, N)`` (the hidden ones with ``hidden``)
+        in the dtype of ``x``, the final state of each sequence in the compute dtype (float32
+        for bfloat16/float16 ``x``, so that feeding it back, e.g. from a decode cache, does
+        not round the state), and a :class:`SolveInfo`.
     """
     config = check_options(mode, newton, backend)
     dtype, sequences = check_inputs(cell, x, h0, resets, cu_seqlens)
@@ -64,8 +75,9 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
     fused = None if packed_with_h0 else select_fused(cell, x, backend)
     auto = mode == "auto"
     if auto:
-        mode = _auto_mode(cell, x, h0, fused)
+        mode = _auto_mode(cell, x, h0, fused, sequences)
 
+    hidden_states = None  # written by the C loop only
     with _no_autocast(x.device.type):
         if fused is not None and (mode == "parallel" or not _needs_grad(cell, x, h0)):
             # the kernels read bf16 input as it is and compute in fp32 (no upcast copy)
@@ -90,7 +102,8 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
             if auto and _needs_grad(cell, x, h0) and not torch.compiler.is_compiling():
                 # training through the loop: the adjoint backward instead of autograd's
                 # node per op and step (mode="sequential" keeps those: double backward)
-                states = LoopSolve.apply(cell, sequences, xc, h0c, *cell.parameters())
+                states, hidden_states = LoopSolve.apply(cell, sequences, hidden, xc, h0c,
+                                                        *cell.parameters())
             else:
                 states = sequential_solve(cell, xc, h0c, sequences)
             info = SolveInfo(mode="sequential", backend="torch")
@@ -107,7 +120,11 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
                 states, info = newton_solve(cell, xc, h0c, sequences, config, linear_solver, name)
     # the final state stays in the compute dtype: a decode cache that feeds it back must
     # not round the state to bfloat16 every token
-    out = states if states.dtype == out_dtype else states.to(out_dtype)
+    out = states
+    if hidden:
+        out = cell.hidden(states) if hidden_states is None else hidden_states
+    if out.dtype != out_dtype:
+        out = out.to(out_dtype)
     return out, sequences.final_states(states), info
 
 
@@ -124,15 +141,21 @@ def _initial(h0, n_init: int, cell, x, dtype):
     return x.new_zeros(n_init, cell.state_size, dtype=dtype) if h0 is None else h0.to(dtype)
 
 
-def _auto_mode(cell, x, h0, fused) -> str:
+def _auto_mode(cell, x, h0, fused, sequences) -> str:
     """The measured choice between the step loop and Newton (fused kernels choose inside)."""
     batch, steps, _ = x.shape
     if steps == 1:
         return "sequential"
     if fused is None and x.device.type == "cpu":
-        wide = (CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD * torch.get_num_threads()
-                if _needs_grad(cell, x, h0) else CPU_SEQUENTIAL_MIN_WIDTH)
-        if batch * cell.state_size >= wide:
+        width, threads = batch * cell.state_size, torch.get_num_threads()
+        if not _needs_grad(cell, x, h0):
+            return "sequential" if width >= CPU_SEQUENTIAL_MIN_WIDTH else "parallel"
+        if width >= CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD * threads:
+            return "sequential"
+        # the compiled loop asked for last: its first call builds the C code
+        if (width >= CPU_SEQUENTIAL_MIN_WIDTH_GRAD_COMPILED_PER_THREAD * threads
+                and sequences.starts_only_at_zero and not torch.compiler.is_compiling()
+                and cell.compiled_loop(x) is not None):
             return "sequential"
     return "parallel"
 

@@ -276,31 +276,38 @@ class LoopSolve(torch.autograd.Function):
     it picks the loop (on the CPU): autograd through the loop records ~15 nodes per step
     and runs them one step at a time. Exact for the states the loop returns, like
     :class:`ParallelSolve`; no double backward (``mode="sequential"`` has it).
+
+    Returns ``(states, hidden)``: with ``hidden=True`` a compiled loop that writes
+    :meth:`~pararnn.Cell.hidden` as a tensor of its own (ParaLSTM) returns it there, and its
+    backward takes that tensor's gradient as it is; otherwise ``hidden`` is None.
     """
 
     @staticmethod
-    def forward(ctx, cell, sequences, x, h0, *params):
+    def forward(ctx, cell, sequences, hidden, x, h0, *params):
         # a compiled loop (ParaGRU/ParaLSTM on the CPU) handles sequences that start at t = 0
         ctx.compiled = cell.compiled_loop(x) if sequences.starts_only_at_zero else None
         if ctx.compiled is not None:
-            states, ctx.tape = ctx.compiled.forward(dict(cell.named_parameters()), x, h0)
+            states, ctx.tape, hidden = ctx.compiled.forward(dict(cell.named_parameters()), x, h0,
+                                                            hidden)
         else:
             step, ctx.tape = cell.taping_stepper(x)  # what linearize need not recompute
-            states = sequential_solve(cell, x, h0, sequences, step)
+            states, hidden = sequential_solve(cell, x, h0, sequences, step), None
+        if hidden is not None:  # the C backward reads a missing gradient as zeros, unfilled
+            ctx.set_materialize_grads(False)
         _save_solve(ctx, cell, sequences, x, h0, states, params)
-        return states
+        return states, hidden
 
     @staticmethod
-    def backward(ctx, grad_states):
+    def backward(ctx, grad_states, grad_hidden):
         cell, sequences, (x, h0, states, *params) = _saved_solve(ctx)
         structure = cell.structure
-        need_x, need_h0, *need_params = ctx.needs_input_grad[2:]
+        need_x, need_h0, *need_params = ctx.needs_input_grad[3:]
         params_in = [p.detach().requires_grad_(need) for p, need in zip(params, need_params)]
         weights = dict(zip(ctx.param_names, params_in))
         if ctx.compiled is not None:
             grad_x, grad_h0, grads = ctx.compiled.backward(weights, ctx.tape, states, h0,
-                                                           grad_states)
-            return (None, None, grad_x if need_x else None, grad_h0 if need_h0 else None,
+                                                           grad_states, grad_hidden)
+            return (None, None, None, grad_x if need_x else None, grad_h0 if need_h0 else None,
                     *(grads.get(name) for name in ctx.param_names))
         batch, steps, width = states.shape
         chunk = max(1, CHUNK_ENTRIES // (batch * width))
@@ -346,4 +353,4 @@ class LoopSolve(torch.autograd.Function):
             with torch.enable_grad():
                 grad_h0, = torch.autograd.grad(sequences.previous_states(states, h0_in), h0_in,
                                                grad_prev)
-        return (None, None, grad_x, grad_h0, *grad_params)
+        return (None, None, None, grad_x, grad_h0, *grad_params)
