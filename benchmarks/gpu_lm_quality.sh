@@ -11,9 +11,11 @@
 #   code-byte, code-bpe          --data python:packages (the .py files of the standard
 #                                library and site-packages, up to 400M characters)
 #   shakespeare-byte, -bpe       --data $SHAKESPEARE (benchmarks/get_corpus.sh; skipped if unset)
-#   prose-byte, -bpe             --data $PROSE (benchmarks/get_prose_corpus.sh: ~40 MB of
-#                                English, Wikipedia leads, the KJV Bible, Shakespeare and the
-#                                docs of 13 Python projects; skipped if unset)
+#   prose-byte, -bpe             --data $PROSE (benchmarks/get_prose_corpus.sh: 41 MB of
+#                                English: Wikipedia leads, the KJV Bible, Shakespeare and the
+#                                docs of 13 Python projects; 100M tokens are ~2.6 epochs of
+#                                its training split as bytes, ~8 as BPE tokens of ~3.1 bytes;
+#                                skipped if unset)
 # BPE: one 4096-token vocabulary per sweep, trained on its training split.
 #
 # Safe to re-run: finished runs are skipped and interrupted ones resume from a checkpoint
