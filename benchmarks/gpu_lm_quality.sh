@@ -11,6 +11,11 @@
 #   code-byte, code-bpe          --data python:packages (the .py files of the standard
 #                                library and site-packages, up to 400M characters)
 #   shakespeare-byte, -bpe       --data $SHAKESPEARE (benchmarks/get_corpus.sh; skipped if unset)
+#   prose-byte, -bpe             --data $PROSE (benchmarks/get_prose_corpus.sh: 41 MB of
+#                                English: Wikipedia leads, the KJV Bible, Shakespeare and the
+#                                docs of 13 Python projects; 100M tokens are ~2.6 epochs of
+#                                its training split as bytes, ~8 as BPE tokens of ~3.1 bytes;
+#                                skipped if unset)
 # BPE: one 4096-token vocabulary per sweep, trained on its training split.
 #
 # Safe to re-run: finished runs are skipped and interrupted ones resume from a checkpoint
@@ -30,9 +35,10 @@
 #                  (default SECONDS): a run starts only if it and the runs in flight are
 #                  predicted to finish within it (H200 speeds in pararnn.train.sweep), so a
 #                  chain that ends leaves no half-done run behind
-#   SWEEPS         default "code-byte code-bpe shakespeare-byte shakespeare-bpe"
-#   SHAKESPEARE    folder of the second corpus (a path relative to the repository root
-#                  stays the same on every machine)
+#   SWEEPS         default "code-byte code-bpe shakespeare-byte shakespeare-bpe prose-byte
+#                  prose-bpe"
+#   SHAKESPEARE, PROSE  folders of the English corpora (a path relative to the repository
+#                  root stays the same on every machine)
 #   RESTORE        a PACK of an earlier call, unpacked without overwriting newer files
 #   JOBS           concurrent runs in stages lr and seeds (default 8)
 #   SHAKESPEARE_FINAL_STEPS  final-run steps on Shakespeare (default 6104 = 100M tokens: ~20
@@ -40,8 +46,10 @@
 #                  and save ~1800 device-seconds per sweep for every 100M tokens cut)
 #   DEVICE, EXTRA  --device (default cuda) and more `pararnn sweep` flags (CPU dry runs)
 #
-# Example, three calls of one session (lead's machine: carry runs/state and data/shakespeare):
-#   CHAIN_SECONDS=1560 SHAKESPEARE=data/shakespeare RESTORE=runs/state/lm_quality.tar.gz \
+# Example, three calls of one session (lead's machine: carry runs/state, data/shakespeare
+# and data/prose, ~45 MB together):
+#   CHAIN_SECONDS=1560 SHAKESPEARE=data/shakespeare PROSE=data/prose \
+#     RESTORE=runs/state/lm_quality.tar.gz \
 #     benchmarks/gpu_lm_quality.sh runs/lm_quality 560 $OUT/lm_quality.tar.gz
 #   (then CHAIN_SECONDS=1000, then 440, each within 30 s of the last)
 set -uo pipefail
@@ -50,7 +58,7 @@ seconds=${2:?usage: benchmarks/gpu_lm_quality.sh OUTDIR SECONDS [PACK]}
 pack=${3:-${outdir%/}.tar.gz}
 start=$(date +%s)
 chain=${CHAIN_SECONDS:-$seconds}
-sweeps=${SWEEPS:-code-byte code-bpe shakespeare-byte shakespeare-bpe}
+sweeps=${SWEEPS:-code-byte code-bpe shakespeare-byte shakespeare-bpe prose-byte prose-bpe}
 jobs=${JOBS:-8}
 device=${DEVICE:-cuda}
 margin=45  # stopping the runs in flight (each saves a checkpoint), the report and the pack
@@ -68,10 +76,11 @@ fi
 args_of() {  # the `pararnn sweep` flags of one sweep name
     local corpus=${1%-*} tokenizer=${1##*-}
     local data=python:packages stages=lr,seeds,throughput final=6104
-    if [ "$corpus" = shakespeare ]; then
-        data=${SHAKESPEARE:-} stages=lr,seeds final=${SHAKESPEARE_FINAL_STEPS:-6104}
-        [ -n "$data" ] && [ -d "$data" ] || return 1
-    fi
+    case $corpus in  # the English corpora: a folder named by the environment, or skipped
+        shakespeare) data=${SHAKESPEARE:-} stages=lr,seeds final=${SHAKESPEARE_FINAL_STEPS:-6104} ;;
+        prose) data=${PROSE:-} stages=lr,seeds ;;
+    esac
+    if [ "$corpus" != code ]; then [ -n "$data" ] && [ -d "$data" ] || return 1; fi
     # shellcheck disable=SC2086  # EXTRA is a list of flags
     echo --out "$outdir/$1" --data "$data" --tokenizer "$tokenizer" --vocab-size 4096 \
         --size small --seq-len 512 --batch-size 32 --lr-steps 400 --final-steps "$final" \
@@ -82,7 +91,8 @@ args_of() {  # the `pararnn sweep` flags of one sweep name
 echo "--- plan (device-seconds from the H200 speeds in pararnn.train.sweep; runs sharing the GPU add up)"
 pids=()
 for name in $sweeps; do  # the dry runs at once: each is mostly `import torch`
-    if ! args=$(args_of "$name"); then echo "$name: skipped (set SHAKESPEARE to its folder)" > "$outdir/.plan_$name"; continue; fi
+    corpus=${name%-*}
+    if ! args=$(args_of "$name"); then echo "$name: skipped (set ${corpus^^} to its folder)" > "$outdir/.plan_$name"; continue; fi
     # shellcheck disable=SC2086
     python3 -m pararnn sweep $args --dry-run 2>&1 | grep -E '^(stage|estimate|pararnn)' | sed "s/^/$name: /" \
         > "$outdir/.plan_$name" &
