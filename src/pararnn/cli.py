@@ -444,7 +444,7 @@ def cmd_bench_decode(args, parser) -> None:
         models = [(ckpt.meta["model"], model)]
     else:
         device = pick_device(args.device)
-        models = [(entry, None) for entry in _model_blocks(args.models, args.block)]
+        models = [(name, None) for name in _model_blocks(args.models, args.block)]
     rows = []
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     meta = {"command": "pararnn " + " ".join(sys.argv[1:]), "device_name": device_name,
@@ -454,10 +454,9 @@ def cmd_bench_decode(args, parser) -> None:
           f"{'step ms':>9}{'peak MiB':>10}{'state MiB':>11}  step")
     for name, model in models:
         if model is None:
-            model_name, block = name
-            name = model_name if block == args.block else f"{model_name}:{block}"
+            model_name, _, block = name.partition(":")
             torch.manual_seed(0)
-            model = build_model(preset(model_name, args.size, block=block)).to(device).eval()
+            model = build_model(preset(model_name, args.size, block=block or args.block)).to(device).eval()
         generator = _generator(model, device, args)
         for batch in batches:
             for context in contexts:
@@ -564,15 +563,16 @@ def cmd_sweep(args, parser) -> None:
                          "re-run the same command to retry them")
 
 
-def _model_blocks(text: str, default_block: str) -> list[tuple[str, str]]:
-    """``--models`` entries ``MODEL`` or ``MODEL:BLOCK`` as (model, block) pairs."""
+def _model_blocks(text: str, default_block: str) -> list[str]:
+    """The ``--models`` entries, checked: ``MODEL``, or ``MODEL:BLOCK`` where the block is
+    not ``default_block`` (then written as plain ``MODEL``, the name its rows get)."""
     entries = []
     for item in (item.strip() for item in text.split(",") if item.strip()):
         model, _, block = item.partition(":")
         if model not in MODELS or (block and block not in BLOCKS):
             raise ValueError(f"--models entries must be MODEL or MODEL:BLOCK with a model from "
                              f"{', '.join(MODELS)} and a block from {', '.join(BLOCKS)}, got {item!r}")
-        entries.append((model, block or default_block))
+        entries.append(model if block in ("", default_block) else item)
     if not entries:
         raise ValueError(f"--models must name at least one model, got {text!r}")
     return entries

@@ -63,11 +63,12 @@ def optional_flags(bias, h0, resets) -> dict:
     return {"HAS_BIAS": bias is not None, "HAS_H0": h0 is not None, "HAS_RST": resets is not None}
 
 
-def reject_double_backward(op: str) -> None:
-    """Raise if a fused backward is being differentiated (``create_graph=True``)."""
+def reject_double_backward(op: str, remedy: str = "use mode='sequential'") -> None:
+    """Raise if a fused backward (of ``op``, e.g. "ParaGRU solve") is being differentiated
+    (``create_graph=True``); the message names ``remedy``, the way to higher-order gradients."""
     if torch.is_grad_enabled():
-        raise RuntimeError(f"the fused {op} solve does not support double backward "
-                           "(create_graph=True); use mode='sequential' for higher-order gradients")
+        raise RuntimeError(f"the fused {op} does not support double backward "
+                           f"(create_graph=True); {remedy} for higher-order gradients")
 
 
 @triton.jit
@@ -194,7 +195,8 @@ CUDA_TILES = {"gru_fwd": (128, 1, 4), "gru_bwd": (128, 1, 4),
               "lstm_fwd": (128, 1, 4), "lstm_bwd": (64, 2, 1)}
 
 
-def _multiprocessors(device: torch.device) -> int:
+def multiprocessors(device: torch.device) -> int:
+    """SMs of a CUDA ``device``."""
     # not cached here: eager calls get here only when the plan cache misses, and
     # torch.compile folds get_device_properties to a constant (an lru_cache it would
     # warn about and bypass)
@@ -227,7 +229,7 @@ def _plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_
     if sequential:
         seg_len = steps
     elif seg_len is None:
-        sms = _multiprocessors(device) if device.type == "cuda" else 1
+        sms = multiprocessors(device) if device.type == "cuda" else 1
         want = sms * chains_per_sm // max(1, batch * channels)
         if want <= 2 or steps <= 2 * min_seg_len:
             seg_len = steps  # measured: warm-up and boundary rounds don't pay off here

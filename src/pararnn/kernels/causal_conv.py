@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from .._grad import needs_grad
-from ._fused_common import cdiv, next_power_of_2, sigmoid, tl, triton
+from ._fused_common import (cdiv, multiprocessors, next_power_of_2, reject_double_backward, sigmoid,
+                            tl, triton)
 
 __all__ = ["causal_conv1d", "causal_conv1d_naive", "forward", "backward"]
 
@@ -141,16 +142,13 @@ def _part_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _multiprocessors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-
-
 def _runs(batch: int, steps: int, channels: int, device: torch.device) -> tuple[int, int]:
     """``(runs, tiles_per_run)``: the backward's time blocks split into ``runs`` runs of
     ``tiles_per_run`` blocks (no run empty) per (row, channel block)."""
     block_t, block_c, _ = _tile(device)
     tiles = cdiv(steps, block_t)
-    want = cdiv(PROGRAMS_PER_SM * _multiprocessors(device), batch * cdiv(channels, block_c))
+    sms = multiprocessors(device) if device.type == "cuda" else 1
+    want = cdiv(PROGRAMS_PER_SM * sms, batch * cdiv(channels, block_c))
     per_run = cdiv(tiles, max(1, min(tiles, want)))
     return cdiv(tiles, per_run), per_run
 
@@ -224,9 +222,7 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
 
 
 def _reject_double_backward() -> None:
-    if torch.is_grad_enabled():
-        raise RuntimeError("the fused causal conv's backward does not support double backward "
-                           "(create_graph=True); use causal_conv1d_naive for higher-order gradients")
+    reject_double_backward("causal conv's backward", remedy="use causal_conv1d_naive")
 
 
 class _CausalConv1d(torch.autograd.Function):

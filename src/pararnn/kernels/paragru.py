@@ -463,7 +463,7 @@ def _gradients(ctx, grad_states, through_op: bool):
     registered op's backward calls the backward op: torch.compile traces it with fake
     tensors (AOTAutograd's joint graph), which a Triton launch cannot take; the eager
     Function calls the kernels directly, without the dispatcher's host cost."""
-    reject_double_backward("ParaGRU")
+    reject_double_backward("ParaGRU solve")
     pre, a, bias, h0, resets, states = ctx.saved_tensors
     grad_states = grad_states.contiguous()
     if through_op:
