@@ -98,7 +98,9 @@ for name in $sweeps; do  # the dry runs at once: each is mostly `import torch`
         > "$outdir/.plan_$name" &
     pids+=($!)
 done
-wait "${pids[@]}"  # (a bare `wait` would also wait for the log's tee)
+# (a bare `wait` would also wait for the log's tee: it never returns, so no `wait` at all
+# when every sweep was skipped)
+[ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
 total=0
 for name in $sweeps; do
     cat "$outdir/.plan_$name"
