@@ -39,7 +39,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 KERNEL_SIZE = 4
 HBM_BYTES_PER_S = 4.2e12
 # (CUDA_TILE, PROGRAMS_PER_SM) launch configurations of --sweep; the first is the default
-SWEEP = [((32, 64, 4), 16), ((16, 64, 2), 16), ((64, 64, 4), 16), ((32, 128, 4), 16),
+SWEEP = [((16, 64, 2), 16), ((32, 64, 4), 16), ((64, 64, 4), 16), ((32, 128, 4), 16),
          ((64, 128, 8), 16), ((32, 64, 4), 8), ((32, 64, 4), 32)]
 
 

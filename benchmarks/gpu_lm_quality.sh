@@ -88,7 +88,7 @@ args_of() {  # the `pararnn sweep` flags of one sweep name
         --stages "$stages" --jobs "$jobs" --device "$device" ${EXTRA:-}
 }
 
-echo "--- plan (device-seconds from the H200 speeds in pararnn.train.sweep; runs sharing the GPU add up)"
+echo "--- plan (device-seconds from the H200 speeds in pararnn.train.sweep; runs sharing the GPU split it)"
 pids=()
 for name in $sweeps; do  # the dry runs at once: each is mostly `import torch`
     corpus=${name%-*}

@@ -377,6 +377,25 @@ def test_stopped_sweep_continues_its_runs_exactly(corpus_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_estimate_counts_a_gain_for_runs_sharing_the_device(tmp_path):
+    """Runs sharing the device do more together than one alone (measured on the H200): the
+    plan divides their work by shared_gain of the runs in a wave, never by more than that."""
+    from pararnn.train.sweep import (STARTUP_S, Entry, Run, SweepConfig, estimate, run_seconds,
+                                     shared_gain)
+    assert shared_gain(1) == 1.0 and shared_gain(0) == 1.0
+    assert shared_gain(5) == pytest.approx(1.2) and shared_gain(8) == pytest.approx(1.35)
+    entries = [Entry("paragru", "paragru", "paper"), Entry("transformer", "transformer", "standard")]
+    for jobs in (1, 2):
+        cfg = SweepConfig(out=str(tmp_path / f"s{jobs}"), entries=entries,
+                          lrs={"paragru": [1e-3, 2e-3], "transformer": [1e-3, 2e-3]}, size="nano",
+                          seq_len=16, batch_size=2, lr_steps=5, eval_every=5, eval_tokens=64,
+                          stages=["lr"], jobs=jobs, tokens_per_s={"paragru": 1.0, "transformer": 2.0})
+        one = {e.name: run_seconds(cfg, Run("lr", e, 1e-3, 0, 5)) for e in entries}
+        work = 2 * (one["paragru"] + one["transformer"])
+        row = estimate(cfg)[0]
+        assert row["device_s"] == pytest.approx(work / shared_gain(jobs) + STARTUP_S * 4 / jobs)
+
+
 def test_sweep_starts_only_runs_that_fit_its_time(corpus_dir, tmp_path, capsys):
     """--finish-within: at the expected speed (here 0.01 tokens/s) no run fits, so none starts,
     the stage is left unfinished and the later stage is not attempted."""

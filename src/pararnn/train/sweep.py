@@ -22,8 +22,8 @@ into ``OUT/tokens`` and the runs read it from there.
 Time budgets (for a GPU lent in calls of a few minutes): ``time_limit`` stops the
 invocation after that many seconds (runs in flight checkpoint and stop); ``finish_within``
 starts a run only if the work in flight plus its own fits in that many seconds, predicted
-from :data:`EXPECTED_TOKENS_PER_S` (runs sharing the device are assumed to split it, so
-that the work of all runs adds up). A stage left unfinished ends the invocation (the next
+from :data:`EXPECTED_TOKENS_PER_S` (runs sharing the device split it, with a small measured
+gain for sharing: :func:`shared_gain`). A stage left unfinished ends the invocation (the next
 stage needs it); re-running continues it.
 
 :func:`write_report` rebuilds ``summary.json``, ``summary.md`` and the validation-curve
@@ -56,6 +56,13 @@ STAGES = ("lr", "seeds", "throughput")
 # other runs, so as a share of the device it counts as about twice that. Used to predict run
 # times for `finish_within` and the driver's plan, nothing else.
 EXPECTED_TOKENS_PER_S = {"transformer": 640e3, "mamba2": 450e3, "paragru": 407e3, "paralstm": 427e3}
+# Runs sharing the device do more work per second together than one run alone: a run at
+# --size small is partly host-bound, so the GPU has room for others. Measured on the H200
+# (2026-12-02, prose-byte sweep): 8 runs together did 1.69 times the work of one alone (the
+# sum over runs of shared / alone tokens/s), 5 runs 1.22. Predictions take k runs to share
+# the device at 1 + SHARED_GAIN_PER_RUN * (k - 1) (1.2 for 5 runs, 1.35 for 8): below both
+# measurements, so a run predicted to fit still does.
+SHARED_GAIN_PER_RUN = 0.05
 STARTUP_S = 45  # per run: start-up, corpus loading, first-step compilation and autotuning
 CKPT_EVERY = 500  # steps between a run's periodic checkpoints
 
@@ -359,6 +366,12 @@ def best_lrs(out: Path, cfg: SweepConfig) -> dict[str, dict]:
     return best
 
 
+def shared_gain(runs: int) -> float:
+    """How many times the work of one run alone ``runs`` runs sharing the device do per
+    second together (:data:`SHARED_GAIN_PER_RUN`)."""
+    return 1.0 + SHARED_GAIN_PER_RUN * max(runs - 1, 0)
+
+
 def run_seconds(cfg: SweepConfig, run: Run, from_step: int = 0) -> float:
     """Predicted device seconds of ``run`` alone from ``from_step`` on: training and
     validation (a forward pass costs about a third of a training step). Start-up
@@ -387,7 +400,8 @@ def estimate(cfg: SweepConfig) -> list[dict]:
         seconds = sum(run_seconds(cfg, r, steps_done(r.folder(out))) for r in left)
         rows.append({"stage": stage, "runs": len(runs), "left": len(left),
                      "tokens_per_run": runs[0].steps * cfg.batch_size * cfg.seq_len,
-                     "device_s": seconds + STARTUP_S * math.ceil(len(left) / jobs)})
+                     "device_s": seconds / shared_gain(min(jobs, len(left)))
+                                 + STARTUP_S * math.ceil(len(left) / jobs)})
     return rows
 
 
@@ -504,7 +518,8 @@ def _fits(cfg: SweepConfig, run: Run, from_step: int, running: list, finish_by: 
     if finish_by is None:
         return True
     in_flight = sum(_remaining_seconds(cfg, r, folder, at, launched) for _, r, folder, _, at, launched in running)
-    return now + STARTUP_S + in_flight + run_seconds(cfg, run, from_step) <= finish_by
+    work = in_flight + run_seconds(cfg, run, from_step)
+    return now + STARTUP_S + work / shared_gain(len(running) + 1) <= finish_by
 
 
 def _remaining_seconds(cfg: SweepConfig, run: Run, folder: Path, at_start: int, launched: float) -> float:
