@@ -77,6 +77,28 @@ def test_max_iters_does_not_bound_the_fused_boundary_rounds(short_segments):
         pararnn.NewtonConfig(boundary_rounds=0)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_default_rounds_converge_for_long_memories(monkeypatch, seed):
+    """The default's boundary rounds: update gates biased to memories of 1 to 3,000 steps
+    (b_z = -log(m - 1)), 8 segments of 32 steps, each started by the plan's usual warm-up
+    walk, converge (no exact rerun) to the sequential states. (With 12 such segments two
+    rounds left 2.8-3.2e-6 and three 1.2e-6: three reach the float32 level of the fused walk
+    against the loop.)"""
+    monkeypatch.setattr(_fused_common, "MIN_SEG_LEN", 32)
+    monkeypatch.setattr(_fused_common, "CHAINS_PER_SM", 1 << 20)
+    torch.manual_seed(seed)
+    layer = pararnn.ParaGRU(4, 16, num_heads=2, mode="parallel", backend="triton", device=DEVICE)
+    with torch.no_grad():
+        memory = torch.logspace(0.3, 3.5, 16)
+        layer.cell.bias[0].copy_(-torch.log(memory - 1))
+    x = torch.randn(2, 256, 4, device=DEVICE)
+    ref, _ = run(layer, x, "sequential", None)
+    out, info = run(layer, x, "parallel", pararnn.NewtonConfig())
+    assert info.segments == 8 and info.boundary_rounds == 3
+    assert info.converged and not info.fell_back
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_converged_fused_lstm_skips_the_rerun(short_segments):
     layer = big_weight_layer(pararnn.ParaLSTM, scale=0.3)
     x = torch.randn(2, 32, 4, device=DEVICE)
