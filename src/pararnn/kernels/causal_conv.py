@@ -15,16 +15,17 @@ is cuDNN's depthwise data and weight gradients. Here the forward is one kernel o
 reads the ``K`` time-shifted copies of its input block (the overlap comes from cache, so
 the input is read about once) and writes the output once.
 
-The backward is one kernel too. The SiLU derivative needs the pre-activation, which it
-recomputes from ``x`` rather than the forward storing it: a stored pre-activation would
-add a tensor written in the forward and read in the backward (7 tensor passes instead of
-5), while recomputing costs ``K`` multiply-adds per element from inputs that the weight
-gradient reads anyway, and keeps the pre-activation in float32. ``dx`` is the transposed
-conv, ``dx[t] = sum_k w[k] dz[t + K - 1 - k]`` with ``dz`` the gradient of the
-pre-activation, so a tile recomputes ``dz`` at its ``K`` shifts. Each program walks a
-run of time blocks of one (row, channel block) and sums its weight and bias gradients in
-registers; each writes one partial row, and one ``sum`` over the rows reduces them
-afterwards: deterministic (no atomics), so gradients are reproducible run to run.
+The backward needs ``dz``, the gradient of the pre-activation, at ``K`` time shifts per
+tile: ``dx`` is the transposed conv, ``dx[t] = sum_k w[k] dz[t + K - 1 - k]``. With SiLU,
+``dz = dy * silu'(z)`` needs the pre-activation ``z``, recomputed from ``x`` rather than
+stored by the forward (a tensor written there and read here). A first kernel computes
+``dz`` once per element into a float32 buffer; the conv's backward kernel then reads its
+``K`` shifts from cache. (Recomputing ``dz`` at every shift inside one kernel, as the
+first version did, costs ``K`` pre-activations and sigmoids per element: it ran at 8-19x
+the memory floor on the H200.) Each program of the second kernel walks a run of time
+blocks of one (row, channel block) and sums its weight and bias gradients in registers;
+each writes one partial row, and one ``sum`` over the rows reduces them afterwards:
+deterministic (no atomics), so gradients are reproducible run to run.
 
 Dtypes as the module under autocast: ``weight`` and ``bias`` are rounded to ``x``'s dtype
 (as ``weight.to(x.dtype)`` does), the math is in float32 (float64 for float64 input),
@@ -88,8 +89,25 @@ def _conv1d_fwd_kernel(X, W, BIAS, Y, T, C, sxb, sxt, K: tl.constexpr, SILU: tl.
 
 
 @triton.jit
-def _conv1d_bwd_kernel(X, W, BIAS, G, DX, PART, T, C, sxb, sxt, tiles_per_run,
-                       K: tl.constexpr, KP: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr,
+def _silu_grad_kernel(X, W, BIAS, G, DZ, T, C, sxb, sxt, K: tl.constexpr, ACC: tl.constexpr,
+                      BT: tl.constexpr, BC: tl.constexpr):
+    """``dz = dy * d silu(z) / dz = dy s (1 + z (1 - s))``, ``s = sigmoid(z)``, with the
+    pre-activation ``z`` recomputed from ``x``: the gradient the conv's backward reads."""
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    b = tl.program_id(2).to(tl.int64)
+    cm = c < C
+    m = (rows < T)[:, None] & cm[None, :]
+    z = _preactivation(X + b * sxb, W, BIAS, rows, c, cm, T, sxt, K, ACC)
+    s = sigmoid(z)
+    at = b * T * C + rows[:, None] * C + c[None, :]
+    g = tl.load(G + at, mask=m, other=0.0).to(ACC)
+    tl.store(DZ + at, g * s * (1.0 + z * (1.0 - s)), mask=m)
+
+
+@triton.jit
+def _conv1d_bwd_kernel(X, W, DZ, DX, PART, T, C, sxb, sxt, tiles_per_run,
+                       K: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr,
                        BT: tl.constexpr, BC: tl.constexpr):
     c = tl.program_id(0) * BC + tl.arange(0, BC)
     b = tl.program_id(1).to(tl.int64)
@@ -97,22 +115,18 @@ def _conv1d_bwd_kernel(X, W, BIAS, G, DX, PART, T, C, sxb, sxt, tiles_per_run,
     cm = c < C
     dt = X.dtype.element_ty
     x_b = X + b * sxb
-    g_b = G + b * T * C
+    dz_b = DZ + b * T * C
     taps = tl.arange(0, KP)
     grad_w = tl.zeros((KP, BC), dtype=ACC)  # row k: this run's sum of dz[t] x[t - K + 1 + k]
     grad_b = tl.zeros((BC,), dtype=ACC)
     for i in range(tiles_per_run):
         rows = (run * tiles_per_run + i) * BT + tl.arange(0, BT)
         grad_x = tl.zeros((BT, BC), dtype=ACC)
-        # x[t] feeds y[t + j] through tap K-1-j: dz at the K shifts of this tile
+        # x[t] feeds z[t + j] through tap K-1-j: dz at the K shifts of this tile
         for j in tl.static_range(K):
             shifted = rows + j
             m = (shifted < T)[:, None] & cm[None, :]
-            dz = tl.load(g_b + shifted[:, None] * C + c[None, :], mask=m, other=0.0).to(ACC)
-            if SILU:  # d silu(z) / dz = s (1 + z (1 - s)), s = sigmoid(z), z recomputed
-                z = _preactivation(x_b, W, BIAS, shifted, c, cm, T, sxt, K, ACC)
-                s = sigmoid(z)
-                dz = dz * s * (1.0 + z * (1.0 - s))
+            dz = tl.load(dz_b + shifted[:, None] * C + c[None, :], mask=m, other=0.0).to(ACC)
             w = tl.load(W + c * K + (K - 1 - j), mask=cm, other=0.0).to(dt).to(ACC)
             grad_x += dz * w[None, :]
             if j == 0:  # this tile's own rows: their share of the parameter gradients
@@ -211,12 +225,19 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
     if grad_x.numel() == 0:
         return grad_x, torch.zeros_like(weight), torch.zeros_like(bias)
     block_t, block_c, warps = _tile(x.device)
+    weight = weight.contiguous()
+    grad_z = grad_y  # the gradient of the pre-activation
+    if silu:
+        grad_z = torch.empty(batch, steps, channels, device=x.device, dtype=_part_dtype(x.dtype))
+        grid = (cdiv(steps, block_t), cdiv(channels, block_c), batch)
+        _silu_grad_kernel[grid](x, weight, bias.contiguous(), grad_y, grad_z, steps, channels,
+                                x.stride(0), x.stride(1), K=k, ACC=_acc(x.dtype),
+                                BT=block_t, BC=block_c, num_warps=warps)
     runs, per_run = _runs(batch, steps, channels, x.device)
     part = torch.empty(batch * runs, k + 1, channels, device=x.device, dtype=_part_dtype(x.dtype))
     grid = (cdiv(channels, block_c), batch, runs)
-    _conv1d_bwd_kernel[grid](x, weight.contiguous(), bias.contiguous(), grad_y, grad_x, part,
-                             steps, channels, x.stride(0), x.stride(1), per_run,
-                             K=k, KP=next_power_of_2(k), SILU=silu, ACC=_acc(x.dtype),
+    _conv1d_bwd_kernel[grid](x, weight, grad_z, grad_x, part, steps, channels, x.stride(0),
+                             x.stride(1), per_run, K=k, KP=next_power_of_2(k), ACC=_acc(x.dtype),
                              BT=block_t, BC=block_c, num_warps=warps)
     sums = part.sum(0)  # a fixed-order reduction: the same bits every run
     grad_w = sums[:k].t().to(weight.dtype).reshape(weight.shape).contiguous()
