@@ -3,8 +3,8 @@
 #
 #   benchmarks/gpu_lm_quality.sh OUTDIR SECONDS [PACK]
 #
-# For each sweep of SWEEPS, in order, `pararnn sweep --size small` of transformer, mamba2,
-# paragru and paralstm: stage lr (4 LRs spanning 8x, 400 steps = 6.6M tokens), stage seeds
+# For each sweep of SWEEPS, in order, `pararnn sweep --size small` (or medium) of
+# transformer, mamba2, paragru and paralstm: stage lr (4 LRs spanning 8x, 400 steps = 6.6M tokens), stage seeds
 # (the best LR, 6104 steps = 100.0M tokens, seeds 0 and 1; the same batches in the same
 # order for every model) and, in the code sweeps, stage throughput (each model alone, 100
 # steps; the models' speed does not depend on the text). Sweeps:
@@ -16,6 +16,9 @@
 #                                docs of 13 Python projects; 100M tokens are ~2.6 epochs of
 #                                its training split as bytes, ~8 as BPE tokens of ~3.1 bytes;
 #                                skipped if unset)
+#   code-byte-medium             the confirmation at --size medium (~85M parameters): the
+#                                same stages, one seed (0), no throughput stage; plans
+#                                scale the H200 speeds of `small` by FLOPs per token
 # BPE: one 4096-token vocabulary per sweep, trained on its training split.
 #
 # Safe to re-run: finished runs are skipped and interrupted ones resume from a checkpoint
@@ -36,7 +39,7 @@
 #                  predicted to finish within it (H200 speeds in pararnn.train.sweep), so a
 #                  chain that ends leaves no half-done run behind
 #   SWEEPS         default "code-byte code-bpe shakespeare-byte shakespeare-bpe prose-byte
-#                  prose-bpe"
+#                  prose-bpe code-byte-medium"
 #   SHAKESPEARE, PROSE  folders of the English corpora (a path relative to the repository
 #                  root stays the same on every machine)
 #   RESTORE        a PACK of an earlier call, unpacked without overwriting newer files
@@ -58,7 +61,7 @@ seconds=${2:?usage: benchmarks/gpu_lm_quality.sh OUTDIR SECONDS [PACK]}
 pack=${3:-${outdir%/}.tar.gz}
 start=$(date +%s)
 chain=${CHAIN_SECONDS:-$seconds}
-sweeps=${SWEEPS:-code-byte code-bpe shakespeare-byte shakespeare-bpe prose-byte prose-bpe}
+sweeps=${SWEEPS:-code-byte code-bpe shakespeare-byte shakespeare-bpe prose-byte prose-bpe code-byte-medium}
 jobs=${JOBS:-8}
 device=${DEVICE:-cuda}
 margin=45  # stopping the runs in flight (each saves a checkpoint), the report and the pack
@@ -74,8 +77,11 @@ if [ -n "${RESTORE:-}" ] && [ -f "$RESTORE" ]; then
 fi
 
 args_of() {  # the `pararnn sweep` flags of one sweep name
-    local corpus=${1%-*} tokenizer=${1##*-}
+    local name=$1 size=small seeds=0,1
+    case $name in *-medium) name=${name%-medium} size=medium seeds=0 ;; esac
+    local corpus=${name%-*} tokenizer=${name##*-}
     local data=python:packages stages=lr,seeds,throughput final=6104
+    [ "$size" = medium ] && stages=lr,seeds
     case $corpus in  # the English corpora: a folder named by the environment, or skipped
         shakespeare) data=${SHAKESPEARE:-} stages=lr,seeds final=${SHAKESPEARE_FINAL_STEPS:-6104} ;;
         prose) data=${PROSE:-} stages=lr,seeds ;;
@@ -83,15 +89,15 @@ args_of() {  # the `pararnn sweep` flags of one sweep name
     if [ "$corpus" != code ]; then [ -n "$data" ] && [ -d "$data" ] || return 1; fi
     # shellcheck disable=SC2086  # EXTRA is a list of flags
     echo --out "$outdir/$1" --data "$data" --tokenizer "$tokenizer" --vocab-size 4096 \
-        --size small --seq-len 512 --batch-size 32 --lr-steps 400 --final-steps "$final" \
-        --seeds 0,1 --eval-every 250 --eval-tokens 262144 --throughput-steps 100 \
+        --size "$size" --seq-len 512 --batch-size 32 --lr-steps 400 --final-steps "$final" \
+        --seeds "$seeds" --eval-every 250 --eval-tokens 262144 --throughput-steps 100 \
         --stages "$stages" --jobs "$jobs" --device "$device" ${EXTRA:-}
 }
 
 echo "--- plan (device-seconds from the H200 speeds in pararnn.train.sweep; runs sharing the GPU split it)"
 pids=()
 for name in $sweeps; do  # the dry runs at once: each is mostly `import torch`
-    corpus=${name%-*}
+    corpus=${name%%-*}
     if ! args=$(args_of "$name"); then echo "$name: skipped (set ${corpus^^} to its folder)" > "$outdir/.plan_$name"; continue; fi
     # shellcheck disable=SC2086
     python3 -m pararnn sweep $args --dry-run 2>&1 | grep -E '^(stage|estimate|pararnn)' | sed "s/^/$name: /" \

@@ -546,7 +546,8 @@ def cmd_sweep(args, parser) -> None:
             print(f"stage {row['stage']}: {row['left']} of {row['runs']} runs to go, "
                   f"{row['tokens_per_run']:,} tokens each, ~{row['device_s']:.0f} device-seconds")
         print(f"estimate: {sum(r['device_s'] for r in rows):.0f} device-seconds left "
-              "(H200 speeds at --size small; runs sharing the device split it, with a small gain)")
+              "(H200 speeds at --size small, scaled to other sizes by FLOPs; runs sharing "
+              "the device split it, with a small gain)")
         return
     import signal
 

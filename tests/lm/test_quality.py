@@ -396,14 +396,36 @@ def test_estimate_counts_a_gain_for_runs_sharing_the_device(tmp_path):
         assert row["device_s"] == pytest.approx(work / shared_gain(jobs) + STARTUP_S * 4 / jobs)
 
 
+def test_expected_speed_scales_from_small_by_flops(tmp_path):
+    """The table's rates are at --size small; other sizes scale by forward FLOPs per token,
+    so a plan at medium expects each model ~3x slower, and a hybrid its own block's FLOPs."""
+    from pararnn.models import build_model
+    from pararnn.models.flops import forward_flops_per_token
+    from pararnn.train.sweep import Entry, SweepConfig, expected_tokens_per_s
+
+    def flops(model, size, block):
+        with torch.device("meta"):
+            return forward_flops_per_token(build_model(preset(model, size, block=block, vocab_size=4096)), 512)
+
+    for model, block in (("transformer", "standard"), ("paralstm", "hybrid")):
+        entry = Entry(model, model, block)
+        small = SweepConfig(out=str(tmp_path), entries=[entry], lrs={}, tokens_per_s={model: 6e5})
+        medium = SweepConfig(out=str(tmp_path), entries=[entry], lrs={}, size="medium",
+                             tokens_per_s={model: 6e5})
+        assert expected_tokens_per_s(small, entry) == 6e5
+        ratio = flops(model, "small", block) / flops(model, "medium", block)
+        assert 0.2 < ratio < 0.5
+        assert expected_tokens_per_s(medium, entry) == pytest.approx(6e5 * ratio)
+
+
 def test_sweep_starts_only_runs_that_fit_its_time(corpus_dir, tmp_path, capsys):
-    """--finish-within: at the expected speed (here 0.01 tokens/s) no run fits, so none starts,
+    """--finish-within: at the expected speed (here 1e-5 tokens/s at small) no run fits, so none starts,
     the stage is left unfinished and the later stage is not attempted."""
     from pararnn.train.sweep import Entry, Run, SweepConfig, run_seconds, sweep
     cfg = SweepConfig(out=str(tmp_path / "sweep"), entries=[Entry("paragru", "paragru", "paper")],
                       lrs={"paragru": [1e-3, 2e-3]}, size="nano", seq_len=16, batch_size=2, lr_steps=5,
                       eval_every=5, eval_tokens=64, data=str(corpus_dir), device="cpu",
-                      finish_within=3600, tokens_per_s={"paragru": 0.01})
+                      finish_within=3600, tokens_per_s={"paragru": 1e-5})
     assert run_seconds(cfg, Run("lr", cfg.entries[0], 1e-3, 0, 5)) > 3600
     assert run_seconds(cfg, Run("lr", cfg.entries[0], 1e-3, 0, 5), from_step=5) < 1  # resumed at the end
     assert sweep(cfg) == []

@@ -33,6 +33,7 @@ plots from the run folders alone (``pararnn compare OUT``).
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import os
@@ -53,8 +54,9 @@ STAGES = ("lr", "seeds", "throughput")
 # then default (ParaRNN: tuned, purely recurrent; the hybrid default ran ~5% faster than it
 # in a shared sweep), alone (benchmarks/gpu_lm_speed.py, 2026-12-02: results/gpu_h200_2026-12-02c/speed/),
 # except Mamba2: alone 229k, but launch-bound, it kept ~220k while sharing the GPU with two
-# other runs, so as a share of the device it counts as about twice that. Used to predict run
-# times for `finish_within` and the driver's plan, nothing else.
+# other runs, so as a share of the device it counts as about twice that. Other sizes scale
+# these by FLOPs per token (expected_tokens_per_s). Used to predict run times for
+# `finish_within` and the driver's plan, nothing else.
 EXPECTED_TOKENS_PER_S = {"transformer": 640e3, "mamba2": 450e3, "paragru": 407e3, "paralstm": 427e3}
 # Runs sharing the device do more work per second together than one run alone: a run at
 # --size small is partly host-bound, so the GPU has room for others. Measured on the H200
@@ -372,11 +374,36 @@ def shared_gain(runs: int) -> float:
     return 1.0 + SHARED_GAIN_PER_RUN * max(runs - 1, 0)
 
 
+@functools.lru_cache(maxsize=None)
+def _flops_per_token(model: str, size: str, block: str, options: tuple, vocab_size: int,
+                     seq_len: int) -> float:
+    import torch
+
+    from ..models import build_model
+    from ..models.flops import forward_flops_per_token
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        lm = build_model(preset(model, size, block=block, vocab_size=vocab_size, **dict(options)))
+    return forward_flops_per_token(lm, seq_len)
+
+
+def expected_tokens_per_s(cfg: SweepConfig, entry: Entry) -> float:
+    """``cfg.tokens_per_s`` of the entry's model (rates at ``--size small``), scaled to
+    ``cfg.size`` by forward FLOPs per token: a bigger model is at most that much slower (a
+    small one is partly host-bound, so it is less), a smaller one at most that much faster."""
+    rate = cfg.tokens_per_s[entry.model]
+    if cfg.size == "small":
+        return rate
+    flops = functools.partial(_flops_per_token, entry.model, block=entry.block,
+                              options=tuple(sorted(entry.options.items())),
+                              vocab_size=cfg.vocab_size, seq_len=cfg.seq_len)
+    return rate * flops("small") / flops(cfg.size)
+
+
 def run_seconds(cfg: SweepConfig, run: Run, from_step: int = 0) -> float:
     """Predicted device seconds of ``run`` alone from ``from_step`` on: training and
     validation (a forward pass costs about a third of a training step). Start-up
     (:data:`STARTUP_S`) is mostly CPU work and overlaps other runs, so it is not included."""
-    rate = cfg.tokens_per_s[run.entry.model]
+    rate = expected_tokens_per_s(cfg, run.entry)
     steps = run.steps - from_step
     evals = math.ceil(steps / (run.steps if run.stage == "throughput" else cfg.eval_every))
     tokens = steps * cfg.batch_size * cfg.seq_len + evals * cfg.eval_tokens / 3
