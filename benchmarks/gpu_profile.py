@@ -8,7 +8,8 @@ next to the time of the projection's matrix products alone (the "matmul time" of
 layer targets). ``--kernels``: the fused ParaGRU forward at the target shapes, per launch.
 ``--dtypes``: the fused kernels' GPU time (CUDA-graph replay) and eager time with fp32
 and bf16 pre-activations. ``--sweep``: fused forward/backward times over launch plans
-(segment length, warm-up, channels per program, steps per block). Without flags, all.
+(segment length, warm-up, channels per program, steps per block); ``--shapes 32x512x1024
+--shipped-tiles --bf16`` sweeps the plans at the LM's shape. Without flags, all.
 """
 
 from __future__ import annotations
@@ -122,12 +123,15 @@ TILES = {"gru_fwd": [(128, 1, 4), (128, 1, 8), (64, 1, 4), (64, 1, 8)],
          "gru_bwd": [(128, 1, 4), (128, 1, 2), (64, 1, 4), (64, 1, 2)],
          "lstm_fwd": [(128, 1, 4), (128, 1, 8), (64, 1, 4), (64, 1, 8)],
          "lstm_bwd": [(64, 2, 4), (64, 2, 2), (32, 1, 4), (32, 1, 2), (128, 4, 2)]}
-SEGMENTS = [(None, None), (128, 32), (256, 32), (256, 64), (512, 64), (1024, 64)]
+SEGMENTS = [(None, None), (64, 16), (128, 16), (128, 32), (256, 32), (256, 64), (512, 64), (1024, 64)]
 
 
-def sweep():
+def sweep(shapes=(SHAPE, (1, 65536, 256)), shipped_tiles=False, pre_dtype=torch.float32):
+    """Graph and eager ms of the fused forward/backward over :data:`SEGMENTS` (segment
+    length, warm-up; ``None``: the shipped plan) and :data:`TILES` (or only the shipped
+    tile of each kernel), at ``shapes`` with pre-activations in ``pre_dtype``."""
     from pararnn.cells import ParaGRUCell, ParaLSTMCell
-    from pararnn.kernels import paragru, paralstm
+    from pararnn.kernels import _fused_common, paragru, paralstm
     small = torch.randn(1, 64, 3 * 64, device="cuda")
     a_small = torch.rand(3, 64, device="cuda") * 0.5
     print(f"host time per call, 1x64x64: gru newton_forward {host_us(lambda: paragru.newton_forward(small, a_small)):.1f} us, "
@@ -137,19 +141,21 @@ def sweep():
     print("|---|---|---|---:|---:|---|---:|---:|")
     for kind in ("gru", "lstm"):
         mod = paragru if kind == "gru" else paralstm
-        for B, T, N in (SHAPE, (1, 65536, 256)):
+        for B, T, N in shapes:
             cell = (ParaGRUCell if kind == "gru" else ParaLSTMCell)(N, recurrent_clip=0.9,
                                                                     device="cuda")
             w = cell.recurrent_weights()
             w = tuple(t.detach() for t in (w if isinstance(w, tuple) else (w,)))
             width = 1 if kind == "gru" else 2
-            pre = torch.randn(B, T, 3 * N, device="cuda")
+            pre = torch.randn(B, T, 3 * N, device="cuda").to(pre_dtype)
             h0 = torch.randn(B, width * N, device="cuda") * 0.5
             H = mod.newton_forward(pre, *w, h0, None, 3)
             gH = torch.randn_like(H)
             for name in ("fwd", "bwd"):
-                for seg, warm in SEGMENTS:
-                    for bn, nw, k in TILES[f"{kind}_{name}"]:
+                key = f"{kind}_{name}"
+                tiles = [_fused_common.CUDA_TILES[key]] if shipped_tiles else TILES[key]
+                for seg, warm in [(seg, warm) for seg, warm in SEGMENTS if seg is None or seg < T]:
+                    for bn, nw, k in tiles:
                         kw = dict(seg_len=seg, warmup=warm, block_n=bn, num_warps=nw,
                                   steps_per_block=k)
                         if name == "fwd":
@@ -208,6 +214,11 @@ def main():
     ap.add_argument("--kernels", action="store_true")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--dtypes", action="store_true")
+    ap.add_argument("--shapes", default=None,
+                    help="--sweep at these BxTxN, comma-separated (e.g. the LM's 32x512x1024)")
+    ap.add_argument("--shipped-tiles", action="store_true",
+                    help="--sweep only the shipped tile of each kernel (plans only)")
+    ap.add_argument("--bf16", action="store_true", help="--sweep with bf16 pre-activations")
     args = ap.parse_args()
     everything = not (args.layers or args.kernels or args.sweep or args.dtypes)
     print(torch.cuda.get_device_name(), torch.__version__)
@@ -218,7 +229,9 @@ def main():
     if args.dtypes or everything:
         dtypes()
     if args.sweep or everything:
-        sweep()
+        shapes = ([tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
+                  if args.shapes else (SHAPE, (1, 65536, 256)))
+        sweep(shapes, args.shipped_tiles, torch.bfloat16 if args.bf16 else torch.float32)
 
 
 if __name__ == "__main__":
