@@ -25,6 +25,11 @@ loss), kernel count, GPU busy time (the union of kernel and copy intervals) and 
 synchronisations inside the step; in the JSON row under ``profile`` and printed below
 the row. ``--save-traces`` also writes each step's Chrome trace to
 ``DIR/trace_<model>_<size>_T<len>_<mode>.json.gz`` (Perfetto, chrome://tracing).
+
+``--min-seg-lens 256,128,64`` runs each ParaRNN row once per value of the fused kernels'
+shortest time segment (``_fused_common.MIN_SEG_LEN``): at T=512 the shipped 256 makes one
+512-step walk per chain, 128 and 64 split it into 4 or 8 segments when batch x channels
+leave room (the launch plan's rule), so the LM-level effect of the plan is measured in one run.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import time
 import torch
 from torch._dynamo.utils import counters
 
+from pararnn.kernels import _fused_common
 from pararnn.models import build_model, preset
 from pararnn.models.flops import peak_flops, train_flops_per_token
 from pararnn.train.loop import autocast_for, optimizer_groups
@@ -135,7 +141,8 @@ def profile_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
     for r in rows:
         p = r["profile"]
-        cells = [r["model"], str(r["seq_len"]), "compiled" if r["compiled"] else "eager",
+        label = r["model"] + (f" @{r['min_seg_len']}" if r.get("min_seg_len") is not None else "")
+        cells = [label, str(r["seq_len"]), "compiled" if r["compiled"] else "eager",
                  *(f"{p['by_kind_ms'][kind]:.2f}" for kind in KINDS), str(p["kernels"]),
                  f"{p['busy_ms']:.2f}", f"{r['host_ms']:.2f}", f"{r['step_ms']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -215,6 +222,14 @@ def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, step
     return row
 
 
+def seg_lens_of(spec: str, values: str) -> list:
+    """The MIN_SEG_LEN values to run ``spec`` with: ``values`` for a ParaRNN model, else the
+    shipped one (None)."""
+    if not values or spec.partition(":")[0] not in ("paragru", "paralstm"):
+        return [None]
+    return [int(v) for v in values.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
@@ -232,6 +247,10 @@ def main() -> None:
                         help="profile one more step of each row: CUDA time by kernel kind, host vs GPU")
     parser.add_argument("--save-traces", action="store_true",
                         help="with --profile, also write each profiled step's Chrome trace into --out")
+    parser.add_argument("--min-seg-lens", default="",
+                        help="comma-separated values of the fused kernels' MIN_SEG_LEN to run each "
+                        "ParaRNN row with (the launch plan's shortest time segment; default: the "
+                        "shipped one), e.g. 256,128,64: shorter segments split short sequences")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_lm_speed.py needs a CUDA GPU")
@@ -239,6 +258,7 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "lm_speed.json")
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    shipped_min_seg_len = _fused_common.MIN_SEG_LEN
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "command": " ".join(sys.argv), "rows": []}
@@ -247,11 +267,16 @@ def main() -> None:
     for size in args.sizes.split(","):
         for seq_len in map(int, args.seq_lens.split(",")):
             for compiled in modes:
-                for spec in args.models.split(","):
+                for spec, min_seg_len in [(spec, v) for spec in args.models.split(",")
+                                          for v in seg_lens_of(spec, args.min_seg_lens)]:
                     name, _, block = spec.partition(":")
                     block = block or "auto"
+                    if min_seg_len is not None:
+                        _fused_common.MIN_SEG_LEN = min_seg_len  # part of the plan cache's key
+                        spec = f"{spec}@{min_seg_len}"
                     mode = "compiled" if compiled else "eager"
-                    trace = (os.path.join(args.out, f"trace_{name}_{block}_{size}_T{seq_len}_{mode}.json.gz")
+                    seg = "" if min_seg_len is None else f"_seg{min_seg_len}"
+                    trace = (os.path.join(args.out, f"trace_{name}_{block}{seg}_{size}_T{seq_len}_{mode}.json.gz")
                              if args.profile and args.save_traces else None)
                     try:
                         row = measure(name, size, seq_len, args.tokens_per_step, args.steps, args.warmup,
@@ -271,6 +296,8 @@ def main() -> None:
                             print(f"      {row['graphs']} graphs, breaks: {row['graph_breaks']}", flush=True)
                         if "profile" in row:
                             print(format_profile(row), flush=True)
+                    row["min_seg_len"] = min_seg_len  # None: the shipped plan
+                    _fused_common.MIN_SEG_LEN = shipped_min_seg_len
                     record["rows"].append(row)
                     with open(path, "w") as f:
                         json.dump(record, f, indent=1)
