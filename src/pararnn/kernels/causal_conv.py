@@ -46,9 +46,10 @@ __all__ = ["causal_conv1d", "causal_conv1d_naive", "forward", "backward"]
 
 # (time block, channel block, warps) per tile. On CUDA a channel block of 64 is one
 # 128-byte line of bf16 per time step; 16 steps on 2 warps was the fastest forward+backward
-# of the 7 tiles `benchmarks/gpu_conv.py --sweep` tried at all 4 LM shapes on the H200 (4-9%
-# ahead of 32 steps on 4 warps; the bf16 forward 10-35%). On the CPU (Triton's interpreter)
-# small tiles, so that the tests' small shapes span several tiles with ragged edges.
+# of the 7 tiles `benchmarks/gpu_conv.py --sweep` tried, at 7 of 8 LM shapes x dtypes on
+# the H200 (4-11% ahead of 32 steps on 4 warps; the bf16 forward 19-34%). On the CPU
+# (Triton's interpreter) small tiles, so that the tests' small shapes span several tiles
+# with ragged edges.
 CUDA_TILE = (16, 64, 2)
 CPU_TILE = (8, 16, 1)
 # The backward launches about this many programs per SM (splitting time into runs when
