@@ -4,10 +4,10 @@
 #   benchmarks/gpu_lm_quality.sh OUTDIR SECONDS [PACK]
 #
 # For each sweep of SWEEPS, in order, `pararnn sweep --size small` (or medium) of
-# transformer, mamba2, paragru and paralstm: stage lr (4 LRs spanning 8x, 400 steps = 6.6M tokens), stage seeds
-# (the best LR, 6104 steps = 100.0M tokens, seeds 0 and 1; the same batches in the same
-# order for every model) and, in the code sweeps, stage throughput (each model alone, 100
-# steps; the models' speed does not depend on the text). Sweeps:
+# transformer, mamba2, paragru and paralstm: stage lr (4 LRs spanning 8x, 400 steps = 6.6M
+# tokens), stage seeds (the best LR, 6104 steps = 100.0M tokens, seeds 0 and 1; the same
+# batches in the same order for every model) and, in the code sweeps, stage throughput
+# (each model alone, 100 steps; the models' speed does not depend on the text). Sweeps:
 #   code-byte, code-bpe          --data python:packages (the .py files of the standard
 #                                library and site-packages, up to 400M characters)
 #   shakespeare-byte, -bpe       --data $SHAKESPEARE (benchmarks/get_corpus.sh; skipped if unset)

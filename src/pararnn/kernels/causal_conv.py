@@ -154,8 +154,9 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _part_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The partial parameter gradients' dtype (the kernels' math dtype, as a torch dtype)."""
+def _math_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The kernels' math dtype as a torch dtype: that of the buffers they keep between
+    launches (the pre-activation's gradient, the partial parameter-gradient rows)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -229,13 +230,13 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
     weight = weight.contiguous()
     grad_z = grad_y  # the gradient of the pre-activation
     if silu:
-        grad_z = torch.empty(batch, steps, channels, device=x.device, dtype=_part_dtype(x.dtype))
+        grad_z = torch.empty(batch, steps, channels, device=x.device, dtype=_math_dtype(x.dtype))
         grid = (cdiv(steps, block_t), cdiv(channels, block_c), batch)
         _silu_grad_kernel[grid](x, weight, bias.contiguous(), grad_y, grad_z, steps, channels,
                                 x.stride(0), x.stride(1), K=k, ACC=_acc(x.dtype),
                                 BT=block_t, BC=block_c, num_warps=warps)
     runs, per_run = _runs(batch, steps, channels, x.device)
-    part = torch.empty(batch * runs, k + 1, channels, device=x.device, dtype=_part_dtype(x.dtype))
+    part = torch.empty(batch * runs, k + 1, channels, device=x.device, dtype=_math_dtype(x.dtype))
     grid = (cdiv(channels, block_c), batch, runs)
     _conv1d_bwd_kernel[grid](x, weight, grad_z, grad_x, part, steps, channels, x.stride(0),
                              x.stride(1), per_run, K=k, KP=next_power_of_2(k), ACC=_acc(x.dtype),

@@ -44,7 +44,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
+from ..models import build_model
 from ..models.config import BLOCKS, MODELS, ModelConfig, parse_model_options, preset
+from ..models.flops import forward_flops_per_token
 from .checkpoint import write_text_atomic
 from .metrics import read_metrics
 
@@ -377,10 +381,6 @@ def shared_gain(runs: int) -> float:
 @functools.lru_cache(maxsize=None)
 def _flops_per_token(model: str, size: str, block: str, options: tuple, vocab_size: int,
                      seq_len: int) -> float:
-    import torch
-
-    from ..models import build_model
-    from ..models.flops import forward_flops_per_token
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         lm = build_model(preset(model, size, block=block, vocab_size=vocab_size, **dict(options)))
     return forward_flops_per_token(lm, seq_len)
