@@ -10,14 +10,23 @@ checks, plan, launches) rather than the GPU bounds the time.
 2. ``layers``: the layer table at language-model shapes (16x1024x512, 8x4096x1024),
    forward and forward+backward, fp32 and bf16 autocast: median of 20 calls, each timed
    with CUDA events.
+3. ``ops``: host time per call of each registered op as a compiled training step calls
+   it (``torch.ops.pararnn.*.default``: the fused ParaGRU/ParaLSTM solve and the causal
+   conv, forward and backward), of the same work called as plain Python (no dispatcher),
+   and of references: an empty Triton launch with one argument and with as many as the
+   solve's kernel takes, ``torch.empty``, an aten add. Tiny shapes (1x16x512, bf16
+   pre-activations), so the host, not the GPU, sets the time: the same back-to-back
+   rounds as ``per_call``. This splits a compiled LM step's host time into dispatcher,
+   our Python and launches.
 
-``--sections per_call`` runs the first only (about 20 s). Uses only the public layer API,
-so it measures whichever ``pararnn`` is first on ``PYTHONPATH`` (an older tree too):
+``--sections per_call`` runs the first only (about 20 s). ``per_call`` and ``layers`` use only
+the public layer API, so they measure whichever ``pararnn`` is first on ``PYTHONPATH`` (an
+older tree too):
 
     PYTHONPATH=OLD/src python benchmarks/gpu_overhead.py --sections per_call --out DIR --label before
 
 Writes ``<out>/gpu_overhead[_<label>].json`` and prints the tables. About 1-2 minutes on an
-H200 with both sections.
+H200 with all sections.
 """
 
 from __future__ import annotations
@@ -30,9 +39,12 @@ import statistics
 import time
 
 import torch
+import triton
+import triton.language as tl
 
 import pararnn
 from cuda_timing import make_layer, time_layer
+from pararnn.kernels import causal_conv, paragru, paralstm
 
 CALLS, ROUNDS = 300, 5
 LAYER_SHAPES = [(16, 1024, 512), (8, 4096, 1024)]
@@ -74,6 +86,70 @@ def per_call(layer_cls, hidden):
             "kernels": kernels, "plan_segments": layer.last_solve.segments}
 
 
+def host_us(fn) -> float:
+    """Host microseconds per call of ``fn`` issued back to back (median of ROUNDS rounds of
+    CALLS calls; tiny work, so the GPU keeps up and the wall time is the host's)."""
+    for _ in range(20):
+        fn()
+    rounds = []
+    for _ in range(ROUNDS):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(CALLS):
+            fn()
+        torch.cuda.synchronize()
+        rounds.append((time.perf_counter() - start) * 1e6 / CALLS)
+    return statistics.median(rounds)
+
+
+@triton.jit
+def _empty_kernel(X):
+    pass
+
+
+@triton.jit
+def _empty_kernel_many(X0, X1, X2, X3, X4, X5, X6, X7, X8, X9, X10, X11, n0, n1, n2, n3, n4,
+                       n5, n6, tol, A: tl.constexpr, B: tl.constexpr, C: tl.constexpr,
+                       D: tl.constexpr, E: tl.constexpr, F: tl.constexpr):
+    pass
+
+
+def op_rows() -> list[dict]:
+    """Host time per call of the registered ops, their plain Python and references."""
+    dev, n = "cuda", 512
+    pre = torch.randn(1, 16, 3 * n, device=dev, dtype=torch.bfloat16)
+    a = torch.randn(3, n, device=dev) * 0.3
+    peephole = torch.randn(2, n, device=dev) * 0.3
+    x = torch.randn(1, 16, n, device=dev, dtype=torch.bfloat16)
+    weight, bias = torch.randn(n, 1, 4, device=dev), torch.zeros(n, device=dev)
+    gru_h, _ = paragru.forward(pre, a)
+    lstm_h, _ = paralstm.forward(pre, a, peephole)
+    gru_g, lstm_g, conv_g = torch.randn_like(gru_h), torch.randn_like(lstm_h), torch.randn_like(x)
+    ops = torch.ops.pararnn
+    ptr = torch.empty(16, device=dev)
+    cases = {
+        "paragru forward: op": lambda: ops.paragru_forward.default(pre, a, None, None, None, 3, 1e-4, False),
+        "paragru forward: python": lambda: paragru.forward(pre, a, None, None, 3, verify_tol=1e-4),
+        "paragru backward: op": lambda: ops.paragru_backward.default(pre, a, None, None, None, gru_h, gru_g),
+        "paragru backward: python": lambda: paragru._backward_parts(pre, a, None, None, gru_h, gru_g),
+        "paralstm forward: op": lambda: ops.paralstm_forward.default(pre, a, peephole, None, None, None, 3, 1e-4, False),
+        "paralstm forward: python": lambda: paralstm.forward(pre, a, peephole, None, None, 3, verify_tol=1e-4),
+        "paralstm backward: op": lambda: ops.paralstm_backward.default(pre, a, peephole, None, None, None, lstm_h, lstm_g),
+        "paralstm backward: python": lambda: paralstm._backward_parts(pre, a, peephole, None, None, lstm_h, lstm_g),
+        "causal conv forward: op": lambda: ops.causal_conv1d.default(x, weight, bias, True),
+        "causal conv forward: python": lambda: causal_conv.forward(x, weight, bias, True),
+        "causal conv backward: op": lambda: ops.causal_conv1d_backward.default(x, weight, bias, conv_g, True),
+        "causal conv backward: python": lambda: causal_conv.backward(x, weight, bias, conv_g, True),
+        "empty Triton launch, 1 argument": lambda: _empty_kernel[(1,)](ptr),
+        "empty Triton launch, 26 arguments": lambda: _empty_kernel_many[(1, 1, 1)](
+            *([ptr] * 12), 1, 2, 3, 4, 5, 6, 7, 1e-6, A=1, B=2, C=True, D=False, E=4, F=8, num_warps=1),
+        "torch.empty": lambda: torch.empty(1, 16, n, device=dev),
+        "aten add": lambda: torch.add(x, x),
+    }
+    with torch.no_grad():
+        return [{"case": name, "host_us": host_us(fn)} for name, fn in cases.items()]
+
+
 def kernels_of(fn) -> list[str]:
     """Names of the GPU kernels (and memsets/copies) one call of ``fn`` launches, in order."""
     fn()  # anything lazily set up happens outside the profile
@@ -96,8 +172,8 @@ def layer_row(layer_cls, shape, dtype, backward):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for gpu_overhead.json")
-    parser.add_argument("--sections", default="per_call,layers",
-                        help="comma-separated: per_call, layers (default both)")
+    parser.add_argument("--sections", default="per_call,layers,ops",
+                        help="comma-separated: per_call, layers, ops (default all)")
     parser.add_argument("--label", default="", help="suffix of the JSON name, e.g. before")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -107,7 +183,7 @@ def main() -> None:
     result = {"benchmark": "gpu_overhead", "device": torch.cuda.get_device_name(),
               "torch": torch.__version__, "pararnn": os.path.dirname(pararnn.__file__),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-              "per_call": [], "layers": []}
+              "per_call": [], "layers": [], "ops": []}
     if "per_call" in sections:
         print("| cell | B x T x N | eager ms/call | CUDA-graph ms/call | kernels/call | segments |\n"
               "|---|---|---|---|---|---|")
@@ -133,6 +209,11 @@ def main() -> None:
                               f"| {row['pass']} | {row['ms']:.3f} | {row['plan_segments']} |",
                               flush=True)
                         torch.cuda.empty_cache()
+    if "ops" in sections:
+        result["ops"] = op_rows()
+        print("\n| call (1x16x512, bf16) | host us per call |\n|---|---:|")
+        for row in result["ops"]:
+            print(f"| {row['case']} | {row['host_us']:.1f} |")
     name = f"gpu_overhead_{args.label}.json" if args.label else "gpu_overhead.json"
     with open(os.path.join(args.out, name), "w") as f:
         json.dump(result, f, indent=1)
