@@ -18,7 +18,8 @@
 #                                skipped if unset)
 #   code-byte-medium             the confirmation at --size medium (~85M parameters): the
 #                                same stages, one seed (0), no throughput stage; plans
-#                                scale the H200 speeds of `small` by FLOPs per token
+#                                scale the H200 speeds of `small` by FLOPs per token, or
+#                                use MEDIUM_TOKENS_PER_S
 # BPE: one 4096-token vocabulary per sweep, trained on its training split.
 #
 # Safe to re-run: finished runs are skipped and interrupted ones resume from a checkpoint
@@ -47,6 +48,10 @@
 #   SHAKESPEARE_FINAL_STEPS  final-run steps on Shakespeare (default 6104 = 100M tokens: ~20
 #                  epochs of its 5 MB as bytes, more as BPE tokens; fewer steps overfit less
 #                  and save ~1800 device-seconds per sweep for every 100M tokens cut)
+#   MEDIUM_TOKENS_PER_S  measured tokens/s of one run alone at --size medium, e.g.
+#                  "transformer=2.1e5,mamba2=1.2e5,paragru=1.6e5,paralstm=1.5e5" (from
+#                  `benchmarks/gpu_lm_speed.py --sizes medium --compile off`): the medium
+#                  sweeps' time predictions use them (FLOPs scaling is pessimistic there)
 #   DEVICE, EXTRA  --device (default cuda) and more `pararnn sweep` flags (CPU dry runs)
 #
 # Example, three calls of one session (lead's machine: carry runs/state, data/shakespeare
@@ -81,7 +86,11 @@ args_of() {  # the `pararnn sweep` flags of one sweep name
     case $name in *-medium) name=${name%-medium} size=medium seeds=0 ;; esac
     local corpus=${name%-*} tokenizer=${name##*-}
     local data=python:packages stages=lr,seeds,throughput final=6104
-    [ "$size" = medium ] && stages=lr,seeds
+    local rates=()
+    if [ "$size" = medium ]; then
+        stages=lr,seeds
+        [ -n "${MEDIUM_TOKENS_PER_S:-}" ] && rates=(--tokens-per-s "$MEDIUM_TOKENS_PER_S")
+    fi
     case $corpus in  # the English corpora: a folder named by the environment, or skipped
         shakespeare) data=${SHAKESPEARE:-} stages=lr,seeds final=${SHAKESPEARE_FINAL_STEPS:-6104} ;;
         prose) data=${PROSE:-} stages=lr,seeds ;;
@@ -91,7 +100,7 @@ args_of() {  # the `pararnn sweep` flags of one sweep name
     echo --out "$outdir/$1" --data "$data" --tokenizer "$tokenizer" --vocab-size 4096 \
         --size "$size" --seq-len 512 --batch-size 32 --lr-steps 400 --final-steps "$final" \
         --seeds "$seeds" --eval-every 250 --eval-tokens 262144 --throughput-steps 100 \
-        --stages "$stages" --jobs "$jobs" --device "$device" ${EXTRA:-}
+        --stages "$stages" --jobs "$jobs" --device "$device" "${rates[@]}" ${EXTRA:-}
 }
 
 echo "--- plan (device-seconds from the H200 speeds in pararnn.train.sweep; runs sharing the GPU split it)"

@@ -240,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--finish-within", type=float, metavar="SECONDS",
                    help="start a run only if it and the runs in flight are predicted to finish within "
                    "this many seconds (from H200 speeds at --size small; default: start every run)")
+    w.add_argument("--tokens-per-s", action="append", default=[], metavar="MODEL=RATE,...",
+                   help="measured tokens/s of one run of MODEL alone on this device at this --size "
+                   "(e.g. from benchmarks/gpu_lm_speed.py): the time predictions use it instead "
+                   "of the H200 speeds at small scaled by FLOPs; repeatable")
     w.add_argument("--dry-run", action="store_true", help="print the stage-1 runs and one command; run nothing")
     _add_runtime(w)
     _add_synthetic(sub)
@@ -524,7 +528,7 @@ def cmd_compare(args, parser) -> None:
 
 
 def cmd_sweep(args, parser) -> None:
-    from .train.sweep import SweepConfig, parse_sweep_lists, sweep
+    from .train.sweep import SweepConfig, parse_rates, parse_sweep_lists, sweep
     lists = parse_sweep_lists(models=args.models, variants=args.variant, lr_grids=args.lrs,
                               stages=args.stages, seeds=args.seeds, rnn_block=args.rnn_block)
     cfg = SweepConfig(out=args.out, **lists, size=args.size, seq_len=args.seq_len,
@@ -533,7 +537,8 @@ def cmd_sweep(args, parser) -> None:
                       vocab_size=args.vocab_size, eval_every=args.eval_every, eval_tokens=args.eval_tokens,
                       jobs=args.jobs, device=args.device, dtype=args.dtype, compile=args.compile,
                       keep_checkpoints=args.keep_checkpoints, time_limit=args.time_limit,
-                      finish_within=args.finish_within)
+                      finish_within=args.finish_within,
+                      measured_tokens_per_s=parse_rates(args.tokens_per_s))
     if args.dry_run:
         from .train.sweep import estimate, plan, train_command
         runs = plan(cfg, "lr")
@@ -545,9 +550,11 @@ def cmd_sweep(args, parser) -> None:
         for row in rows:
             print(f"stage {row['stage']}: {row['left']} of {row['runs']} runs to go, "
                   f"{row['tokens_per_run']:,} tokens each, ~{row['device_s']:.0f} device-seconds")
+        speeds = ("measured speeds (--tokens-per-s) where given, else " if cfg.measured_tokens_per_s
+                  else "")
         print(f"estimate: {sum(r['device_s'] for r in rows):.0f} device-seconds left "
-              "(H200 speeds at --size small, scaled to other sizes by FLOPs; runs sharing "
-              "the device split it, with a small gain)")
+              f"({speeds}H200 speeds at --size small, scaled to other sizes by FLOPs; runs "
+              "sharing the device split it, with a small gain)")
         return
     import signal
 

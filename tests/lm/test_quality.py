@@ -418,6 +418,46 @@ def test_expected_speed_scales_from_small_by_flops(tmp_path):
         assert expected_tokens_per_s(medium, entry) == pytest.approx(6e5 * ratio)
 
 
+def test_measured_speed_replaces_the_flops_estimate(tmp_path):
+    """--tokens-per-s: a rate measured at the sweep's own size is used as given (no FLOPs
+    scaling), for that model only; the others keep the estimate."""
+    from pararnn.train.sweep import Entry, Run, SweepConfig, expected_tokens_per_s, run_seconds
+    gru, lstm = Entry("paragru", "paragru", "hybrid"), Entry("paralstm", "paralstm", "hybrid")
+    estimated = SweepConfig(out=str(tmp_path), entries=[gru, lstm], lrs={}, size="medium")
+    measured = SweepConfig(out=str(tmp_path), entries=[gru, lstm], lrs={}, size="medium",
+                           measured_tokens_per_s={"paragru": 2.5e5})
+    assert expected_tokens_per_s(measured, gru) == 2.5e5
+    assert expected_tokens_per_s(estimated, gru) < 2.5e5  # 407k at small, ~3x fewer FLOPs
+    assert expected_tokens_per_s(measured, lstm) == expected_tokens_per_s(estimated, lstm)
+    run = Run("seeds", gru, 1e-3, 0, 100)
+    tokens = 100 * 32 * 512 + 1 * 262144 / 3  # one validation at the end (eval_every 100)
+    assert run_seconds(measured, run) == pytest.approx(tokens / 2.5e5)
+
+
+def test_tokens_per_s_flag_parses_rates_and_rejects_bad_ones(tmp_path, capsys):
+    from pararnn.train.sweep import parse_rates
+    assert parse_rates(["paragru=2.5e5,transformer=4e5", "mamba2=1e5"]) == {
+        "paragru": 2.5e5, "transformer": 4e5, "mamba2": 1e5}
+    assert parse_rates([]) == {}
+    for bad, says in (("gru=1e5", "'gru' is not one of"), ("paragru=0", "one positive number"),
+                      ("paragru=fast", "comma-separated numbers"), ("paragru", "one positive number")):
+        with pytest.raises(ValueError, match=says):
+            parse_rates([bad])
+    args = ["sweep", "--out", str(tmp_path / "s"), "--models", "paragru", "--size", "medium",
+            "--final-steps", "100", "--seeds", "0", "--dry-run"]
+    assert main(args) == 0
+    estimated = capsys.readouterr().out
+    assert main(args + ["--tokens-per-s", "paragru=1e9"]) == 0
+    fast = capsys.readouterr().out
+    assert "measured speeds (--tokens-per-s)" in fast and "measured" not in estimated
+
+    def seconds(out):
+        return int(out.split("estimate: ")[1].split()[0])
+    assert seconds(fast) < seconds(estimated)
+    assert main(["sweep", "--out", str(tmp_path / "s"), "--tokens-per-s", "rnn=1", "--dry-run"]) == 2
+    assert "'rnn' is not one of" in capsys.readouterr().err
+
+
 def test_sweep_starts_only_runs_that_fit_its_time(corpus_dir, tmp_path, capsys):
     """--finish-within: at the expected speed (here 1e-5 tokens/s at small) no run fits, so none starts,
     the stage is left unfinished and the later stage is not attempted."""

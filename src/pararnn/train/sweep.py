@@ -123,6 +123,9 @@ class SweepConfig:
     time_limit: float | None = None  # seconds this invocation may run (then runs checkpoint and stop)
     finish_within: float | None = None  # start only runs predicted to end within these seconds
     tokens_per_s: dict = field(default_factory=lambda: dict(EXPECTED_TOKENS_PER_S))  # model -> rate
+    # model -> tokens/s of one run alone at this `size`, measured (--tokens-per-s): replaces
+    # the estimate from `tokens_per_s` scaled by FLOPs, which is pessimistic above small
+    measured_tokens_per_s: dict = field(default_factory=dict)
 
 
 def parse_entry(spec: str, block: str) -> Entry:
@@ -166,6 +169,22 @@ def _numbers(text: str, what: str, kind=float) -> list:
         return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def parse_rates(specs: list[str]) -> dict[str, float]:
+    """``--tokens-per-s MODEL=RATE`` specs (each may list several, comma-separated) as
+    {model: tokens/s}."""
+    rates = {}
+    for spec in (part.strip() for text in specs for part in text.split(",") if part.strip()):
+        model, _, value = spec.partition("=")
+        if model not in EXPECTED_TOKENS_PER_S:
+            raise ValueError(f"--tokens-per-s {spec!r}: {model!r} is not one of "
+                             f"{', '.join(EXPECTED_TOKENS_PER_S)}")
+        rate = _numbers(value, f"--tokens-per-s {model}")
+        if len(rate) != 1 or not rate[0] > 0:
+            raise ValueError(f"--tokens-per-s {model} must be one positive number, got {value!r}")
+        rates[model] = rate[0]
+    return rates
 
 
 def parse_sweep_lists(*, models: str, variants: list[str], lr_grids: list[str], stages: str,
@@ -387,9 +406,12 @@ def _flops_per_token(model: str, size: str, block: str, options: tuple, vocab_si
 
 
 def expected_tokens_per_s(cfg: SweepConfig, entry: Entry) -> float:
-    """``cfg.tokens_per_s`` of the entry's model (rates at ``--size small``), scaled to
-    ``cfg.size`` by forward FLOPs per token: a bigger model is at most that much slower (a
-    small one is partly host-bound, so it is less), a smaller one at most that much faster."""
+    """The entry's model's measured rate at ``cfg.size`` (``cfg.measured_tokens_per_s``), else
+    ``cfg.tokens_per_s`` of its model (rates at ``--size small``) scaled to ``cfg.size`` by
+    forward FLOPs per token: a bigger model is at most that much slower (a small one is
+    partly host-bound, so it is less), a smaller one at most that much faster."""
+    if entry.model in cfg.measured_tokens_per_s:
+        return cfg.measured_tokens_per_s[entry.model]
     rate = cfg.tokens_per_s[entry.model]
     if cfg.size == "small":
         return rate
