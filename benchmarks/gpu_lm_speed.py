@@ -21,9 +21,9 @@ after every row.
 ``--profile``: then one more step under ``torch.profiler`` (CPU and CUDA activities): its
 CUDA kernel time by kind (:data:`KERNEL_KINDS`: GEMM, attention, the ParaRNN solve,
 Mamba's SSD, convolution, optimizer with the gradient clip, the rest: norms, elementwise,
-loss), kernel count, GPU busy time (the union of kernel and copy intervals) and host
-synchronisations inside the step; in the JSON row under ``profile`` and printed below
-the row. ``--save-traces`` also writes each step's Chrome trace to
+loss), kernel count, GPU busy time (the union of kernel and copy intervals), host
+synchronisations inside the step, and the largest host costs by self CPU time
+(``host_ops``); in the JSON row under ``profile`` and printed below the row. ``--save-traces`` also writes each step's Chrome trace to
 ``DIR/trace_<model>_<size>_T<len>_<mode>.json.gz`` (Perfetto, chrome://tracing).
 
 ``--min-seg-lens 256,128,64`` runs each ParaRNN row once per value of the fused kernels'
@@ -149,8 +149,24 @@ def profile_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def host_ops(averages, top: int = 25) -> list[dict]:
+    """The ``top`` entries of a profile's ``key_averages()`` by self CPU time: where the host
+    spends a step (operators, the CUDA driver and runtime calls that launch kernels, the
+    Python of registered ops, which their self time includes)."""
+    rows = sorted(averages, key=lambda a: a.self_cpu_time_total, reverse=True)[:top]
+    return [{"name": a.key, "count": a.count, "self_cpu_us": a.self_cpu_time_total,
+             "cpu_total_us": a.cpu_time_total} for a in rows]
+
+
+def format_host_ops(row: dict, top: int = 12) -> str:
+    """The profiled row's largest host costs, one line each (the profiler inflates them all)."""
+    return "\n".join(f"        host: {op['self_cpu_us'] / 1e3:7.2f} ms self in {op['count']:4d} x {op['name'][:70]}"
+                     for op in row["profile"].get("host_ops", [])[:top])
+
+
 def profile_step(step, index: int, trace_path: str | None) -> dict:
-    """:func:`profile_breakdown` of ``step(index)`` under the profiler (after warm-up)."""
+    """:func:`profile_breakdown` of ``step(index)`` under the profiler (after warm-up), with
+    its :func:`host_ops`."""
     from torch.profiler import ProfilerActivity, profile, record_function
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         with record_function(STEP_RANGE):
@@ -164,7 +180,7 @@ def profile_step(step, index: int, trace_path: str | None) -> dict:
     if trace_path is not None:
         with gzip.open(trace_path, "wt") as f:
             f.write(text)
-    return profile_breakdown(json.loads(text)["traceEvents"])
+    return {**profile_breakdown(json.loads(text)["traceEvents"]), "host_ops": host_ops(prof.key_averages())}
 
 
 def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, steps: int, warmup: int,
@@ -296,6 +312,7 @@ def main() -> None:
                             print(f"      {row['graphs']} graphs, breaks: {row['graph_breaks']}", flush=True)
                         if "profile" in row:
                             print(format_profile(row), flush=True)
+                            print(format_host_ops(row), flush=True)
                     row["min_seg_len"] = min_seg_len  # None: the shipped plan
                     _fused_common.MIN_SEG_LEN = shipped_min_seg_len
                     record["rows"].append(row)

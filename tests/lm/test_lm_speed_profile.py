@@ -95,3 +95,20 @@ def test_breakdown_of_a_real_profiler_export(bench, tmp_path):
     prof.export_chrome_trace(str(path))
     p = bench.profile_breakdown(json.loads(path.read_text())["traceEvents"])
     assert p["syncs"] == 0 and p["kernels"] == 0 and p["busy_ms"] == 0.0
+
+
+def test_host_ops_rank_a_real_profile_by_self_time(bench):
+    """The host costs of a step come from the profiler's averages, largest self time first."""
+    from torch.profiler import ProfilerActivity, profile
+    x = torch.randn(256, 256)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            (x @ x).sum()
+    ops = bench.host_ops(prof.key_averages(), top=4)
+    assert 0 < len(ops) <= 4
+    assert [op["self_cpu_us"] for op in ops] == sorted((op["self_cpu_us"] for op in ops), reverse=True)
+    mm = next(op for op in ops if op["name"] == "aten::mm")
+    assert mm["count"] == 3 and 0 < mm["self_cpu_us"] <= mm["cpu_total_us"]
+    line = bench.format_host_ops({"profile": {"host_ops": ops}}, top=2)
+    assert len(line.splitlines()) == 2 and "ms self in" in line
+
