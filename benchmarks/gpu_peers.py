@@ -11,15 +11,11 @@ the JSON files are joined afterwards:
     PYTHONPATH=/tmp/peer python benchmarks/gpu_peers.py --impl pararnn-torch --json OUT/peers_pararnn_torch.json
     python benchmarks/gpu_peers.py --table OUT/peers_ours.json OUT/peers_pararnn_torch.json
 
-Apple's copy (its ``setup.py`` builds the CUDA extension next to the package, where the
-package loads it from; on Python >= 3.11 one dataclass default must become a factory
-first, or the package does not import):
-
-    cp -r ML_PARARNN_SOURCE /tmp/apple && cd /tmp/apple
-    sed -i 's/newton_config: NewtonConfig = NewtonConfig()/newton_config: NewtonConfig = dataclasses.field(default_factory=NewtonConfig)/' \
-        pararnn/rnn_cell/rnn_cell_utils.py
-    TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python setup.py build_ext --inplace   # 2-4 min on an H200 host
-    cd - && PYTHONPATH=/tmp/apple python benchmarks/gpu_peers.py --impl apple --heads 8 --json OUT/peers_apple.json
+Apple's copy is built by ``benchmarks/gpu_peers.sh``, which also runs every library here
+in one call: its ``setup.py`` builds the CUDA extension next to the package, which loads it
+from there (on Python >= 3.11 one dataclass default has to become a factory first, or the
+package does not import); then ``PYTHONPATH=/tmp/apple python benchmarks/gpu_peers.py
+--impl apple --heads 8 --json OUT/peers_apple_8head.json``.
 
 Layers: input = hidden = N, ``--heads`` heads of the block-diagonal input projection (1 by
 default: pararnn-torch's diagonal cells have a dense ``d -> 3d`` input projection and no

@@ -20,8 +20,9 @@ bench=benchmarks/gpu_peers.py
 exec > >(tee -a "$out/peers.log") 2>&1
 echo "=== $(date -u '+%F %T UTC') gpu_peers.sh on $(nvidia-smi --query-gpu=name --format=csv,noheader)"
 
-PYTHONPATH=src python $bench --impl ours --heads 1 --json "$out/peers_ours_1head.json"
-PYTHONPATH=src python $bench --impl ours --heads 8 --json "$out/peers_ours_8heads.json"
+for heads in 1 8; do
+    PYTHONPATH=src python $bench --impl ours --heads $heads --json "$out/peers_ours_${heads}head.json"
+done
 
 if pip install -q --no-deps --target /tmp/pararnn_torch "$peer"/pararnn_torch-*.whl; then
     PYTHONPATH=/tmp/pararnn_torch python $bench --impl pararnn-torch --json "$out/peers_pararnn_torch.json"
