@@ -4,11 +4,13 @@ default blocks, bf16 autocast, fused AdamW with the training loop's parameter gr
 gradient clipping).
 
     PYTHONPATH=src python benchmarks/gpu_lm_speed.py --out DIR [--sizes small,medium]
-        [--seq-lens 512,4096] [--compile both|off|on] [--steps 20] [--profile [--save-traces]]
+        [--seq-lens 512,4096] [--compile off|on|both|graphs|all] [--steps 20] [--profile [--save-traces]]
 
 Every step sees the same number of tokens (``--tokens-per-step``, 16,384 = 32 x 512 as in
 RESULTS.md), so a longer sequence means a smaller batch. Data are random token ids: speed
-does not depend on the text. Per (size, sequence length, model, eager/compiled): warm-up
+does not depend on the text. Per (size, sequence length, model, eager/compiled/graphs, the
+last ``torch.compile(mode="reduce-overhead")``: the compiled step replayed as CUDA graphs,
+so what the GPU alone takes once launches cost the host nothing): warm-up
 steps (compilation, Triton autotuning), then the median over ``--steps`` steps, each timed
 with CUDA events from the batch upload to the optimizer step, and the median host time of
 those steps (the CPU's time to issue a step: unless the step synchronises, which the
@@ -75,6 +77,13 @@ KERNEL_KINDS = (
 OTHER = "other"  # norms, elementwise, reductions, the loss: what inductor fuses
 COPIES = "memcpy/memset"
 KINDS = ("gemm", "attention", "pararnn", "mamba", "conv", OTHER, "optimizer", COPIES)  # as printed
+GRAPHS = "reduce-overhead"  # --compile graphs: torch.compile's mode with CUDA graphs
+
+
+def mode_name(compiled: bool | str) -> str:
+    """A row's mode as printed: eager, compiled or graphs (compiled, replayed as CUDA graphs)."""
+    return {False: "eager", True: "compiled", GRAPHS: "graphs"}[compiled]
+
 STEP_RANGE = "lm_training_step"  # the record_function range around the profiled step
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
               "cuStreamSynchronize", "cuCtxSynchronize", "cudaMemcpy")
@@ -142,7 +151,7 @@ def profile_table(rows: list[dict]) -> str:
     for r in rows:
         p = r["profile"]
         label = r["model"] + (f" @{r['min_seg_len']}" if r.get("min_seg_len") is not None else "")
-        cells = [label, str(r["seq_len"]), "compiled" if r["compiled"] else "eager",
+        cells = [label, str(r["seq_len"]), mode_name(r["compiled"]),
                  *(f"{p['by_kind_ms'][kind]:.2f}" for kind in KINDS), str(p["kernels"]),
                  f"{p['busy_ms']:.2f}", f"{r['host_ms']:.2f}", f"{r['step_ms']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -184,18 +193,23 @@ def profile_step(step, index: int, trace_path: str | None) -> dict:
 
 
 def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, steps: int, warmup: int,
-            compiled: bool, device: torch.device, profile: bool = False,
+            compiled: bool | str, device: torch.device, profile: bool = False,
             trace_path: str | None = None, block: str = "auto") -> dict:
     torch.manual_seed(0)
     model = build_model(preset(model_name, size, vocab_size=320, block=block)).to(device)
     optimizer = torch.optim.AdamW(optimizer_groups(model, lr=1e-3, weight_decay=0.1), lr=1e-3,
                                   betas=(0.9, 0.95), fused=True)
-    forward = training_forward(model, compiled)  # as `pararnn train [--compile]`
+    if compiled == GRAPHS:  # inductor, its graphs replayed as CUDA graphs (no launch cost)
+        forward = torch.compile(model, mode="reduce-overhead")
+    else:
+        forward = training_forward(model, compiled)  # as `pararnn train [--compile]`
     autocast = autocast_for(device, "auto")
     batch = tokens_per_step // seq_len
     tokens = torch.randint(0, 320, (steps + warmup + 1, batch, seq_len + 1), device="cpu").pin_memory()
 
     def step(i: int) -> None:
+        if compiled == GRAPHS:  # a new training step: the last one's graph outputs are dead
+            torch.compiler.cudagraph_mark_step_begin()
         xy = tokens[i].to(device, non_blocking=True)
         with autocast:
             loss = forward(xy[:, :-1], xy[:, 1:])
@@ -258,7 +272,10 @@ def main() -> None:
     parser.add_argument("--tokens-per-step", type=int, default=16384)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--compile", choices=("off", "on", "both"), default="off")
+    parser.add_argument("--compile", choices=("off", "on", "both", "graphs", "all"), default="off",
+                        help="eager (off), torch.compile as `pararnn train --compile` (on), both; "
+                        "graphs: torch.compile(mode='reduce-overhead'), the compiled step replayed "
+                        "as CUDA graphs (no host launch cost: what the GPU alone takes); all three")
     parser.add_argument("--profile", action="store_true",
                         help="profile one more step of each row: CUDA time by kernel kind, host vs GPU")
     parser.add_argument("--save-traces", action="store_true",
@@ -273,7 +290,8 @@ def main() -> None:
     device = torch.device("cuda")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "lm_speed.json")
-    modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    modes = {"off": [False], "on": [True], "both": [False, True], "graphs": [GRAPHS],
+             "all": [False, True, GRAPHS]}[args.compile]
     shipped_min_seg_len = _fused_common.MIN_SEG_LEN
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__,
@@ -290,7 +308,7 @@ def main() -> None:
                     if min_seg_len is not None:
                         _fused_common.MIN_SEG_LEN = min_seg_len  # part of the plan cache's key
                         spec = f"{spec}@{min_seg_len}"
-                    mode = "compiled" if compiled else "eager"
+                    mode = mode_name(compiled)
                     seg = "" if min_seg_len is None else f"_seg{min_seg_len}"
                     trace = (os.path.join(args.out, f"trace_{name}_{block}{seg}_{size}_T{seq_len}_{mode}.json.gz")
                              if args.profile and args.save_traces else None)

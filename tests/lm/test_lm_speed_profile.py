@@ -112,3 +112,12 @@ def test_host_ops_rank_a_real_profile_by_self_time(bench):
     line = bench.format_host_ops({"profile": {"host_ops": ops}}, top=2)
     assert len(line.splitlines()) == 2 and "ms self in" in line
 
+
+
+def test_rows_name_their_mode(bench):
+    """Eager, compiled and CUDA-graph rows are told apart in the printed tables."""
+    assert [bench.mode_name(c) for c in (False, True, bench.GRAPHS)] == ["eager", "compiled", "graphs"]
+    p = {"by_kind_ms": dict.fromkeys(bench.KINDS, 0.0), "kernels": 0, "busy_ms": 0.0}
+    row = {"model": "paragru", "seq_len": 512, "compiled": bench.GRAPHS, "step_ms": 1.0, "host_ms": 0.1,
+           "profile": p}
+    assert "| graphs |" in bench.profile_table([row])
