@@ -6,7 +6,7 @@
 # all into one file (the device tool returns at most 8 files).
 #
 #   benchmarks/gpu_all.sh OUTDIR [test-seconds] [bench-seconds] [decode-seconds]
-#   PEER_WHEEL=pararnn_torch-0.17.4-py3-none-any.whl benchmarks/gpu_all.sh OUTDIR   # + peers
+#   PEER_DIR=.peer benchmarks/gpu_all.sh OUTDIR   # + peers (benchmarks/gpu_peers.sh)
 #
 # Language-model comparisons (`pararnn sweep`) and the state-tracking grid
 # (benchmarks/gpu_synthetic.sh) take longer and run on their own (RESULTS.md).
@@ -41,16 +41,10 @@ tail -40 "$out/gpu_fused.log"
 timeout 150 python3 benchmarks/gpu_conv.py --out "$out" > "$out/gpu_conv.log" 2>&1
 tail -20 "$out/gpu_conv.log"
 
-# Peers in the same run, when a wheel is given: PEER_WHEEL=path/to/pararnn_torch-*.whl
-# (it installs a package also named pararnn, so it lives in its own folder and process).
-if [ -n "${PEER_WHEEL:-}" ]; then
-    python3 -m pip install --quiet --no-index --no-deps --target /tmp/pararnn_peer "$PEER_WHEEL"
-    timeout 120 python3 benchmarks/gpu_peers.py --impl ours --json "$out/peers_ours.json" \
-        > "$out/peers.log" 2>&1
-    PYTHONPATH=/tmp/pararnn_peer timeout 180 python3 benchmarks/gpu_peers.py --impl pararnn-torch \
-        --json "$out/peers_pararnn_torch.json" >> "$out/peers.log" 2>&1
-    python3 benchmarks/gpu_peers.py --table "$out/peers_ours.json" "$out/peers_pararnn_torch.json" \
-        | tee -a "$out/peers.log"
+# Peers in the same run, when their folder is given: PEER_DIR=.peer (pararnn-torch's wheel
+# and a source copy of Apple's ml-pararnn; benchmarks/gpu_peers.sh says what goes in it)
+if [ -n "${PEER_DIR:-}" ]; then
+    timeout 720 benchmarks/gpu_peers.sh "$out/peers" "$PEER_DIR" | tail -45
 fi
 
 timeout "${4:-240}" python3 -m pararnn bench-decode --models paragru,paralstm,transformer,mamba2 \

@@ -24,10 +24,18 @@ for heads in 1 8; do
     PYTHONPATH=src python $bench --impl ours --heads $heads --json "$out/peers_ours_${heads}head.json"
 done
 
-if pip install -q --no-deps --target /tmp/pararnn_torch "$peer"/pararnn_torch-*.whl; then
+wheel=$(ls "$peer"/pararnn_torch-*.whl 2>/dev/null | head -1)
+if [ -z "$wheel" ]; then
+    echo "no pararnn-torch wheel in $peer: skipped"
+elif pip install -q --no-index --no-deps --target /tmp/pararnn_torch "$wheel"; then
     PYTHONPATH=/tmp/pararnn_torch python $bench --impl pararnn-torch --json "$out/peers_pararnn_torch.json"
 fi
 
+if [ ! -f "$peer/ml-pararnn/setup.py" ]; then
+    echo "no ml-pararnn source in $peer/ml-pararnn: Apple's code skipped"
+    python $bench --table "$out"/peers_*.json
+    exit 0
+fi
 rm -rf /tmp/apple && cp -r "$peer/ml-pararnn" /tmp/apple
 # Python >= 3.11 rejects a dataclass instance as a field default: make it a factory
 sed -i 's/newton_config: NewtonConfig = NewtonConfig()/newton_config: NewtonConfig = dataclasses.field(default_factory=NewtonConfig)/' \
