@@ -45,6 +45,9 @@
 #                  root stays the same on every machine)
 #   RESTORE        a PACK of an earlier call, unpacked without overwriting newer files
 #   JOBS           concurrent runs in stages lr and seeds (default 8)
+#   TOGETHER       set: run the sweeps at the same time instead of one after the other (say
+#                  one sweep's last run beside another's LR stage); each plans its runs as if
+#                  alone, so a run may be stopped at SECONDS and continued by the next call
 #   SHAKESPEARE_FINAL_STEPS  final-run steps on Shakespeare (default 6104 = 100M tokens: ~20
 #                  epochs of its 5 MB as bytes, more as BPE tokens; fewer steps overfit less
 #                  and save ~1800 device-seconds per sweep for every 100M tokens cut)
@@ -124,6 +127,7 @@ for name in $sweeps; do
 done
 echo "total: ~$total device-seconds left = ~$(( (total + 499) / 500 )) calls of 560 s (~500 s of runs each)"
 
+sweep_pids=()
 for name in $sweeps; do
     args=$(args_of "$name") || continue
     now=$(date +%s)
@@ -131,10 +135,19 @@ for name in $sweeps; do
     finish=$((start + chain - margin - now))
     if [ "$left" -lt 60 ]; then echo "--- no time left for $name"; break; fi
     echo "--- $name: $left s of this call, runs must finish within $finish s"
+    if [ -n "${TOGETHER:-}" ]; then  # all sweeps at once, sharing the GPU
+        # shellcheck disable=SC2086
+        python3 -m pararnn sweep $args --time-limit "$left" --finish-within "$finish" 2>&1 \
+            | sed "s/^/$name: /" &
+        sweep_pids+=($!)
+        continue
+    fi
     # shellcheck disable=SC2086
     python3 -m pararnn sweep $args --time-limit "$left" --finish-within "$finish"
     echo "(exit $?)"
 done
+# (the sweeps' own pids: a bare `wait` would also wait for the log's tee)
+[ ${#sweep_pids[@]} -gt 0 ] && wait "${sweep_pids[@]}"
 
 echo "--- $(date -u '+%T UTC'): packing $outdir into $pack ($(( $(date +%s) - start )) s so far)"
 for name in $sweeps; do
