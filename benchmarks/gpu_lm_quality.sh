@@ -135,16 +135,15 @@ for name in $sweeps; do
     finish=$((start + chain - margin - now))
     if [ "$left" -lt 60 ]; then echo "--- no time left for $name"; break; fi
     echo "--- $name: $left s of this call, runs must finish within $finish s"
-    if [ -n "${TOGETHER:-}" ]; then  # all sweeps at once, sharing the GPU
-        # shellcheck disable=SC2086
-        python3 -m pararnn sweep $args --time-limit "$left" --finish-within "$finish" 2>&1 \
-            | sed "s/^/$name: /" &
-        sweep_pids+=($!)
-        continue
-    fi
     # shellcheck disable=SC2086
-    python3 -m pararnn sweep $args --time-limit "$left" --finish-within "$finish"
-    echo "(exit $?)"
+    run=(python3 -m pararnn sweep $args --time-limit "$left" --finish-within "$finish")
+    if [ -n "${TOGETHER:-}" ]; then  # all sweeps at once, sharing the GPU
+        "${run[@]}" 2>&1 | sed "s/^/$name: /" &
+        sweep_pids+=($!)
+    else
+        "${run[@]}"
+        echo "(exit $?)"
+    fi
 done
 # (the sweeps' own pids: a bare `wait` would also wait for the log's tee)
 [ ${#sweep_pids[@]} -gt 0 ] && wait "${sweep_pids[@]}"

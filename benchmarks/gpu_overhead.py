@@ -50,20 +50,27 @@ CALLS, ROUNDS = 300, 5
 LAYER_SHAPES = [(16, 1024, 512), (8, 4096, 1024)]
 
 
+def host_rounds_us(fn) -> list[float]:
+    """Microseconds per call of ``fn`` issued back to back, in each of ROUNDS rounds of CALLS
+    calls after 20 warm-up calls (tiny work: the GPU keeps up, so this is the host's time)."""
+    for _ in range(20):
+        fn()
+    rounds = []
+    for _ in range(ROUNDS):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(CALLS):
+            fn()
+        torch.cuda.synchronize()
+        rounds.append((time.perf_counter() - start) * 1e6 / CALLS)
+    return rounds
+
+
 def per_call(layer_cls, hidden):
     layer = make_layer(layer_cls, hidden)
     x = torch.randn(1, 16, hidden, device="cuda")
     with torch.no_grad():
-        for _ in range(20):
-            layer(x)
-        rounds = []
-        for _ in range(ROUNDS):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(CALLS):
-                layer(x)
-            torch.cuda.synchronize()
-            rounds.append((time.perf_counter() - start) * 1e3 / CALLS)
+        rounds = [us / 1e3 for us in host_rounds_us(lambda: layer(x))]
         kernels = kernels_of(lambda: layer(x))
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -84,22 +91,6 @@ def per_call(layer_cls, hidden):
             "eager_ms_per_call": statistics.median(rounds), "eager_ms_rounds": rounds,
             "cuda_graph_ms_per_call": graph_ms, "kernels_per_call": len(kernels),
             "kernels": kernels, "plan_segments": layer.last_solve.segments}
-
-
-def host_us(fn) -> float:
-    """Host microseconds per call of ``fn`` issued back to back (median of ROUNDS rounds of
-    CALLS calls; tiny work, so the GPU keeps up and the wall time is the host's)."""
-    for _ in range(20):
-        fn()
-    rounds = []
-    for _ in range(ROUNDS):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(CALLS):
-            fn()
-        torch.cuda.synchronize()
-        rounds.append((time.perf_counter() - start) * 1e6 / CALLS)
-    return statistics.median(rounds)
 
 
 @triton.jit
@@ -147,7 +138,8 @@ def op_rows() -> list[dict]:
         "aten add": lambda: torch.add(x, x),
     }
     with torch.no_grad():
-        return [{"case": name, "host_us": host_us(fn)} for name, fn in cases.items()]
+        return [{"case": name, "host_us": statistics.median(host_rounds_us(fn))}
+                for name, fn in cases.items()]
 
 
 def kernels_of(fn) -> list[str]:
