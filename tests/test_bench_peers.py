@@ -2,27 +2,16 @@
 with our run at its own head count, rows a peer failed or did not run say so, and a peer
 measured at a head count we have no run of is named instead of compared."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def peers():
-    folder = str(ROOT / "benchmarks")
-    sys.path.insert(0, folder)  # the script imports its sibling cuda_timing
-    try:
-        spec = importlib.util.spec_from_file_location("gpu_peers", Path(folder) / "gpu_peers.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(folder)
-    return module
+    return load_benchmark("gpu_peers")
 
 
 def write(tmp_path, impl, heads, rows):

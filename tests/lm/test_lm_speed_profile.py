@@ -2,22 +2,17 @@
 kernel-kind breakdown and the tables from a recorded trace with the kernel names an H200
 run shows, and the parser on a real ``torch.profiler`` export (CPU activities only)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("gpu_lm_speed", ROOT / "benchmarks" / "gpu_lm_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_lm_speed")
 
 
 @pytest.mark.parametrize("name, kind", [

