@@ -55,6 +55,12 @@
 #                  "transformer=2.1e5,mamba2=1.2e5,paragru=1.6e5,paralstm=1.5e5" (from
 #                  `benchmarks/gpu_lm_speed.py --sizes medium --compile off`): the medium
 #                  sweeps' time predictions use them (FLOPs scaling is pessimistic there)
+#   BPE_SEEDS      seeds of the small BPE sweeps' final runs (default 0,1; say 0 where a
+#                  session has room for one seed of each model)
+#   MEDIUM_FINAL_STEPS  final-run steps of the medium sweeps (default 6104 = 100M tokens)
+#   EXTRA_<sweep>  more `pararnn sweep` flags for one sweep, its name's dashes as
+#                  underscores, e.g. its own LR grids:
+#                  EXTRA_code_byte_medium="--lrs paragru=5e-4,1e-3,2e-3,4e-3"
 #   DEVICE, EXTRA  --device (default cuda) and more `pararnn sweep` flags (CPU dry runs)
 #
 # Example, three calls of one session (lead's machine: carry runs/state, data/shakespeare
@@ -88,22 +94,24 @@ args_of() {  # the `pararnn sweep` flags of one sweep name
     local name=$1 size=small seeds=0,1
     case $name in *-medium) name=${name%-medium} size=medium seeds=0 ;; esac
     local corpus=${name%-*} tokenizer=${name##*-}
+    [ "$tokenizer" = bpe ] && [ "$size" = small ] && seeds=${BPE_SEEDS:-$seeds}
     local data=python:packages stages=lr,seeds,throughput final=6104
-    local rates=()
+    local medium_flags=() own_extra=EXTRA_${1//-/_}
     if [ "$size" = medium ]; then
         stages=lr,seeds
-        [ -n "${MEDIUM_TOKENS_PER_S:-}" ] && rates=(--tokens-per-s "$MEDIUM_TOKENS_PER_S")
+        [ -n "${MEDIUM_TOKENS_PER_S:-}" ] && medium_flags=(--tokens-per-s "$MEDIUM_TOKENS_PER_S")
+        final=${MEDIUM_FINAL_STEPS:-$final}
     fi
     case $corpus in  # the English corpora: a folder named by the environment, or skipped
         shakespeare) data=${SHAKESPEARE:-} stages=lr,seeds final=${SHAKESPEARE_FINAL_STEPS:-6104} ;;
         prose) data=${PROSE:-} stages=lr,seeds ;;
     esac
     if [ "$corpus" != code ]; then [ -n "$data" ] && [ -d "$data" ] || return 1; fi
-    # shellcheck disable=SC2086  # EXTRA is a list of flags
+    # shellcheck disable=SC2086  # EXTRA and EXTRA_<sweep> are lists of flags
     echo --out "$outdir/$1" --data "$data" --tokenizer "$tokenizer" --vocab-size 4096 \
         --size "$size" --seq-len 512 --batch-size 32 --lr-steps 400 --final-steps "$final" \
         --seeds "$seeds" --eval-every 250 --eval-tokens 262144 --throughput-steps 100 \
-        --stages "$stages" --jobs "$jobs" --device "$device" "${rates[@]}" ${EXTRA:-}
+        --stages "$stages" --jobs "$jobs" --device "$device" "${medium_flags[@]}" ${EXTRA:-} ${!own_extra:-}
 }
 
 echo "--- plan (device-seconds from the H200 speeds in pararnn.train.sweep; runs sharing the GPU split it)"

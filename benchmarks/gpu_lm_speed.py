@@ -32,6 +32,10 @@ synchronisations inside the step, and the largest host costs by self CPU time
 shortest time segment (``_fused_common.MIN_SEG_LEN``): at T=512 the shipped 256 makes one
 512-step walk per chain, 128 and 64 split it into 4 or 8 segments when batch x channels
 leave room (the launch plan's rule), so the LM-level effect of the plan is measured in one run.
+``--tiles 'shipped;gru_fwd=32/1/4,gru_bwd=32/1/4'`` does the same for the kernels' tiles
+(``_fused_common.CUDA_TILES``: channels per program, warps, steps per block), e.g. one
+channel per thread where the one-walk plan leaves two warps per SM. Each row records its
+variant in ``plan_variant``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import datetime
 import gzip
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -150,7 +155,8 @@ def profile_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
     for r in rows:
         p = r["profile"]
-        label = r["model"] + (f" @{r['min_seg_len']}" if r.get("min_seg_len") is not None else "")
+        variant = r.get("plan_variant") or (r.get("min_seg_len") and f"seg{r['min_seg_len']}")
+        label = r["model"] + (f" @{variant}" if variant else "")
         cells = [label, str(r["seq_len"]), mode_name(r["compiled"]),
                  *(f"{p['by_kind_ms'][kind]:.2f}" for kind in KINDS), str(p["kernels"]),
                  f"{p['busy_ms']:.2f}", f"{r['host_ms']:.2f}", f"{r['step_ms']:.2f}"]
@@ -252,12 +258,37 @@ def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, step
     return row
 
 
-def seg_lens_of(spec: str, values: str) -> list:
-    """The MIN_SEG_LEN values to run ``spec`` with: ``values`` for a ParaRNN model, else the
-    shipped one (None)."""
-    if not values or spec.partition(":")[0] not in ("paragru", "paralstm"):
-        return [None]
-    return [int(v) for v in values.split(",")]
+def plan_variants(spec: str, min_seg_lens: str, tiles: str) -> list[tuple[str | None, dict]]:
+    """The launch-plan variants to run ``spec`` with, as (label, overrides of
+    :mod:`pararnn.kernels._fused_common` constants): one per ``--min-seg-lens`` value
+    (``MIN_SEG_LEN``) and one per ``--tiles`` set (``CUDA_TILES`` entries replaced;
+    ``shipped`` for none); a model without fused kernels, or no variants asked for, runs
+    the shipped plan only (label None)."""
+    if spec.partition(":")[0] not in ("paragru", "paralstm") or not (min_seg_lens or tiles):
+        return [(None, {})]
+    variants = [(f"seg{v}", {"MIN_SEG_LEN": int(v)}) for v in min_seg_lens.split(",") if v]
+    for tile_set in filter(None, tiles.split(";")):
+        if tile_set == "shipped":
+            variants.append(("shipped", {}))
+            continue
+        table = dict(_fused_common.CUDA_TILES)
+        for entry in tile_set.split(","):
+            kernel, _, tile = entry.partition("=")
+            if kernel not in table:
+                raise SystemExit(f"--tiles: unknown kernel {kernel!r} (one of {', '.join(table)})")
+            table[kernel] = tuple(int(v) for v in tile.split("/"))
+        variants.append((f"tiles:{tile_set}", {"CUDA_TILES": table}))
+    return variants
+
+
+def set_plan_constants(overrides: dict) -> dict:
+    """Set :mod:`._fused_common` constants; returns their previous values. The plan cache
+    is cleared: ``CUDA_TILES`` is not part of its key."""
+    previous = {name: getattr(_fused_common, name) for name in overrides}
+    for name, value in overrides.items():
+        setattr(_fused_common, name, value)
+    _fused_common._cached_plan.cache_clear()
+    return previous
 
 
 def main() -> None:
@@ -284,6 +315,11 @@ def main() -> None:
                         help="comma-separated values of the fused kernels' MIN_SEG_LEN to run each "
                         "ParaRNN row with (the launch plan's shortest time segment; default: the "
                         "shipped one), e.g. 256,128,64: shorter segments split short sequences")
+    parser.add_argument("--tiles", default="",
+                        help="';'-separated sets of fused-kernel tiles to run each ParaRNN row "
+                        "with, each a comma list KERNEL=BLOCK_N/WARPS/STEPS_PER_BLOCK (kernels "
+                        "gru_fwd, gru_bwd, lstm_fwd, lstm_bwd) or 'shipped', e.g. "
+                        "'shipped;gru_fwd=32/1/4,gru_bwd=32/1/4,lstm_fwd=32/1/4'")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_lm_speed.py needs a CUDA GPU")
@@ -292,7 +328,6 @@ def main() -> None:
     path = os.path.join(args.out, "lm_speed.json")
     modes = {"off": [False], "on": [True], "both": [False, True], "graphs": [GRAPHS],
              "all": [False, True, GRAPHS]}[args.compile]
-    shipped_min_seg_len = _fused_common.MIN_SEG_LEN
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "command": " ".join(sys.argv), "rows": []}
@@ -301,16 +336,17 @@ def main() -> None:
     for size in args.sizes.split(","):
         for seq_len in map(int, args.seq_lens.split(",")):
             for compiled in modes:
-                for spec, min_seg_len in [(spec, v) for spec in args.models.split(",")
-                                          for v in seg_lens_of(spec, args.min_seg_lens)]:
+                for spec, (variant, overrides) in [
+                        (spec, v) for spec in args.models.split(",")
+                        for v in plan_variants(spec, args.min_seg_lens, args.tiles)]:
                     name, _, block = spec.partition(":")
                     block = block or "auto"
-                    if min_seg_len is not None:
-                        _fused_common.MIN_SEG_LEN = min_seg_len  # part of the plan cache's key
-                        spec = f"{spec}@{min_seg_len}"
+                    if variant is not None:
+                        spec = f"{spec}@{variant}"
+                    previous = set_plan_constants(overrides)
                     mode = mode_name(compiled)
-                    seg = "" if min_seg_len is None else f"_seg{min_seg_len}"
-                    trace = (os.path.join(args.out, f"trace_{name}_{block}{seg}_{size}_T{seq_len}_{mode}.json.gz")
+                    suffix = "" if variant is None else "_" + re.sub(r"[^A-Za-z0-9]+", "-", variant)
+                    trace = (os.path.join(args.out, f"trace_{name}_{block}{suffix}_{size}_T{seq_len}_{mode}.json.gz")
                              if args.profile and args.save_traces else None)
                     try:
                         row = measure(name, size, seq_len, args.tokens_per_step, args.steps, args.warmup,
@@ -331,8 +367,8 @@ def main() -> None:
                         if "profile" in row:
                             print(format_profile(row), flush=True)
                             print(format_host_ops(row), flush=True)
-                    row["min_seg_len"] = min_seg_len  # None: the shipped plan
-                    _fused_common.MIN_SEG_LEN = shipped_min_seg_len
+                    row["plan_variant"] = variant  # None: the shipped plan
+                    set_plan_constants(previous)
                     record["rows"].append(row)
                     with open(path, "w") as f:
                         json.dump(record, f, indent=1)

@@ -2,14 +2,15 @@
 
     PYTHONPATH=src python benchmarks/gpu_profile.py [--layers] [--kernels] [--sweep]
 
-``--layers``: the ParaGRU/ParaLSTM layers (8 heads, 8x4096x1024, fp32 and bf16 autocast),
+``--layers``: the ParaGRU/ParaLSTM layers (8 heads, 8x4096x1024 or ``--shapes``, fp32 and bf16 autocast),
 forward and forward+backward, every CUDA kernel of one call with its time (torch.profiler),
 next to the time of the projection's matrix products alone (the "matmul time" of the
 layer targets). ``--kernels``: the fused ParaGRU forward at the target shapes, per launch.
 ``--dtypes``: the fused kernels' GPU time (CUDA-graph replay) and eager time with fp32
 and bf16 pre-activations. ``--sweep``: fused forward/backward times over launch plans
 (segment length, warm-up, channels per program, steps per block); ``--shapes 32x512x1024
---shipped-tiles --bf16`` sweeps the plans at the LM's shape. Without flags, all.
+--shipped-tiles --bf16`` sweeps the plans at the LM's shape, ``--segments shipped,128/32``
+only those plans (with every tile). Without flags, all.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ def kernel_table(fn, title, top=14):
     sys.stdout.flush()
 
 
-def layers():
+def layers(shape=SHAPE):
     from pararnn.layers import ParaGRU, ParaLSTM
-    B, T, D = SHAPE
+    B, T, D = shape
     x = torch.randn(B, T, D, device="cuda", requires_grad=True)
     for cls in (ParaGRU, ParaLSTM):
         layer = cls(D, D, num_heads=8, recurrent_clip=0.5, device="cuda")
@@ -62,7 +63,7 @@ def layers():
                 with amp:
                     y, _ = layer(x)
                 y.backward(grad.to(y.dtype))
-            name = f"{cls.__name__} 8 heads {prec}"
+            name = f"{cls.__name__} {B}x{T}x{D} 8 heads {prec}"
             print(f"\n{name}: forward {bench(fwd):.3f} ms, forward+backward {bench(fwd_bwd):.3f} ms")
             kernel_table(fwd, f"{name} forward")
             kernel_table(fwd_bwd, f"{name} forward+backward")
@@ -119,17 +120,22 @@ def host_us(fn, calls=200):
     return (t1 - t0) / calls * 1e6
 
 
-TILES = {"gru_fwd": [(128, 1, 4), (128, 1, 8), (64, 1, 4), (64, 1, 8)],
-         "gru_bwd": [(128, 1, 4), (128, 1, 2), (64, 1, 4), (64, 1, 2)],
-         "lstm_fwd": [(128, 1, 4), (128, 1, 8), (64, 1, 4), (64, 1, 8)],
-         "lstm_bwd": [(64, 2, 4), (64, 2, 2), (32, 1, 4), (32, 1, 2), (128, 4, 2)]}
+# (channels per program, warps, steps per block): 4, 2 and 1 channels per thread. Fewer
+# channels per thread make more warps of the same chains: where a plan leaves few chains
+# per SM (the one-walk plan at 32x512x1024 runs 2 warps per SM), more warps may hide the
+# sequential dependence better than more channels per thread.
+TILES = {"gru_fwd": [(128, 1, 4), (128, 1, 8), (64, 1, 4), (64, 1, 8), (32, 1, 4), (128, 4, 4)],
+         "gru_bwd": [(128, 1, 4), (128, 1, 2), (64, 1, 4), (64, 1, 2), (32, 1, 4), (128, 4, 4)],
+         "lstm_fwd": [(128, 1, 4), (128, 1, 8), (64, 1, 4), (64, 1, 8), (32, 1, 4), (128, 4, 4)],
+         "lstm_bwd": [(64, 2, 4), (64, 2, 2), (32, 1, 4), (32, 1, 2), (128, 4, 2), (64, 2, 1)]}
 SEGMENTS = [(None, None), (64, 16), (128, 16), (128, 32), (256, 32), (256, 64), (512, 64), (1024, 64)]
 
 
-def sweep(shapes=(SHAPE, (1, 65536, 256)), shipped_tiles=False, pre_dtype=torch.float32):
-    """Graph and eager ms of the fused forward/backward over :data:`SEGMENTS` (segment
-    length, warm-up; ``None``: the shipped plan) and :data:`TILES` (or only the shipped
-    tile of each kernel), at ``shapes`` with pre-activations in ``pre_dtype``."""
+def sweep(shapes=(SHAPE, (1, 65536, 256)), shipped_tiles=False, pre_dtype=torch.float32,
+          segments=SEGMENTS):
+    """Graph and eager ms of the fused forward/backward over ``segments`` (segment length,
+    warm-up; ``None``: the shipped plan; default :data:`SEGMENTS`) and :data:`TILES` (or
+    only the shipped tile of each kernel), at ``shapes`` with pre-activations in ``pre_dtype``."""
     from pararnn.cells import ParaGRUCell, ParaLSTMCell
     from pararnn.kernels import _fused_common, paragru, paralstm
     small = torch.randn(1, 64, 3 * 64, device="cuda")
@@ -154,7 +160,7 @@ def sweep(shapes=(SHAPE, (1, 65536, 256)), shipped_tiles=False, pre_dtype=torch.
             for name in ("fwd", "bwd"):
                 key = f"{kind}_{name}"
                 tiles = [_fused_common.CUDA_TILES[key]] if shipped_tiles else TILES[key]
-                for seg, warm in [(seg, warm) for seg, warm in SEGMENTS if seg is None or seg < T]:
+                for seg, warm in [(seg, warm) for seg, warm in segments if seg is None or seg < T]:
                     for bn, nw, k in tiles:
                         kw = dict(seg_len=seg, warmup=warm, block_n=bn, num_warps=nw,
                                   steps_per_block=k)
@@ -215,23 +221,32 @@ def main():
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--dtypes", action="store_true")
     ap.add_argument("--shapes", default=None,
-                    help="--sweep at these BxTxN, comma-separated (e.g. the LM's 32x512x1024)")
+                    help="--sweep and --layers at these BxTxN, comma-separated (e.g. the LM's "
+                    "32x512x1024)")
+    ap.add_argument("--segments", default=None,
+                    help="--sweep only these (segment length/warm-up) plans, comma-separated, "
+                    "'shipped' for the shipped one, e.g. shipped,128/32")
     ap.add_argument("--shipped-tiles", action="store_true",
                     help="--sweep only the shipped tile of each kernel (plans only)")
     ap.add_argument("--bf16", action="store_true", help="--sweep with bf16 pre-activations")
     args = ap.parse_args()
     everything = not (args.layers or args.kernels or args.sweep or args.dtypes)
     print(torch.cuda.get_device_name(), torch.__version__)
+    shapes = ([tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
+              if args.shapes else None)
     if args.layers or everything:
-        layers()
+        for shape in shapes or (SHAPE,):
+            layers(shape)
     if args.kernels or everything:
         kernels()
     if args.dtypes or everything:
         dtypes()
     if args.sweep or everything:
-        shapes = ([tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
-                  if args.shapes else (SHAPE, (1, 65536, 256)))
-        sweep(shapes, args.shipped_tiles, torch.bfloat16 if args.bf16 else torch.float32)
+        segments = SEGMENTS if args.segments is None else [
+            (None, None) if plan == "shipped" else tuple(int(v) for v in plan.split("/"))
+            for plan in args.segments.split(",")]
+        sweep(shapes or (SHAPE, (1, 65536, 256)), args.shipped_tiles,
+              torch.bfloat16 if args.bf16 else torch.float32, segments)
 
 
 if __name__ == "__main__":
