@@ -120,13 +120,17 @@ def host_us(fn, calls=200):
     return (t1 - t0) / calls * 1e6
 
 
-# (channels per program, warps, steps per block): 4, 2 and 1 channels per thread. Fewer
-# channels per thread make more warps of the same chains: where a plan leaves few chains
-# per SM (the one-walk plan at 32x512x1024 runs 2 warps per SM), more warps may hide the
-# sequential dependence better than more channels per thread.
-TILES = {"gru_fwd": [(128, 1, 4), (128, 1, 8), (64, 1, 4), (64, 1, 8), (32, 1, 4), (128, 4, 4)],
-         "gru_bwd": [(128, 1, 4), (128, 1, 2), (64, 1, 4), (64, 1, 2), (32, 1, 4), (128, 4, 4)],
-         "lstm_fwd": [(128, 1, 4), (128, 1, 8), (64, 1, 4), (64, 1, 8), (32, 1, 4), (128, 4, 4)],
+# (channels per program, warps, steps per block): 8, 4, 2 and 1 channels per thread. More
+# channels per thread give each thread independent chains to interleave (4 beat 1 and 2 at
+# the narrow shapes of 2026-12-01); fewer make more warps of the same chains, which may
+# serve better where a plan leaves few chains per SM (the one-walk plan at 32x512x1024
+# runs 2 warps per SM).
+TILES = {"gru_fwd": [(128, 1, 4), (128, 1, 8), (64, 1, 4), (64, 1, 8), (32, 1, 4), (128, 4, 4),
+                     (256, 1, 4)],
+         "gru_bwd": [(128, 1, 4), (128, 1, 2), (64, 1, 4), (64, 1, 2), (32, 1, 4), (128, 4, 4),
+                     (64, 2, 1), (32, 1, 2)],
+         "lstm_fwd": [(128, 1, 4), (128, 1, 8), (64, 1, 4), (64, 1, 8), (32, 1, 4), (128, 4, 4),
+                      (256, 1, 4)],
          "lstm_bwd": [(64, 2, 4), (64, 2, 2), (32, 1, 4), (32, 1, 2), (128, 4, 2), (64, 2, 1)]}
 SEGMENTS = [(None, None), (64, 16), (128, 16), (128, 32), (256, 32), (256, 64), (512, 64), (1024, 64)]
 
