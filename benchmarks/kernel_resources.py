@@ -1,0 +1,128 @@
+"""Registers and spills of the fused ParaGRU / ParaLSTM kernels per tile, without a GPU.
+
+    python benchmarks/kernel_resources.py [--arch 90] [--dtype bf16] [--json OUT.json]
+
+Compiles each kernel (GRU/LSTM, forward/backward) for an NVIDIA architecture (default
+sm_90, the H100/H200) with Triton's own ahead-of-time path, for every tile of
+``gpu_profile.TILES`` (channels per program, warps, steps per block), as the one-walk
+plan and the segmented plan launch it (``SEGMENTED``), and reads the registers per thread
+and the stack bytes (spills) of the cubin with the ``cuobjdump`` that ships with Triton.
+The arguments are specialised as a launch at the LM's shapes would be: a bias, no initial
+state, no resets, pointers 16-byte aligned and sizes divisible by 16.
+
+A thread has at most 255 registers; past that the compiler spills to the stack (local
+memory), which the sequential walk then reads and writes every step. Registers also bound
+the warps an SM holds (65,536 registers per SM). The numbers are the Triton of the machine
+that compiles them: the GPU machine's Triton may allocate differently, so they guide what
+``gpu_profile.py --sweep`` times there rather than replace it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import BaseBackend, GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+from gpu_profile import TILES  # noqa: E402
+from pararnn.kernels import paragru, paralstm  # noqa: E402
+
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+BOUNDARY = ("E", "A", "S", "X")  # the segment-boundary buffers: None in the one-walk plan
+
+
+def kernel_spec(kernel: str, pre_dtype: str, segmented: bool):
+    """(Triton function, argument types, constexpr values) of ``kernel`` as the fused op
+    launches it with a bias, no h0, no resets, no verification walk."""
+    cell, direction = kernel.split("_")
+    module = paragru if cell == "gru" else paralstm
+    fn = getattr(module, f"_{cell}_{direction}_kernel")
+    types = {"PRE": f"*{pre_dtype}", "AW": "*fp32", "PW": "*fp32", "BIAS": "*fp32",
+             "T": "i32", "N": "i32", "NB": "i32", "L": "i32", "W": "i32", "P": "i32",
+             "tol": "fp32"}
+    if direction == "fwd":
+        types["HOUT"] = "*fp32"
+        consts = {"FELL": None, "VERIFY": False}
+    else:
+        types.update(HS="*fp32", GH="*fp32", GPRE=f"*{pre_dtype}", GA="*fp32", GH0="*fp32")
+        consts = {"GROWS": 6}
+    consts.update(H0=None, RST=None, HAS_BIAS=True, HAS_H0=False, HAS_RST=False,
+                  SEGMENTED=segmented, CORRECT=False)
+    if segmented:
+        types.update({name: "*fp32" for name in BOUNDARY})
+    else:
+        consts.update({name: None for name in BOUNDARY})
+    signature = {name: types.get(name, "constexpr") for name in fn.arg_names}
+    unknown = [n for n, t in signature.items() if t == "constexpr" and n not in consts
+               and n not in ("BN", "K")]
+    if unknown:  # a kernel argument this script does not know how to specialise
+        raise RuntimeError(f"{kernel}: no type for {unknown}")
+    return fn, signature, consts
+
+
+def resources(kernel: str, tile, pre_dtype: str, segmented: bool, arch: int) -> dict:
+    block_n, num_warps, steps_per_block = tile
+    fn, signature, consts = kernel_spec(kernel, pre_dtype, segmented)
+    consts = {**consts, "BN": block_n, "K": steps_per_block}
+    aligned = BaseBackend.parse_attr("D")  # 16-byte aligned pointers, sizes divisible by 16
+    attrs = {(i,): aligned for i, name in enumerate(fn.arg_names)
+             if signature[name] != "constexpr" and signature[name] != "fp32"
+             and name not in ("NB", "L", "W", "P")}
+    compiled = triton.compile(ASTSource(fn, signature, consts, attrs),
+                              target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": num_warps})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        text = subprocess.run([CUOBJDUMP, "-res-usage", path], capture_output=True, text=True,
+                              check=True).stdout
+    match = re.search(r"REG:(\d+) STACK:(\d+)", text)
+    if match is None:
+        raise RuntimeError(f"no resource line in cuobjdump's output:\n{text}")
+    regs, stack = map(int, match.groups())
+    return {"kernel": kernel, "block_n": block_n, "num_warps": num_warps,
+            "steps_per_block": steps_per_block, "channels_per_thread": block_n // (32 * num_warps),
+            "segmented": segmented, "registers": regs, "stack_bytes": stack}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: sm_90)")
+    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
+                        help="the pre-activations' dtype (the LM's: bf16)")
+    parser.add_argument("--json", help="write the rows here")
+    args = parser.parse_args()
+    from pararnn.kernels._fused_common import CUDA_TILES
+    rows = []
+    print(f"| kernel | tile (channels/warps/steps) | channels per thread | plan | registers | spill bytes |")
+    print("|---|---|---:|---|---:|---:|")
+    for kernel, tiles in TILES.items():
+        for tile in tiles:
+            for segmented in (False, True):
+                row = resources(kernel, tile, args.dtype, segmented, args.arch)
+                rows.append(row)
+                shipped = " (shipped)" if tuple(tile) == CUDA_TILES[kernel] else ""
+                print(f"| {kernel} | {'/'.join(map(str, tile))}{shipped} | {row['channels_per_thread']} "
+                      f"| {'segmented' if segmented else 'one walk'} | {row['registers']} "
+                      f"| {row['stack_bytes']} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"benchmark": "kernel_resources", "arch": args.arch, "dtype": args.dtype,
+                       "triton": triton.__version__,
+                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
