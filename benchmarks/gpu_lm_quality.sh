@@ -57,10 +57,10 @@
 #                  sweeps' time predictions use them (FLOPs scaling is pessimistic there)
 #   BPE_SEEDS      seeds of the small BPE sweeps' final runs (default 0,1; say 0 where a
 #                  session has room for one seed of each model)
-#   MEDIUM_FINAL_STEPS  final-run steps of the medium sweeps (default 6104 = 100M tokens)
 #   EXTRA_<sweep>  more `pararnn sweep` flags for one sweep, its name's dashes as
-#                  underscores, e.g. its own LR grids:
-#                  EXTRA_code_byte_medium="--lrs paragru=5e-4,1e-3,2e-3,4e-3"
+#                  underscores (a flag given twice: the last counts), e.g. its own LR grids
+#                  or a shorter final run: EXTRA_code_byte_medium="--lrs
+#                  paragru=5e-4,1e-3,2e-3,4e-3 --final-steps 3052" (50M tokens)
 #   DEVICE, EXTRA  --device (default cuda) and more `pararnn sweep` flags (CPU dry runs)
 #
 # Example, three calls of one session (lead's machine: carry runs/state, data/shakespeare
@@ -100,7 +100,6 @@ args_of() {  # the `pararnn sweep` flags of one sweep name
     if [ "$size" = medium ]; then
         stages=lr,seeds
         [ -n "${MEDIUM_TOKENS_PER_S:-}" ] && medium_flags=(--tokens-per-s "$MEDIUM_TOKENS_PER_S")
-        final=${MEDIUM_FINAL_STEPS:-$final}
     fi
     case $corpus in  # the English corpora: a folder named by the environment, or skipped
         shakespeare) data=${SHAKESPEARE:-} stages=lr,seeds final=${SHAKESPEARE_FINAL_STEPS:-6104} ;;
