@@ -1,4 +1,5 @@
-"""Registers and spills of the fused ParaGRU / ParaLSTM kernels per tile, without a GPU.
+"""Registers, spills and instructions per step of the fused ParaGRU / ParaLSTM kernels per
+tile, without a GPU.
 
     python benchmarks/kernel_resources.py [--arch 90] [--dtype bf16] [--json OUT.json]
 
@@ -6,7 +7,11 @@ Compiles each kernel (GRU/LSTM, forward/backward) for an NVIDIA architecture (de
 sm_90, the H100/H200) with Triton's own ahead-of-time path, for every tile of
 ``gpu_profile.TILES`` (channels per program, warps, steps per block), as the one-walk
 plan and the segmented plan launch it (``SEGMENTED``), and reads the registers per thread
-and the stack bytes (spills) of the cubin with the ``cuobjdump`` that ships with Triton.
+and the stack bytes (spills) of the cubin with the ``cuobjdump`` that ships with Triton,
+and counts the SASS instructions of the step loop (its ``nvdisasm``): the loop's length
+divided by the channel-steps a thread does per iteration (steps per block x channels per
+thread) is the instructions one channel-step costs. Where a plan leaves few warps per SM
+the walk is bound by issuing them, so fewer is faster there.
 The arguments are specialised as a launch at the LM's shapes would be: a bias, no initial
 state, no resets, pointers 16-byte aligned and sizes divisible by 16.
 
@@ -28,15 +33,48 @@ import subprocess
 import sys
 import tempfile
 
-import triton
-from triton.backends.compiler import BaseBackend, GPUTarget
-from triton.compiler import ASTSource
+# Triton >= 3.9 warns unless this is set; 1 is the default the GPU machine's Triton compiles with
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import triton  # noqa: E402
+from triton.backends.compiler import BaseBackend, GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 from gpu_profile import TILES  # noqa: E402
 from pararnn.kernels import paragru, paralstm  # noqa: E402
 
-CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+NVIDIA_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+CUOBJDUMP = os.path.join(NVIDIA_BIN, "cuobjdump")
+NVDISASM = os.path.join(NVIDIA_BIN, "nvdisasm")
+_SASS_LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*)")
+_LABEL = re.compile(r"\s*\.(L_x_\d+):")
+_JUMP = re.compile(r"\bBRA\b.*`\(\.(L_x_\d+)\)")
+
+
+def loop_instructions(sass: str) -> int:
+    """Instructions of the largest loop in ``sass`` (``nvdisasm -c`` output): the span from
+    a label to the last branch back to it. The fused kernels' step loop is their largest."""
+    labels, instructions, pending = {}, [], []
+    for line in sass.splitlines():
+        label = _LABEL.match(line)
+        if label:
+            pending.append(label.group(1))
+            continue
+        match = _SASS_LINE.match(line)
+        if match:
+            address = int(match.group(1), 16)
+            for name in pending:
+                labels[name] = address
+            pending = []
+            instructions.append((address, match.group(2)))
+    longest = 0
+    for address, text in instructions:
+        jump = _JUMP.search(text)
+        if jump and labels.get(jump.group(1), address + 1) <= address:
+            start = labels[jump.group(1)]
+            longest = max(longest, sum(start <= a <= address for a, _ in instructions))
+    return longest
 BOUNDARY = ("E", "A", "S", "X")  # the segment-boundary buffers: None in the one-walk plan
 
 
@@ -63,7 +101,7 @@ def kernel_spec(kernel: str, pre_dtype: str, segmented: bool):
         consts.update({name: None for name in BOUNDARY})
     signature = {name: types.get(name, "constexpr") for name in fn.arg_names}
     unknown = [n for n, t in signature.items() if t == "constexpr" and n not in consts
-               and n not in ("BN", "K")]
+               and n not in ("BN", "K", "VEC")]
     if unknown:  # a kernel argument this script does not know how to specialise
         raise RuntimeError(f"{kernel}: no type for {unknown}")
     return fn, signature, consts
@@ -71,8 +109,9 @@ def kernel_spec(kernel: str, pre_dtype: str, segmented: bool):
 
 def resources(kernel: str, tile, pre_dtype: str, segmented: bool, arch: int) -> dict:
     block_n, num_warps, steps_per_block = tile
+    per_thread = max(1, block_n // (32 * num_warps))  # as Plan.channels_per_thread
     fn, signature, consts = kernel_spec(kernel, pre_dtype, segmented)
-    consts = {**consts, "BN": block_n, "K": steps_per_block}
+    consts = {**consts, "BN": block_n, "K": steps_per_block, "VEC": per_thread}
     aligned = BaseBackend.parse_attr("D")  # 16-byte aligned pointers, sizes divisible by 16
     attrs = {(i,): aligned for i, name in enumerate(fn.arg_names)
              if signature[name] != "constexpr" and signature[name] != "fp32"
@@ -86,13 +125,18 @@ def resources(kernel: str, tile, pre_dtype: str, segmented: bool, arch: int) -> 
             f.write(compiled.asm["cubin"])
         text = subprocess.run([CUOBJDUMP, "-res-usage", path], capture_output=True, text=True,
                               check=True).stdout
+        sass = subprocess.run([NVDISASM, "-c", path], capture_output=True, text=True,
+                              check=True).stdout
     match = re.search(r"REG:(\d+) STACK:(\d+)", text)
     if match is None:
         raise RuntimeError(f"no resource line in cuobjdump's output:\n{text}")
     regs, stack = map(int, match.groups())
+    loop = loop_instructions(sass)
     return {"kernel": kernel, "block_n": block_n, "num_warps": num_warps,
-            "steps_per_block": steps_per_block, "channels_per_thread": block_n // (32 * num_warps),
-            "segmented": segmented, "registers": regs, "stack_bytes": stack}
+            "steps_per_block": steps_per_block, "channels_per_thread": per_thread,
+            "segmented": segmented, "registers": regs, "stack_bytes": stack,
+            "loop_instructions": loop,
+            "instructions_per_channel_step": loop / (steps_per_block * per_thread)}
 
 
 def main() -> None:
@@ -105,8 +149,9 @@ def main() -> None:
     args = parser.parse_args()
     from pararnn.kernels._fused_common import CUDA_TILES
     rows = []
-    print(f"| kernel | tile (channels/warps/steps) | channels per thread | plan | registers | spill bytes |")
-    print("|---|---|---:|---|---:|---:|")
+    print("| kernel | tile (channels/warps/steps) | channels per thread | plan | registers "
+          "| spill bytes | loop instructions | per channel-step |")
+    print("|---|---|---:|---|---:|---:|---:|---:|")
     for kernel, tiles in TILES.items():
         for tile in tiles:
             for segmented in (False, True):
@@ -115,7 +160,8 @@ def main() -> None:
                 shipped = " (shipped)" if tuple(tile) == CUDA_TILES[kernel] else ""
                 print(f"| {kernel} | {'/'.join(map(str, tile))}{shipped} | {row['channels_per_thread']} "
                       f"| {'segmented' if segmented else 'one walk'} | {row['registers']} "
-                      f"| {row['stack_bytes']} |", flush=True)
+                      f"| {row['stack_bytes']} | {row['loop_instructions']} "
+                      f"| {row['instructions_per_channel_step']:.0f} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"benchmark": "kernel_resources", "arch": args.arch, "dtype": args.dtype,

@@ -84,6 +84,21 @@ def tanh(x):
 
 
 @triton.jit
+def channel_offsets(pid_n, BN: tl.constexpr, VEC: tl.constexpr):
+    """The ``BN`` channels of program ``pid_n``, declared contiguous in runs of ``VEC`` (the
+    plan's channels per thread) only.
+
+    Triton lays the (K, BN) step tiles out by the loads' vector width: left to itself it
+    loads bf16 in 16-byte vectors, giving each thread 8 channels and splitting the K steps
+    over threads, so :func:`row_of` needs warp shuffles and each reduced row is replicated
+    over the threads that split it: every thread then walks twice (or more) the channels
+    the tile meant, for the same work per warp. Runs of ``VEC`` give each thread exactly
+    ``VEC`` channels with all K steps in the thread, for bf16 and fp32 alike.
+    """
+    return tl.max_contiguous(pid_n * BN + tl.arange(0, BN), VEC)
+
+
+@triton.jit
 def row_of(tile, rows, j):
     """Row ``j`` (compile-time) of a (K, BN) register tile whose K axis lies in-thread."""
     return tl.sum(tl.where(rows[:, None] == j, tile, 0.0), axis=0)
@@ -160,6 +175,12 @@ class Plan:
     steps_per_block: int
     channel_blocks: int
     step_blocks: int
+
+    @property
+    def channels_per_thread(self) -> int:
+        """Channels each thread walks (a program's ``block_n`` over its 32 x ``num_warps``
+        threads; at least 1)."""
+        return max(1, self.block_n // (32 * self.num_warps))
 
 
 def cdiv(a: int, b: int) -> int:

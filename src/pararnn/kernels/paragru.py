@@ -22,6 +22,7 @@ import torch
 
 from .._grad import needs_grad
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
+                            channel_offsets,
                             check_common, default_plan, fake_flags, load_gate_bias,
                             op_flags, op_report, optional_flags,
                             reset_word, rows_in, reject_double_backward,
@@ -69,13 +70,13 @@ def _moved(X, S, bnd, mn, tol):
 def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L, W, P, tol,
                     HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
                     SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
-                    BN: tl.constexpr, K: tl.constexpr):
+                    BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr):
     # Steps go in blocks of K: the block's inputs are (K, BN) register tiles loaded one
     # block ahead (the prefetch that keeps loads in flight across the sequential chain).
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
-    offs = pid_n * BN + tl.arange(0, BN)
+    offs = channel_offsets(pid_n, BN, VEC)
     mn = offs < N
     rows = tl.arange(0, K)
     a_z, a_r, a_h = load_gate_vectors(AW, offs, mn, N)
@@ -153,12 +154,12 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L,
 def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB, L,
                     W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
                     HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr, CORRECT: tl.constexpr,
-                    BN: tl.constexpr, K: tl.constexpr):
+                    BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr):
     # Walks down from t_top in blocks of K steps (rows top-K .. top-1), one block ahead.
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
-    offs = pid_n * BN + tl.arange(0, BN)
+    offs = channel_offsets(pid_n, BN, VEC)
     mn = offs < N
     rows = tl.arange(0, K)
     a_z, a_r, a_h = load_gate_vectors(AW, offs, mn, N)
@@ -317,7 +318,8 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
             plan.seg_len if segments > 1 else steps, plan.warmup, plan.segments,
             verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
             VERIFY=check, **flags,
-            BN=plan.block_n, K=plan.steps_per_block, num_warps=plan.num_warps)
+            BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
+            num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=1, reverse=False)
     if verify:
@@ -391,7 +393,7 @@ def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, w
             pre, a, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags, BN=plan.block_n,
-            K=plan.steps_per_block, num_warps=plan.num_warps)
+            K=plan.steps_per_block, VEC=plan.channels_per_thread, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=1, reverse=True)
     return grad_pre, grad_w_part.sum((0, 1)), grad_h0_part.sum(1)

@@ -21,6 +21,7 @@ import torch
 
 from .._grad import needs_grad
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
+                            channel_offsets,
                             check_common, default_plan, fake_flags, load_gate_bias,
                             op_flags, op_report, optional_flags,
                             reset_word, rows_in, reject_double_backward,
@@ -101,12 +102,12 @@ def _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o, p_f, p_o):
 def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L, W, P,
                      tol, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
                      SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
-                     BN: tl.constexpr, K: tl.constexpr):
+                     BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr):
     # blocks of K steps held as (K, BN) register tiles, loaded one block ahead
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
-    offs = pid_n * BN + tl.arange(0, BN)
+    offs = channel_offsets(pid_n, BN, VEC)
     mn = offs < N
     rows = tl.arange(0, K)
     a_f, a_c, a_o, p_f, p_o, b_f, b_c, b_o, c0, h0 = _load_cell(AW, PW, BIAS, H0, b, offs,
@@ -205,12 +206,12 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
 def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB,
                      L, W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
-                     CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr):
+                     CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr):
     # walks down from t_top in blocks of K steps, loaded one block ahead
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
-    offs = pid_n * BN + tl.arange(0, BN)
+    offs = channel_offsets(pid_n, BN, VEC)
     mn = offs < N
     rows = tl.arange(0, K)
     a_f, a_c, a_o, p_f, p_o, b_f, b_c, b_o, c0, h0 = _load_cell(AW, PW, BIAS, H0, b, offs,
@@ -398,7 +399,8 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
             plan.seg_len if segments > 1 else steps, plan.warmup, P,
             verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
             VERIFY=check, **flags,
-            BN=plan.block_n, K=plan.steps_per_block, num_warps=plan.num_warps)
+            BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
+            num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=2, reverse=False)
     if verify:
@@ -483,7 +485,8 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_l
             pre, a, peephole, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags,
-            BN=plan.block_n, K=plan.steps_per_block, num_warps=plan.num_warps)
+            BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
+            num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=2, reverse=True)
     return grad_pre, grad_w_part.sum((0, 1)), grad_h0_part.sum(1)
