@@ -145,15 +145,19 @@ def main() -> None:
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: sm_90)")
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
                         help="the pre-activations' dtype (the LM's: bf16)")
+    parser.add_argument("--shipped", action="store_true",
+                        help="only the shipped tile of each kernel (_fused_common.CUDA_TILES)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET") == "1":  # the kernels would be interpreted functions
+        sys.exit("kernel_resources.py compiles the kernels: unset TRITON_INTERPRET")
     from pararnn.kernels._fused_common import CUDA_TILES
     rows = []
     print("| kernel | tile (channels/warps/steps) | channels per thread | plan | registers "
           "| spill bytes | loop instructions | per channel-step |")
     print("|---|---|---:|---|---:|---:|---:|---:|")
     for kernel, tiles in TILES.items():
-        for tile in tiles:
+        for tile in [CUDA_TILES[kernel]] if args.shipped else tiles:
             for segmented in (False, True):
                 row = resources(kernel, tile, args.dtype, segmented, args.arch)
                 rows.append(row)
