@@ -22,9 +22,8 @@ import torch
 
 from .._grad import needs_grad
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            channel_offsets,
-                            check_common, default_plan, fake_flags, load_gate_bias,
-                            op_flags, op_report, optional_flags,
+                            channel_offsets, check_common, default_plan, fake_flags,
+                            load_gate_bias, op_flags, op_report, optional_flags,
                             reset_word, rows_in, reject_double_backward,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,

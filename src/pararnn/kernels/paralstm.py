@@ -21,9 +21,8 @@ import torch
 
 from .._grad import needs_grad
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            channel_offsets,
-                            check_common, default_plan, fake_flags, load_gate_bias,
-                            op_flags, op_report, optional_flags,
+                            channel_offsets, check_common, default_plan, fake_flags,
+                            load_gate_bias, op_flags, op_report, optional_flags,
                             reset_word, rows_in, reject_double_backward,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
@@ -206,7 +205,8 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
 def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB,
                      L, W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
-                     CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr):
+                     CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr,
+                     VEC: tl.constexpr):
     # walks down from t_top in blocks of K steps, loaded one block ahead
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
