@@ -9,7 +9,8 @@
 # times ours at 1 and 8 heads, pararnn-torch at 1 head and Apple's at 1 and 8 heads with
 # benchmarks/gpu_peers.py (each library in its own process: all three are called `pararnn`)
 # and prints the tables. A peer that fails to install, build or run leaves a log and no
-# JSON; the others still run.
+# JSON; the others still run. HEADS (default "1 8") picks the head counts: pararnn-torch
+# runs only with 1 among them (it has no multi-head projection).
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_peers.sh OUTDIR [PEER_DIR]}
 peer=$(realpath "${2:-.peer}")
@@ -20,12 +21,15 @@ bench=benchmarks/gpu_peers.py
 exec > >(tee -a "$out/peers.log") 2>&1
 echo "=== $(date -u '+%F %T UTC') gpu_peers.sh on $(nvidia-smi --query-gpu=name --format=csv,noheader)"
 
-for heads in 1 8; do
+heads_list=${HEADS:-1 8}
+for heads in $heads_list; do
     PYTHONPATH=src python $bench --impl ours --heads $heads --json "$out/peers_ours_${heads}head.json"
 done
 
 wheel=$(ls "$peer"/pararnn_torch-*.whl 2>/dev/null | head -1)
-if [ -z "$wheel" ]; then
+if [[ " $heads_list " != *" 1 "* ]]; then
+    echo "HEADS has no 1: pararnn-torch skipped"
+elif [ -z "$wheel" ]; then
     echo "no pararnn-torch wheel in $peer: skipped"
 elif pip install -q --no-index --no-deps --target /tmp/pararnn_torch "$wheel"; then
     PYTHONPATH=/tmp/pararnn_torch python $bench --impl pararnn-torch --json "$out/peers_pararnn_torch.json"
@@ -44,7 +48,7 @@ start=$(date +%s)
 if (cd /tmp/apple && TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python setup.py build_ext --inplace \
         > "$out/apple_build.log" 2>&1); then
     echo "Apple's extension built in $(( $(date +%s) - start )) s"
-    for heads in 1 8; do
+    for heads in $heads_list; do
         PYTHONPATH=/tmp/apple python $bench --impl apple --heads $heads --json "$out/peers_apple_${heads}head.json"
     done
 else
