@@ -44,7 +44,9 @@
 #   SHAKESPEARE, PROSE  folders of the English corpora (a path relative to the repository
 #                  root stays the same on every machine)
 #   RESTORE        a PACK of an earlier call, unpacked without overwriting newer files
-#   JOBS           concurrent runs in stages lr and seeds (default 8)
+#   JOBS           concurrent runs in stages lr and seeds (default 8); with TOGETHER the
+#                  total over the sweeps, split evenly between them (each run is a training
+#                  process of its own: 17 at once ran the H200 out of memory)
 #   TOGETHER       set: run the sweeps at the same time instead of one after the other (say
 #                  one sweep's last run beside another's LR stage); each plans its runs as if
 #                  alone, so a run may be stopped at SECONDS and continued by the next call
@@ -112,6 +114,13 @@ args_of() {  # the `pararnn sweep` flags of one sweep name
         --seeds "$seeds" --eval-every 250 --eval-tokens 262144 --throughput-steps 100 \
         --stages "$stages" --jobs "$jobs" --device "$device" "${medium_flags[@]}" ${EXTRA:-} ${!own_extra:-}
 }
+
+if [ -n "${TOGETHER:-}" ]; then  # JOBS counts the runs of all the sweeps together
+    running=0
+    for name in $sweeps; do args_of "$name" > /dev/null && running=$((running + 1)); done
+    [ "$running" -gt 1 ] && jobs=$(( jobs / running > 0 ? jobs / running : 1 ))
+    echo "TOGETHER: $running sweeps at once, $jobs concurrent runs each"
+fi
 
 echo "--- plan (device-seconds from the H200 speeds in pararnn.train.sweep; runs sharing the GPU split it)"
 pids=()
