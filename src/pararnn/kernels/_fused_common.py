@@ -79,21 +79,31 @@ def reject_double_backward(op: str, remedy: str = "use mode='sequential'") -> No
 # channel-step costs, where the gates never meet a denormal that matters (an exp that
 # small is added to 1, a quotient that small is a gate at 0). Fixed when this module is
 # imported, like the interpreter itself, which has no libdevice and keeps tl.exp and "/".
+# float32 only: the float64 kernels (the references' precision) keep the exact functions.
 FAST_MATH = tl.constexpr(not interpreter_enabled())
 
 
 @triton.jit
 def _exp(x):
+    # nested rather than "and": the Triton versions we support differ in how they fold
+    # boolean operators on compile-time values
     if FAST_MATH:
-        return libdevice.fast_expf(x)
+        if x.dtype == tl.float32:
+            return libdevice.fast_expf(x)
+        else:
+            return tl.exp(x)
     else:
         return tl.exp(x)
 
 
 @triton.jit
 def _div(a, b):
+    # a and b share a dtype at every call site
     if FAST_MATH:
-        return libdevice.fast_dividef(a, b)
+        if a.dtype == tl.float32:
+            return libdevice.fast_dividef(a, b)
+        else:
+            return a / b
     else:
         return a / b
 
@@ -101,7 +111,7 @@ def _div(a, b):
 @triton.jit
 def sigmoid(x):
     e = _exp(-x)
-    return _div(tl.full(e.shape, 1.0, tl.float32), 1.0 + e)
+    return _div(tl.full(e.shape, 1.0, e.dtype), 1.0 + e)
 
 
 @triton.jit
