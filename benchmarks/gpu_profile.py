@@ -28,20 +28,28 @@ def bench(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
 
 
-def kernel_table(fn, title, top=14):
-    """Run ``fn`` once under the profiler (after a warm-up) and print its CUDA kernels."""
+def kernel_table(fn, title, top=14, host_top=0):
+    """Run ``fn`` once under the profiler (after a warm-up) and print its CUDA kernels and,
+    with ``host_top``, that many host operations by self CPU time (where a call that is
+    slower than its kernels spends the host's time; the profiler inflates each)."""
     from torch.profiler import ProfilerActivity, profile
     fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if host_top else [])
+    with profile(activities=activities) as prof:
         fn()
         torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    averages = prof.key_averages()
+    events = [e for e in averages if e.device_time_total > 0]
     events.sort(key=lambda e: -e.device_time_total)
     total = sum(e.device_time_total for e in events)
     print(f"\n### {title}: {total / 1e3:.3f} ms of kernels")
     for e in events[:top]:
         print(f"  {e.device_time_total / 1e3:8.3f} ms  x{e.count:<3d} {e.key[:110]}")
+    host = sorted((e for e in averages if e.self_cpu_time_total > 0),
+                  key=lambda e: -e.self_cpu_time_total)
+    for e in host[:host_top]:
+        print(f"  host {e.self_cpu_time_total / 1e3:7.3f} ms self  x{e.count:<3d} {e.key[:100]}")
     sys.stdout.flush()
 
 
@@ -65,8 +73,8 @@ def layers(shape=SHAPE):
                 y.backward(grad.to(y.dtype))
             name = f"{cls.__name__} {B}x{T}x{D} 8 heads {prec}"
             print(f"\n{name}: forward {bench(fwd):.3f} ms, forward+backward {bench(fwd_bwd):.3f} ms")
-            kernel_table(fwd, f"{name} forward")
-            kernel_table(fwd_bwd, f"{name} forward+backward")
+            kernel_table(fwd, f"{name} forward", host_top=10)
+            kernel_table(fwd_bwd, f"{name} forward+backward", host_top=15)
     # the projection's matrix products alone: (H, B*T, D/H) @ (H, D/H, G*N/H) and its two
     # backward products, as batched GEMMs on contiguous operands
     H = 8
@@ -138,8 +146,10 @@ SEGMENTS = [(None, None), (64, 16), (128, 16), (128, 32), (256, 32), (256, 64), 
 def sweep(shapes=(SHAPE, (1, 65536, 256)), shipped_tiles=False, pre_dtype=torch.float32,
           segments=SEGMENTS):
     """Graph and eager ms of the fused forward/backward over ``segments`` (segment length,
-    warm-up; ``None``: the shipped plan; default :data:`SEGMENTS`) and :data:`TILES` (or
-    only the shipped tile of each kernel), at ``shapes`` with pre-activations in ``pre_dtype``."""
+    warm-up; ``None``: the shipped plan; ``"walk"``: one exact walk; default
+    :data:`SEGMENTS`) and :data:`TILES` (or only the shipped tile of each kernel), at
+    ``shapes`` with pre-activations in ``pre_dtype``. Each row names the plan that ran
+    (segments x steps / warm-up), the shipped one marked."""
     from pararnn.cells import ParaGRUCell, ParaLSTMCell
     from pararnn.kernels import _fused_common, paragru, paralstm
     small = torch.randn(1, 64, 3 * 64, device="cuda")
@@ -147,8 +157,8 @@ def sweep(shapes=(SHAPE, (1, 65536, 256)), shipped_tiles=False, pre_dtype=torch.
     print(f"host time per call, 1x64x64: gru newton_forward {host_us(lambda: paragru.newton_forward(small, a_small)):.1f} us, "
           f"sequential_forward {host_us(lambda: paragru.sequential_forward(small, a_small)):.1f} us, "
           f"a torch add {host_us(lambda: small + 1):.1f} us")
-    print("\n| cell | pass | shape | seg_len | warmup | block_n/warps/K | graph ms | eager ms |")
-    print("|---|---|---|---:|---:|---|---:|---:|")
+    print("\n| cell | pass | shape | plan: segments x steps / warm-up | block_n/warps/K | graph ms | eager ms |")
+    print("|---|---|---|---|---|---:|---:|")
     for kind in ("gru", "lstm"):
         mod = paragru if kind == "gru" else paralstm
         for B, T, N in shapes:
@@ -164,10 +174,14 @@ def sweep(shapes=(SHAPE, (1, 65536, 256)), shipped_tiles=False, pre_dtype=torch.
             for name in ("fwd", "bwd"):
                 key = f"{kind}_{name}"
                 tiles = [_fused_common.CUDA_TILES[key]] if shipped_tiles else TILES[key]
-                for seg, warm in [(seg, warm) for seg, warm in segments if seg is None or seg < T]:
+                for seg, warm in [(seg, warm) for seg, warm in segments
+                                  if seg is None or seg == "walk" or seg < T]:
                     for bn, nw, k in tiles:
-                        kw = dict(seg_len=seg, warmup=warm, block_n=bn, num_warps=nw,
-                                  steps_per_block=k)
+                        kw = dict(seg_len=T if seg == "walk" else seg, warmup=warm,
+                                  block_n=bn, num_warps=nw, steps_per_block=k)
+                        plan = _fused_common.make_plan(key, B, T, N, pre.device, **kw)
+                        label = (f"{plan.segments} x {plan.seg_len} / {plan.warmup}"
+                                 + (" (shipped)" if seg is None else ""))
                         if name == "fwd":
                             def fn():
                                 return mod.newton_forward(pre, *w, h0, None, 3, **kw)
@@ -178,7 +192,7 @@ def sweep(shapes=(SHAPE, (1, 65536, 256)), shipped_tiles=False, pre_dtype=torch.
                             ms = f"{graph_ms(fn):.3f} | {bench(fn):.3f}"
                         except Exception as err:  # noqa: BLE001 - report and go on
                             ms = f"failed: {type(err).__name__} | -"
-                        print(f"| {kind} | {name} | {B}x{T}x{N} | {seg} | {warm} | {bn}/{nw}/{k} | {ms} |")
+                        print(f"| {kind} | {name} | {B}x{T}x{N} | {label} | {bn}/{nw}/{k} | {ms} |")
                         sys.stdout.flush()
             del pre, H, gH
             torch.cuda.empty_cache()
@@ -218,6 +232,18 @@ def dtypes():
             torch.cuda.empty_cache()
 
 
+def parse_plan(text: str):
+    """One ``--segments`` entry: ``shipped``, ``walk`` or ``SEG_LEN/WARMUP``."""
+    if text in ("shipped", "walk"):
+        return (None if text == "shipped" else "walk", None)
+    try:
+        seg_len, warmup = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--segments: {text!r} is not 'shipped', 'walk' or SEG_LEN/WARMUP") from None
+    return seg_len, warmup
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", action="store_true")
@@ -229,12 +255,18 @@ def main():
                     "32x512x1024)")
     ap.add_argument("--segments", default=None,
                     help="--sweep only these (segment length/warm-up) plans, comma-separated, "
-                    "'shipped' for the shipped one, e.g. shipped,128/32")
+                    "'shipped' for the shipped one, 'walk' for one exact walk, e.g. "
+                    "shipped,walk,128/32")
     ap.add_argument("--shipped-tiles", action="store_true",
                     help="--sweep only the shipped tile of each kernel (plans only)")
     ap.add_argument("--bf16", action="store_true", help="--sweep with bf16 pre-activations")
     args = ap.parse_args()
     everything = not (args.layers or args.kernels or args.sweep or args.dtypes)
+    try:
+        segments = SEGMENTS if args.segments is None else [
+            parse_plan(plan) for plan in args.segments.split(",")]
+    except argparse.ArgumentTypeError as err:
+        ap.error(str(err))
     print(torch.cuda.get_device_name(), torch.__version__)
     shapes = ([tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
               if args.shapes else None)
@@ -246,9 +278,6 @@ def main():
     if args.dtypes or everything:
         dtypes()
     if args.sweep or everything:
-        segments = SEGMENTS if args.segments is None else [
-            (None, None) if plan == "shipped" else tuple(int(v) for v in plan.split("/"))
-            for plan in args.segments.split(",")]
         sweep(shapes or (SHAPE, (1, 65536, 256)), args.shipped_tiles,
               torch.bfloat16 if args.bf16 else torch.float32, segments)
 
