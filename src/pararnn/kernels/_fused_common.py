@@ -38,7 +38,6 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from . import interpreter_enabled
 from ._triton_utils import affine1, affine2
@@ -72,53 +71,70 @@ def reject_double_backward(op: str, remedy: str = "use mode='sequential'") -> No
                            f"(create_graph=True); {remedy} for higher-order gradients")
 
 
-# The gates' exp and divisions as CUDA's fast intrinsics (ex2.approx.ftz of x log2(e),
-# div.approx.ftz) on the GPU. Triton's own exp and "/" are the same approximations plus
-# range handling for denormal inputs and outputs, 3-4 instructions more each; a GRU step
-# takes three of each, so the fast ones save ~15 of the ~64 instructions a forward
-# channel-step costs, where the gates never meet a denormal that matters (an exp that
-# small is added to 1, a quotient that small is a gate at 0). Fixed when this module is
-# imported, like the interpreter itself, which has no libdevice and keeps tl.exp and "/".
-# float32 only: the float64 kernels (the references' precision) keep the exact functions.
+# The gates' exponentials, reciprocals and signs as single PTX instructions on the GPU
+# (ex2.approx.ftz, rcp.approx.ftz, copysign). Triton's own exp and "/" are the same
+# approximations plus range handling for denormal inputs and outputs (3-4 instructions
+# more each), a division by way of div.approx.ftz still costs a multiply by the
+# numerator, and exp(x) costs a multiply by log2(e) that the callers here fold into
+# constants they multiply by anyway: a GRU forward channel-step goes from ~51 to ~41
+# instructions (benchmarks/kernel_resources.py), where the gates never meet a denormal
+# that matters (an exp that small is added to 1, a reciprocal that small is a gate at 0).
+# Fixed when this module is imported, like the interpreter itself, which runs no PTX and
+# keeps tl.exp and "/". float32 only: the float64 kernels (the references' precision)
+# keep the exact functions.
 FAST_MATH = tl.constexpr(not interpreter_enabled())
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
-def _exp(x):
-    # nested rather than "and": the Triton versions we support differ in how they fold
-    # boolean operators on compile-time values
-    if FAST_MATH:
-        if x.dtype == tl.float32:
-            return libdevice.fast_expf(x)
-        else:
-            return tl.exp(x)
-    else:
-        return tl.exp(x)
+def _ex2_approx(x):
+    """2**x, float32."""
+    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x],
+                                     dtype=tl.float32, is_pure=True, pack=1)
 
 
 @triton.jit
-def _div(a, b):
-    # a and b share a dtype at every call site
-    if FAST_MATH:
-        if a.dtype == tl.float32:
-            return libdevice.fast_dividef(a, b)
-        else:
-            return a / b
-    else:
-        return a / b
+def _rcp_approx(x):
+    """1 / x, float32."""
+    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x],
+                                     dtype=tl.float32, is_pure=True, pack=1)
 
 
+@triton.jit
+def _copysign(sign_of, magnitude):
+    """``magnitude`` with the sign of ``sign_of``, float32 (one bitwise instruction)."""
+    return tl.inline_asm_elementwise("copysign.f32 $0, $1, $2;", "=f,f,f",
+                                     [sign_of, magnitude], dtype=tl.float32, is_pure=True,
+                                     pack=1)
+
+
+# The fast branches are nested rather than joined by "and": the Triton versions we
+# support differ in how they fold boolean operators on compile-time values.
 @triton.jit
 def sigmoid(x):
-    e = _exp(-x)
-    return _div(tl.full(e.shape, 1.0, e.dtype), 1.0 + e)
+    if FAST_MATH:
+        if x.dtype == tl.float32:
+            return _rcp_approx(1.0 + _ex2_approx(x * -LOG2E))
+        else:
+            return 1.0 / (1.0 + tl.exp(-x))
+    else:
+        return 1.0 / (1.0 + tl.exp(-x))
 
 
 @triton.jit
 def tanh(x):
-    e = _exp(-2.0 * tl.abs(x))
-    t = _div(1.0 - e, 1.0 + e)
-    return tl.where(x >= 0, t, -t)
+    if FAST_MATH:
+        if x.dtype == tl.float32:
+            e = _ex2_approx(tl.abs(x) * (-2.0 * LOG2E))
+            return _copysign(x, (1.0 - e) * _rcp_approx(1.0 + e))
+        else:
+            e = tl.exp(-2.0 * tl.abs(x))
+            t = (1.0 - e) / (1.0 + e)
+            return tl.where(x >= 0, t, -t)
+    else:
+        e = tl.exp(-2.0 * tl.abs(x))
+        t = (1.0 - e) / (1.0 + e)
+        return tl.where(x >= 0, t, -t)
 
 
 @triton.jit
@@ -139,7 +155,7 @@ def channel_offsets(pid_n, BN: tl.constexpr, VEC: tl.constexpr):
 @triton.jit
 def row_of(tile, rows, j):
     """Row ``j`` (compile-time) of a (K, BN) register tile whose K axis lies in-thread."""
-    return tl.sum(tl.where(rows[:, None] == j, tile, 0.0), axis=0)
+    return tl.sum(tl.where(rows[:, None] == j, tile, -0.0), axis=0)
 
 
 @triton.jit
