@@ -196,19 +196,27 @@ def load_gate_bias(BIAS, offs, mn, N, HAS_BIAS: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
-def load_gate_tiles(PRE, b, T, N, t_rows, offs, mask):
-    """The three gate pre-activations of steps ``t_rows`` (B, T, 3N gate-major) as fp32
-    (K, BN) register tiles; masked entries are 0."""
-    ptr = PRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
+def step_offsets(b, T, width, t_first, rows, cols):
+    """Offsets of columns ``cols`` of steps ``t_first + rows`` in row ``b`` of a (B, T,
+    width) tensor: the step block's start as one scalar plus a tile that does not change
+    from block to block, so a walk computes one address per block, not one per row."""
+    return (b * T + t_first) * width + (rows[:, None] * width + cols[None, :])
+
+
+@triton.jit
+def load_gate_tiles(PRE, b, T, N, t_first, rows, offs, mask):
+    """The three gate pre-activations of steps ``t_first + rows`` (B, T, 3N gate-major) as
+    fp32 (K, BN) register tiles; masked entries are 0."""
+    ptr = PRE + step_offsets(b, T, 3 * N, t_first, rows, offs)
     return (tl.load(ptr, mask=mask, other=0.0).to(tl.float32),
             tl.load(ptr + N, mask=mask, other=0.0).to(tl.float32),
             tl.load(ptr + 2 * N, mask=mask, other=0.0).to(tl.float32))
 
 
 @triton.jit
-def store_gate_tiles(GPRE, b, T, N, t_rows, offs, mask, g0, g1, g2):
-    """Gate-level gradients of steps ``t_rows`` into (B, T, 3N), in GPRE's dtype."""
-    ptr = GPRE + (b * T + t_rows)[:, None] * (3 * N) + offs[None, :]
+def store_gate_tiles(GPRE, b, T, N, t_first, rows, offs, mask, g0, g1, g2):
+    """Gate-level gradients of steps ``t_first + rows`` into (B, T, 3N), in GPRE's dtype."""
+    ptr = GPRE + step_offsets(b, T, 3 * N, t_first, rows, offs)
     tl.store(ptr, g0.to(GPRE.dtype.element_ty), mask=mask)
     tl.store(ptr + N, g1.to(GPRE.dtype.element_ty), mask=mask)
     tl.store(ptr + 2 * N, g2.to(GPRE.dtype.element_ty), mask=mask)

@@ -24,7 +24,7 @@ from .._grad import needs_grad
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
                             channel_offsets, check_common, default_plan, fake_flags,
                             load_gate_bias, op_flags, op_report, optional_flags,
-                            reset_word, rows_in, reject_double_backward,
+                            reset_word, rows_in, reject_double_backward, step_offsets,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
                             tanh, tl, triton)
@@ -106,13 +106,13 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L,
         base0 = (t_begin // K) * K
         t_rows = base0 + rows
         m2 = rows_in(t_rows, t_begin, seg_end, mn)
-        uz, ur, uh = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
+        uz, ur, uh = load_gate_tiles(PRE, b, T, N, base0, rows, offs, m2)
         if HAS_RST:
             bits = reset_word(RST, b, NB, base0 // K)
         for t0 in range(base0, seg_end, K):
             t_rows = t0 + K + rows
             m2 = (t_rows < seg_end)[:, None] & mn[None, :]
-            uz_n, ur_n, uh_n = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
+            uz_n, ur_n, uh_n = load_gate_tiles(PRE, b, T, N, t0 + K, rows, offs, m2)
             if HAS_RST:
                 bits_n = reset_word(RST, b, NB, t0 // K + 1)
             out = tl.zeros([K, BN], dtype=tl.float32)
@@ -137,7 +137,7 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L,
                     acc = tl.where(live & (t >= seg_start), acc * jac, acc)
             o_rows = t0 + rows
             o_mask = rows_in(o_rows, seg_start, seg_end, mn)
-            tl.store(HOUT + (b * T + o_rows)[:, None] * N + offs[None, :], out, mask=o_mask)
+            tl.store(HOUT + step_offsets(b, T, N, t0, rows, offs), out, mask=o_mask)
             uz = uz_n
             ur = ur_n
             uh = uh_n
@@ -192,9 +192,9 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
         top_base = ((t_top - 1) // K) * K
         t_rows = top_base + rows
         valid = rows_in(t_rows, seg_start, t_top, mn)
-        uz, ur, uh = load_gate_tiles(PRE, b, T, N, t_rows, offs, valid)
-        gt = tl.load(GH + (b * T + t_rows)[:, None] * N + offs[None, :], mask=valid, other=0.0)
-        ht = tl.load(HS + (b * T + t_rows - 1)[:, None] * N + offs[None, :],
+        uz, ur, uh = load_gate_tiles(PRE, b, T, N, top_base, rows, offs, valid)
+        gt = tl.load(GH + step_offsets(b, T, N, top_base, rows, offs), mask=valid, other=0.0)
+        ht = tl.load(HS + step_offsets(b, T, N, top_base - 1, rows, offs),
                      mask=valid & (t_rows > 0)[:, None], other=0.0)
         if HAS_RST:
             bits = reset_word(RST, b, NB, top_base // K)
@@ -202,10 +202,10 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
             base = top_base - blk * K
             t_rows = base - K + rows
             valid = (t_rows >= seg_start)[:, None] & mn[None, :]
-            uz_n, ur_n, uh_n = load_gate_tiles(PRE, b, T, N, t_rows, offs, valid)
-            gt_n = tl.load(GH + (b * T + t_rows)[:, None] * N + offs[None, :], mask=valid,
+            uz_n, ur_n, uh_n = load_gate_tiles(PRE, b, T, N, base - K, rows, offs, valid)
+            gt_n = tl.load(GH + step_offsets(b, T, N, base - K, rows, offs), mask=valid,
                            other=0.0)
-            ht_n = tl.load(HS + (b * T + t_rows - 1)[:, None] * N + offs[None, :],
+            ht_n = tl.load(HS + step_offsets(b, T, N, base - K - 1, rows, offs),
                            mask=valid & (t_rows > 0)[:, None], other=0.0)
             if HAS_RST:
                 bits_n = reset_word(RST, b, NB, base // K - 1)
@@ -248,7 +248,7 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
                 mu = tl.where(live, tl.where(restart, 0.0, nu), mu)
             o_rows = base + rows
             o_mask = rows_in(o_rows, seg_start, seg_end, mn)
-            store_gate_tiles(GPRE, b, T, N, o_rows, offs, o_mask, o_z, o_r, o_h)
+            store_gate_tiles(GPRE, b, T, N, base, rows, offs, o_mask, o_z, o_r, o_h)
             uz = uz_n
             ur = ur_n
             uh = uh_n

@@ -23,7 +23,7 @@ from .._grad import needs_grad
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
                             channel_offsets, check_common, default_plan, fake_flags,
                             load_gate_bias, op_flags, op_report, optional_flags,
-                            reset_word, rows_in, reject_double_backward,
+                            reset_word, rows_in, reject_double_backward, step_offsets,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
                             tanh, tl, triton)
@@ -138,13 +138,13 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
         base0 = (t_begin // K) * K
         t_rows = base0 + rows
         m2 = rows_in(t_rows, t_begin, seg_end, mn)
-        uf, uc, uo = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
+        uf, uc, uo = load_gate_tiles(PRE, b, T, N, base0, rows, offs, m2)
         if HAS_RST:
             bits = reset_word(RST, b, NB, base0 // K)
         for t0 in range(base0, seg_end, K):
             t_rows = t0 + K + rows
             m2 = (t_rows < seg_end)[:, None] & mn[None, :]
-            uf_n, uc_n, uo_n = load_gate_tiles(PRE, b, T, N, t_rows, offs, m2)
+            uf_n, uc_n, uo_n = load_gate_tiles(PRE, b, T, N, t0 + K, rows, offs, m2)
             if HAS_RST:
                 bits_n = reset_word(RST, b, NB, t0 // K + 1)
             out_c = tl.zeros([K, BN], dtype=tl.float32)
@@ -189,7 +189,7 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
                     m11 = tl.where(upd, n11, m11)
             o_rows = t0 + rows
             o_mask = rows_in(o_rows, seg_start, seg_end, mn)
-            optr = HOUT + (b * T + o_rows)[:, None] * (2 * N) + 2 * offs[None, :]
+            optr = HOUT + step_offsets(b, T, 2 * N, t0, rows, 2 * offs)
             tl.store(optr, out_c, mask=o_mask)
             tl.store(optr + 1, out_h, mask=o_mask)
             uf = uf_n
@@ -250,8 +250,8 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
         t_rows = top_base + rows
         valid = rows_in(t_rows, seg_start, t_top, mn)
         prev = valid & (t_rows > 0)[:, None]
-        uf, uc, uo = load_gate_tiles(PRE, b, T, N, t_rows, offs, valid)
-        sptr = (b * T + t_rows)[:, None] * (2 * N) + 2 * offs[None, :]
+        uf, uc, uo = load_gate_tiles(PRE, b, T, N, top_base, rows, offs, valid)
+        sptr = step_offsets(b, T, 2 * N, top_base, rows, 2 * offs)
         gc = tl.load(GH + sptr, mask=valid, other=0.0)
         gh = tl.load(GH + sptr + 1, mask=valid, other=0.0)
         hc = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
@@ -263,8 +263,8 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
             t_rows = base - K + rows
             valid = (t_rows >= seg_start)[:, None] & mn[None, :]
             prev = valid & (t_rows > 0)[:, None]
-            uf_n, uc_n, uo_n = load_gate_tiles(PRE, b, T, N, t_rows, offs, valid)
-            sptr = (b * T + t_rows)[:, None] * (2 * N) + 2 * offs[None, :]
+            uf_n, uc_n, uo_n = load_gate_tiles(PRE, b, T, N, base - K, rows, offs, valid)
+            sptr = step_offsets(b, T, 2 * N, base - K, rows, 2 * offs)
             gc_n = tl.load(GH + sptr, mask=valid, other=0.0)
             gh_n = tl.load(GH + sptr + 1, mask=valid, other=0.0)
             hc_n = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
@@ -330,7 +330,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
                 mu_h = tl.where(live, tl.where(restart, 0.0, nu_h), mu_h)
             o_rows = base + rows
             o_mask = rows_in(o_rows, seg_start, seg_end, mn)
-            store_gate_tiles(GPRE, b, T, N, o_rows, offs, o_mask, o_f, o_c, o_o)
+            store_gate_tiles(GPRE, b, T, N, base, rows, offs, o_mask, o_f, o_c, o_o)
             uf = uf_n
             uc = uc_n
             uo = uo_n
