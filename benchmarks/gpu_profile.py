@@ -86,6 +86,24 @@ def layers(shape=SHAPE):
             t_f = bench(lambda: torch.bmm(a, w))
             t_b = bench(lambda: (torch.bmm(g, w.transpose(1, 2)), torch.bmm(a.transpose(1, 2), g)))
             print(f"matmuls {dtype}: forward {t_f:.3f} ms, backward (dx, dW) {t_b:.3f} ms")
+            # the weight gradient alone, its K = B*T reduction in one batched GEMM or split
+            # into chunks summed after (cuBLAS picks no split-K for this batched shape)
+            t_w = {1: bench(lambda: torch.bmm(a.transpose(1, 2), g))}
+            for splits in (4, 8, 16):
+                if (B * T) % splits == 0:
+                    t_w[splits] = bench(lambda: split_k_weight_grad(a, g, splits))
+            print(f"  weight gradient {dtype}, K split in " + ", ".join(
+                f"{k}: {ms:.3f} ms" for k, ms in t_w.items()))
+
+
+def split_k_weight_grad(a, g, splits):
+    """``a^T g`` per head (H, Dh, G*Nh) with the rows (K) in ``splits`` chunks, each its own
+    GEMM of a batch of H * splits, summed in float32."""
+    heads, rows, _ = a.shape
+    a4 = a.reshape(heads * splits, rows // splits, a.shape[-1])
+    g4 = g.reshape(heads * splits, rows // splits, g.shape[-1])
+    part = torch.bmm(a4.transpose(1, 2), g4)
+    return part.view(heads, splits, *part.shape[1:]).sum(1, dtype=torch.float32)
 
 
 def kernels():

@@ -33,3 +33,15 @@ def test_bad_segments_entry_exits_with_usage():
                            "--segments", "shipped,12x"], capture_output=True, text=True)
     # argparse's usage error (exit 2) comes before anything touches CUDA
     assert done.returncode == 2 and "--segments" in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("splits", [1, 4, 16])
+def test_split_k_weight_grad_is_the_batched_product(profile, splits):
+    import torch
+    gen = torch.Generator().manual_seed(splits)
+    a = torch.randn(4, 256, 8, generator=gen)
+    g = torch.randn(4, 256, 24, generator=gen)
+    got = profile.split_k_weight_grad(a, g, splits)
+    want = torch.bmm(a.transpose(1, 2), g)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
