@@ -117,16 +117,24 @@ def profile_breakdown(events: list[dict]) -> dict:
     """One profiled step from its Chrome trace events (``torch.profiler``'s export): CUDA
     time per kernel kind (ms), kernel count, GPU busy ms (kernels and copies may overlap
     on several streams: their union) and host synchronisations inside the step's
-    :data:`STEP_RANGE` range (None if the trace lacks it)."""
+    :data:`STEP_RANGE` range (None if the trace lacks it), and the kernels of kind
+    :data:`OTHER` by name, largest first (``other_kernels``: name, ms, count; the top 20):
+    what the kind tables leave unnamed."""
     by_kind = dict.fromkeys(KINDS, 0.0)
-    intervals, kernels = [], 0
+    intervals, kernels, others = [], 0, {}
     for e in events:
         category = str(e.get("cat", "")).lower()
         if e.get("ph") != "X" or category not in ("kernel", "gpu_memcpy", "gpu_memset"):
             continue
         kernels += category == "kernel"
-        by_kind[kernel_kind(e["name"]) if category == "kernel" else COPIES] += e["dur"] / 1e3
+        kind = kernel_kind(e["name"]) if category == "kernel" else COPIES
+        by_kind[kind] += e["dur"] / 1e3
+        if kind == OTHER:
+            ms, count = others.get(e["name"], (0.0, 0))
+            others[e["name"]] = (ms + e["dur"] / 1e3, count + 1)
         intervals.append((e["ts"], e["ts"] + e["dur"]))
+    other_kernels = [{"name": name, "ms": ms, "count": count} for name, (ms, count)
+                     in sorted(others.items(), key=lambda item: -item[1][0])[:20]]
     step = [e for e in events if e.get("ph") == "X" and e.get("name") == STEP_RANGE
             and str(e.get("cat", "")).lower() == "user_annotation"]
     syncs = None
@@ -135,7 +143,7 @@ def profile_breakdown(events: list[dict]) -> dict:
         syncs = sum(1 for e in events if e.get("ph") == "X" and e.get("name") in SYNC_CALLS
                     and start <= e["ts"] <= end)
     return {"kernels": kernels, "kernel_ms": sum(by_kind.values()), "busy_ms": busy_ms(intervals),
-            "by_kind_ms": by_kind, "syncs": syncs}
+            "by_kind_ms": by_kind, "syncs": syncs, "other_kernels": other_kernels}
 
 
 def format_profile(row: dict) -> str:
@@ -174,9 +182,13 @@ def host_ops(averages, top: int = 25) -> list[dict]:
 
 
 def format_host_ops(row: dict, top: int = 12) -> str:
-    """The profiled row's largest host costs, one line each (the profiler inflates them all)."""
-    return "\n".join(f"        host: {op['self_cpu_us'] / 1e3:7.2f} ms self in {op['count']:4d} x {op['name'][:70]}"
-                     for op in row["profile"].get("host_ops", [])[:top])
+    """The profiled row's largest host costs, one line each (the profiler inflates them all),
+    then its largest kernels of kind :data:`OTHER`."""
+    profile = row["profile"]
+    return "\n".join([f"        host: {op['self_cpu_us'] / 1e3:7.2f} ms self in {op['count']:4d} x {op['name'][:70]}"
+                      for op in profile.get("host_ops", [])[:top]]
+                     + [f"        other kernel: {k['ms']:6.3f} ms in {k['count']:4d} x {k['name'][:70]}"
+                        for k in profile.get("other_kernels", [])[:top]])
 
 
 def profile_step(step, index: int, trace_path: str | None) -> dict:

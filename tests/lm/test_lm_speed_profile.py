@@ -64,6 +64,8 @@ def test_breakdown_and_tables_of_a_recorded_step(bench):
     assert p["kernel_ms"] == pytest.approx(0.78)
     assert p["busy_ms"] == pytest.approx(0.03 + 0.5 + 0.05)
     assert set(p["by_kind_ms"]) == set(bench.KINDS)
+    assert p["other_kernels"] == [{"name": "triton_poi_fused_add_silu_0", "ms": pytest.approx(0.05),
+                                   "count": 1}]
 
     row = {"model": "paragru", "seq_len": 512, "compiled": True, "step_ms": 1.0, "host_ms": 0.9, "profile": p}
     line = bench.format_profile(row)
@@ -106,6 +108,10 @@ def test_host_ops_rank_a_real_profile_by_self_time(bench):
     assert mm["count"] == 3 and 0 < mm["self_cpu_us"] <= mm["cpu_total_us"]
     line = bench.format_host_ops({"profile": {"host_ops": ops}}, top=2)
     assert len(line.splitlines()) == 2 and "ms self in" in line
+    others = [{"name": "triton_red_fused_rms_norm_3", "ms": 0.4, "count": 7}]
+    lines = bench.format_host_ops({"profile": {"host_ops": ops, "other_kernels": others}},
+                                  top=2).splitlines()
+    assert len(lines) == 3 and "other kernel:" in lines[2] and "rms_norm" in lines[2]
 
 
 
