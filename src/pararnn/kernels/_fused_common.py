@@ -272,8 +272,11 @@ WARMUP = 32
 # thread (128 per warp) win: the independent chains per thread hide the latency of the
 # sequential dependence. Four steps per block beat eight (GRU backward at 8x4096x1024:
 # 0.51 vs 1.01 ms; eight spill 1.3 KB there, compiled for sm_90). The LSTM backward
-# needs one channel per thread and one step per block: built by Triton 3.6 it takes 255
-# registers even so, and 4/2/1 steps per block ran 2.29/0.81/0.55 ms at 8x4096x1024.
+# takes one channel per thread and one step per block: before the layout was pinned
+# (channel_offsets), 4 steps per block took 255 registers, and 4/2/1 steps ran
+# 2.29/0.81/0.55 ms at 8x4096x1024. Pinned, 2 and 4 channels per thread compile without
+# spills in 20-30% fewer instructions per channel-step (kernel_resources.py);
+# gpu_profile.py's sweep times them before this tile changes.
 CUDA_TILES = {"gru_fwd": (128, 1, 4), "gru_bwd": (128, 1, 4),
               "lstm_fwd": (128, 1, 4), "lstm_bwd": (64, 2, 1)}
 
