@@ -30,9 +30,9 @@ timeout -s INT -k 20 200 python3 -m pytest -q -n 4 -p no:cacheprovider -rfE \
 echo "pytest exit $?" >> "$out/gpu_tests.log"; tail -3 "$out/gpu_tests.log"; pack
 timeout 35 python3 benchmarks/gpu_profile.py --sweep --shipped-tiles --segments shipped \
     --shapes 32x512x1024,4x4096x1024 --bf16 > "$out/sweep_shipped.log" 2>&1; pack
-timeout 150 python3 benchmarks/gpu_profile.py --sweep --shapes 32x512x1024 --bf16 \
+timeout 130 python3 benchmarks/gpu_profile.py --sweep --shapes 32x512x1024 --bf16 \
     --segments shipped,128/32 > "$out/sweep_tiles.log" 2>&1; pack
-timeout 120 python3 benchmarks/gpu_lm_speed.py --out "$out/lm" --seq-lens 512 --compile on \
+timeout 150 python3 benchmarks/gpu_lm_speed.py --out "$out/lm" --seq-lens 512 --compile on \
     --steps 10 --warmup 3 --models transformer,paragru,paralstm \
     --tiles "shipped;$tiles;$tiles;shipped" > "$out/lm_speed.log" 2>&1; pack
 timeout 50 python3 benchmarks/gpu_profile.py --layers --shapes 16x1024x512 \
