@@ -76,9 +76,9 @@ def reject_double_backward(op: str, remedy: str = "use mode='sequential'") -> No
 # approximations plus range handling for denormal inputs and outputs (3-4 instructions
 # more each), a division by way of div.approx.ftz still costs a multiply by the
 # numerator, and exp(x) costs a multiply by log2(e) that the callers here fold into
-# constants they multiply by anyway: a GRU forward channel-step goes from ~51 to ~41
-# instructions (benchmarks/kernel_resources.py), where the gates never meet a denormal
-# that matters (an exp that small is added to 1, a reciprocal that small is a gate at 0).
+# constants they multiply by anyway (benchmarks/kernel_resources.py: with row_of and
+# step_offsets below, a bf16 GRU forward channel-step takes 39 instructions where Triton's
+# own functions took 64), where the gates never meet a denormal that matters (an exp that small is added to 1, a reciprocal that small is a gate at 0).
 # Fixed when this module is imported, like the interpreter itself, which runs no PTX and
 # keeps tl.exp and "/". float32 only: the float64 kernels (the references' precision)
 # keep the exact functions.
@@ -108,6 +108,18 @@ def _copysign(sign_of, magnitude):
                                      pack=1)
 
 
+@triton.jit
+def _sigmoid_exact(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh_exact(x):
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x >= 0, t, -t)
+
+
 # The fast branches are nested rather than joined by "and": the Triton versions we
 # support differ in how they fold boolean operators on compile-time values.
 @triton.jit
@@ -116,9 +128,9 @@ def sigmoid(x):
         if x.dtype == tl.float32:
             return _rcp_approx(1.0 + _ex2_approx(x * -LOG2E))
         else:
-            return 1.0 / (1.0 + tl.exp(-x))
+            return _sigmoid_exact(x)
     else:
-        return 1.0 / (1.0 + tl.exp(-x))
+        return _sigmoid_exact(x)
 
 
 @triton.jit
@@ -128,13 +140,9 @@ def tanh(x):
             e = _ex2_approx(tl.abs(x) * (-2.0 * LOG2E))
             return _copysign(x, (1.0 - e) * _rcp_approx(1.0 + e))
         else:
-            e = tl.exp(-2.0 * tl.abs(x))
-            t = (1.0 - e) / (1.0 + e)
-            return tl.where(x >= 0, t, -t)
+            return _tanh_exact(x)
     else:
-        e = tl.exp(-2.0 * tl.abs(x))
-        t = (1.0 - e) / (1.0 + e)
-        return tl.where(x >= 0, t, -t)
+        return _tanh_exact(x)
 
 
 @triton.jit
