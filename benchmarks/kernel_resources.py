@@ -43,6 +43,7 @@ from triton.compiler import ASTSource  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 from gpu_profile import TILES  # noqa: E402
 from pararnn.kernels import paragru, paralstm  # noqa: E402
+from pararnn.kernels._fused_common import channels_per_thread  # noqa: E402
 
 NVIDIA_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 CUOBJDUMP = os.path.join(NVIDIA_BIN, "cuobjdump")
@@ -109,7 +110,7 @@ def kernel_spec(kernel: str, pre_dtype: str, segmented: bool):
 
 def resources(kernel: str, tile, pre_dtype: str, segmented: bool, arch: int) -> dict:
     block_n, num_warps, steps_per_block = tile
-    per_thread = max(1, block_n // (32 * num_warps))  # as Plan.channels_per_thread
+    per_thread = channels_per_thread(block_n, num_warps)
     fn, signature, consts = kernel_spec(kernel, pre_dtype, segmented)
     consts = {**consts, "BN": block_n, "K": steps_per_block, "VEC": per_thread}
     aligned = BaseBackend.parse_attr("D")  # 16-byte aligned pointers, sizes divisible by 16

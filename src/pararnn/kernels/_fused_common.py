@@ -248,9 +248,13 @@ class Plan:
 
     @property
     def channels_per_thread(self) -> int:
-        """Channels each thread walks (a program's ``block_n`` over its 32 x ``num_warps``
-        threads; at least 1)."""
-        return max(1, self.block_n // (32 * self.num_warps))
+        return channels_per_thread(self.block_n, self.num_warps)
+
+
+def channels_per_thread(block_n: int, num_warps: int) -> int:
+    """Channels each thread of a tile walks (its ``block_n`` over its 32 x ``num_warps``
+    threads; at least 1): the ``VEC`` of :func:`channel_offsets`."""
+    return max(1, block_n // (32 * num_warps))
 
 
 def cdiv(a: int, b: int) -> int:
