@@ -288,7 +288,11 @@ def plan_variants(spec: str, min_seg_lens: str, tiles: str) -> list[tuple[str | 
             kernel, _, tile = entry.partition("=")
             if kernel not in table:
                 raise SystemExit(f"--tiles: unknown kernel {kernel!r} (one of {', '.join(table)})")
-            table[kernel] = tuple(int(v) for v in tile.split("/"))
+            try:
+                block_n, warps, steps = (int(v) for v in tile.split("/"))
+            except ValueError:
+                raise SystemExit(f"--tiles: {entry!r} is not KERNEL=BLOCK_N/WARPS/STEPS_PER_BLOCK") from None
+            table[kernel] = (block_n, warps, steps)
         variants.append((f"tiles:{tile_set}", {"CUDA_TILES": table}))
     return variants
 

@@ -30,6 +30,9 @@ def test_tile_sets_replace_named_kernels_only(bench):
                                   "gru_fwd": (32, 1, 4), "gru_bwd": (64, 2, 2)}
     with pytest.raises(SystemExit, match="unknown kernel"):
         bench.plan_variants("paragru", "", "gru_fwdd=32/1/4")
+    for bad in ("gru_fwd=32/1", "gru_fwd=32/1/4/2", "gru_fwd=a/1/4", "gru_fwd"):
+        with pytest.raises(SystemExit, match="BLOCK_N/WARPS/STEPS_PER_BLOCK"):
+            bench.plan_variants("paragru", "", bad)
 
 
 def test_tile_override_reaches_the_cached_plan(bench):
