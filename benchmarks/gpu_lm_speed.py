@@ -33,7 +33,8 @@ shortest time segment (``_fused_common.MIN_SEG_LEN``): at T=512 the shipped 256 
 512-step walk per chain, 128 and 64 split it into 4 or 8 segments when batch x channels
 leave room (the launch plan's rule), so the LM-level effect of the plan is measured in one run.
 ``--tiles 'shipped;gru_fwd=32/1/4,gru_bwd=32/1/4'`` does the same for the kernels' tiles
-(``_fused_common.CUDA_TILES``: channels per program, warps, steps per block), e.g. one
+(``_fused_common.CUDA_TILES``: channels per program, warps, steps per block; a set gives
+each named kernel that one tile at every plan), e.g. one
 channel per thread where the one-walk plan leaves two warps per SM. Each row records its
 variant in ``plan_variant``.
 """
@@ -82,6 +83,7 @@ KERNEL_KINDS = (
 OTHER = "other"  # norms, elementwise, reductions, the loss: what inductor fuses
 COPIES = "memcpy/memset"
 KINDS = ("gemm", "attention", "pararnn", "mamba", "conv", OTHER, "optimizer", COPIES)  # as printed
+OURS = ("pararnn", "conv")  # kinds whose kernels are (mostly) pararnn's: listed by name
 GRAPHS = "reduce-overhead"  # --compile graphs: torch.compile's mode with CUDA graphs
 
 
@@ -119,9 +121,10 @@ def profile_breakdown(events: list[dict]) -> dict:
     on several streams: their union) and host synchronisations inside the step's
     :data:`STEP_RANGE` range (None if the trace lacks it), and the kernels of kind
     :data:`OTHER` by name, largest first (``other_kernels``: name, ms, count; the top 20):
-    what the kind tables leave unnamed."""
+    what the kind tables leave unnamed; the same for ParaRNN's own kernels (kinds
+    :data:`OURS`: ``ours_kernels``), the solve's forward and backward apart."""
     by_kind = dict.fromkeys(KINDS, 0.0)
-    intervals, kernels, others = [], 0, {}
+    intervals, kernels, others, ours = [], 0, {}, {}
     for e in events:
         category = str(e.get("cat", "")).lower()
         if e.get("ph") != "X" or category not in ("kernel", "gpu_memcpy", "gpu_memset"):
@@ -129,12 +132,14 @@ def profile_breakdown(events: list[dict]) -> dict:
         kernels += category == "kernel"
         kind = kernel_kind(e["name"]) if category == "kernel" else COPIES
         by_kind[kind] += e["dur"] / 1e3
-        if kind == OTHER:
-            ms, count = others.get(e["name"], (0.0, 0))
-            others[e["name"]] = (ms + e["dur"] / 1e3, count + 1)
+        named = others if kind == OTHER else ours if kind in OURS else None
+        if named is not None:
+            ms, count = named.get(e["name"], (0.0, 0))
+            named[e["name"]] = (ms + e["dur"] / 1e3, count + 1)
         intervals.append((e["ts"], e["ts"] + e["dur"]))
-    other_kernels = [{"name": name, "ms": ms, "count": count} for name, (ms, count)
-                     in sorted(others.items(), key=lambda item: -item[1][0])[:20]]
+    other_kernels, ours_kernels = ([{"name": name, "ms": ms, "count": count} for name, (ms, count)
+                                    in sorted(named.items(), key=lambda item: -item[1][0])[:20]]
+                                   for named in (others, ours))
     step = [e for e in events if e.get("ph") == "X" and e.get("name") == STEP_RANGE
             and str(e.get("cat", "")).lower() == "user_annotation"]
     syncs = None
@@ -143,7 +148,8 @@ def profile_breakdown(events: list[dict]) -> dict:
         syncs = sum(1 for e in events if e.get("ph") == "X" and e.get("name") in SYNC_CALLS
                     and start <= e["ts"] <= end)
     return {"kernels": kernels, "kernel_ms": sum(by_kind.values()), "busy_ms": busy_ms(intervals),
-            "by_kind_ms": by_kind, "syncs": syncs, "other_kernels": other_kernels}
+            "by_kind_ms": by_kind, "syncs": syncs, "other_kernels": other_kernels,
+            "ours_kernels": ours_kernels}
 
 
 def format_profile(row: dict) -> str:
@@ -183,12 +189,14 @@ def host_ops(averages, top: int = 25) -> list[dict]:
 
 def format_host_ops(row: dict, top: int = 12) -> str:
     """The profiled row's largest host costs, one line each (the profiler inflates them all),
-    then its largest kernels of kind :data:`OTHER`."""
+    then its largest kernels of kind :data:`OTHER` and of pararnn's own."""
     profile = row["profile"]
     return "\n".join([f"        host: {op['self_cpu_us'] / 1e3:7.2f} ms self in {op['count']:4d} x {op['name'][:70]}"
                       for op in profile.get("host_ops", [])[:top]]
                      + [f"        other kernel: {k['ms']:6.3f} ms in {k['count']:4d} x {k['name'][:70]}"
-                        for k in profile.get("other_kernels", [])[:top]])
+                        for k in profile.get("other_kernels", [])[:top]]
+                     + [f"        our kernel: {k['ms']:6.3f} ms in {k['count']:4d} x {k['name'][:70]}"
+                        for k in profile.get("ours_kernels", [])[:top]])
 
 
 def profile_step(step, index: int, trace_path: str | None) -> dict:
@@ -273,8 +281,8 @@ def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, step
 def plan_variants(spec: str, min_seg_lens: str, tiles: str) -> list[tuple[str | None, dict]]:
     """The launch-plan variants to run ``spec`` with, as (label, overrides of
     :mod:`pararnn.kernels._fused_common` constants): one per ``--min-seg-lens`` value
-    (``MIN_SEG_LEN``) and one per ``--tiles`` set (``CUDA_TILES`` entries replaced;
-    ``shipped`` for none); a model without fused kernels, or no variants asked for, runs
+    (``MIN_SEG_LEN``) and one per ``--tiles`` set (the named kernels' entries of
+    ``CUDA_TILES`` replaced by that one tile for every plan; ``shipped`` for none); a model without fused kernels, or no variants asked for, runs
     the shipped plan only (label None)."""
     if spec.partition(":")[0] not in ("paragru", "paralstm") or not (min_seg_lens or tiles):
         return [(None, {})]
@@ -292,14 +300,14 @@ def plan_variants(spec: str, min_seg_lens: str, tiles: str) -> list[tuple[str | 
                 block_n, warps, steps = (int(v) for v in tile.split("/"))
             except ValueError:
                 raise SystemExit(f"--tiles: {entry!r} is not KERNEL=BLOCK_N/WARPS/STEPS_PER_BLOCK") from None
-            table[kernel] = (block_n, warps, steps)
+            table[kernel] = ((None, (block_n, warps, steps)),)
         variants.append((f"tiles:{tile_set}", {"CUDA_TILES": table}))
     return variants
 
 
 def set_plan_constants(overrides: dict) -> dict:
     """Set :mod:`._fused_common` constants; returns their previous values. The plan cache
-    is cleared: ``CUDA_TILES`` is not part of its key."""
+    is cleared: the tile tables are not part of its key."""
     previous = {name: getattr(_fused_common, name) for name in overrides}
     for name, value in overrides.items():
         setattr(_fused_common, name, value)

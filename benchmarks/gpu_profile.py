@@ -55,6 +55,7 @@ def kernel_table(fn, title, top=14, host_top=0):
 
 def layers(shape=SHAPE):
     from pararnn.layers import ParaGRU, ParaLSTM
+    from pararnn.layers.projection import heads_weight_grad, weight_grad_splits
     B, T, D = shape
     x = torch.randn(B, T, D, device="cuda", requires_grad=True)
     for cls in (ParaGRU, ParaLSTM):
@@ -86,24 +87,15 @@ def layers(shape=SHAPE):
             t_f = bench(lambda: torch.bmm(a, w))
             t_b = bench(lambda: (torch.bmm(g, w.transpose(1, 2)), torch.bmm(a.transpose(1, 2), g)))
             print(f"matmuls {dtype}: forward {t_f:.3f} ms, backward (dx, dW) {t_b:.3f} ms")
-            # the weight gradient alone, its K = B*T reduction in one batched GEMM or split
-            # into chunks summed after (cuBLAS picks no split-K for this batched shape)
-            t_w = {1: bench(lambda: torch.bmm(a.transpose(1, 2), g))}
-            for splits in (4, 8, 16):
-                if (B * T) % splits == 0:
-                    t_w[splits] = bench(lambda: split_k_weight_grad(a, g, splits))
+            # the weight gradient alone as the layer computes it (pararnn's
+            # heads_weight_grad: x in its (B*T, D) layout), its K = B*T reduction in one
+            # batched GEMM or split into chunks summed after (the layer's choice marked)
+            x2 = torch.randn(B * T, D, device="cuda", dtype=dtype)
+            chosen = weight_grad_splits(B * T, dtype, x2.device)
+            t_w = {splits: bench(lambda: heads_weight_grad(g, x2, D // H, splits))
+                   for splits in (1, 4, 8, 16) if (B * T) % splits == 0}
             print(f"  weight gradient {dtype}, K split in " + ", ".join(
-                f"{k}: {ms:.3f} ms" for k, ms in t_w.items()))
-
-
-def split_k_weight_grad(a, g, splits):
-    """``a^T g`` per head (H, Dh, G*Nh) with the rows (K) in ``splits`` chunks, each its own
-    GEMM of a batch of H * splits, summed in float32."""
-    heads, rows, _ = a.shape
-    a4 = a.reshape(heads * splits, rows // splits, a.shape[-1])
-    g4 = g.reshape(heads * splits, rows // splits, g.shape[-1])
-    part = torch.bmm(a4.transpose(1, 2), g4)
-    return part.view(heads, splits, *part.shape[1:]).sum(1, dtype=torch.float32)
+                f"{k}{' (the layer)' if k == chosen else ''}: {ms:.3f} ms" for k, ms in t_w.items()))
 
 
 def kernels():
@@ -146,13 +138,10 @@ def host_us(fn, calls=200):
     return (t1 - t0) / calls * 1e6
 
 
-# (channels per program, warps, steps per block): 8, 4, 2 and 1 channels per thread. The
-# LSTM backward's 4- and 2-channel tiles compile without spills since the pinned layout
-# (sm_90: 118 and 132-139 instructions per channel-step against the shipped 169). More
-# channels per thread give each thread independent chains to interleave (4 beat 1 and 2 at
-# the narrow shapes of 2026-12-01); fewer make more warps of the same chains, which may
-# serve better where a plan leaves few chains per SM (the one-walk plan at 32x512x1024
-# runs 2 warps per SM).
+# (channels per program, warps, steps per block): 8, 4, 2 and 1 channels per thread. More
+# channels per thread give each thread independent chains to interleave; fewer make more
+# warps of the same chains, which serve better where a plan leaves few chains per SM (the
+# shipped table, _fused_common.CUDA_TILES, says what won where).
 TILES = {"gru_fwd": [(128, 1, 4), (128, 1, 8), (64, 1, 4), (64, 1, 8), (32, 1, 4), (128, 4, 4),
                      (256, 1, 4)],
          "gru_bwd": [(128, 1, 4), (128, 1, 2), (64, 1, 4), (64, 1, 2), (32, 1, 4), (128, 4, 4),
@@ -165,12 +154,13 @@ SEGMENTS = [(None, None), (64, 16), (128, 16), (128, 32), (256, 32), (256, 64), 
 
 
 def sweep(shapes=(SHAPE, (1, 65536, 256)), shipped_tiles=False, pre_dtype=torch.float32,
-          segments=SEGMENTS):
+          segments=SEGMENTS, tiles=None):
     """Graph and eager ms of the fused forward/backward over ``segments`` (segment length,
     warm-up; ``None``: the shipped plan; ``"walk"``: one exact walk; default
-    :data:`SEGMENTS`) and :data:`TILES` (or only the shipped tile of each kernel), at
-    ``shapes`` with pre-activations in ``pre_dtype``. Each row names the plan that ran
-    (segments x steps / warm-up), the shipped one marked."""
+    :data:`SEGMENTS`) and :data:`TILES` (or only the shipped tile of each kernel, or only
+    the kernels and tiles of ``tiles``, a dict like :data:`TILES`), at ``shapes`` with
+    pre-activations in ``pre_dtype``. Each row names the plan that ran (segments x steps /
+    warm-up), the shipped one marked."""
     from pararnn.cells import ParaGRUCell, ParaLSTMCell
     from pararnn.kernels import _fused_common, paragru, paralstm
     small = torch.randn(1, 64, 3 * 64, device="cuda")
@@ -194,10 +184,13 @@ def sweep(shapes=(SHAPE, (1, 65536, 256)), shipped_tiles=False, pre_dtype=torch.
             gH = torch.randn_like(H)
             for name in ("fwd", "bwd"):
                 key = f"{kind}_{name}"
-                tiles = [_fused_common.CUDA_TILES[key]] if shipped_tiles else TILES[key]
+                if tiles is not None:
+                    kernel_tiles = tiles.get(key, [])
+                else:  # None: the plan's own tile
+                    kernel_tiles = [(None, None, None)] if shipped_tiles else TILES[key]
                 for seg, warm in [(seg, warm) for seg, warm in segments
                                   if seg is None or seg == "walk" or seg < T]:
-                    for bn, nw, k in tiles:
+                    for bn, nw, k in kernel_tiles:
                         kw = dict(seg_len=T if seg == "walk" else seg, warmup=warm,
                                   block_n=bn, num_warps=nw, steps_per_block=k)
                         plan = _fused_common.make_plan(key, B, T, N, pre.device, **kw)
@@ -213,7 +206,8 @@ def sweep(shapes=(SHAPE, (1, 65536, 256)), shipped_tiles=False, pre_dtype=torch.
                             ms = f"{graph_ms(fn):.3f} | {bench(fn):.3f}"
                         except Exception as err:  # noqa: BLE001 - report and go on
                             ms = f"failed: {type(err).__name__} | -"
-                        print(f"| {kind} | {name} | {B}x{T}x{N} | {label} | {bn}/{nw}/{k} | {ms} |")
+                        print(f"| {kind} | {name} | {B}x{T}x{N} | {label} | {plan.block_n}/"
+                              f"{plan.num_warps}/{plan.steps_per_block} | {ms} |")
                         sys.stdout.flush()
             del pre, H, gH
             torch.cuda.empty_cache()
@@ -265,6 +259,25 @@ def parse_plan(text: str):
     return seg_len, warmup
 
 
+def parse_tiles(text: str) -> dict:
+    """``--tiles``: ``KERNEL=BN/W/K+BN/W/K,KERNEL=...`` -> {kernel: [(BN, W, K), ...]}."""
+    tiles = {}
+    for entry in text.split(","):
+        kernel, _, values = entry.partition("=")
+        if kernel not in TILES:
+            raise argparse.ArgumentTypeError(
+                f"--tiles: unknown kernel {kernel!r} (one of {', '.join(TILES)})")
+        try:
+            tiles[kernel] = [tuple(int(v) for v in tile.split("/")) for tile in values.split("+")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--tiles: {entry!r} is not KERNEL=BLOCK_N/WARPS/STEPS_PER_BLOCK[+...]") from None
+        if any(len(tile) != 3 for tile in tiles[kernel]):
+            raise argparse.ArgumentTypeError(
+                f"--tiles: {entry!r} is not KERNEL=BLOCK_N/WARPS/STEPS_PER_BLOCK[+...]")
+    return tiles
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", action="store_true")
@@ -280,12 +293,16 @@ def main():
                     "shipped,walk,128/32")
     ap.add_argument("--shipped-tiles", action="store_true",
                     help="--sweep only the shipped tile of each kernel (plans only)")
+    ap.add_argument("--tiles", default=None,
+                    help="--sweep only these kernels and tiles, e.g. "
+                    "gru_fwd=128/1/4+64/1/8,lstm_bwd=32/1/2 (BLOCK_N/WARPS/STEPS_PER_BLOCK)")
     ap.add_argument("--bf16", action="store_true", help="--sweep with bf16 pre-activations")
     args = ap.parse_args()
     everything = not (args.layers or args.kernels or args.sweep or args.dtypes)
     try:
         segments = SEGMENTS if args.segments is None else [
             parse_plan(plan) for plan in args.segments.split(",")]
+        tiles = None if args.tiles is None else parse_tiles(args.tiles)
     except argparse.ArgumentTypeError as err:
         ap.error(str(err))
     print(torch.cuda.get_device_name(), torch.__version__)
@@ -300,7 +317,7 @@ def main():
         dtypes()
     if args.sweep or everything:
         sweep(shapes or (SHAPE, (1, 65536, 256)), args.shipped_tiles,
-              torch.bfloat16 if args.bf16 else torch.float32, segments)
+              torch.bfloat16 if args.bf16 else torch.float32, segments, tiles)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
                         help="the pre-activations' dtype (the LM's: bf16)")
     parser.add_argument("--shipped", action="store_true",
-                        help="only the shipped tile of each kernel (_fused_common.CUDA_TILES)")
+                        help="only the shipped tiles of each kernel (_fused_common.CUDA_TILES)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":  # the kernels would be interpreted functions
@@ -158,11 +158,12 @@ def main() -> None:
           "| spill bytes | loop instructions | per channel-step |")
     print("|---|---|---:|---|---:|---:|---:|---:|")
     for kernel, tiles in TILES.items():
-        for tile in [CUDA_TILES[kernel]] if args.shipped else tiles:
+        shipped_tiles = [tile for _, tile in CUDA_TILES[kernel]]
+        for tile in shipped_tiles if args.shipped else tiles:
             for segmented in (False, True):
                 row = resources(kernel, tile, args.dtype, segmented, args.arch)
                 rows.append(row)
-                shipped = " (shipped)" if tuple(tile) == CUDA_TILES[kernel] else ""
+                shipped = " (shipped)" if tuple(tile) in shipped_tiles else ""
                 print(f"| {kernel} | {'/'.join(map(str, tile))}{shipped} | {row['channels_per_thread']} "
                       f"| {'segmented' if segmented else 'one walk'} | {row['registers']} "
                       f"| {row['stack_bytes']} | {row['loop_instructions']} "

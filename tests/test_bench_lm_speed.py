@@ -26,8 +26,8 @@ def test_tile_sets_replace_named_kernels_only(bench):
         "paragru", "", "shipped;gru_fwd=32/1/4,gru_bwd=64/2/2")
     assert (label0, shipped) == ("shipped", {})
     assert label1 == "tiles:gru_fwd=32/1/4,gru_bwd=64/2/2"
-    assert over["CUDA_TILES"] == {**_fused_common.CUDA_TILES,
-                                  "gru_fwd": (32, 1, 4), "gru_bwd": (64, 2, 2)}
+    assert over["CUDA_TILES"] == {**_fused_common.CUDA_TILES, "gru_fwd": ((None, (32, 1, 4)),),
+                                  "gru_bwd": ((None, (64, 2, 2)),)}
     with pytest.raises(SystemExit, match="unknown kernel"):
         bench.plan_variants("paragru", "", "gru_fwdd=32/1/4")
     for bad in ("gru_fwd=32/1", "gru_fwd=32/1/4/2", "gru_fwd=a/1/4", "gru_fwd"):
@@ -35,14 +35,18 @@ def test_tile_sets_replace_named_kernels_only(bench):
             bench.plan_variants("paragru", "", bad)
 
 
-def test_tile_override_reaches_the_cached_plan(bench):
-    # a sequential plan on a CUDA device object needs no GPU (no SM count is read)
+def test_tile_override_reaches_the_cached_plan(bench, monkeypatch, request):
+    # a plan on a CUDA device object needs no GPU once the SM count is given
+    monkeypatch.setattr(_fused_common, "multiprocessors", lambda device: 132)
+    _fused_common._cached_plan.cache_clear()
+    request.addfinalizer(_fused_common._cached_plan.cache_clear)  # no plans of a fake GPU
+
     def block_n():
         return _fused_common.make_plan("gru_fwd", 2, 16, 64, torch.device("cuda"), seg_len=None,
                                        warmup=None, block_n=None, num_warps=None,
                                        sequential=True).block_n
     shipped = block_n()
-    assert shipped == _fused_common.CUDA_TILES["gru_fwd"][0]
+    assert shipped == _fused_common.cuda_tile("gru_fwd", 2 * 64 / 132)[0]
     (_, over), = bench.plan_variants("paragru", "", "gru_fwd=32/1/4")
     previous = bench.set_plan_constants(over)
     try:

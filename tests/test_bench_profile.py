@@ -1,5 +1,5 @@
 """benchmarks/gpu_profile.py's plan arguments on the CPU: ``--segments`` entries parse to
-the plans the sweep runs, and a bad entry is a usage error, not a traceback on the GPU
+the plans the sweep runs, ``--tiles`` to its kernels' tiles, and a bad entry is a usage error, not a traceback on the GPU
 machine."""
 
 import subprocess
@@ -35,13 +35,13 @@ def test_bad_segments_entry_exits_with_usage():
     assert done.returncode == 2 and "--segments" in done.stderr, done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("splits", [1, 4, 16])
-def test_split_k_weight_grad_is_the_batched_product(profile, splits):
-    import torch
-    gen = torch.Generator().manual_seed(splits)
-    a = torch.randn(4, 256, 8, generator=gen)
-    g = torch.randn(4, 256, 24, generator=gen)
-    got = profile.split_k_weight_grad(a, g, splits)
-    want = torch.bmm(a.transpose(1, 2), g)
-    assert got.shape == want.shape and got.dtype == torch.float32
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+def test_tiles_parse(profile):
+    assert profile.parse_tiles("gru_fwd=128/1/4+64/1/8,lstm_bwd=32/1/2") == {
+        "gru_fwd": [(128, 1, 4), (64, 1, 8)], "lstm_bwd": [(32, 1, 2)]}
+
+
+@pytest.mark.parametrize("text", ["gru=128/1/4", "gru_fwd=128/1", "gru_fwd=128/1/4+", "gru_fwd"])
+def test_bad_tiles_entry_is_a_usage_error(profile, text):
+    with pytest.raises(Exception, match="--tiles") as err:
+        profile.parse_tiles(text)
+    assert type(err.value).__name__ == "ArgumentTypeError"

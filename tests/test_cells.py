@@ -152,6 +152,50 @@ def test_projection_equals_dense_block_diagonal_matmul(bias):
                                      proj.weight.detach().clone().requires_grad_()))
 
 
+@pytest.mark.parametrize("splits", [2, 4, 8])
+def test_split_weight_gradient_equals_one_gemm(splits):
+    """The weight gradient reduced over chunks of rows is the one-GEMM product."""
+    from pararnn.layers.projection import heads_weight_grad
+    heads, rows, width, head_in = 3, 64, 12, 5
+    grad = torch.randn(heads, rows, width, dtype=torch.float64)
+    x2 = torch.randn(rows, heads * head_in, dtype=torch.float64)
+    ref = torch.einsum("hrw,rhd->hwd", grad, x2.view(rows, heads, head_in))
+    torch.testing.assert_close(heads_weight_grad(grad, x2, head_in, splits), ref,
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(heads_weight_grad(grad, x2, head_in), ref, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="must divide the 64 rows"):
+        heads_weight_grad(grad, x2, head_in, 3)
+
+
+def test_weight_gradient_splits_only_float_on_cuda():
+    from pararnn.layers.projection import SPLIT_K_MAX, SPLIT_K_MIN_ROWS, weight_grad_splits
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    long = SPLIT_K_MAX * SPLIT_K_MIN_ROWS
+    assert weight_grad_splits(long, torch.float32, cuda) == SPLIT_K_MAX
+    assert weight_grad_splits(4 * long, torch.float64, cuda) == SPLIT_K_MAX
+    assert weight_grad_splits(long // 4, torch.float32, cuda) == SPLIT_K_MAX // 4
+    assert weight_grad_splits(SPLIT_K_MIN_ROWS, torch.float32, cuda) == 1
+    assert weight_grad_splits(long + 1, torch.float32, cuda) == 1  # odd rows: no even chunks
+    assert weight_grad_splits(long, torch.bfloat16, cuda) == 1
+    assert weight_grad_splits(long, torch.float32, cpu) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_split_weight_gradient_in_the_layer_on_cuda():
+    """At a shape where the backward splits the reduction, gradients equal the dense ones."""
+    from pararnn.layers.projection import SPLIT_K_MIN_ROWS
+    proj = pararnn.MultiHeadProjection(32, 16, 3, num_heads=4, bias=False, device="cuda",
+                                       dtype=torch.float64)
+    x = torch.randn(4, 4 * SPLIT_K_MIN_ROWS, 32, device="cuda", dtype=torch.float64,
+                    requires_grad=True)
+    out = proj(x)
+    ref = x @ _dense_block_diagonal(proj.weight).T
+    grad = torch.randn_like(out)
+    gw = torch.autograd.grad(out, proj.weight, grad)[0]
+    rw = torch.autograd.grad(ref, proj.weight, grad)[0]
+    torch.testing.assert_close(gw, rw, rtol=1e-10, atol=1e-10)
+
+
 def test_projection_under_autocast_returns_the_autocast_dtype():
     proj = pararnn.MultiHeadProjection(8, 4, 3, num_heads=2, bias=False)
     x = torch.randn(3, 8, requires_grad=True)

@@ -66,6 +66,7 @@ def test_breakdown_and_tables_of_a_recorded_step(bench):
     assert set(p["by_kind_ms"]) == set(bench.KINDS)
     assert p["other_kernels"] == [{"name": "triton_poi_fused_add_silu_0", "ms": pytest.approx(0.05),
                                    "count": 1}]
+    assert p["ours_kernels"] == [{"name": "_gru_bwd_kernel", "ms": pytest.approx(0.4), "count": 1}]
 
     row = {"model": "paragru", "seq_len": 512, "compiled": True, "step_ms": 1.0, "host_ms": 0.9, "profile": p}
     line = bench.format_profile(row)
@@ -109,9 +110,11 @@ def test_host_ops_rank_a_real_profile_by_self_time(bench):
     line = bench.format_host_ops({"profile": {"host_ops": ops}}, top=2)
     assert len(line.splitlines()) == 2 and "ms self in" in line
     others = [{"name": "triton_red_fused_rms_norm_3", "ms": 0.4, "count": 7}]
-    lines = bench.format_host_ops({"profile": {"host_ops": ops, "other_kernels": others}},
-                                  top=2).splitlines()
-    assert len(lines) == 3 and "other kernel:" in lines[2] and "rms_norm" in lines[2]
+    ours = [{"name": "_gru_fwd_kernel", "ms": 0.2, "count": 7}]
+    lines = bench.format_host_ops({"profile": {"host_ops": ops, "other_kernels": others,
+                                               "ours_kernels": ours}}, top=2).splitlines()
+    assert len(lines) == 4 and "other kernel:" in lines[2] and "rms_norm" in lines[2]
+    assert "our kernel:" in lines[3] and "_gru_fwd_kernel" in lines[3]
 
 
 

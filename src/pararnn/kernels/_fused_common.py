@@ -280,17 +280,34 @@ MIN_SEG_LEN = 256
 WARMUP = 32
 
 
-# Per kernel (channels per program, warps, steps per block) on CUDA. Four channels per
-# thread (128 per warp) win: the independent chains per thread hide the latency of the
-# sequential dependence. Four steps per block beat eight (GRU backward at 8x4096x1024:
-# 0.51 vs 1.01 ms; eight spill 1.3 KB there, compiled for sm_90). The LSTM backward
-# takes one channel per thread and one step per block: before the layout was pinned
-# (channel_offsets), 4 steps per block took 255 registers, and 4/2/1 steps ran
-# 2.29/0.81/0.55 ms at 8x4096x1024. Pinned, 2 and 4 channels per thread compile without
-# spills in 20-30% fewer instructions per channel-step (kernel_resources.py);
-# gpu_profile.py's sweep times them before this tile changes.
-CUDA_TILES = {"gru_fwd": (128, 1, 4), "gru_bwd": (128, 1, 4),
-              "lstm_fwd": (128, 1, 4), "lstm_bwd": (64, 2, 1)}
+# Per kernel, its CUDA tile (channels per program, warps, steps per block) by how many
+# independent chains (rows x channels x segments) the plan gives each SM: ((up to this many
+# chains per SM, tile), ..., (None: any more, tile)). Fewer channels per thread make more
+# warps of the same chains, which pays where chains are few; more give each thread
+# independent chains to interleave. Measured on an H200 (gpu_profile.py --sweep --tiles,
+# CUDA-graph replay; results/gpu_h200_2026-12-03c) at 62 to 993 chains per SM:
+# - 248 (32x512x1024 bf16, the LM's T=512, one walk): GRU forward 64/1/8 0.095 ms against
+#   0.105 (64/1/4) and 0.134 (the first tuning's 128/1/4); LSTM backward 32/1/2 0.234 against
+#   0.305 (64/2/1); 62 (16x512x512) agrees;
+# - 496 (4x4096x1024 bf16, 16 segments; 1x65536x256 fp32): GRU backward 64/1/4 0.125 against
+#   0.155 (128/1/4), where the LSTM backward's 32/1/2 already lost (0.289 against 0.229);
+# - 993 (8x4096x1024 fp32; 64x2048x2048 fp32): 128/1/4 wins the GRU backward again (2.13
+#   against 2.41 ms) and eight steps per block lose the GRU forward (0.205 against 0.160);
+# - the LSTM forward's 64/1/8 won or tied everywhere (0.177 -> 0.118 ms at 248).
+# Each threshold sits between two measured points; every measured row runs within 4% of
+# its best tile.
+CUDA_TILES = {"gru_fwd": ((384, (64, 1, 8)), (None, (64, 1, 4))),
+              "gru_bwd": ((768, (64, 1, 4)), (None, (128, 1, 4))),
+              "lstm_fwd": ((None, (64, 1, 8)),),
+              "lstm_bwd": ((384, (32, 1, 2)), (None, (64, 2, 1)))}
+
+
+def cuda_tile(kernel: str, chains_per_sm: float) -> tuple[int, int, int]:
+    """The :data:`CUDA_TILES` tile of ``kernel`` for a plan of ``chains_per_sm``."""
+    for limit, tile in CUDA_TILES[kernel]:
+        if limit is None or chains_per_sm <= limit:
+            return tile
+    raise ValueError(f"CUDA_TILES[{kernel!r}] has no catch-all (None) entry")
 
 
 def multiprocessors(device: torch.device) -> int:
@@ -316,18 +333,10 @@ def make_plan(kernel: str, batch: int, steps: int, channels: int, device: torch.
 
 def _plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_warps,
           steps_per_block, sequential, chains_per_sm, min_seg_len, default_warmup) -> Plan:
-    tile_bn, tile_warps, tile_k = CUDA_TILES[kernel]
-    if block_n is None:
-        block_n = 16 if device.type == "cpu" else tile_bn
-    if num_warps is None:
-        num_warps = 1 if device.type == "cpu" else (tile_warps if block_n == tile_bn
-                                                      else max(1, block_n // 128))
-    if block_n < 1 or block_n & (block_n - 1):
-        raise ValueError(f"block_n must be a power of two, got {block_n}")
+    sms = multiprocessors(device) if device.type == "cuda" else 1
     if sequential:
         seg_len = steps
     elif seg_len is None:
-        sms = multiprocessors(device) if device.type == "cuda" else 1
         want = sms * chains_per_sm // max(1, batch * channels)
         if want <= 2 or steps <= 2 * min_seg_len:
             seg_len = steps  # measured: warm-up and boundary rounds don't pay off here
@@ -337,6 +346,14 @@ def _plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_
         raise ValueError(f"seg_len must be >= 1, got {seg_len}")
     seg_len = min(seg_len, steps)
     segments = cdiv(steps, seg_len)
+    tile_bn, tile_warps, tile_k = cuda_tile(kernel, batch * channels * segments / sms)
+    if block_n is None:
+        block_n = 16 if device.type == "cpu" else tile_bn
+    if num_warps is None:
+        num_warps = 1 if device.type == "cpu" else (tile_warps if block_n == tile_bn
+                                                      else max(1, block_n // 128))
+    if block_n < 1 or block_n & (block_n - 1):
+        raise ValueError(f"block_n must be a power of two, got {block_n}")
     if warmup is None:
         warmup = default_warmup
     if warmup < 0:
