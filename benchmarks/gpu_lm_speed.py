@@ -9,8 +9,9 @@ gradient clipping).
 Every step sees the same number of tokens (``--tokens-per-step``, 16,384 = 32 x 512 as in
 RESULTS.md), so a longer sequence means a smaller batch. Data are random token ids: speed
 does not depend on the text. Per (size, sequence length, model, eager/compiled/graphs, the
-last ``torch.compile(mode="reduce-overhead")``: the compiled step replayed as CUDA graphs,
-so what the GPU alone takes once launches cost the host nothing): warm-up
+last ``pararnn train --compile --cuda-graph``, i.e. ``torch.compile(mode="reduce-overhead")``:
+the compiled step replayed as CUDA graphs, so what the GPU alone takes once launches cost
+the host nothing): warm-up
 steps (compilation, Triton autotuning), then the median over ``--steps`` steps, each timed
 with CUDA events from the batch upload to the optimizer step, and the median host time of
 those steps (the CPU's time to issue a step: unless the step synchronises, which the
@@ -225,10 +226,8 @@ def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, step
     model = build_model(preset(model_name, size, vocab_size=320, block=block)).to(device)
     optimizer = torch.optim.AdamW(optimizer_groups(model, lr=1e-3, weight_decay=0.1), lr=1e-3,
                                   betas=(0.9, 0.95), fused=True)
-    if compiled == GRAPHS:  # inductor, its graphs replayed as CUDA graphs (no launch cost)
-        forward = torch.compile(model, mode="reduce-overhead")
-    else:
-        forward = training_forward(model, compiled)  # as `pararnn train [--compile]`
+    # as `pararnn train [--compile [--cuda-graph]]`
+    forward = training_forward(model, compiled is not False, cuda_graph=compiled == GRAPHS)
     autocast = autocast_for(device, "auto")
     batch = tokens_per_step // seq_len
     tokens = torch.randint(0, 320, (steps + warmup + 1, batch, seq_len + 1), device="cpu").pin_memory()

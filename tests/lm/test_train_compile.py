@@ -121,6 +121,50 @@ def test_compiled_training_one_graph_checkpoint_and_resume(corpus_dir, tmp_path,
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
 
 
+def test_cuda_graph_config_needs_inductor(corpus_dir, tmp_path):
+    for compile in (False, "aot_eager"):
+        with pytest.raises(ValueError, match="--cuda-graph .* needs --compile"):
+            run_config(corpus_dir, tmp_path, compile=compile, cuda_graph=True).check()
+    run_config(corpus_dir, tmp_path, compile=True, cuda_graph=True).check()
+
+
+def test_cli_cuda_graph_implies_compile(monkeypatch):
+    seen = []
+    monkeypatch.setattr(loop, "train", seen.append)
+    main(["train", "--model", "paragru", "--size", "nano", "--cuda-graph"])
+    main(["train", "--model", "paragru", "--size", "nano"])
+    assert [(c.compile, c.cuda_graph) for c in seen] == [(True, True), (False, False)]
+
+
+def test_cuda_graph_training_marks_every_replay(corpus_dir, tmp_path, monkeypatch):
+    """The loop compiles in reduce-overhead mode and starts a new CUDA-graph step before
+    each forward (each micro-batch's loss is added up before the next replay overwrites
+    it). The compile itself is replaced here (inductor has no CUDA graphs on a CPU); the
+    GPU test below runs it."""
+    modes, marks = [], []
+    monkeypatch.setattr(loop, "compiled", lambda model, compile, cuda_graph=False:
+                        modes.append((compile, cuda_graph)) or model)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    train(run_config(corpus_dir, tmp_path / "graphs", compile=True, cuda_graph=True,
+                     max_steps=3, grad_accum=2, model="transformer"))
+    assert modes == [(True, True)] and len(marks) == 3 * 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_training_matches_compiled_training(corpus_dir, tmp_path):
+    """``--cuda-graph`` replays the kernels ``--compile`` launches: the same losses."""
+    losses = {}
+    for cuda_graph in (False, True):
+        torch._dynamo.reset()
+        out = tmp_path / f"graph{cuda_graph}"
+        train(run_config(corpus_dir, out, compile=True, cuda_graph=cuda_graph, max_steps=4,
+                         grad_accum=2, seq_len=64, batch_size=4, dtype="bfloat16"))
+        losses[cuda_graph] = train_losses(out)
+    assert len(losses[True]) == 4
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-3, atol=1e-3)
+
+
 def test_sweep_compile_reaches_every_run(tmp_path, capsys):
     from pararnn.train.sweep import (Run, SweepConfig, load_sweep_config, parse_entry,
                                      save_sweep_config, train_command)

@@ -85,6 +85,9 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"  # "auto": bf16 autocast on GPU, float32 on CPU
     compile: bool | str = False  # True: torch.compile (inductor); a string names the backend
+    # inductor's step replayed as CUDA graphs (torch.compile mode="reduce-overhead"): no host
+    # cost per kernel launch; needs compile=True; on a CPU it compiles without graphs
+    cuda_graph: bool = False
     fsdp: bool = False
     context_parallel: int = 1  # K ranks share each sequence, seq_len / K tokens each (torchrun)
     resume: bool = False
@@ -118,6 +121,9 @@ class TrainConfig:
             raise ValueError(f"--recurrent-lr-mult must be positive, got {self.recurrent_lr_mult}")
         if not isinstance(self.compile, (bool, str)) or self.compile == "":
             raise ValueError(f"compile must be a bool or a torch.compile backend name, got {self.compile!r}")
+        if self.cuda_graph and self.compile is not True:
+            raise ValueError("--cuda-graph replays inductor's compiled step: it needs --compile "
+                             f"(inductor), got compile={self.compile!r}")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ValueError(f"--peak-tflops must be positive, got {self.peak_tflops}")
         check_model_options(self.model_options)
@@ -135,9 +141,12 @@ def autocast_for(device: torch.device, dtype: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def compiled(model: torch.nn.Module, compile: bool | str):
+def compiled(model: torch.nn.Module, compile: bool | str, cuda_graph: bool = False):
     """``model`` behind ``torch.compile`` (inductor for True, else the named backend), or
-    ``model`` itself for False.
+    ``model`` itself for False; ``cuda_graph``: inductor's ``reduce-overhead`` mode, which
+    records the compiled forward and backward as CUDA graphs and replays them (each call
+    must then follow ``torch.compiler.cudagraph_mark_step_begin()``: the previous call's
+    outputs are overwritten).
 
     Only the training forward runs compiled: validation and checkpoints use ``model``
     itself, so saved weights have their plain names (no ``_orig_mod.`` prefix) and load
@@ -148,6 +157,8 @@ def compiled(model: torch.nn.Module, compile: bool | str):
     later step fails (``tests/lm/test_train_compile.py``)."""
     if compile is False:
         return model
+    if cuda_graph:
+        return torch.compile(model, mode="reduce-overhead")
     return torch.compile(model, backend="inductor" if compile is True else compile)
 
 
@@ -352,7 +363,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: _StopFlag) -> dict:
         say(f"resumed from {ckpt.path} at step {step}")
     elif cfg.resume:
         say(f"no checkpoint in {run_dir} yet: starting from step 0")
-    forward = compiled(model, cfg.compile)
+    forward = compiled(model, cfg.compile, cfg.cuda_graph)
     autocast = autocast_for(device, cfg.dtype)
 
     if info.is_main:
@@ -405,6 +416,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: _StopFlag) -> dict:
                                world=context.data_world)
             x, y = context.chunk(x), context.chunk(y)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if cfg.cuda_graph:  # a new replay: the last one's loss was added up already
+                torch.compiler.cudagraph_mark_step_begin()
             with D.no_grad_sync(model, skip=micro + 1 < cfg.grad_accum), autocast:
                 loss = forward(x, y) / cfg.grad_accum
             loss.backward()
