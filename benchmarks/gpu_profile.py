@@ -91,7 +91,7 @@ def layers(shape=SHAPE):
             # heads_weight_grad: x in its (B*T, D) layout), its K = B*T reduction in one
             # batched GEMM or split into chunks summed after (the layer's choice marked)
             x2 = torch.randn(B * T, D, device="cuda", dtype=dtype)
-            chosen = weight_grad_splits(B * T, dtype, x2.device)
+            chosen = weight_grad_splits(B * T, g.shape[0] * g.shape[2] * D // H, dtype, x2.device)
             t_w = {splits: bench(lambda: heads_weight_grad(g, x2, D // H, splits))
                    for splits in (1, 4, 8, 16) if (B * T) % splits == 0}
             print(f"  weight gradient {dtype}, K split in " + ", ".join(

@@ -167,17 +167,20 @@ def test_split_weight_gradient_equals_one_gemm(splits):
         heads_weight_grad(grad, x2, head_in, 3)
 
 
-def test_weight_gradient_splits_only_float_on_cuda():
-    from pararnn.layers.projection import SPLIT_K_MAX, SPLIT_K_MIN_ROWS, weight_grad_splits
+def test_weight_gradient_splits_only_small_float_weights_on_cuda():
+    from pararnn.layers.projection import (SPLIT_K_MAX, SPLIT_K_MAX_OUTPUTS, SPLIT_K_MIN_ROWS,
+                                           weight_grad_splits)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    long = SPLIT_K_MAX * SPLIT_K_MIN_ROWS
-    assert weight_grad_splits(long, torch.float32, cuda) == SPLIT_K_MAX
-    assert weight_grad_splits(4 * long, torch.float64, cuda) == SPLIT_K_MAX
-    assert weight_grad_splits(long // 4, torch.float32, cuda) == SPLIT_K_MAX // 4
-    assert weight_grad_splits(SPLIT_K_MIN_ROWS, torch.float32, cuda) == 1
-    assert weight_grad_splits(long + 1, torch.float32, cuda) == 1  # odd rows: no even chunks
-    assert weight_grad_splits(long, torch.bfloat16, cuda) == 1
-    assert weight_grad_splits(long, torch.float32, cpu) == 1
+    long, small = SPLIT_K_MAX * SPLIT_K_MIN_ROWS, 8 * 192 * 64
+    assert weight_grad_splits(long, small, torch.float32, cuda) == SPLIT_K_MAX
+    assert weight_grad_splits(4 * long, small, torch.float64, cuda) == SPLIT_K_MAX
+    assert weight_grad_splits(long // 4, small, torch.float32, cuda) == SPLIT_K_MAX // 4
+    assert weight_grad_splits(SPLIT_K_MIN_ROWS, small, torch.float32, cuda) == 1
+    assert weight_grad_splits(long + 1, small, torch.float32, cuda) == 1  # odd: no even chunks
+    assert weight_grad_splits(long, SPLIT_K_MAX_OUTPUTS, torch.float32, cuda) == SPLIT_K_MAX
+    assert weight_grad_splits(long, SPLIT_K_MAX_OUTPUTS + 1, torch.float32, cuda) == 1
+    assert weight_grad_splits(long, small, torch.bfloat16, cuda) == 1
+    assert weight_grad_splits(long, small, torch.float32, cpu) == 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

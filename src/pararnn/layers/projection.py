@@ -116,7 +116,7 @@ class _GateMajorHeadsMatmul(torch.autograd.Function):
             torch.bmm(grad, w, out=grad_x.transpose(0, 1))
             grad_x = grad_x.view(*ctx.lead, heads * head_in)
         if ctx.needs_input_grad[1]:
-            splits = weight_grad_splits(rows, x2.dtype, x2.device)
+            splits = weight_grad_splits(rows, weight.numel(), x2.dtype, x2.device)
             grad_w = heads_weight_grad(grad, x2, head_in, splits).view_as(weight)
         return grad_x, grad_w
 
@@ -128,13 +128,19 @@ class _GateMajorHeadsMatmul(torch.autograd.Function):
 # ms; in bfloat16 cuBLAS's own kernels were fastest unsplit (0.033 ms against 0.05-0.06).
 SPLIT_K_MIN_ROWS = 1024  # rows per chunk, at least: shorter chunks cost more in the sum
 SPLIT_K_MAX = 16
+# Weights of more entries are not split: 2^20 outputs are 256 of cuBLAS's 64x64 tiles, ~2
+# per SM, enough CTAs without a split (not measured), and the split copies x (all B*T rows)
+SPLIT_K_MAX_OUTPUTS = 1 << 20
 
 
-def weight_grad_splits(rows: int, dtype: torch.dtype, device: torch.device) -> int:
-    """How many chunks of rows the weight gradient's reduction is split into: up to
-    :data:`SPLIT_K_MAX` chunks of at least :data:`SPLIT_K_MIN_ROWS` rows for float32/64 on
-    CUDA, a power of two dividing ``rows``; 1 (one GEMM) otherwise."""
-    if device.type != "cuda" or dtype not in (torch.float32, torch.float64):
+def weight_grad_splits(rows: int, outputs: int, dtype: torch.dtype, device: torch.device) -> int:
+    """How many chunks of rows the weight gradient's reduction (``outputs`` entries, each a
+    sum over ``rows``) is split into: up to :data:`SPLIT_K_MAX` chunks of at least
+    :data:`SPLIT_K_MIN_ROWS` rows for float32/64 on CUDA and at most
+    :data:`SPLIT_K_MAX_OUTPUTS` outputs, a power of two dividing ``rows``; 1 (one GEMM)
+    otherwise."""
+    if (device.type != "cuda" or dtype not in (torch.float32, torch.float64)
+            or outputs > SPLIT_K_MAX_OUTPUTS):
         return 1
     splits = SPLIT_K_MAX
     while splits > 1 and (rows % splits or rows // splits < SPLIT_K_MIN_ROWS):
