@@ -237,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--keep-checkpoints", action="store_true", help="keep each run's final checkpoint")
     w.add_argument("--compile", action="store_true",
                    help="torch.compile every run (all models alike; recorded in sweep.json)")
+    w.add_argument("--cuda-graph", action="store_true",
+                   help="every run with `pararnn train --cuda-graph` (implies --compile; all models alike)")
     w.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="stop after this many seconds: runs in flight save a checkpoint at the step they "
                    "reached, and re-running the command continues them (default: no limit)")
@@ -542,6 +544,7 @@ def cmd_sweep(args, parser) -> None:
                       throughput_steps=args.throughput_steps, data=args.data, tokenizer=args.tokenizer,
                       vocab_size=args.vocab_size, eval_every=args.eval_every, eval_tokens=args.eval_tokens,
                       jobs=args.jobs, device=args.device, dtype=args.dtype, compile=args.compile,
+                      cuda_graph=args.cuda_graph,
                       keep_checkpoints=args.keep_checkpoints, time_limit=args.time_limit,
                       finish_within=args.finish_within,
                       measured_tokens_per_s=parse_rates(args.tokens_per_s))

@@ -169,18 +169,24 @@ def test_sweep_compile_reaches_every_run(tmp_path, capsys):
     from pararnn.train.sweep import (Run, SweepConfig, load_sweep_config, parse_entry,
                                      save_sweep_config, train_command)
     entries = [parse_entry(name, "tuned") for name in ("transformer", "mamba2", "paragru", "paralstm")]
-    for compile in (False, True):
-        cfg = SweepConfig(out=str(tmp_path / "sweep"), entries=entries, lrs={}, compile=compile)
+    for compile, cuda_graph in ((False, False), (True, False), (False, True)):
+        cfg = SweepConfig(out=str(tmp_path / "sweep"), entries=entries, lrs={}, compile=compile,
+                          cuda_graph=cuda_graph)
         for entry in entries:
             command = train_command(cfg, Run("lr", entry, 1e-3, 0, 4), tmp_path / "run")
-            assert ("--compile" in command) is compile
+            assert ("--compile" in command) is (compile or cuda_graph)
+            assert ("--cuda-graph" in command) is cuda_graph
     save_sweep_config(cfg)
-    assert load_sweep_config(tmp_path / "sweep").compile is True
+    assert load_sweep_config(tmp_path / "sweep").cuda_graph is True
 
     main(["sweep", "--out", str(tmp_path / "dry"), "--models", "paragru,transformer", "--size", "nano",
           "--compile", "--dry-run"])
     example = [line for line in capsys.readouterr().out.splitlines() if " train " in line]
     assert example and all("--compile" in line.split() for line in example)
+    main(["sweep", "--out", str(tmp_path / "dry_graphs"), "--models", "paragru,transformer",
+          "--size", "nano", "--cuda-graph", "--dry-run"])
+    example = [line for line in capsys.readouterr().out.splitlines() if " train " in line]
+    assert example and all({"--compile", "--cuda-graph"} <= set(line.split()) for line in example)
 
 
 @pytest.mark.gpu

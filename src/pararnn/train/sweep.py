@@ -120,6 +120,7 @@ class SweepConfig:
     dtype: str = "auto"
     keep_checkpoints: bool = False
     compile: bool = False  # every run with `pararnn train --compile` (all models alike)
+    cuda_graph: bool = False  # every run with `pararnn train --cuda-graph` (implies compile)
     time_limit: float | None = None  # seconds this invocation may run (then runs checkpoint and stop)
     finish_within: float | None = None  # start only runs predicted to end within these seconds
     tokens_per_s: dict = field(default_factory=lambda: dict(EXPECTED_TOKENS_PER_S))  # model -> rate
@@ -255,8 +256,10 @@ def train_command(cfg: SweepConfig, run: Run, folder: Path) -> list[str]:
         cmd += ["--model-options", ",".join(f"{k}={json.dumps(v)}" for k, v in run.entry.options.items())]
     for key, value in run.entry.train_options.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
-    if cfg.compile:
+    if cfg.compile or cfg.cuda_graph:
         cmd.append("--compile")
+    if cfg.cuda_graph:
+        cmd.append("--cuda-graph")
     if cfg.data is not None:
         cmd += ["--data", cfg.data]
     if cfg.tokenizer == "bpe":
