@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the training forward and backward (inductor; validation runs eager)")
     t.add_argument("--cuda-graph", action="store_true",
                    help="with --compile (implied): replay the compiled step as CUDA graphs "
-                   "(torch.compile mode='reduce-overhead'; no host cost per kernel launch)")
+                   "(torch.compile mode='reduce-overhead'; no host cost per kernel launch); "
+                   "one process, --grad-accum 1")
     t.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (under torchrun)")
     t.add_argument("--context-parallel", type=_positive_int, default=d.context_parallel, metavar="K",
                    help="split each sequence along time over K ranks (under torchrun; ParaGRU/ParaLSTM)")

@@ -121,10 +121,14 @@ def test_compiled_training_one_graph_checkpoint_and_resume(corpus_dir, tmp_path,
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
 
 
-def test_cuda_graph_config_needs_inductor(corpus_dir, tmp_path):
+def test_cuda_graph_config_needs_inductor_and_one_micro_batch(corpus_dir, tmp_path):
     for compile in (False, "aot_eager"):
         with pytest.raises(ValueError, match="--cuda-graph .* needs --compile"):
             run_config(corpus_dir, tmp_path, compile=compile, cuda_graph=True).check()
+    # the graphs' pool holds the first micro-batch's gradients: no accumulation into them
+    for bad in ({"grad_accum": 2}, {"fsdp": True}):
+        with pytest.raises(ValueError, match="one micro-batch per step on one process"):
+            run_config(corpus_dir, tmp_path, compile=True, cuda_graph=True, **bad).check()
     run_config(corpus_dir, tmp_path, compile=True, cuda_graph=True).check()
 
 
@@ -138,16 +142,16 @@ def test_cli_cuda_graph_implies_compile(monkeypatch):
 
 def test_cuda_graph_training_marks_every_replay(corpus_dir, tmp_path, monkeypatch):
     """The loop compiles in reduce-overhead mode and starts a new CUDA-graph step before
-    each forward (each micro-batch's loss is added up before the next replay overwrites
-    it). The compile itself is replaced here (inductor has no CUDA graphs on a CPU); the
+    each step's forward (the last step's loss was added up, its gradients used and freed by
+    then). The compile itself is replaced here (inductor has no CUDA graphs on a CPU); the
     GPU test below runs it."""
     modes, marks = [], []
     monkeypatch.setattr(loop, "compiled", lambda model, compile, cuda_graph=False:
                         modes.append((compile, cuda_graph)) or model)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     train(run_config(corpus_dir, tmp_path / "graphs", compile=True, cuda_graph=True,
-                     max_steps=3, grad_accum=2, model="transformer"))
-    assert modes == [(True, True)] and len(marks) == 3 * 2
+                     max_steps=3, model="transformer"))
+    assert modes == [(True, True)] and len(marks) == 3
 
 
 @pytest.mark.gpu
@@ -159,7 +163,7 @@ def test_cuda_graph_training_matches_compiled_training(corpus_dir, tmp_path):
         torch._dynamo.reset()
         out = tmp_path / f"graph{cuda_graph}"
         train(run_config(corpus_dir, out, compile=True, cuda_graph=cuda_graph, max_steps=4,
-                         grad_accum=2, seq_len=64, batch_size=4, dtype="bfloat16"))
+                         seq_len=64, batch_size=4, dtype="bfloat16"))
         losses[cuda_graph] = train_losses(out)
     assert len(losses[True]) == 4
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-3, atol=1e-3)

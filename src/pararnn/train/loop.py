@@ -86,7 +86,8 @@ class TrainConfig:
     dtype: str = "auto"  # "auto": bf16 autocast on GPU, float32 on CPU
     compile: bool | str = False  # True: torch.compile (inductor); a string names the backend
     # inductor's step replayed as CUDA graphs (torch.compile mode="reduce-overhead"): no host
-    # cost per kernel launch; needs compile=True; on a CPU it compiles without graphs
+    # cost per kernel launch; needs compile=True, one process, grad_accum=1; on a CPU it
+    # compiles without graphs
     cuda_graph: bool = False
     fsdp: bool = False
     context_parallel: int = 1  # K ranks share each sequence, seq_len / K tokens each (torchrun)
@@ -124,6 +125,12 @@ class TrainConfig:
         if self.cuda_graph and self.compile is not True:
             raise ValueError("--cuda-graph replays inductor's compiled step: it needs --compile "
                              f"(inductor), got compile={self.compile!r}")
+        if self.cuda_graph and (self.grad_accum > 1 or self.fsdp):
+            # the first backward's parameter gradients live in the graphs' memory pool, which
+            # the next micro-batch's replay overwrites: accumulating into them would be
+            # silently wrong (pytorch/pytorch#169545, #96693)
+            raise ValueError("--cuda-graph takes one micro-batch per step on one process: "
+                             "not with --grad-accum > 1 or --fsdp")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ValueError(f"--peak-tflops must be positive, got {self.peak_tflops}")
         check_model_options(self.model_options)
@@ -299,6 +306,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: _StopFlag) -> dict:
     ckpt = _prepare_run_dir(cfg)
     say = print if info.is_main else (lambda *a, **k: None)
     context = context_layout(cfg.context_parallel, info.rank, info.world, device.type)
+    if cfg.cuda_graph and info.world > 1:
+        raise ValueError("--cuda-graph takes one process (DDP's gradient hooks run outside "
+                         f"the graphs); this run has {info.world}")
     if info.is_main:
         for stale in remove_stale_temporaries(run_dir):
             say(f"removed {stale}, left by a checkpoint write that did not finish")
@@ -416,7 +426,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: _StopFlag) -> dict:
                                world=context.data_world)
             x, y = context.chunk(x), context.chunk(y)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if cfg.cuda_graph:  # a new replay: the last one's loss was added up already
+            if cfg.cuda_graph:  # a new replay: the last step's outputs and gradients are dead
                 torch.compiler.cudagraph_mark_step_begin()
             with D.no_grad_sync(model, skip=micro + 1 < cfg.grad_accum), autocast:
                 loss = forward(x, y) / cfg.grad_accum
