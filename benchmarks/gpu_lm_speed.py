@@ -56,6 +56,7 @@ import time
 import torch
 from torch._dynamo.utils import counters
 
+from gpu_profile import parse_tiles
 from pararnn.kernels import _fused_common
 from pararnn.models import build_model, preset
 from pararnn.models.flops import peak_flops, train_flops_per_token
@@ -290,16 +291,16 @@ def plan_variants(spec: str, min_seg_lens: str, tiles: str) -> list[tuple[str | 
         if tile_set == "shipped":
             variants.append(("shipped", {}))
             continue
+        try:
+            chosen = parse_tiles(tile_set)  # the sweep's syntax, one tile per kernel here
+        except argparse.ArgumentTypeError as err:
+            raise SystemExit(str(err)) from None
+        several = [kernel for kernel, kernel_tiles in chosen.items() if len(kernel_tiles) > 1]
+        if several:
+            raise SystemExit(f"--tiles: one tile per kernel in a set, got several for {', '.join(several)} "
+                             "(separate sets with ';')")
         table = dict(_fused_common.CUDA_TILES)
-        for entry in tile_set.split(","):
-            kernel, _, tile = entry.partition("=")
-            if kernel not in table:
-                raise SystemExit(f"--tiles: unknown kernel {kernel!r} (one of {', '.join(table)})")
-            try:
-                block_n, warps, steps = (int(v) for v in tile.split("/"))
-            except ValueError:
-                raise SystemExit(f"--tiles: {entry!r} is not KERNEL=BLOCK_N/WARPS/STEPS_PER_BLOCK") from None
-            table[kernel] = ((None, (block_n, warps, steps)),)
+        table.update({kernel: ((None, tile),) for kernel, (tile,) in chosen.items()})
         variants.append((f"tiles:{tile_set}", {"CUDA_TILES": table}))
     return variants
 

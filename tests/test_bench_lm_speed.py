@@ -33,6 +33,8 @@ def test_tile_sets_replace_named_kernels_only(bench):
     for bad in ("gru_fwd=32/1", "gru_fwd=32/1/4/2", "gru_fwd=a/1/4", "gru_fwd"):
         with pytest.raises(SystemExit, match="BLOCK_N/WARPS/STEPS_PER_BLOCK"):
             bench.plan_variants("paragru", "", bad)
+    with pytest.raises(SystemExit, match="one tile per kernel in a set, got several for gru_fwd"):
+        bench.plan_variants("paragru", "", "gru_fwd=32/1/4+64/1/4")
 
 
 def test_tile_override_reaches_the_cached_plan(bench, monkeypatch, request):
