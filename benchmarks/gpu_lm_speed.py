@@ -282,8 +282,9 @@ def plan_variants(spec: str, min_seg_lens: str, tiles: str) -> list[tuple[str | 
     """The launch-plan variants to run ``spec`` with, as (label, overrides of
     :mod:`pararnn.kernels._fused_common` constants): one per ``--min-seg-lens`` value
     (``MIN_SEG_LEN``) and one per ``--tiles`` set (the named kernels' entries of
-    ``CUDA_TILES`` replaced by that one tile for every plan; ``shipped`` for none); a model without fused kernels, or no variants asked for, runs
-    the shipped plan only (label None)."""
+    ``CUDA_TILES`` replaced by that one tile for every plan; ``shipped`` for none); a model
+    without fused kernels, or no variants asked for, runs the shipped plan only (label
+    None)."""
     if spec.partition(":")[0] not in ("paragru", "paralstm") or not (min_seg_lens or tiles):
         return [(None, {})]
     variants = [(f"seg{v}", {"MIN_SEG_LEN": int(v)}) for v in min_seg_lens.split(",") if v]

@@ -78,7 +78,8 @@ def reject_double_backward(op: str, remedy: str = "use mode='sequential'") -> No
 # numerator, and exp(x) costs a multiply by log2(e) that the callers here fold into
 # constants they multiply by anyway (benchmarks/kernel_resources.py: with row_of and
 # step_offsets below, a bf16 GRU forward channel-step takes 39 instructions where Triton's
-# own functions took 64), where the gates never meet a denormal that matters (an exp that small is added to 1, a reciprocal that small is a gate at 0).
+# own functions took 64), where the gates never meet a denormal that matters (an exp that
+# small is added to 1, a reciprocal that small is a gate at 0).
 # Fixed when this module is imported, like the interpreter itself, which runs no PTX and
 # keeps tl.exp and "/". float32 only: the float64 kernels (the references' precision)
 # keep the exact functions.
