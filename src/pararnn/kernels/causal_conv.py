@@ -35,6 +35,8 @@ parameters' own dtypes (reduced in float32, never rounded to ``x``'s dtype).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -160,6 +162,7 @@ def _math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+@functools.lru_cache(maxsize=256)  # eager backward calls: the SM count is a device query
 def _runs(batch: int, steps: int, channels: int, device: torch.device) -> tuple[int, int]:
     """``(runs, tiles_per_run)``: the backward's time blocks split into ``runs`` runs of
     ``tiles_per_run`` blocks (no run empty) per (row, channel block)."""
