@@ -11,7 +11,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import pararnn
 
 pytest.importorskip("triton")
-from pararnn.kernels import _fused_common  # noqa: E402
+# the cell modules register torch.ops.pararnn.* when imported: a test run alone needs them
+from pararnn.kernels import _fused_common, paragru, paralstm  # noqa: E402, F401
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
