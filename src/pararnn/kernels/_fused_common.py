@@ -314,9 +314,8 @@ def cuda_tile(kernel: str, chains_per_sm: float) -> tuple[int, int, int]:
 def multiprocessors(device: torch.device) -> int:
     """SMs of a CUDA ``device``."""
     # not cached here: eager calls get here only when a plan cache (this module's, the
-    # causal conv's) misses, and
-    # torch.compile folds get_device_properties to a constant (an lru_cache it would
-    # warn about and bypass)
+    # causal conv's) misses, and torch.compile folds get_device_properties to a constant
+    # (an lru_cache it would warn about and bypass)
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
