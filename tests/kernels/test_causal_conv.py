@@ -53,9 +53,10 @@ def _module_old_path(conv, x, silu):
 def test_shapes_cover_several_runs_and_several_blocks_per_run():
     if CUDA:
         pytest.skip("the CPU tiles decide the runs")
-    assert causal_conv._runs(1, 37, 40, DEVICE) == (5, 1)
-    assert causal_conv._runs(3, 29, 21, DEVICE) == (2, 2)
-    assert causal_conv._runs(3, 37, 21, DEVICE) == (3, 2)  # the last run is one block
+    launch = (*causal_conv.CPU_TILE[:2], causal_conv.PROGRAMS_PER_SM)
+    assert causal_conv._runs(1, 37, 40, DEVICE, *launch) == (5, 1)
+    assert causal_conv._runs(3, 29, 21, DEVICE, *launch) == (2, 2)
+    assert causal_conv._runs(3, 37, 21, DEVICE, *launch) == (3, 2)  # the last run is one block
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -120,31 +120,38 @@ def _conv1d_bwd_kernel(X, W, DZ, DX, PART, T, C, sxb, sxt, tiles_per_run,
     x_b = X + b * sxb
     dz_b = DZ + b * T * C
     taps = tl.arange(0, KP)
-    grad_w = tl.zeros((KP, BC), dtype=ACC)  # row k: this run's sum of dz[t] x[t - K + 1 + k]
-    grad_b = tl.zeros((BC,), dtype=ACC)
+    tap_live = (taps < K)[:, None, None] & cm[None, None, :]
+    # Products dz[t] x[t - K + 1 + k] per tap k and tile row, and dz per tile row, summed
+    # elementwise over the run's tiles: the reductions over time run once, after the walk
+    # (a reduction over a tile's rows crosses threads, a barrier each in the loop).
+    grad_w = tl.zeros((KP, BT, BC), dtype=ACC)
+    grad_b = tl.zeros((BT, BC), dtype=ACC)
     for i in range(tiles_per_run):
         rows = (run * tiles_per_run + i) * BT + tl.arange(0, BT)
-        grad_x = tl.zeros((BT, BC), dtype=ACC)
-        # x[t] feeds z[t + j] through tap K-1-j: dz at the K shifts of this tile
-        for j in tl.static_range(K):
+        own = (rows < T)[:, None] & cm[None, :]
+        dz = tl.load(dz_b + rows[:, None] * C + c[None, :], mask=own, other=0.0).to(ACC)
+        grad_b += dz
+        # x at the K taps of each row, one (KP, BT, BC) load: x[t] feeds z[t + K - 1 - k]
+        src = rows[None, :, None] - (K - 1) + taps[:, None, None]
+        x3 = tl.load(x_b + src * sxt + c[None, None, :],
+                     mask=tap_live & (src >= 0) & (src < T), other=0.0).to(ACC)
+        grad_w += dz[None, :, :] * x3
+        # dx[t] = sum_j w[K-1-j] dz[t + j]: dz at the K shifts of this tile
+        w = tl.load(W + c * K + (K - 1), mask=cm, other=0.0).to(dt).to(ACC)
+        grad_x = dz * w[None, :]
+        for j in tl.static_range(1, K):
             shifted = rows + j
             m = (shifted < T)[:, None] & cm[None, :]
-            dz = tl.load(dz_b + shifted[:, None] * C + c[None, :], mask=m, other=0.0).to(ACC)
+            dz_j = tl.load(dz_b + shifted[:, None] * C + c[None, :], mask=m, other=0.0).to(ACC)
             w = tl.load(W + c * K + (K - 1 - j), mask=cm, other=0.0).to(dt).to(ACC)
-            grad_x += dz * w[None, :]
-            if j == 0:  # this tile's own rows: their share of the parameter gradients
-                grad_b += tl.sum(dz, axis=0)
-                for k in tl.static_range(K):
-                    src = rows - (K - 1) + k
-                    mk = ((src >= 0) & (src < T))[:, None] & cm[None, :]
-                    xk = tl.load(x_b + src[:, None] * sxt + c[None, :], mask=mk, other=0.0).to(ACC)
-                    grad_w += tl.where(taps[:, None] == k, tl.sum(dz * xk, axis=0)[None, :], 0.0)
+            grad_x += dz_j * w[None, :]
         out = DX + b * T * C + rows[:, None] * C + c[None, :]
-        tl.store(out, grad_x.to(DX.dtype.element_ty), mask=(rows < T)[:, None] & cm[None, :])
+        tl.store(out, grad_x.to(DX.dtype.element_ty), mask=own)
     # partial row (b, run): K weight-gradient rows, then the bias gradient
     part = PART + (b * tl.num_programs(2) + run) * (K + 1) * C
-    tl.store(part + taps[:, None] * C + c[None, :], grad_w, mask=(taps < K)[:, None] & cm[None, :])
-    tl.store(part + K * C + c, grad_b, mask=cm)
+    tl.store(part + taps[:, None] * C + c[None, :], tl.sum(grad_w, axis=1),
+             mask=(taps < K)[:, None] & cm[None, :])
+    tl.store(part + K * C + c, tl.sum(grad_b, axis=0), mask=cm)
 
 
 def _tile(device: torch.device) -> tuple[int, int, int]:
@@ -163,13 +170,14 @@ def _math_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @functools.lru_cache(maxsize=256)  # eager backward calls: the SM count is a device query
-def _runs(batch: int, steps: int, channels: int, device: torch.device) -> tuple[int, int]:
+def _runs(batch: int, steps: int, channels: int, device: torch.device, block_t: int, block_c: int,
+          programs_per_sm: int) -> tuple[int, int]:
     """``(runs, tiles_per_run)``: the backward's time blocks split into ``runs`` runs of
-    ``tiles_per_run`` blocks (no run empty) per (row, channel block)."""
-    block_t, block_c, _ = _tile(device)
+    ``tiles_per_run`` blocks (no run empty) per (row, channel block), for tiles of
+    ``block_t`` x ``block_c`` and about ``programs_per_sm`` programs per SM."""
     tiles = cdiv(steps, block_t)
     sms = multiprocessors(device) if device.type == "cuda" else 1
-    want = cdiv(PROGRAMS_PER_SM * sms, batch * cdiv(channels, block_c))
+    want = cdiv(programs_per_sm * sms, batch * cdiv(channels, block_c))
     per_run = cdiv(tiles, max(1, min(tiles, want)))
     return cdiv(tiles, per_run), per_run
 
@@ -238,7 +246,7 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
         _silu_grad_kernel[grid](x, weight, bias.contiguous(), grad_y, grad_z, steps, channels,
                                 x.stride(0), x.stride(1), K=k, ACC=_acc(x.dtype),
                                 BT=block_t, BC=block_c, num_warps=warps)
-    runs, per_run = _runs(batch, steps, channels, x.device)
+    runs, per_run = _runs(batch, steps, channels, x.device, block_t, block_c, PROGRAMS_PER_SM)
     part = torch.empty(batch * runs, k + 1, channels, device=x.device, dtype=_math_dtype(x.dtype))
     grid = (cdiv(channels, block_c), batch, runs)
     _conv1d_bwd_kernel[grid](x, weight, grad_z, grad_x, part, steps, channels, x.stride(0),
