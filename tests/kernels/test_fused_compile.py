@@ -1,8 +1,9 @@
 """torch.compile(fullgraph=True) traces the fused ParaGRU/ParaLSTM layers without graph
-breaks: the kernels are registered ops (``torch.ops.pararnn.*``), opaque to the compiler,
-with their fused backward registered beside them. ``aot_eager`` checks tracing, the
-registered shapes (fake implementations) and the autograd registration without code
-generation; on a CPU the ops run through Triton's interpreter."""
+breaks: the kernels are registered ops (``torch.ops.pararnn.*``) with their fused backward
+registered beside them; triton_ops on a GPU, which inductor traces into and launches
+itself, opaque custom ops with shape functions under Triton's interpreter (the CPU).
+``aot_eager`` checks tracing, the registered shapes and the autograd registration without
+code generation; on a CPU the ops run through the interpreter."""
 
 import pytest
 import torch
@@ -80,10 +81,11 @@ class _OpRecorder(TorchDispatchMode):
 
 @pytest.mark.parametrize("cell", ["paragru", "paralstm"])
 def test_registered_backward_goes_through_the_backward_op(cell):
-    """The compiler traces the registered op's backward with fake tensors, which a Triton
-    launch cannot take (on a GPU: "Cannot access data pointer of Tensor"): that backward
-    must call the opaque backward op, never the kernels themselves. Checked eagerly, where
-    the interpreter would accept either."""
+    """The compiler traces the registered op's backward with fake tensors, which a bare
+    Triton launch cannot take ("Cannot access data pointer of Tensor"): that backward must
+    call the backward op (traced into on a GPU, a shape function under the interpreter),
+    never the kernels themselves. Checked eagerly, where the interpreter would accept
+    either."""
     torch.manual_seed(0)
     n = 8
     pre = torch.randn(2, 12, 3 * n, device=DEVICE, requires_grad=True)
@@ -99,3 +101,65 @@ def test_registered_backward_goes_through_the_backward_op(cell):
         states.sum().backward()
     assert f"pararnn::{cell}_backward" in recorder.names
     assert pre.grad is not None and torch.isfinite(pre.grad).all()
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="inductor launches the kernels on a GPU only")
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_inductor_launches_the_fused_kernels_itself(layer_cls, short_segments):
+    """On a GPU the solve ops are triton_ops: inductor traces into them and launches the
+    walk, boundary and backward kernels from its generated code (no opaque op call left),
+    with the eager results, the boundary rounds and verification included."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    layer = layer_cls(64, 128, num_heads=2, recurrent_clip=0.5, backend="triton",
+                      device=DEVICE)
+    x = torch.randn(2, 32, 64, device=DEVICE)
+    kind = "gru" if layer_cls is pararnn.ParaGRU else "lstm"
+
+    def step(run):
+        layer.zero_grad()
+        xg = x.clone().requires_grad_()
+        out, _ = run(xg)
+        out.sin().sum().backward()
+        return [out.detach(), xg.grad, *(p.grad for p in layer.parameters())]
+
+    want = step(layer)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True)
+    got, code = run_and_get_code(step, compiled)
+    assert layer.last_solve.segments == 4
+    source = "\n".join(code)
+    for kernel in (f"_{kind}_fwd_kernel", f"_{kind}_bwd_kernel", "_boundary_"):
+        assert kernel in source
+    assert f"torch.ops.pararnn.para{kind}_forward" not in source
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="inductor launches the kernels on a GPU only")
+def test_inductor_launches_the_conv_kernels_itself():
+    from torch._inductor.utils import run_and_get_code
+    from pararnn.kernels.causal_conv import causal_conv1d
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 40, 96, device=DEVICE, dtype=torch.bfloat16)
+    weight = torch.randn(96, 1, 4, device=DEVICE, requires_grad=True)
+    bias = torch.randn(96, device=DEVICE, requires_grad=True)
+
+    def step(conv):
+        weight.grad = bias.grad = None
+        xg = x.clone().requires_grad_()
+        y = conv(xg, weight, bias, silu=True)
+        y.float().square().sum().backward()
+        return [y.detach(), xg.grad, weight.grad, bias.grad]
+
+    want = step(causal_conv1d)
+    torch._dynamo.reset()
+    got, code = run_and_get_code(step, torch.compile(causal_conv1d, fullgraph=True))
+    source = "\n".join(code)
+    for kernel in ("_conv1d_fwd_kernel", "_silu_grad_kernel", "_conv1d_bwd_kernel"):
+        assert kernel in source
+    assert "torch.ops.pararnn.causal_conv1d" not in source
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2)

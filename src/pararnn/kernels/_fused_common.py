@@ -38,12 +38,35 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from . import interpreter_enabled
 from ._triton_utils import affine1, affine2
 
 # |x_c - S_c| <= TOL * (1 + |x_c|): the start did not move (a few fp32 ulps).
 BOUNDARY_TOL = 1e-6
+
+
+def fused_op(name: str, fake):
+    """Decorator: the function as the registered op ``name`` (``torch.ops.pararnn.*``), with
+    ``fake`` its shape function where one is needed.
+
+    On a GPU a :func:`torch.library.triton_op`: ``torch.compile`` traces into it (its
+    kernels launched through :func:`torch.library.wrap_triton`), so inductor plans the
+    launches once and issues them from its own generated code, and fuses the aten work
+    around them; an opaque op would pay the dispatcher, this module's plan and Triton's
+    launcher on every call (~0.1-0.2 ms of host time each, what bound the compiled LM step).
+    Under Triton's interpreter (the CPU tests) an opaque :func:`torch.library.custom_op`
+    with ``fake`` as its shape function: a trace runs the function on fake tensors, which
+    the interpreter cannot launch on. Eager calls go around both (see the cells' solve
+    functions)."""
+    def register(fn):
+        if not interpreter_enabled():
+            return torch.library.triton_op(name, fn, mutates_args=())
+        op = torch.library.custom_op(name, fn, mutates_args=())
+        op.register_fake(fake)
+        return op
+    return register
 
 
 def supports_tensor(pre: torch.Tensor) -> bool:
@@ -319,6 +342,23 @@ def multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def host_cache(fn):
+    """``fn`` (a pure function of hashable arguments: shapes, a device, constants) with an
+    LRU cache for eager calls, which small, host-bound calls repeat with the same arguments;
+    called through when traced (torch.compile warns about a cache it would bypass, and a
+    trace with dynamic shapes passes ``SymInt``s, which do not hash)."""
+    cached = functools.lru_cache(maxsize=1024)(fn)
+
+    @functools.wraps(fn)
+    def call(*args):
+        if torch.compiler.is_compiling() or any(isinstance(a, torch.SymInt) for a in args):
+            return fn(*args)
+        return cached(*args)
+
+    call.cache_clear = cached.cache_clear
+    return call
+
+
 def make_plan(kernel: str, batch: int, steps: int, channels: int, device: torch.device, *,
               seg_len: int | None, warmup: int | None, block_n: int | None,
               num_warps: int | None, steps_per_block: int | None = None,
@@ -326,9 +366,7 @@ def make_plan(kernel: str, batch: int, steps: int, channels: int, device: torch.
     """The launch plan for this call, cached: a small call (decode-like prompt chunks) is
     bound by host work, and the plan depends only on these arguments and the tuning
     constants above (part of the key, so that tests can change them)."""
-    # torch.compile traces the function itself (it warns about a cache it would bypass)
-    plan = _plan if torch.compiler.is_compiling() else _cached_plan
-    return plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_warps,
+    return _cached_plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_warps,
                 steps_per_block, sequential, CHAINS_PER_SM, MIN_SEG_LEN, WARMUP)
 
 
@@ -367,7 +405,7 @@ def _plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_
                 cdiv(channels, block_n), cdiv(steps, steps_per_block))
 
 
-_cached_plan = functools.lru_cache(maxsize=1024)(_plan)
+_cached_plan = host_cache(_plan)
 
 
 # ----------------------------------------------------------------------------------------
@@ -449,7 +487,18 @@ def solve_boundaries(E, A, S, X, *, block: int, reverse: bool) -> None:
     bn = max(1, min(next_power_of_2(channels), 4096 // bp if block == 1 else 2048 // bp))
     grid = (cdiv(channels, bn), batch)
     kernel = _boundary_diag_kernel if block == 1 else _boundary_2x2_kernel
-    kernel[grid](E, A, S, X, segments, channels, REVERSE=reverse, BP=bp, BN=bn)
+    wrap_triton(kernel)[grid](E, A, S, X, segments, channels, REVERSE=reverse, BP=bp, BN=bn)
+
+
+def boundary_buffers(batch: int, segments: int, channels: int, width: int, device):
+    """E, A, S, X of the boundary Newton: ``width``-vectors (GRU 1: ``(B, P, N)``; LSTM 2:
+    ``(B, P, N, 2)``) and row-major ``width x width`` blocks. Four allocations, not views
+    of one: a compiled graph tracks the kernels' writes per tensor, and writes into views
+    of a shared base would make it copy the base around every launch."""
+    shape = (batch, segments, channels) + (() if width == 1 else (width,))
+    blocks = (batch, segments, channels) + (() if width == 1 else (width * width,))
+    return tuple(torch.empty(s, device=device, dtype=torch.float32)
+                 for s in (shape, blocks, shape, shape))
 
 
 def run_segmented(launch, plan: Plan, rounds: int, E, A, S, X, *, block: int, reverse: bool):

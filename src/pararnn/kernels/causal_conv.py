@@ -35,14 +35,12 @@ parameters' own dtypes (reduced in float32, never rounded to ``x``'s dtype).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
 from .._grad import needs_grad
-from ._fused_common import (cdiv, multiprocessors, next_power_of_2, reject_double_backward, sigmoid,
-                            tl, triton)
+from ._fused_common import (cdiv, fused_op, host_cache, multiprocessors, next_power_of_2,
+                            reject_double_backward, sigmoid, tl, triton, wrap_triton)
 
 __all__ = ["causal_conv1d", "causal_conv1d_naive", "forward", "backward"]
 
@@ -169,9 +167,9 @@ def _math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@functools.lru_cache(maxsize=256)  # eager backward calls: the SM count is a device query
-def _runs(batch: int, steps: int, channels: int, device: torch.device, block_t: int, block_c: int,
-          programs_per_sm: int) -> tuple[int, int]:
+@host_cache  # eager backward calls: the SM count is a device query
+def _runs(batch: int, steps: int, channels: int, device: torch.device, block_t: int,
+          block_c: int, programs_per_sm: int) -> tuple[int, int]:
     """``(runs, tiles_per_run)``: the backward's time blocks split into ``runs`` runs of
     ``tiles_per_run`` blocks (no run empty) per (row, channel block), for tiles of
     ``block_t`` x ``block_c`` and about ``programs_per_sm`` programs per SM."""
@@ -218,9 +216,9 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, silu: boo
         return y
     block_t, block_c, warps = _tile(x.device)
     grid = (cdiv(steps, block_t), cdiv(channels, block_c), batch)
-    _conv1d_fwd_kernel[grid](x, weight.contiguous(), bias.contiguous(), y, steps, channels,
-                             x.stride(0), x.stride(1), K=k, SILU=silu, ACC=_acc(x.dtype),
-                             BT=block_t, BC=block_c, num_warps=warps)
+    wrap_triton(_conv1d_fwd_kernel)[grid](
+        x, weight.contiguous(), bias.contiguous(), y, steps, channels, x.stride(0), x.stride(1),
+        K=k, SILU=silu, ACC=_acc(x.dtype), BT=block_t, BC=block_c, num_warps=warps)
     return y
 
 
@@ -243,15 +241,15 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
     if silu:
         grad_z = torch.empty(batch, steps, channels, device=x.device, dtype=_math_dtype(x.dtype))
         grid = (cdiv(steps, block_t), cdiv(channels, block_c), batch)
-        _silu_grad_kernel[grid](x, weight, bias.contiguous(), grad_y, grad_z, steps, channels,
-                                x.stride(0), x.stride(1), K=k, ACC=_acc(x.dtype),
-                                BT=block_t, BC=block_c, num_warps=warps)
+        wrap_triton(_silu_grad_kernel)[grid](
+            x, weight, bias.contiguous(), grad_y, grad_z, steps, channels, x.stride(0),
+            x.stride(1), K=k, ACC=_acc(x.dtype), BT=block_t, BC=block_c, num_warps=warps)
     runs, per_run = _runs(batch, steps, channels, x.device, block_t, block_c, PROGRAMS_PER_SM)
     part = torch.empty(batch * runs, k + 1, channels, device=x.device, dtype=_math_dtype(x.dtype))
     grid = (cdiv(channels, block_c), batch, runs)
-    _conv1d_bwd_kernel[grid](x, weight, grad_z, grad_x, part, steps, channels, x.stride(0),
-                             x.stride(1), per_run, K=k, KP=next_power_of_2(k), ACC=_acc(x.dtype),
-                             BT=block_t, BC=block_c, num_warps=warps)
+    wrap_triton(_conv1d_bwd_kernel)[grid](
+        x, weight, grad_z, grad_x, part, steps, channels, x.stride(0), x.stride(1), per_run,
+        K=k, KP=next_power_of_2(k), ACC=_acc(x.dtype), BT=block_t, BC=block_c, num_warps=warps)
     sums = part.sum(0)  # a fixed-order reduction: the same bits every run
     grad_w = sums[:k].t().to(weight.dtype).reshape(weight.shape).contiguous()
     return grad_x, grad_w, sums[k].to(bias.dtype)
@@ -278,30 +276,28 @@ class _CausalConv1d(torch.autograd.Function):
         return *backward(x, weight, bias, grad_y, ctx.silu), None
 
 
-# The op as torch.compile sees it (torch.library): opaque to the compiler, so a model
-# traces without graph breaks, differentiable through the registered backward op.
-@torch.library.custom_op("pararnn::causal_conv1d", mutates_args=())
-def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, silu: bool) -> torch.Tensor:
-    return forward(x, weight, bias, silu)
-
-
-@_forward_op.register_fake
-def _(x, weight, bias, silu):
+# The op as torch.compile sees it (a triton_op on a GPU, see ``_fused_common.fused_op``):
+# a model traces without graph breaks, differentiable through the registered backward op.
+def _forward_shape(x, weight, bias, silu):
     _check(x, weight, bias)
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("pararnn::causal_conv1d_backward", mutates_args=())
-def _backward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: torch.Tensor,
-                 silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return backward(x, weight, bias, grad_y, silu)
+@fused_op("pararnn::causal_conv1d", fake=_forward_shape)
+def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, silu: bool) -> torch.Tensor:
+    return forward(x, weight, bias, silu)
 
 
-@_backward_op.register_fake
-def _(x, weight, bias, grad_y, silu):
+def _backward_shapes(x, weight, bias, grad_y, silu):
     _check(x, weight, bias)
     # contiguous, as the kernel writes them (empty_like would copy x's strides)
     return x.new_empty(x.shape), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+
+
+@fused_op("pararnn::causal_conv1d_backward", fake=_backward_shapes)
+def _backward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: torch.Tensor,
+                 silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return backward(x, weight, bias, grad_y, silu)
 
 
 def _setup_backward(ctx, inputs, output):

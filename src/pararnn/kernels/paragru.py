@@ -22,12 +22,13 @@ import torch
 
 from .._grad import needs_grad
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            channel_offsets, check_common, default_plan, fake_flags,
+                            boundary_buffers, channel_offsets, check_common, default_plan,
+                            fake_flags, fused_op,
                             load_gate_bias, op_flags, op_report, optional_flags,
                             reset_word, rows_in, reject_double_backward, step_offsets,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
-                            tanh, tl, triton)
+                            tanh, tl, triton, wrap_triton)
 
 __all__ = ["supports", "paragru_solve", "paragru_naive", "forward", "newton_forward",
            "sequential_forward", "backward"]
@@ -301,8 +302,7 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
     out = torch.empty(batch, steps, n, device=dev, dtype=torch.float32)
     segmented = plan.segments > 1
     if segmented:
-        E, A, S, X = torch.empty(4, batch, plan.segments, n, device=dev,
-                                 dtype=torch.float32).unbind(0)
+        E, A, S, X = boundary_buffers(batch, plan.segments, n, 1, dev)
     else:
         E = A = S = X = None  # the one-segment walk has no boundaries
     block_count = plan.channel_blocks
@@ -312,7 +312,7 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
     flags = optional_flags(bias, h0, rst)
 
     def launch(correct: bool, segments: int = plan.segments, check: bool = False) -> None:
-        _gru_fwd_kernel[(block_count, batch, segments)](
+        wrap_triton(_gru_fwd_kernel)[(block_count, batch, segments)](
             pre, a, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n, blocks,
             plan.seg_len if segments > 1 else steps, plan.warmup, plan.segments,
             verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
@@ -380,7 +380,7 @@ def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, w
     grad_h0_part = torch.empty(batch, P, n, device=dev, dtype=torch.float32)
     segmented = P > 1
     if segmented:
-        E, A, S, X = torch.empty(4, batch, P, n, device=dev, dtype=torch.float32).unbind(0)
+        E, A, S, X = boundary_buffers(batch, P, n, 1, dev)
     else:
         E = A = S = X = None  # the one-segment walk has no boundaries
     grid = (plan.channel_blocks, batch, P)
@@ -388,7 +388,7 @@ def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, w
     flags = optional_flags(bias, h0, rst)
 
     def launch(correct: bool) -> None:
-        _gru_bwd_kernel[grid](
+        wrap_triton(_gru_bwd_kernel)[grid](
             pre, a, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags, BN=plan.block_n,
@@ -416,11 +416,18 @@ class _ParaGRUSolve(torch.autograd.Function):
         return _gradients(ctx, grad_states, through_op=False) + (None,)
 
 
-# The op as torch.compile sees it (torch.library): opaque to the compiler, so the layer
-# traces without graph breaks, differentiable through the registered backward. Eager
-# calls skip the dispatcher's host cost: without gradients they call ``forward``, with
-# gradients the autograd Function above.
-@torch.library.custom_op("pararnn::paragru_forward", mutates_args=())
+# The op as torch.compile sees it (torch.library; a triton_op on a GPU, see
+# ``_fused_common.fused_op``): the layer traces without graph breaks, differentiable
+# through the registered backward. Eager calls skip the dispatcher's host cost: without
+# gradients they call ``forward``, with gradients the autograd Function above.
+def _forward_shapes(pre, a, bias, initial_state, resets, rounds, verify_tol, sequential):
+    batch, steps, n = check_common("paragru", pre, a, initial_state, resets, 1, bias)
+    plan = default_plan("gru_fwd", pre, n, sequential)
+    return (pre.new_empty(batch, steps, n, dtype=torch.float32),
+            fake_flags(pre, plan, batch, verify_tol))
+
+
+@fused_op("pararnn::paragru_forward", fake=_forward_shapes)
 def _forward_op(pre: torch.Tensor, a: torch.Tensor, bias: Optional[torch.Tensor],
                 initial_state: Optional[torch.Tensor], resets: Optional[torch.Tensor],
                 rounds: int, verify_tol: Optional[float],
@@ -430,28 +437,19 @@ def _forward_op(pre: torch.Tensor, a: torch.Tensor, bias: Optional[torch.Tensor]
     return states, op_flags(report, pre)
 
 
-@_forward_op.register_fake
-def _(pre, a, bias, initial_state, resets, rounds, verify_tol, sequential):
-    batch, steps, n = check_common("paragru", pre, a, initial_state, resets, 1, bias)
-    plan = default_plan("gru_fwd", pre, n, sequential)
-    return (pre.new_empty(batch, steps, n, dtype=torch.float32),
-            fake_flags(pre, plan, batch, verify_tol))
+def _backward_shapes(pre, a, bias, initial_state, resets, states, grad_states):
+    batch, _, n = states.shape
+    # grad_pre contiguous, as the kernel writes it (empty_like would copy pre's strides)
+    return (pre.new_empty(pre.shape), a.new_empty(3 if bias is None else 6, n, dtype=torch.float32),
+            a.new_empty(batch, n, dtype=torch.float32))
 
 
-@torch.library.custom_op("pararnn::paragru_backward", mutates_args=())
+@fused_op("pararnn::paragru_backward", fake=_backward_shapes)
 def _backward_op(pre: torch.Tensor, a: torch.Tensor, bias: Optional[torch.Tensor],
                  initial_state: Optional[torch.Tensor], resets: Optional[torch.Tensor],
                  states: torch.Tensor,
                  grad_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward_parts(pre, a, initial_state, resets, states, grad_states, bias=bias)
-
-
-@_backward_op.register_fake
-def _(pre, a, bias, initial_state, resets, states, grad_states):
-    batch, _, n = states.shape
-    # grad_pre contiguous, as the kernel writes it (empty_like would copy pre's strides)
-    return (pre.new_empty(pre.shape), a.new_empty(3 if bias is None else 6, n, dtype=torch.float32),
-            a.new_empty(batch, n, dtype=torch.float32))
 
 
 def _setup_backward(ctx, inputs, output):
@@ -462,8 +460,9 @@ def _setup_backward(ctx, inputs, output):
 def _gradients(ctx, grad_states, through_op: bool):
     """The backward of both the registered op and the eager autograd Function. The
     registered op's backward calls the backward op: torch.compile traces it with fake
-    tensors (AOTAutograd's joint graph), which a Triton launch cannot take; the eager
-    Function calls the kernels directly, without the dispatcher's host cost."""
+    tensors (AOTAutograd's joint graph), which the op takes (its launches traced on a GPU,
+    its shape function under the interpreter) and a bare Triton launch does not; the
+    eager Function calls the kernels directly, without the dispatcher's host cost."""
     reject_double_backward("ParaGRU solve")
     pre, a, bias, h0, resets, states = ctx.saved_tensors
     grad_states = grad_states.contiguous()

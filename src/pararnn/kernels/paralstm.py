@@ -21,12 +21,13 @@ import torch
 
 from .._grad import needs_grad
 from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            channel_offsets, check_common, default_plan, fake_flags,
+                            boundary_buffers, channel_offsets, check_common, default_plan,
+                            fake_flags, fused_op,
                             load_gate_bias, op_flags, op_report, optional_flags,
                             reset_word, rows_in, reject_double_backward, step_offsets,
                             load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
                             row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
-                            tanh, tl, triton)
+                            tanh, tl, triton, wrap_triton)
 
 __all__ = ["supports", "paralstm_solve", "paralstm_naive", "forward", "newton_forward",
            "sequential_forward", "backward"]
@@ -383,7 +384,7 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
     P = plan.segments
     segmented = P > 1
     if segmented:
-        E, A, S, X = _boundary_buffers(batch, P, n, dev)
+        E, A, S, X = boundary_buffers(batch, P, n, 2, dev)
     else:
         E = A = S = X = None  # the one-segment walk has no boundaries
     block_count = plan.channel_blocks
@@ -393,7 +394,7 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
     flags = optional_flags(bias, h0, rst)
 
     def launch(correct: bool, segments: int = P, check: bool = False) -> None:
-        _lstm_fwd_kernel[(block_count, batch, segments)](
+        wrap_triton(_lstm_fwd_kernel)[(block_count, batch, segments)](
             pre, a, peephole, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n,
             blocks,
             plan.seg_len if segments > 1 else steps, plan.warmup, P,
@@ -406,14 +407,6 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
     if verify:
         launch(False, segments=1, check=True)
     return out, ForwardReport(P, rounds if segmented else 0, fell if verify else None)
-
-
-def _boundary_buffers(batch, segments, n, device):
-    """E, A, S, X of the boundary Newton: 2-vectors, 2x2 blocks (row-major), 2-vectors."""
-    cells = batch * segments * n
-    E, A, S, X = torch.empty(10 * cells, device=device, dtype=torch.float32).split(
-        (2 * cells, 4 * cells, 2 * cells, 2 * cells))  # one allocation, contiguous parts
-    return tuple(t.view(batch, segments, n, t.numel() // cells) for t in (E, A, S, X))
 
 
 def newton_forward(pre, a, peephole, h0=None, resets=None, num_iters: int = 3, *, bias=None,
@@ -473,7 +466,7 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_l
     grad_h0_part = torch.empty(batch, P, 2 * n, device=dev, dtype=torch.float32)
     segmented = P > 1
     if segmented:
-        E, A, S, X = _boundary_buffers(batch, P, n, dev)
+        E, A, S, X = boundary_buffers(batch, P, n, 2, dev)
     else:
         E = A = S = X = None  # the one-segment walk has no boundaries
     grid = (plan.channel_blocks, batch, P)
@@ -481,7 +474,7 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_l
     flags = optional_flags(bias, h0, rst)
 
     def launch(correct: bool) -> None:
-        _lstm_bwd_kernel[grid](
+        wrap_triton(_lstm_bwd_kernel)[grid](
             pre, a, peephole, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags,
@@ -510,9 +503,17 @@ class _ParaLSTMSolve(torch.autograd.Function):
         return _gradients(ctx, grad_states, through_op=False) + (None,)
 
 
-# The op as torch.compile sees it (torch.library), as in :mod:`.paragru`; eager calls
-# use ``forward`` or the autograd Function above.
-@torch.library.custom_op("pararnn::paralstm_forward", mutates_args=())
+# The op as torch.compile sees it (a triton_op on a GPU), as in :mod:`.paragru`; eager
+# calls use ``forward`` or the autograd Function above.
+def _forward_shapes(pre, a, peephole, bias, initial_state, resets, rounds, verify_tol,
+                    sequential):
+    batch, steps, n = check_common("paralstm", pre, a, initial_state, resets, 2, bias)
+    plan = default_plan("lstm_fwd", pre, n, sequential)
+    return (pre.new_empty(batch, steps, 2 * n, dtype=torch.float32),
+            fake_flags(pre, plan, batch, verify_tol))
+
+
+@fused_op("pararnn::paralstm_forward", fake=_forward_shapes)
 def _forward_op(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor,
                 bias: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
                 resets: Optional[torch.Tensor], rounds: int, verify_tol: Optional[float],
@@ -522,30 +523,21 @@ def _forward_op(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor,
     return states, op_flags(report, pre)
 
 
-@_forward_op.register_fake
-def _(pre, a, peephole, bias, initial_state, resets, rounds, verify_tol, sequential):
-    batch, steps, n = check_common("paralstm", pre, a, initial_state, resets, 2, bias)
-    plan = default_plan("lstm_fwd", pre, n, sequential)
-    return (pre.new_empty(batch, steps, 2 * n, dtype=torch.float32),
-            fake_flags(pre, plan, batch, verify_tol))
+def _backward_shapes(pre, a, peephole, bias, initial_state, resets, states, grad_states):
+    batch, _, n2 = states.shape
+    # grad_pre contiguous, as the kernel writes it (empty_like would copy pre's strides)
+    return (pre.new_empty(pre.shape),
+            a.new_empty(5 if bias is None else 8, n2 // 2, dtype=torch.float32),
+            a.new_empty(batch, n2, dtype=torch.float32))
 
 
-@torch.library.custom_op("pararnn::paralstm_backward", mutates_args=())
+@fused_op("pararnn::paralstm_backward", fake=_backward_shapes)
 def _backward_op(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor,
                  bias: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
                  resets: Optional[torch.Tensor], states: torch.Tensor,
                  grad_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward_parts(pre, a, peephole, initial_state, resets, states, grad_states,
                            bias=bias)
-
-
-@_backward_op.register_fake
-def _(pre, a, peephole, bias, initial_state, resets, states, grad_states):
-    batch, _, n2 = states.shape
-    # grad_pre contiguous, as the kernel writes it (empty_like would copy pre's strides)
-    return (pre.new_empty(pre.shape),
-            a.new_empty(5 if bias is None else 8, n2 // 2, dtype=torch.float32),
-            a.new_empty(batch, n2, dtype=torch.float32))
 
 
 def _setup_backward(ctx, inputs, output):
@@ -556,8 +548,9 @@ def _setup_backward(ctx, inputs, output):
 def _gradients(ctx, grad_states, through_op: bool):
     """The backward of both the registered op and the eager autograd Function. The
     registered op's backward calls the backward op: torch.compile traces it with fake
-    tensors (AOTAutograd's joint graph), which a Triton launch cannot take; the eager
-    Function calls the kernels directly, without the dispatcher's host cost."""
+    tensors (AOTAutograd's joint graph), which the op takes (its launches traced on a GPU,
+    its shape function under the interpreter) and a bare Triton launch does not; the
+    eager Function calls the kernels directly, without the dispatcher's host cost."""
     reject_double_backward("ParaLSTM solve")
     pre, a, peephole, bias, h0, resets, states = ctx.saved_tensors
     grad_states = grad_states.contiguous()
