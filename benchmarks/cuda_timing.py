@@ -24,6 +24,21 @@ def median_event_ms(fn, repeats: int = REPEATS, warmup: int = WARMUP_CALLS) -> f
     return statistics.median(times)
 
 
+def graphed(fn, warmup: int = 3):
+    """``fn`` captured once as a CUDA graph (after ``warmup`` calls on a side stream, as
+    capture requires); the returned function replays it: the GPU's time without the host's."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def interleaved_median_event_ms(fns, repeats: int = REPEATS, warmup: int = WARMUP_CALLS):
     """Median milliseconds of each of ``fns``, timed in turns (A B, B A, A B, ...) so
     that drifts of the host or the clocks fall on all of them alike."""

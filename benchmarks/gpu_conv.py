@@ -14,7 +14,10 @@ autocast; fp32) and pass (forward; forward + backward of x, weight and bias), in
 * ``floor``: the bytes that must move at 4.2 TB/s (H200 HBM3e): x read and y written
   forward; x and dy read and dx written backward (parameters are negligible).
 
-Times are medians of 20 calls (CUDA events, 5 warm-up calls, variants timed in turns).
+Times are medians of 20 calls (CUDA events, 5 warm-up calls, variants timed in turns), as
+called from Python (``ms``: at these shapes mostly the host's time) and replayed as CUDA
+graphs (``graph_ms``, kernel and plain: the GPU's time, what a compiled or graphed training
+step sees); ``kernel_x_floor`` compares the graphed kernel with the floor.
 Each row also records the largest difference between the kernel's and the plain output
 and gradients. ``--sweep`` also times the kernel alone at each launch configuration of
 :data:`SWEEP` (tile ``(time block, channel block, warps)`` and the backward's programs per
@@ -32,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cuda_timing import interleaved_median_event_ms
+from cuda_timing import graphed, interleaved_median_event_ms
 
 SHAPES = [(32, 512, 1024), (32, 512, 1152), (4, 4096, 1024), (8, 2048, 2304)]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -98,11 +101,13 @@ def measure(shape, dtype_name: str, compile_plain: bool) -> list[dict]:
     for backward in (False, True):
         names = list(fns)
         times = interleaved_median_event_ms([call(fns[n], x, grad, params, backward) for n in names])
+        graph_times = interleaved_median_event_ms(
+            [graphed(call(fns[n], x, grad, params, backward)) for n in ("kernel", "plain")])
         floor = floor_ms(batch, steps, channels, dtype, backward)
         rows.append({
             "shape": list(shape), "dtype": dtype_name, "pass": "fwd+bwd" if backward else "fwd",
-            "ms": dict(zip(names, times)), "floor_ms": floor,
-            "kernel_x_floor": times[0] / floor,
+            "ms": dict(zip(names, times)), "graph_ms": dict(zip(("kernel", "plain"), graph_times)),
+            "floor_ms": floor, "kernel_x_floor": graph_times[0] / floor,
             # largest |difference| to the plain path: (y, dx, dweight, dbias)
             "max_abs_diff": differences,
         })
@@ -120,7 +125,8 @@ def with_launch(fn, tile, programs_per_sm):
 
 
 def sweep(shape, dtype_name: str) -> list[dict]:
-    """The kernel alone at each launch configuration of :data:`SWEEP`, in turns."""
+    """The kernel alone at each launch configuration of :data:`SWEEP`, in turns, each
+    replayed as a CUDA graph captured with its configuration set."""
     from pararnn.kernels import causal_conv
 
     batch, steps, channels = shape
@@ -138,7 +144,7 @@ def sweep(shape, dtype_name: str) -> list[dict]:
     try:
         for backward in (False, True):
             times = interleaved_median_event_ms(
-                [with_launch(call(fn, x, grad, [weight, bias], backward), tile, programs)
+                [graphed(with_launch(call(fn, x, grad, [weight, bias], backward), tile, programs))
                  for tile, programs in SWEEP])
             floor = floor_ms(batch, steps, channels, dtype, backward)
             rows.append({"shape": list(shape), "dtype": dtype_name, "pass": "fwd+bwd" if backward else "fwd",
@@ -157,8 +163,10 @@ def print_sweep_row(row: dict) -> None:
 
 def print_row(row: dict) -> None:
     times = "  ".join(f"{name} {ms:.4f}" for name, ms in row["ms"].items())
-    print(f"{'x'.join(map(str, row['shape'])):>14} {row['dtype']} {row['pass']:>7}: {times}  "
-          f"floor {row['floor_ms']:.4f} ms (kernel {row['kernel_x_floor']:.1f}x floor)", flush=True)
+    graphs = "  ".join(f"{name} {ms:.4f}" for name, ms in row["graph_ms"].items())
+    print(f"{'x'.join(map(str, row['shape'])):>14} {row['dtype']} {row['pass']:>7}: {times} | graphs: "
+          f"{graphs}  floor {row['floor_ms']:.4f} ms (graphed kernel {row['kernel_x_floor']:.1f}x floor)",
+          flush=True)
 
 
 def main() -> None:
