@@ -86,7 +86,7 @@ def kernel_spec(kernel: str, pre_dtype: str, segmented: bool):
     module = paragru if cell == "gru" else paralstm
     fn = getattr(module, f"_{cell}_{direction}_kernel")
     types = {"PRE": f"*{pre_dtype}", "AW": "*fp32", "PW": "*fp32", "BIAS": "*fp32",
-             "T": "i32", "N": "i32", "NB": "i32", "L": "i32", "W": "i32", "P": "i32",
+             "T": "i32", "N": "i32", "NH": "i32", "NB": "i32", "L": "i32", "W": "i32", "P": "i32",
              "tol": "fp32"}
     if direction == "fwd":
         types["HOUT"] = "*fp32"

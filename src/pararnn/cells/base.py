@@ -93,8 +93,9 @@ class Cell(nn.Module):
         sequential) -> (states, report)`` giving float32 states ``(B, T, state_size)``,
         differentiable with respect to ``pre``, ``h0`` and the cell's parameters, and a
         report with ``segments``, ``boundary_rounds`` and ``fell_back`` (device flags or
-        None). The solver calls it only for float32/bfloat16 input on a device where
-        Triton runs.
+        None). ``pre`` is ``(B, T, input_size)``, or ``(H, B, T, input_size / H)`` where
+        the caller passed head-major pre-activations (:class:`pararnn.layout.HeadMajor`);
+        the solver calls it only for float32/bfloat16 input on a device where Triton runs.
         """
         return None
 

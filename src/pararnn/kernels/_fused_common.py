@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from ..layout import gate_major
 from . import interpreter_enabled
 from ._triton_utils import affine1, affine2
 
@@ -236,22 +237,36 @@ def step_offsets(b, T, width, t_first, rows, cols):
 
 
 @triton.jit
-def load_gate_tiles(PRE, b, T, N, t_first, rows, offs, mask):
-    """The three gate pre-activations of steps ``t_first + rows`` (B, T, 3N gate-major) as
-    fp32 (K, BN) register tiles; masked entries are 0."""
-    ptr = PRE + step_offsets(b, T, 3 * N, t_first, rows, offs)
-    return (tl.load(ptr, mask=mask, other=0.0).to(tl.float32),
-            tl.load(ptr + N, mask=mask, other=0.0).to(tl.float32),
-            tl.load(ptr + 2 * N, mask=mask, other=0.0).to(tl.float32))
+def head_block(PRE, pid_n, T, NH, BN: tl.constexpr, VEC: tl.constexpr):
+    """Where program ``pid_n`` reads its channel block in ``PRE`` (H, B, T, 3 NH), the
+    pre-activations of NH channels per head held head by head (gate-major (B, T, 3N) is
+    H = 1, NH = N; see :func:`pre_layout`): the block's head as a base pointer, and its
+    ``BN`` channels within that head. A block lies in one head (``BN`` divides NH)."""
+    first = pid_n * BN
+    head = first // NH
+    base = PRE + head.to(tl.int64) * tl.num_programs(1) * T * 3 * NH
+    return base, tl.max_contiguous(first - head * NH + tl.arange(0, BN), VEC)
 
 
 @triton.jit
-def store_gate_tiles(GPRE, b, T, N, t_first, rows, offs, mask, g0, g1, g2):
-    """Gate-level gradients of steps ``t_first + rows`` into (B, T, 3N), in GPRE's dtype."""
-    ptr = GPRE + step_offsets(b, T, 3 * N, t_first, rows, offs)
+def load_gate_tiles(PRE, b, T, NH, t_first, rows, offs, mask):
+    """The three gate pre-activations of steps ``t_first + rows`` as fp32 (K, BN) register
+    tiles (``PRE`` and ``offs`` from :func:`head_block`: rows of 3 NH, gates NH apart);
+    masked entries are 0."""
+    ptr = PRE + step_offsets(b, T, 3 * NH, t_first, rows, offs)
+    return (tl.load(ptr, mask=mask, other=0.0).to(tl.float32),
+            tl.load(ptr + NH, mask=mask, other=0.0).to(tl.float32),
+            tl.load(ptr + 2 * NH, mask=mask, other=0.0).to(tl.float32))
+
+
+@triton.jit
+def store_gate_tiles(GPRE, b, T, NH, t_first, rows, offs, mask, g0, g1, g2):
+    """Gate-level gradients of steps ``t_first + rows`` in the layout of
+    :func:`load_gate_tiles`, in GPRE's dtype."""
+    ptr = GPRE + step_offsets(b, T, 3 * NH, t_first, rows, offs)
     tl.store(ptr, g0.to(GPRE.dtype.element_ty), mask=mask)
-    tl.store(ptr + N, g1.to(GPRE.dtype.element_ty), mask=mask)
-    tl.store(ptr + 2 * N, g2.to(GPRE.dtype.element_ty), mask=mask)
+    tl.store(ptr + NH, g1.to(GPRE.dtype.element_ty), mask=mask)
+    tl.store(ptr + 2 * NH, g2.to(GPRE.dtype.element_ty), mask=mask)
 
 
 @dataclass(frozen=True)
@@ -523,7 +538,7 @@ class ForwardReport:
 
 def default_plan(kernel: str, pre: torch.Tensor, channels: int, sequential: bool) -> Plan:
     """The plan a forward with the tuned defaults runs (what the registered op launches)."""
-    batch, steps, _ = pre.shape
+    batch, steps = pre.shape[-3:-1]
     return make_plan(kernel, batch, steps, channels, pre.device, seg_len=None,
                      warmup=0 if sequential else None, block_n=None, num_warps=None,
                      sequential=sequential)
@@ -577,14 +592,16 @@ def boundaries_mismatch(E, S, b, P, N, offs, mn, tol, WIDTH: tl.constexpr, BN: t
 
 def check_common(name: str, pre: torch.Tensor, a: torch.Tensor, h0, resets, state_width: int,
                  bias: torch.Tensor | None = None):
-    """Validate shapes/dtypes before any work; returns (B, T, N)."""
-    if pre.dim() != 3 or pre.shape[-1] % 3:
-        raise ValueError(f"{name}: pre must be (B, T, 3N), got shape {tuple(pre.shape)}")
+    """Validate shapes/dtypes before any work; returns (B, T, N). ``pre`` is (B, T, 3N)
+    gate-major or (H, B, T, 3N/H) head-major (see :func:`kernel_pre`)."""
+    if pre.dim() not in (3, 4) or pre.shape[-1] % 3:
+        raise ValueError(f"{name}: pre must be (B, T, 3N) or head-major (H, B, T, 3N/H), "
+                         f"got shape {tuple(pre.shape)}")
     if pre.dtype not in (torch.float32, torch.bfloat16):
         raise TypeError(f"{name}: pre must be float32 or bfloat16, got {pre.dtype} "
                         "(float64 goes to the PyTorch path)")
-    batch, steps, n3 = pre.shape
-    n = n3 // 3
+    batch, steps, n3 = pre.shape[-3:]
+    n = n3 // 3 * (pre.shape[0] if pre.dim() == 4 else 1)
     if steps < 1 or n < 1 or batch < 1:
         raise ValueError(f"{name}: empty input, shape {tuple(pre.shape)}")
     if tuple(a.shape) != (3, n):
@@ -600,6 +617,20 @@ def check_common(name: str, pre: torch.Tensor, a: torch.Tensor, h0, resets, stat
     if batch > 65535:
         raise ValueError(f"{name}: batch {batch} exceeds the launch grid limit 65535")
     return batch, steps, n
+
+
+def kernel_pre(pre: torch.Tensor, channels: int, block_n: int) -> tuple[torch.Tensor, int]:
+    """``pre`` as the kernels read it (contiguous) and its channels per head ``NH``.
+
+    Head-major (H, B, T, 3 NH) is what a multi-head projection's batched GEMM writes
+    (one (B T, 3 NH) product per head): the kernels read it in place when their channel
+    blocks of ``block_n`` tile each head, which :func:`head_block` needs; otherwise it is
+    copied to gate-major. Gate-major (B, T, 3N) is the case H = 1, NH = N."""
+    if pre.dim() == 3:
+        return pre.contiguous(), channels
+    if (pre.shape[-1] // 3) % block_n == 0:
+        return pre.contiguous(), pre.shape[-1] // 3
+    return gate_major(pre, 3).contiguous(), channels
 
 
 def as_f32(t: torch.Tensor | None, device) -> torch.Tensor | None:

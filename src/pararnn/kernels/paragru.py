@@ -11,7 +11,9 @@ iterations"); ``num_iters`` bounds the boundary-Newton rounds. ``sequential_forw
 the same kernel with one segment. ``backward`` solves the adjoint recurrence the same
 way (exact after one round: it is linear) fused with the gate-level gradients.
 
-Layouts: ``pre`` (B, T, 3N) gate-major ``[u_z | u_r | u_h]``; ``a`` (3, N); states (B, T, N).
+Layouts: ``pre`` (B, T, 3N) gate-major ``[u_z | u_r | u_h]``, or head-major (H, B, T, 3N/H)
+(:mod:`pararnn.layout`; read in place, its gradient written alike); ``a`` (3, N); states
+(B, T, N).
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from typing import Optional
 import torch
 
 from .._grad import needs_grad
-from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            boundary_buffers, channel_offsets, check_common, default_plan,
-                            fake_flags, fused_op,
-                            load_gate_bias, op_flags, op_report, optional_flags,
-                            reset_word, rows_in, reject_double_backward, step_offsets,
-                            load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
-                            row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
-                            tanh, tl, triton, wrap_triton)
+from ..layout import gate_major, head_major
+from ._fused_common import (BOUNDARY_TOL, as_f32, boundaries_mismatch, boundary_buffers,
+                            channel_offsets, check_common, default_plan, fake_flags, ForwardReport,
+                            fused_op, head_block, kernel_pre, load_gate_bias,
+                            load_gate_tiles, load_gate_vectors, make_plan, op_flags, op_report,
+                            optional_flags, pack_resets, put_row, reject_double_backward,
+                            reset_word, row_of, rows_in, run_segmented, sigmoid, step_offsets,
+                            store_gate_tiles, supports_tensor, tanh, tl, triton, wrap_triton)
 
 __all__ = ["supports", "paragru_solve", "paragru_naive", "forward", "newton_forward",
            "sequential_forward", "backward"]
@@ -67,7 +69,7 @@ def _moved(X, S, bnd, mn, tol):
 
 
 @triton.jit
-def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L, W, P, tol,
+def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB, L, W, P, tol,
                     HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
                     SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
                     BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr):
@@ -77,6 +79,7 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L,
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
     offs = channel_offsets(pid_n, BN, VEC)
+    PRE, pre_offs = head_block(PRE, pid_n, T, NH, BN, VEC)
     mn = offs < N
     rows = tl.arange(0, K)
     a_z, a_r, a_h = load_gate_vectors(AW, offs, mn, N)
@@ -107,13 +110,13 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L,
         base0 = (t_begin // K) * K
         t_rows = base0 + rows
         m2 = rows_in(t_rows, t_begin, seg_end, mn)
-        uz, ur, uh = load_gate_tiles(PRE, b, T, N, base0, rows, offs, m2)
+        uz, ur, uh = load_gate_tiles(PRE, b, T, NH, base0, rows, pre_offs, m2)
         if HAS_RST:
             bits = reset_word(RST, b, NB, base0 // K)
         for t0 in range(base0, seg_end, K):
             t_rows = t0 + K + rows
             m2 = (t_rows < seg_end)[:, None] & mn[None, :]
-            uz_n, ur_n, uh_n = load_gate_tiles(PRE, b, T, N, t0 + K, rows, offs, m2)
+            uz_n, ur_n, uh_n = load_gate_tiles(PRE, b, T, NH, t0 + K, rows, pre_offs, m2)
             if HAS_RST:
                 bits_n = reset_word(RST, b, NB, t0 // K + 1)
             out = tl.zeros([K, BN], dtype=tl.float32)
@@ -151,7 +154,7 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L,
 
 
 @triton.jit
-def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB, L,
+def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NH, NB, L,
                     W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
                     HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr, CORRECT: tl.constexpr,
                     BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr):
@@ -160,6 +163,8 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
     offs = channel_offsets(pid_n, BN, VEC)
+    PRE, pre_offs = head_block(PRE, pid_n, T, NH, BN, VEC)
+    GPRE, _ = head_block(GPRE, pid_n, T, NH, BN, VEC)  # pre's layout
     mn = offs < N
     rows = tl.arange(0, K)
     a_z, a_r, a_h = load_gate_vectors(AW, offs, mn, N)
@@ -193,7 +198,7 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
         top_base = ((t_top - 1) // K) * K
         t_rows = top_base + rows
         valid = rows_in(t_rows, seg_start, t_top, mn)
-        uz, ur, uh = load_gate_tiles(PRE, b, T, N, top_base, rows, offs, valid)
+        uz, ur, uh = load_gate_tiles(PRE, b, T, NH, top_base, rows, pre_offs, valid)
         gt = tl.load(GH + step_offsets(b, T, N, top_base, rows, offs), mask=valid, other=0.0)
         ht = tl.load(HS + step_offsets(b, T, N, top_base - 1, rows, offs),
                      mask=valid & (t_rows > 0)[:, None], other=0.0)
@@ -203,7 +208,7 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
             base = top_base - blk * K
             t_rows = base - K + rows
             valid = (t_rows >= seg_start)[:, None] & mn[None, :]
-            uz_n, ur_n, uh_n = load_gate_tiles(PRE, b, T, N, base - K, rows, offs, valid)
+            uz_n, ur_n, uh_n = load_gate_tiles(PRE, b, T, NH, base - K, rows, pre_offs, valid)
             gt_n = tl.load(GH + step_offsets(b, T, N, base - K, rows, offs), mask=valid,
                            other=0.0)
             ht_n = tl.load(HS + step_offsets(b, T, N, base - K - 1, rows, offs),
@@ -249,7 +254,7 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
                 mu = tl.where(live, tl.where(restart, 0.0, nu), mu)
             o_rows = base + rows
             o_mask = rows_in(o_rows, seg_start, seg_end, mn)
-            store_gate_tiles(GPRE, b, T, N, base, rows, offs, o_mask, o_z, o_r, o_h)
+            store_gate_tiles(GPRE, b, T, NH, base, rows, pre_offs, o_mask, o_z, o_r, o_h)
             uz = uz_n
             ur = ur_n
             uh = uh_n
@@ -292,11 +297,11 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
     if not sequential and rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     dev = pre.device
-    pre = pre.contiguous()
     a, bias, h0 = (as_f32(t, dev) for t in (a, bias, h0))
     plan = make_plan("gru_fwd", batch, steps, n, dev, seg_len=seg_len,
                      warmup=0 if sequential else warmup, block_n=block_n, num_warps=num_warps,
                      steps_per_block=steps_per_block, sequential=sequential)
+    pre, per_head = kernel_pre(pre, n, plan.block_n)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = plan.step_blocks
     out = torch.empty(batch, steps, n, device=dev, dtype=torch.float32)
@@ -313,8 +318,8 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
 
     def launch(correct: bool, segments: int = plan.segments, check: bool = False) -> None:
         wrap_triton(_gru_fwd_kernel)[(block_count, batch, segments)](
-            pre, a, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n, blocks,
-            plan.seg_len if segments > 1 else steps, plan.warmup, plan.segments,
+            pre, a, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n, per_head,
+            blocks, plan.seg_len if segments > 1 else steps, plan.warmup, plan.segments,
             verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
             VERIFY=check, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
@@ -367,15 +372,16 @@ def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, w
         raise ValueError(f"paragru.backward: H and grad_H must be ({batch}, {steps}, {n}), "
                          f"got {tuple(H.shape)} and {tuple(grad_H.shape)}")
     dev = pre.device
-    pre = pre.contiguous()
+    given = pre
     a, bias, h0, H, grad_H = (as_f32(t, dev) for t in (a, bias, h0, H, grad_H))
     plan = make_plan("gru_bwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
                      block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block)
+    pre, per_head = kernel_pre(pre, n, plan.block_n)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = plan.step_blocks
     P = plan.segments
     grows = 3 if bias is None else 6
-    grad_pre = torch.empty(batch, steps, 3 * n, device=dev, dtype=pre.dtype)
+    grad_pre = torch.empty(pre.shape, device=dev, dtype=pre.dtype)  # pre's layout
     grad_w_part = torch.empty(batch, P, grows, n, device=dev, dtype=torch.float32)
     grad_h0_part = torch.empty(batch, P, n, device=dev, dtype=torch.float32)
     segmented = P > 1
@@ -390,11 +396,13 @@ def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, w
     def launch(correct: bool) -> None:
         wrap_triton(_gru_bwd_kernel)[grid](
             pre, a, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
-            E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
+            E, A, S, X, steps, n, per_head, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags, BN=plan.block_n,
             K=plan.steps_per_block, VEC=plan.channels_per_thread, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=1, reverse=True)
+    if grad_pre.dim() != given.dim():  # head-major pre the kernel read as gate-major
+        grad_pre = head_major(grad_pre, given.shape[0], 3)
     return grad_pre, grad_w_part.sum((0, 1)), grad_h0_part.sum(1)
 
 
@@ -486,7 +494,8 @@ def paragru_solve(pre, a, bias=None, initial_state=None, resets=None, *, rounds:
                   verify_tol=None, sequential: bool = False):
     """All states ``(B, T, N)`` fp32 of the ParaGRU recurrence and a ``ForwardReport``.
 
-    ``pre`` (B, T, 3N) fp32/bf16 gate-major pre-activations, ``a`` (3, N) recurrent
+    ``pre`` (B, T, 3N) fp32/bf16 gate-major pre-activations (or head-major (H, B, T,
+    3N/H), :mod:`pararnn.layout`; ``grad_pre`` comes back alike), ``a`` (3, N) recurrent
     vectors (already clipped), ``bias`` (3, N) or None, ``initial_state`` (B, N) or None
     (zeros), ``resets`` bool (B, T) or None. Plan options as :func:`forward`.
     Differentiable with respect to ``pre``, ``a``, ``bias`` and ``initial_state``; traced
@@ -508,6 +517,7 @@ def paragru_solve(pre, a, bias=None, initial_state=None, resets=None, *, rounds:
 def paragru_naive(pre, a, bias=None, initial_state=None, resets=None):
     """The ParaGRU recurrence by a plain PyTorch loop over t (differentiable by autograd);
     same arguments and states as :func:`paragru_solve`, computed in the dtype of ``a``."""
+    pre = gate_major(pre, 3) if pre.dim() == 4 else pre
     pre = pre.to(a.dtype) if bias is None else pre.to(a.dtype) + bias.flatten()
     batch, steps, _ = pre.shape
     h0 = pre.new_zeros(batch, a.shape[1]) if initial_state is None else initial_state.to(a.dtype)

@@ -8,7 +8,8 @@ Same scheme as :mod:`.paragru` (see :mod:`._fused_common`), with a 2-vector stat
 ``(c, h)`` per channel and 2x2 Jacobian blocks. ``newton_forward`` returns the solution
 of the recurrence; ``num_iters`` bounds the boundary-Newton rounds.
 
-Layouts: ``pre`` (B, T, 3N) gate-major ``[u_f | u_c | u_o]``; ``a`` (3, N) = (a_f, a_c, a_o);
+Layouts: ``pre`` (B, T, 3N) gate-major ``[u_f | u_c | u_o]`` or head-major (H, B, T, 3N/H)
+(:mod:`pararnn.layout`); ``a`` (3, N) = (a_f, a_c, a_o);
 ``peephole`` (2, N) = (c_f, c_o); states (B, T, 2N) interleaved ``(c_0, h_0, c_1, h_1, ...)``,
 ``h0`` (B, 2N) in the same layout.
 """
@@ -20,14 +21,14 @@ from typing import Optional
 import torch
 
 from .._grad import needs_grad
-from ._fused_common import (BOUNDARY_TOL, ForwardReport, as_f32, boundaries_mismatch,
-                            boundary_buffers, channel_offsets, check_common, default_plan,
-                            fake_flags, fused_op,
-                            load_gate_bias, op_flags, op_report, optional_flags,
-                            reset_word, rows_in, reject_double_backward, step_offsets,
-                            load_gate_tiles, load_gate_vectors, make_plan, pack_resets, put_row,
-                            row_of, run_segmented, sigmoid, store_gate_tiles, supports_tensor,
-                            tanh, tl, triton, wrap_triton)
+from ..layout import gate_major, head_major
+from ._fused_common import (BOUNDARY_TOL, as_f32, boundaries_mismatch, boundary_buffers,
+                            channel_offsets, check_common, default_plan, fake_flags, ForwardReport,
+                            fused_op, head_block, kernel_pre, load_gate_bias,
+                            load_gate_tiles, load_gate_vectors, make_plan, op_flags, op_report,
+                            optional_flags, pack_resets, put_row, reject_double_backward,
+                            reset_word, row_of, rows_in, run_segmented, sigmoid, step_offsets,
+                            store_gate_tiles, supports_tensor, tanh, tl, triton, wrap_triton)
 
 __all__ = ["supports", "paralstm_solve", "paralstm_naive", "forward", "newton_forward",
            "sequential_forward", "backward"]
@@ -99,7 +100,7 @@ def _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o, p_f, p_o):
 
 
 @triton.jit
-def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NB, L, W, P,
+def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB, L, W, P,
                      tol, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
                      SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
                      BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr):
@@ -108,6 +109,7 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
     offs = channel_offsets(pid_n, BN, VEC)
+    PRE, pre_offs = head_block(PRE, pid_n, T, NH, BN, VEC)
     mn = offs < N
     rows = tl.arange(0, K)
     a_f, a_c, a_o, p_f, p_o, b_f, b_c, b_o, c0, h0 = _load_cell(AW, PW, BIAS, H0, b, offs,
@@ -139,13 +141,13 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
         base0 = (t_begin // K) * K
         t_rows = base0 + rows
         m2 = rows_in(t_rows, t_begin, seg_end, mn)
-        uf, uc, uo = load_gate_tiles(PRE, b, T, N, base0, rows, offs, m2)
+        uf, uc, uo = load_gate_tiles(PRE, b, T, NH, base0, rows, pre_offs, m2)
         if HAS_RST:
             bits = reset_word(RST, b, NB, base0 // K)
         for t0 in range(base0, seg_end, K):
             t_rows = t0 + K + rows
             m2 = (t_rows < seg_end)[:, None] & mn[None, :]
-            uf_n, uc_n, uo_n = load_gate_tiles(PRE, b, T, N, t0 + K, rows, offs, m2)
+            uf_n, uc_n, uo_n = load_gate_tiles(PRE, b, T, NH, t0 + K, rows, pre_offs, m2)
             if HAS_RST:
                 bits_n = reset_word(RST, b, NB, t0 // K + 1)
             out_c = tl.zeros([K, BN], dtype=tl.float32)
@@ -203,7 +205,7 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
 
 
 @triton.jit
-def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NB,
+def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NH, NB,
                      L, W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
                      CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr,
@@ -213,6 +215,8 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
     offs = channel_offsets(pid_n, BN, VEC)
+    PRE, pre_offs = head_block(PRE, pid_n, T, NH, BN, VEC)
+    GPRE, _ = head_block(GPRE, pid_n, T, NH, BN, VEC)  # pre's layout
     mn = offs < N
     rows = tl.arange(0, K)
     a_f, a_c, a_o, p_f, p_o, b_f, b_c, b_o, c0, h0 = _load_cell(AW, PW, BIAS, H0, b, offs,
@@ -251,7 +255,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
         t_rows = top_base + rows
         valid = rows_in(t_rows, seg_start, t_top, mn)
         prev = valid & (t_rows > 0)[:, None]
-        uf, uc, uo = load_gate_tiles(PRE, b, T, N, top_base, rows, offs, valid)
+        uf, uc, uo = load_gate_tiles(PRE, b, T, NH, top_base, rows, pre_offs, valid)
         sptr = step_offsets(b, T, 2 * N, top_base, rows, 2 * offs)
         gc = tl.load(GH + sptr, mask=valid, other=0.0)
         gh = tl.load(GH + sptr + 1, mask=valid, other=0.0)
@@ -264,7 +268,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
             t_rows = base - K + rows
             valid = (t_rows >= seg_start)[:, None] & mn[None, :]
             prev = valid & (t_rows > 0)[:, None]
-            uf_n, uc_n, uo_n = load_gate_tiles(PRE, b, T, N, base - K, rows, offs, valid)
+            uf_n, uc_n, uo_n = load_gate_tiles(PRE, b, T, NH, base - K, rows, pre_offs, valid)
             sptr = step_offsets(b, T, 2 * N, base - K, rows, 2 * offs)
             gc_n = tl.load(GH + sptr, mask=valid, other=0.0)
             gh_n = tl.load(GH + sptr + 1, mask=valid, other=0.0)
@@ -331,7 +335,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
                 mu_h = tl.where(live, tl.where(restart, 0.0, nu_h), mu_h)
             o_rows = base + rows
             o_mask = rows_in(o_rows, seg_start, seg_end, mn)
-            store_gate_tiles(GPRE, b, T, N, base, rows, offs, o_mask, o_f, o_c, o_o)
+            store_gate_tiles(GPRE, b, T, NH, base, rows, pre_offs, o_mask, o_f, o_c, o_o)
             uf = uf_n
             uc = uc_n
             uo = uo_n
@@ -373,11 +377,11 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
     if not sequential and rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     dev = pre.device
-    pre = pre.contiguous()
     a, peephole, bias, h0 = (as_f32(t, dev) for t in (a, peephole, bias, h0))
     plan = make_plan("lstm_fwd", batch, steps, n, dev, seg_len=seg_len,
                      warmup=0 if sequential else warmup, block_n=block_n, num_warps=num_warps,
                      steps_per_block=steps_per_block, sequential=sequential)
+    pre, per_head = kernel_pre(pre, n, plan.block_n)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = plan.step_blocks
     out = torch.empty(batch, steps, 2 * n, device=dev, dtype=torch.float32)
@@ -396,8 +400,7 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
     def launch(correct: bool, segments: int = P, check: bool = False) -> None:
         wrap_triton(_lstm_fwd_kernel)[(block_count, batch, segments)](
             pre, a, peephole, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n,
-            blocks,
-            plan.seg_len if segments > 1 else steps, plan.warmup, P,
+            per_head, blocks, plan.seg_len if segments > 1 else steps, plan.warmup, P,
             verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
             VERIFY=check, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
@@ -452,16 +455,17 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_l
         raise ValueError(f"paralstm.backward: H and grad_H must be {shape}, "
                          f"got {tuple(H.shape)} and {tuple(grad_H.shape)}")
     dev = pre.device
-    pre = pre.contiguous()
+    given = pre
     a, peephole, bias, h0, H, grad_H = (as_f32(t, dev)
                                         for t in (a, peephole, bias, h0, H, grad_H))
     plan = make_plan("lstm_bwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
                      block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block)
+    pre, per_head = kernel_pre(pre, n, plan.block_n)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = plan.step_blocks
     P = plan.segments
     grows = 5 if bias is None else 8
-    grad_pre = torch.empty(batch, steps, 3 * n, device=dev, dtype=pre.dtype)
+    grad_pre = torch.empty(pre.shape, device=dev, dtype=pre.dtype)  # pre's layout
     grad_w_part = torch.empty(batch, P, grows, n, device=dev, dtype=torch.float32)
     grad_h0_part = torch.empty(batch, P, 2 * n, device=dev, dtype=torch.float32)
     segmented = P > 1
@@ -476,12 +480,14 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_l
     def launch(correct: bool) -> None:
         wrap_triton(_lstm_bwd_kernel)[grid](
             pre, a, peephole, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
-            E, A, S, X, steps, n, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
+            E, A, S, X, steps, n, per_head, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
             num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=2, reverse=True)
+    if grad_pre.dim() != given.dim():  # head-major pre the kernel read as gate-major
+        grad_pre = head_major(grad_pre, given.shape[0], 3)
     return grad_pre, grad_w_part.sum((0, 1)), grad_h0_part.sum(1)
 
 
@@ -576,8 +582,8 @@ def paralstm_solve(pre, a, peephole, bias=None, initial_state=None, resets=None,
     """All states ``(B, T, 2N)`` fp32 (interleaved ``(c, h)`` per channel) of the ParaLSTM
     recurrence and a ``ForwardReport``.
 
-    ``pre`` (B, T, 3N) fp32/bf16, ``a`` (3, N) and ``peephole`` (2, N) (already clipped),
-    ``bias`` (3, N) or None, ``initial_state`` (B, 2N) interleaved or None (zeros),
+    ``pre`` (B, T, 3N) fp32/bf16 (or head-major (H, B, T, 3N/H)), ``a`` (3, N) and
+    ``peephole`` (2, N) (already clipped), ``bias`` (3, N) or None, ``initial_state`` (B, 2N) interleaved or None (zeros),
     ``resets`` bool (B, T) or None. Plan options as :func:`.paragru.forward`.
     Differentiable with respect to ``pre``, ``a``, ``peephole``, ``bias`` and
     ``initial_state``; traced by ``torch.compile`` as one op
@@ -600,6 +606,7 @@ def paralstm_solve(pre, a, peephole, bias=None, initial_state=None, resets=None,
 def paralstm_naive(pre, a, peephole, bias=None, initial_state=None, resets=None):
     """The ParaLSTM recurrence by a plain PyTorch loop over t (differentiable by autograd);
     same arguments and states as :func:`paralstm_solve`, computed in the dtype of ``a``."""
+    pre = gate_major(pre, 3) if pre.dim() == 4 else pre
     pre = pre.to(a.dtype) if bias is None else pre.to(a.dtype) + bias.flatten()
     batch, steps, _ = pre.shape
     n = a.shape[1]

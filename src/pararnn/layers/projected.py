@@ -7,6 +7,7 @@ import torch
 
 from ..cells import ParaGRUCell, ParaLSTMCell
 from ..solver import NewtonConfig
+from ..solver.backends import select_fused
 from .projection import MultiHeadProjection
 from .rnn import SequenceModule
 
@@ -39,7 +40,17 @@ class _ProjectedRNN(SequenceModule):
                 f"x has dtype {x.dtype} but the layer's parameters are {weight_dtype}; pass x in "
                 f"{weight_dtype}, or run under torch.autocast for mixed precision"
             )
-        return self._solve(self.cell, self.projection(x), h0, resets, cu_seqlens, hidden)
+        pre = self.projection.head_major(x) if self._head_major(x) else self.projection(x)
+        return self._solve(self.cell, pre, h0, resets, cu_seqlens, hidden)
+
+    def _head_major(self, x) -> bool:
+        """Whether the projection hands the solver head-major pre-activations: several
+        heads and batch-first ``(B, T, D)`` input for the cell's fused kernels, which read
+        them in place (the copy into the gate-major layout skipped both ways)."""
+        projection = self.projection
+        return (projection.num_heads > 1 and type(projection) is MultiHeadProjection
+                and projection.bias is None and x.dim() == 3 and self.batch_first
+                and select_fused(self.cell, x, self.backend) is not None)
 
 
 class ParaGRU(_ProjectedRNN):

@@ -1,13 +1,15 @@
 """Block-diagonal ("multi-head") input projection computed for all steps before the solve.
 
-The output must be gate-major (all channels of gate 0, then gate 1, ...), while a batched
-matrix product over heads naturally yields head-major rows. Writing each gate's product
-straight into its strided slice of the output (one batched GEMM per gate, the output's
-row stride as leading dimension) gives the gate-major layout without a permute copy;
-the backward copies the gradient to head-major once and runs one GEMM per input (the
-weight gradient's long reduction needs the whole batch of heads to fill the GPU, and in
-float32 on CUDA its rows split into chunks, see :func:`weight_grad_splits`). For
-``num_heads=1`` it is a plain ``linear``.
+The cells read gate-major pre-activations (all channels of gate 0, then gate 1, ...),
+while a batched matrix product over heads naturally yields head-major rows
+(:mod:`pararnn.layout`). ``forward`` writes each gate's product straight into its strided
+slice of the output (one batched GEMM per gate, the output's row stride as leading
+dimension): the gate-major layout without a permute copy; its backward copies the
+gradient to head-major once and runs one GEMM per input (the weight gradient's long
+reduction needs the whole batch of heads to fill the GPU, and in float32 on CUDA its rows
+split into chunks, see :func:`weight_grad_splits`). ``head_major`` is one batched GEMM
+each way and no copy at all, for the fused kernels, which read that layout in place.
+For ``num_heads=1`` ``forward`` is a plain ``linear``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from .._grad import needs_grad
+from ..layout import HeadMajor
 
 
 def kaiming_uniform_(weight: torch.Tensor) -> torch.Tensor:
@@ -73,6 +76,25 @@ class MultiHeadProjection(nn.Module):
             out = self._heads_matmul(x, weight)
         return out if self.bias is None else out + self.bias
 
+    def head_major(self, x: torch.Tensor) -> HeadMajor:
+        """The projection of ``x`` ``(B, T, D)`` held head-major: ``(H, B, T, G N/H)``
+        from one batched GEMM over heads, never copied into the gate-major layout
+        (:class:`pararnn.layout.HeadMajor`, which :func:`pararnn.solve` takes). For a
+        projection without bias (the layers keep the gate bias in the cell)."""
+        if self.bias is not None:
+            raise ValueError("head_major needs a projection without bias")
+        if x.dim() != 3:
+            raise ValueError(f"head_major needs x of shape (B, T, D), got {tuple(x.shape)}")
+        weight = self.weight
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            with torch.autocast(device, enabled=False):
+                out = _head_major_heads_matmul(x.to(dtype), weight.to(dtype))
+        else:
+            out = _head_major_heads_matmul(x, weight)
+        return HeadMajor(out, self.num_gates)
+
     @staticmethod
     def _heads_matmul(x, weight):
         if torch.compiler.is_compiling():
@@ -103,22 +125,44 @@ class _GateMajorHeadsMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x2, weight = ctx.saved_tensors
-        heads, gates, head_out, head_in = weight.shape
-        rows = x2.shape[0]
+        heads, gates, head_out, _ = weight.shape
         # one head-major copy of the gradient, then a single GEMM per input: per-gate GEMMs
         # with K = rows (the weight gradient) leave most of the GPU idle
-        grad = grad_out.reshape(rows, gates, heads, head_out).permute(2, 0, 1, 3)
-        grad = grad.reshape(heads, rows, gates * head_out)
-        w = weight.reshape(heads, gates * head_out, head_in)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = x2.new_empty(rows, heads, head_in)
-            torch.bmm(grad, w, out=grad_x.transpose(0, 1))
-            grad_x = grad_x.view(*ctx.lead, heads * head_in)
-        if ctx.needs_input_grad[1]:
-            splits = weight_grad_splits(rows, weight.numel(), x2.dtype, x2.device)
-            grad_w = heads_weight_grad(grad, x2, head_in, splits).view_as(weight)
-        return grad_x, grad_w
+        grad = grad_out.reshape(x2.shape[0], gates, heads, head_out).permute(2, 0, 1, 3)
+        return _heads_matmul_grads(ctx, grad.reshape(heads, x2.shape[0], gates * head_out), x2, weight)
+
+
+class _HeadMajorHeadsMatmul(torch.autograd.Function):
+    """``x (B, T, H*Dh)`` times block-diagonal ``weight (H, G, Nh, Dh)`` -> ``(H, B, T,
+    G*Nh)`` head-major: one batched GEMM forward, one per input backward, no copies."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x.reshape(-1, x.shape[-1]), weight)
+        ctx.lead = x.shape[:-1]
+        return _head_major_product(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x2, weight = ctx.saved_tensors
+        return _heads_matmul_grads(ctx, grad_out.reshape(weight.shape[0], x2.shape[0], -1), x2, weight)
+
+
+def _heads_matmul_grads(ctx, grad, x2, weight):
+    """Gradients of ``x`` and ``weight`` from the head-major gradient ``grad`` (H, rows,
+    G*Nh) of a multi-head product (``ctx`` saved ``x`` as ``x2`` (rows, H*Dh) and its
+    leading shape as ``ctx.lead``)."""
+    heads, gates, head_out, head_in = weight.shape
+    rows = x2.shape[0]
+    grad_x = grad_w = None
+    if ctx.needs_input_grad[0]:
+        grad_x = x2.new_empty(rows, heads, head_in)
+        torch.bmm(grad, weight.reshape(heads, gates * head_out, head_in), out=grad_x.transpose(0, 1))
+        grad_x = grad_x.view(*ctx.lead, heads * head_in)
+    if ctx.needs_input_grad[1]:
+        splits = weight_grad_splits(rows, weight.numel(), x2.dtype, x2.device)
+        grad_w = heads_weight_grad(grad, x2, head_in, splits).view_as(weight)
+    return grad_x, grad_w
 
 
 # cuBLAS computes the float32 weight gradient (per head (G*Nh, rows) @ (rows, Dh): a small
@@ -179,3 +223,23 @@ def _gate_major_heads_matmul(x, weight):
     for w_g, out_g in zip(weight.transpose(2, 3).unbind(1), out.permute(1, 2, 0, 3).unbind(0)):
         torch.bmm(x_heads, w_g, out=out_g)
     return out.view(*x.shape[:-1], gates * heads * head_out)
+
+
+def _head_major_product(x, weight):
+    """``x (B, T, H*Dh)`` times ``weight (H, G, Nh, Dh)`` as ``(H, B, T, G*Nh)``: one
+    batched GEMM, head ``h`` reading its ``Dh`` input columns in place (row stride H*Dh)."""
+    heads, gates, head_out, head_in = weight.shape
+    x_heads = x.reshape(-1, heads, head_in).transpose(0, 1)  # (H, rows, Dh)
+    out = torch.bmm(x_heads, weight.reshape(heads, gates * head_out, head_in).transpose(1, 2))
+    return out.view(heads, *x.shape[:-1], gates * head_out)
+
+
+def _head_major_heads_matmul(x, weight):
+    if torch.compiler.is_compiling():
+        # the same batched GEMM as an einsum, which inductor writes head-major as it is
+        heads, gates, head_out, head_in = weight.shape
+        return torch.einsum("bthd,hkd->hbtk", x.unflatten(-1, (heads, head_in)),
+                            weight.reshape(heads, gates * head_out, head_in))
+    if needs_grad(x, weight):
+        return _HeadMajorHeadsMatmul.apply(x, weight)
+    return _head_major_product(x, weight)

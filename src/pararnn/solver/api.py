@@ -7,6 +7,7 @@ import contextlib
 import torch
 
 from .._grad import needs_grad
+from ..layout import HeadMajor
 from .backends import select_fused, select_scan
 from .config import NewtonConfig, SolveInfo
 from .inputs import check_inputs, check_options
@@ -30,14 +31,17 @@ CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD = 512
 CPU_SEQUENTIAL_MIN_WIDTH_GRAD_COMPILED_PER_THREAD = 128
 
 
-def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = "auto",
+def solve(cell, x: torch.Tensor | HeadMajor, h0: torch.Tensor | None = None, *, mode: str = "auto",
           newton: NewtonConfig | None = None, resets: torch.Tensor | None = None,
           cu_seqlens: torch.Tensor | None = None, backend: str = "auto", hidden: bool = False):
     """Apply ``cell`` over a whole sequence.
 
     Args:
         cell: a :class:`pararnn.Cell`.
-        x: ``(B, T, cell.input_size)``.
+        x: ``(B, T, cell.input_size)``, or a gated cell's pre-activations held head-major
+            (:class:`pararnn.layout.HeadMajor`, as a multi-head projection writes them):
+            the cell's fused kernels read those in place, every other path takes a
+            gate-major copy.
         h0: initial state ``(B, N)`` (``(S, N)``, one per sequence, with ``cu_seqlens``);
             zeros if None.
         mode: ``"sequential"`` (step loop), ``"parallel"`` (Newton + scan) or ``"auto"``:
@@ -73,19 +77,24 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
     # one initial state per document is not in their interface: generic path
     packed_with_h0 = sequences.segment_ids is not None and h0 is not None
     fused = None if packed_with_h0 else select_fused(cell, x, backend)
+    if fused is None and isinstance(x, HeadMajor):
+        x = x.gate_major()
     auto = mode == "auto"
     if auto:
         mode = _auto_mode(cell, x, h0, fused, sequences)
+    takes_fused = fused is not None and (mode == "parallel" or not _needs_grad(cell, x, h0))
+    if not takes_fused and isinstance(x, HeadMajor):
+        x = x.gate_major()
 
     hidden_states = None  # written by the C loop only
     with _no_autocast(x.device.type):
-        if fused is not None and (mode == "parallel" or not _needs_grad(cell, x, h0)):
+        if takes_fused:
             # the kernels read bf16 input as it is and compute in fp32 (no upcast copy)
             # and start from zeros without an h0 (no zeros tensor)
             tol = config.tolerance(dtype)
             on_device = tol is not None and config.on_failure == "sequential"
             states, report = fused(
-                x, None if h0 is None else h0.to(dtype),
+                x.data if isinstance(x, HeadMajor) else x, None if h0 is None else h0.to(dtype),
                 None if sequences.starts_only_at_zero else sequences.starts,
                 rounds=config.boundary_rounds, sequential=mode == "sequential",
                 verify_tol=tol if on_device else None)
@@ -93,6 +102,7 @@ def solve(cell, x: torch.Tensor, h0: torch.Tensor | None = None, *, mode: str = 
                              boundary_rounds=report.boundary_rounds,
                              fallback_flags=report.fell_back)
             if mode == "parallel" and tol is not None and not on_device:
+                x = x.gate_major() if isinstance(x, HeadMajor) else x
                 states = _check_solution(cell, x.to(dtype), _initial(h0, n_init, cell, x, dtype),
                                          sequences, config, tol, states, info)
             elif mode == "parallel" and report.segments == 1:

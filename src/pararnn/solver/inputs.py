@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from ..cells.base import Cell
+from ..layout import HeadMajor
 from .config import NewtonConfig
 
 MODES = ("auto", "parallel", "sequential")
@@ -127,7 +128,7 @@ def check_inputs(cell, x, h0, resets, cu_seqlens) -> tuple[torch.dtype, Sequence
     Metadata only (shapes, dtypes, devices): no tensor is read, except ``cu_seqlens``."""
     params = _parameters(cell) if isinstance(cell, Cell) else None
     param_dtype = check_cell(cell, params)
-    if not isinstance(x, torch.Tensor):
+    if not isinstance(x, (torch.Tensor, HeadMajor)):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 3:
         raise ValueError(
