@@ -26,11 +26,11 @@ from .._grad import needs_grad
 from ..layout import gate_major, head_major
 from ._fused_common import (BOUNDARY_TOL, as_f32, boundaries_mismatch, boundary_buffers,
                             channel_offsets, check_common, default_plan, fake_flags, ForwardReport,
-                            fused_op, head_block, kernel_pre, load_gate_bias,
+                            fused_op, head_block, kernel_pre, launcher, load_gate_bias,
                             load_gate_tiles, load_gate_vectors, make_plan, op_flags, op_report,
                             optional_flags, pack_resets, put_row, reject_double_backward,
                             reset_word, row_of, rows_in, run_segmented, sigmoid, step_offsets,
-                            store_gate_tiles, supports_tensor, tanh, tl, triton, wrap_triton)
+                            store_gate_tiles, supports_tensor, tanh, tl, triton)
 
 __all__ = ["supports", "paragru_solve", "paragru_naive", "forward", "newton_forward",
            "sequential_forward", "backward"]
@@ -317,7 +317,7 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
     flags = optional_flags(bias, h0, rst)
 
     def launch(correct: bool, segments: int = plan.segments, check: bool = False) -> None:
-        wrap_triton(_gru_fwd_kernel)[(block_count, batch, segments)](
+        launcher(_gru_fwd_kernel)[(block_count, batch, segments)](
             pre, a, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n, per_head,
             blocks, plan.seg_len if segments > 1 else steps, plan.warmup, plan.segments,
             verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
@@ -394,7 +394,7 @@ def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, w
     flags = optional_flags(bias, h0, rst)
 
     def launch(correct: bool) -> None:
-        wrap_triton(_gru_bwd_kernel)[grid](
+        launcher(_gru_bwd_kernel)[grid](
             pre, a, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, per_head, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags, BN=plan.block_n,

@@ -24,11 +24,11 @@ from .._grad import needs_grad
 from ..layout import gate_major, head_major
 from ._fused_common import (BOUNDARY_TOL, as_f32, boundaries_mismatch, boundary_buffers,
                             channel_offsets, check_common, default_plan, fake_flags, ForwardReport,
-                            fused_op, head_block, kernel_pre, load_gate_bias,
+                            fused_op, head_block, kernel_pre, launcher, load_gate_bias,
                             load_gate_tiles, load_gate_vectors, make_plan, op_flags, op_report,
                             optional_flags, pack_resets, put_row, reject_double_backward,
                             reset_word, row_of, rows_in, run_segmented, sigmoid, step_offsets,
-                            store_gate_tiles, supports_tensor, tanh, tl, triton, wrap_triton)
+                            store_gate_tiles, supports_tensor, tanh, tl, triton)
 
 __all__ = ["supports", "paralstm_solve", "paralstm_naive", "forward", "newton_forward",
            "sequential_forward", "backward"]
@@ -398,7 +398,7 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
     flags = optional_flags(bias, h0, rst)
 
     def launch(correct: bool, segments: int = P, check: bool = False) -> None:
-        wrap_triton(_lstm_fwd_kernel)[(block_count, batch, segments)](
+        launcher(_lstm_fwd_kernel)[(block_count, batch, segments)](
             pre, a, peephole, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n,
             per_head, blocks, plan.seg_len if segments > 1 else steps, plan.warmup, P,
             verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
@@ -478,7 +478,7 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_l
     flags = optional_flags(bias, h0, rst)
 
     def launch(correct: bool) -> None:
-        wrap_triton(_lstm_bwd_kernel)[grid](
+        launcher(_lstm_bwd_kernel)[grid](
             pre, a, peephole, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, per_head, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags,
@@ -583,9 +583,9 @@ def paralstm_solve(pre, a, peephole, bias=None, initial_state=None, resets=None,
     recurrence and a ``ForwardReport``.
 
     ``pre`` (B, T, 3N) fp32/bf16 (or head-major (H, B, T, 3N/H)), ``a`` (3, N) and
-    ``peephole`` (2, N) (already clipped), ``bias`` (3, N) or None, ``initial_state`` (B, 2N) interleaved or None (zeros),
-    ``resets`` bool (B, T) or None. Plan options as :func:`.paragru.forward`.
-    Differentiable with respect to ``pre``, ``a``, ``peephole``, ``bias`` and
+    ``peephole`` (2, N) (already clipped), ``bias`` (3, N) or None, ``initial_state``
+    (B, 2N) interleaved or None (zeros), ``resets`` bool (B, T) or None. Plan options as
+    :func:`.paragru.forward`. Differentiable with respect to ``pre``, ``a``, ``peephole``, ``bias`` and
     ``initial_state``; traced by ``torch.compile`` as one op
     (``torch.ops.pararnn.paralstm_forward``).
     """
