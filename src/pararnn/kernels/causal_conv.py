@@ -216,7 +216,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, silu: boo
         return y
     block_t, block_c, warps = _tile(x.device)
     grid = (cdiv(steps, block_t), cdiv(channels, block_c), batch)
-    launcher(_conv1d_fwd_kernel)[grid](
+    launcher(_conv1d_fwd_kernel, x)[grid](
         x, weight.contiguous(), bias.contiguous(), y, steps, channels, x.stride(0), x.stride(1),
         K=k, SILU=silu, ACC=_acc(x.dtype), BT=block_t, BC=block_c, num_warps=warps)
     return y
@@ -241,13 +241,13 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
     if silu:
         grad_z = torch.empty(batch, steps, channels, device=x.device, dtype=_math_dtype(x.dtype))
         grid = (cdiv(steps, block_t), cdiv(channels, block_c), batch)
-        launcher(_silu_grad_kernel)[grid](
+        launcher(_silu_grad_kernel, x)[grid](
             x, weight, bias.contiguous(), grad_y, grad_z, steps, channels, x.stride(0),
             x.stride(1), K=k, ACC=_acc(x.dtype), BT=block_t, BC=block_c, num_warps=warps)
     runs, per_run = _runs(batch, steps, channels, x.device, block_t, block_c, PROGRAMS_PER_SM)
     part = torch.empty(batch * runs, k + 1, channels, device=x.device, dtype=_math_dtype(x.dtype))
     grid = (cdiv(channels, block_c), batch, runs)
-    launcher(_conv1d_bwd_kernel)[grid](
+    launcher(_conv1d_bwd_kernel, x)[grid](
         x, weight, grad_z, grad_x, part, steps, channels, x.stride(0), x.stride(1), per_run,
         K=k, KP=next_power_of_2(k), ACC=_acc(x.dtype), BT=block_t, BC=block_c, num_warps=warps)
     sums = part.sum(0)  # a fixed-order reduction: the same bits every run

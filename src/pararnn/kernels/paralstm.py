@@ -398,7 +398,7 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
     flags = optional_flags(bias, h0, rst)
 
     def launch(correct: bool, segments: int = P, check: bool = False) -> None:
-        launcher(_lstm_fwd_kernel)[(block_count, batch, segments)](
+        launcher(_lstm_fwd_kernel, pre)[(block_count, batch, segments)](
             pre, a, peephole, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n,
             per_head, blocks, plan.seg_len if segments > 1 else steps, plan.warmup, P,
             verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
@@ -478,7 +478,7 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_l
     flags = optional_flags(bias, h0, rst)
 
     def launch(correct: bool) -> None:
-        launcher(_lstm_bwd_kernel)[grid](
+        launcher(_lstm_bwd_kernel, pre)[grid](
             pre, a, peephole, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, per_head, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags,
