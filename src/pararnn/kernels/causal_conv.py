@@ -23,9 +23,12 @@ stored by the forward (a tensor written there and read here). A first kernel com
 ``K`` shifts from cache. (Recomputing ``dz`` at every shift inside one kernel, as the
 first version did, costs ``K`` pre-activations and sigmoids per element: it ran at 8-19x
 the memory floor on the H200.) Each program of the second kernel walks a run of time
-blocks of one (row, channel block) and sums its weight and bias gradients in registers;
-each writes one partial row, and one ``sum`` over the rows reduces them afterwards:
-deterministic (no atomics), so gradients are reproducible run to run.
+blocks of one (row, channel block) and sums the weight- and bias-gradient products of
+its tiles elementwise in registers, reducing over time once after the walk (reducing each
+tile's rows inside the loop, across threads, took 0.98 ms of an LM step on the H200
+against 0.65 ms); each program writes one partial row, and one ``sum`` over the rows
+reduces them afterwards: deterministic (no atomics), so gradients are reproducible run
+to run.
 
 Dtypes as the module under autocast: ``weight`` and ``bias`` are rounded to ``x``'s dtype
 (as ``weight.to(x.dtype)`` does), the math is in float32 (float64 for float64 input),
