@@ -147,9 +147,10 @@ def test_projection_equals_dense_block_diagonal_matmul(bias):
     rx, rw = torch.autograd.grad(ref, (x, proj.weight), grad)
     torch.testing.assert_close(gx, rx)
     torch.testing.assert_close(gw, rw)
-    assert torch.autograd.gradcheck(lambda x, w: pararnn.layers.projection._GateMajorHeadsMatmul.apply(x, w),
-                                    (x[:1, :3].detach().requires_grad_(),
-                                     proj.weight.detach().clone().requires_grad_()))
+    for head_major in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda x, w: pararnn.layers.projection._HeadsMatmul.apply(x, w, head_major),
+            (x[:1, :3].detach().requires_grad_(), proj.weight.detach().clone().requires_grad_()))
 
 
 @pytest.mark.parametrize("splits", [2, 4, 8])

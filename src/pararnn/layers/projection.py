@@ -104,7 +104,7 @@ class MultiHeadProjection(nn.Module):
             out = torch.einsum("...hd,hgnd->...ghn", x.unflatten(-1, (heads, -1)), weight)
             return out.flatten(-3)
         if needs_grad(x, weight):
-            return _GateMajorHeadsMatmul.apply(x, weight)
+            return _HeadsMatmul.apply(x, weight, False)
         return _gate_major_heads_matmul(x, weight)  # no autograd Function's host cost
 
     def extra_repr(self) -> str:
@@ -112,57 +112,40 @@ class MultiHeadProjection(nn.Module):
                 f"num_heads={self.num_heads}, bias={self.bias is not None}")
 
 
-class _GateMajorHeadsMatmul(torch.autograd.Function):
-    """``x (..., H*Dh)`` times block-diagonal ``weight (H, G, Nh, Dh)`` -> ``(..., G*H*Nh)``
-    gate-major: one strided batched GEMM per gate forward, one per input backward."""
+class _HeadsMatmul(torch.autograd.Function):
+    """``x (..., H*Dh)`` times block-diagonal ``weight (H, G, Nh, Dh)``: gate-major
+    ``(..., G*H*Nh)`` (one strided batched GEMM per gate) or, with ``head_major``,
+    ``(H, ..., G*Nh)`` (one batched GEMM). Backward one GEMM per input from the head-major
+    gradient."""
 
     @staticmethod
-    def forward(ctx, x, weight):
+    def forward(ctx, x, weight, head_major):
         ctx.save_for_backward(x.reshape(-1, x.shape[-1]), weight)
-        ctx.lead = x.shape[:-1]
-        return _gate_major_heads_matmul(x, weight)
+        ctx.lead, ctx.head_major = x.shape[:-1], head_major
+        return (_head_major_product if head_major else _gate_major_heads_matmul)(x, weight)
 
     @staticmethod
     def backward(ctx, grad_out):
         x2, weight = ctx.saved_tensors
-        heads, gates, head_out, _ = weight.shape
-        # one head-major copy of the gradient, then a single GEMM per input: per-gate GEMMs
-        # with K = rows (the weight gradient) leave most of the GPU idle
-        grad = grad_out.reshape(x2.shape[0], gates, heads, head_out).permute(2, 0, 1, 3)
-        return _heads_matmul_grads(ctx, grad.reshape(heads, x2.shape[0], gates * head_out), x2, weight)
-
-
-class _HeadMajorHeadsMatmul(torch.autograd.Function):
-    """``x (B, T, H*Dh)`` times block-diagonal ``weight (H, G, Nh, Dh)`` -> ``(H, B, T,
-    G*Nh)`` head-major: one batched GEMM forward, one per input backward, no copies."""
-
-    @staticmethod
-    def forward(ctx, x, weight):
-        ctx.save_for_backward(x.reshape(-1, x.shape[-1]), weight)
-        ctx.lead = x.shape[:-1]
-        return _head_major_product(x, weight)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x2, weight = ctx.saved_tensors
-        return _heads_matmul_grads(ctx, grad_out.reshape(weight.shape[0], x2.shape[0], -1), x2, weight)
-
-
-def _heads_matmul_grads(ctx, grad, x2, weight):
-    """Gradients of ``x`` and ``weight`` from the head-major gradient ``grad`` (H, rows,
-    G*Nh) of a multi-head product (``ctx`` saved ``x`` as ``x2`` (rows, H*Dh) and its
-    leading shape as ``ctx.lead``)."""
-    heads, gates, head_out, head_in = weight.shape
-    rows = x2.shape[0]
-    grad_x = grad_w = None
-    if ctx.needs_input_grad[0]:
-        grad_x = x2.new_empty(rows, heads, head_in)
-        torch.bmm(grad, weight.reshape(heads, gates * head_out, head_in), out=grad_x.transpose(0, 1))
-        grad_x = grad_x.view(*ctx.lead, heads * head_in)
-    if ctx.needs_input_grad[1]:
-        splits = weight_grad_splits(rows, weight.numel(), x2.dtype, x2.device)
-        grad_w = heads_weight_grad(grad, x2, head_in, splits).view_as(weight)
-    return grad_x, grad_w
+        heads, gates, head_out, head_in = weight.shape
+        rows = x2.shape[0]
+        if ctx.head_major:
+            grad = grad_out.reshape(heads, rows, gates * head_out)
+        else:
+            # one head-major copy of the gradient, then a single GEMM per input: per-gate
+            # GEMMs with K = rows (the weight gradient) leave most of the GPU idle
+            grad = (grad_out.reshape(rows, gates, heads, head_out).permute(2, 0, 1, 3)
+                    .reshape(heads, rows, gates * head_out))
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = x2.new_empty(rows, heads, head_in)
+            torch.bmm(grad, weight.reshape(heads, gates * head_out, head_in),
+                      out=grad_x.transpose(0, 1))
+            grad_x = grad_x.view(*ctx.lead, heads * head_in)
+        if ctx.needs_input_grad[1]:
+            splits = weight_grad_splits(rows, weight.numel(), x2.dtype, x2.device)
+            grad_w = heads_weight_grad(grad, x2, head_in, splits).view_as(weight)
+        return grad_x, grad_w, None
 
 
 # cuBLAS computes the float32 weight gradient (per head (G*Nh, rows) @ (rows, Dh): a small
@@ -212,7 +195,7 @@ def heads_weight_grad(grad: torch.Tensor, x2: torch.Tensor, head_in: int,
 
 
 def _gate_major_heads_matmul(x, weight):
-    """The forward product of :class:`_GateMajorHeadsMatmul`: one batched GEMM per gate,
+    """The gate-major product of :class:`_HeadsMatmul`: one batched GEMM per gate,
     each writing its strided slice of the gate-major output."""
     heads, gates, head_out, head_in = weight.shape
     x2 = x.reshape(-1, heads * head_in)
@@ -241,5 +224,5 @@ def _head_major_heads_matmul(x, weight):
         return torch.einsum("bthd,hkd->hbtk", x.unflatten(-1, (heads, head_in)),
                             weight.reshape(heads, gates * head_out, head_in))
     if needs_grad(x, weight):
-        return _HeadMajorHeadsMatmul.apply(x, weight)
+        return _HeadsMatmul.apply(x, weight, True)
     return _head_major_product(x, weight)
