@@ -253,7 +253,7 @@ def step_offsets(b, T, width, t_first, rows, cols):
 def head_block(PRE, pid_n, T, NH, BN: tl.constexpr, VEC: tl.constexpr):
     """Where program ``pid_n`` reads its channel block in ``PRE`` (H, B, T, 3 NH), the
     pre-activations of NH channels per head held head by head (gate-major (B, T, 3N) is
-    H = 1, NH = N; see :func:`pre_layout`): the block's head as a base pointer, and its
+    H = 1, NH = N; see :func:`kernel_pre`): the block's head as a base pointer, and its
     ``BN`` channels within that head. A block lies in one head (``BN`` divides NH)."""
     first = pid_n * BN
     head = first // NH
@@ -394,8 +394,8 @@ def make_plan(kernel: str, batch: int, steps: int, channels: int, device: torch.
     """The launch plan for this call, cached: a small call (decode-like prompt chunks) is
     bound by host work, and the plan depends only on these arguments and the tuning
     constants above (part of the key, so that tests can change them)."""
-    return _cached_plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_warps,
-                steps_per_block, sequential, CHAINS_PER_SM, MIN_SEG_LEN, WARMUP)
+    return _cached_plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n,
+                        num_warps, steps_per_block, sequential, CHAINS_PER_SM, MIN_SEG_LEN, WARMUP)
 
 
 def _plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_warps,
