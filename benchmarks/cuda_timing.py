@@ -39,6 +39,15 @@ def graphed(fn, warmup: int = 3):
     return graph.replay
 
 
+def graph_median_ms(fn) -> float:
+    """GPU time of ``fn`` without host launch gaps: median of CUDA-graph replays (Triton's
+    ``do_bench_cudagraph``), after one call outside the graph (compiles, allocates)."""
+    import triton.testing
+    fn()
+    torch.cuda.synchronize()
+    return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
+
+
 def interleaved_median_event_ms(fns, repeats: int = REPEATS, warmup: int = WARMUP_CALLS):
     """Median milliseconds of each of ``fns``, timed in turns (A B, B A, A B, ...) so
     that drifts of the host or the clocks fall on all of them alike."""

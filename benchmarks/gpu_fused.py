@@ -26,6 +26,8 @@ import time
 
 import torch
 
+from cuda_timing import graph_median_ms
+
 SHAPES = [(8, 4096, 1024), (64, 2048, 2048), (1, 65536, 256)]
 SWEEP_T = [256, 1024, 4096, 16384]
 
@@ -40,14 +42,6 @@ def bench(fn, rotate=1):
             fn(state["i"])
         return triton.testing.do_bench(call, warmup=30, rep=200, return_mode="median")
     return triton.testing.do_bench(lambda: fn(0), warmup=30, rep=200, return_mode="median")
-
-
-def graph_bench(fn):
-    """GPU time without host launch gaps: median of CUDA-graph replays of ``fn``."""
-    import triton.testing
-    fn()
-    torch.cuda.synchronize()
-    return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
 
 
 def copy_bandwidth() -> float:
@@ -138,7 +132,7 @@ def tune(results, narrow=False):
     if narrow:
         plans = [dict(block_n=bn, num_warps=1) for bn in (32, 64, 128)]
         segs = [(seg, warm) for seg in (128, 256, 512) for warm in (16, 32)]
-        timer = lambda fn: graph_bench(lambda: fn(0))  # noqa: E731
+        timer = lambda fn: graph_median_ms(lambda: fn(0))  # noqa: E731
     else:
         plans = [dict(block_n=128, num_warps=1, steps_per_block=8),
                  dict(block_n=128, num_warps=1, steps_per_block=16),
@@ -190,7 +184,7 @@ def main_tables(results):
             torch.cuda.empty_cache()
             gH = torch.randn_like(H)
             t_newton = bench(lambda i: p.newton(i))
-            t_graph = graph_bench(lambda: p.newton(0))
+            t_graph = graph_median_ms(lambda: p.newton(0))
             t_seq = bench(lambda i: p.sequential(i))
             t_fb = bench(lambda i: p.backward(p.newton(i), gH, i))
             floor = p.floor_bytes() / bw * 1e3

@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 import pararnn
-from cuda_timing import make_layer, time_layer
+from cuda_timing import graphed, make_layer, time_layer
 from pararnn.kernels import causal_conv, paragru, paralstm
 
 CALLS, ROUNDS = 300, 5
@@ -72,19 +72,12 @@ def per_call(layer_cls, hidden):
     with torch.no_grad():
         rounds = [us / 1e3 for us in host_rounds_us(lambda: layer(x))]
         kernels = kernels_of(lambda: layer(x))
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            layer(x)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            layer(x)
-        graph.replay()
+        replay = graphed(lambda: layer(x), warmup=1)
+        replay()
         torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(CALLS):
-            graph.replay()
+            replay()
         torch.cuda.synchronize()
         graph_ms = (time.perf_counter() - start) * 1e3 / CALLS
     return {"cell": layer_cls.__name__, "hidden": hidden, "shape": [1, 16, hidden],

@@ -20,6 +20,8 @@ import sys
 
 import torch
 
+from cuda_timing import graph_median_ms
+
 SHAPE = (8, 4096, 1024)
 
 
@@ -117,14 +119,6 @@ def kernels():
         torch.cuda.empty_cache()
 
 
-def graph_ms(fn):
-    """GPU time of ``fn`` without host launch gaps: median of CUDA-graph replays."""
-    import triton.testing
-    fn()
-    torch.cuda.synchronize()
-    return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
-
-
 def host_us(fn, calls=200):
     """Host time per call (launch overhead): ``calls`` calls back to back, tiny problem."""
     import time
@@ -203,7 +197,7 @@ def sweep(shapes=(SHAPE, (1, 65536, 256)), shipped_tiles=False, pre_dtype=torch.
                             def fn():
                                 return mod.backward(pre, *w, h0, None, H, gH, **kw)
                         try:
-                            ms = f"{graph_ms(fn):.3f} | {bench(fn):.3f}"
+                            ms = f"{graph_median_ms(fn):.3f} | {bench(fn):.3f}"
                         except Exception as err:  # noqa: BLE001 - report and go on
                             ms = f"failed: {type(err).__name__} | -"
                         print(f"| {kind} | {name} | {B}x{T}x{N} | {label} | {plan.block_n}/"
@@ -239,8 +233,8 @@ def dtypes():
 
                 def bwd():
                     return mod.backward(pre, *w, h0, None, H, gH, bias=bias)
-                print(f"| {kind} | {B}x{T}x{N} | {name} | {graph_ms(fwd):.3f} | {bench(fwd):.3f} "
-                      f"| {graph_ms(bwd):.3f} | {bench(bwd):.3f} |")
+                print(f"| {kind} | {B}x{T}x{N} | {name} | {graph_median_ms(fwd):.3f} | {bench(fwd):.3f} "
+                      f"| {graph_median_ms(bwd):.3f} | {bench(bwd):.3f} |")
                 sys.stdout.flush()
                 del H, gH
             del pre32, pre

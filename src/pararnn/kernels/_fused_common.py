@@ -254,7 +254,8 @@ def head_block(PRE, pid_n, T, NH, BN: tl.constexpr, VEC: tl.constexpr):
     """Where program ``pid_n`` reads its channel block in ``PRE`` (H, B, T, 3 NH), the
     pre-activations of NH channels per head held head by head (gate-major (B, T, 3N) is
     H = 1, NH = N; see :func:`kernel_pre`): the block's head as a base pointer, and its
-    ``BN`` channels within that head. A block lies in one head (``BN`` divides NH)."""
+    ``BN`` channels within that head. A block lies in one head (``BN`` divides NH); the
+    launch grid's second dimension is the batch B."""
     first = pid_n * BN
     head = first // NH
     base = PRE + head.to(tl.int64) * tl.num_programs(1) * T * 3 * NH

@@ -66,14 +66,7 @@ class MultiHeadProjection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_heads == 1:
             return nn.functional.linear(x, self.weight.flatten(0, 2), self.bias)
-        weight = self.weight
-        device = x.device.type
-        if torch.is_autocast_enabled(device):
-            dtype = torch.get_autocast_dtype(device)
-            with torch.autocast(device, enabled=False):
-                out = self._heads_matmul(x.to(dtype), weight.to(dtype))
-        else:
-            out = self._heads_matmul(x, weight)
+        out = self._heads_product(x, head_major=False)
         return out if self.bias is None else out + self.bias
 
     def head_major(self, x: torch.Tensor) -> HeadMajor:
@@ -85,27 +78,18 @@ class MultiHeadProjection(nn.Module):
             raise ValueError("head_major needs a projection without bias")
         if x.dim() != 3:
             raise ValueError(f"head_major needs x of shape (B, T, D), got {tuple(x.shape)}")
+        return HeadMajor(self._heads_product(x, head_major=True), self.num_gates)
+
+    def _heads_product(self, x, head_major: bool):
+        """``x`` times the block-diagonal weight, gate-major or head-major; under autocast
+        in its dtype, with autocast off for the GEMMs (they take the operands as given)."""
         weight = self.weight
         device = x.device.type
         if torch.is_autocast_enabled(device):
             dtype = torch.get_autocast_dtype(device)
             with torch.autocast(device, enabled=False):
-                out = _head_major_heads_matmul(x.to(dtype), weight.to(dtype))
-        else:
-            out = _head_major_heads_matmul(x, weight)
-        return HeadMajor(out, self.num_gates)
-
-    @staticmethod
-    def _heads_matmul(x, weight):
-        if torch.compiler.is_compiling():
-            # the same product as one einsum: the compiler cannot trace GEMMs writing
-            # into strided out= slices, and it plans the layout itself
-            heads = weight.shape[0]
-            out = torch.einsum("...hd,hgnd->...ghn", x.unflatten(-1, (heads, -1)), weight)
-            return out.flatten(-3)
-        if needs_grad(x, weight):
-            return _HeadsMatmul.apply(x, weight, False)
-        return _gate_major_heads_matmul(x, weight)  # no autograd Function's host cost
+                return _heads_matmul(x.to(dtype), weight.to(dtype), head_major)
+        return _heads_matmul(x, weight, head_major)
 
     def extra_repr(self) -> str:
         return (f"{self.input_size} -> {self.num_gates} x {self.hidden_size}, "
@@ -217,12 +201,19 @@ def _head_major_product(x, weight):
     return out.view(heads, *x.shape[:-1], gates * head_out)
 
 
-def _head_major_heads_matmul(x, weight):
+def _heads_matmul(x, weight, head_major: bool):
+    """The product of :class:`_HeadsMatmul`, in the layout ``head_major`` asks for."""
     if torch.compiler.is_compiling():
-        # the same batched GEMM as an einsum, which inductor writes head-major as it is
+        # the same products as einsums: the compiler cannot trace GEMMs writing into
+        # strided out= slices, and it plans the layout itself (head-major: as one batched
+        # GEMM over heads writes it)
         heads, gates, head_out, head_in = weight.shape
-        return torch.einsum("bthd,hkd->hbtk", x.unflatten(-1, (heads, head_in)),
-                            weight.reshape(heads, gates * head_out, head_in))
+        x_heads = x.unflatten(-1, (heads, head_in))
+        if head_major:
+            return torch.einsum("bthd,hkd->hbtk", x_heads,
+                                weight.reshape(heads, gates * head_out, head_in))
+        return torch.einsum("...hd,hgnd->...ghn", x_heads, weight).flatten(-3)
     if needs_grad(x, weight):
-        return _HeadsMatmul.apply(x, weight, True)
-    return _head_major_product(x, weight)
+        return _HeadsMatmul.apply(x, weight, head_major)
+    # no autograd Function's host cost
+    return (_head_major_product if head_major else _gate_major_heads_matmul)(x, weight)
