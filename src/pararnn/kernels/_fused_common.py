@@ -250,23 +250,35 @@ def step_offsets(b, T, width, t_first, rows, cols):
 
 
 @triton.jit
-def head_block(PRE, pid_n, T, NH, BN: tl.constexpr, VEC: tl.constexpr):
-    """Where program ``pid_n`` reads its channel block in ``PRE`` (H, B, T, 3 NH), the
+def head_block(PRE, pid_n, T, NH, BN: tl.constexpr):
+    """Where program ``pid_n``'s head starts in ``PRE`` (H, B, T, 3 NH), the
     pre-activations of NH channels per head held head by head (gate-major (B, T, 3N) is
-    H = 1, NH = N; see :func:`kernel_pre`): the block's head as a base pointer, and its
-    ``BN`` channels within that head. A block lies in one head (``BN`` divides NH); the
-    launch grid's second dimension is the batch B."""
+    H = 1, NH = N; see :func:`kernel_pre`); its channels within the head are
+    :func:`head_offsets`. A block lies in one head (``BN`` divides NH); the launch grid's
+    second dimension is the batch B."""
+    head = (pid_n * BN) // NH
+    return PRE + head.to(tl.int64) * tl.num_programs(1) * T * 3 * NH
+
+
+@triton.jit
+def head_offsets(pid_n, NH, BN: tl.constexpr, VEC: tl.constexpr):
+    """Program ``pid_n``'s ``BN`` channels within its head (see :func:`head_block`).
+
+    Computed apart from the head's pointer on purpose: torch's analysis of what a kernel
+    writes (how ``torch.compile`` decides which inputs to copy before a launch) follows a
+    value back through every argument of the call that made it, so offsets returned
+    together with the pre-activations' pointer would make each store at those offsets a
+    write to the pre-activations, and the compiled step would copy them before every
+    backward launch."""
     first = pid_n * BN
-    head = first // NH
-    base = PRE + head.to(tl.int64) * tl.num_programs(1) * T * 3 * NH
-    return base, tl.max_contiguous(first - head * NH + tl.arange(0, BN), VEC)
+    return tl.max_contiguous(first - (first // NH) * NH + tl.arange(0, BN), VEC)
 
 
 @triton.jit
 def load_gate_tiles(PRE, b, T, NH, t_first, rows, offs, mask):
     """The three gate pre-activations of steps ``t_first + rows`` as fp32 (K, BN) register
-    tiles (``PRE`` and ``offs`` from :func:`head_block`: rows of 3 NH, gates NH apart);
-    masked entries are 0."""
+    tiles (``PRE`` from :func:`head_block`, ``offs`` from :func:`head_offsets`: rows of
+    3 NH, gates NH apart); masked entries are 0."""
     ptr = PRE + step_offsets(b, T, 3 * NH, t_first, rows, offs)
     return (tl.load(ptr, mask=mask, other=0.0).to(tl.float32),
             tl.load(ptr + NH, mask=mask, other=0.0).to(tl.float32),

@@ -26,7 +26,7 @@ from .._grad import needs_grad
 from ..layout import gate_major, head_major
 from ._fused_common import (BOUNDARY_TOL, as_f32, boundaries_mismatch, boundary_buffers,
                             channel_offsets, check_common, default_plan, fake_flags, ForwardReport,
-                            fused_op, head_block, kernel_pre, launcher, load_gate_bias,
+                            fused_op, head_block, head_offsets, kernel_pre, launcher, load_gate_bias,
                             load_gate_tiles, load_gate_vectors, make_plan, op_flags, op_report,
                             optional_flags, pack_resets, put_row, reject_double_backward,
                             reset_word, row_of, rows_in, run_segmented, sigmoid, step_offsets,
@@ -79,7 +79,8 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
     offs = channel_offsets(pid_n, BN, VEC)
-    PRE, pre_offs = head_block(PRE, pid_n, T, NH, BN, VEC)
+    PRE = head_block(PRE, pid_n, T, NH, BN)
+    pre_offs = head_offsets(pid_n, NH, BN, VEC)
     mn = offs < N
     rows = tl.arange(0, K)
     a_z, a_r, a_h = load_gate_vectors(AW, offs, mn, N)
@@ -163,8 +164,9 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
     offs = channel_offsets(pid_n, BN, VEC)
-    PRE, pre_offs = head_block(PRE, pid_n, T, NH, BN, VEC)
-    GPRE, _ = head_block(GPRE, pid_n, T, NH, BN, VEC)  # pre's layout
+    PRE = head_block(PRE, pid_n, T, NH, BN)
+    GPRE = head_block(GPRE, pid_n, T, NH, BN)  # pre's layout
+    pre_offs = head_offsets(pid_n, NH, BN, VEC)
     mn = offs < N
     rows = tl.arange(0, K)
     a_z, a_r, a_h = load_gate_vectors(AW, offs, mn, N)
