@@ -59,9 +59,6 @@ CPU_TILE = (8, 16, 1)
 # rows x channel blocks alone give fewer): enough resident tiles to hide memory latency,
 # few enough partial rows for the reduction to stay small.
 PROGRAMS_PER_SM = 16
-# With SiLU: the backward kernel recomputes the pre-activation and dz at each of its K
-# shifts (one kernel) instead of reading a float32 dz a first kernel wrote.
-SILU_IN_BACKWARD = True
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -113,8 +110,8 @@ def _silu_grad_kernel(X, W, BIAS, G, DZ, T, C, sxb, sxt, K: tl.constexpr, ACC: t
 
 
 @triton.jit
-def _conv1d_bwd_kernel(X, W, BIAS, G, DX, PART, T, C, sxb, sxt, tiles_per_run,
-                       K: tl.constexpr, KP: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr,
+def _conv1d_bwd_kernel(X, W, DZ, DX, PART, T, C, sxb, sxt, tiles_per_run,
+                       K: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr,
                        BT: tl.constexpr, BC: tl.constexpr):
     c = tl.program_id(0) * BC + tl.arange(0, BC)
     b = tl.program_id(1).to(tl.int64)
@@ -122,7 +119,7 @@ def _conv1d_bwd_kernel(X, W, BIAS, G, DX, PART, T, C, sxb, sxt, tiles_per_run,
     cm = c < C
     dt = X.dtype.element_ty
     x_b = X + b * sxb
-    g_b = G + b * T * C
+    dz_b = DZ + b * T * C
     taps = tl.arange(0, KP)
     tap_live = (taps < K)[:, None, None] & cm[None, None, :]
     # Products dz[t] x[t - K + 1 + k] per tap k and tile row, and dz per tile row, summed
@@ -132,27 +129,25 @@ def _conv1d_bwd_kernel(X, W, BIAS, G, DX, PART, T, C, sxb, sxt, tiles_per_run,
     grad_b = tl.zeros((BT, BC), dtype=ACC)
     for i in range(tiles_per_run):
         rows = (run * tiles_per_run + i) * BT + tl.arange(0, BT)
+        own = (rows < T)[:, None] & cm[None, :]
+        dz = tl.load(dz_b + rows[:, None] * C + c[None, :], mask=own, other=0.0).to(ACC)
+        grad_b += dz
+        # x at the K taps of each row, one (KP, BT, BC) load: x[t] feeds z[t + K - 1 - k]
+        src = rows[None, :, None] - (K - 1) + taps[:, None, None]
+        x3 = tl.load(x_b + src * sxt + c[None, None, :],
+                     mask=tap_live & (src >= 0) & (src < T), other=0.0).to(ACC)
+        grad_w += dz[None, :, :] * x3
         # dx[t] = sum_j w[K-1-j] dz[t + j]: dz at the K shifts of this tile
-        grad_x = tl.zeros((BT, BC), dtype=ACC)
-        for j in tl.static_range(K):
+        w = tl.load(W + c * K + (K - 1), mask=cm, other=0.0).to(dt).to(ACC)
+        grad_x = dz * w[None, :]
+        for j in tl.static_range(1, K):
             shifted = rows + j
             m = (shifted < T)[:, None] & cm[None, :]
-            dz = tl.load(g_b + shifted[:, None] * C + c[None, :], mask=m, other=0.0).to(ACC)
-            if SILU:  # G is dy: dz = dy s (1 + z (1 - s)), s = sigmoid(z), z recomputed
-                z = _preactivation(x_b, W, BIAS, shifted, c, cm, T, sxt, K, ACC)
-                s = sigmoid(z)
-                dz = dz * s * (1.0 + z * (1.0 - s))
+            dz_j = tl.load(dz_b + shifted[:, None] * C + c[None, :], mask=m, other=0.0).to(ACC)
             w = tl.load(W + c * K + (K - 1 - j), mask=cm, other=0.0).to(dt).to(ACC)
-            grad_x += dz * w[None, :]
-            if j == 0:  # the tile's own rows: their share of the parameter gradients
-                grad_b += dz
-                # x at the K taps of each row, one (KP, BT, BC) load: x[t] feeds z[t + K - 1 - k]
-                src = rows[None, :, None] - (K - 1) + taps[:, None, None]
-                x3 = tl.load(x_b + src * sxt + c[None, None, :],
-                             mask=tap_live & (src >= 0) & (src < T), other=0.0).to(ACC)
-                grad_w += dz[None, :, :] * x3
+            grad_x += dz_j * w[None, :]
         out = DX + b * T * C + rows[:, None] * C + c[None, :]
-        tl.store(out, grad_x.to(DX.dtype.element_ty), mask=(rows < T)[:, None] & cm[None, :])
+        tl.store(out, grad_x.to(DX.dtype.element_ty), mask=own)
     # partial row (b, run): K weight-gradient rows, then the bias gradient
     part = PART + (b * tl.num_programs(2) + run) * (K + 1) * C
     tl.store(part + taps[:, None] * C + c[None, :], tl.sum(grad_w, axis=1),
@@ -245,8 +240,8 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
         return grad_x, torch.zeros_like(weight), torch.zeros_like(bias)
     block_t, block_c, warps = _tile(x.device)
     weight = weight.contiguous()
-    grad_z, silu_in_kernel = grad_y, silu and SILU_IN_BACKWARD
-    if silu and not silu_in_kernel:  # dz once per element, which the conv's backward reads
+    grad_z = grad_y  # the gradient of the pre-activation
+    if silu:
         grad_z = torch.empty(batch, steps, channels, device=x.device, dtype=_math_dtype(x.dtype))
         grid = (cdiv(steps, block_t), cdiv(channels, block_c), batch)
         launcher(_silu_grad_kernel, x)[grid](
@@ -256,9 +251,8 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
     part = torch.empty(batch * runs, k + 1, channels, device=x.device, dtype=_math_dtype(x.dtype))
     grid = (cdiv(channels, block_c), batch, runs)
     launcher(_conv1d_bwd_kernel, x)[grid](
-        x, weight, bias.contiguous(), grad_z, grad_x, part, steps, channels, x.stride(0),
-        x.stride(1), per_run, K=k, KP=next_power_of_2(k), SILU=silu_in_kernel, ACC=_acc(x.dtype),
-        BT=block_t, BC=block_c, num_warps=warps)
+        x, weight, grad_z, grad_x, part, steps, channels, x.stride(0), x.stride(1), per_run,
+        K=k, KP=next_power_of_2(k), ACC=_acc(x.dtype), BT=block_t, BC=block_c, num_warps=warps)
     sums = part.sum(0)  # a fixed-order reduction: the same bits every run
     grad_w = sums[:k].t().to(weight.dtype).reshape(weight.shape).contiguous()
     return grad_x, grad_w, sums[k].to(bias.dtype)
