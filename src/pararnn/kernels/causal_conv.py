@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .._grad import needs_grad
-from ._fused_common import (cdiv, fused_op, host_cache, launcher, multiprocessors,
+from ._fused_common import (cdiv, channel_offsets, fused_op, host_cache, launcher, multiprocessors,
                             next_power_of_2, reject_double_backward, sigmoid, tl, triton)
 
 __all__ = ["causal_conv1d", "causal_conv1d_naive", "forward", "backward"]
@@ -59,6 +59,10 @@ CPU_TILE = (8, 16, 1)
 # rows x channel blocks alone give fewer): enough resident tiles to hide memory latency,
 # few enough partial rows for the reduction to stay small.
 PROGRAMS_PER_SM = 16
+# A/B switches (session 13): the backward kernel with each thread holding whole columns of
+# a tile (its tile (time block, channel block, warps)), or None; dz kept in x's dtype
+BWD_COLS = (8, 64, 1)
+DZ_IN_X_DTYPE = False
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -155,6 +159,47 @@ def _conv1d_bwd_kernel(X, W, DZ, DX, PART, T, C, sxb, sxt, tiles_per_run,
     tl.store(part + K * C + c, tl.sum(grad_b, axis=0), mask=cm)
 
 
+@triton.jit
+def _conv1d_bwd_cols_kernel(X, W, DZ, DX, PART, T, C, sxb, sxt, tiles_per_run,
+                            K: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr,
+                            BT: tl.constexpr, BC: tl.constexpr, VEC: tl.constexpr):
+    # each thread holds VEC channels of all BT rows (channel_offsets): the reductions over
+    # a tile's rows stay in the thread
+    c = channel_offsets(tl.program_id(0), BC, VEC)
+    b = tl.program_id(1).to(tl.int64)
+    run = tl.program_id(2)
+    cm = c < C
+    dt = X.dtype.element_ty
+    x_b = X + b * sxb
+    dz_b = DZ + b * T * C
+    taps = tl.arange(0, KP)
+    tap_live = (taps < K)[:, None, None] & cm[None, None, :]
+    grad_w = tl.zeros((KP, BC), dtype=ACC)
+    grad_b = tl.zeros((BC,), dtype=ACC)
+    for i in range(tiles_per_run):
+        rows = (run * tiles_per_run + i) * BT + tl.arange(0, BT)
+        own = (rows < T)[:, None] & cm[None, :]
+        dz = tl.load(dz_b + rows[:, None] * C + c[None, :], mask=own, other=0.0).to(ACC)
+        grad_b += tl.sum(dz, axis=0)
+        src = rows[None, :, None] - (K - 1) + taps[:, None, None]
+        x3 = tl.load(x_b + src * sxt + c[None, None, :],
+                     mask=tap_live & (src >= 0) & (src < T), other=0.0).to(ACC)
+        grad_w += tl.sum(dz[None, :, :] * x3, axis=1)
+        w = tl.load(W + c * K + (K - 1), mask=cm, other=0.0).to(dt).to(ACC)
+        grad_x = dz * w[None, :]
+        for j in tl.static_range(1, K):
+            shifted = rows + j
+            m = (shifted < T)[:, None] & cm[None, :]
+            dz_j = tl.load(dz_b + shifted[:, None] * C + c[None, :], mask=m, other=0.0).to(ACC)
+            w = tl.load(W + c * K + (K - 1 - j), mask=cm, other=0.0).to(dt).to(ACC)
+            grad_x += dz_j * w[None, :]
+        out = DX + b * T * C + rows[:, None] * C + c[None, :]
+        tl.store(out, grad_x.to(DX.dtype.element_ty), mask=own)
+    part = PART + (b * tl.num_programs(2) + run) * (K + 1) * C
+    tl.store(part + taps[:, None] * C + c[None, :], grad_w, mask=(taps < K)[:, None] & cm[None, :])
+    tl.store(part + K * C + c, grad_b, mask=cm)
+
+
 def _tile(device: torch.device) -> tuple[int, int, int]:
     return CUDA_TILE if device.type == "cuda" else CPU_TILE
 
@@ -242,17 +287,26 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
     weight = weight.contiguous()
     grad_z = grad_y  # the gradient of the pre-activation
     if silu:
-        grad_z = torch.empty(batch, steps, channels, device=x.device, dtype=_math_dtype(x.dtype))
+        grad_z = torch.empty(batch, steps, channels, device=x.device,
+                             dtype=x.dtype if DZ_IN_X_DTYPE else _math_dtype(x.dtype))
         grid = (cdiv(steps, block_t), cdiv(channels, block_c), batch)
         launcher(_silu_grad_kernel, x)[grid](
             x, weight, bias.contiguous(), grad_y, grad_z, steps, channels, x.stride(0),
             x.stride(1), K=k, ACC=_acc(x.dtype), BT=block_t, BC=block_c, num_warps=warps)
+    if BWD_COLS is not None and x.device.type == "cuda":
+        block_t, block_c, warps = BWD_COLS
     runs, per_run = _runs(batch, steps, channels, x.device, block_t, block_c, PROGRAMS_PER_SM)
     part = torch.empty(batch * runs, k + 1, channels, device=x.device, dtype=_math_dtype(x.dtype))
     grid = (cdiv(channels, block_c), batch, runs)
-    launcher(_conv1d_bwd_kernel, x)[grid](
-        x, weight, grad_z, grad_x, part, steps, channels, x.stride(0), x.stride(1), per_run,
-        K=k, KP=next_power_of_2(k), ACC=_acc(x.dtype), BT=block_t, BC=block_c, num_warps=warps)
+    if BWD_COLS is not None:
+        launcher(_conv1d_bwd_cols_kernel, x)[grid](
+            x, weight, grad_z, grad_x, part, steps, channels, x.stride(0), x.stride(1), per_run,
+            K=k, KP=next_power_of_2(k), ACC=_acc(x.dtype), BT=block_t, BC=block_c,
+            VEC=max(1, block_c // (32 * warps)), num_warps=warps)
+    else:
+        launcher(_conv1d_bwd_kernel, x)[grid](
+            x, weight, grad_z, grad_x, part, steps, channels, x.stride(0), x.stride(1), per_run,
+            K=k, KP=next_power_of_2(k), ACC=_acc(x.dtype), BT=block_t, BC=block_c, num_warps=warps)
     sums = part.sum(0)  # a fixed-order reduction: the same bits every run
     grad_w = sums[:k].t().to(weight.dtype).reshape(weight.shape).contiguous()
     return grad_x, grad_w, sums[k].to(bias.dtype)
