@@ -22,8 +22,9 @@ gradient accumulators a capture on another stream trips over); ``kernel_x_floor`
 compares the graphed kernel with the floor.
 Each row also records the largest difference between the kernel's and the plain output
 and gradients. ``--sweep`` also times the kernel alone at each launch configuration of
-:data:`SWEEP` (tile ``(time block, channel block, warps)`` and the backward's programs per
-SM), to pick ``causal_conv.CUDA_TILE`` and ``PROGRAMS_PER_SM``. Writes
+:data:`SWEEP` (forward and backward tiles ``(time block, channel block, warps)`` and the
+backward's programs per SM), to pick ``causal_conv.CUDA_TILE``, ``CUDA_BWD_TILE`` and
+``PROGRAMS_PER_SM``. Writes
 OUTDIR/gpu_conv.json (rewritten after every row).
 """
 
@@ -43,9 +44,11 @@ SHAPES = [(32, 512, 1024), (32, 512, 1152), (4, 4096, 1024), (8, 2048, 2304)]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 KERNEL_SIZE = 4
 HBM_BYTES_PER_S = 4.2e12
-# (CUDA_TILE, PROGRAMS_PER_SM) launch configurations of --sweep; the first is the default
-SWEEP = [((16, 64, 2), 16), ((32, 64, 4), 16), ((64, 64, 4), 16), ((32, 128, 4), 16),
-         ((64, 128, 8), 16), ((32, 64, 4), 8), ((32, 64, 4), 32)]
+# (CUDA_TILE, CUDA_BWD_TILE, PROGRAMS_PER_SM) launch configurations of --sweep; the first
+# is the default
+SWEEP = [((16, 64, 2), (8, 128, 2), 16), ((32, 64, 4), (8, 128, 2), 16), ((16, 64, 2), (8, 64, 1), 32),
+         ((16, 64, 2), (16, 64, 1), 32), ((16, 64, 2), (8, 256, 4), 16), ((16, 64, 2), (4, 64, 1), 32),
+         ((16, 64, 2), (8, 128, 2), 32)]
 
 
 def floor_ms(batch: int, steps: int, channels: int, dtype: torch.dtype, backward: bool) -> float:
@@ -129,12 +132,13 @@ def measure(shape, dtype_name: str, compile_plain: bool) -> list[dict]:
     return rows
 
 
-def with_launch(fn, tile, programs_per_sm):
-    """``fn`` run with the kernels' launch configuration set to ``tile`` and ``programs_per_sm``."""
+def with_launch(fn, launch):
+    """``fn`` run with the kernels' launch configuration set to ``launch``, an entry of
+    :data:`SWEEP`."""
     from pararnn.kernels import causal_conv
 
     def run():
-        causal_conv.CUDA_TILE, causal_conv.PROGRAMS_PER_SM = tile, programs_per_sm
+        causal_conv.CUDA_TILE, causal_conv.CUDA_BWD_TILE, causal_conv.PROGRAMS_PER_SM = launch
         fn()
     return run
 
@@ -150,24 +154,26 @@ def sweep(shape, dtype_name: str) -> list[dict]:
     bias = torch.randn(channels, device="cuda")
     x = torch.randn(batch, steps, channels, device="cuda", dtype=dtype)
     grad = torch.randn(batch, steps, channels, device="cuda", dtype=dtype)
-    default = causal_conv.CUDA_TILE, causal_conv.PROGRAMS_PER_SM
+    default = causal_conv.CUDA_TILE, causal_conv.CUDA_BWD_TILE, causal_conv.PROGRAMS_PER_SM
     rows = []
     try:
         for backward in (False, True):
             times = interleaved_median_event_ms(
-                [graphed(with_launch(kernel_call(x, weight, bias, grad, backward), tile, programs))
-                 for tile, programs in SWEEP])
+                [graphed(with_launch(kernel_call(x, weight, bias, grad, backward), launch))
+                 for launch in SWEEP])
             floor = floor_ms(batch, steps, channels, dtype, backward)
             rows.append({"shape": list(shape), "dtype": dtype_name, "pass": "fwd+bwd" if backward else "fwd",
-                         "floor_ms": floor, "ms": [{"tile": list(tile), "programs_per_sm": programs, "ms": ms}
-                                                   for (tile, programs), ms in zip(SWEEP, times)]})
+                         "floor_ms": floor,
+                         "ms": [{"tile": list(tile), "bwd_tile": list(bwd_tile), "programs_per_sm": programs,
+                                 "ms": ms} for (tile, bwd_tile, programs), ms in zip(SWEEP, times)]})
     finally:
-        causal_conv.CUDA_TILE, causal_conv.PROGRAMS_PER_SM = default
+        causal_conv.CUDA_TILE, causal_conv.CUDA_BWD_TILE, causal_conv.PROGRAMS_PER_SM = default
     return rows
 
 
 def print_sweep_row(row: dict) -> None:
-    times = "  ".join(f"{'x'.join(map(str, t['tile']))}/{t['programs_per_sm']} {t['ms']:.4f}" for t in row["ms"])
+    times = "  ".join(f"{'x'.join(map(str, t['tile']))},{'x'.join(map(str, t['bwd_tile']))}/{t['programs_per_sm']} "
+                      f"{t['ms']:.4f}" for t in row["ms"])
     print(f"{'x'.join(map(str, row['shape'])):>14} {row['dtype']} {row['pass']:>7} sweep: {times}  "
           f"(floor {row['floor_ms']:.4f})", flush=True)
 

@@ -19,16 +19,17 @@ The backward needs ``dz``, the gradient of the pre-activation, at ``K`` time shi
 tile: ``dx`` is the transposed conv, ``dx[t] = sum_k w[k] dz[t + K - 1 - k]``. With SiLU,
 ``dz = dy * silu'(z)`` needs the pre-activation ``z``, recomputed from ``x`` rather than
 stored by the forward (a tensor written there and read here). A first kernel computes
-``dz`` once per element into a float32 buffer; the conv's backward kernel then reads its
-``K`` shifts from cache. (Recomputing ``dz`` at every shift inside one kernel, as the
-first version did, costs ``K`` pre-activations and sigmoids per element: it ran at 8-19x
-the memory floor on the H200.) Each program of the second kernel walks a run of time
-blocks of one (row, channel block) and sums the weight- and bias-gradient products of
-its tiles elementwise in registers, reducing over time once after the walk (reducing each
-tile's rows inside the loop, across threads, took 0.98 ms of an LM step on the H200
-against 0.65 ms); each program writes one partial row, and one ``sum`` over the rows
-reduces them afterwards: deterministic (no atomics), so gradients are reproducible run
-to run.
+``dz`` once per element into a float32 buffer (in ``x``'s dtype it would save 7% of the
+bf16 forward+backward on the H200 but round every product the parameter gradients sum);
+the conv's backward kernel then reads its ``K`` shifts from cache. (Recomputing ``dz`` at every shift
+inside one kernel costs ``K`` pre-activations and sigmoids per element: slower at every
+shape measured on the H200.) Each program of the second kernel walks a run of time blocks
+of one (row, channel block), each thread holding whole columns of a tile (all its time
+steps of a few channels), so the weight- and bias-gradient products of a tile sum over
+time inside the thread, without the cross-thread reductions (a barrier each) that a tile
+split over threads by rows needs; each program writes one partial row, and one ``sum``
+over the rows reduces them afterwards: deterministic (no atomics), so gradients are
+reproducible run to run.
 
 Dtypes as the module under autocast: ``weight`` and ``bias`` are rounded to ``x``'s dtype
 (as ``weight.to(x.dtype)`` does), the math is in float32 (float64 for float64 input),
@@ -48,21 +49,20 @@ from ._fused_common import (cdiv, channel_offsets, fused_op, host_cache, launche
 __all__ = ["causal_conv1d", "causal_conv1d_naive", "forward", "backward"]
 
 # (time block, channel block, warps) per tile. On CUDA a channel block of 64 is one
-# 128-byte line of bf16 per time step; 16 steps on 2 warps was the fastest forward+backward
-# of the 7 tiles `benchmarks/gpu_conv.py --sweep` tried, at 7 of 8 LM shapes x dtypes on
-# the H200 (4-11% ahead of 32 steps on 4 warps; the bf16 forward 19-34%). On the CPU
+# 128-byte line of bf16 per time step; 16 steps on 2 warps was the fastest forward of the
+# 7 tiles `benchmarks/gpu_conv.py --sweep` tried on the H200. The backward kernel's tile,
+# whole columns of 8 steps per thread (two channels each: 128 on 2 warps), made the
+# graphed forward+backward 1.3-1.4x faster than the two-warp 16x64 tile of row-split
+# threads at the 4 bf16 LM shapes (results/gpu_h200_2026-12-03f/c3/conv_ab2.*). On the CPU
 # (Triton's interpreter) small tiles, so that the tests' small shapes span several tiles
 # with ragged edges.
 CUDA_TILE = (16, 64, 2)
+CUDA_BWD_TILE = (8, 128, 2)
 CPU_TILE = (8, 16, 1)
 # The backward launches about this many programs per SM (splitting time into runs when
 # rows x channel blocks alone give fewer): enough resident tiles to hide memory latency,
 # few enough partial rows for the reduction to stay small.
 PROGRAMS_PER_SM = 16
-# A/B switches (session 13): the backward kernel with each thread holding whole columns of
-# a tile (its tile (time block, channel block, warps)), or None; dz kept in x's dtype
-BWD_COLS = (8, 64, 1)
-DZ_IN_X_DTYPE = False
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -116,55 +116,9 @@ def _silu_grad_kernel(X, W, BIAS, G, DZ, T, C, sxb, sxt, K: tl.constexpr, ACC: t
 @triton.jit
 def _conv1d_bwd_kernel(X, W, DZ, DX, PART, T, C, sxb, sxt, tiles_per_run,
                        K: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr,
-                       BT: tl.constexpr, BC: tl.constexpr):
-    c = tl.program_id(0) * BC + tl.arange(0, BC)
-    b = tl.program_id(1).to(tl.int64)
-    run = tl.program_id(2)
-    cm = c < C
-    dt = X.dtype.element_ty
-    x_b = X + b * sxb
-    dz_b = DZ + b * T * C
-    taps = tl.arange(0, KP)
-    tap_live = (taps < K)[:, None, None] & cm[None, None, :]
-    # Products dz[t] x[t - K + 1 + k] per tap k and tile row, and dz per tile row, summed
-    # elementwise over the run's tiles: the reductions over time run once, after the walk
-    # (a reduction over a tile's rows crosses threads, a barrier each in the loop).
-    grad_w = tl.zeros((KP, BT, BC), dtype=ACC)
-    grad_b = tl.zeros((BT, BC), dtype=ACC)
-    for i in range(tiles_per_run):
-        rows = (run * tiles_per_run + i) * BT + tl.arange(0, BT)
-        own = (rows < T)[:, None] & cm[None, :]
-        dz = tl.load(dz_b + rows[:, None] * C + c[None, :], mask=own, other=0.0).to(ACC)
-        grad_b += dz
-        # x at the K taps of each row, one (KP, BT, BC) load: x[t] feeds z[t + K - 1 - k]
-        src = rows[None, :, None] - (K - 1) + taps[:, None, None]
-        x3 = tl.load(x_b + src * sxt + c[None, None, :],
-                     mask=tap_live & (src >= 0) & (src < T), other=0.0).to(ACC)
-        grad_w += dz[None, :, :] * x3
-        # dx[t] = sum_j w[K-1-j] dz[t + j]: dz at the K shifts of this tile
-        w = tl.load(W + c * K + (K - 1), mask=cm, other=0.0).to(dt).to(ACC)
-        grad_x = dz * w[None, :]
-        for j in tl.static_range(1, K):
-            shifted = rows + j
-            m = (shifted < T)[:, None] & cm[None, :]
-            dz_j = tl.load(dz_b + shifted[:, None] * C + c[None, :], mask=m, other=0.0).to(ACC)
-            w = tl.load(W + c * K + (K - 1 - j), mask=cm, other=0.0).to(dt).to(ACC)
-            grad_x += dz_j * w[None, :]
-        out = DX + b * T * C + rows[:, None] * C + c[None, :]
-        tl.store(out, grad_x.to(DX.dtype.element_ty), mask=own)
-    # partial row (b, run): K weight-gradient rows, then the bias gradient
-    part = PART + (b * tl.num_programs(2) + run) * (K + 1) * C
-    tl.store(part + taps[:, None] * C + c[None, :], tl.sum(grad_w, axis=1),
-             mask=(taps < K)[:, None] & cm[None, :])
-    tl.store(part + K * C + c, tl.sum(grad_b, axis=0), mask=cm)
-
-
-@triton.jit
-def _conv1d_bwd_cols_kernel(X, W, DZ, DX, PART, T, C, sxb, sxt, tiles_per_run,
-                            K: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr,
-                            BT: tl.constexpr, BC: tl.constexpr, VEC: tl.constexpr):
-    # each thread holds VEC channels of all BT rows (channel_offsets): the reductions over
-    # a tile's rows stay in the thread
+                       BT: tl.constexpr, BC: tl.constexpr, VEC: tl.constexpr):
+    # Each thread holds VEC channels of all BT rows of a tile (channel_offsets), so the
+    # tile's sums over time (the weight- and bias-gradient products) stay in the thread.
     c = channel_offsets(tl.program_id(0), BC, VEC)
     b = tl.program_id(1).to(tl.int64)
     run = tl.program_id(2)
@@ -181,10 +135,12 @@ def _conv1d_bwd_cols_kernel(X, W, DZ, DX, PART, T, C, sxb, sxt, tiles_per_run,
         own = (rows < T)[:, None] & cm[None, :]
         dz = tl.load(dz_b + rows[:, None] * C + c[None, :], mask=own, other=0.0).to(ACC)
         grad_b += tl.sum(dz, axis=0)
+        # x at the K taps of each row, one (KP, BT, BC) load: x[t] feeds z[t + K - 1 - k]
         src = rows[None, :, None] - (K - 1) + taps[:, None, None]
         x3 = tl.load(x_b + src * sxt + c[None, None, :],
                      mask=tap_live & (src >= 0) & (src < T), other=0.0).to(ACC)
         grad_w += tl.sum(dz[None, :, :] * x3, axis=1)
+        # dx[t] = sum_j w[K-1-j] dz[t + j]: dz at the K shifts of this tile
         w = tl.load(W + c * K + (K - 1), mask=cm, other=0.0).to(dt).to(ACC)
         grad_x = dz * w[None, :]
         for j in tl.static_range(1, K):
@@ -195,13 +151,16 @@ def _conv1d_bwd_cols_kernel(X, W, DZ, DX, PART, T, C, sxb, sxt, tiles_per_run,
             grad_x += dz_j * w[None, :]
         out = DX + b * T * C + rows[:, None] * C + c[None, :]
         tl.store(out, grad_x.to(DX.dtype.element_ty), mask=own)
+    # partial row (b, run): K weight-gradient rows, then the bias gradient
     part = PART + (b * tl.num_programs(2) + run) * (K + 1) * C
     tl.store(part + taps[:, None] * C + c[None, :], grad_w, mask=(taps < K)[:, None] & cm[None, :])
     tl.store(part + K * C + c, grad_b, mask=cm)
 
 
-def _tile(device: torch.device) -> tuple[int, int, int]:
-    return CUDA_TILE if device.type == "cuda" else CPU_TILE
+def _tile(device: torch.device, backward: bool = False) -> tuple[int, int, int]:
+    if device.type != "cuda":
+        return CPU_TILE
+    return CUDA_BWD_TILE if backward else CUDA_TILE
 
 
 def _acc(dtype: torch.dtype):
@@ -287,26 +246,19 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
     weight = weight.contiguous()
     grad_z = grad_y  # the gradient of the pre-activation
     if silu:
-        grad_z = torch.empty(batch, steps, channels, device=x.device,
-                             dtype=x.dtype if DZ_IN_X_DTYPE else _math_dtype(x.dtype))
+        grad_z = torch.empty(batch, steps, channels, device=x.device, dtype=_math_dtype(x.dtype))
         grid = (cdiv(steps, block_t), cdiv(channels, block_c), batch)
         launcher(_silu_grad_kernel, x)[grid](
             x, weight, bias.contiguous(), grad_y, grad_z, steps, channels, x.stride(0),
             x.stride(1), K=k, ACC=_acc(x.dtype), BT=block_t, BC=block_c, num_warps=warps)
-    if BWD_COLS is not None and x.device.type == "cuda":
-        block_t, block_c, warps = BWD_COLS
+    block_t, block_c, warps = _tile(x.device, backward=True)
     runs, per_run = _runs(batch, steps, channels, x.device, block_t, block_c, PROGRAMS_PER_SM)
     part = torch.empty(batch * runs, k + 1, channels, device=x.device, dtype=_math_dtype(x.dtype))
     grid = (cdiv(channels, block_c), batch, runs)
-    if BWD_COLS is not None:
-        launcher(_conv1d_bwd_cols_kernel, x)[grid](
-            x, weight, grad_z, grad_x, part, steps, channels, x.stride(0), x.stride(1), per_run,
-            K=k, KP=next_power_of_2(k), ACC=_acc(x.dtype), BT=block_t, BC=block_c,
-            VEC=max(1, block_c // (32 * warps)), num_warps=warps)
-    else:
-        launcher(_conv1d_bwd_kernel, x)[grid](
-            x, weight, grad_z, grad_x, part, steps, channels, x.stride(0), x.stride(1), per_run,
-            K=k, KP=next_power_of_2(k), ACC=_acc(x.dtype), BT=block_t, BC=block_c, num_warps=warps)
+    launcher(_conv1d_bwd_kernel, x)[grid](
+        x, weight, grad_z, grad_x, part, steps, channels, x.stride(0), x.stride(1), per_run,
+        K=k, KP=next_power_of_2(k), ACC=_acc(x.dtype), BT=block_t, BC=block_c,
+        VEC=max(1, block_c // (32 * warps)), num_warps=warps)
     sums = part.sum(0)  # a fixed-order reduction: the same bits every run
     grad_w = sums[:k].t().to(weight.dtype).reshape(weight.shape).contiguous()
     return grad_x, grad_w, sums[k].to(bias.dtype)
