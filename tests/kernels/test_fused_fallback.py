@@ -95,8 +95,11 @@ def test_default_rounds_converge_for_long_memories(monkeypatch, seed, steps):
         memory = torch.logspace(0.3, 3.5, 16)
         layer.cell.bias[0].copy_(-torch.log(memory - 1))
     x = torch.randn(2, steps, 4, device=DEVICE)
+    layer.backend = "torch"  # the reference: PyTorch's step loop (the interpreted walk is slow)
     ref, _ = run(layer, x, "sequential", None)
+    layer.backend = "triton"
     out, info = run(layer, x, "parallel", pararnn.NewtonConfig())
+    assert info.backend == "triton-fused"
     assert info.segments == steps // 32 and info.boundary_rounds == 3
     assert info.converged and not info.fell_back
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
