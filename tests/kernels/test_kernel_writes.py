@@ -21,7 +21,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from pararnn.kernels import _fused_common, causal_conv, interpreter_enabled, paragru, paralstm  # noqa: E402
+from pararnn.kernels import (_fused_common, causal_conv, interpreter_enabled,  # noqa: E402
+                             paragru, paralstm)
 from pararnn.layout import head_major  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -69,7 +70,8 @@ def build(value):
     if isinstance(value, dict) and "triton_dtype" in value:
         return triton.language.dtype(value["triton_dtype"])
     if isinstance(value, dict):
-        return torch.empty_strided(value["shape"], value["stride"], dtype=getattr(torch, value["dtype"]))
+        dtype = getattr(torch, value["dtype"])
+        return torch.empty_strided(value["shape"], value["stride"], dtype=dtype)
     return value
 
 
@@ -78,7 +80,8 @@ for launch in json.load(open(sys.argv[1])):
     kernel = getattr(importlib.import_module(launch["module"]), launch["kernel"])
     kwargs = {name: build(value) for name, value in launch["args"].items()}
     if hasattr(wrap, "identify_accessed_tensors"):
-        found = [dep.name for dep in wrap.identify_accessed_tensors(kernel, kwargs, {}).read_writes.writes]
+        accesses = wrap.identify_accessed_tensors(kernel, kwargs, {})
+        found = [dep.name for dep in accesses.read_writes.writes]
     else:
         found = wrap.identify_mutated_tensors(kernel, kwargs, {})
     writes.append(sorted(found))
@@ -100,37 +103,38 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 class _Recorder:
-    """Stands in for :func:`._fused_common.launcher`: launches as it does and records the
-    kernel, its arguments by name and the tensors the launch changed (bitwise)."""
+    """Stands in for :func:`._fused_common.launcher`: launches as it does and records each
+    launch's kernel, its arguments by name and the tensors the launch changed (bitwise)."""
 
     def __init__(self, launcher):
         self.launcher, self.launches = launcher, []
 
     def __call__(self, kernel, operand):
-        launch = self.launcher(kernel, operand)
-        params = inspect.signature(kernel.fn).parameters
-
-        def run(grid):
-            def start(*args, **kwargs):
-                named = inspect.signature(kernel.fn).bind_partial(
-                    *args, **{k: v for k, v in kwargs.items() if k in params}).arguments
-                before = {k: _bits(v) for k, v in named.items() if torch.is_tensor(v)}
-                launch[grid](*args, **kwargs)
-                changed = sorted(k for k, bits in before.items() if not torch.equal(_bits(named[k]), bits))
-                self.launches.append({"module": kernel.fn.__module__, "kernel": kernel.fn.__name__,
-                                      "args": {k: _describe(v) for k, v in named.items()},
-                                      "changed": changed})
-            return start
-
-        return _Grid(run)
+        return _RecordedKernel(kernel, self.launcher(kernel, operand), self.launches)
 
 
-class _Grid:
-    def __init__(self, run):
-        self.run = run
+class _RecordedKernel:
+    """``kernel[grid](...)`` through ``launch`` (the launcher's), appending a record to
+    ``launches``."""
+
+    def __init__(self, kernel, launch, launches):
+        self.kernel, self.launch, self.launches = kernel, launch, launches
 
     def __getitem__(self, grid):
-        return self.run(grid)
+        signature = inspect.signature(self.kernel.fn)
+
+        def start(*args, **kwargs):
+            named = signature.bind_partial(
+                *args, **{k: v for k, v in kwargs.items() if k in signature.parameters}).arguments
+            before = {k: _bits(v) for k, v in named.items() if torch.is_tensor(v)}
+            self.launch[grid](*args, **kwargs)
+            changed = sorted(k for k, bits in before.items()
+                             if not torch.equal(_bits(named[k]), bits))
+            fn = self.kernel.fn
+            self.launches.append({"module": fn.__module__, "kernel": fn.__name__,
+                                  "args": {k: _describe(v) for k, v in named.items()},
+                                  "changed": changed})
+        return start
 
 
 def _run_every_kernel():
@@ -147,14 +151,16 @@ def _run_every_kernel():
         resets = (torch.rand(batch, steps) < 0.2).to(DEVICE)
         plan = dict(seg_len=8, warmup=2, block_n=16)
         states, _ = kernels.forward(pre, a, *extra, h0, resets, bias=bias, **plan)
-        kernels.backward(pre, a, *extra, h0, resets, states, torch.randn_like(states), bias=bias, **plan)
+        grad = torch.randn_like(states)
+        kernels.backward(pre, a, *extra, h0, resets, states, grad, bias=bias, **plan)
     x = torch.randn(batch, steps, 24, device=DEVICE)
     weight, conv_bias = torch.randn(24, 4, device=DEVICE), torch.randn(24, device=DEVICE)
     y = causal_conv.forward(x, weight, conv_bias, silu=True)
     causal_conv.backward(x, weight, conv_bias, torch.randn_like(y), silu=True)
 
 
-def test_compile_sees_each_kernel_write_what_it_changes_and_none_of_its_inputs(monkeypatch, tmp_path):
+def test_compile_sees_each_kernel_write_what_it_changes_and_none_of_its_inputs(monkeypatch,
+                                                                               tmp_path):
     recorder = _Recorder(_fused_common.launcher)
     for module in (_fused_common, paragru, paralstm, causal_conv):
         monkeypatch.setattr(module, "launcher", recorder)
@@ -174,7 +180,8 @@ def test_compile_sees_each_kernel_write_what_it_changes_and_none_of_its_inputs(m
 
     for launch, writes in zip(launches, seen):
         name = launch["kernel"]
-        assert set(launch["changed"]) <= set(writes), f"{name} changed {launch['changed']}, analysed {writes}"
+        assert set(launch["changed"]) <= set(writes), (
+            f"{name} changed {launch['changed']}, analysed {writes}")
         assert not set(writes) & INPUTS[name], f"{name} is taken to write its inputs: {writes}"
 
 

@@ -21,9 +21,9 @@ tile: ``dx`` is the transposed conv, ``dx[t] = sum_k w[k] dz[t + K - 1 - k]``. W
 stored by the forward (a tensor written there and read here). A first kernel computes
 ``dz`` once per element into a float32 buffer (in ``x``'s dtype it would save 7% of the
 bf16 forward+backward on the H200 but round every product the parameter gradients sum);
-the conv's backward kernel then reads its ``K`` shifts from cache. (Recomputing ``dz`` at every shift
-inside one kernel costs ``K`` pre-activations and sigmoids per element: slower at every
-shape measured on the H200.) Each program of the second kernel walks a run of time blocks
+the conv's backward kernel then reads its ``K`` shifts from cache. (Recomputing ``dz`` at
+every shift inside one kernel costs ``K`` pre-activations and sigmoids per element: slower
+at every shape measured on the H200.) Each program of the second kernel walks a run of time blocks
 of one (row, channel block), each thread holding whole columns of a tile (all its time
 steps of a few channels), so the weight- and bias-gradient products of a tile sum over
 time inside the thread, without the cross-thread reductions (a barrier each) that a tile
@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from .._grad import needs_grad
-from ._fused_common import (cdiv, channel_offsets, fused_op, host_cache, launcher, multiprocessors,
-                            next_power_of_2, reject_double_backward, sigmoid, tl, triton)
+from ._fused_common import (cdiv, channel_offsets, fused_op, host_cache, launcher,
+                            multiprocessors, next_power_of_2, reject_double_backward, sigmoid,
+                            tl, triton)
 
 __all__ = ["causal_conv1d", "causal_conv1d_naive", "forward", "backward"]
 
