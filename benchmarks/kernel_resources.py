@@ -148,8 +148,11 @@ def main() -> None:
                         help="the pre-activations' dtype (the LM's: bf16)")
     parser.add_argument("--shipped", action="store_true",
                         help="only the shipped tiles of each kernel (_fused_common.CUDA_TILES)")
+    parser.add_argument("--plans", choices=("both", "one-walk", "segmented"), default="both",
+                        help="the one-walk plan, the segmented one or both (each a compile)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
+    plans = {"both": (False, True), "one-walk": (False,), "segmented": (True,)}[args.plans]
     if os.environ.get("TRITON_INTERPRET") == "1":  # the kernels would be interpreted functions
         sys.exit("kernel_resources.py compiles the kernels: unset TRITON_INTERPRET")
     from pararnn.kernels._fused_common import CUDA_TILES
@@ -160,7 +163,7 @@ def main() -> None:
     for kernel, tiles in TILES.items():
         shipped_tiles = [tile for _, tile in CUDA_TILES[kernel]]
         for tile in shipped_tiles if args.shipped else tiles:
-            for segmented in (False, True):
+            for segmented in plans:
                 row = resources(kernel, tile, args.dtype, segmented, args.arch)
                 rows.append(row)
                 shipped = " (shipped)" if tuple(tile) in shipped_tiles else ""

@@ -30,13 +30,13 @@ def test_every_kernel_argument_is_specialised(bench, kernel, segmented):
                for name in bench.BOUNDARY)
 
 
-def shipped_rows(tmp_path, dtype):
+def shipped_rows(tmp_path, dtype, plans="both"):
     """The script's rows for the shipped tiles, compiled in a process of its own: the
     kernel tests run the kernels interpreted (TRITON_INTERPRET=1), which cannot compile."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / f"{dtype}.json"
     subprocess.run([sys.executable, str(BENCHMARKS / "kernel_resources.py"), "--shipped",
-                    "--dtype", dtype, "--json", str(out)], env=env, check=True,
+                    "--dtype", dtype, "--plans", plans, "--json", str(out)], env=env, check=True,
                    capture_output=True, text=True)
     return {(r["kernel"], r["segmented"]): r for r in json.loads(out.read_text())["rows"]}
 
@@ -48,8 +48,8 @@ def test_shipped_tiles_compile_and_bf16_walks_cost_what_fp32_walks_cost(bench, t
     forward: 130 against 62 per channel-step; ``channel_offsets`` pins the layout)."""
     if not (os.path.exists(bench.CUOBJDUMP) and os.path.exists(bench.NVDISASM)):
         pytest.skip("this Triton ships no cuobjdump/nvdisasm")
-    bf16, fp32 = shipped_rows(tmp_path, "bf16"), shipped_rows(tmp_path, "fp32")
-    assert len(bf16) == 8  # 4 kernels x (one walk, segmented)
+    bf16, fp32 = shipped_rows(tmp_path, "bf16"), shipped_rows(tmp_path, "fp32", "one-walk")
+    assert len(bf16) == 8 and len(fp32) == 4  # 4 kernels x (one walk, segmented); one walks
     for key, row in bf16.items():
         assert 16 <= row["registers"] <= 255 and row["stack_bytes"] >= 0, key
         assert row["loop_instructions"] > 0, key
