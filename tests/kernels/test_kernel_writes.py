@@ -141,7 +141,7 @@ def _run_every_kernel():
     """Forward and backward of both cells (head-major pre-activations, bias, h0, resets, a
     segmented plan: its boundary solves too) and of the SiLU conv."""
     torch.manual_seed(0)
-    batch, steps, n, heads = 2, 19, 32, 2
+    batch, steps, n, heads = 2, 12, 32, 2  # two segments of the plan below
     for kernels, width in ((paragru, 1), (paralstm, 2)):
         a = (torch.randn(3, n) * 0.6).to(DEVICE)
         extra = (torch.randn(2, n).mul(0.3).to(DEVICE),) if kernels is paralstm else ()
