@@ -125,6 +125,33 @@ def test_cu_seqlens_validation(rnn, cu, match):
         rnn(torch.randn(1, 5, 24), cu_seqlens=cu)
 
 
+def test_cu_seqlens_is_read_once_until_it_changes(rnn, monkeypatch):
+    """Checking cu_seqlens reads it on the host (a wait for the GPU where it lives): every
+    layer of a model gets the same tensor, so an unchanged one is checked once; written
+    in place, it is checked again."""
+    x, cu = torch.randn(1, 7, 24), torch.tensor([0, 3, 7])
+    want, h_n = rnn(x, cu_seqlens=cu)
+    reads = []
+    real_tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t) or real_tolist(t))
+    got, got_h_n = rnn(x, cu_seqlens=cu)
+    assert reads == [] and torch.equal(got, want) and torch.equal(got_h_n, h_n)
+    rnn(x, cu_seqlens=torch.tensor([0, 3, 7]))  # another tensor with the same values
+    assert len(reads) == 1
+    cu[1] = 7
+    with pytest.raises(ValueError, match="rise strictly"):
+        rnn(x, cu_seqlens=cu)
+    cu[1] = 5
+    moved, _ = rnn(x, cu_seqlens=cu)
+    assert len(reads) == 3
+    # the sequence split at 5 rather than 3: its own first sequence is longer
+    torch.testing.assert_close(moved[:, :5], rnn(x[:, :5])[0])
+    with torch.inference_mode():  # inference tensors have no version counter: read each call
+        for _ in range(2):
+            assert torch.equal(rnn(x, cu_seqlens=torch.tensor([0, 3, 7]))[0], want)
+    assert len(reads) == 5
+
+
 def test_cu_seqlens_needs_batch_one(rnn):
     with pytest.raises(ValueError, match="batch 1"):
         rnn(torch.randn(2, 5, 24), cu_seqlens=torch.tensor([0, 5]))

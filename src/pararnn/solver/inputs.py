@@ -6,6 +6,7 @@ what was expected.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -192,16 +193,42 @@ def _sequences(x: torch.Tensor, resets, cu_seqlens) -> Sequences:
         raise ValueError(f"cu_seqlens must be 1-D with at least 2 entries, got shape {tuple(cu_seqlens.shape)}")
     if batch != 1:
         raise ValueError(f"with cu_seqlens, x must hold the packed sequences in batch 1, got batch {batch}")
+    bounds, segment_ids, ends = _packed_bookkeeping(cu_seqlens, steps, x.device)
+    return Sequences(batch, steps, x.device, bounds=bounds, segment_ids=segment_ids, ends=ends)
+
+
+# The last cu_seqlens checked and its bookkeeping: (weak reference, version, steps, device,
+# (bounds, segment_ids, ends)). Checking the values reads them on the host, which waits
+# for the GPU when they live there; every layer of a model receives the same tensor, and a
+# training loop may reuse it, so an unchanged tensor (the same object at the same version:
+# in-place writes bump it) is checked once.
+_last_packed: tuple | None = None
+
+
+def _packed_bookkeeping(cu_seqlens: torch.Tensor, steps: int, device: torch.device):
+    """``(bounds, segment_ids, ends)`` of :class:`Sequences` from checked ``cu_seqlens``."""
+    global _last_packed
+    # inference tensors keep no version counter: checked every time
+    cacheable = not torch.compiler.is_compiling() and not cu_seqlens.is_inference()
+    if cacheable and _last_packed is not None:
+        ref, version, cached_steps, cached_device, parts = _last_packed
+        if (ref() is cu_seqlens and version == cu_seqlens._version and cached_steps == steps
+                and cached_device == device):
+            return parts
     bounds = cu_seqlens.tolist()
     if bounds[0] != 0 or bounds[-1] != steps or any(b <= a for a, b in zip(bounds, bounds[1:])):
         raise ValueError(
             f"cu_seqlens must rise strictly from 0 to the sequence length {steps}, got {bounds}"
         )
-    bounds_t = torch.as_tensor(bounds, device=x.device, dtype=torch.long)
+    bounds_t = torch.as_tensor(bounds, device=device, dtype=torch.long)
     lengths = bounds_t.diff()
-    segment_ids = torch.repeat_interleave(torch.arange(lengths.numel(), device=x.device), lengths)
-    return Sequences(batch, steps, x.device, bounds=bounds_t[:-1], segment_ids=segment_ids,
-                     ends=bounds_t[1:] - 1)
+    # output_size: without it the result's length is read back from the device
+    segment_ids = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths,
+                                          output_size=steps)
+    parts = (bounds_t[:-1], segment_ids, bounds_t[1:] - 1)
+    if cacheable:
+        _last_packed = (weakref.ref(cu_seqlens), cu_seqlens._version, steps, device, parts)
+    return parts
 
 
 def check_options(mode, newton, backend) -> NewtonConfig:
