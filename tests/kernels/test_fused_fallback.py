@@ -77,9 +77,9 @@ def test_max_iters_does_not_bound_the_fused_boundary_rounds(short_segments):
         pararnn.NewtonConfig(boundary_rounds=0)
 
 
-# the cases where two rounds miss the float32 level (seeds 1 and 3 at 12 segments), and one
-# that two rounds already meet
-@pytest.mark.parametrize("seed, steps", [(0, 256), (1, 384), (3, 384)])
+# the case where two rounds miss the float32 level by the most (seed 3 at 12 segments; seed
+# 1 misses it by less), and one that two rounds already meet
+@pytest.mark.parametrize("seed, steps", [(0, 256), (3, 384)])
 def test_default_rounds_converge_for_long_memories(monkeypatch, seed, steps):
     """The default's boundary rounds: update gates biased to memories of 1 to 3,000 steps
     (b_z = -log(m - 1)), 8 or 12 segments of 32 steps, each started by the plan's usual
