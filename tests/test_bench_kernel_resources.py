@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from benchmark_scripts import BENCHMARKS, load_benchmark
+from triton_subprocess import compiling_env
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +34,9 @@ def test_every_kernel_argument_is_specialised(bench, kernel, segmented):
 def shipped_rows(tmp_path, dtype, plans="both"):
     """The script's rows for the shipped tiles, compiled in a process of its own: the
     kernel tests run the kernels interpreted (TRITON_INTERPRET=1), which cannot compile."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / f"{dtype}.json"
     subprocess.run([sys.executable, str(BENCHMARKS / "kernel_resources.py"), "--shipped",
-                    "--dtype", dtype, "--plans", plans, "--json", str(out)], env=env, check=True,
+                    "--dtype", dtype, "--plans", plans, "--json", str(out)], env=compiling_env(), check=True,
                    capture_output=True, text=True)
     return {(r["kernel"], r["segmented"]): r for r in json.loads(out.read_text())["rows"]}
 

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+from triton_subprocess import compiling_env
 
 COMPILE = textwrap.dedent('''
     import json, os, sys
@@ -42,9 +43,8 @@ def compiled(tmp_path_factory):
     under which FAST_MATH is off and nothing compiles."""
     script = tmp_path_factory.mktemp("fast_math") / "compile_gates.py"
     script.write_text(COMPILE)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     try:
-        done = subprocess.run([sys.executable, str(script)], env=env, check=True,
+        done = subprocess.run([sys.executable, str(script)], env=compiling_env(), check=True,
                               capture_output=True, text=True, timeout=300)
     except subprocess.CalledProcessError as error:
         if "GPUTarget" in error.stderr and "ImportError" in error.stderr:

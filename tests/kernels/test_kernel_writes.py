@@ -11,13 +11,12 @@ argument it changed and none of its inputs."""
 
 import inspect
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from triton_subprocess import compiling_env
 
 triton = pytest.importorskip("triton")
 
@@ -170,11 +169,8 @@ def test_compile_sees_each_kernel_write_what_it_changes_and_none_of_its_inputs(m
 
     path = tmp_path / "launches.json"
     path.write_text(json.dumps(launches))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    src = Path(__file__).resolve().parents[2] / "src"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", ANALYSE, str(path)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", ANALYSE, str(path)], env=compiling_env(),
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -4,12 +4,11 @@
 compiled (not interpreted) Triton functions, in a subprocess without TRITON_INTERPRET:
 under the interpreter ``wrap_triton`` returns the kernel itself either way."""
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from triton_subprocess import compiling_env
 
 pytest.importorskip("triton")
 
@@ -31,9 +30,6 @@ print("ok")
 
 
 def test_plain_tensors_launch_plainly_and_trace_tensors_through_wrap_triton():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    src = Path(__file__).resolve().parents[2] / "src"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", CHECK], env=compiling_env(), capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -588,8 +588,8 @@ def paralstm_solve(pre, a, peephole, bias=None, initial_state=None, resets=None,
     ``pre`` (B, T, 3N) fp32/bf16 (or head-major (H, B, T, 3N/H)), ``a`` (3, N) and
     ``peephole`` (2, N) (already clipped), ``bias`` (3, N) or None, ``initial_state``
     (B, 2N) interleaved or None (zeros), ``resets`` bool (B, T) or None. Plan options as
-    :func:`.paragru.forward`. Differentiable with respect to ``pre``, ``a``, ``peephole``, ``bias`` and
-    ``initial_state``; traced by ``torch.compile`` as one op
+    :func:`.paragru.forward`. Differentiable with respect to ``pre``, ``a``, ``peephole``,
+    ``bias`` and ``initial_state``; traced by ``torch.compile`` as one op
     (``torch.ops.pararnn.paralstm_forward``).
     """
     if not torch.compiler.is_compiling():
