@@ -9,14 +9,14 @@
 # The variants run in the order given, then again in reverse, so that a drift along the
 # call shows as a difference between a variant's two runs. Each run is
 # `gpu_profile.py --sweep --bf16 --segments shipped` at SHAPES with TILES (defaults below:
-# the LM's solve shapes; the first tuning's tiles and the ones CUDA_TILES picks there).
+# the LM's solve shapes; the tiles CUDA_TILES picks there and one other per kernel).
 # Logs: OUTDIR/<index>_<variant>.log; OUTDIR.tgz packs them after every run.
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_kernel_ab.sh OUTDIR VARIANT...}
 shift
 [ $# -ge 1 ] || { echo "give at least one VARIANT (- or a patch file)"; exit 2; }
 shapes=${SHAPES:-32x512x1024,4x4096x1024}
-tiles=${TILES:-gru_fwd=128/1/4+64/1/8+64/1/4,gru_bwd=128/1/4+64/1/4,lstm_fwd=128/1/4+64/1/8,lstm_bwd=64/2/1+32/1/2}
+tiles=${TILES:-gru_fwd=64/1/8/4+64/1/4/4,gru_bwd=64/1/8/3+64/1/4/4,lstm_fwd=64/1/8/4+64/1/4/4,lstm_bwd=64/1/4/3+64/2/1/3}
 cd "$(dirname "$0")/.."
 root=$(pwd)
 mkdir -p "$out"

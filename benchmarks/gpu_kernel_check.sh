@@ -12,13 +12,13 @@
 # 3. every tile × {shipped plan, 128-step segments} at 32×512×1024 bf16;
 # 4. the LM step (small, T = 512, compiled) with the shipped tiles and with TILES (default:
 #    the first tuning's tiles at every plan, before CUDA_TILES chose them by chains per
-#    SM), in the order shipped, TILES, TILES, shipped, so that a drift along the call shows
+#    SM, with unpipelined loads: 1 stage), in the order shipped, TILES, TILES, shipped, so that a drift along the call shows
 #    as a difference between the repeats;
 # 5. one layer at 16×1024×512 with its kernels, host ops and the projection's weight gradient.
 # Each stage has a time limit and writes its log into OUTDIR; OUTDIR.tgz packs them all.
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_kernel_check.sh OUTDIR}
-tiles=${TILES:-gru_fwd=128/1/4,gru_bwd=128/1/4,lstm_fwd=128/1/4,lstm_bwd=64/2/1}
+tiles=${TILES:-gru_fwd=128/1/4/1,gru_bwd=128/1/4/1,lstm_fwd=128/1/4/1,lstm_bwd=64/2/1/1}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

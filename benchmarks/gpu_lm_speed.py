@@ -33,8 +33,9 @@ synchronisations inside the step, and the largest host costs by self CPU time
 shortest time segment (``_fused_common.MIN_SEG_LEN``): at T=512 the shipped 256 makes one
 512-step walk per chain, 128 and 64 split it into 4 or 8 segments when batch x channels
 leave room (the launch plan's rule), so the LM-level effect of the plan is measured in one run.
-``--tiles 'shipped;gru_fwd=32/1/4,gru_bwd=32/1/4'`` does the same for the kernels' tiles
-(``_fused_common.CUDA_TILES``: channels per program, warps, steps per block; a set gives
+``--tiles 'shipped;gru_fwd=32/1/4/3,gru_bwd=32/1/4/3'`` does the same for the kernels' tiles
+(``_fused_common.CUDA_TILES``: channels per program, warps, steps per block, load-pipeline
+stages; a set gives
 each named kernel that one tile at every plan), e.g. one
 channel per thread where the one-walk plan leaves two warps per SM. Each row records its
 variant in ``plan_variant``.
@@ -342,9 +343,9 @@ def main() -> None:
                         "shipped one), e.g. 256,128,64: shorter segments split short sequences")
     parser.add_argument("--tiles", default="",
                         help="';'-separated sets of fused-kernel tiles to run each ParaRNN row "
-                        "with, each a comma list KERNEL=BLOCK_N/WARPS/STEPS_PER_BLOCK (kernels "
+                        "with, each a comma list KERNEL=BLOCK_N/WARPS/STEPS_PER_BLOCK/STAGES (kernels "
                         "gru_fwd, gru_bwd, lstm_fwd, lstm_bwd) or 'shipped', e.g. "
-                        "'shipped;gru_fwd=32/1/4,gru_bwd=32/1/4,lstm_fwd=32/1/4'")
+                        "'shipped;gru_fwd=32/1/4/3,gru_bwd=32/1/4/3,lstm_fwd=32/1/4/3'")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_lm_speed.py needs a CUDA GPU")

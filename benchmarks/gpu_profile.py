@@ -132,18 +132,19 @@ def host_us(fn, calls=200):
     return (t1 - t0) / calls * 1e6
 
 
-# (channels per program, warps, steps per block): 8, 4, 2 and 1 channels per thread. More
-# channels per thread give each thread independent chains to interleave; fewer make more
-# warps of the same chains, which serve better where a plan leaves few chains per SM (the
-# shipped table, _fused_common.CUDA_TILES, says what won where).
-TILES = {"gru_fwd": [(128, 1, 4), (128, 1, 8), (64, 1, 4), (64, 1, 8), (32, 1, 4), (128, 4, 4),
-                     (256, 1, 4)],
-         "gru_bwd": [(128, 1, 4), (128, 1, 2), (64, 1, 4), (64, 1, 2), (32, 1, 4), (128, 4, 4),
-                     (64, 2, 1), (32, 1, 2)],
-         "lstm_fwd": [(128, 1, 4), (128, 1, 8), (64, 1, 4), (64, 1, 8), (32, 1, 4), (128, 4, 4),
-                      (256, 1, 4)],
-         "lstm_bwd": [(64, 2, 4), (64, 2, 2), (32, 1, 4), (32, 1, 2), (128, 4, 2), (64, 2, 1),
-                      (128, 1, 1), (64, 1, 1), (64, 1, 2)]}
+# (channels per program, warps, steps per block, load-pipeline stages): 4, 2 and 1
+# channels per thread, loads 1 to 3 blocks ahead. More channels per thread give each
+# thread independent chains to interleave; fewer make more warps of the same chains, which
+# serve better where a plan leaves few chains per SM; deeper pipelines keep more loads in
+# flight (the shipped table, _fused_common.CUDA_TILES, says what won where).
+TILES = {"gru_fwd": [(128, 1, 4, 3), (128, 1, 8, 3), (64, 1, 4, 3), (64, 1, 4, 4),
+                     (64, 1, 8, 3), (64, 1, 8, 4), (128, 1, 4, 2)],
+         "gru_bwd": [(128, 1, 4, 3), (128, 1, 4, 4), (64, 1, 4, 3), (64, 1, 4, 4),
+                     (64, 1, 8, 3), (64, 1, 8, 4), (128, 1, 4, 2), (64, 2, 2, 3)],
+         "lstm_fwd": [(128, 1, 4, 3), (64, 1, 4, 3), (64, 1, 4, 4), (64, 1, 8, 3),
+                      (64, 1, 8, 4), (64, 2, 4, 3)],
+         "lstm_bwd": [(64, 1, 4, 3), (64, 1, 2, 3), (64, 1, 4, 4), (64, 2, 1, 3),
+                      (64, 2, 2, 3), (128, 1, 2, 3), (64, 1, 8, 3), (32, 1, 2, 3)]}
 SEGMENTS = [(None, None), (64, 16), (128, 16), (128, 32), (256, 32), (256, 64), (512, 64), (1024, 64)]
 
 
@@ -181,12 +182,12 @@ def sweep(shapes=(SHAPE, (1, 65536, 256)), shipped_tiles=False, pre_dtype=torch.
                 if tiles is not None:
                     kernel_tiles = tiles.get(key, [])
                 else:  # None: the plan's own tile
-                    kernel_tiles = [(None, None, None)] if shipped_tiles else TILES[key]
+                    kernel_tiles = [(None,) * 4] if shipped_tiles else TILES[key]
                 for seg, warm in [(seg, warm) for seg, warm in segments
                                   if seg is None or seg == "walk" or seg < T]:
-                    for bn, nw, k in kernel_tiles:
+                    for bn, nw, k, stages in kernel_tiles:
                         kw = dict(seg_len=T if seg == "walk" else seg, warmup=warm,
-                                  block_n=bn, num_warps=nw, steps_per_block=k)
+                                  block_n=bn, num_warps=nw, steps_per_block=k, stages=stages)
                         plan = _fused_common.make_plan(key, B, T, N, pre.device, **kw)
                         label = (f"{plan.segments} x {plan.seg_len} / {plan.warmup}"
                                  + (" (shipped)" if seg is None else ""))
@@ -201,7 +202,7 @@ def sweep(shapes=(SHAPE, (1, 65536, 256)), shipped_tiles=False, pre_dtype=torch.
                         except Exception as err:  # noqa: BLE001 - report and go on
                             ms = f"failed: {type(err).__name__} | -"
                         print(f"| {kind} | {name} | {B}x{T}x{N} | {label} | {plan.block_n}/"
-                              f"{plan.num_warps}/{plan.steps_per_block} | {ms} |")
+                              f"{plan.num_warps}/{plan.steps_per_block}/{plan.stages} | {ms} |")
                         sys.stdout.flush()
             del pre, H, gH
             torch.cuda.empty_cache()
@@ -253,8 +254,11 @@ def parse_plan(text: str):
     return seg_len, warmup
 
 
+TILE_SYNTAX = "KERNEL=BLOCK_N/WARPS/STEPS_PER_BLOCK/STAGES[+...]"
+
+
 def parse_tiles(text: str) -> dict:
-    """``--tiles``: ``KERNEL=BN/W/K+BN/W/K,KERNEL=...`` -> {kernel: [(BN, W, K), ...]}."""
+    """``--tiles``: ``KERNEL=BN/W/K/S+BN/W/K/S,KERNEL=...`` -> {kernel: [(BN, W, K, S), ...]}."""
     tiles = {}
     for entry in text.split(","):
         kernel, _, values = entry.partition("=")
@@ -264,11 +268,9 @@ def parse_tiles(text: str) -> dict:
         try:
             tiles[kernel] = [tuple(int(v) for v in tile.split("/")) for tile in values.split("+")]
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"--tiles: {entry!r} is not KERNEL=BLOCK_N/WARPS/STEPS_PER_BLOCK[+...]") from None
-        if any(len(tile) != 3 for tile in tiles[kernel]):
-            raise argparse.ArgumentTypeError(
-                f"--tiles: {entry!r} is not KERNEL=BLOCK_N/WARPS/STEPS_PER_BLOCK[+...]")
+            raise argparse.ArgumentTypeError(f"--tiles: {entry!r} is not {TILE_SYNTAX}") from None
+        if any(len(tile) != 4 for tile in tiles[kernel]):
+            raise argparse.ArgumentTypeError(f"--tiles: {entry!r} is not {TILE_SYNTAX}")
     return tiles
 
 
@@ -289,7 +291,8 @@ def main():
                     help="--sweep only the shipped tile of each kernel (plans only)")
     ap.add_argument("--tiles", default=None,
                     help="--sweep only these kernels and tiles, e.g. "
-                    "gru_fwd=128/1/4+64/1/8,lstm_bwd=32/1/2 (BLOCK_N/WARPS/STEPS_PER_BLOCK)")
+                    "gru_fwd=128/1/4/3+64/1/8/4,lstm_bwd=64/1/4/3 "
+                    "(BLOCK_N/WARPS/STEPS_PER_BLOCK/STAGES)")
     ap.add_argument("--bf16", action="store_true", help="--sweep with bf16 pre-activations")
     args = ap.parse_args()
     everything = not (args.layers or args.kernels or args.sweep or args.dtypes)

@@ -5,7 +5,8 @@ tile, without a GPU.
 
 Compiles each kernel (GRU/LSTM, forward/backward) for an NVIDIA architecture (default
 sm_90, the H100/H200) with Triton's own ahead-of-time path, for every tile of
-``gpu_profile.TILES`` (channels per program, warps, steps per block), as the one-walk
+``gpu_profile.TILES`` (channels per program, warps, steps per block, load-pipeline
+stages), as the one-walk
 plan and the segmented plan launch it (``SEGMENTED``), and reads the registers per thread
 and the stack bytes (spills) of the cubin with the ``cuobjdump`` that ships with Triton,
 and counts the SASS instructions of the step loop (its ``nvdisasm``): the loop's length
@@ -77,6 +78,7 @@ def loop_instructions(sass: str) -> int:
             longest = max(longest, sum(start <= a <= address for a, _ in instructions))
     return longest
 BOUNDARY = ("E", "A", "S", "X")  # the segment-boundary buffers: None in the one-walk plan
+TILE_CONSTANTS = ("BN", "K", "VEC", "STAGES")  # set per tile by resources()
 
 
 def kernel_spec(kernel: str, pre_dtype: str, segmented: bool):
@@ -102,17 +104,17 @@ def kernel_spec(kernel: str, pre_dtype: str, segmented: bool):
         consts.update({name: None for name in BOUNDARY})
     signature = {name: types.get(name, "constexpr") for name in fn.arg_names}
     unknown = [n for n, t in signature.items() if t == "constexpr" and n not in consts
-               and n not in ("BN", "K", "VEC")]
+               and n not in TILE_CONSTANTS]
     if unknown:  # a kernel argument this script does not know how to specialise
         raise RuntimeError(f"{kernel}: no type for {unknown}")
     return fn, signature, consts
 
 
 def resources(kernel: str, tile, pre_dtype: str, segmented: bool, arch: int) -> dict:
-    block_n, num_warps, steps_per_block = tile
+    block_n, num_warps, steps_per_block, stages = tile
     per_thread = channels_per_thread(block_n, num_warps)
     fn, signature, consts = kernel_spec(kernel, pre_dtype, segmented)
-    consts = {**consts, "BN": block_n, "K": steps_per_block, "VEC": per_thread}
+    consts = {**consts, "BN": block_n, "K": steps_per_block, "VEC": per_thread, "STAGES": stages}
     aligned = BaseBackend.parse_attr("D")  # 16-byte aligned pointers, sizes divisible by 16
     attrs = {(i,): aligned for i, name in enumerate(fn.arg_names)
              if signature[name] != "constexpr" and signature[name] != "fp32"
@@ -134,8 +136,10 @@ def resources(kernel: str, tile, pre_dtype: str, segmented: bool, arch: int) -> 
     regs, stack = map(int, match.groups())
     loop = loop_instructions(sass)
     return {"kernel": kernel, "block_n": block_n, "num_warps": num_warps,
-            "steps_per_block": steps_per_block, "channels_per_thread": per_thread,
-            "segmented": segmented, "registers": regs, "stack_bytes": stack,
+            "steps_per_block": steps_per_block, "stages": stages,
+            "channels_per_thread": per_thread, "segmented": segmented, "registers": regs,
+            "stack_bytes": stack, "shared_bytes": compiled.metadata.shared,
+            "async_copies": compiled.asm["ptx"].count("cp.async."),
             "loop_instructions": loop,
             "instructions_per_channel_step": loop / (steps_per_block * per_thread)}
 
@@ -157,9 +161,9 @@ def main() -> None:
         sys.exit("kernel_resources.py compiles the kernels: unset TRITON_INTERPRET")
     from pararnn.kernels._fused_common import CUDA_TILES
     rows = []
-    print("| kernel | tile (channels/warps/steps) | channels per thread | plan | registers "
-          "| spill bytes | loop instructions | per channel-step |")
-    print("|---|---|---:|---|---:|---:|---:|---:|")
+    print("| kernel | tile (channels/warps/steps/stages) | channels per thread | plan | registers "
+          "| spill bytes | shared bytes | loop instructions | per channel-step |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
     for kernel, tiles in TILES.items():
         shipped_tiles = [tile for _, tile in CUDA_TILES[kernel]]
         for tile in shipped_tiles if args.shipped else tiles:
@@ -169,7 +173,7 @@ def main() -> None:
                 shipped = " (shipped)" if tuple(tile) in shipped_tiles else ""
                 print(f"| {kernel} | {'/'.join(map(str, tile))}{shipped} | {row['channels_per_thread']} "
                       f"| {'segmented' if segmented else 'one walk'} | {row['registers']} "
-                      f"| {row['stack_bytes']} | {row['loop_instructions']} "
+                      f"| {row['stack_bytes']} | {row['shared_bytes']} | {row['loop_instructions']} "
                       f"| {row['instructions_per_channel_step']:.0f} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -25,7 +25,7 @@ def test_every_kernel_argument_is_specialised(bench, kernel, segmented):
     fn, signature, consts = bench.kernel_spec(kernel, "bf16", segmented)
     assert list(signature) == fn.arg_names
     for name, kind in signature.items():
-        assert kind != "constexpr" or name in consts or name in ("BN", "K", "VEC"), name
+        assert kind != "constexpr" or name in consts or name in bench.TILE_CONSTANTS, name
     assert consts["SEGMENTED"] is segmented
     assert all(signature[name] == ("*fp32" if segmented else "constexpr")
                for name in bench.BOUNDARY)
@@ -53,6 +53,9 @@ def test_shipped_tiles_compile_and_bf16_walks_cost_what_fp32_walks_cost(bench, t
     for key, row in bf16.items():
         assert 16 <= row["registers"] <= 255 and row["stack_bytes"] >= 0, key
         assert row["loop_instructions"] > 0, key
+        # a pipelined tile's loads are asynchronous copies (the pipeliner drops loads it
+        # cannot pipeline, e.g. conditional ones, silently)
+        assert (row["async_copies"] > 0) == (row["stages"] > 1), key
         if not key[1]:  # the one-walk plan, where instruction issue bounds the walk
             assert (row["instructions_per_channel_step"]
                     <= 1.25 * fp32[key]["instructions_per_channel_step"]), key

@@ -23,18 +23,19 @@ def test_variants_only_for_paraRNN_models(bench):
 
 def test_tile_sets_replace_named_kernels_only(bench):
     (label0, shipped), (label1, over) = bench.plan_variants(
-        "paragru", "", "shipped;gru_fwd=32/1/4,gru_bwd=64/2/2")
+        "paragru", "", "shipped;gru_fwd=32/1/4/3,gru_bwd=64/2/2/4")
     assert (label0, shipped) == ("shipped", {})
-    assert label1 == "tiles:gru_fwd=32/1/4,gru_bwd=64/2/2"
-    assert over["CUDA_TILES"] == {**_fused_common.CUDA_TILES, "gru_fwd": ((None, (32, 1, 4)),),
-                                  "gru_bwd": ((None, (64, 2, 2)),)}
+    assert label1 == "tiles:gru_fwd=32/1/4/3,gru_bwd=64/2/2/4"
+    assert over["CUDA_TILES"] == {**_fused_common.CUDA_TILES,
+                                  "gru_fwd": ((None, (32, 1, 4, 3)),),
+                                  "gru_bwd": ((None, (64, 2, 2, 4)),)}
     with pytest.raises(SystemExit, match="unknown kernel"):
-        bench.plan_variants("paragru", "", "gru_fwdd=32/1/4")
-    for bad in ("gru_fwd=32/1", "gru_fwd=32/1/4/2", "gru_fwd=a/1/4", "gru_fwd"):
-        with pytest.raises(SystemExit, match="BLOCK_N/WARPS/STEPS_PER_BLOCK"):
+        bench.plan_variants("paragru", "", "gru_fwdd=32/1/4/3")
+    for bad in ("gru_fwd=32/1/4", "gru_fwd=32/1/4/2/1", "gru_fwd=a/1/4/3", "gru_fwd"):
+        with pytest.raises(SystemExit, match="BLOCK_N/WARPS/STEPS_PER_BLOCK/STAGES"):
             bench.plan_variants("paragru", "", bad)
     with pytest.raises(SystemExit, match="one tile per kernel in a set, got several for gru_fwd"):
-        bench.plan_variants("paragru", "", "gru_fwd=32/1/4+64/1/4")
+        bench.plan_variants("paragru", "", "gru_fwd=32/1/4/3+64/1/4/3")
 
 
 def test_tile_override_reaches_the_cached_plan(bench, monkeypatch, request):
@@ -49,7 +50,7 @@ def test_tile_override_reaches_the_cached_plan(bench, monkeypatch, request):
                                        sequential=True).block_n
     shipped = block_n()
     assert shipped == _fused_common.cuda_tile("gru_fwd", 2 * 64 / 132)[0]
-    (_, over), = bench.plan_variants("paragru", "", "gru_fwd=32/1/4")
+    (_, over), = bench.plan_variants("paragru", "", "gru_fwd=32/1/4/3")
     previous = bench.set_plan_constants(over)
     try:
         assert block_n() == 32

@@ -35,7 +35,7 @@ def test_tile_table_is_ordered_with_a_catch_all(kernel):
 
 
 def test_no_catch_all_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(_fused_common.CUDA_TILES, "gru_fwd", ((10, (64, 1, 4)),))
+    monkeypatch.setitem(_fused_common.CUDA_TILES, "gru_fwd", ((10, (64, 1, 4, 3)),))
     with pytest.raises(ValueError, match="no catch-all"):
         _fused_common.cuda_tile("gru_fwd", 11)
 
@@ -53,18 +53,38 @@ def test_plan_takes_the_tile_for_its_chains_per_sm(cuda_plan, kernel, shape, seg
     batch, _, channels = shape
     assert plan.segments == segments
     want = _fused_common.cuda_tile(kernel, batch * channels * segments / SMS)
-    assert (plan.block_n, plan.num_warps, plan.steps_per_block) == want
+    assert (plan.block_n, plan.num_warps, plan.steps_per_block, plan.stages) == want
 
 
 def test_plan_tiles_differ_across_the_thresholds(cuda_plan):
     few = cuda_plan("gru_bwd", 32, 512, 1024)
     many = cuda_plan("gru_bwd", 8, 4096, 1024)
-    assert (few.block_n, few.steps_per_block) == (64, 4)
+    assert (few.block_n, few.steps_per_block) == (64, 8)
     assert (many.block_n, many.steps_per_block) == (128, 4)
 
 
 def test_explicit_tile_arguments_win(cuda_plan):
-    plan = cuda_plan("gru_fwd", 32, 512, 1024, block_n=256, num_warps=2, steps_per_block=2)
-    assert (plan.block_n, plan.num_warps, plan.steps_per_block) == (256, 2, 2)
+    plan = cuda_plan("gru_fwd", 32, 512, 1024, block_n=256, num_warps=2, steps_per_block=2,
+                     stages=2)
+    assert (plan.block_n, plan.num_warps, plan.steps_per_block, plan.stages) == (256, 2, 2, 2)
     plan = cuda_plan("gru_fwd", 32, 512, 1024, block_n=256)  # warps follow the block
     assert plan.num_warps == 2
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("block_n", 48, "block_n must be a power of two"),
+    ("warmup", -1, "warmup must be >= 0"),
+    ("steps_per_block", 32, "steps_per_block must be a power of two <= 16"),
+    ("steps_per_block", 3, "steps_per_block must be a power of two <= 16"),
+    ("stages", 0, "stages must be >= 1"),
+])
+def test_bad_plan_options_are_clear_errors(cuda_plan, option, value, message):
+    with pytest.raises(ValueError, match=message):
+        cuda_plan("gru_fwd", 32, 512, 1024, **{option: value})
+
+
+def test_the_interpreter_plan_does_not_pipeline():
+    # Triton's interpreter runs loads where they are written: a depth would only be noise
+    plan = _fused_common.make_plan("gru_fwd", 2, 64, 32, torch.device("cpu"), seg_len=None,
+                                   warmup=None, block_n=None, num_warps=None)
+    assert plan.stages == 1

@@ -298,7 +298,8 @@ def store_gate_tiles(GPRE, b, T, NH, t_first, rows, offs, mask, g0, g1, g2):
 @dataclass(frozen=True)
 class Plan:
     """Launch plan: ``segments`` of ``seg_len`` steps, ``warmup`` steps, channel block,
-    and ``steps_per_block`` steps loaded together (one block ahead); ``channel_blocks``
+    ``steps_per_block`` steps loaded together, ``stages`` the depth of the walk's load
+    pipeline (blocks are loaded ``stages - 1`` ahead; 1: when used); ``channel_blocks``
     and ``step_blocks`` count the blocks of ``block_n`` channels and of
     ``steps_per_block`` steps."""
 
@@ -308,6 +309,7 @@ class Plan:
     block_n: int
     num_warps: int
     steps_per_block: int
+    stages: int
     channel_blocks: int
     step_blocks: int
 
@@ -345,29 +347,32 @@ MIN_SEG_LEN = 256
 WARMUP = 32
 
 
-# Per kernel, its CUDA tile (channels per program, warps, steps per block) by how many
-# independent chains (rows x channels x segments) the plan gives each SM: ((up to this many
-# chains per SM, tile), ..., (None: any more, tile)). Fewer channels per thread make more
-# warps of the same chains, which pays where chains are few; more give each thread
-# independent chains to interleave. Measured on an H200 (gpu_profile.py --sweep --tiles,
-# CUDA-graph replay; results/gpu_h200_2026-12-03c) at 62 to 993 chains per SM:
-# - 248 (32x512x1024 bf16, the LM's T=512, one walk): GRU forward 64/1/8 0.095 ms against
-#   0.105 (64/1/4) and 0.134 (the first tuning's 128/1/4); LSTM backward 32/1/2 0.234 against
-#   0.305 (64/2/1); 62 (16x512x512) agrees;
-# - 496 (4x4096x1024 bf16, 16 segments; 1x65536x256 fp32): GRU backward 64/1/4 0.125 against
-#   0.155 (128/1/4), where the LSTM backward's 32/1/2 already lost (0.289 against 0.229);
-# - 993 (8x4096x1024 fp32; 64x2048x2048 fp32): 128/1/4 wins the GRU backward again (2.13
-#   against 2.41 ms) and eight steps per block lose the GRU forward (0.205 against 0.160);
-# - the LSTM forward's 64/1/8 won or tied everywhere (0.177 -> 0.118 ms at 248).
-# Each threshold sits between two measured points; every measured row runs within 4% of
-# its best tile.
-CUDA_TILES = {"gru_fwd": ((384, (64, 1, 8)), (None, (64, 1, 4))),
-              "gru_bwd": ((768, (64, 1, 4)), (None, (128, 1, 4))),
-              "lstm_fwd": ((None, (64, 1, 8)),),
-              "lstm_bwd": ((384, (32, 1, 2)), (None, (64, 2, 1)))}
+# Per kernel, its CUDA tile (channels per program, warps, steps per block, load-pipeline
+# stages) by how many independent chains (rows x channels x segments) the plan gives each
+# SM: ((up to this many chains per SM, tile), ..., (None: any more, tile)). Fewer channels
+# per thread make more warps of the same chains, which pays where chains are few; more
+# give each thread independent chains to interleave. A walk reads each block once, so what
+# bounds it is the loads in flight: with the loads of the next block only (the first
+# tunings' register prefetch) an SM held ~14 KB in flight at the LM's shape, about half
+# what the H200's memory needs to stream, and the kernels ran at 2-3x their memory floor;
+# Triton's pipeliner (``tl.range(num_stages=...)``) keeps stages - 1 blocks in flight in
+# shared memory instead. Measured on an H200 (CUDA-graph replay of the forward / the
+# backward with its sums; results/gpu_h200_2026-12-03g):
+# - 248 chains per SM (32x512x1024 bf16, the LM's T=512, one walk): GRU forward 64/1/8
+#   0.101 ms with the register prefetch, 0.056 with 4 stages; GRU backward 64/1/4 0.153,
+#   64/1/8 with 3 stages 0.099; 62 (16x512x512) agrees;
+# - 496 (4x4096x1024 bf16, 16 segments): GRU forward 64/1/4 0.168 -> 0.107 (4 stages),
+#   backward 0.218 -> 0.183 (4 stages);
+# - one channel per thread of bf16 (32/1/x) gains nothing from stages: the pipeliner's
+#   copies need 4 bytes.
+# Each threshold sits between two measured points.
+CUDA_TILES = {"gru_fwd": ((384, (64, 1, 8, 4)), (None, (64, 1, 4, 4))),
+              "gru_bwd": ((384, (64, 1, 8, 3)), (768, (64, 1, 4, 4)), (None, (128, 1, 4, 3))),
+              "lstm_fwd": ((None, (64, 1, 8, 4)),),
+              "lstm_bwd": ((384, (64, 1, 4, 3)), (None, (64, 2, 1, 3)))}
 
 
-def cuda_tile(kernel: str, chains_per_sm: float) -> tuple[int, int, int]:
+def cuda_tile(kernel: str, chains_per_sm: float) -> tuple[int, int, int, int]:
     """The :data:`CUDA_TILES` tile of ``kernel`` for a plan of ``chains_per_sm``."""
     for limit, tile in CUDA_TILES[kernel]:
         if limit is None or chains_per_sm <= limit:
@@ -403,16 +408,18 @@ def host_cache(fn):
 def make_plan(kernel: str, batch: int, steps: int, channels: int, device: torch.device, *,
               seg_len: int | None, warmup: int | None, block_n: int | None,
               num_warps: int | None, steps_per_block: int | None = None,
-              sequential: bool = False) -> Plan:
+              stages: int | None = None, sequential: bool = False) -> Plan:
     """The launch plan for this call, cached: a small call (decode-like prompt chunks) is
     bound by host work, and the plan depends only on these arguments and the tuning
     constants above (part of the key, so that tests can change them)."""
     return _cached_plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n,
-                        num_warps, steps_per_block, sequential, CHAINS_PER_SM, MIN_SEG_LEN, WARMUP)
+                        num_warps, steps_per_block, stages, sequential, CHAINS_PER_SM,
+                        MIN_SEG_LEN, WARMUP)
 
 
 def _plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_warps,
-          steps_per_block, sequential, chains_per_sm, min_seg_len, default_warmup) -> Plan:
+          steps_per_block, stages, sequential, chains_per_sm, min_seg_len,
+          default_warmup) -> Plan:
     sms = multiprocessors(device) if device.type == "cuda" else 1
     if sequential:
         seg_len = steps
@@ -426,7 +433,8 @@ def _plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_
         raise ValueError(f"seg_len must be >= 1, got {seg_len}")
     seg_len = min(seg_len, steps)
     segments = cdiv(steps, seg_len)
-    tile_bn, tile_warps, tile_k = cuda_tile(kernel, batch * channels * segments / sms)
+    tile_bn, tile_warps, tile_k, tile_stages = cuda_tile(kernel,
+                                                         batch * channels * segments / sms)
     if block_n is None:
         block_n = 16 if device.type == "cpu" else tile_bn
     if num_warps is None:
@@ -442,7 +450,11 @@ def _plan(kernel, batch, steps, channels, device, seg_len, warmup, block_n, num_
         steps_per_block = 4 if device.type == "cpu" else tile_k
     if steps_per_block < 1 or steps_per_block > 16 or steps_per_block & (steps_per_block - 1):
         raise ValueError(f"steps_per_block must be a power of two <= 16, got {steps_per_block}")
-    return Plan(segments, seg_len, warmup, block_n, num_warps, steps_per_block,
+    if stages is None:
+        stages = 1 if device.type == "cpu" else tile_stages  # the interpreter ignores it
+    if stages < 1:
+        raise ValueError(f"stages must be >= 1, got {stages}")
+    return Plan(segments, seg_len, warmup, block_n, num_warps, steps_per_block, stages,
                 cdiv(channels, block_n), cdiv(steps, steps_per_block))
 
 

@@ -73,9 +73,11 @@ def _moved(X, S, bnd, mn, tol):
 def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB, L, W, P, tol,
                     HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
                     SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
-                    BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr):
-    # Steps go in blocks of K: the block's inputs are (K, BN) register tiles loaded one
-    # block ahead (the prefetch that keeps loads in flight across the sequential chain).
+                    BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr,
+                    STAGES: tl.constexpr):
+    # Steps go in blocks of K: the block's inputs are (K, BN) tiles that Triton's software
+    # pipeliner loads STAGES - 1 blocks ahead (asynchronous copies through shared memory),
+    # keeping loads in flight across the sequential chain.
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
@@ -110,16 +112,13 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB
         s = h
         acc = tl.full([BN], 1.0, tl.float32)
         base0 = (t_begin // K) * K
-        t_rows = base0 + rows
-        m2 = rows_in(t_rows, t_begin, seg_end, mn)
-        uz, ur, uh = load_gate_tiles(PRE, b, T, NH, base0, rows, pre_offs, m2)
         if HAS_RST:
             bits = reset_word(RST, b, NB, base0 // K)
-        for t0 in range(base0, seg_end, K):
-            t_rows = t0 + K + rows
-            m2 = (t_rows < seg_end)[:, None] & mn[None, :]
-            uz_n, ur_n, uh_n = load_gate_tiles(PRE, b, T, NH, t0 + K, rows, pre_offs, m2)
-            if HAS_RST:
+        for t0 in tl.range(base0, seg_end, K, num_stages=STAGES):
+            t_rows = t0 + rows
+            uz, ur, uh = load_gate_tiles(PRE, b, T, NH, t0, rows, pre_offs,
+                                         rows_in(t_rows, t_begin, seg_end, mn))
+            if HAS_RST:  # a scalar: loaded one block ahead by hand
                 bits_n = reset_word(RST, b, NB, t0 // K + 1)
             out = tl.zeros([K, BN], dtype=tl.float32)
             for j in tl.static_range(K):
@@ -141,12 +140,8 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB
                     if HAS_RST:
                         jac = tl.where(restart, 0.0, jac)
                     acc = tl.where(live & (t >= seg_start), acc * jac, acc)
-            o_rows = t0 + rows
-            o_mask = rows_in(o_rows, seg_start, seg_end, mn)
-            tl.store(HOUT + step_offsets(b, T, N, t0, rows, offs), out, mask=o_mask)
-            uz = uz_n
-            ur = ur_n
-            uh = uh_n
+            tl.store(HOUT + step_offsets(b, T, N, t0, rows, offs), out,
+                     mask=rows_in(t_rows, seg_start, seg_end, mn))
             if HAS_RST:
                 bits = bits_n
         if SEGMENTED:
@@ -159,8 +154,10 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB
 def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NH, NB, L,
                     W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
                     HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr, CORRECT: tl.constexpr,
-                    BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr):
-    # Walks down from t_top in blocks of K steps (rows top-K .. top-1), one block ahead.
+                    BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr,
+                    STAGES: tl.constexpr):
+    # Walks down from t_top in blocks of K steps (rows top-K .. top-1), pipelined as the
+    # forward.
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
@@ -199,24 +196,17 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
         gh0 = tl.zeros([BN], dtype=tl.float32)
         # blocks of K steps aligned to multiples of K, from the one holding t_top - 1 down
         top_base = ((t_top - 1) // K) * K
-        t_rows = top_base + rows
-        valid = rows_in(t_rows, seg_start, t_top, mn)
-        uz, ur, uh = load_gate_tiles(PRE, b, T, NH, top_base, rows, pre_offs, valid)
-        gt = tl.load(GH + step_offsets(b, T, N, top_base, rows, offs), mask=valid, other=0.0)
-        ht = tl.load(HS + step_offsets(b, T, N, top_base - 1, rows, offs),
-                     mask=valid & (t_rows > 0)[:, None], other=0.0)
         if HAS_RST:
             bits = reset_word(RST, b, NB, top_base // K)
-        for blk in range(0, (top_base - (seg_start // K) * K) // K + 1):
+        for blk in tl.range(0, (top_base - (seg_start // K) * K) // K + 1, num_stages=STAGES):
             base = top_base - blk * K
-            t_rows = base - K + rows
-            valid = (t_rows >= seg_start)[:, None] & mn[None, :]
-            uz_n, ur_n, uh_n = load_gate_tiles(PRE, b, T, NH, base - K, rows, pre_offs, valid)
-            gt_n = tl.load(GH + step_offsets(b, T, N, base - K, rows, offs), mask=valid,
-                           other=0.0)
-            ht_n = tl.load(HS + step_offsets(b, T, N, base - K - 1, rows, offs),
-                           mask=valid & (t_rows > 0)[:, None], other=0.0)
-            if HAS_RST:
+            t_rows = base + rows
+            valid = rows_in(t_rows, seg_start, t_top, mn)
+            uz, ur, uh = load_gate_tiles(PRE, b, T, NH, base, rows, pre_offs, valid)
+            gt = tl.load(GH + step_offsets(b, T, N, base, rows, offs), mask=valid, other=0.0)
+            ht = tl.load(HS + step_offsets(b, T, N, base - 1, rows, offs),
+                         mask=valid & (t_rows > 0)[:, None], other=0.0)
+            if HAS_RST:  # a scalar: loaded one block ahead by hand
                 bits_n = reset_word(RST, b, NB, base // K - 1)
             o_z = tl.zeros([K, BN], dtype=tl.float32)
             o_r = tl.zeros([K, BN], dtype=tl.float32)
@@ -255,14 +245,8 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
                     jac = _gru_jacobian(hp, z, r, cand, a_z, a_r, a_h)
                     acc = tl.where(keep, tl.where(restart, 0.0, acc * jac), acc)
                 mu = tl.where(live, tl.where(restart, 0.0, nu), mu)
-            o_rows = base + rows
-            o_mask = rows_in(o_rows, seg_start, seg_end, mn)
-            store_gate_tiles(GPRE, b, T, NH, base, rows, pre_offs, o_mask, o_z, o_r, o_h)
-            uz = uz_n
-            ur = ur_n
-            uh = uh_n
-            gt = gt_n
-            ht = ht_n
+            store_gate_tiles(GPRE, b, T, NH, base, rows, pre_offs,
+                             rows_in(t_rows, seg_start, seg_end, mn), o_z, o_r, o_h)
             if HAS_RST:
                 bits = bits_n
         # per-(row, segment) partial sums: rows a_z, a_r, a_h (then b_z, b_r, b_h)
@@ -283,7 +267,7 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
 
 def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_tol=None,
             seg_len=None, warmup=None, block_n=None, num_warps=None, steps_per_block=None,
-            sequential=False):
+            stages=None, sequential=False):
     """All states ``H`` (B, T, N) fp32 of the ParaGRU recurrence, and a
     :class:`~._fused_common.ForwardReport`.
 
@@ -293,8 +277,8 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
     a segmented solve ends with the exact one-segment walk, which every (row, channel
     block) whose segment boundaries still mismatch by more than ``verify_tol`` runs and
     every other one skips at once: the answer is exact either way and nothing syncs.
-    ``seg_len``/``warmup``/``block_n``/``num_warps``/``steps_per_block`` override the
-    tuned launch plan (:func:`._fused_common.make_plan`).
+    ``seg_len``/``warmup``/``block_n``/``num_warps``/``steps_per_block``/``stages``
+    override the tuned launch plan (:func:`._fused_common.make_plan`).
     """
     batch, steps, n = check_common("paragru", pre, a, h0, resets, 1, bias)
     if not sequential and rounds < 1:
@@ -303,7 +287,7 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
     a, bias, h0 = (as_f32(t, dev) for t in (a, bias, h0))
     plan = make_plan("gru_fwd", batch, steps, n, dev, seg_len=seg_len,
                      warmup=0 if sequential else warmup, block_n=block_n, num_warps=num_warps,
-                     steps_per_block=steps_per_block, sequential=sequential)
+                     steps_per_block=steps_per_block, stages=stages, sequential=sequential)
     pre, per_head = kernel_pre(pre, n, plan.block_n)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = plan.step_blocks
@@ -326,7 +310,7 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
             verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
             VERIFY=check, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
-            num_warps=plan.num_warps)
+            STAGES=plan.stages, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=1, reverse=False)
     if verify:
@@ -337,20 +321,21 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
 
 def newton_forward(pre, a, h0=None, resets=None, num_iters: int = 3, *, bias=None,
                    seg_len=None, warmup=None, block_n=None, num_warps=None,
-                   steps_per_block=None) -> torch.Tensor:
+                   steps_per_block=None, stages=None) -> torch.Tensor:
     """All states ``H`` (B, T, N) fp32 by :func:`forward` (unverified); ``num_iters``
     (>= 1) bounds the boundary-Newton rounds."""
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
     return forward(pre, a, h0, resets, num_iters, bias=bias, seg_len=seg_len, warmup=warmup,
-                   block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block)[0]
+                   block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
+                   stages=stages)[0]
 
 
 def sequential_forward(pre, a, h0=None, resets=None, *, bias=None, block_n=None,
-                       num_warps=None, steps_per_block=None) -> torch.Tensor:
+                       num_warps=None, steps_per_block=None, stages=None) -> torch.Tensor:
     """All states ``H`` (B, T, N) fp32 by one fused loop over t per (row, channel block)."""
     return forward(pre, a, h0, resets, 0, bias=bias, block_n=block_n, num_warps=num_warps,
-                   steps_per_block=steps_per_block, sequential=True)[0]
+                   steps_per_block=steps_per_block, stages=stages, sequential=True)[0]
 
 
 def backward(pre, a, h0, resets, H, grad_H, *, bias=None, **plan_options):
@@ -367,7 +352,7 @@ def backward(pre, a, h0, resets, H, grad_H, *, bias=None, **plan_options):
 
 
 def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=None,
-                    block_n=None, num_warps=None, steps_per_block=None):
+                    block_n=None, num_warps=None, steps_per_block=None, stages=None):
     """:func:`backward` with the per-channel parameter gradients in one (3 or 6, N) tensor,
     rows ``a`` then ``bias``."""
     batch, steps, n = check_common("paragru.backward", pre, a, h0, resets, 1, bias)
@@ -378,7 +363,8 @@ def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, w
     given = pre
     a, bias, h0, H, grad_H = (as_f32(t, dev) for t in (a, bias, h0, H, grad_H))
     plan = make_plan("gru_bwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
-                     block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block)
+                     block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
+                     stages=stages)
     pre, per_head = kernel_pre(pre, n, plan.block_n)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = plan.step_blocks
@@ -401,7 +387,8 @@ def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, w
             pre, a, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, per_head, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags, BN=plan.block_n,
-            K=plan.steps_per_block, VEC=plan.channels_per_thread, num_warps=plan.num_warps)
+            K=plan.steps_per_block, VEC=plan.channels_per_thread, STAGES=plan.stages,
+            num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=1, reverse=True)
     if grad_pre.dim() != given.dim():  # head-major pre the kernel read as gate-major

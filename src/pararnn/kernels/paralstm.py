@@ -104,8 +104,9 @@ def _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o, p_f, p_o):
 def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB, L, W, P,
                      tol, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
                      SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
-                     BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr):
-    # blocks of K steps held as (K, BN) register tiles, loaded one block ahead
+                     BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr,
+                     STAGES: tl.constexpr):
+    # blocks of K steps as (K, BN) tiles, pipelined as in paragru's kernels
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
@@ -141,16 +142,13 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
         m10 = tl.zeros([BN], dtype=tl.float32)
         m11 = tl.full([BN], 1.0, tl.float32)
         base0 = (t_begin // K) * K
-        t_rows = base0 + rows
-        m2 = rows_in(t_rows, t_begin, seg_end, mn)
-        uf, uc, uo = load_gate_tiles(PRE, b, T, NH, base0, rows, pre_offs, m2)
         if HAS_RST:
             bits = reset_word(RST, b, NB, base0 // K)
-        for t0 in range(base0, seg_end, K):
-            t_rows = t0 + K + rows
-            m2 = (t_rows < seg_end)[:, None] & mn[None, :]
-            uf_n, uc_n, uo_n = load_gate_tiles(PRE, b, T, NH, t0 + K, rows, pre_offs, m2)
-            if HAS_RST:
+        for t0 in tl.range(base0, seg_end, K, num_stages=STAGES):
+            t_rows = t0 + rows
+            uf, uc, uo = load_gate_tiles(PRE, b, T, NH, t0, rows, pre_offs,
+                                         rows_in(t_rows, t_begin, seg_end, mn))
+            if HAS_RST:  # a scalar: loaded one block ahead by hand
                 bits_n = reset_word(RST, b, NB, t0 // K + 1)
             out_c = tl.zeros([K, BN], dtype=tl.float32)
             out_h = tl.zeros([K, BN], dtype=tl.float32)
@@ -192,14 +190,10 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
                     m01 = tl.where(upd, n01, m01)
                     m10 = tl.where(upd, n10, m10)
                     m11 = tl.where(upd, n11, m11)
-            o_rows = t0 + rows
-            o_mask = rows_in(o_rows, seg_start, seg_end, mn)
+            o_mask = rows_in(t_rows, seg_start, seg_end, mn)
             optr = HOUT + step_offsets(b, T, 2 * N, t0, rows, 2 * offs)
             tl.store(optr, out_c, mask=o_mask)
             tl.store(optr + 1, out_h, mask=o_mask)
-            uf = uf_n
-            uc = uc_n
-            uo = uo_n
             if HAS_RST:
                 bits = bits_n
         if SEGMENTED:
@@ -211,8 +205,8 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
                      L, W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
                      CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr,
-                     VEC: tl.constexpr):
-    # walks down from t_top in blocks of K steps, loaded one block ahead
+                     VEC: tl.constexpr, STAGES: tl.constexpr):
+    # walks down from t_top in blocks of K steps, pipelined as the forward
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
@@ -255,29 +249,20 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
         gh0 = tl.zeros([BN], dtype=tl.float32)
         # blocks of K steps aligned to multiples of K, from the one holding t_top - 1 down
         top_base = ((t_top - 1) // K) * K
-        t_rows = top_base + rows
-        valid = rows_in(t_rows, seg_start, t_top, mn)
-        prev = valid & (t_rows > 0)[:, None]
-        uf, uc, uo = load_gate_tiles(PRE, b, T, NH, top_base, rows, pre_offs, valid)
-        sptr = step_offsets(b, T, 2 * N, top_base, rows, 2 * offs)
-        gc = tl.load(GH + sptr, mask=valid, other=0.0)
-        gh = tl.load(GH + sptr + 1, mask=valid, other=0.0)
-        hc = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
-        hh = tl.load(HS + sptr - 2 * N + 1, mask=prev, other=0.0)
         if HAS_RST:
             bits = reset_word(RST, b, NB, top_base // K)
-        for blk in range(0, (top_base - (seg_start // K) * K) // K + 1):
+        for blk in tl.range(0, (top_base - (seg_start // K) * K) // K + 1, num_stages=STAGES):
             base = top_base - blk * K
-            t_rows = base - K + rows
-            valid = (t_rows >= seg_start)[:, None] & mn[None, :]
+            t_rows = base + rows
+            valid = rows_in(t_rows, seg_start, t_top, mn)
             prev = valid & (t_rows > 0)[:, None]
-            uf_n, uc_n, uo_n = load_gate_tiles(PRE, b, T, NH, base - K, rows, pre_offs, valid)
-            sptr = step_offsets(b, T, 2 * N, base - K, rows, 2 * offs)
-            gc_n = tl.load(GH + sptr, mask=valid, other=0.0)
-            gh_n = tl.load(GH + sptr + 1, mask=valid, other=0.0)
-            hc_n = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
-            hh_n = tl.load(HS + sptr - 2 * N + 1, mask=prev, other=0.0)
-            if HAS_RST:
+            uf, uc, uo = load_gate_tiles(PRE, b, T, NH, base, rows, pre_offs, valid)
+            sptr = step_offsets(b, T, 2 * N, base, rows, 2 * offs)
+            gc = tl.load(GH + sptr, mask=valid, other=0.0)
+            gh = tl.load(GH + sptr + 1, mask=valid, other=0.0)
+            hc = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
+            hh = tl.load(HS + sptr - 2 * N + 1, mask=prev, other=0.0)
+            if HAS_RST:  # a scalar: loaded one block ahead by hand
                 bits_n = reset_word(RST, b, NB, base // K - 1)
             o_f = tl.zeros([K, BN], dtype=tl.float32)
             o_c = tl.zeros([K, BN], dtype=tl.float32)
@@ -336,16 +321,8 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
                     m11 = tl.where(keep, tl.where(restart, 0.0, n11), m11)
                 mu_c = tl.where(live, tl.where(restart, 0.0, nu_c), mu_c)
                 mu_h = tl.where(live, tl.where(restart, 0.0, nu_h), mu_h)
-            o_rows = base + rows
-            o_mask = rows_in(o_rows, seg_start, seg_end, mn)
-            store_gate_tiles(GPRE, b, T, NH, base, rows, pre_offs, o_mask, o_f, o_c, o_o)
-            uf = uf_n
-            uc = uc_n
-            uo = uo_n
-            gc = gc_n
-            gh = gh_n
-            hc = hc_n
-            hh = hh_n
+            store_gate_tiles(GPRE, b, T, NH, base, rows, pre_offs,
+                             rows_in(t_rows, seg_start, seg_end, mn), o_f, o_c, o_o)
             if HAS_RST:
                 bits = bits_n
         # per-(row, segment) partial sums: a_f, a_c, a_o, c_f, c_o (then b_f, b_c, b_o)
@@ -372,7 +349,7 @@ def _check_peephole(name, peephole, n):
 
 def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=None,
             verify_tol=None, seg_len=None, warmup=None, block_n=None, num_warps=None,
-            steps_per_block=None, sequential=False):
+            steps_per_block=None, stages=None, sequential=False):
     """All states (B, T, 2N) interleaved fp32 of the ParaLSTM recurrence, and a
     :class:`~._fused_common.ForwardReport`; options as :func:`.paragru.forward`."""
     batch, steps, n = check_common("paralstm", pre, a, h0, resets, 2, bias)
@@ -383,7 +360,7 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
     a, peephole, bias, h0 = (as_f32(t, dev) for t in (a, peephole, bias, h0))
     plan = make_plan("lstm_fwd", batch, steps, n, dev, seg_len=seg_len,
                      warmup=0 if sequential else warmup, block_n=block_n, num_warps=num_warps,
-                     steps_per_block=steps_per_block, sequential=sequential)
+                     steps_per_block=steps_per_block, stages=stages, sequential=sequential)
     pre, per_head = kernel_pre(pre, n, plan.block_n)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = plan.step_blocks
@@ -407,7 +384,7 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
             verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
             VERIFY=check, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
-            num_warps=plan.num_warps)
+            STAGES=plan.stages, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=2, reverse=False)
     if verify:
@@ -417,21 +394,22 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
 
 def newton_forward(pre, a, peephole, h0=None, resets=None, num_iters: int = 3, *, bias=None,
                    seg_len=None, warmup=None, block_n=None, num_warps=None,
-                   steps_per_block=None) -> torch.Tensor:
+                   steps_per_block=None, stages=None) -> torch.Tensor:
     """All states (B, T, 2N) interleaved fp32 by :func:`forward` (unverified);
     ``num_iters`` (>= 1) bounds the boundary-Newton rounds."""
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
     return forward(pre, a, peephole, h0, resets, num_iters, bias=bias, seg_len=seg_len,
                    warmup=warmup, block_n=block_n, num_warps=num_warps,
-                   steps_per_block=steps_per_block)[0]
+                   steps_per_block=steps_per_block, stages=stages)[0]
 
 
 def sequential_forward(pre, a, peephole, h0=None, resets=None, *, bias=None, block_n=None,
-                       num_warps=None, steps_per_block=None) -> torch.Tensor:
+                       num_warps=None, steps_per_block=None, stages=None) -> torch.Tensor:
     """All states (B, T, 2N) by one fused loop over t per (row, channel block)."""
     return forward(pre, a, peephole, h0, resets, 0, bias=bias, block_n=block_n,
-                   num_warps=num_warps, steps_per_block=steps_per_block, sequential=True)[0]
+                   num_warps=num_warps, steps_per_block=steps_per_block, stages=stages,
+                   sequential=True)[0]
 
 
 def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, **plan_options):
@@ -448,7 +426,8 @@ def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, **plan_optio
 
 
 def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_len=None,
-                    warmup=None, block_n=None, num_warps=None, steps_per_block=None):
+                    warmup=None, block_n=None, num_warps=None, steps_per_block=None,
+                    stages=None):
     """:func:`backward` with the per-channel parameter gradients in one (5 or 8, N)
     tensor, rows ``a``, ``peephole``, then ``bias``."""
     batch, steps, n = check_common("paralstm.backward", pre, a, h0, resets, 2, bias)
@@ -462,7 +441,8 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_l
     a, peephole, bias, h0, H, grad_H = (as_f32(t, dev)
                                         for t in (a, peephole, bias, h0, H, grad_H))
     plan = make_plan("lstm_bwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
-                     block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block)
+                     block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
+                     stages=stages)
     pre, per_head = kernel_pre(pre, n, plan.block_n)
     rst = pack_resets(resets, plan.steps_per_block)
     blocks = plan.step_blocks
@@ -486,7 +466,7 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_l
             E, A, S, X, steps, n, per_head, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
-            num_warps=plan.num_warps)
+            STAGES=plan.stages, num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=2, reverse=True)
     if grad_pre.dim() != given.dim():  # head-major pre the kernel read as gate-major
