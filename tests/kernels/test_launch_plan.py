@@ -59,7 +59,7 @@ def test_plan_takes_the_tile_for_its_chains_per_sm(cuda_plan, kernel, shape, seg
 def test_plan_tiles_differ_across_the_thresholds(cuda_plan):
     few = cuda_plan("gru_bwd", 32, 512, 1024)
     many = cuda_plan("gru_bwd", 8, 4096, 1024)
-    assert (few.block_n, few.steps_per_block) == (64, 8)
+    assert (few.block_n, few.steps_per_block) == (64, 4)
     assert (many.block_n, many.steps_per_block) == (128, 4)
 
 

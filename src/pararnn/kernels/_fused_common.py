@@ -356,20 +356,22 @@ WARMUP = 32
 # tunings' register prefetch) an SM held ~14 KB in flight at the LM's shape, about half
 # what the H200's memory needs to stream, and the kernels ran at 2-3x their memory floor;
 # Triton's pipeliner (``tl.range(num_stages=...)``) keeps stages - 1 blocks in flight in
-# shared memory instead. Measured on an H200 (CUDA-graph replay of the forward / the
-# backward with its sums; results/gpu_h200_2026-12-03g):
+# shared memory instead. Measured on an H200 (gpu_profile.py --sweep, CUDA-graph replay;
+# results/gpu_h200_2026-12-03g, register prefetch -> this table):
 # - 248 chains per SM (32x512x1024 bf16, the LM's T=512, one walk): GRU forward 64/1/8
-#   0.101 ms with the register prefetch, 0.056 with 4 stages; GRU backward 64/1/4 0.153,
-#   64/1/8 with 3 stages 0.099; 62 (16x512x512) agrees;
-# - 496 (4x4096x1024 bf16, 16 segments): GRU forward 64/1/4 0.168 -> 0.107 (4 stages),
-#   backward 0.218 -> 0.183 (4 stages);
-# - one channel per thread of bf16 (32/1/x) gains nothing from stages: the pipeliner's
-#   copies need 4 bytes.
+#   0.095 -> 0.058 ms (4 stages), backward 0.165 -> 0.099 (64/1/4, 4 stages; 64/1/8 with
+#   3 stages 0.131), LSTM forward 0.137 -> 0.093 (64/1/4/4), backward 0.275 -> 0.256
+#   (64/1/4/3; 64/1/8 spills: 2.07 ms);
+# - 496 (4x4096x1024 bf16, 16 segments): GRU forward 0.107 -> 0.069, backward 0.137 ->
+#   0.113; the LSTM backward loses here (0.228 with 64/2/1 and the register prefetch,
+#   0.256 at best pipelined): its walk issues ~130 instructions per channel-step, so
+#   loads in flight matter less than for the GRU's;
+# - 993 (8x4096x1024 fp32): GRU backward 128/1/4 0.314 -> 0.313, forward 0.160 -> 0.168.
 # Each threshold sits between two measured points.
 CUDA_TILES = {"gru_fwd": ((384, (64, 1, 8, 4)), (None, (64, 1, 4, 4))),
-              "gru_bwd": ((384, (64, 1, 8, 3)), (768, (64, 1, 4, 4)), (None, (128, 1, 4, 3))),
-              "lstm_fwd": ((None, (64, 1, 8, 4)),),
-              "lstm_bwd": ((384, (64, 1, 4, 3)), (None, (64, 2, 1, 3)))}
+              "gru_bwd": ((768, (64, 1, 4, 4)), (None, (128, 1, 4, 3))),
+              "lstm_fwd": ((None, (64, 1, 4, 4)),),
+              "lstm_bwd": ((768, (64, 1, 4, 3)), (None, (64, 2, 1, 3)))}
 
 
 def cuda_tile(kernel: str, chains_per_sm: float) -> tuple[int, int, int, int]:
