@@ -48,9 +48,10 @@ from ._triton_utils import affine1, affine2
 BOUNDARY_TOL = 1e-6
 
 
-def fused_op(name: str, fake):
+def fused_op(name: str, fake, kernels):
     """Decorator: the function as the registered op ``name`` (``torch.ops.pararnn.*``), with
-    ``fake`` its shape function where one is needed.
+    ``fake`` its shape function where one is needed and ``kernels`` the Triton kernels it
+    launches (see :func:`declare_kernels`).
 
     On a GPU a :func:`torch.library.triton_op`: ``torch.compile`` traces into it (its
     kernels launched through :func:`torch.library.wrap_triton`), so inductor plans the
@@ -63,11 +64,30 @@ def fused_op(name: str, fake):
     functions)."""
     def register(fn):
         if not interpreter_enabled():
-            return torch.library.triton_op(name, fn, mutates_args=())
+            op = torch.library.triton_op(name, fn, mutates_args=())
+            declare_kernels(name, kernels)
+            return op
         op = torch.library.custom_op(name, fn, mutates_args=())
         op.register_fake(fake)
         return op
     return register
+
+
+def declare_kernels(name: str, kernels) -> None:
+    """Tell torch.compile's caches which Triton kernels the triton_op ``name`` launches.
+
+    The AOTAutograd cache (on by default, on disk) keys a compiled graph by the source of
+    the kernels each triton_op in it launches, which torch finds by reading the op's
+    Python source for ``wrap_triton(kernel)`` calls. It cannot see through
+    :func:`launcher`, so it missed the walks' kernels, and a warm cache could serve a graph
+    compiled with the kernels of an older source tree (on an H200, the LM step of the
+    previous tree, run after the current one on the same machine, compiled in 6 s instead
+    of 35: it was served the current tree's graphs). The registry is torch's own
+    (``torch._library.triton``, torch 2.11-2.14); where it is missing there is nothing to
+    tell."""
+    registry = getattr(getattr(torch._library, "triton", None), "triton_ops_to_kernels", None)
+    if registry is not None:
+        registry[name] = list(dict.fromkeys([*registry.get(name, []), *kernels]))
 
 
 def launcher(kernel, operand: torch.Tensor):
@@ -535,14 +555,18 @@ def _boundary_2x2_kernel(E, A, S, X, P, N,
     tl.store(X + 2 * out + 1, m10 * x0[None, :] + m11 * x1[None, :] + v1, mask=valid)
 
 
+def boundary_kernel(block: int):
+    """The boundary-Newton kernel for Jacobian blocks of ``block`` x ``block`` (1 or 2)."""
+    return _boundary_diag_kernel if block == 1 else _boundary_2x2_kernel
+
+
 def solve_boundaries(E, A, S, X, *, block: int, reverse: bool) -> None:
     """Corrected segment starts ``X`` (same layout as ``S``) from one walk's E, A, S."""
     batch, segments, channels = S.shape[:3]
     bp = next_power_of_2(segments)
     bn = max(1, min(next_power_of_2(channels), 4096 // bp if block == 1 else 2048 // bp))
     grid = (cdiv(channels, bn), batch)
-    kernel = _boundary_diag_kernel if block == 1 else _boundary_2x2_kernel
-    launcher(kernel, E)[grid](E, A, S, X, segments, channels, REVERSE=reverse, BP=bp, BN=bn)
+    launcher(boundary_kernel(block), E)[grid](E, A, S, X, segments, channels, REVERSE=reverse, BP=bp, BN=bn)
 
 
 def boundary_buffers(batch: int, segments: int, channels: int, width: int, device):

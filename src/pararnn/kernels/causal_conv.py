@@ -293,7 +293,7 @@ def _forward_shape(x, weight, bias, silu):
     return x.new_empty(x.shape)
 
 
-@fused_op("pararnn::causal_conv1d", fake=_forward_shape)
+@fused_op("pararnn::causal_conv1d", fake=_forward_shape, kernels=(_conv1d_fwd_kernel,))
 def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, silu: bool) -> torch.Tensor:
     return forward(x, weight, bias, silu)
 
@@ -304,7 +304,8 @@ def _backward_shapes(x, weight, bias, grad_y, silu):
     return x.new_empty(x.shape), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
 
 
-@fused_op("pararnn::causal_conv1d_backward", fake=_backward_shapes)
+@fused_op("pararnn::causal_conv1d_backward", fake=_backward_shapes,
+          kernels=(_silu_grad_kernel, _conv1d_bwd_kernel))
 def _backward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: torch.Tensor,
                  silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return backward(x, weight, bias, grad_y, silu)

@@ -25,7 +25,7 @@ import torch
 from .._grad import needs_grad
 from ..layout import gate_major, head_major
 from ._fused_common import (BOUNDARY_TOL, as_f32, boundaries_mismatch, boundary_buffers,
-                            channel_offsets, check_common, default_plan, fake_flags,
+                            boundary_kernel, channel_offsets, check_common, default_plan, fake_flags,
                             ForwardReport, fused_op, head_block, head_offsets, kernel_pre,
                             launcher, load_gate_bias, load_gate_tiles, load_gate_vectors,
                             make_plan, op_flags, op_report, optional_flags, pack_resets,
@@ -425,7 +425,8 @@ def _forward_shapes(pre, a, bias, initial_state, resets, rounds, verify_tol, seq
             fake_flags(pre, plan, batch, verify_tol))
 
 
-@fused_op("pararnn::paragru_forward", fake=_forward_shapes)
+@fused_op("pararnn::paragru_forward", fake=_forward_shapes,
+          kernels=(_gru_fwd_kernel, boundary_kernel(1)))
 def _forward_op(pre: torch.Tensor, a: torch.Tensor, bias: Optional[torch.Tensor],
                 initial_state: Optional[torch.Tensor], resets: Optional[torch.Tensor],
                 rounds: int, verify_tol: Optional[float],
@@ -442,7 +443,8 @@ def _backward_shapes(pre, a, bias, initial_state, resets, states, grad_states):
             a.new_empty(batch, n, dtype=torch.float32))
 
 
-@fused_op("pararnn::paragru_backward", fake=_backward_shapes)
+@fused_op("pararnn::paragru_backward", fake=_backward_shapes,
+          kernels=(_gru_bwd_kernel, boundary_kernel(1)))
 def _backward_op(pre: torch.Tensor, a: torch.Tensor, bias: Optional[torch.Tensor],
                  initial_state: Optional[torch.Tensor], resets: Optional[torch.Tensor],
                  states: torch.Tensor,

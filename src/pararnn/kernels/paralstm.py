@@ -23,7 +23,7 @@ import torch
 from .._grad import needs_grad
 from ..layout import gate_major, head_major
 from ._fused_common import (BOUNDARY_TOL, as_f32, boundaries_mismatch, boundary_buffers,
-                            channel_offsets, check_common, default_plan, fake_flags,
+                            boundary_kernel, channel_offsets, check_common, default_plan, fake_flags,
                             ForwardReport, fused_op, head_block, head_offsets, kernel_pre,
                             launcher, load_gate_bias, load_gate_tiles, load_gate_vectors,
                             make_plan, op_flags, op_report, optional_flags, pack_resets,
@@ -502,7 +502,8 @@ def _forward_shapes(pre, a, peephole, bias, initial_state, resets, rounds, verif
             fake_flags(pre, plan, batch, verify_tol))
 
 
-@fused_op("pararnn::paralstm_forward", fake=_forward_shapes)
+@fused_op("pararnn::paralstm_forward", fake=_forward_shapes,
+          kernels=(_lstm_fwd_kernel, boundary_kernel(2)))
 def _forward_op(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor,
                 bias: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
                 resets: Optional[torch.Tensor], rounds: int, verify_tol: Optional[float],
@@ -520,7 +521,8 @@ def _backward_shapes(pre, a, peephole, bias, initial_state, resets, states, grad
             a.new_empty(batch, n2, dtype=torch.float32))
 
 
-@fused_op("pararnn::paralstm_backward", fake=_backward_shapes)
+@fused_op("pararnn::paralstm_backward", fake=_backward_shapes,
+          kernels=(_lstm_bwd_kernel, boundary_kernel(2)))
 def _backward_op(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor,
                  bias: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
                  resets: Optional[torch.Tensor], states: torch.Tensor,
