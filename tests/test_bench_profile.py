@@ -36,11 +36,12 @@ def test_bad_segments_entry_exits_with_usage():
 
 
 def test_tiles_parse(profile):
-    assert profile.parse_tiles("gru_fwd=128/1/4+64/1/8,lstm_bwd=32/1/2") == {
-        "gru_fwd": [(128, 1, 4), (64, 1, 8)], "lstm_bwd": [(32, 1, 2)]}
+    assert profile.parse_tiles("gru_fwd=128/1/4/3+64/1/8/4,lstm_bwd=32/1/2/1") == {
+        "gru_fwd": [(128, 1, 4, 3), (64, 1, 8, 4)], "lstm_bwd": [(32, 1, 2, 1)]}
 
 
-@pytest.mark.parametrize("text", ["gru=128/1/4", "gru_fwd=128/1", "gru_fwd=128/1/4+", "gru_fwd"])
+@pytest.mark.parametrize("text", ["gru=128/1/4/3", "gru_fwd=128/1/4", "gru_fwd=128/1/4/3+",
+                                  "gru_fwd=128/1/4/3/2", "gru_fwd"])
 def test_bad_tiles_entry_is_a_usage_error(profile, text):
     with pytest.raises(Exception, match="--tiles") as err:
         profile.parse_tiles(text)

@@ -78,11 +78,11 @@ def test_max_iters_does_not_bound_the_fused_boundary_rounds(short_segments):
 
 
 # the case where two rounds miss the float32 level by the most (seed 3 at 12 segments; seed
-# 1 misses it by less), and one that two rounds already meet
-@pytest.mark.parametrize("seed, steps", [(0, 256), (3, 384)])
+# 1 misses it by less; seed 0 at 8 segments, which two rounds already meet, took 30 s of CI)
+@pytest.mark.parametrize("seed, steps", [(3, 384)])
 def test_default_rounds_converge_for_long_memories(monkeypatch, seed, steps):
     """The default's boundary rounds: update gates biased to memories of 1 to 3,000 steps
-    (b_z = -log(m - 1)), 8 or 12 segments of 32 steps, each started by the plan's usual
+    (b_z = -log(m - 1)), 12 segments of 32 steps, each started by the plan's usual
     warm-up walk, converge (no exact rerun) to the sequential states at the float32 level.
     This is why the default runs three rounds: two left up to 5.5e-5 here (seed 3, 12
     segments; 3.2e-6 for seed 1), which the check's float32 bound lets pass; three leave

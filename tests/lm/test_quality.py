@@ -346,7 +346,7 @@ def test_stopped_sweep_continues_its_runs_exactly(corpus_dir, tmp_path):
     from pararnn.train import open_checkpoint
     from safetensors.torch import load_file
 
-    steps = 120
+    steps = 60
     stopped, reference = tmp_path / "stopped", tmp_path / "reference"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "pararnn", *_sweep_argv(stopped, corpus_dir, steps)],
