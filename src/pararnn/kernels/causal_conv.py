@@ -293,7 +293,8 @@ def _forward_shape(x, weight, bias, silu):
     return x.new_empty(x.shape)
 
 
-@fused_op("pararnn::causal_conv1d", fake=_forward_shape, kernels=(_conv1d_fwd_kernel,))
+@fused_op("pararnn::causal_conv1d", fake=_forward_shape,
+          kernels=(_conv1d_fwd_kernel,))
 def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, silu: bool) -> torch.Tensor:
     return forward(x, weight, bias, silu)
 

@@ -25,12 +25,12 @@ import torch
 from .._grad import needs_grad
 from ..layout import gate_major, head_major
 from ._fused_common import (BOUNDARY_TOL, as_f32, boundaries_mismatch, boundary_buffers,
-                            boundary_kernel, channel_offsets, check_common, default_plan, fake_flags,
-                            ForwardReport, fused_op, head_block, head_offsets, kernel_pre,
-                            launcher, load_gate_bias, load_gate_tiles, load_gate_vectors,
-                            make_plan, op_flags, op_report, optional_flags, pack_resets,
-                            put_row, reject_double_backward, reset_word, row_of, rows_in,
-                            run_segmented, sigmoid, step_offsets, store_gate_tiles,
+                            boundary_kernel, channel_offsets, check_common, default_plan,
+                            fake_flags, ForwardReport, fused_op, head_block, head_offsets,
+                            kernel_pre, launcher, load_gate_bias, load_gate_tiles,
+                            load_gate_vectors, make_plan, op_flags, op_report, optional_flags,
+                            pack_resets, put_row, reject_double_backward, reset_word, row_of,
+                            rows_in, run_segmented, sigmoid, step_offsets, store_gate_tiles,
                             supports_tensor, tanh, tl, triton)
 
 __all__ = ["supports", "paragru_solve", "paragru_naive", "forward", "newton_forward",
