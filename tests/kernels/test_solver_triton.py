@@ -128,3 +128,50 @@ def test_packed_documents_take_the_fused_kernels(layer_cls, monkeypatch):
     state = h0 if layer_cls is pararnn.ParaGRU else (h0, h0)
     run("triton", "parallel", state)
     assert layer.last_solve.backend != "triton-fused"
+
+
+def test_reset_words_are_packed_once_per_unchanged_tensor():
+    """The layers of a model get the same resets: packed once per block length while the
+    tensor is unchanged, again after an in-place write, every time for inference tensors
+    (no version counter)."""
+    from pararnn.kernels._fused_common import _pack_resets, pack_resets
+    resets = torch.rand(2, 37, device=DEVICE) < 0.2
+    words = pack_resets(resets, 4)
+    assert pack_resets(resets, 4) is words and torch.equal(words, _pack_resets(resets, 4))
+    assert torch.equal(pack_resets(resets, 8), _pack_resets(resets, 8))
+    assert pack_resets(resets, 4) is words  # one entry per block length
+    resets[1, 5] = ~resets[1, 5]
+    changed = pack_resets(resets, 4)
+    assert changed is not words and torch.equal(changed, _pack_resets(resets, 4))
+    assert not torch.equal(changed, words)
+    assert pack_resets(resets.clone(), 4) is not changed
+    with torch.inference_mode():
+        frozen = torch.rand(2, 37, device=DEVICE) < 0.2
+        assert pack_resets(frozen, 4) is not pack_resets(frozen, 4)
+
+
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_packed_call_builds_starts_and_reset_words_once(layer_cls):
+    """cu_seqlens reused (every layer of a model, every step of a loop): its step starts and
+    their reset words are built by the first call only."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    layer = layer_cls(6, 12, num_heads=2, backend="triton", device=DEVICE)
+    x = torch.randn(1, 40, 6, device=DEVICE)
+    cu = torch.tensor([0, 8, 13, 29, 40], device=DEVICE)
+    with Ops() as first:
+        want = layer(x, cu_seqlens=cu)[0]
+    with Ops() as again:
+        got = layer(x, cu_seqlens=cu)[0]
+    assert layer.last_solve.backend == "triton-fused" and torch.equal(got, want)
+    assert {"index_put_", "pow"} <= set(first.names)  # the starts and the words, built
+    assert not {"index_put_", "pow"} & set(again.names), again.names

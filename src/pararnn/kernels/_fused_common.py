@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -705,16 +706,41 @@ def as_f32(t: torch.Tensor | None, device) -> torch.Tensor | None:
     return t.detach().to(device=device, dtype=torch.float32).contiguous()
 
 
+# Per block length k, the last resets packed: (weak reference, version, words). The
+# layers of a model receive the same resets (or the same cu_seqlens, whose step starts
+# are kept with its checks), so an unchanged tensor (the same object at the same version)
+# is packed once rather than by ~10 small ops in every layer's forward and backward.
+_packed_resets: dict[int, tuple] = {}
+
+
 def pack_resets(resets: torch.Tensor | None, k: int) -> torch.Tensor | None:
     """Reset flags as one int32 bit mask per block of ``k`` steps: (B, ceil(T / k) + 2).
 
     Bit ``j`` of word ``1 + i`` is ``resets[:, i * k + j]``; words 0 and last are zero
     padding, so the kernels can prefetch the block before the first or after the last
     without a mask. The kernels walk blocks aligned to multiples of ``k`` and read one
-    word per block (a uniform scalar, not a tile).
+    word per block (a uniform scalar, not a tile). Read only: the result may be the one an
+    earlier call returned for the same, unchanged ``resets``.
     """
     if resets is None:
         return None
+    # plain tensors only, not while tracing (a trace runs this on fake or functional
+    # tensors and must build the words) or capturing a CUDA graph (its memory belongs to
+    # the graph); inference tensors keep no version counter
+    cacheable = (type(resets) is torch.Tensor and not torch.compiler.is_compiling()
+                 and not resets.is_inference()
+                 and not (resets.is_cuda and torch.cuda.is_current_stream_capturing()))
+    if cacheable and k in _packed_resets:
+        ref, version, words = _packed_resets[k]
+        if ref() is resets and version == resets._version:
+            return words
+    words = _pack_resets(resets, k)
+    if cacheable:
+        _packed_resets[k] = (weakref.ref(resets), resets._version, words)
+    return words
+
+
+def _pack_resets(resets: torch.Tensor, k: int) -> torch.Tensor:
     batch, steps = resets.shape
     blocks = -(-steps // k)
     padded = torch.zeros(batch, blocks * k, dtype=torch.int64, device=resets.device)

@@ -39,10 +39,11 @@ class Sequences:
     segment_ids: Optional[torch.Tensor] = None  # (T,) long, only with cu_seqlens
     ends: Optional[torch.Tensor] = None  # (S,) long, last step of each sequence (cu_seqlens)
 
-    _starts: Optional[torch.Tensor] = None
+    _starts: Optional[torch.Tensor] = None  # given with cu_seqlens (built with its checks)
 
     @property
     def starts(self) -> torch.Tensor:
+        """``(B, T)`` bool: where a sequence starts."""
         # built on first use and kept (not functools.cached_property: its lock stops
         # torch.compile on Python 3.11)
         if self._starts is None:
@@ -50,8 +51,6 @@ class Sequences:
             starts[:, 0] = True
             if self.resets is not None:
                 starts = starts | self.resets
-            if self.bounds is not None:
-                starts[0, self.bounds] = True
             self._starts = starts
         return self._starts
 
@@ -193,20 +192,23 @@ def _sequences(x: torch.Tensor, resets, cu_seqlens) -> Sequences:
         raise ValueError(f"cu_seqlens must be 1-D with at least 2 entries, got shape {tuple(cu_seqlens.shape)}")
     if batch != 1:
         raise ValueError(f"with cu_seqlens, x must hold the packed sequences in batch 1, got batch {batch}")
-    bounds, segment_ids, ends = _packed_bookkeeping(cu_seqlens, steps, x.device)
-    return Sequences(batch, steps, x.device, bounds=bounds, segment_ids=segment_ids, ends=ends)
+    bounds, segment_ids, ends, starts = _packed_bookkeeping(cu_seqlens, steps, x.device)
+    return Sequences(batch, steps, x.device, bounds=bounds, segment_ids=segment_ids, ends=ends,
+                     _starts=starts)
 
 
 # The last cu_seqlens checked and its bookkeeping: (weak reference, version, steps, device,
-# (bounds, segment_ids, ends)). Checking the values reads them on the host, which waits
-# for the GPU when they live there; every layer of a model receives the same tensor, and a
-# training loop may reuse it, so an unchanged tensor (the same object at the same version:
-# in-place writes bump it) is checked once.
+# (bounds, segment_ids, ends, starts)). Checking the values reads them on the host, which
+# waits for the GPU when they live there; every layer of a model receives the same tensor,
+# and a training loop may reuse it, so an unchanged tensor (the same object at the same
+# version: in-place writes bump it) is checked once, and its step starts (which the fused
+# kernels take as resets, packed once per tensor too) are built once.
 _last_packed: tuple | None = None
 
 
 def _packed_bookkeeping(cu_seqlens: torch.Tensor, steps: int, device: torch.device):
-    """``(bounds, segment_ids, ends)`` of :class:`Sequences` from checked ``cu_seqlens``."""
+    """``(bounds, segment_ids, ends, starts)`` of :class:`Sequences` from checked
+    ``cu_seqlens``."""
     global _last_packed
     # inference tensors keep no version counter: checked every time
     cacheable = not torch.compiler.is_compiling() and not cu_seqlens.is_inference()
@@ -225,7 +227,9 @@ def _packed_bookkeeping(cu_seqlens: torch.Tensor, steps: int, device: torch.devi
     # output_size: without it the result's length is read back from the device
     segment_ids = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths,
                                           output_size=steps)
-    parts = (bounds_t[:-1], segment_ids, bounds_t[1:] - 1)
+    starts = torch.zeros(1, steps, dtype=torch.bool, device=device)
+    starts[0, bounds_t[:-1]] = True
+    parts = (bounds_t[:-1], segment_ids, bounds_t[1:] - 1, starts)
     if cacheable:
         _last_packed = (weakref.ref(cu_seqlens), cu_seqlens._version, steps, device, parts)
     return parts
