@@ -77,16 +77,16 @@ def test_max_iters_does_not_bound_the_fused_boundary_rounds(short_segments):
         pararnn.NewtonConfig(boundary_rounds=0)
 
 
-# the case where two rounds miss the float32 level by the most (seed 3 at 12 segments; seed
-# 1 misses it by less; seed 0 at 8 segments, which two rounds already meet, took 30 s of CI)
-@pytest.mark.parametrize("seed, steps", [(3, 384)])
+# the case where two rounds miss the float32 level by the most of seeds 0-4 (one row of
+# 384 steps: 12 segments)
+@pytest.mark.parametrize("seed, steps", [(4, 384)])
 def test_default_rounds_converge_for_long_memories(monkeypatch, seed, steps):
     """The default's boundary rounds: update gates biased to memories of 1 to 3,000 steps
     (b_z = -log(m - 1)), 12 segments of 32 steps, each started by the plan's usual
     warm-up walk, converge (no exact rerun) to the sequential states at the float32 level.
-    This is why the default runs three rounds: two left up to 5.5e-5 here (seed 3, 12
-    segments; 3.2e-6 for seed 1), which the check's float32 bound lets pass; three leave
-    at most 1.6e-6."""
+    This is why the default runs three rounds: two left up to 1.1e-4 here (seed 4; 5.5e-5
+    for seed 3, at most 2.8e-6 for seeds 0-2), which the check's float32 bound lets pass;
+    three leave at most 1.6e-6 (6.6e-7 here)."""
     monkeypatch.setattr(_fused_common, "MIN_SEG_LEN", 32)
     monkeypatch.setattr(_fused_common, "CHAINS_PER_SM", 1 << 20)
     torch.manual_seed(seed)
@@ -94,7 +94,7 @@ def test_default_rounds_converge_for_long_memories(monkeypatch, seed, steps):
     with torch.no_grad():
         memory = torch.logspace(0.3, 3.5, 16)
         layer.cell.bias[0].copy_(-torch.log(memory - 1))
-    x = torch.randn(2, steps, 4, device=DEVICE)
+    x = torch.randn(1, steps, 4, device=DEVICE)
     layer.backend = "torch"  # the reference: PyTorch's step loop (the interpreted walk is slow)
     ref, _ = run(layer, x, "sequential", None)
     layer.backend = "triton"
