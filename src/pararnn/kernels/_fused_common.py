@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import math
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +40,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .._reuse import LastTensorCache
 from ..layout import gate_major
 from . import interpreter_enabled
 from ._triton_utils import affine1, affine2
@@ -567,7 +567,8 @@ def solve_boundaries(E, A, S, X, *, block: int, reverse: bool) -> None:
     bp = next_power_of_2(segments)
     bn = max(1, min(next_power_of_2(channels), 4096 // bp if block == 1 else 2048 // bp))
     grid = (cdiv(channels, bn), batch)
-    launcher(boundary_kernel(block), E)[grid](E, A, S, X, segments, channels, REVERSE=reverse, BP=bp, BN=bn)
+    launcher(boundary_kernel(block), E)[grid](E, A, S, X, segments, channels, REVERSE=reverse,
+                                              BP=bp, BN=bn)
 
 
 def boundary_buffers(batch: int, segments: int, channels: int, width: int, device):
@@ -706,11 +707,11 @@ def as_f32(t: torch.Tensor | None, device) -> torch.Tensor | None:
     return t.detach().to(device=device, dtype=torch.float32).contiguous()
 
 
-# Per block length k, the last resets packed: (weak reference, version, words). The
-# layers of a model receive the same resets (or the same cu_seqlens, whose step starts
-# are kept with its checks), so an unchanged tensor (the same object at the same version)
-# is packed once rather than by ~10 small ops in every layer's forward and backward.
-_packed_resets: dict[int, tuple] = {}
+# Per block length k, the last resets packed. The layers of a model receive the same
+# resets (or the same cu_seqlens, whose step starts are kept with its checks), so an
+# unchanged tensor is packed once rather than by ~10 small ops in every layer's forward
+# and backward.
+_packed_resets = LastTensorCache()
 
 
 def pack_resets(resets: torch.Tensor | None, k: int) -> torch.Tensor | None:
@@ -724,20 +725,7 @@ def pack_resets(resets: torch.Tensor | None, k: int) -> torch.Tensor | None:
     """
     if resets is None:
         return None
-    # plain tensors only, not while tracing (a trace runs this on fake or functional
-    # tensors and must build the words) or capturing a CUDA graph (its memory belongs to
-    # the graph); inference tensors keep no version counter
-    cacheable = (type(resets) is torch.Tensor and not torch.compiler.is_compiling()
-                 and not resets.is_inference()
-                 and not (resets.is_cuda and torch.cuda.is_current_stream_capturing()))
-    if cacheable and k in _packed_resets:
-        ref, version, words = _packed_resets[k]
-        if ref() is resets and version == resets._version:
-            return words
-    words = _pack_resets(resets, k)
-    if cacheable:
-        _packed_resets[k] = (weakref.ref(resets), resets._version, words)
-    return words
+    return _packed_resets.get(k, resets, k, lambda: _pack_resets(resets, k))
 
 
 def _pack_resets(resets: torch.Tensor, k: int) -> torch.Tensor:

@@ -6,12 +6,12 @@ what was expected.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from .._reuse import LastTensorCache
 from ..cells.base import Cell
 from ..layout import HeadMajor
 from .config import NewtonConfig
@@ -197,26 +197,22 @@ def _sequences(x: torch.Tensor, resets, cu_seqlens) -> Sequences:
                      _starts=starts)
 
 
-# The last cu_seqlens checked and its bookkeeping: (weak reference, version, steps, device,
-# (bounds, segment_ids, ends, starts)). Checking the values reads them on the host, which
-# waits for the GPU when they live there; every layer of a model receives the same tensor,
-# and a training loop may reuse it, so an unchanged tensor (the same object at the same
-# version: in-place writes bump it) is checked once, and its step starts (which the fused
-# kernels take as resets, packed once per tensor too) are built once.
-_last_packed: tuple | None = None
+# The last cu_seqlens checked and its bookkeeping. Checking the values reads them on the
+# host, which waits for the GPU when they live there; every layer of a model receives the
+# same tensor, and a training loop may reuse it, so an unchanged tensor is checked once,
+# and its step starts (which the fused kernels take as resets, packed once per tensor
+# too) are built once.
+_last_packed = LastTensorCache()
 
 
 def _packed_bookkeeping(cu_seqlens: torch.Tensor, steps: int, device: torch.device):
     """``(bounds, segment_ids, ends, starts)`` of :class:`Sequences` from checked
     ``cu_seqlens``."""
-    global _last_packed
-    # inference tensors keep no version counter: checked every time
-    cacheable = not torch.compiler.is_compiling() and not cu_seqlens.is_inference()
-    if cacheable and _last_packed is not None:
-        ref, version, cached_steps, cached_device, parts = _last_packed
-        if (ref() is cu_seqlens and version == cu_seqlens._version and cached_steps == steps
-                and cached_device == device):
-            return parts
+    return _last_packed.get(None, cu_seqlens, (steps, device),
+                            lambda: _check_packed(cu_seqlens, steps, device))
+
+
+def _check_packed(cu_seqlens: torch.Tensor, steps: int, device: torch.device):
     bounds = cu_seqlens.tolist()
     if bounds[0] != 0 or bounds[-1] != steps or any(b <= a for a, b in zip(bounds, bounds[1:])):
         raise ValueError(
@@ -229,10 +225,7 @@ def _packed_bookkeeping(cu_seqlens: torch.Tensor, steps: int, device: torch.devi
                                           output_size=steps)
     starts = torch.zeros(1, steps, dtype=torch.bool, device=device)
     starts[0, bounds_t[:-1]] = True
-    parts = (bounds_t[:-1], segment_ids, bounds_t[1:] - 1, starts)
-    if cacheable:
-        _last_packed = (weakref.ref(cu_seqlens), cu_seqlens._version, steps, device, parts)
-    return parts
+    return bounds_t[:-1], segment_ids, bounds_t[1:] - 1, starts
 
 
 def check_options(mode, newton, backend) -> NewtonConfig:
