@@ -29,6 +29,14 @@ synchronisations inside the step, and the largest host costs by self CPU time
 (``host_ops``); in the JSON row under ``profile`` and printed below the row. ``--save-traces`` also writes each step's Chrome trace to
 ``DIR/trace_<model>_<size>_T<len>_<mode>.json.gz`` (Perfetto, chrome://tracing).
 
+Each row also times the same steps back to back between two CUDA events (``pipelined_ms``,
+``pipelined_tok_per_s``), as ``pararnn train`` issues them: it waits for the GPU only to
+log, so the host may run ahead and a step costs max(host, GPU) rather than their sum. The
+per-step timing above adds the host's latency to each step (the GPU waits for the first
+launch); the pipelined rate is the training throughput. ``--host-profile STEPS`` then runs
+STEPS more steps under ``cProfile``: the host's Python functions by own and cumulative time
+per step (``host_profile``), to find what the host does besides launching.
+
 ``--min-seg-lens 256,128,64`` runs each ParaRNN row once per value of the fused kernels'
 shortest time segment (``_fused_common.MIN_SEG_LEN``): at T=512 the shipped 256 makes one
 512-step walk per chain, 128 and 64 split it into 4 or 8 segments when batch x channels
@@ -223,7 +231,7 @@ def profile_step(step, index: int, trace_path: str | None) -> dict:
 
 def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, steps: int, warmup: int,
             compiled: bool | str, device: torch.device, profile: bool = False,
-            trace_path: str | None = None, block: str = "auto") -> dict:
+            trace_path: str | None = None, block: str = "auto", host_profile: int = 0) -> dict:
     torch.manual_seed(0)
     model = build_model(preset(model_name, size, vocab_size=320, block=block)).to(device)
     optimizer = torch.optim.AdamW(optimizer_groups(model, lr=1e-3, weight_decay=0.1), lr=1e-3,
@@ -266,17 +274,57 @@ def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, step
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
+    # the same steps back to back, as the training loop issues them (it waits for the GPU
+    # only to log): the host may run ahead, so this is max(host, GPU) per step, not their sum
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for i in range(warmup, warmup + steps):
+        step(i)
+    end.record()
+    end.synchronize()
+    pipelined = start.elapsed_time(end) / 1e3 / steps
     seconds = statistics.median(times)
     peak = peak_flops(device)
     flops = train_flops_per_token(model, seq_len)
     row = {"model": model_name, "block": block, "size": size, "seq_len": seq_len, "batch": batch,
            "compiled": compiled, "params": model.num_params(), "step_ms": seconds * 1e3,
            "host_ms": statistics.median(host) * 1e3, "tok_per_s": tokens_per_step / seconds,
+           "pipelined_ms": pipelined * 1e3, "pipelined_tok_per_s": tokens_per_step / pipelined,
            "mfu": tokens_per_step / seconds * flops / peak if peak else None,
            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "warmup_s": warmup_s, **graphs}
     if profile:
         row["profile"] = profile_step(step, warmup + steps, trace_path)
+    if host_profile:
+        row["host_profile"] = host_profile_steps(step, range(warmup, warmup + host_profile))
     return row
+
+
+def host_profile_steps(step, indices, top: int = 40, sync=torch.cuda.synchronize) -> dict:
+    """Where the host's time goes in the steps ``indices``, back to back under ``cProfile``
+    (Python functions and the C calls they make; the profiler slows Python itself, so
+    compare functions, not totals): the ``top`` functions by own time and by cumulative
+    time, each as (function, calls per step, own ms per step, cumulative ms per step)."""
+    import cProfile
+    import pstats
+    profiler = cProfile.Profile()
+    sync()
+    profiler.enable()
+    for i in indices:
+        step(i)
+    sync()
+    profiler.disable()
+    n = len(indices)
+    entries = [(f"{os.path.basename(file)}:{line}({name})", calls / n, own * 1e3 / n, cum * 1e3 / n)
+               for (file, line, name), (_, calls, own, cum, _) in pstats.Stats(profiler).stats.items()]
+    return {"steps": n,
+            "by_own": sorted(entries, key=lambda e: -e[2])[:top],
+            "by_cumulative": sorted(entries, key=lambda e: -e[3])[:top]}
+
+
+def format_host_profile(row: dict, top: int = 25) -> str:
+    """The host profile's largest functions by own time, one line each."""
+    return "\n".join(f"        py: {own:7.3f} ms own {cum:7.3f} cum {calls:6.0f} x {name[:80]}"
+                     for name, calls, own, cum in row["host_profile"]["by_own"][:top])
 
 
 def plan_variants(spec: str, min_seg_lens: str, tiles: str) -> list[tuple[str | None, dict]]:
@@ -335,6 +383,9 @@ def main() -> None:
                         "as CUDA graphs (no host launch cost: what the GPU alone takes); all three")
     parser.add_argument("--profile", action="store_true",
                         help="profile one more step of each row: CUDA time by kernel kind, host vs GPU")
+    parser.add_argument("--host-profile", type=int, default=0, metavar="STEPS",
+                        help="then run STEPS more steps under cProfile: the host's Python functions by "
+                        "own and cumulative time per step (JSON row: host_profile)")
     parser.add_argument("--save-traces", action="store_true",
                         help="with --profile, also write each profiled step's Chrome trace into --out")
     parser.add_argument("--min-seg-lens", default="",
@@ -358,7 +409,7 @@ def main() -> None:
               "device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "command": " ".join(sys.argv), "rows": []}
     print(f"{'size':>6} {'T':>5} {'model':>14} {'mode':>8} {'step ms':>8} {'host ms':>8} {'tok/s':>10} "
-          f"{'MFU':>6} {'GiB':>6}")
+          f"{'MFU':>6} {'GiB':>6} {'piped ms':>9} {'piped tok/s':>10}")
     for size in args.sizes.split(","):
         for seq_len in map(int, args.seq_lens.split(",")):
             for compiled in modes:
@@ -376,7 +427,7 @@ def main() -> None:
                              if args.profile and args.save_traces else None)
                     try:
                         row = measure(name, size, seq_len, args.tokens_per_step, args.steps, args.warmup,
-                                      compiled, device, args.profile, trace, block)
+                                      compiled, device, args.profile, trace, block, args.host_profile)
                     except Exception as error:  # one failing row must not lose the others
                         row = {"model": name, "block": block, "size": size, "seq_len": seq_len,
                                "compiled": compiled,
@@ -387,12 +438,15 @@ def main() -> None:
                         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
                         print(f"{size:>6} {seq_len:>5} {spec:>14} {mode:>8} {row['step_ms']:8.2f} "
                               f"{row['host_ms']:8.2f} {row['tok_per_s']:10,.0f} {mfu:>6} "
-                              f"{row['peak_mem_gib']:6.2f}", flush=True)
+                              f"{row['peak_mem_gib']:6.2f} {row['pipelined_ms']:9.2f} "
+                              f"{row['pipelined_tok_per_s']:10,.0f}", flush=True)
                         if row.get("graph_breaks"):
                             print(f"      {row['graphs']} graphs, breaks: {row['graph_breaks']}", flush=True)
                         if "profile" in row:
                             print(format_profile(row), flush=True)
                             print(format_host_ops(row), flush=True)
+                        if "host_profile" in row:
+                            print(format_host_profile(row), flush=True)
                     row["plan_variant"] = variant  # None: the shipped plan
                     set_plan_constants(previous)
                     record["rows"].append(row)

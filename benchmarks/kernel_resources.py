@@ -14,7 +14,8 @@ divided by the channel-steps a thread does per iteration (steps per block x chan
 thread) is the instructions one channel-step costs. Where a plan leaves few warps per SM
 the walk is bound by issuing them, so fewer is faster there.
 The arguments are specialised as a launch at the LM's shapes would be: a bias, no initial
-state, no resets, pointers 16-byte aligned and sizes divisible by 16.
+state, no resets, pointers 16-byte aligned and sizes divisible by 16, walks in whole step
+blocks (``ALIGNED``).
 
 A thread has at most 255 registers; past that the compiler spills to the stack (local
 memory), which the sequential walk then reads and writes every step. Registers also bound
@@ -78,7 +79,7 @@ def loop_instructions(sass: str) -> int:
             longest = max(longest, sum(start <= a <= address for a, _ in instructions))
     return longest
 BOUNDARY = ("E", "A", "S", "X")  # the segment-boundary buffers: None in the one-walk plan
-TILE_CONSTANTS = ("BN", "K", "VEC", "STAGES")  # set per tile by resources()
+TILE_CONSTANTS = ("BN", "K", "VEC", "STAGES", "ALIGNED")  # set by resources()
 
 
 def kernel_spec(kernel: str, pre_dtype: str, segmented: bool):
@@ -114,7 +115,8 @@ def resources(kernel: str, tile, pre_dtype: str, segmented: bool, arch: int) -> 
     block_n, num_warps, steps_per_block, stages = tile
     per_thread = channels_per_thread(block_n, num_warps)
     fn, signature, consts = kernel_spec(kernel, pre_dtype, segmented)
-    consts = {**consts, "BN": block_n, "K": steps_per_block, "VEC": per_thread, "STAGES": stages}
+    consts = {**consts, "BN": block_n, "K": steps_per_block, "VEC": per_thread, "STAGES": stages,
+              "ALIGNED": True}
     aligned = BaseBackend.parse_attr("D")  # 16-byte aligned pointers, sizes divisible by 16
     attrs = {(i,): aligned for i, name in enumerate(fn.arg_names)
              if signature[name] != "constexpr" and signature[name] != "fp32"

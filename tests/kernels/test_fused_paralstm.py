@@ -8,6 +8,7 @@ pytest.importorskip("triton")
 from pararnn.cells import ParaLSTMCell  # noqa: E402
 from pararnn.kernels import paralstm  # noqa: E402
 from pararnn.kernels import interpreter_enabled  # noqa: E402
+from pararnn.kernels._fused_common import make_plan  # noqa: E402
 
 from _fused_reference import reference_grads, sequential_states  # noqa: E402
 
@@ -17,8 +18,9 @@ gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 if not CUDA and not interpreter_enabled():
     pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
 
+# as in test_fused_paragru
 PLANS = {"single": dict(seg_len=None), "repair": dict(seg_len=5, warmup=2),
-         "warm": dict(seg_len=8, warmup=40)}
+         "warm": dict(seg_len=8, warmup=40), "whole": dict(seg_len=8, warmup=8)}
 
 
 def _problem(batch, steps, n, *, with_h0, with_resets, scale=2.0):
@@ -49,10 +51,25 @@ def _bias(cell):
     return cell.bias.detach().float().to(DEVICE)
 
 
-@pytest.mark.parametrize("plan", list(PLANS))
+@pytest.mark.parametrize("plan", ["single", "repair", "warm"])
 @pytest.mark.parametrize("steps,with_h0,with_resets", [(1, True, False), (7, False, True),
                                                        (33, True, True)])
 def test_forward_and_backward(plan, steps, with_h0, with_resets):
+    check_forward_and_backward(plan, steps, with_h0, with_resets)
+
+
+@pytest.mark.parametrize("plan,steps,with_h0,with_resets", [
+    ("single", 32, True, False), ("whole", 32, True, False), ("whole", 32, False, True),
+    ("warm", 32, True, True)])
+def test_forward_and_backward_in_whole_blocks(plan, steps, with_h0, with_resets):
+    """Steps, segments and warm-up multiples of the kernels' step block: the ALIGNED
+    kernels, whose step loop has no per-step masks."""
+    assert make_plan("lstm_fwd", 2, steps, 5, DEVICE, **{"warmup": None, **PLANS[plan]},
+                     block_n=None, num_warps=None).whole_blocks(steps)
+    check_forward_and_backward(plan, steps, with_h0, with_resets)
+
+
+def check_forward_and_backward(plan, steps, with_h0, with_resets):
     cell, pre, h0, resets = _problem(2, steps, 5, with_h0=with_h0, with_resets=with_resets)
     grad_states = torch.randn(2, steps, 10)
     ref, g_pre, (g_a, g_p, g_b), g_h0 = reference_grads(cell, pre, h0, resets, grad_states)

@@ -125,3 +125,21 @@ def test_rows_name_their_mode(bench):
     row = {"model": "paragru", "seq_len": 512, "compiled": bench.GRAPHS, "step_ms": 1.0, "host_ms": 0.1,
            "profile": p}
     assert "| graphs |" in bench.profile_table([row])
+
+
+def test_host_profile_names_the_step_functions_per_step(bench):
+    """cProfile over three steps: functions reported per step (calls, own and cumulative ms)."""
+    def inner():
+        return sum(i * i for i in range(2000))
+
+    def step(i):
+        inner()
+        inner()
+
+    report = bench.host_profile_steps(step, range(3), sync=lambda: None)
+    assert report["steps"] == 3
+    rows = {name.split("(")[-1].rstrip(")"): (calls, own, cum) for name, calls, own, cum in report["by_cumulative"]}
+    assert rows["inner"][0] == pytest.approx(2.0) and rows["step"][0] == pytest.approx(1.0)
+    assert rows["step"][2] >= rows["inner"][2] > 0  # the step's cumulative time holds inner's
+    line = bench.format_host_profile({"host_profile": report})
+    assert "inner" in line

@@ -338,6 +338,14 @@ class Plan:
     def channels_per_thread(self) -> int:
         return channels_per_thread(self.block_n, self.num_warps)
 
+    def whole_blocks(self, steps: int) -> bool:
+        """True if every walk of this plan over ``steps`` steps starts and ends on a block
+        boundary (``steps``, the segment length and the warm-up multiples of
+        ``steps_per_block``): the kernels' ``ALIGNED``, under which no row of a block
+        needs its own in-walk mask."""
+        k = self.steps_per_block
+        return steps % k == 0 and self.seg_len % k == 0 and self.warmup % k == 0
+
 
 def channels_per_thread(block_n: int, num_warps: int) -> int:
     """Channels each thread of a tile walks (its ``block_n`` over its 32 x ``num_warps``

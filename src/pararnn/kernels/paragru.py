@@ -74,10 +74,13 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB
                     HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
                     SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
                     BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr,
-                    STAGES: tl.constexpr):
+                    STAGES: tl.constexpr, ALIGNED: tl.constexpr):
     # Steps go in blocks of K: the block's inputs are (K, BN) tiles that Triton's software
     # pipeliner loads STAGES - 1 blocks ahead (asynchronous copies through shared memory),
-    # keeping loads in flight across the sequential chain.
+    # keeping loads in flight across the sequential chain. ALIGNED (Plan.whole_blocks):
+    # every walk starts and ends on a block boundary, so each block lies wholly inside the
+    # walk and wholly in the warm-up or the segment; the step loop then needs no
+    # per-step masks, and only row 0 of a block can be a segment's first step.
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
@@ -123,8 +126,13 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB
             out = tl.zeros([K, BN], dtype=tl.float32)
             for j in tl.static_range(K):
                 t = t0 + j
-                live = (t >= t_begin) & (t < seg_end)
-                if SEGMENTED:
+                if ALIGNED:
+                    live = True
+                    in_segment = t0 >= seg_start
+                else:
+                    live = (t >= t_begin) & (t < seg_end)
+                    in_segment = live & (t >= seg_start)
+                if SEGMENTED and (not ALIGNED or j == 0):
                     s = tl.where(t == seg_start, h, s)
                 if HAS_RST:
                     restart = ((bits >> j) & 1) != 0
@@ -139,7 +147,7 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB
                     jac = _gru_jacobian(hp, z, r, cand, a_z, a_r, a_h)
                     if HAS_RST:
                         jac = tl.where(restart, 0.0, jac)
-                    acc = tl.where(live & (t >= seg_start), acc * jac, acc)
+                    acc = tl.where(in_segment, acc * jac, acc)
             tl.store(HOUT + step_offsets(b, T, N, t0, rows, offs), out,
                      mask=rows_in(t_rows, seg_start, seg_end, mn))
             if HAS_RST:
@@ -155,9 +163,10 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
                     W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
                     HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr, CORRECT: tl.constexpr,
                     BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr,
-                    STAGES: tl.constexpr):
+                    STAGES: tl.constexpr, ALIGNED: tl.constexpr):
     # Walks down from t_top in blocks of K steps (rows top-K .. top-1), pipelined as the
-    # forward.
+    # forward; ALIGNED as there (only row K - 1 can be a segment's last step, only row 0
+    # step 0).
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
@@ -214,12 +223,18 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
             for jj in tl.static_range(K):
                 j = K - 1 - jj
                 t = base + j
-                live = (t >= seg_start) & (t < t_top)
-                keep = live & (t < seg_end)
-                if SEGMENTED:
+                if ALIGNED:
+                    live = True
+                    keep = base < seg_end if SEGMENTED else True  # one walk: no warm-up
+                else:
+                    live = (t >= seg_start) & (t < t_top)
+                    keep = live & (t < seg_end)
+                if SEGMENTED and (not ALIGNED or j == K - 1):
                     s = tl.where(t == seg_end - 1, mu, s)
                 if HAS_RST:
                     restart = (((bits >> j) & 1) != 0) | (t == 0)
+                elif ALIGNED and j > 0:
+                    restart = False
                 else:
                     restart = t == 0
                 hp = tl.where(restart, h0, row_of(ht, rows, j))
@@ -310,7 +325,7 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
             verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
             VERIFY=check, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
-            STAGES=plan.stages, num_warps=plan.num_warps)
+            STAGES=plan.stages, ALIGNED=plan.whole_blocks(steps), num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=1, reverse=False)
     if verify:
@@ -388,7 +403,7 @@ def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, w
             E, A, S, X, steps, n, per_head, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags, BN=plan.block_n,
             K=plan.steps_per_block, VEC=plan.channels_per_thread, STAGES=plan.stages,
-            num_warps=plan.num_warps)
+            ALIGNED=plan.whole_blocks(steps), num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=1, reverse=True)
     if grad_pre.dim() != given.dim():  # head-major pre the kernel read as gate-major

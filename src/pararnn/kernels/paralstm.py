@@ -80,6 +80,40 @@ def _load_cell(AW, PW, BIAS, H0, b, offs, mn, N, HAS_BIAS: tl.constexpr, HAS_H0:
 
 
 @triton.jit
+def _pair_offsets(pid_n, BN: tl.constexpr, VEC: tl.constexpr):
+    """Offsets of program ``pid_n``'s channels in a row of interleaved (c, h) states (2 N
+    wide): ``2 BN`` entries, each thread's ``2 VEC`` contiguous (see ``channel_offsets``)."""
+    return tl.max_contiguous(2 * pid_n * BN + tl.arange(0, 2 * BN), 2 * VEC)
+
+
+@triton.jit
+def _pair_mask(row_mask, pair_offs, N):
+    """(K, 2 BN) mask of steps ``row_mask`` and channels in range, taken in pair space so
+    that it is constant over each thread's vector (a mask built from the channels' own
+    ``offs < N`` splits the vector into one access per state and channel)."""
+    return row_mask[:, None] & (pair_offs < 2 * N)[None, :]
+
+
+@triton.jit
+def _store_pairs(X, b, T, N, t_first, rows, pair_offs, row_mask, c, h, BN: tl.constexpr):
+    """Store (K, BN) tiles ``c``, ``h`` interleaved into steps ``t_first + rows`` of a (B, T,
+    2N) tensor: one vector store per thread (the inverse of :func:`_load_pairs`)."""
+    tile = tl.reshape(tl.join(c, h), [c.shape[0], 2 * BN])
+    tl.store(X + step_offsets(b, T, 2 * N, t_first, rows, pair_offs), tile,
+             mask=_pair_mask(row_mask, pair_offs, N))
+
+
+@triton.jit
+def _load_pairs(X, b, T, N, t_first, rows, pair_offs, row_mask, BN: tl.constexpr):
+    """The (c, h) pairs of steps ``t_first + rows`` of a (B, T, 2N) tensor of interleaved
+    states as two (K, BN) tiles, loaded as one contiguous (K, 2 BN) tile: a thread's
+    channels arrive in one vector load, not one load per state and channel."""
+    tile = tl.load(X + step_offsets(b, T, 2 * N, t_first, rows, pair_offs),
+                   mask=_pair_mask(row_mask, pair_offs, N), other=0.0)
+    return tl.split(tl.reshape(tile, [tile.shape[0], BN, 2]))
+
+
+@triton.jit
 def _lstm_gates(cp, hp, uf, uc, uo, a_f, a_c, a_o, p_f, p_o):
     f = sigmoid(a_f * hp + uf + p_f * cp)
     cand = tanh(a_c * hp + uc)
@@ -105,12 +139,14 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
                      tol, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
                      SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
                      BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr,
-                     STAGES: tl.constexpr):
-    # blocks of K steps as (K, BN) tiles, pipelined as in paragru's kernels
+                     STAGES: tl.constexpr, ALIGNED: tl.constexpr):
+    # blocks of K steps as (K, BN) tiles, pipelined as in paragru's kernels; ALIGNED as
+    # there
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
     offs = channel_offsets(pid_n, BN, VEC)
+    pair_offs = _pair_offsets(pid_n, BN, VEC)
     PRE = head_block(PRE, pid_n, T, NH, BN)
     pre_offs = head_offsets(pid_n, NH, BN, VEC)
     mn = offs < N
@@ -154,8 +190,13 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
             out_h = tl.zeros([K, BN], dtype=tl.float32)
             for j in tl.static_range(K):
                 t = t0 + j
-                live = (t >= t_begin) & (t < seg_end)
-                if SEGMENTED:
+                if ALIGNED:
+                    live = True
+                    in_segment = t0 >= seg_start
+                else:
+                    live = (t >= t_begin) & (t < seg_end)
+                    in_segment = live & (t >= seg_start)
+                if SEGMENTED and (not ALIGNED or j == 0):
                     s_c = tl.where(t == seg_start, cs, s_c)
                     s_h = tl.where(t == seg_start, hs, s_h)
                 if HAS_RST:
@@ -181,7 +222,7 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
                         j01 = tl.where(restart, 0.0, j01)
                         j10 = tl.where(restart, 0.0, j10)
                         j11 = tl.where(restart, 0.0, j11)
-                    upd = live & (t >= seg_start)
+                    upd = in_segment
                     n00 = j00 * m00 + j01 * m10
                     n01 = j00 * m01 + j01 * m11
                     n10 = j10 * m00 + j11 * m10
@@ -190,10 +231,8 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
                     m01 = tl.where(upd, n01, m01)
                     m10 = tl.where(upd, n10, m10)
                     m11 = tl.where(upd, n11, m11)
-            o_mask = rows_in(t_rows, seg_start, seg_end, mn)
-            optr = HOUT + step_offsets(b, T, 2 * N, t0, rows, 2 * offs)
-            tl.store(optr, out_c, mask=o_mask)
-            tl.store(optr + 1, out_h, mask=o_mask)
+            _store_pairs(HOUT, b, T, N, t0, rows, pair_offs,
+                         (t_rows >= seg_start) & (t_rows < seg_end), out_c, out_h, BN)
             if HAS_RST:
                 bits = bits_n
         if SEGMENTED:
@@ -205,12 +244,13 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
                      L, W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
                      CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr,
-                     VEC: tl.constexpr, STAGES: tl.constexpr):
-    # walks down from t_top in blocks of K steps, pipelined as the forward
+                     VEC: tl.constexpr, STAGES: tl.constexpr, ALIGNED: tl.constexpr):
+    # walks down from t_top in blocks of K steps, pipelined and ALIGNED as the forward
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
     offs = channel_offsets(pid_n, BN, VEC)
+    pair_offs = _pair_offsets(pid_n, BN, VEC)
     PRE = head_block(PRE, pid_n, T, NH, BN)
     GPRE = head_block(GPRE, pid_n, T, NH, BN)  # pre's layout
     pre_offs = head_offsets(pid_n, NH, BN, VEC)
@@ -254,14 +294,13 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
         for blk in tl.range(0, (top_base - (seg_start // K) * K) // K + 1, num_stages=STAGES):
             base = top_base - blk * K
             t_rows = base + rows
-            valid = rows_in(t_rows, seg_start, t_top, mn)
-            prev = valid & (t_rows > 0)[:, None]
-            uf, uc, uo = load_gate_tiles(PRE, b, T, NH, base, rows, pre_offs, valid)
-            sptr = step_offsets(b, T, 2 * N, base, rows, 2 * offs)
-            gc = tl.load(GH + sptr, mask=valid, other=0.0)
-            gh = tl.load(GH + sptr + 1, mask=valid, other=0.0)
-            hc = tl.load(HS + sptr - 2 * N, mask=prev, other=0.0)
-            hh = tl.load(HS + sptr - 2 * N + 1, mask=prev, other=0.0)
+            in_walk = (t_rows >= seg_start) & (t_rows < t_top)
+            uf, uc, uo = load_gate_tiles(PRE, b, T, NH, base, rows, pre_offs,
+                                         in_walk[:, None] & mn[None, :])
+            gc, gh = _load_pairs(GH, b, T, N, base, rows, pair_offs, in_walk, BN)
+            # the states before each step: row t - 1 of HS
+            hc, hh = _load_pairs(HS - 2 * N, b, T, N, base, rows, pair_offs,
+                                 in_walk & (t_rows > 0), BN)
             if HAS_RST:  # a scalar: loaded one block ahead by hand
                 bits_n = reset_word(RST, b, NB, base // K - 1)
             o_f = tl.zeros([K, BN], dtype=tl.float32)
@@ -270,13 +309,19 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
             for jj in tl.static_range(K):
                 j = K - 1 - jj
                 t = base + j
-                live = (t >= seg_start) & (t < t_top)
-                keep = live & (t < seg_end)
-                if SEGMENTED:
+                if ALIGNED:
+                    live = True
+                    keep = base < seg_end if SEGMENTED else True  # one walk: no warm-up
+                else:
+                    live = (t >= seg_start) & (t < t_top)
+                    keep = live & (t < seg_end)
+                if SEGMENTED and (not ALIGNED or j == K - 1):
                     s_c = tl.where(t == seg_end - 1, mu_c, s_c)
                     s_h = tl.where(t == seg_end - 1, mu_h, s_h)
                 if HAS_RST:
                     restart = (((bits >> j) & 1) != 0) | (t == 0)
+                elif ALIGNED and j > 0:
+                    restart = False
                 else:
                     restart = t == 0
                 cp = tl.where(restart, c0, row_of(hc, rows, j))
@@ -384,7 +429,7 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
             verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
             VERIFY=check, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
-            STAGES=plan.stages, num_warps=plan.num_warps)
+            STAGES=plan.stages, ALIGNED=plan.whole_blocks(steps), num_warps=plan.num_warps)
 
     run_segmented(launch, plan, rounds, E, A, S, X, block=2, reverse=False)
     if verify:
@@ -466,7 +511,7 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_l
             E, A, S, X, steps, n, per_head, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
             GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
-            STAGES=plan.stages, num_warps=plan.num_warps)
+            STAGES=plan.stages, ALIGNED=plan.whole_blocks(steps), num_warps=plan.num_warps)
 
     run_segmented(launch, plan, 1, E, A, S, X, block=2, reverse=True)
     if grad_pre.dim() != given.dim():  # head-major pre the kernel read as gate-major
