@@ -5,8 +5,10 @@ checks, plan, launches) rather than the GPU bounds the time.
 
 1. ``per_call``: forward at B=1, T=16 (decode-like prompt chunks), no gradients, default
    config: wall-clock per call over 300 back-to-back calls (host-bound; the median of 5
-   such rounds), next to the GPU time of the same forward replayed from a CUDA graph (the
-   floor once the host is out), and the kernels one call launches (torch.profiler).
+   such rounds, the layers' rounds taken in turns), next to the GPU time of the same
+   forward replayed from a CUDA graph (the floor once the host is out), the kernels one
+   call launches (torch.profiler) and the host's Python functions by own time per call
+   (cProfile, ``host_profile``).
 2. ``layers``: the layer table at language-model shapes (16x1024x512, 8x4096x1024),
    forward and forward+backward, fp32 and bf16 autocast: median of 20 calls, each timed
    with CUDA events.
@@ -44,6 +46,7 @@ import triton.language as tl
 
 import pararnn
 from cuda_timing import graphed, make_layer, time_layer
+from gpu_lm_speed import host_profile_steps
 from pararnn.kernels import causal_conv, paragru, paralstm
 
 CALLS, ROUNDS = 300, 5
@@ -53,37 +56,57 @@ LAYER_SHAPES = [(16, 1024, 512), (8, 4096, 1024)]
 def host_rounds_us(fn) -> list[float]:
     """Microseconds per call of ``fn`` issued back to back, in each of ROUNDS rounds of CALLS
     calls after 20 warm-up calls (tiny work: the GPU keeps up, so this is the host's time)."""
-    for _ in range(20):
-        fn()
-    rounds = []
-    for _ in range(ROUNDS):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(CALLS):
+    return interleaved_rounds_us([fn])[0]
+
+
+def interleaved_rounds_us(fns) -> list[list[float]]:
+    """:func:`host_rounds_us` of several functions, their rounds taken in turns (round 1 of
+    each, then round 2 of each, ...): the host's speed drifts along a process (on the H200
+    the second layer timed per call was up to 2x slower than the first, whichever it was),
+    and turns spread that drift over all of them instead of charging it to the last."""
+    for fn in fns:
+        for _ in range(20):
             fn()
-        torch.cuda.synchronize()
-        rounds.append((time.perf_counter() - start) * 1e6 / CALLS)
+    rounds = [[] for _ in fns]
+    for _ in range(ROUNDS):
+        for fn, times in zip(fns, rounds):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(CALLS):
+                fn()
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) * 1e6 / CALLS)
     return rounds
 
 
-def per_call(layer_cls, hidden):
-    layer = make_layer(layer_cls, hidden)
-    x = torch.randn(1, 16, hidden, device="cuda")
+def per_call(specs) -> list[dict]:
+    """The ``per_call`` rows of ``specs`` ((layer class, hidden) pairs): host rounds in turns
+    first, then each layer's kernels, host profile and CUDA-graph replay (a captured graph
+    is not around while any eager round runs)."""
+    layers = [(make_layer(layer_cls, hidden), torch.randn(1, 16, hidden, device="cuda"))
+              for layer_cls, hidden in specs]
+    calls = [lambda layer=layer, x=x: layer(x) for layer, x in layers]
+    rows = []
     with torch.no_grad():
-        rounds = [us / 1e3 for us in host_rounds_us(lambda: layer(x))]
-        kernels = kernels_of(lambda: layer(x))
-        replay = graphed(lambda: layer(x), warmup=1)
-        replay()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(CALLS):
+        all_rounds = interleaved_rounds_us(calls)
+        for (layer_cls, hidden), (layer, x), call, rounds in zip(specs, layers, calls, all_rounds):
+            rounds = [us / 1e3 for us in rounds]
+            kernels = kernels_of(call)
+            host = host_profile_steps(lambda i: call(), range(CALLS), top=20)
+            replay = graphed(call, warmup=1)
             replay()
-        torch.cuda.synchronize()
-        graph_ms = (time.perf_counter() - start) * 1e3 / CALLS
-    return {"cell": layer_cls.__name__, "hidden": hidden, "shape": [1, 16, hidden],
-            "eager_ms_per_call": statistics.median(rounds), "eager_ms_rounds": rounds,
-            "cuda_graph_ms_per_call": graph_ms, "kernels_per_call": len(kernels),
-            "kernels": kernels, "plan_segments": layer.last_solve.segments}
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(CALLS):
+                replay()
+            torch.cuda.synchronize()
+            graph_ms = (time.perf_counter() - start) * 1e3 / CALLS
+            rows.append({"cell": layer_cls.__name__, "hidden": hidden, "shape": [1, 16, hidden],
+                         "eager_ms_per_call": statistics.median(rounds), "eager_ms_rounds": rounds,
+                         "cuda_graph_ms_per_call": graph_ms, "kernels_per_call": len(kernels),
+                         "kernels": kernels, "plan_segments": layer.last_solve.segments,
+                         "host_profile": host})
+    return rows
 
 
 @triton.jit
@@ -160,10 +183,13 @@ def main() -> None:
     parser.add_argument("--sections", default="per_call,layers,ops",
                         help="comma-separated: per_call, layers, ops (default all)")
     parser.add_argument("--label", default="", help="suffix of the JSON name, e.g. before")
+    parser.add_argument("--cells", default="ParaGRU,ParaLSTM",
+                        help="per_call and layers: these layers, in this order")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_overhead.py needs a CUDA device")
     sections = args.sections.split(",")
+    cells = [getattr(pararnn, name) for name in args.cells.split(",")]
     os.makedirs(args.out, exist_ok=True)
     result = {"benchmark": "gpu_overhead", "device": torch.cuda.get_device_name(),
               "torch": torch.__version__, "pararnn": os.path.dirname(pararnn.__file__),
@@ -172,19 +198,21 @@ def main() -> None:
     if "per_call" in sections:
         print("| cell | B x T x N | eager ms/call | CUDA-graph ms/call | kernels/call | segments |\n"
               "|---|---|---|---|---|---|")
-        for layer_cls in (pararnn.ParaGRU, pararnn.ParaLSTM):
-            for hidden in (512, 1024):
-                row = per_call(layer_cls, hidden)
-                result["per_call"].append(row)
-                print(f"| {row['cell']} | 1x16x{hidden} | {row['eager_ms_per_call']:.3f} "
-                      f"| {row['cuda_graph_ms_per_call']:.3f} | {row['kernels_per_call']} "
-                      f"| {row['plan_segments']} |", flush=True)
+        result["per_call"] = per_call([(cls, hidden) for cls in cells for hidden in (512, 1024)])
+        for row in result["per_call"]:
+            print(f"| {row['cell']} | 1x16x{row['hidden']} | {row['eager_ms_per_call']:.3f} "
+                  f"| {row['cuda_graph_ms_per_call']:.3f} | {row['kernels_per_call']} "
+                  f"| {row['plan_segments']} |", flush=True)
         for row in result["per_call"]:
             print(f"kernels of {row['cell']} 1x16x{row['hidden']}: " + ", ".join(
                 name[:40] for name in row["kernels"]))
+        for row in result["per_call"]:  # where the host's time goes, under cProfile
+            print(f"host of {row['cell']} 1x16x{row['hidden']} (us per call, own / cumulative):")
+            for name, calls, own, cum in row["host_profile"]["by_own"][:12]:
+                print(f"    {own * 1e3:7.1f} {cum * 1e3:7.1f} {calls:5.1f} x {name[:90]}")
     if "layers" in sections:
         print("\n| cell | B x T x N | dtype | pass | ms | segments |\n|---|---|---|---|---|---|")
-        for layer_cls in (pararnn.ParaGRU, pararnn.ParaLSTM):
+        for layer_cls in cells:
             for shape in LAYER_SHAPES:
                 for dtype in ("fp32", "bf16"):
                     for backward in (False, True):
