@@ -13,8 +13,8 @@ and counts the SASS instructions of the step loop (its ``nvdisasm``): the loop's
 divided by the channel-steps a thread does per iteration (steps per block x channels per
 thread) is the instructions one channel-step costs. Where a plan leaves few warps per SM
 the walk is bound by issuing them, so fewer is faster there.
-The arguments are specialised as a launch at the LM's shapes would be: a bias, no initial
-state, no resets, pointers 16-byte aligned and sizes divisible by 16, walks in whole step
+The arguments are specialised as a launch at the LM's shapes would be: a bias, the
+recurrent clip, no initial state, no resets, pointers 16-byte aligned and sizes divisible by 16, walks in whole step
 blocks (``ALIGNED``).
 
 A thread has at most 255 registers; past that the compiler spills to the stack (local
@@ -90,14 +90,14 @@ def kernel_spec(kernel: str, pre_dtype: str, segmented: bool):
     fn = getattr(module, f"_{cell}_{direction}_kernel")
     types = {"PRE": f"*{pre_dtype}", "AW": "*fp32", "PW": "*fp32", "BIAS": "*fp32",
              "T": "i32", "N": "i32", "NH": "i32", "NB": "i32", "L": "i32", "W": "i32", "P": "i32",
-             "tol": "fp32"}
+             "tol": "fp32", "clip": "fp32"}
     if direction == "fwd":
         types["HOUT"] = "*fp32"
         consts = {"FELL": None, "VERIFY": False}
     else:
         types.update(HS="*fp32", GH="*fp32", GPRE=f"*{pre_dtype}", GA="*fp32", GH0="*fp32")
         consts = {"GROWS": 6}
-    consts.update(H0=None, RST=None, HAS_BIAS=True, HAS_H0=False, HAS_RST=False,
+    consts.update(H0=None, RST=None, HAS_BIAS=True, HAS_H0=False, HAS_RST=False, HAS_CLIP=True,
                   SEGMENTED=segmented, CORRECT=False)
     if segmented:
         types.update({name: "*fp32" for name in BOUNDARY})

@@ -91,12 +91,14 @@ def test_registered_backward_goes_through_the_backward_op(cell):
     pre = torch.randn(2, 12, 3 * n, device=DEVICE, requires_grad=True)
     a = (0.5 * torch.rand(3, n, device=DEVICE)).requires_grad_()
     bias = torch.randn(3, n, device=DEVICE, requires_grad=True)
+    clip = 0.4  # clamps some of the weights: the clip passes through both ops
     if cell == "paragru":
-        states, _ = torch.ops.pararnn.paragru_forward(pre, a, bias, None, None, 3, None, False)
+        states, _ = torch.ops.pararnn.paragru_forward(pre, a, bias, None, None, clip, 3, None,
+                                                      False)
     else:
         peephole = (0.5 * torch.rand(2, n, device=DEVICE)).requires_grad_()
-        states, _ = torch.ops.pararnn.paralstm_forward(pre, a, peephole, bias, None, None, 3,
-                                                       None, False)
+        states, _ = torch.ops.pararnn.paralstm_forward(pre, a, peephole, bias, None, None, clip,
+                                                       3, None, False)
     with _OpRecorder() as recorder:
         states.sum().backward()
     assert f"pararnn::{cell}_backward" in recorder.names

@@ -226,7 +226,10 @@ def test_ops_match_their_naive_loops():
                                          (2, paralstm.paralstm_solve, paralstm.paralstm_naive,
                                           (a, peephole))):
         h0 = torch.randn(2, 4 * width, device=DEVICE) * 0.5
-        states, _ = solve(pre, *weights, bias, h0, resets, sequential=True)
-        ref = naive(pre.double(), *(w.double() for w in weights), bias.double(), h0.double(),
-                    resets)
-        assert (states.double() - ref).abs().max() < 2e-6
+        for clip in (None, 0.3):  # 0.3: about half of the weights are clamped
+            states, _ = solve(pre, *weights, bias, h0, resets, clip=clip, sequential=True)
+            ref = naive(pre.double(), *(w.double() for w in weights), bias.double(),
+                        h0.double(), resets, clip=clip)
+            assert (states.double() - ref).abs().max() < 2e-6
+    with pytest.raises(ValueError, match="clip must be a positive number"):
+        paragru.paragru_solve(pre, a, bias, clip=0.0)

@@ -175,3 +175,17 @@ def test_packed_call_builds_starts_and_reset_words_once(layer_cls):
     assert layer.last_solve.backend == "triton-fused" and torch.equal(got, want)
     assert {"index_put_", "pow"} <= set(first.names)  # the starts and the words, built
     assert not {"index_put_", "pow"} & set(again.names), again.names
+
+
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_fused_layers_clamp_the_recurrent_weights_in_the_kernels(layer_cls):
+    """recurrent_clip costs no op of its own on the fused path, forward or backward (the
+    gradients through the clamp: test_fused_layer_matches_torch_backend)."""
+    layer = layer_cls(6, 12, num_heads=2, recurrent_clip=0.5, backend="triton", device=DEVICE)
+    x = torch.randn(2, 9, 6, device=DEVICE, requires_grad=True)
+    with torch.profiler.profile() as prof:
+        out, _ = layer(x)
+        out.sum().backward()
+    assert layer.last_solve.backend == "triton-fused"
+    ops = {event.name for event in prof.events()}
+    assert not {op for op in ops if "clamp" in op}, sorted(ops)

@@ -190,7 +190,9 @@ class ParaGRUCell(Cell):
     def _fused_solve(self, pre, h0, resets, **options):
         from ..kernels.paragru import paragru_solve
 
-        return paragru_solve(pre, self.recurrent_weights(), self.bias, h0, resets, **options)
+        # the kernels clamp a themselves (recurrent_clip): no clamp launch either way
+        return paragru_solve(pre, self.a, self.bias, h0, resets, clip=self.recurrent_clip,
+                             **options)
 
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, recurrent_clip={self.recurrent_clip}, "

@@ -74,9 +74,9 @@ class ParaLSTMCell(Cell):
 
     @staticmethod
     def unpack_state(state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Interleaved state ``(..., 2H)`` -> ``(h, c)`` each ``(..., H)``."""
-        pairs = state.unflatten(-1, (-1, 2))
-        return pairs[..., 1], pairs[..., 0]
+        """Interleaved state ``(..., 2H)`` -> ``(h, c)`` each ``(..., H)``: stride-2 views
+        (one slice each: these run on every layer call, where host time counts)."""
+        return state[..., 1::2], state[..., 0::2]
 
     def hidden(self, states: torch.Tensor) -> torch.Tensor:
         """``h`` of interleaved states ``(..., 2H)``: a stride-2 view ``(..., H)``."""
@@ -249,8 +249,9 @@ class ParaLSTMCell(Cell):
     def _fused_solve(self, pre, h0, resets, **options):
         from ..kernels.paralstm import paralstm_solve
 
-        a, peephole = self.recurrent_weights()
-        return paralstm_solve(pre, a, peephole, self.bias, h0, resets, **options)
+        # the kernels clamp a and the peepholes themselves (recurrent_clip), as paragru's
+        return paralstm_solve(pre, self.a, self.peephole, self.bias, h0, resets,
+                              clip=self.recurrent_clip, **options)
 
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, recurrent_clip={self.recurrent_clip}, "

@@ -113,12 +113,23 @@ def supports_tensor(pre: torch.Tensor) -> bool:
     return pre.device.type == "cpu" and interpreter_enabled()
 
 
-def optional_flags(bias, h0, resets) -> dict:
+def optional_flags(bias, h0, resets, clip=None) -> dict:
     """The ``HAS_*`` constexprs of the optional kernel inputs, which are passed as None
     when absent (Triton specialises a None argument as a constexpr), so no kernel takes a
-    dummy pointer. Set at the launch site rather than by ``triton.heuristics``: each
-    heuristics wrapper adds host work to every launch."""
-    return {"HAS_BIAS": bias is not None, "HAS_H0": h0 is not None, "HAS_RST": resets is not None}
+    dummy pointer, and of the recurrent clip. Set at the launch site rather than by
+    ``triton.heuristics``: each heuristics wrapper adds host work to every launch."""
+    return {"HAS_BIAS": bias is not None, "HAS_H0": h0 is not None, "HAS_RST": resets is not None,
+            "HAS_CLIP": clip is not None}
+
+
+def clip_value(clip: float | None) -> float:
+    """The kernels' ``clip`` argument: the cell's ``recurrent_clip`` (a positive number), or
+    0.0 where there is none (``HAS_CLIP`` False, unused)."""
+    if clip is None:
+        return 0.0
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
+        raise ValueError(f"clip must be a positive number or None, got {clip!r}")
+    return float(clip)
 
 
 def reject_double_backward(op: str, remedy: str = "use mode='sequential'") -> None:
@@ -248,6 +259,22 @@ def load_gate_vectors(W, offs, mn, N):
     """Rows 0, 1, 2 of a (3, N) fp32 per-channel parameter, at channels ``offs``."""
     return (tl.load(W + offs, mask=mn, other=0.0), tl.load(W + N + offs, mask=mn, other=0.0),
             tl.load(W + 2 * N + offs, mask=mn, other=0.0))
+
+
+@triton.jit
+def clip_vector(v, clip, HAS_CLIP: tl.constexpr):
+    """A recurrent vector clamped to ``[-clip, clip]`` in the kernel, as the cell's
+    ``recurrent_clip`` (``cells._init.clipped``) would outside it: one launch fewer."""
+    if HAS_CLIP:
+        v = tl.minimum(tl.maximum(v, -clip), clip)
+    return v
+
+
+@triton.jit
+def clip_gradient(g, v, clip):
+    """The gradient ``g`` of :func:`clip_vector` (``v``) carried back to ``v``: zero where
+    the clamp held, as ``torch.clamp``'s backward (its bounds included)."""
+    return tl.where(tl.abs(v) <= clip, g, 0.0)
 
 
 @triton.jit

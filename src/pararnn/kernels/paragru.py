@@ -1,6 +1,6 @@
 """Fused Triton kernels for the ParaGRU cell (:class:`pararnn.cells.ParaGRUCell`).
 
-The op: ``paragru_solve(pre, a, bias, initial_state, resets, *, rounds, verify_tol,
+The op: ``paragru_solve(pre, a, bias, initial_state, resets, *, clip, rounds, verify_tol,
 sequential) -> (states, report)``, differentiable (autograd Function below), and
 ``paragru_naive`` with the same arguments, the plain PyTorch loop it must match.
 
@@ -25,7 +25,8 @@ import torch
 from .._grad import needs_grad
 from ..layout import gate_major, head_major
 from ._fused_common import (BOUNDARY_TOL, as_f32, boundaries_mismatch, boundary_buffers,
-                            boundary_kernel, channel_offsets, check_common, default_plan,
+                            boundary_kernel, channel_offsets, check_common, clip_gradient,
+                            clip_value, clip_vector, default_plan,
                             fake_flags, ForwardReport, fused_op, head_block, head_offsets,
                             kernel_pre, launcher, load_gate_bias, load_gate_tiles,
                             load_gate_vectors, make_plan, op_flags, op_report, optional_flags,
@@ -71,7 +72,8 @@ def _moved(X, S, bnd, mn, tol):
 
 @triton.jit
 def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB, L, W, P, tol,
-                    HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
+                    clip, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
+                    HAS_CLIP: tl.constexpr,
                     SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
                     BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr,
                     STAGES: tl.constexpr, ALIGNED: tl.constexpr):
@@ -90,6 +92,9 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB
     mn = offs < N
     rows = tl.arange(0, K)
     a_z, a_r, a_h = load_gate_vectors(AW, offs, mn, N)
+    a_z = clip_vector(a_z, clip, HAS_CLIP)
+    a_r = clip_vector(a_r, clip, HAS_CLIP)
+    a_h = clip_vector(a_h, clip, HAS_CLIP)
     b_z, b_r, b_h = load_gate_bias(BIAS, offs, mn, N, HAS_BIAS, BN)
     if HAS_H0:
         h0 = tl.load(H0 + b * N + offs, mask=mn, other=0.0)
@@ -160,8 +165,8 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB
 
 @triton.jit
 def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NH, NB, L,
-                    W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-                    HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr, CORRECT: tl.constexpr,
+                    W, tol, clip, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, HAS_CLIP: tl.constexpr, SEGMENTED: tl.constexpr, CORRECT: tl.constexpr,
                     BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr,
                     STAGES: tl.constexpr, ALIGNED: tl.constexpr):
     # Walks down from t_top in blocks of K steps (rows top-K .. top-1), pipelined as the
@@ -177,6 +182,9 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
     mn = offs < N
     rows = tl.arange(0, K)
     a_z, a_r, a_h = load_gate_vectors(AW, offs, mn, N)
+    a_z = clip_vector(a_z, clip, HAS_CLIP)
+    a_r = clip_vector(a_r, clip, HAS_CLIP)
+    a_h = clip_vector(a_h, clip, HAS_CLIP)
     b_z, b_r, b_h = load_gate_bias(BIAS, offs, mn, N, HAS_BIAS, BN)
     if HAS_H0:
         h0 = tl.load(H0 + b * N + offs, mask=mn, other=0.0)
@@ -266,6 +274,11 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
                 bits = bits_n
         # per-(row, segment) partial sums: rows a_z, a_r, a_h (then b_z, b_r, b_h)
         ga = GA + part * GROWS * N + offs
+        if HAS_CLIP:  # through the clamp: the vectors as given, loaded again (no registers
+            w_z, w_r, w_h = load_gate_vectors(AW, offs, mn, N)  # held through the walk)
+            ga_z = clip_gradient(ga_z, w_z, clip)
+            ga_r = clip_gradient(ga_r, w_r, clip)
+            ga_h = clip_gradient(ga_h, w_h, clip)
         tl.store(ga, ga_z, mask=mn)
         tl.store(ga + N, ga_r, mask=mn)
         tl.store(ga + 2 * N, ga_h, mask=mn)
@@ -281,12 +294,13 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
 
 
 def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_tol=None,
-            seg_len=None, warmup=None, block_n=None, num_warps=None, steps_per_block=None,
-            stages=None, sequential=False):
+            clip=None, seg_len=None, warmup=None, block_n=None, num_warps=None,
+            steps_per_block=None, stages=None, sequential=False):
     """All states ``H`` (B, T, N) fp32 of the ParaGRU recurrence, and a
     :class:`~._fused_common.ForwardReport`.
 
-    ``bias`` (3, N), if given, is added to the pre-activations (the cell's ``b``).
+    ``bias`` (3, N), if given, is added to the pre-activations (the cell's ``b``);
+    ``clip``, if given, clamps ``a`` to ``[-clip, clip]`` (the cell's ``recurrent_clip``).
     Segmented hybrid (see :mod:`._fused_common`) with at most ``rounds`` boundary-Newton
     rounds; ``sequential=True`` walks one segment (exact, no rounds). With ``verify_tol``,
     a segmented solve ends with the exact one-segment walk, which every (row, channel
@@ -298,6 +312,7 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
     batch, steps, n = check_common("paragru", pre, a, h0, resets, 1, bias)
     if not sequential and rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    clip_arg = clip_value(clip)
     dev = pre.device
     a, bias, h0 = (as_f32(t, dev) for t in (a, bias, h0))
     plan = make_plan("gru_fwd", batch, steps, n, dev, seg_len=seg_len,
@@ -316,13 +331,13 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
     verify = verify_tol is not None and segmented
     fell = torch.empty(batch, block_count, device=dev, dtype=torch.int8) if verify else None
 
-    flags = optional_flags(bias, h0, rst)
+    flags = optional_flags(bias, h0, rst, clip)
 
     def launch(correct: bool, segments: int = plan.segments, check: bool = False) -> None:
         launcher(_gru_fwd_kernel, pre)[(block_count, batch, segments)](
             pre, a, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n, per_head,
             blocks, plan.seg_len if segments > 1 else steps, plan.warmup, plan.segments,
-            verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
+            verify_tol if check else BOUNDARY_TOL, clip_arg, SEGMENTED=segments > 1, CORRECT=correct,
             VERIFY=check, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
             STAGES=plan.stages, ALIGNED=plan.whole_blocks(steps), num_warps=plan.num_warps)
@@ -334,46 +349,50 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
     return out, report
 
 
-def newton_forward(pre, a, h0=None, resets=None, num_iters: int = 3, *, bias=None,
+def newton_forward(pre, a, h0=None, resets=None, num_iters: int = 3, *, bias=None, clip=None,
                    seg_len=None, warmup=None, block_n=None, num_warps=None,
                    steps_per_block=None, stages=None) -> torch.Tensor:
     """All states ``H`` (B, T, N) fp32 by :func:`forward` (unverified); ``num_iters``
     (>= 1) bounds the boundary-Newton rounds."""
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
-    return forward(pre, a, h0, resets, num_iters, bias=bias, seg_len=seg_len, warmup=warmup,
-                   block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
-                   stages=stages)[0]
+    return forward(pre, a, h0, resets, num_iters, bias=bias, clip=clip, seg_len=seg_len,
+                   warmup=warmup, block_n=block_n, num_warps=num_warps,
+                   steps_per_block=steps_per_block, stages=stages)[0]
 
 
-def sequential_forward(pre, a, h0=None, resets=None, *, bias=None, block_n=None,
+def sequential_forward(pre, a, h0=None, resets=None, *, bias=None, clip=None, block_n=None,
                        num_warps=None, steps_per_block=None, stages=None) -> torch.Tensor:
     """All states ``H`` (B, T, N) fp32 by one fused loop over t per (row, channel block)."""
-    return forward(pre, a, h0, resets, 0, bias=bias, block_n=block_n, num_warps=num_warps,
-                   steps_per_block=steps_per_block, stages=stages, sequential=True)[0]
+    return forward(pre, a, h0, resets, 0, bias=bias, clip=clip, block_n=block_n,
+                   num_warps=num_warps, steps_per_block=steps_per_block, stages=stages,
+                   sequential=True)[0]
 
 
-def backward(pre, a, h0, resets, H, grad_H, *, bias=None, **plan_options):
+def backward(pre, a, h0, resets, H, grad_H, *, bias=None, clip=None, **plan_options):
     """Gradients of ``sum(grad_H * H)`` through the recurrence.
 
     Returns ``(grad_pre (B,T,3N), grad_a (3,N), grad_h0 (B,N), grad_bias (3,N) or None)``;
     ``grad_pre`` in the dtype of ``pre``, the rest fp32. ``H`` must be the forward
-    solution. ``grad_h0`` is returned also when ``h0`` is None (zero state).
-    ``plan_options`` (``seg_len``, ``warmup``, ...) as :func:`forward`.
+    solution. ``grad_h0`` is returned also when ``h0`` is None (zero state); ``grad_a``
+    is the gradient of the ``a`` given, through ``clip``'s clamp. ``plan_options``
+    (``seg_len``, ``warmup``, ...) as :func:`forward`.
     """
     grad_pre, grad_w, grad_h0 = _backward_parts(pre, a, h0, resets, H, grad_H, bias=bias,
-                                                **plan_options)
+                                                clip=clip, **plan_options)
     return grad_pre, grad_w[:3], grad_h0, None if bias is None else grad_w[3:]
 
 
-def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, warmup=None,
-                    block_n=None, num_warps=None, steps_per_block=None, stages=None):
+def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, clip=None, seg_len=None,
+                    warmup=None, block_n=None, num_warps=None, steps_per_block=None,
+                    stages=None):
     """:func:`backward` with the per-channel parameter gradients in one (3 or 6, N) tensor,
     rows ``a`` then ``bias``."""
     batch, steps, n = check_common("paragru.backward", pre, a, h0, resets, 1, bias)
     if tuple(H.shape) != (batch, steps, n) or tuple(grad_H.shape) != (batch, steps, n):
         raise ValueError(f"paragru.backward: H and grad_H must be ({batch}, {steps}, {n}), "
                          f"got {tuple(H.shape)} and {tuple(grad_H.shape)}")
+    clip_arg = clip_value(clip)
     dev = pre.device
     given = pre
     a, bias, h0, H, grad_H = (as_f32(t, dev) for t in (a, bias, h0, H, grad_H))
@@ -395,13 +414,13 @@ def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, seg_len=None, w
         E = A = S = X = None  # the one-segment walk has no boundaries
     grid = (plan.channel_blocks, batch, P)
 
-    flags = optional_flags(bias, h0, rst)
+    flags = optional_flags(bias, h0, rst, clip)
 
     def launch(correct: bool) -> None:
         launcher(_gru_bwd_kernel, pre)[grid](
             pre, a, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, per_head, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
-            GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags, BN=plan.block_n,
+            clip_arg, GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags, BN=plan.block_n,
             K=plan.steps_per_block, VEC=plan.channels_per_thread, STAGES=plan.stages,
             ALIGNED=plan.whole_blocks(steps), num_warps=plan.num_warps)
 
@@ -416,12 +435,13 @@ class _ParaGRUSolve(torch.autograd.Function):
     the eager path with gradients (cheaper on the host than the registered op below)."""
 
     @staticmethod
-    def forward(ctx, pre, a, bias, initial_state, resets, rounds, verify_tol, sequential,
+    def forward(ctx, pre, a, bias, initial_state, resets, clip, rounds, verify_tol, sequential,
                 report_out):
         states, report = forward(pre, a, initial_state, resets, rounds, bias=bias,
-                                 verify_tol=verify_tol, sequential=sequential)
+                                 verify_tol=verify_tol, clip=clip, sequential=sequential)
         report_out.append(report)
         ctx.save_for_backward(pre, a, bias, initial_state, resets, states)
+        ctx.clip = clip
         return states
 
     @staticmethod
@@ -433,8 +453,9 @@ class _ParaGRUSolve(torch.autograd.Function):
 # ``_fused_common.fused_op``): the layer traces without graph breaks, differentiable
 # through the registered backward. Eager calls skip the dispatcher's host cost: without
 # gradients they call ``forward``, with gradients the autograd Function above.
-def _forward_shapes(pre, a, bias, initial_state, resets, rounds, verify_tol, sequential):
+def _forward_shapes(pre, a, bias, initial_state, resets, clip, rounds, verify_tol, sequential):
     batch, steps, n = check_common("paragru", pre, a, initial_state, resets, 1, bias)
+    clip_value(clip)
     plan = default_plan("gru_fwd", pre, n, sequential)
     return (pre.new_empty(batch, steps, n, dtype=torch.float32),
             fake_flags(pre, plan, batch, verify_tol))
@@ -444,14 +465,14 @@ def _forward_shapes(pre, a, bias, initial_state, resets, rounds, verify_tol, seq
           kernels=(_gru_fwd_kernel, boundary_kernel(1)))
 def _forward_op(pre: torch.Tensor, a: torch.Tensor, bias: Optional[torch.Tensor],
                 initial_state: Optional[torch.Tensor], resets: Optional[torch.Tensor],
-                rounds: int, verify_tol: Optional[float],
+                clip: Optional[float], rounds: int, verify_tol: Optional[float],
                 sequential: bool) -> tuple[torch.Tensor, torch.Tensor]:
     states, report = forward(pre, a, initial_state, resets, rounds, bias=bias,
-                             verify_tol=verify_tol, sequential=sequential)
+                             verify_tol=verify_tol, clip=clip, sequential=sequential)
     return states, op_flags(report, pre)
 
 
-def _backward_shapes(pre, a, bias, initial_state, resets, states, grad_states):
+def _backward_shapes(pre, a, bias, initial_state, resets, clip, states, grad_states):
     batch, _, n = states.shape
     # grad_pre contiguous, as the kernel writes it (empty_like would copy pre's strides)
     return (pre.new_empty(pre.shape), a.new_empty(3 if bias is None else 6, n, dtype=torch.float32),
@@ -462,14 +483,16 @@ def _backward_shapes(pre, a, bias, initial_state, resets, states, grad_states):
           kernels=(_gru_bwd_kernel, boundary_kernel(1)))
 def _backward_op(pre: torch.Tensor, a: torch.Tensor, bias: Optional[torch.Tensor],
                  initial_state: Optional[torch.Tensor], resets: Optional[torch.Tensor],
-                 states: torch.Tensor,
+                 clip: Optional[float], states: torch.Tensor,
                  grad_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward_parts(pre, a, initial_state, resets, states, grad_states, bias=bias)
+    return _backward_parts(pre, a, initial_state, resets, states, grad_states, bias=bias,
+                           clip=clip)
 
 
 def _setup_backward(ctx, inputs, output):
-    pre, a, bias, initial_state, resets = inputs[:5]
+    pre, a, bias, initial_state, resets, clip = inputs[:6]
     ctx.save_for_backward(pre, a, bias, initial_state, resets, output[0])
+    ctx.clip = clip
 
 
 def _gradients(ctx, grad_states, through_op: bool):
@@ -482,12 +505,13 @@ def _gradients(ctx, grad_states, through_op: bool):
     pre, a, bias, h0, resets, states = ctx.saved_tensors
     grad_states = grad_states.contiguous()
     if through_op:
-        grad_pre, grad_w, grad_h0 = _backward_op(pre, a, bias, h0, resets, states, grad_states)
+        grad_pre, grad_w, grad_h0 = _backward_op(pre, a, bias, h0, resets, ctx.clip, states,
+                                                 grad_states)
     else:
         grad_pre, grad_w, grad_h0 = _backward_parts(pre, a, h0, resets, states, grad_states,
-                                                    bias=bias)
+                                                    bias=bias, clip=ctx.clip)
     return (grad_pre, grad_w[:3], None if bias is None else grad_w[3:],
-            None if h0 is None else grad_h0.to(h0.dtype), None, None, None, None)
+            None if h0 is None else grad_h0.to(h0.dtype), None, None, None, None, None)
 
 
 def _op_backward(ctx, grad_states, _flags):
@@ -497,33 +521,36 @@ def _op_backward(ctx, grad_states, _flags):
 _forward_op.register_autograd(_op_backward, setup_context=_setup_backward)
 
 
-def paragru_solve(pre, a, bias=None, initial_state=None, resets=None, *, rounds: int = 3,
-                  verify_tol=None, sequential: bool = False):
+def paragru_solve(pre, a, bias=None, initial_state=None, resets=None, *, clip=None,
+                  rounds: int = 3, verify_tol=None, sequential: bool = False):
     """All states ``(B, T, N)`` fp32 of the ParaGRU recurrence and a ``ForwardReport``.
 
     ``pre`` (B, T, 3N) fp32/bf16 gate-major pre-activations (or head-major (H, B, T,
     3N/H), :mod:`pararnn.layout`; ``grad_pre`` comes back alike), ``a`` (3, N) recurrent
-    vectors (already clipped), ``bias`` (3, N) or None, ``initial_state`` (B, N) or None
-    (zeros), ``resets`` bool (B, T) or None. Plan options as :func:`forward`.
+    vectors, clamped to ``[-clip, clip]`` inside the kernels if ``clip`` is given (the
+    cell's ``recurrent_clip``: no clamp launch, and none for its gradient), ``bias`` (3, N)
+    or None, ``initial_state`` (B, N) or None (zeros), ``resets`` bool (B, T) or None.
+    Plan options as :func:`forward`.
     Differentiable with respect to ``pre``, ``a``, ``bias`` and ``initial_state``; traced
     by ``torch.compile`` as one op (``torch.ops.pararnn.paragru_forward``).
     """
     if not torch.compiler.is_compiling():
         if not needs_grad(pre, a, bias, initial_state):
             return forward(pre, a, initial_state, resets, rounds, bias=bias,
-                           verify_tol=verify_tol, sequential=sequential)
+                           verify_tol=verify_tol, clip=clip, sequential=sequential)
         report_out = []
-        states = _ParaGRUSolve.apply(pre, a, bias, initial_state, resets, rounds, verify_tol,
-                                     sequential, report_out)
+        states = _ParaGRUSolve.apply(pre, a, bias, initial_state, resets, clip, rounds,
+                                     verify_tol, sequential, report_out)
         return states, report_out[0]
-    states, flags = _forward_op(pre, a, bias, initial_state, resets, rounds, verify_tol,
+    states, flags = _forward_op(pre, a, bias, initial_state, resets, clip, rounds, verify_tol,
                                 sequential)
     return states, op_report(pre, "gru_fwd", a.shape[1], rounds, verify_tol, sequential, flags)
 
 
-def paragru_naive(pre, a, bias=None, initial_state=None, resets=None):
+def paragru_naive(pre, a, bias=None, initial_state=None, resets=None, *, clip=None):
     """The ParaGRU recurrence by a plain PyTorch loop over t (differentiable by autograd);
     same arguments and states as :func:`paragru_solve`, computed in the dtype of ``a``."""
+    a = a if clip is None else a.clamp(-clip, clip)
     pre = gate_major(pre, 3) if pre.dim() == 4 else pre
     pre = pre.to(a.dtype) if bias is None else pre.to(a.dtype) + bias.flatten()
     batch, steps, _ = pre.shape

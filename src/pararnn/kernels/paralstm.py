@@ -1,6 +1,6 @@
 """Fused Triton kernels for the ParaLSTM cell (:class:`pararnn.cells.ParaLSTMCell`).
 
-The op: ``paralstm_solve(pre, a, peephole, bias, initial_state, resets, *, rounds,
+The op: ``paralstm_solve(pre, a, peephole, bias, initial_state, resets, *, clip, rounds,
 verify_tol, sequential) -> (states, report)``, differentiable (autograd Function below),
 and ``paralstm_naive`` with the same arguments, the plain PyTorch loop it must match.
 
@@ -23,7 +23,8 @@ import torch
 from .._grad import needs_grad
 from ..layout import gate_major, head_major
 from ._fused_common import (BOUNDARY_TOL, as_f32, boundaries_mismatch, boundary_buffers,
-                            boundary_kernel, channel_offsets, check_common, default_plan,
+                            boundary_kernel, channel_offsets, check_common, clip_gradient,
+                            clip_value, clip_vector, default_plan,
                             fake_flags, ForwardReport, fused_op, head_block, head_offsets,
                             kernel_pre, launcher, load_gate_bias, load_gate_tiles,
                             load_gate_vectors, make_plan, op_flags, op_report, optional_flags,
@@ -63,12 +64,18 @@ def _store_boundary(E, A, S, bnd, mn, e0, e1, m00, m01, m10, m11, s0, s1):
 
 
 @triton.jit
-def _load_cell(AW, PW, BIAS, H0, b, offs, mn, N, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-               BN: tl.constexpr):
-    """Recurrent weights, peepholes, gate bias and initial (c, h) of one channel block."""
+def _load_cell(AW, PW, BIAS, H0, b, offs, mn, N, clip, HAS_BIAS: tl.constexpr,
+               HAS_H0: tl.constexpr, HAS_CLIP: tl.constexpr, BN: tl.constexpr):
+    """Recurrent weights and peepholes (clamped by ``clip``), gate bias and initial
+    (c, h) of one channel block."""
     a_f, a_c, a_o = load_gate_vectors(AW, offs, mn, N)
     p_f = tl.load(PW + offs, mask=mn, other=0.0)
     p_o = tl.load(PW + N + offs, mask=mn, other=0.0)
+    a_f = clip_vector(a_f, clip, HAS_CLIP)
+    a_c = clip_vector(a_c, clip, HAS_CLIP)
+    a_o = clip_vector(a_o, clip, HAS_CLIP)
+    p_f = clip_vector(p_f, clip, HAS_CLIP)
+    p_o = clip_vector(p_o, clip, HAS_CLIP)
     b_f, b_c, b_o = load_gate_bias(BIAS, offs, mn, N, HAS_BIAS, BN)
     if HAS_H0:
         c0 = tl.load(H0 + b * 2 * N + 2 * offs, mask=mn, other=0.0)
@@ -136,7 +143,8 @@ def _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o, p_f, p_o):
 
 @triton.jit
 def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB, L, W, P,
-                     tol, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
+                     tol, clip, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+                     HAS_RST: tl.constexpr, HAS_CLIP: tl.constexpr,
                      SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
                      BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr,
                      STAGES: tl.constexpr, ALIGNED: tl.constexpr):
@@ -151,8 +159,8 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
     pre_offs = head_offsets(pid_n, NH, BN, VEC)
     mn = offs < N
     rows = tl.arange(0, K)
-    a_f, a_c, a_o, p_f, p_o, b_f, b_c, b_o, c0, h0 = _load_cell(AW, PW, BIAS, H0, b, offs,
-                                                                mn, N, HAS_BIAS, HAS_H0, BN)
+    a_f, a_c, a_o, p_f, p_o, b_f, b_c, b_o, c0, h0 = _load_cell(
+        AW, PW, BIAS, H0, b, offs, mn, N, clip, HAS_BIAS, HAS_H0, HAS_CLIP, BN)
     seg_start = c * L
     seg_end = tl.minimum(seg_start + L, T)
     bnd = (b * tl.num_programs(2) + c) * N + offs
@@ -241,8 +249,9 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
 
 @triton.jit
 def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NH, NB,
-                     L, W, tol, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, SEGMENTED: tl.constexpr,
+                     L, W, tol, clip, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, HAS_CLIP: tl.constexpr,
+                     SEGMENTED: tl.constexpr,
                      CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr,
                      VEC: tl.constexpr, STAGES: tl.constexpr, ALIGNED: tl.constexpr):
     # walks down from t_top in blocks of K steps, pipelined and ALIGNED as the forward
@@ -256,8 +265,8 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
     pre_offs = head_offsets(pid_n, NH, BN, VEC)
     mn = offs < N
     rows = tl.arange(0, K)
-    a_f, a_c, a_o, p_f, p_o, b_f, b_c, b_o, c0, h0 = _load_cell(AW, PW, BIAS, H0, b, offs,
-                                                                mn, N, HAS_BIAS, HAS_H0, BN)
+    a_f, a_c, a_o, p_f, p_o, b_f, b_c, b_o, c0, h0 = _load_cell(
+        AW, PW, BIAS, H0, b, offs, mn, N, clip, HAS_BIAS, HAS_H0, HAS_CLIP, BN)
     seg_start = c * L
     seg_end = tl.minimum(seg_start + L, T)
     part = b * tl.num_programs(2) + c
@@ -372,6 +381,13 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
                 bits = bits_n
         # per-(row, segment) partial sums: a_f, a_c, a_o, c_f, c_o (then b_f, b_c, b_o)
         ga = GA + part * GROWS * N + offs
+        if HAS_CLIP:  # through the clamps, as in paragru's backward
+            w_f, w_c, w_o = load_gate_vectors(AW, offs, mn, N)
+            ga_f = clip_gradient(ga_f, w_f, clip)
+            ga_c = clip_gradient(ga_c, w_c, clip)
+            ga_o = clip_gradient(ga_o, w_o, clip)
+            gp_f = clip_gradient(gp_f, tl.load(PW + offs, mask=mn, other=0.0), clip)
+            gp_o = clip_gradient(gp_o, tl.load(PW + N + offs, mask=mn, other=0.0), clip)
         tl.store(ga, ga_f, mask=mn)
         tl.store(ga + N, ga_c, mask=mn)
         tl.store(ga + 2 * N, ga_o, mask=mn)
@@ -393,14 +409,16 @@ def _check_peephole(name, peephole, n):
 
 
 def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=None,
-            verify_tol=None, seg_len=None, warmup=None, block_n=None, num_warps=None,
-            steps_per_block=None, stages=None, sequential=False):
+            verify_tol=None, clip=None, seg_len=None, warmup=None, block_n=None,
+            num_warps=None, steps_per_block=None, stages=None, sequential=False):
     """All states (B, T, 2N) interleaved fp32 of the ParaLSTM recurrence, and a
-    :class:`~._fused_common.ForwardReport`; options as :func:`.paragru.forward`."""
+    :class:`~._fused_common.ForwardReport`; options as :func:`.paragru.forward` (``clip``
+    clamps ``a`` and ``peephole``)."""
     batch, steps, n = check_common("paralstm", pre, a, h0, resets, 2, bias)
     _check_peephole("paralstm", peephole, n)
     if not sequential and rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    clip_arg = clip_value(clip)
     dev = pre.device
     a, peephole, bias, h0 = (as_f32(t, dev) for t in (a, peephole, bias, h0))
     plan = make_plan("lstm_fwd", batch, steps, n, dev, seg_len=seg_len,
@@ -420,13 +438,13 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
     verify = verify_tol is not None and segmented
     fell = torch.empty(batch, block_count, device=dev, dtype=torch.int8) if verify else None
 
-    flags = optional_flags(bias, h0, rst)
+    flags = optional_flags(bias, h0, rst, clip)
 
     def launch(correct: bool, segments: int = P, check: bool = False) -> None:
         launcher(_lstm_fwd_kernel, pre)[(block_count, batch, segments)](
             pre, a, peephole, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n,
             per_head, blocks, plan.seg_len if segments > 1 else steps, plan.warmup, P,
-            verify_tol if check else BOUNDARY_TOL, SEGMENTED=segments > 1, CORRECT=correct,
+            verify_tol if check else BOUNDARY_TOL, clip_arg, SEGMENTED=segments > 1, CORRECT=correct,
             VERIFY=check, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
             STAGES=plan.stages, ALIGNED=plan.whole_blocks(steps), num_warps=plan.num_warps)
@@ -438,41 +456,44 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
 
 
 def newton_forward(pre, a, peephole, h0=None, resets=None, num_iters: int = 3, *, bias=None,
-                   seg_len=None, warmup=None, block_n=None, num_warps=None,
+                   clip=None, seg_len=None, warmup=None, block_n=None, num_warps=None,
                    steps_per_block=None, stages=None) -> torch.Tensor:
     """All states (B, T, 2N) interleaved fp32 by :func:`forward` (unverified);
     ``num_iters`` (>= 1) bounds the boundary-Newton rounds."""
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
-    return forward(pre, a, peephole, h0, resets, num_iters, bias=bias, seg_len=seg_len,
-                   warmup=warmup, block_n=block_n, num_warps=num_warps,
+    return forward(pre, a, peephole, h0, resets, num_iters, bias=bias, clip=clip,
+                   seg_len=seg_len, warmup=warmup, block_n=block_n, num_warps=num_warps,
                    steps_per_block=steps_per_block, stages=stages)[0]
 
 
-def sequential_forward(pre, a, peephole, h0=None, resets=None, *, bias=None, block_n=None,
-                       num_warps=None, steps_per_block=None, stages=None) -> torch.Tensor:
+def sequential_forward(pre, a, peephole, h0=None, resets=None, *, bias=None, clip=None,
+                       block_n=None, num_warps=None, steps_per_block=None,
+                       stages=None) -> torch.Tensor:
     """All states (B, T, 2N) by one fused loop over t per (row, channel block)."""
-    return forward(pre, a, peephole, h0, resets, 0, bias=bias, block_n=block_n,
+    return forward(pre, a, peephole, h0, resets, 0, bias=bias, clip=clip, block_n=block_n,
                    num_warps=num_warps, steps_per_block=steps_per_block, stages=stages,
                    sequential=True)[0]
 
 
-def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, **plan_options):
+def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, clip=None,
+             **plan_options):
     """Gradients of ``sum(grad_H * H)`` through the recurrence.
 
     Returns ``(grad_pre (B,T,3N), grad_a (3,N), grad_peephole (2,N), grad_h0 (B,2N),
     grad_bias (3,N) or None)``; ``grad_pre`` in the dtype of ``pre``, the rest fp32;
-    ``grad_h0`` is returned also when ``h0`` is None (zero state). ``plan_options`` as
+    ``grad_h0`` is returned also when ``h0`` is None (zero state); ``grad_a`` and
+    ``grad_peephole`` through ``clip``'s clamp. ``plan_options`` as
     :func:`.paragru.forward`.
     """
     grad_pre, grad_w, grad_h0 = _backward_parts(pre, a, peephole, h0, resets, H, grad_H,
-                                                bias=bias, **plan_options)
+                                                bias=bias, clip=clip, **plan_options)
     return grad_pre, grad_w[:3], grad_w[3:5], grad_h0, None if bias is None else grad_w[5:]
 
 
-def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_len=None,
-                    warmup=None, block_n=None, num_warps=None, steps_per_block=None,
-                    stages=None):
+def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, clip=None,
+                    seg_len=None, warmup=None, block_n=None, num_warps=None,
+                    steps_per_block=None, stages=None):
     """:func:`backward` with the per-channel parameter gradients in one (5 or 8, N)
     tensor, rows ``a``, ``peephole``, then ``bias``."""
     batch, steps, n = check_common("paralstm.backward", pre, a, h0, resets, 2, bias)
@@ -481,6 +502,7 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_l
     if tuple(H.shape) != shape or tuple(grad_H.shape) != shape:
         raise ValueError(f"paralstm.backward: H and grad_H must be {shape}, "
                          f"got {tuple(H.shape)} and {tuple(grad_H.shape)}")
+    clip_arg = clip_value(clip)
     dev = pre.device
     given = pre
     a, peephole, bias, h0, H, grad_H = (as_f32(t, dev)
@@ -503,13 +525,13 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, seg_l
         E = A = S = X = None  # the one-segment walk has no boundaries
     grid = (plan.channel_blocks, batch, P)
 
-    flags = optional_flags(bias, h0, rst)
+    flags = optional_flags(bias, h0, rst, clip)
 
     def launch(correct: bool) -> None:
         launcher(_lstm_bwd_kernel, pre)[grid](
             pre, a, peephole, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, per_head, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
-            GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags,
+            clip_arg, GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
             STAGES=plan.stages, ALIGNED=plan.whole_blocks(steps), num_warps=plan.num_warps)
 
@@ -524,12 +546,13 @@ class _ParaLSTMSolve(torch.autograd.Function):
     initial_state): the eager path with gradients."""
 
     @staticmethod
-    def forward(ctx, pre, a, peephole, bias, initial_state, resets, rounds, verify_tol,
+    def forward(ctx, pre, a, peephole, bias, initial_state, resets, clip, rounds, verify_tol,
                 sequential, report_out):
         states, report = forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
-                                 verify_tol=verify_tol, sequential=sequential)
+                                 verify_tol=verify_tol, clip=clip, sequential=sequential)
         report_out.append(report)
         ctx.save_for_backward(pre, a, peephole, bias, initial_state, resets, states)
+        ctx.clip = clip
         return states
 
     @staticmethod
@@ -539,9 +562,10 @@ class _ParaLSTMSolve(torch.autograd.Function):
 
 # The op as torch.compile sees it (a triton_op on a GPU), as in :mod:`.paragru`; eager
 # calls use ``forward`` or the autograd Function above.
-def _forward_shapes(pre, a, peephole, bias, initial_state, resets, rounds, verify_tol,
+def _forward_shapes(pre, a, peephole, bias, initial_state, resets, clip, rounds, verify_tol,
                     sequential):
     batch, steps, n = check_common("paralstm", pre, a, initial_state, resets, 2, bias)
+    clip_value(clip)
     plan = default_plan("lstm_fwd", pre, n, sequential)
     return (pre.new_empty(batch, steps, 2 * n, dtype=torch.float32),
             fake_flags(pre, plan, batch, verify_tol))
@@ -551,14 +575,15 @@ def _forward_shapes(pre, a, peephole, bias, initial_state, resets, rounds, verif
           kernels=(_lstm_fwd_kernel, boundary_kernel(2)))
 def _forward_op(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor,
                 bias: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
-                resets: Optional[torch.Tensor], rounds: int, verify_tol: Optional[float],
-                sequential: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                resets: Optional[torch.Tensor], clip: Optional[float], rounds: int,
+                verify_tol: Optional[float], sequential: bool) -> tuple[torch.Tensor, torch.Tensor]:
     states, report = forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
-                             verify_tol=verify_tol, sequential=sequential)
+                             verify_tol=verify_tol, clip=clip, sequential=sequential)
     return states, op_flags(report, pre)
 
 
-def _backward_shapes(pre, a, peephole, bias, initial_state, resets, states, grad_states):
+def _backward_shapes(pre, a, peephole, bias, initial_state, resets, clip, states,
+                     grad_states):
     batch, _, n2 = states.shape
     # grad_pre contiguous, as the kernel writes it (empty_like would copy pre's strides)
     return (pre.new_empty(pre.shape),
@@ -570,15 +595,16 @@ def _backward_shapes(pre, a, peephole, bias, initial_state, resets, states, grad
           kernels=(_lstm_bwd_kernel, boundary_kernel(2)))
 def _backward_op(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor,
                  bias: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
-                 resets: Optional[torch.Tensor], states: torch.Tensor,
+                 resets: Optional[torch.Tensor], clip: Optional[float], states: torch.Tensor,
                  grad_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward_parts(pre, a, peephole, initial_state, resets, states, grad_states,
-                           bias=bias)
+                           bias=bias, clip=clip)
 
 
 def _setup_backward(ctx, inputs, output):
-    pre, a, peephole, bias, initial_state, resets = inputs[:6]
+    pre, a, peephole, bias, initial_state, resets, clip = inputs[:7]
     ctx.save_for_backward(pre, a, peephole, bias, initial_state, resets, output[0])
+    ctx.clip = clip
 
 
 def _gradients(ctx, grad_states, through_op: bool):
@@ -591,13 +617,13 @@ def _gradients(ctx, grad_states, through_op: bool):
     pre, a, peephole, bias, h0, resets, states = ctx.saved_tensors
     grad_states = grad_states.contiguous()
     if through_op:
-        grad_pre, grad_w, grad_h0 = _backward_op(pre, a, peephole, bias, h0, resets, states,
-                                                 grad_states)
+        grad_pre, grad_w, grad_h0 = _backward_op(pre, a, peephole, bias, h0, resets, ctx.clip,
+                                                 states, grad_states)
     else:
         grad_pre, grad_w, grad_h0 = _backward_parts(pre, a, peephole, h0, resets, states,
-                                                    grad_states, bias=bias)
+                                                    grad_states, bias=bias, clip=ctx.clip)
     return (grad_pre, grad_w[:3], grad_w[3:5], None if bias is None else grad_w[5:],
-            None if h0 is None else grad_h0.to(h0.dtype), None, None, None, None)
+            None if h0 is None else grad_h0.to(h0.dtype), None, None, None, None, None)
 
 
 def _op_backward(ctx, grad_states, _flags):
@@ -608,12 +634,13 @@ _forward_op.register_autograd(_op_backward, setup_context=_setup_backward)
 
 
 def paralstm_solve(pre, a, peephole, bias=None, initial_state=None, resets=None, *,
-                   rounds: int = 3, verify_tol=None, sequential: bool = False):
+                   clip=None, rounds: int = 3, verify_tol=None, sequential: bool = False):
     """All states ``(B, T, 2N)`` fp32 (interleaved ``(c, h)`` per channel) of the ParaLSTM
     recurrence and a ``ForwardReport``.
 
     ``pre`` (B, T, 3N) fp32/bf16 (or head-major (H, B, T, 3N/H)), ``a`` (3, N) and
-    ``peephole`` (2, N) (already clipped), ``bias`` (3, N) or None, ``initial_state``
+    ``peephole`` (2, N) (clamped in the kernels by ``clip`` if given, as in
+    :func:`.paragru.paragru_solve`), ``bias`` (3, N) or None, ``initial_state``
     (B, 2N) interleaved or None (zeros), ``resets`` bool (B, T) or None. Plan options as
     :func:`.paragru.forward`. Differentiable with respect to ``pre``, ``a``, ``peephole``,
     ``bias`` and ``initial_state``; traced by ``torch.compile`` as one op
@@ -622,20 +649,22 @@ def paralstm_solve(pre, a, peephole, bias=None, initial_state=None, resets=None,
     if not torch.compiler.is_compiling():
         if not needs_grad(pre, a, peephole, bias, initial_state):
             return forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
-                           verify_tol=verify_tol, sequential=sequential)
+                           verify_tol=verify_tol, clip=clip, sequential=sequential)
         report_out = []
-        states = _ParaLSTMSolve.apply(pre, a, peephole, bias, initial_state, resets, rounds,
-                                      verify_tol, sequential, report_out)
+        states = _ParaLSTMSolve.apply(pre, a, peephole, bias, initial_state, resets, clip,
+                                      rounds, verify_tol, sequential, report_out)
         return states, report_out[0]
-    states, flags = _forward_op(pre, a, peephole, bias, initial_state, resets, rounds,
+    states, flags = _forward_op(pre, a, peephole, bias, initial_state, resets, clip, rounds,
                                 verify_tol, sequential)
     return states, op_report(pre, "lstm_fwd", a.shape[1], rounds, verify_tol, sequential,
                              flags)
 
 
-def paralstm_naive(pre, a, peephole, bias=None, initial_state=None, resets=None):
+def paralstm_naive(pre, a, peephole, bias=None, initial_state=None, resets=None, *, clip=None):
     """The ParaLSTM recurrence by a plain PyTorch loop over t (differentiable by autograd);
     same arguments and states as :func:`paralstm_solve`, computed in the dtype of ``a``."""
+    if clip is not None:
+        a, peephole = a.clamp(-clip, clip), peephole.clamp(-clip, clip)
     pre = gate_major(pre, 3) if pre.dim() == 4 else pre
     pre = pre.to(a.dtype) if bias is None else pre.to(a.dtype) + bias.flatten()
     batch, steps, _ = pre.shape
