@@ -248,6 +248,37 @@ def rows_in(t_rows, lo, hi, mn):
 
 
 @triton.jit
+def forward_step_masks(t, t0, t_begin, seg_start, seg_end, ALIGNED: tl.constexpr):
+    """``(live, in_segment)`` of a forward walk's step ``t`` (in the block starting at
+    ``t0``): whether the walk computes it (``[t_begin, seg_end)``) and whether it lies past
+    the warm-up. ``ALIGNED`` (:meth:`Plan.whole_blocks`): every block lies wholly inside the
+    walk and wholly in its warm-up or its segment, so neither needs a per-step compare."""
+    if ALIGNED:
+        live = True
+        in_segment = t0 >= seg_start
+    else:
+        live = (t >= t_begin) & (t < seg_end)
+        in_segment = live & (t >= seg_start)
+    return live, in_segment
+
+
+@triton.jit
+def backward_step_masks(t, base, seg_start, seg_end, t_top, SEGMENTED: tl.constexpr,
+                        ALIGNED: tl.constexpr):
+    """``(live, keep)`` of a backward walk's step ``t`` (block at ``base``): whether the walk
+    computes it (``[seg_start, t_top)``) and whether it is the segment's, not the warm-up's
+    (its gradients kept); one walk has no warm-up. ``ALIGNED`` as in
+    :func:`forward_step_masks`."""
+    if ALIGNED:
+        live = True
+        keep = base < seg_end if SEGMENTED else True
+    else:
+        live = (t >= seg_start) & (t < t_top)
+        keep = live & (t < seg_end)
+    return live, keep
+
+
+@triton.jit
 def reset_word(RST, b, NB, block):
     """Reset bits of the ``K``-step block ``block`` (-1 .. NB) of batch row ``b``, packed by
     :func:`pack_resets` (its zero padding makes blocks -1 and NB safe to prefetch)."""

@@ -23,10 +23,10 @@ import torch
 from .._grad import needs_grad
 from ..layout import gate_major, head_major
 from ._fused_common import (BOUNDARY_TOL, as_f32, boundaries_mismatch, boundary_buffers,
-                            boundary_kernel, channel_offsets, check_common, clip_gradient,
-                            clip_value, clip_vector, default_plan,
-                            fake_flags, ForwardReport, fused_op, head_block, head_offsets,
-                            kernel_pre, launcher, load_gate_bias, load_gate_tiles,
+                            backward_step_masks, boundary_kernel, channel_offsets, check_common,
+                            clip_gradient, clip_value, clip_vector, default_plan,
+                            forward_step_masks, fake_flags, ForwardReport, fused_op, head_block,
+                            head_offsets, kernel_pre, launcher, load_gate_bias, load_gate_tiles,
                             load_gate_vectors, make_plan, op_flags, op_report, optional_flags,
                             pack_resets, put_row, reject_double_backward, reset_word, row_of,
                             rows_in, run_segmented, sigmoid, step_offsets, store_gate_tiles,
@@ -198,12 +198,8 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
             out_h = tl.zeros([K, BN], dtype=tl.float32)
             for j in tl.static_range(K):
                 t = t0 + j
-                if ALIGNED:
-                    live = True
-                    in_segment = t0 >= seg_start
-                else:
-                    live = (t >= t_begin) & (t < seg_end)
-                    in_segment = live & (t >= seg_start)
+                live, in_segment = forward_step_masks(t, t0, t_begin, seg_start, seg_end,
+                                                      ALIGNED)
                 if SEGMENTED and (not ALIGNED or j == 0):
                     s_c = tl.where(t == seg_start, cs, s_c)
                     s_h = tl.where(t == seg_start, hs, s_h)
@@ -318,12 +314,8 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
             for jj in tl.static_range(K):
                 j = K - 1 - jj
                 t = base + j
-                if ALIGNED:
-                    live = True
-                    keep = base < seg_end if SEGMENTED else True  # one walk: no warm-up
-                else:
-                    live = (t >= seg_start) & (t < t_top)
-                    keep = live & (t < seg_end)
+                live, keep = backward_step_masks(t, base, seg_start, seg_end, t_top, SEGMENTED,
+                                                 ALIGNED)
                 if SEGMENTED and (not ALIGNED or j == K - 1):
                     s_c = tl.where(t == seg_end - 1, mu_c, s_c)
                     s_h = tl.where(t == seg_end - 1, mu_h, s_h)
