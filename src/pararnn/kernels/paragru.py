@@ -79,10 +79,8 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB
                     STAGES: tl.constexpr, ALIGNED: tl.constexpr):
     # Steps go in blocks of K: the block's inputs are (K, BN) tiles that Triton's software
     # pipeliner loads STAGES - 1 blocks ahead (asynchronous copies through shared memory),
-    # keeping loads in flight across the sequential chain. ALIGNED (Plan.whole_blocks):
-    # every walk starts and ends on a block boundary, so each block lies wholly inside the
-    # walk and wholly in the warm-up or the segment; the step loop then needs no
-    # per-step masks, and only row 0 of a block can be a segment's first step.
+    # keeping loads in flight across the sequential chain. ALIGNED: walks in whole blocks
+    # (forward_step_masks), where only row 0 of a block can be a segment's first step.
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
@@ -162,9 +160,10 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB
 @triton.jit
 def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NH, NB, L,
                     W, tol, clip, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, HAS_CLIP: tl.constexpr, SEGMENTED: tl.constexpr, CORRECT: tl.constexpr,
-                    BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr,
-                    STAGES: tl.constexpr, ALIGNED: tl.constexpr):
+                    HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, HAS_CLIP: tl.constexpr,
+                    SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, BN: tl.constexpr,
+                    K: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
+                    ALIGNED: tl.constexpr):
     # Walks down from t_top in blocks of K steps (rows top-K .. top-1), pipelined as the
     # forward; ALIGNED as there (only row K - 1 can be a segment's last step, only row 0
     # step 0).
@@ -266,8 +265,8 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
                 bits = bits_n
         # per-(row, segment) partial sums: rows a_z, a_r, a_h (then b_z, b_r, b_h)
         ga = GA + part * GROWS * N + offs
-        if HAS_CLIP:  # through the clamp: the vectors as given, loaded again (no registers
-            w_z, w_r, w_h = load_gate_vectors(AW, offs, mn, N)  # held through the walk)
+        if HAS_CLIP:  # through the clamp, with the vectors as given: loaded again here
+            w_z, w_r, w_h = load_gate_vectors(AW, offs, mn, N)  # rather than held in registers
             ga_z = clip_gradient(ga_z, w_z, clip)
             ga_r = clip_gradient(ga_r, w_r, clip)
             ga_h = clip_gradient(ga_h, w_h, clip)
@@ -329,8 +328,8 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
         launcher(_gru_fwd_kernel, pre)[(block_count, batch, segments)](
             pre, a, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n, per_head,
             blocks, plan.seg_len if segments > 1 else steps, plan.warmup, plan.segments,
-            verify_tol if check else BOUNDARY_TOL, clip_arg, SEGMENTED=segments > 1, CORRECT=correct,
-            VERIFY=check, **flags,
+            verify_tol if check else BOUNDARY_TOL, clip_arg, SEGMENTED=segments > 1,
+            CORRECT=correct, VERIFY=check, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
             STAGES=plan.stages, ALIGNED=plan.whole_blocks(steps), num_warps=plan.num_warps)
 

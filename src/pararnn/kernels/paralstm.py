@@ -247,9 +247,9 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
 def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NH, NB,
                      L, W, tol, clip, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, HAS_CLIP: tl.constexpr,
-                     SEGMENTED: tl.constexpr,
-                     CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr,
-                     VEC: tl.constexpr, STAGES: tl.constexpr, ALIGNED: tl.constexpr):
+                     SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, BN: tl.constexpr,
+                     K: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
+                     ALIGNED: tl.constexpr):
     # walks down from t_top in blocks of K steps, pipelined and ALIGNED as the forward
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -436,8 +436,8 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
         launcher(_lstm_fwd_kernel, pre)[(block_count, batch, segments)](
             pre, a, peephole, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n,
             per_head, blocks, plan.seg_len if segments > 1 else steps, plan.warmup, P,
-            verify_tol if check else BOUNDARY_TOL, clip_arg, SEGMENTED=segments > 1, CORRECT=correct,
-            VERIFY=check, **flags,
+            verify_tol if check else BOUNDARY_TOL, clip_arg, SEGMENTED=segments > 1,
+            CORRECT=correct, VERIFY=check, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
             STAGES=plan.stages, ALIGNED=plan.whole_blocks(steps), num_warps=plan.num_warps)
 
