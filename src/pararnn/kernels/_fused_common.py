@@ -454,10 +454,16 @@ WARMUP = 32
 #   0.256 at best pipelined): its walk issues ~130 instructions per channel-step, so
 #   loads in flight matter less than for the GRU's;
 # - 993 (8x4096x1024 fp32): GRU backward 128/1/4 0.314 -> 0.313, forward 0.160 -> 0.168.
-# Each threshold sits between two measured points.
+# After the whole-block walks and the LSTM's (c, h) pair loads (results/gpu_h200_2026-12-04
+# c3): the LSTM backward at 64/1/4/3 takes 0.133 (248) and 0.149 ms (496), 64/1/8/3 is 6%
+# faster at 248 one-walk chains but 1.5x slower at 248 segmented fp32 ones (16x1024x512),
+# so it stays; the LSTM forward at 64/1/8/4 is 2-6% faster than 64/1/4/4 at all three
+# measured shapes (0.074 vs 0.077, 0.106 vs 0.108 bf16; 0.072 vs 0.077 fp32 16x1024x512),
+# so it takes the measured range (up to 512 chains per SM). The other thresholds sit
+# between two measured points.
 CUDA_TILES = {"gru_fwd": ((384, (64, 1, 8, 4)), (None, (64, 1, 4, 4))),
               "gru_bwd": ((768, (64, 1, 4, 4)), (None, (128, 1, 4, 3))),
-              "lstm_fwd": ((None, (64, 1, 4, 4)),),
+              "lstm_fwd": ((512, (64, 1, 8, 4)), (None, (64, 1, 4, 4))),
               "lstm_bwd": ((768, (64, 1, 4, 3)), (None, (64, 2, 1, 3)))}
 
 
