@@ -9,7 +9,9 @@
 # torch.compile's on-disk caches are shared by default, and trees whose fused ops do not
 # declare their kernels (before `fused_op(kernels=...)`) are served each other's compiled
 # graphs (seen on the H200: a base tree's LM step ran the new tree's kernels).
-# Logs and JSON: OUTDIR/<index>_<variant>.*; OUTDIR.tgz packs them.
+# Each variant's first run compiles with empty caches: keep RUN_SECONDS (default 150) well
+# above the compile time (on the H200 one ParaLSTM row at T = 512 did not finish in 55 s, nor
+# at T = 4096 in 75 s). Logs and JSON: OUTDIR/<index>_<variant>.*; OUTDIR.tgz packs them.
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_lm_ab.sh OUTDIR VARIANT...}
 shift
