@@ -88,3 +88,17 @@ def test_the_interpreter_plan_does_not_pipeline():
     plan = _fused_common.make_plan("gru_fwd", 2, 64, 32, torch.device("cpu"), seg_len=None,
                                    warmup=None, block_n=None, num_warps=None)
     assert plan.stages == 1
+
+
+@pytest.mark.parametrize("steps, seg_len, warmup, whole", [
+    (4096, 256, 32, True),     # the LM's T = 4096 plan
+    (512, 512, 0, True),       # one walk
+    (4098, 256, 32, False),    # the last block is partial
+    (4096, 250, 32, False),    # segments end inside blocks
+    (4096, 256, 30, False),    # warm-ups start inside blocks
+])
+def test_whole_blocks_needs_steps_segments_and_warm_up_in_whole_blocks(steps, seg_len, warmup,
+                                                                        whole):
+    plan = _fused_common.make_plan("gru_bwd", 2, steps, 32, torch.device("cpu"), seg_len=seg_len,
+                                   warmup=warmup, block_n=None, num_warps=None, steps_per_block=4)
+    assert plan.whole_blocks(steps) is whole
