@@ -309,6 +309,24 @@ def clip_gradient(g, v, clip):
 
 
 @triton.jit
+def load_clipped_gate_vectors(W, offs, mn, N, clip, HAS_CLIP: tl.constexpr):
+    """:func:`load_gate_vectors` of a recurrent (3, N) parameter, each row clamped by
+    :func:`clip_vector`."""
+    v0, v1, v2 = load_gate_vectors(W, offs, mn, N)
+    return (clip_vector(v0, clip, HAS_CLIP), clip_vector(v1, clip, HAS_CLIP),
+            clip_vector(v2, clip, HAS_CLIP))
+
+
+@triton.jit
+def clip_gate_gradients(g0, g1, g2, W, offs, mn, N, clip):
+    """The gradients of the rows of :func:`load_clipped_gate_vectors` carried back through
+    the clamp (:func:`clip_gradient`), with the rows as given loaded again here rather than
+    held in registers through the walk."""
+    v0, v1, v2 = load_gate_vectors(W, offs, mn, N)
+    return clip_gradient(g0, v0, clip), clip_gradient(g1, v1, clip), clip_gradient(g2, v2, clip)
+
+
+@triton.jit
 def load_gate_bias(BIAS, offs, mn, N, HAS_BIAS: tl.constexpr, BN: tl.constexpr):
     """The cell's (3, N) gate bias at channels ``offs``; zeros without one."""
     if HAS_BIAS:

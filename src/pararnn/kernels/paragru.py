@@ -24,12 +24,12 @@ import torch
 
 from .._grad import needs_grad
 from ..layout import gate_major, head_major
-from ._fused_common import (BOUNDARY_TOL, as_f32, boundaries_mismatch, boundary_buffers,
-                            backward_step_masks, boundary_kernel, channel_offsets, check_common,
-                            clip_gradient, clip_value, clip_vector, default_plan,
-                            forward_step_masks, fake_flags, ForwardReport, fused_op, head_block,
-                            head_offsets, kernel_pre, launcher, load_gate_bias, load_gate_tiles,
-                            load_gate_vectors, make_plan, op_flags, op_report, optional_flags,
+from ._fused_common import (as_f32, backward_step_masks, boundaries_mismatch, boundary_buffers,
+                            boundary_kernel, BOUNDARY_TOL, channel_offsets, check_common,
+                            clip_gate_gradients, clip_value, default_plan, fake_flags,
+                            forward_step_masks, ForwardReport, fused_op, head_block, head_offsets,
+                            kernel_pre, launcher, load_clipped_gate_vectors, load_gate_bias,
+                            load_gate_tiles, make_plan, op_flags, op_report, optional_flags,
                             pack_resets, put_row, reject_double_backward, reset_word, row_of,
                             rows_in, run_segmented, sigmoid, step_offsets, store_gate_tiles,
                             supports_tensor, tanh, tl, triton)
@@ -89,10 +89,7 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB
     pre_offs = head_offsets(pid_n, NH, BN, VEC)
     mn = offs < N
     rows = tl.arange(0, K)
-    a_z, a_r, a_h = load_gate_vectors(AW, offs, mn, N)
-    a_z = clip_vector(a_z, clip, HAS_CLIP)
-    a_r = clip_vector(a_r, clip, HAS_CLIP)
-    a_h = clip_vector(a_h, clip, HAS_CLIP)
+    a_z, a_r, a_h = load_clipped_gate_vectors(AW, offs, mn, N, clip, HAS_CLIP)
     b_z, b_r, b_h = load_gate_bias(BIAS, offs, mn, N, HAS_BIAS, BN)
     if HAS_H0:
         h0 = tl.load(H0 + b * N + offs, mask=mn, other=0.0)
@@ -176,10 +173,7 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
     pre_offs = head_offsets(pid_n, NH, BN, VEC)
     mn = offs < N
     rows = tl.arange(0, K)
-    a_z, a_r, a_h = load_gate_vectors(AW, offs, mn, N)
-    a_z = clip_vector(a_z, clip, HAS_CLIP)
-    a_r = clip_vector(a_r, clip, HAS_CLIP)
-    a_h = clip_vector(a_h, clip, HAS_CLIP)
+    a_z, a_r, a_h = load_clipped_gate_vectors(AW, offs, mn, N, clip, HAS_CLIP)
     b_z, b_r, b_h = load_gate_bias(BIAS, offs, mn, N, HAS_BIAS, BN)
     if HAS_H0:
         h0 = tl.load(H0 + b * N + offs, mask=mn, other=0.0)
@@ -265,11 +259,8 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
                 bits = bits_n
         # per-(row, segment) partial sums: rows a_z, a_r, a_h (then b_z, b_r, b_h)
         ga = GA + part * GROWS * N + offs
-        if HAS_CLIP:  # through the clamp, with the vectors as given: loaded again here
-            w_z, w_r, w_h = load_gate_vectors(AW, offs, mn, N)  # rather than held in registers
-            ga_z = clip_gradient(ga_z, w_z, clip)
-            ga_r = clip_gradient(ga_r, w_r, clip)
-            ga_h = clip_gradient(ga_h, w_h, clip)
+        if HAS_CLIP:
+            ga_z, ga_r, ga_h = clip_gate_gradients(ga_z, ga_r, ga_h, AW, offs, mn, N, clip)
         tl.store(ga, ga_z, mask=mn)
         tl.store(ga + N, ga_r, mask=mn)
         tl.store(ga + 2 * N, ga_h, mask=mn)

@@ -22,15 +22,16 @@ import torch
 
 from .._grad import needs_grad
 from ..layout import gate_major, head_major
-from ._fused_common import (BOUNDARY_TOL, as_f32, boundaries_mismatch, boundary_buffers,
-                            backward_step_masks, boundary_kernel, channel_offsets, check_common,
-                            clip_gradient, clip_value, clip_vector, default_plan,
-                            forward_step_masks, fake_flags, ForwardReport, fused_op, head_block,
-                            head_offsets, kernel_pre, launcher, load_gate_bias, load_gate_tiles,
-                            load_gate_vectors, make_plan, op_flags, op_report, optional_flags,
-                            pack_resets, put_row, reject_double_backward, reset_word, row_of,
-                            rows_in, run_segmented, sigmoid, step_offsets, store_gate_tiles,
-                            supports_tensor, tanh, tl, triton)
+from ._fused_common import (as_f32, backward_step_masks, boundaries_mismatch, boundary_buffers,
+                            boundary_kernel, BOUNDARY_TOL, channel_offsets, check_common,
+                            clip_gate_gradients, clip_gradient, clip_value, clip_vector,
+                            default_plan, fake_flags, forward_step_masks, ForwardReport, fused_op,
+                            head_block, head_offsets, kernel_pre, launcher,
+                            load_clipped_gate_vectors, load_gate_bias, load_gate_tiles, make_plan,
+                            op_flags, op_report, optional_flags, pack_resets, put_row,
+                            reject_double_backward, reset_word, row_of, rows_in, run_segmented,
+                            sigmoid, step_offsets, store_gate_tiles, supports_tensor, tanh, tl,
+                            triton)
 
 __all__ = ["supports", "paralstm_solve", "paralstm_naive", "forward", "newton_forward",
            "sequential_forward", "backward"]
@@ -68,14 +69,9 @@ def _load_cell(AW, PW, BIAS, H0, b, offs, mn, N, clip, HAS_BIAS: tl.constexpr,
                HAS_H0: tl.constexpr, HAS_CLIP: tl.constexpr, BN: tl.constexpr):
     """Recurrent weights and peepholes (clamped by ``clip``), gate bias and initial
     (c, h) of one channel block."""
-    a_f, a_c, a_o = load_gate_vectors(AW, offs, mn, N)
-    p_f = tl.load(PW + offs, mask=mn, other=0.0)
-    p_o = tl.load(PW + N + offs, mask=mn, other=0.0)
-    a_f = clip_vector(a_f, clip, HAS_CLIP)
-    a_c = clip_vector(a_c, clip, HAS_CLIP)
-    a_o = clip_vector(a_o, clip, HAS_CLIP)
-    p_f = clip_vector(p_f, clip, HAS_CLIP)
-    p_o = clip_vector(p_o, clip, HAS_CLIP)
+    a_f, a_c, a_o = load_clipped_gate_vectors(AW, offs, mn, N, clip, HAS_CLIP)
+    p_f = clip_vector(tl.load(PW + offs, mask=mn, other=0.0), clip, HAS_CLIP)
+    p_o = clip_vector(tl.load(PW + N + offs, mask=mn, other=0.0), clip, HAS_CLIP)
     b_f, b_c, b_o = load_gate_bias(BIAS, offs, mn, N, HAS_BIAS, BN)
     if HAS_H0:
         c0 = tl.load(H0 + b * 2 * N + 2 * offs, mask=mn, other=0.0)
@@ -301,7 +297,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
             t_rows = base + rows
             in_walk = (t_rows >= seg_start) & (t_rows < t_top)
             uf, uc, uo = load_gate_tiles(PRE, b, T, NH, base, rows, pre_offs,
-                                         in_walk[:, None] & mn[None, :])
+                                         rows_in(t_rows, seg_start, t_top, mn))
             gc, gh = _load_pairs(GH, b, T, N, base, rows, pair_offs, in_walk, BN)
             # the states before each step: row t - 1 of HS
             hc, hh = _load_pairs(HS - 2 * N, b, T, N, base, rows, pair_offs,
@@ -373,11 +369,8 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
                 bits = bits_n
         # per-(row, segment) partial sums: a_f, a_c, a_o, c_f, c_o (then b_f, b_c, b_o)
         ga = GA + part * GROWS * N + offs
-        if HAS_CLIP:  # through the clamps, as in paragru's backward
-            w_f, w_c, w_o = load_gate_vectors(AW, offs, mn, N)
-            ga_f = clip_gradient(ga_f, w_f, clip)
-            ga_c = clip_gradient(ga_c, w_c, clip)
-            ga_o = clip_gradient(ga_o, w_o, clip)
+        if HAS_CLIP:  # through the clamps (the peepholes' rows loaded again as well)
+            ga_f, ga_c, ga_o = clip_gate_gradients(ga_f, ga_c, ga_o, AW, offs, mn, N, clip)
             gp_f = clip_gradient(gp_f, tl.load(PW + offs, mask=mn, other=0.0), clip)
             gp_o = clip_gradient(gp_o, tl.load(PW + N + offs, mask=mn, other=0.0), clip)
         tl.store(ga, ga_f, mask=mn)
