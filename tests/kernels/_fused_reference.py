@@ -1,8 +1,29 @@
-"""float64 references for the fused-kernel tests: autograd through the loop of ``cell.step``."""
+"""float64 references for the fused-kernel tests: autograd through the loop of ``cell.step``,
+and the launch plans both cells' tests run."""
 
 from __future__ import annotations
 
 import torch
+
+from pararnn.kernels._fused_common import make_plan
+
+# seg_len/warmup: one segment (the sequential kernel); short segments with a too-short
+# warm-up (the boundary Newton rounds must repair them); a warm-up reaching t = 0;
+# segments and warm-up in whole step blocks (the kernels' ALIGNED path at 32 steps).
+PLANS = {"single": dict(seg_len=None), "repair": dict(seg_len=5, warmup=2),
+         "warm": dict(seg_len=8, warmup=40), "whole": dict(seg_len=8, warmup=8)}
+
+# (plan, steps, with_h0, with_resets) of walks in whole step blocks: one walk, segments with
+# warm-up with and without resets, a warm-up reaching t = 0
+WHOLE_BLOCK_CASES = [("single", 32, True, False), ("whole", 32, True, False),
+                     ("whole", 32, False, True), ("warm", 32, True, True)]
+
+
+def plan_is_whole(kernel: str, plan: str, steps: int, device) -> bool:
+    """Whether ``PLANS[plan]`` walks ``steps`` steps of ``kernel`` in whole step blocks
+    (``Plan.whole_blocks``) on ``device``: the whole-block tests' precondition."""
+    return make_plan(kernel, 2, steps, 5, device, **{"warmup": None, **PLANS[plan]},
+                     block_n=None, num_warps=None).whole_blocks(steps)
 
 
 def sequential_states(cell, pre, h0, resets):

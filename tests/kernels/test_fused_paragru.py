@@ -8,21 +8,15 @@ pytest.importorskip("triton")
 from pararnn.cells import ParaGRUCell  # noqa: E402
 from pararnn.kernels import paragru  # noqa: E402
 from pararnn.kernels import interpreter_enabled  # noqa: E402
-from pararnn.kernels._fused_common import make_plan  # noqa: E402
 
-from _fused_reference import reference_grads, sequential_states  # noqa: E402
+from _fused_reference import (PLANS, WHOLE_BLOCK_CASES, plan_is_whole,  # noqa: E402
+                              reference_grads, sequential_states)
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 if not CUDA and not interpreter_enabled():
     pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
-
-# seg_len/warmup: one segment (the sequential kernel); short segments with a too-short
-# warm-up (the boundary Newton rounds must repair them); a warm-up reaching t = 0;
-# segments and warm-up in whole step blocks (the kernels' ALIGNED path at 32 steps).
-PLANS = {"single": dict(seg_len=None), "repair": dict(seg_len=5, warmup=2),
-         "warm": dict(seg_len=8, warmup=40), "whole": dict(seg_len=8, warmup=8)}
 
 
 def _problem(batch, steps, n, *, with_h0, with_resets, scale=2.0):
@@ -47,14 +41,11 @@ def test_forward_and_backward(plan, steps, with_h0, with_resets):
     check_forward_and_backward(plan, steps, with_h0, with_resets)
 
 
-@pytest.mark.parametrize("plan,steps,with_h0,with_resets", [
-    ("single", 32, True, False), ("whole", 32, True, False), ("whole", 32, False, True),
-    ("warm", 32, True, True)])
+@pytest.mark.parametrize("plan,steps,with_h0,with_resets", WHOLE_BLOCK_CASES)
 def test_forward_and_backward_in_whole_blocks(plan, steps, with_h0, with_resets):
     """Steps, segments and warm-up multiples of the kernels' step block: the ALIGNED
     kernels, whose step loop has no per-step masks."""
-    assert make_plan("gru_fwd", 2, steps, 5, DEVICE, **{"warmup": None, **PLANS[plan]},
-                     block_n=None, num_warps=None).whole_blocks(steps)
+    assert plan_is_whole("gru_fwd", plan, steps, DEVICE)
     check_forward_and_backward(plan, steps, with_h0, with_resets)
 
 
