@@ -294,8 +294,9 @@ def measure(model_name: str, size: str, seq_len: int, tokens_per_step: int, step
            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "warmup_s": warmup_s, **graphs}
     if profile:
         row["profile"] = profile_step(step, warmup + steps, trace_path)
-    if host_profile:
-        row["host_profile"] = host_profile_steps(step, range(warmup, warmup + host_profile))
+    if host_profile:  # the timed steps' batches again, as many times as it takes
+        row["host_profile"] = host_profile_steps(
+            step, [warmup + i % steps for i in range(host_profile)])
     return row
 
 
@@ -398,6 +399,8 @@ def main() -> None:
                         "gru_fwd, gru_bwd, lstm_fwd, lstm_bwd) or 'shipped', e.g. "
                         "'shipped;gru_fwd=32/1/4/3,gru_bwd=32/1/4/3,lstm_fwd=32/1/4/3'")
     args = parser.parse_args()
+    if args.host_profile < 0:
+        parser.error(f"--host-profile must be >= 0 steps, got {args.host_profile}")
     if not torch.cuda.is_available():
         sys.exit("gpu_lm_speed.py needs a CUDA GPU")
     device = torch.device("cuda")
