@@ -82,15 +82,17 @@ BOUNDARY = ("E", "A", "S", "X")  # the segment-boundary buffers: None in the one
 TILE_CONSTANTS = ("BN", "K", "VEC", "STAGES", "ALIGNED")  # set by resources()
 
 
-def kernel_spec(kernel: str, pre_dtype: str, segmented: bool):
+def kernel_spec(kernel: str, pre_dtype: str, segmented: bool, float_scalars: str = "fp32"):
     """(Triton function, argument types, constexpr values) of ``kernel`` as the fused op
-    launches it with a bias, no h0, no resets, no verification walk."""
+    launches it with a bias, no h0, no resets, no verification walk. ``float_scalars``: the
+    type of the float arguments (``tol``, ``clip``): fp32 from a direct launch, fp64 from
+    inductor's generated launcher."""
     cell, direction = kernel.split("_")
     module = paragru if cell == "gru" else paralstm
     fn = getattr(module, f"_{cell}_{direction}_kernel")
     types = {"PRE": f"*{pre_dtype}", "AW": "*fp32", "PW": "*fp32", "BIAS": "*fp32",
              "T": "i32", "N": "i32", "NH": "i32", "NB": "i32", "L": "i32", "W": "i32", "P": "i32",
-             "tol": "fp32", "clip": "fp32"}
+             "tol": float_scalars, "clip": float_scalars}
     if direction == "fwd":
         types["HOUT"] = "*fp32"
         consts = {"FELL": None, "VERIFY": False}
@@ -111,15 +113,16 @@ def kernel_spec(kernel: str, pre_dtype: str, segmented: bool):
     return fn, signature, consts
 
 
-def resources(kernel: str, tile, pre_dtype: str, segmented: bool, arch: int) -> dict:
+def resources(kernel: str, tile, pre_dtype: str, segmented: bool, arch: int,
+              float_scalars: str = "fp32") -> dict:
     block_n, num_warps, steps_per_block, stages = tile
     per_thread = channels_per_thread(block_n, num_warps)
-    fn, signature, consts = kernel_spec(kernel, pre_dtype, segmented)
+    fn, signature, consts = kernel_spec(kernel, pre_dtype, segmented, float_scalars)
     consts = {**consts, "BN": block_n, "K": steps_per_block, "VEC": per_thread, "STAGES": stages,
               "ALIGNED": True}
     aligned = BaseBackend.parse_attr("D")  # 16-byte aligned pointers, sizes divisible by 16
     attrs = {(i,): aligned for i, name in enumerate(fn.arg_names)
-             if signature[name] != "constexpr" and signature[name] != "fp32"
+             if signature[name] not in ("constexpr", "fp32", "fp64")
              and name not in ("NB", "L", "W", "P")}
     compiled = triton.compile(ASTSource(fn, signature, consts, attrs),
                               target=GPUTarget("cuda", arch, 32),
@@ -156,6 +159,9 @@ def main() -> None:
                         help="only the shipped tiles of each kernel (_fused_common.CUDA_TILES)")
     parser.add_argument("--plans", choices=("both", "one-walk", "segmented"), default="both",
                         help="the one-walk plan, the segmented one or both (each a compile)")
+    parser.add_argument("--float-scalars", choices=("fp32", "fp64"), default="fp32",
+                        help="type of the float arguments (tol, clip): fp32 as a direct launch "
+                             "passes them, fp64 as torch.compile's generated launcher does")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     plans = {"both": (False, True), "one-walk": (False,), "segmented": (True,)}[args.plans]
@@ -170,7 +176,8 @@ def main() -> None:
         shipped_tiles = [tile for _, tile in CUDA_TILES[kernel]]
         for tile in shipped_tiles if args.shipped else tiles:
             for segmented in plans:
-                row = resources(kernel, tile, args.dtype, segmented, args.arch)
+                row = resources(kernel, tile, args.dtype, segmented, args.arch,
+                                args.float_scalars)
                 rows.append(row)
                 shipped = " (shipped)" if tuple(tile) in shipped_tiles else ""
                 print(f"| {kernel} | {'/'.join(map(str, tile))}{shipped} | {row['channels_per_thread']} "
@@ -180,6 +187,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"benchmark": "kernel_resources", "arch": args.arch, "dtype": args.dtype,
+                       "float_scalars": args.float_scalars,
                        "triton": triton.__version__,
                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                        "rows": rows}, f, indent=1)

@@ -32,13 +32,14 @@ def test_every_kernel_argument_is_specialised(bench, kernel, segmented):
                for name in bench.BOUNDARY)
 
 
-def shipped_rows(tmp_path, dtype, plans):
+def shipped_rows(tmp_path, dtype, plans, float_scalars="fp32"):
     """The script's rows for the shipped tiles, compiled in a process of its own: the
     kernel tests run the kernels interpreted (TRITON_INTERPRET=1), which cannot compile."""
-    out = tmp_path / f"{dtype}.json"
-    subprocess.run([sys.executable, str(BENCHMARKS / "kernel_resources.py"), "--shipped",
-                    "--dtype", dtype, "--plans", plans, "--json", str(out)], env=compiling_env(), check=True,
-                   capture_output=True, text=True)
+    out = tmp_path / f"{dtype}-{float_scalars}.json"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "kernel_resources.py"), "--shipped",
+                           "--dtype", dtype, "--plans", plans, "--float-scalars", float_scalars,
+                           "--json", str(out)], env=compiling_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
     return {(r["kernel"], r["block_n"], r["num_warps"], r["steps_per_block"], r["stages"]): r
             for r in json.loads(out.read_text())["rows"]}
 
@@ -63,3 +64,17 @@ def test_shipped_tiles_compile_and_bf16_walks_cost_what_fp32_walks_cost(bench, t
         # instruction issue bounds a walk where chains are few
         assert (row["instructions_per_channel_step"]
                 <= 1.25 * fp32[key]["instructions_per_channel_step"]), key
+
+
+def test_float_scalars_passed_as_fp64_keep_the_walks_fp32(bench, tmp_path):
+    """torch.compile's generated launcher passes the float arguments (``tol``, ``clip``) as
+    fp64 where a direct launch passes fp32; an fp64 ``clip`` once turned the walk's state
+    fp64 mid-loop and inductor failed to compile every clipped layer (GPU machine only).
+    The kernels compile either way, to the same step loop (the one-walk plan, whose largest
+    loop is the walk; a segmented plan's spans its rounds, where the fp64 casts sit)."""
+    if not (os.path.exists(bench.CUOBJDUMP) and os.path.exists(bench.NVDISASM)):
+        pytest.skip("this Triton ships no cuobjdump/nvdisasm")
+    fp32, fp64 = (shipped_rows(tmp_path, "bf16", "one-walk", scalars) for scalars in ("fp32", "fp64"))
+    assert set(fp32) == set(fp64)
+    for key, row in fp64.items():
+        assert row["loop_instructions"] == fp32[key]["loop_instructions"], key
