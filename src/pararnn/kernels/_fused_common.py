@@ -299,7 +299,7 @@ def clip_vector(v, clip, HAS_CLIP: tl.constexpr):
     ``clip`` is cast to fp32: a direct launch passes it as fp32 but inductor's generated
     launcher as fp64, which would turn the walk's loop-carried state fp64."""
     if HAS_CLIP:
-        c = clip.to(tl.float32)
+        c = tl.cast(clip, tl.float32)
         v = tl.minimum(tl.maximum(v, -c), c)
     return v
 
@@ -309,7 +309,7 @@ def clip_gradient(g, v, clip):
     """The gradient ``g`` of :func:`clip_vector` (``v``) carried back to ``v``: zero where
     the clamp held, as ``torch.clamp``'s backward (its bounds included); ``clip`` in fp32
     as in :func:`clip_vector`, so both agree on which values sit on the bound."""
-    return tl.where(tl.abs(v) <= clip.to(tl.float32), g, 0.0)
+    return tl.where(tl.abs(v) <= tl.cast(clip, tl.float32), g, 0.0)
 
 
 @triton.jit
@@ -737,7 +737,7 @@ def boundaries_mismatch(E, S, b, P, N, offs, mn, tol, WIDTH: tl.constexpr, BN: t
     boundary-Newton rounds did not converge. Segments are read 8 at a time, so the loads
     of a group are in flight together (hundreds of segments at long, narrow shapes).
     """
-    tol = tol.to(tl.float32)  # inductor's launcher passes float arguments as fp64
+    tol = tl.cast(tol, tl.float32)  # inductor's launcher passes float arguments as fp64
     bad = tl.zeros([8, BN], dtype=tl.int32)
     for c0 in range(1, P, 8):
         seg = c0 + tl.arange(0, 8)

@@ -65,7 +65,7 @@ def _gru_jacobian(hp, z, r, cand, a_z, a_r, a_h):
 def _moved(X, S, bnd, mn, tol):
     """The corrected start X and whether it moved from the assumed S anywhere in the block
     (``tol`` in fp32 as the states, whichever type the launcher gave it)."""
-    tol = tol.to(tl.float32)
+    tol = tl.cast(tol, tl.float32)
     x = tl.load(X + bnd, mask=mn, other=0.0)
     s_old = tl.load(S + bnd, mask=mn, other=0.0)
     moved = tl.max(tl.where(mn, tl.abs(x - s_old) - tol * (1.0 + tl.abs(x)), -1.0), 0)

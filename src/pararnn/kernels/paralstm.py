@@ -45,7 +45,7 @@ def supports(pre: torch.Tensor) -> bool:
 @triton.jit
 def _moved(X, S, bnd, mn, tol):
     """The corrected (c, h) start and whether it moved (``tol`` in fp32, as the GRU's)."""
-    tol = tol.to(tl.float32)
+    tol = tl.cast(tol, tl.float32)
     x0 = tl.load(X + 2 * bnd, mask=mn, other=0.0)
     x1 = tl.load(X + 2 * bnd + 1, mask=mn, other=0.0)
     d0 = tl.abs(x0 - tl.load(S + 2 * bnd, mask=mn, other=0.0)) - tol * (1.0 + tl.abs(x0))
