@@ -139,7 +139,7 @@ def op_rows() -> list[dict]:
         "paragru forward: python": lambda: paragru.forward(pre, a, None, None, 3, verify_tol=1e-4),
         "paragru backward: op": lambda: ops.paragru_backward.default(pre, a, None, None, None, None, gru_h, gru_g),
         "paragru backward: python": lambda: paragru._backward_parts(pre, a, None, None, gru_h, gru_g),
-        "paralstm forward: op": lambda: ops.paralstm_forward.default(pre, a, peephole, None, None, None, None, 3, 1e-4, False),
+        "paralstm forward: op": lambda: ops.paralstm_forward.default(pre, a, peephole, None, None, None, None, 3, 1e-4, False, False),
         "paralstm forward: python": lambda: paralstm.forward(pre, a, peephole, None, None, 3, verify_tol=1e-4),
         "paralstm backward: op": lambda: ops.paralstm_backward.default(pre, a, peephole, None, None, None, None, lstm_h, lstm_g),
         "paralstm backward: python": lambda: paralstm._backward_parts(pre, a, peephole, None, None, lstm_h, lstm_g),

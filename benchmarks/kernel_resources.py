@@ -55,6 +55,9 @@ _LABEL = re.compile(r"\s*\.(L_x_\d+):")
 _JUMP = re.compile(r"\bBRA\b.*`\(\.(L_x_\d+)\)")
 
 
+_FP64_OP = re.compile(r"\b(?:DADD|DMUL|DFMA|DSETP|DMNMX)\b")
+
+
 def loop_instructions(sass: str) -> int:
     """Instructions of the largest loop in ``sass`` (``nvdisasm -c`` output): the span from
     a label to the last branch back to it. The fused kernels' step loop is their largest."""
@@ -84,7 +87,7 @@ TILE_CONSTANTS = ("BN", "K", "VEC", "STAGES", "ALIGNED")  # set by resources()
 
 def kernel_spec(kernel: str, pre_dtype: str, segmented: bool, float_scalars: str = "fp32"):
     """(Triton function, argument types, constexpr values) of ``kernel`` as the fused op
-    launches it with a bias, no h0, no resets, no verification walk. ``float_scalars``: the
+    launches it in a layer: with a bias, no h0, no resets, no verification walk. ``float_scalars``: the
     type of the float arguments (``tol``, ``clip``): fp32 from a direct launch, fp64 from
     inductor's generated launcher."""
     cell, direction = kernel.split("_")
@@ -101,6 +104,13 @@ def kernel_spec(kernel: str, pre_dtype: str, segmented: bool, float_scalars: str
         consts = {"GROWS": 6}
     consts.update(H0=None, RST=None, HAS_BIAS=True, HAS_H0=False, HAS_RST=False, HAS_CLIP=True,
                   SEGMENTED=segmented, CORRECT=False)
+    if cell == "lstm":  # as the layer launches them: h written alone, its gradient read alone
+        if direction == "fwd":
+            types["HID"] = f"*{pre_dtype}"
+            consts["HAS_HID"] = True
+        else:
+            types["GH"] = f"*{pre_dtype}"
+            consts["GRAD_H_ONLY"] = True
     if segmented:
         types.update({name: "*fp32" for name in BOUNDARY})
     else:
@@ -146,6 +156,8 @@ def resources(kernel: str, tile, pre_dtype: str, segmented: bool, arch: int,
             "stack_bytes": stack, "shared_bytes": compiled.metadata.shared,
             "async_copies": compiled.asm["ptx"].count("cp.async."),
             "loop_instructions": loop,
+            # double-precision arithmetic anywhere (a float argument left fp64 would add some)
+            "fp64_instructions": len(_FP64_OP.findall(sass)),
             "instructions_per_channel_step": loop / (steps_per_block * per_thread)}
 
 

@@ -70,11 +70,12 @@ def test_float_scalars_passed_as_fp64_keep_the_walks_fp32(bench, tmp_path):
     """torch.compile's generated launcher passes the float arguments (``tol``, ``clip``) as
     fp64 where a direct launch passes fp32; an fp64 ``clip`` once turned the walk's state
     fp64 mid-loop and inductor failed to compile every clipped layer (GPU machine only).
-    The kernels compile either way, to the same step loop (the one-walk plan, whose largest
-    loop is the walk; a segmented plan's spans its rounds, where the fp64 casts sit)."""
+    The kernels compile either way, with no double-precision arithmetic and the same step
+    loop to within scheduling noise."""
     if not (os.path.exists(bench.CUOBJDUMP) and os.path.exists(bench.NVDISASM)):
         pytest.skip("this Triton ships no cuobjdump/nvdisasm")
-    fp32, fp64 = (shipped_rows(tmp_path, "bf16", "one-walk", scalars) for scalars in ("fp32", "fp64"))
+    fp32, fp64 = (shipped_rows(tmp_path, "bf16", "segmented", scalars) for scalars in ("fp32", "fp64"))
     assert set(fp32) == set(fp64)
     for key, row in fp64.items():
-        assert row["loop_instructions"] == fp32[key]["loop_instructions"], key
+        assert row["fp64_instructions"] == fp32[key]["fp64_instructions"] == 0, key
+        assert abs(row["loop_instructions"] - fp32[key]["loop_instructions"]) <= 4, key

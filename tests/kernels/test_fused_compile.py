@@ -68,24 +68,26 @@ def test_compiled_fused_inference_without_gradients():
 
 
 class _OpRecorder(TorchDispatchMode):
-    """Names of the operators dispatched while active."""
+    """Names of the operators dispatched while active, and each call's arguments."""
 
     def __init__(self):
         super().__init__()
-        self.names = []
+        self.names, self.args = [], {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.names.append(func.name())
+        self.args[func.name()] = args
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("cell", ["paragru", "paralstm"])
+@pytest.mark.parametrize("cell", ["paragru", "paralstm", "paralstm-hidden"])
 def test_registered_backward_goes_through_the_backward_op(cell):
     """The compiler traces the registered op's backward with fake tensors, which a bare
     Triton launch cannot take ("Cannot access data pointer of Tensor"): that backward must
     call the backward op (traced into on a GPU, a shape function under the interpreter),
     never the kernels themselves. Checked eagerly, where the interpreter would accept
-    either."""
+    either. ParaLSTM's op with ``hidden``: a loss on h alone hands the backward op h's
+    gradient as it is, (B, T, N), not a (B, T, 2N) one with zeros for c."""
     torch.manual_seed(0)
     n = 8
     pre = torch.randn(2, 12, 3 * n, device=DEVICE, requires_grad=True)
@@ -93,15 +95,19 @@ def test_registered_backward_goes_through_the_backward_op(cell):
     bias = torch.randn(3, n, device=DEVICE, requires_grad=True)
     clip = 0.4  # clamps some of the weights: the clip passes through both ops
     if cell == "paragru":
-        states, _ = torch.ops.pararnn.paragru_forward(pre, a, bias, None, None, clip, 3, None,
-                                                      False)
+        out, _ = torch.ops.pararnn.paragru_forward(pre, a, bias, None, None, clip, 3, None,
+                                                   False)
     else:
         peephole = (0.5 * torch.rand(2, n, device=DEVICE)).requires_grad_()
-        states, _ = torch.ops.pararnn.paralstm_forward(pre, a, peephole, bias, None, None, clip,
-                                                       3, None, False)
+        hidden = cell == "paralstm-hidden"
+        states, h, _ = torch.ops.pararnn.paralstm_forward(pre, a, peephole, bias, None, None,
+                                                          clip, 3, None, False, hidden)
+        out = h if hidden else states
     with _OpRecorder() as recorder:
-        states.sum().backward()
-    assert f"pararnn::{cell}_backward" in recorder.names
+        out.sum().backward()
+    backward_op = f"pararnn::{cell.split('-')[0]}_backward"
+    assert backward_op in recorder.names
+    assert tuple(recorder.args[backward_op][-1].shape) == tuple(out.shape)
     assert pre.grad is not None and torch.isfinite(pre.grad).all()
 
 

@@ -81,6 +81,67 @@ def check_forward_and_backward(plan, steps, with_h0, with_resets):
     assert _rel(gh, g_h0) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("plan,steps", [("single", 33), ("repair", 33), ("whole", 32)])
+def test_hidden_output_and_its_gradient(plan, steps, dtype):
+    """The layer's launches: the forward walk also writes h alone, in the input's dtype,
+    equal to the states' h; the backward reads h's gradient alone, (B, T, N) in its dtype,
+    and gives what the states' gradient with zeros for c gives (the float64 reference)."""
+    cell, pre, h0, resets = _problem(2, steps, 5, with_h0=True, with_resets=True)
+    pre = _dev(pre.to(dtype))
+    a, p = _weights(cell)
+    kw = dict(bias=_bias(cell), **PLANS[plan])
+    H, _ = paralstm.forward(pre, a, p, _dev(h0), _dev(resets), 3, **kw)
+    hidden = torch.full((2, steps, 5), float("nan"), device=DEVICE, dtype=dtype)
+    H2, _ = paralstm.forward(pre, a, p, _dev(h0), _dev(resets), 3, hidden_out=hidden, **kw)
+    assert torch.equal(H2, H)
+    if CUDA or dtype == torch.float32:  # rounded to nearest even, as torch's cast
+        assert torch.equal(hidden, H[..., 1::2].to(dtype))
+    else:  # Triton's interpreter truncates fp32 to bf16: within one bf16 ulp
+        torch.testing.assert_close(hidden.float(), H[..., 1::2], rtol=2.0 ** -7, atol=0)
+
+    grad_h = torch.randn(2, steps, 5).to(dtype)
+    grad_states = torch.stack((torch.zeros(2, steps, 5), grad_h.float()), -1).flatten(-2)
+    got = paralstm.backward(pre, a, p, _dev(h0), _dev(resets), H, _dev(grad_h), **kw)
+    want = paralstm.backward(pre, a, p, _dev(h0), _dev(resets), H, _dev(grad_states), **kw)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    _, g_pre, (g_a, g_p, g_b), g_h0 = reference_grads(cell, pre.cpu(), h0, resets, grad_states)
+    gp, ga, gpp, gh, gb = got
+    assert _rel(gp, g_pre) < (1e-5 if dtype == torch.float32 else 1e-2)
+    assert max(_rel(ga, g_a), _rel(gpp, g_p), _rel(gb, g_b), _rel(gh, g_h0)) < 1e-5
+
+
+@pytest.mark.parametrize("loss_on", ["hidden", "final state", "both"])
+def test_solve_with_hidden_against_autograd_through_the_loop(loss_on):
+    """``paralstm_solve(hidden=True)``: gradients of a loss on h, on the final state (what a
+    caller carrying the state on uses) or both, against autograd through the float64 loop."""
+    torch.manual_seed(1)
+    cell, pre, h0, resets = _problem(2, 21, 6, with_h0=True, with_resets=False, scale=1.0)
+    w_h, w_s = torch.randn(2, 21, 6), torch.randn(2, 12)
+
+    def loss(states, h):
+        total = 0.0
+        if loss_on != "final state":
+            total = total + (h.double().cpu() * w_h).sum()
+        if loss_on != "hidden":
+            total = total + (states[:, -1].double().cpu() * w_s).sum()
+        return total
+
+    leaves = [pre.double().requires_grad_(), cell.a.detach().double().requires_grad_(),
+              cell.peephole.detach().double().requires_grad_(),
+              cell.bias.detach().double().requires_grad_(), h0.double().requires_grad_()]
+    ref = paralstm.paralstm_naive(*leaves)
+    want = torch.autograd.grad(loss(ref, ref[..., 1::2]), leaves)
+
+    ours = [_dev(t.detach().float()).requires_grad_() for t in leaves]
+    states, h, _ = paralstm.paralstm_solve(*ours, hidden=True)
+    assert h.shape == (2, 21, 6) and h.is_contiguous()
+    got = torch.autograd.grad(loss(states, h), ours)
+    for g, w in zip(got, want):
+        assert _rel(g, w) < 1e-5
+
+
 def test_sequential_forward_matches():
     cell, pre, h0, resets = _problem(3, 33, 20, with_h0=True, with_resets=True)
     a, p = _weights(cell)
@@ -117,6 +178,11 @@ def test_supports_and_validation():
         paralstm.newton_forward(pre, a, torch.randn(2, 3, device=DEVICE))
     with pytest.raises(ValueError, match="h0 must be"):
         paralstm.sequential_forward(pre, a, p, torch.randn(2, 2, device=DEVICE))
+    with pytest.raises(ValueError, match="hidden_out must be a contiguous"):
+        paralstm.forward(pre, a, p, hidden_out=torch.empty(2, 3, 4, device=DEVICE))
+    H, _ = paralstm.forward(pre, a, p)
+    with pytest.raises(ValueError, match=r"grad_H \(2, 3, 4\) or \(2, 3, 2\)"):
+        paralstm.backward(pre, a, p, None, None, H, torch.randn(2, 3, 3, device=DEVICE))
 
 
 @gpu

@@ -138,7 +138,8 @@ class _RecordedKernel:
 
 def _run_every_kernel():
     """Forward and backward of both cells (head-major pre-activations, bias, h0, resets, a
-    segmented plan: its boundary solves too) and of the SiLU conv."""
+    segmented plan: its boundary solves too; ParaLSTM's with h alone as well) and of the
+    SiLU conv."""
     torch.manual_seed(0)
     batch, steps, n, heads = 2, 12, 32, 2  # two segments of the plan below
     for kernels, width in ((paragru, 1), (paralstm, 2)):
@@ -152,6 +153,11 @@ def _run_every_kernel():
         states, _ = kernels.forward(pre, a, *extra, h0, resets, bias=bias, **plan)
         grad = torch.randn_like(states)
         kernels.backward(pre, a, *extra, h0, resets, states, grad, bias=bias, **plan)
+        if kernels is paralstm:  # the layer's launches: h written alone, its gradient read
+            hidden = torch.empty(batch, steps, n, device=DEVICE)
+            kernels.forward(pre, a, *extra, h0, resets, bias=bias, hidden_out=hidden, **plan)
+            kernels.backward(pre, a, *extra, h0, resets, states, torch.randn_like(hidden),
+                             bias=bias, **plan)
     x = torch.randn(batch, steps, 24, device=DEVICE)
     weight, conv_bias = torch.randn(24, 4, device=DEVICE), torch.randn(24, device=DEVICE)
     y = causal_conv.forward(x, weight, conv_bias, silu=True)

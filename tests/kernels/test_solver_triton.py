@@ -189,3 +189,30 @@ def test_fused_layers_clamp_the_recurrent_weights_in_the_kernels(layer_cls):
     assert layer.last_solve.backend == "triton-fused"
     ops = {event.name for event in prof.events()}
     assert not {op for op in ops if "clamp" in op}, sorted(ops)
+
+
+@pytest.mark.parametrize("final_state_in_loss", [False, True])
+def test_fused_paralstm_layer_outputs_h_of_its_own(monkeypatch, final_state_in_loss):
+    """The layer's output is h as the forward walk wrote it (contiguous, not a stride-2
+    view of all the states), and a loss on it alone hands the backward kernel h's gradient
+    as it is, (B, T, N); the final state's gradient, when used, is added into all the
+    states' (the values: test_fused_layer_matches_torch_backend)."""
+    from pararnn.kernels import paralstm
+
+    seen = []
+    backward_parts = paralstm._backward_parts
+
+    def recording(*args, **kwargs):
+        seen.append(tuple(args[6].shape))  # grad_H
+        return backward_parts(*args, **kwargs)
+
+    monkeypatch.setattr(paralstm, "_backward_parts", recording)
+    layer = pararnn.ParaLSTM(6, 12, num_heads=2, recurrent_clip=0.5, backend="triton",
+                             device=DEVICE)
+    x = torch.randn(2, 9, 6, device=DEVICE, requires_grad=True)
+    out, (h_n, c_n) = layer(x)
+    assert layer.last_solve.backend == "triton-fused"
+    assert out.is_contiguous() and out.shape == (2, 9, 12)
+    loss = out.sin().sum() + (c_n.square().sum() if final_state_in_loss else 0.0)
+    loss.backward()
+    assert seen == [(2, 9, 24) if final_state_in_loss else (2, 9, 12)]

@@ -50,6 +50,12 @@ class Cell(nn.Module):
             return self.step_and_jacobian(x, h_prev)
         return self.step(x, h_prev)
 
+    # Whether the fused solver writes :meth:`hidden` of the states itself on request
+    # (``hidden=True``, see :meth:`fused_solver`): a cell whose output is part of its state
+    # (ParaLSTM's h) then hands the layer a tensor of its own, whose gradient the fused
+    # backward reads as it is, instead of a strided view of all the states.
+    fused_solver_writes_hidden = False
+
     def hidden(self, states: torch.Tensor) -> torch.Tensor:
         """The part of ``states`` ``(..., state_size)`` that a layer outputs: all of it by
         default; ParaLSTM's ``h``."""
@@ -96,6 +102,9 @@ class Cell(nn.Module):
         None). ``pre`` is ``(B, T, input_size)``, or ``(H, B, T, input_size / H)`` where
         the caller passed head-major pre-activations (:class:`pararnn.layout.HeadMajor`);
         the solver calls it only for float32/bfloat16 input on a device where Triton runs.
+        A cell that sets :attr:`fused_solver_writes_hidden` also takes ``hidden=True``
+        and then returns ``(states, hidden, report)``, ``hidden`` being
+        :meth:`hidden` of the states, contiguous, in the dtype of ``pre``.
         """
         return None
 

@@ -246,12 +246,14 @@ class ParaLSTMCell(Cell):
             return None
         return self._fused_solve
 
-    def _fused_solve(self, pre, h0, resets, **options):
+    fused_solver_writes_hidden = True  # the forward walk writes h alone as well
+
+    def _fused_solve(self, pre, h0, resets, hidden=False, **options):
         from ..kernels.paralstm import paralstm_solve
 
         # the kernels clamp a and the peepholes themselves (recurrent_clip), as paragru's
         return paralstm_solve(pre, self.a, self.peephole, self.bias, h0, resets,
-                              clip=self.recurrent_clip, **options)
+                              clip=self.recurrent_clip, hidden=hidden, **options)
 
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, recurrent_clip={self.recurrent_clip}, "

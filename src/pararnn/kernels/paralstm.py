@@ -1,8 +1,9 @@
 """Fused Triton kernels for the ParaLSTM cell (:class:`pararnn.cells.ParaLSTMCell`).
 
 The op: ``paralstm_solve(pre, a, peephole, bias, initial_state, resets, *, clip, rounds,
-verify_tol, sequential) -> (states, report)``, differentiable (autograd Function below),
-and ``paralstm_naive`` with the same arguments, the plain PyTorch loop it must match.
+verify_tol, sequential, hidden) -> (states, report)`` (``(states, h, report)`` with
+``hidden``), differentiable (autograd Function below), and ``paralstm_naive`` with the
+same arguments, the plain PyTorch loop it must match.
 
 Same scheme as :mod:`.paragru` (see :mod:`._fused_common`), with a 2-vector state
 ``(c, h)`` per channel and 2x2 Jacobian blocks. ``newton_forward`` returns the solution
@@ -140,14 +141,14 @@ def _lstm_jacobian(cp, f, cand, o, tc, a_f, a_c, a_o, p_f, p_o):
 
 
 @triton.jit
-def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB, L, W, P,
-                     tol, clip, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-                     HAS_RST: tl.constexpr, HAS_CLIP: tl.constexpr,
+def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, HID, E, A, S, X, FELL, T, N, NH, NB, L,
+                     W, P, tol, clip, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+                     HAS_RST: tl.constexpr, HAS_CLIP: tl.constexpr, HAS_HID: tl.constexpr,
                      SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
                      BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr,
                      STAGES: tl.constexpr, ALIGNED: tl.constexpr):
     # blocks of K steps as (K, BN) tiles, pipelined as in paragru's kernels; ALIGNED as
-    # there
+    # there. HAS_HID: h alone also goes to HID (B, T, N) in HID's dtype, the layer's output
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
@@ -233,8 +234,11 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
                     m01 = tl.where(upd, n01, m01)
                     m10 = tl.where(upd, n10, m10)
                     m11 = tl.where(upd, n11, m11)
-            _store_pairs(HOUT, b, T, N, t0, rows, pair_offs,
-                         (t_rows >= seg_start) & (t_rows < seg_end), out_c, out_h, BN)
+            in_seg = (t_rows >= seg_start) & (t_rows < seg_end)
+            _store_pairs(HOUT, b, T, N, t0, rows, pair_offs, in_seg, out_c, out_h, BN)
+            if HAS_HID:
+                tl.store(HID + step_offsets(b, T, N, t0, rows, offs),
+                         out_h.to(HID.dtype.element_ty), mask=in_seg[:, None] & mn[None, :])
             if HAS_RST:
                 bits = bits_n
         if SEGMENTED:
@@ -245,10 +249,12 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, N
 def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T, N, NH, NB,
                      L, W, tol, clip, GROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_H0: tl.constexpr, HAS_RST: tl.constexpr, HAS_CLIP: tl.constexpr,
-                     SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, BN: tl.constexpr,
-                     K: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
-                     ALIGNED: tl.constexpr):
-    # walks down from t_top in blocks of K steps, pipelined and ALIGNED as the forward
+                     GRAD_H_ONLY: tl.constexpr, SEGMENTED: tl.constexpr,
+                     CORRECT: tl.constexpr, BN: tl.constexpr, K: tl.constexpr,
+                     VEC: tl.constexpr, STAGES: tl.constexpr, ALIGNED: tl.constexpr):
+    # walks down from t_top in blocks of K steps, pipelined and ALIGNED as the forward.
+    # GRAD_H_ONLY: GH is the gradient of h alone, (B, T, N) in any dtype (c's is zero);
+    # otherwise of all the states, (B, T, 2N) interleaved fp32
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
@@ -300,7 +306,11 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
             in_walk = (t_rows >= seg_start) & (t_rows < t_top)
             uf, uc, uo = load_gate_tiles(PRE, b, T, NH, base, rows, pre_offs,
                                          rows_in(t_rows, seg_start, t_top, mn))
-            gc, gh = _load_pairs(GH, b, T, N, base, rows, pair_offs, in_walk, BN)
+            if GRAD_H_ONLY:
+                gh = tl.load(GH + step_offsets(b, T, N, base, rows, offs),
+                             mask=in_walk[:, None] & mn[None, :], other=0.0).to(tl.float32)
+            else:
+                gc, gh = _load_pairs(GH, b, T, N, base, rows, pair_offs, in_walk, BN)
             # the states before each step: row t - 1 of HS
             hc, hh = _load_pairs(HS - 2 * N, b, T, N, base, rows, pair_offs,
                                  in_walk & (t_rows > 0), BN)
@@ -329,7 +339,7 @@ def _lstm_bwd_kernel(PRE, AW, PW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S,
                                                  row_of(uc, rows, j) + b_c,
                                                  row_of(uo, rows, j) + b_o,
                                                  a_f, a_c, a_o, p_f, p_o)
-                lam_c = row_of(gc, rows, j) + mu_c
+                lam_c = mu_c if GRAD_H_ONLY else row_of(gc, rows, j) + mu_c
                 lam_h = row_of(gh, rows, j) + mu_h
                 g_op = lam_h * tc * o * (1.0 - o)
                 g_cn = lam_c + lam_h * o * (1.0 - tc * tc) + g_op * p_o
@@ -396,13 +406,18 @@ def _check_peephole(name, peephole, n):
 
 
 def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=None,
-            verify_tol=None, clip=None, seg_len=None, warmup=None, block_n=None,
-            num_warps=None, steps_per_block=None, stages=None, sequential=False):
+            verify_tol=None, clip=None, hidden_out=None, seg_len=None, warmup=None,
+            block_n=None, num_warps=None, steps_per_block=None, stages=None, sequential=False):
     """All states (B, T, 2N) interleaved fp32 of the ParaLSTM recurrence, and a
     :class:`~._fused_common.ForwardReport`; options as :func:`.paragru.forward` (``clip``
-    clamps ``a`` and ``peephole``)."""
+    clamps ``a`` and ``peephole``). ``hidden_out``: a contiguous (B, T, N) tensor that also
+    receives ``h`` alone, in its own dtype (the layer's output, written by the walk)."""
     batch, steps, n = check_common("paralstm", pre, a, h0, resets, 2, bias)
     _check_peephole("paralstm", peephole, n)
+    if hidden_out is not None and (tuple(hidden_out.shape) != (batch, steps, n)
+                                   or not hidden_out.is_contiguous()):
+        raise ValueError(f"paralstm: hidden_out must be a contiguous ({batch}, {steps}, {n}) "
+                         f"tensor, got {tuple(hidden_out.shape)}")
     if not sequential and rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     clip_arg = clip_value(clip)
@@ -429,10 +444,11 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
 
     def launch(correct: bool, segments: int = P, check: bool = False) -> None:
         launcher(_lstm_fwd_kernel, pre)[(block_count, batch, segments)](
-            pre, a, peephole, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n,
-            per_head, blocks, plan.seg_len if segments > 1 else steps, plan.warmup, P,
-            verify_tol if check else BOUNDARY_TOL, clip_arg, SEGMENTED=segments > 1,
-            CORRECT=correct, VERIFY=check, **flags,
+            pre, a, peephole, bias, h0, rst, out, hidden_out, E, A, S, X,
+            fell if check else None, steps, n, per_head, blocks,
+            plan.seg_len if segments > 1 else steps, plan.warmup, P,
+            verify_tol if check else BOUNDARY_TOL, clip_arg, HAS_HID=hidden_out is not None,
+            SEGMENTED=segments > 1, CORRECT=correct, VERIFY=check, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
             STAGES=plan.stages, ALIGNED=plan.whole_blocks(steps), num_warps=plan.num_warps)
 
@@ -465,7 +481,9 @@ def sequential_forward(pre, a, peephole, h0=None, resets=None, *, bias=None, cli
 
 def backward(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, clip=None,
              **plan_options):
-    """Gradients of ``sum(grad_H * H)`` through the recurrence.
+    """Gradients of ``sum(grad_H * H)`` through the recurrence, ``H`` all the states
+    (B, T, 2N); ``grad_H`` (B, T, 2N) fp32, or (B, T, N) in any float dtype: the gradient
+    of ``h`` alone (the layer's output), ``c``'s zero, read as it is.
 
     Returns ``(grad_pre (B,T,3N), grad_a (3,N), grad_peephole (2,N), grad_h0 (B,2N),
     grad_bias (3,N) or None)``; ``grad_pre`` in the dtype of ``pre``, the rest fp32;
@@ -486,14 +504,16 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, clip=
     batch, steps, n = check_common("paralstm.backward", pre, a, h0, resets, 2, bias)
     _check_peephole("paralstm.backward", peephole, n)
     shape = (batch, steps, 2 * n)
-    if tuple(H.shape) != shape or tuple(grad_H.shape) != shape:
-        raise ValueError(f"paralstm.backward: H and grad_H must be {shape}, "
-                         f"got {tuple(H.shape)} and {tuple(grad_H.shape)}")
+    grad_h_only = tuple(grad_H.shape) == (batch, steps, n)
+    if tuple(H.shape) != shape or not (grad_h_only or tuple(grad_H.shape) == shape):
+        raise ValueError(f"paralstm.backward: H must be {shape} and grad_H {shape} or "
+                         f"{(batch, steps, n)}, got {tuple(H.shape)} and {tuple(grad_H.shape)}")
     clip_arg = clip_value(clip)
     dev = pre.device
     given = pre
-    a, peephole, bias, h0, H, grad_H = (as_f32(t, dev)
-                                        for t in (a, peephole, bias, h0, H, grad_H))
+    a, peephole, bias, h0, H = (as_f32(t, dev) for t in (a, peephole, bias, h0, H))
+    # h's gradient is read in its own dtype (bf16 from a bf16 layer: half the bytes)
+    grad_H = grad_H.contiguous() if grad_h_only else as_f32(grad_H, dev)
     plan = make_plan("lstm_bwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
                      block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
                      stages=stages)
@@ -518,7 +538,8 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, clip=
         launcher(_lstm_bwd_kernel, pre)[grid](
             pre, a, peephole, bias, h0, rst, H, grad_H, grad_pre, grad_w_part, grad_h0_part,
             E, A, S, X, steps, n, per_head, blocks, plan.seg_len, plan.warmup, BOUNDARY_TOL,
-            clip_arg, GROWS=grows, SEGMENTED=segmented, CORRECT=correct, **flags,
+            clip_arg, GROWS=grows, GRAD_H_ONLY=grad_h_only, SEGMENTED=segmented,
+            CORRECT=correct, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
             STAGES=plan.stages, ALIGNED=plan.whole_blocks(steps), num_warps=plan.num_warps)
 
@@ -530,31 +551,44 @@ def _backward_parts(pre, a, peephole, h0, resets, H, grad_H, *, bias=None, clip=
 
 class _ParaLSTMSolve(torch.autograd.Function):
     """:func:`forward` with :func:`backward` as its gradient (pre, a, peephole, bias,
-    initial_state): the eager path with gradients."""
+    initial_state): the eager path with gradients. Outputs all the states and, with
+    ``hidden``, ``h`` alone (else an empty tensor)."""
 
     @staticmethod
     def forward(ctx, pre, a, peephole, bias, initial_state, resets, clip, rounds, verify_tol,
-                sequential, report_out):
+                sequential, hidden, report_out):
+        hidden_out = _hidden_out(pre, a, hidden)
         states, report = forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
-                                 verify_tol=verify_tol, clip=clip, sequential=sequential)
+                                 verify_tol=verify_tol, clip=clip, sequential=sequential,
+                                 hidden_out=hidden_out if hidden else None)
         report_out.append(report)
         ctx.save_for_backward(pre, a, peephole, bias, initial_state, resets, states)
         ctx.clip = clip
-        return states
+        ctx.set_materialize_grads(False)  # an unused output's gradient: None, not zeros
+        return states, hidden_out
 
     @staticmethod
-    def backward(ctx, grad_states):
-        return _gradients(ctx, grad_states, through_op=False) + (None,)
+    def backward(ctx, grad_states, grad_hidden):
+        return _gradients(ctx, grad_states, grad_hidden, through_op=False) + (None, None)
+
+
+def _hidden_out(pre, a, hidden: bool) -> torch.Tensor:
+    """The (B, T, N) tensor in pre's dtype that the forward walk writes ``h`` into, or an
+    empty one (an op returns tensors only)."""
+    if not hidden:
+        return pre.new_empty(0)
+    batch, steps = pre.shape[-3:-1]
+    return pre.new_empty(batch, steps, a.shape[1])
 
 
 # The op as torch.compile sees it (a triton_op on a GPU), as in :mod:`.paragru`; eager
 # calls use ``forward`` or the autograd Function above.
 def _forward_shapes(pre, a, peephole, bias, initial_state, resets, clip, rounds, verify_tol,
-                    sequential):
+                    sequential, hidden):
     batch, steps, n = check_common("paralstm", pre, a, initial_state, resets, 2, bias)
     clip_value(clip)
     plan = default_plan("lstm_fwd", pre, n, sequential)
-    return (pre.new_empty(batch, steps, 2 * n, dtype=torch.float32),
+    return (pre.new_empty(batch, steps, 2 * n, dtype=torch.float32), _hidden_out(pre, a, hidden),
             fake_flags(pre, plan, batch, verify_tol))
 
 
@@ -563,14 +597,16 @@ def _forward_shapes(pre, a, peephole, bias, initial_state, resets, clip, rounds,
 def _forward_op(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor,
                 bias: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
                 resets: Optional[torch.Tensor], clip: Optional[float], rounds: int,
-                verify_tol: Optional[float], sequential: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                verify_tol: Optional[float], sequential: bool,
+                hidden: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    hidden_out = _hidden_out(pre, a, hidden)
     states, report = forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
-                             verify_tol=verify_tol, clip=clip, sequential=sequential)
-    return states, op_flags(report, pre)
+                             verify_tol=verify_tol, clip=clip, sequential=sequential,
+                             hidden_out=hidden_out if hidden else None)
+    return states, hidden_out, op_flags(report, pre)
 
 
-def _backward_shapes(pre, a, peephole, bias, initial_state, resets, clip, states,
-                     grad_states):
+def _backward_shapes(pre, a, peephole, bias, initial_state, resets, clip, states, grad):
     batch, _, n2 = states.shape
     # grad_pre contiguous, as the kernel writes it (empty_like would copy pre's strides)
     return (pre.new_empty(pre.shape),
@@ -583,8 +619,9 @@ def _backward_shapes(pre, a, peephole, bias, initial_state, resets, clip, states
 def _backward_op(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor,
                  bias: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
                  resets: Optional[torch.Tensor], clip: Optional[float], states: torch.Tensor,
-                 grad_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward_parts(pre, a, peephole, initial_state, resets, states, grad_states,
+                 grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # grad: of all the states (B, T, 2N) or of h alone (B, T, N), as backward() takes it
+    return _backward_parts(pre, a, peephole, initial_state, resets, states, grad,
                            bias=bias, clip=clip)
 
 
@@ -592,38 +629,54 @@ def _setup_backward(ctx, inputs, output):
     pre, a, peephole, bias, initial_state, resets, clip = inputs[:7]
     ctx.save_for_backward(pre, a, peephole, bias, initial_state, resets, output[0])
     ctx.clip = clip
+    ctx.set_materialize_grads(False)
 
 
-def _gradients(ctx, grad_states, through_op: bool):
+def _gradients(ctx, grad_states, grad_hidden, through_op: bool):
     """The backward of both the registered op and the eager autograd Function. The
     registered op's backward calls the backward op: torch.compile traces it with fake
     tensors (AOTAutograd's joint graph), which the op takes (its launches traced on a GPU,
     its shape function under the interpreter) and a bare Triton launch does not; the
-    eager Function calls the kernels directly, without the dispatcher's host cost."""
+    eager Function calls the kernels directly, without the dispatcher's host cost.
+
+    A layer uses ``h`` alone (the hidden output) and the states only for the final state,
+    whose gradient is usually None: the kernel then reads h's gradient as it is, (B, T, N),
+    rather than a (B, T, 2N) fp32 one with zeros for ``c``."""
     reject_double_backward("ParaLSTM solve")
     pre, a, peephole, bias, h0, resets, states = ctx.saved_tensors
-    grad_states = grad_states.contiguous()
+    if grad_states is None and grad_hidden is None:
+        return (None,) * 10
+    if grad_states is None:
+        grad = grad_hidden
+    elif grad_hidden is None:
+        grad = grad_states
+    else:  # both used: h's share added into the states' gradient
+        grad = grad_states.float().clone()
+        grad[..., 1::2] += grad_hidden
     if through_op:
         grad_pre, grad_w, grad_h0 = _backward_op(pre, a, peephole, bias, h0, resets, ctx.clip,
-                                                 states, grad_states)
+                                                 states, grad)
     else:
-        grad_pre, grad_w, grad_h0 = _backward_parts(pre, a, peephole, h0, resets, states,
-                                                    grad_states, bias=bias, clip=ctx.clip)
+        grad_pre, grad_w, grad_h0 = _backward_parts(pre, a, peephole, h0, resets, states, grad,
+                                                    bias=bias, clip=ctx.clip)
     return (grad_pre, grad_w[:3], grad_w[3:5], None if bias is None else grad_w[5:],
             None if h0 is None else grad_h0.to(h0.dtype), None, None, None, None, None)
 
 
-def _op_backward(ctx, grad_states, _flags):
-    return _gradients(ctx, grad_states, through_op=True)
+def _op_backward(ctx, grad_states, grad_hidden, _flags):
+    return _gradients(ctx, grad_states, grad_hidden, through_op=True) + (None,)
 
 
 _forward_op.register_autograd(_op_backward, setup_context=_setup_backward)
 
 
 def paralstm_solve(pre, a, peephole, bias=None, initial_state=None, resets=None, *,
-                   clip=None, rounds: int = 3, verify_tol=None, sequential: bool = False):
+                   clip=None, rounds: int = 3, verify_tol=None, sequential: bool = False,
+                   hidden: bool = False):
     """All states ``(B, T, 2N)`` fp32 (interleaved ``(c, h)`` per channel) of the ParaLSTM
-    recurrence and a ``ForwardReport``.
+    recurrence and a ``ForwardReport``; with ``hidden``, ``(states, h, report)``: ``h``
+    alone as well, ``(B, T, N)`` in pre's dtype, written by the same walk (what the layer
+    outputs: its gradient then reaches the backward kernel as it is).
 
     ``pre`` (B, T, 3N) fp32/bf16 (or head-major (H, B, T, 3N/H)), ``a`` (3, N) and
     ``peephole`` (2, N) (clamped in the kernels by ``clip`` if given, as in
@@ -635,16 +688,21 @@ def paralstm_solve(pre, a, peephole, bias=None, initial_state=None, resets=None,
     """
     if not torch.compiler.is_compiling():
         if not needs_grad(pre, a, peephole, bias, initial_state):
-            return forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
-                           verify_tol=verify_tol, clip=clip, sequential=sequential)
-        report_out = []
-        states = _ParaLSTMSolve.apply(pre, a, peephole, bias, initial_state, resets, clip,
-                                      rounds, verify_tol, sequential, report_out)
-        return states, report_out[0]
-    states, flags = _forward_op(pre, a, peephole, bias, initial_state, resets, clip, rounds,
-                                verify_tol, sequential)
-    return states, op_report(pre, "lstm_fwd", a.shape[1], rounds, verify_tol, sequential,
-                             flags)
+            hidden_out = _hidden_out(pre, a, hidden) if hidden else None
+            states, report = forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
+                                     verify_tol=verify_tol, clip=clip, sequential=sequential,
+                                     hidden_out=hidden_out)
+        else:
+            report_out = []
+            states, hidden_out = _ParaLSTMSolve.apply(pre, a, peephole, bias, initial_state,
+                                                      resets, clip, rounds, verify_tol,
+                                                      sequential, hidden, report_out)
+            report = report_out[0]
+    else:
+        states, hidden_out, flags = _forward_op(pre, a, peephole, bias, initial_state, resets,
+                                                clip, rounds, verify_tol, sequential, hidden)
+        report = op_report(pre, "lstm_fwd", a.shape[1], rounds, verify_tol, sequential, flags)
+    return (states, hidden_out, report) if hidden else (states, report)
 
 
 def paralstm_naive(pre, a, peephole, bias=None, initial_state=None, resets=None, *, clip=None):

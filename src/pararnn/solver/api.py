@@ -59,9 +59,9 @@ def solve(cell, x: torch.Tensor | HeadMajor, h0: torch.Tensor | None = None, *, 
             ``"torch"`` or ``"triton"`` (see :mod:`pararnn.solver.backends`).
         hidden: return :meth:`cell.hidden(states) <pararnn.Cell.hidden>` (what a layer
             outputs: ParaLSTM's ``h``) in place of all the states. Training through the C
-            loop on the CPU then writes it as a contiguous tensor of its own, whose gradient
-            goes to the loop's backward as it is (the view's gradient would be a zero-filled
-            one of all the states).
+            loop on the CPU, and ParaLSTM's fused kernels, then write it as a contiguous
+            tensor of its own, whose gradient goes to their backward as it is (the view's
+            gradient would be a zero-filled one of all the states).
 
     Returns:
         ``(states, h_n, info)``: all states ``(B, T, N)`` (the hidden ones with ``hidden``)
@@ -86,25 +86,30 @@ def solve(cell, x: torch.Tensor | HeadMajor, h0: torch.Tensor | None = None, *, 
     if not takes_fused and isinstance(x, HeadMajor):
         x = x.gate_major()
 
-    hidden_states = None  # written by the C loop only
+    hidden_states = None  # cell.hidden(states) where the C loop or a fused solver wrote it
     with _no_autocast(x.device.type):
         if takes_fused:
             # the kernels read bf16 input as it is and compute in fp32 (no upcast copy)
             # and start from zeros without an h0 (no zeros tensor)
             tol = config.tolerance(dtype)
             on_device = tol is not None and config.on_failure == "sequential"
-            states, report = fused(
-                x.data if isinstance(x, HeadMajor) else x, None if h0 is None else h0.to(dtype),
-                None if sequences.starts_only_at_zero else sequences.starts,
-                rounds=config.boundary_rounds, sequential=mode == "sequential",
-                verify_tol=tol if on_device else None)
+            args = (x.data if isinstance(x, HeadMajor) else x,
+                    None if h0 is None else h0.to(dtype),
+                    None if sequences.starts_only_at_zero else sequences.starts)
+            options = dict(rounds=config.boundary_rounds, sequential=mode == "sequential",
+                           verify_tol=tol if on_device else None)
+            if hidden and cell.fused_solver_writes_hidden:
+                states, hidden_states, report = fused(*args, hidden=True, **options)
+            else:
+                states, report = fused(*args, **options)
             info = SolveInfo(mode, "triton-fused", segments=report.segments,
                              boundary_rounds=report.boundary_rounds,
                              fallback_flags=report.fell_back)
             if mode == "parallel" and tol is not None and not on_device:
                 x = x.gate_major() if isinstance(x, HeadMajor) else x
-                states = _check_solution(cell, x.to(dtype), _initial(h0, n_init, cell, x, dtype),
-                                         sequences, config, tol, states, info)
+                # "warn" or "raise": the states stay the kernel's (and so does its h)
+                _check_solution(cell, x.to(dtype), _initial(h0, n_init, cell, x, dtype),
+                                sequences, config, tol, states, info)
             elif mode == "parallel" and report.segments == 1:
                 info.converged = True  # one exact walk: nothing to converge
         elif mode == "sequential":
@@ -175,13 +180,12 @@ def _needs_grad(cell, x, h0) -> bool:
 
 
 def _check_solution(cell, x, h0, sequences, config: NewtonConfig, tol: float, states,
-                    info: SolveInfo):
-    """Host check of a fused solve's residual, for ``on_failure`` "raise"/"warn"."""
+                    info: SolveInfo) -> None:
+    """Host check of a fused solve's residual, for ``on_failure`` "raise"/"warn" (which
+    keep the states; the fused path checks "sequential" on the device)."""
     with torch.no_grad():
         value = cell.step(x, sequences.previous_states(states, h0))
         info.residual = scaled_residual(value, states)
     info.converged = bool(info.residual <= tol)
-    if info.converged:
-        return states
-    states, _ = handle_failure(cell, x, h0, sequences, config, tol, states, info)
-    return states
+    if not info.converged:
+        handle_failure(cell, x, h0, sequences, config, tol, states, info)
