@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._fused_common import sigmoid, tanh
+from ._fused_common import clip_vector, sigmoid, tanh
 
 
 @triton.jit
@@ -58,16 +58,14 @@ def _load3(PTR, offs, mask, stride):
 def _cell_vectors(AW, BIAS, u0, u1, u2, channels, mask, N, clip,
                   HAS_BIAS: tl.constexpr, HAS_CLIP: tl.constexpr):
     """The gate pre-activations ``u`` plus the cell's bias, and the recurrent vectors
-    (clipped) of ``channels``."""
+    (clipped in fp32: a compiled decode step passes ``clip`` as fp64, which would otherwise
+    carry the whole step into fp64) of ``channels``."""
     if HAS_BIAS:
         b0, b1, b2 = _load3(BIAS, channels, mask, N)
         u0, u1, u2 = u0 + b0, u1 + b1, u2 + b2
     a0, a1, a2 = _load3(AW, channels, mask, N)
-    if HAS_CLIP:
-        a0 = tl.minimum(tl.maximum(a0, -clip), clip)
-        a1 = tl.minimum(tl.maximum(a1, -clip), clip)
-        a2 = tl.minimum(tl.maximum(a2, -clip), clip)
-    return u0, u1, u2, a0, a1, a2
+    return (u0, u1, u2, clip_vector(a0, clip, HAS_CLIP), clip_vector(a1, clip, HAS_CLIP),
+            clip_vector(a2, clip, HAS_CLIP))
 
 
 @triton.jit
@@ -90,11 +88,10 @@ def _lstm_update(AW, PEEP, BIAS, H, C, row, channels, mask, N, clip, uf, uc, uo,
     """One ParaLSTM step of ``channels`` of state row ``row``, as :func:`_gru_update`."""
     uf, uc, uo, a_f, a_c, a_o = _cell_vectors(AW, BIAS, uf, uc, uo, channels, mask, N, clip,
                                               HAS_BIAS, HAS_CLIP)
-    p_f = tl.load(PEEP + channels, mask=mask, other=0.0).to(tl.float32)
-    p_o = tl.load(PEEP + N + channels, mask=mask, other=0.0).to(tl.float32)
-    if HAS_CLIP:
-        p_f = tl.minimum(tl.maximum(p_f, -clip), clip)
-        p_o = tl.minimum(tl.maximum(p_o, -clip), clip)
+    p_f = clip_vector(tl.load(PEEP + channels, mask=mask, other=0.0).to(tl.float32), clip,
+                      HAS_CLIP)
+    p_o = clip_vector(tl.load(PEEP + N + channels, mask=mask, other=0.0).to(tl.float32), clip,
+                      HAS_CLIP)
     h = tl.load(H + row * N + channels, mask=mask, other=0.0).to(tl.float32)
     c = tl.load(C + row * N + channels, mask=mask, other=0.0).to(tl.float32)
     f = sigmoid(a_f * h + uf + p_f * c)
