@@ -85,7 +85,8 @@ BOUNDARY = ("E", "A", "S", "X")  # the segment-boundary buffers: None in the one
 TILE_CONSTANTS = ("BN", "K", "VEC", "STAGES", "ALIGNED")  # set by resources()
 
 
-def kernel_spec(kernel: str, pre_dtype: str, segmented: bool, float_scalars: str = "fp32"):
+def kernel_spec(kernel: str, pre_dtype: str, segmented: bool, float_scalars: str = "fp32",
+                correct: bool = False):
     """(Triton function, argument types, constexpr values) of ``kernel`` as the fused op
     launches it in a layer: with a bias, no h0, no resets, no verification walk. ``float_scalars``: the
     type of the float arguments (``tol``, ``clip``): fp32 from a direct launch, fp64 from
@@ -103,7 +104,7 @@ def kernel_spec(kernel: str, pre_dtype: str, segmented: bool, float_scalars: str
         types.update(HS="*fp32", GH="*fp32", GPRE=f"*{pre_dtype}", GA="*fp32", GH0="*fp32")
         consts = {"GROWS": 6}
     consts.update(H0=None, RST=None, HAS_BIAS=True, HAS_H0=False, HAS_RST=False, HAS_CLIP=True,
-                  SEGMENTED=segmented, CORRECT=False)
+                  SEGMENTED=segmented, CORRECT=correct)
     if cell == "lstm":  # as the layer launches them: h written alone, its gradient read alone
         if direction == "fwd":
             types["HID"] = f"*{pre_dtype}"
@@ -124,10 +125,10 @@ def kernel_spec(kernel: str, pre_dtype: str, segmented: bool, float_scalars: str
 
 
 def resources(kernel: str, tile, pre_dtype: str, segmented: bool, arch: int,
-              float_scalars: str = "fp32") -> dict:
+              float_scalars: str = "fp32", correct: bool = False) -> dict:
     block_n, num_warps, steps_per_block, stages = tile
     per_thread = channels_per_thread(block_n, num_warps)
-    fn, signature, consts = kernel_spec(kernel, pre_dtype, segmented, float_scalars)
+    fn, signature, consts = kernel_spec(kernel, pre_dtype, segmented, float_scalars, correct)
     consts = {**consts, "BN": block_n, "K": steps_per_block, "VEC": per_thread, "STAGES": stages,
               "ALIGNED": True}
     aligned = BaseBackend.parse_attr("D")  # 16-byte aligned pointers, sizes divisible by 16
@@ -152,7 +153,8 @@ def resources(kernel: str, tile, pre_dtype: str, segmented: bool, arch: int,
     loop = loop_instructions(sass)
     return {"kernel": kernel, "block_n": block_n, "num_warps": num_warps,
             "steps_per_block": steps_per_block, "stages": stages,
-            "channels_per_thread": per_thread, "segmented": segmented, "registers": regs,
+            "channels_per_thread": per_thread, "segmented": segmented, "correct": correct,
+            "registers": regs,
             "stack_bytes": stack, "shared_bytes": compiled.metadata.shared,
             "async_copies": compiled.asm["ptx"].count("cp.async."),
             "loop_instructions": loop,
@@ -169,14 +171,17 @@ def main() -> None:
                         help="the pre-activations' dtype (the LM's: bf16)")
     parser.add_argument("--shipped", action="store_true",
                         help="only the shipped tiles of each kernel (_fused_common.CUDA_TILES)")
-    parser.add_argument("--plans", choices=("both", "one-walk", "segmented"), default="both",
-                        help="the one-walk plan, the segmented one or both (each a compile)")
+    parser.add_argument("--plans", choices=("both", "one-walk", "segmented", "correction"),
+                        default="both",
+                        help="the one-walk plan, the segmented one or both (each a compile); "
+                             "correction: the segmented plan's correction launches (CORRECT)")
     parser.add_argument("--float-scalars", choices=("fp32", "fp64"), default="fp32",
                         help="type of the float arguments (tol, clip): fp32 as a direct launch "
                              "passes them, fp64 as torch.compile's generated launcher does")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
-    plans = {"both": (False, True), "one-walk": (False,), "segmented": (True,)}[args.plans]
+    plans = {"both": ((False, False), (True, False)), "one-walk": ((False, False),),
+             "segmented": ((True, False),), "correction": ((True, True),)}[args.plans]
     if os.environ.get("TRITON_INTERPRET") == "1":  # the kernels would be interpreted functions
         sys.exit("kernel_resources.py compiles the kernels: unset TRITON_INTERPRET")
     from pararnn.kernels._fused_common import CUDA_TILES
@@ -187,13 +192,14 @@ def main() -> None:
     for kernel, tiles in TILES.items():
         shipped_tiles = [tile for _, tile in CUDA_TILES[kernel]]
         for tile in shipped_tiles if args.shipped else tiles:
-            for segmented in plans:
+            for segmented, correct in plans:
                 row = resources(kernel, tile, args.dtype, segmented, args.arch,
-                                args.float_scalars)
+                                args.float_scalars, correct)
                 rows.append(row)
                 shipped = " (shipped)" if tuple(tile) in shipped_tiles else ""
+                plan = "correction" if correct else "segmented" if segmented else "one walk"
                 print(f"| {kernel} | {'/'.join(map(str, tile))}{shipped} | {row['channels_per_thread']} "
-                      f"| {'segmented' if segmented else 'one walk'} | {row['registers']} "
+                      f"| {plan} | {row['registers']} "
                       f"| {row['stack_bytes']} | {row['shared_bytes']} | {row['loop_instructions']} "
                       f"| {row['instructions_per_channel_step']:.0f} |", flush=True)
     if args.json:
