@@ -6,16 +6,19 @@ tile, without a GPU.
 Compiles each kernel (GRU/LSTM, forward/backward) for an NVIDIA architecture (default
 sm_90, the H100/H200) with Triton's own ahead-of-time path, for every tile of
 ``gpu_profile.TILES`` (channels per program, warps, steps per block, load-pipeline
-stages), as the one-walk
-plan and the segmented plan launch it (``SEGMENTED``), and reads the registers per thread
+stages), as the one-walk plan and the segmented plan launch it (``SEGMENTED``; with
+``--plans correction`` the segmented plan's correction rounds, ``CORRECT``), and reads the registers per thread
 and the stack bytes (spills) of the cubin with the ``cuobjdump`` that ships with Triton,
 and counts the SASS instructions of the step loop (its ``nvdisasm``): the loop's length
 divided by the channel-steps a thread does per iteration (steps per block x channels per
 thread) is the instructions one channel-step costs. Where a plan leaves few warps per SM
 the walk is bound by issuing them, so fewer is faster there.
-The arguments are specialised as a launch at the LM's shapes would be: a bias, the
-recurrent clip, no initial state, no resets, pointers 16-byte aligned and sizes divisible by 16, walks in whole step
-blocks (``ALIGNED``).
+The arguments are specialised as a layer's launch at the LM's shapes would be: a bias,
+the recurrent clip, no initial state, no resets, ParaLSTM writing ``h`` alone and reading
+its gradient alone, pointers 16-byte aligned and sizes divisible by 16, walks in whole
+step blocks (``ALIGNED``); float arguments fp32 as a direct launch passes them
+(``--float-scalars fp64``: as torch.compile's launcher does). Rows also count the
+double-precision instructions (none expected).
 
 A thread has at most 255 registers; past that the compiler spills to the stack (local
 memory), which the sequential walk then reads and writes every step. Registers also bound
