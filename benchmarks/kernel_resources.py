@@ -7,8 +7,9 @@ Compiles each kernel (GRU/LSTM, forward/backward) for an NVIDIA architecture (de
 sm_90, the H100/H200) with Triton's own ahead-of-time path, for every tile of
 ``gpu_profile.TILES`` (channels per program, warps, steps per block, load-pipeline
 stages), as the one-walk plan and the segmented plan launch it (``SEGMENTED``; with
-``--plans correction`` the segmented plan's correction rounds, ``CORRECT``), and reads the registers per thread
-and the stack bytes (spills) of the cubin with the ``cuobjdump`` that ships with Triton,
+``--plans correction`` the segmented plan's correction rounds, ``CORRECT``), and reads
+the registers per thread and the stack bytes (spills) of the cubin with the
+``cuobjdump`` that ships with Triton,
 and counts the SASS instructions of the step loop (its ``nvdisasm``): the loop's length
 divided by the channel-steps a thread does per iteration (steps per block x channels per
 thread) is the instructions one channel-step costs. Where a plan leaves few warps per SM
