@@ -171,3 +171,25 @@ def test_inductor_launches_the_conv_kernels_itself():
     assert "torch.ops.pararnn.causal_conv1d" not in source
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2)
+
+
+def test_compiled_paralstm_layer_hands_its_backward_the_gradient_of_h_alone():
+    """Compiled as a model uses the layer (its final state dropped inside the graph, as the
+    LM's mixer does), the states have no gradient in AOTAutograd's joint graph, so the
+    backward op reads h's gradient as it is, (B, T, N) (the zero-filled (B, T, 2N) gradient
+    of all the states cost 10% of the LM step). A final state returned from the compiled
+    graph gets a gradient (zeros when unused): then the (B, T, 2N) one."""
+    torch.manual_seed(0)
+    layer = pararnn.ParaLSTM(4, 8, num_heads=2, recurrent_clip=0.5, backend="triton",
+                             device=DEVICE)
+    x = torch.randn(2, 12, 4, device=DEVICE, requires_grad=True)
+    for returns_final_state, width in ((False, 8), (True, 16)):
+        torch._dynamo.reset()
+        compiled = torch.compile(layer if returns_final_state else lambda x: layer(x)[0],
+                                 fullgraph=True, backend="aot_eager")
+        out = compiled(x)
+        out = out[0] if returns_final_state else out
+        assert layer.last_solve.backend == "triton-fused"
+        with _OpRecorder() as recorder:  # (a dispatch mode around the compiled call breaks it)
+            out.sin().sum().backward()
+        assert tuple(recorder.args["pararnn::paralstm_backward"][-1].shape) == (2, 12, width)
