@@ -81,33 +81,31 @@ def check_forward_and_backward(plan, steps, with_h0, with_resets):
     assert _rel(gh, g_h0) < 1e-5
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("plan,steps", [("single", 33), ("repair", 33), ("whole", 32)])
+@pytest.mark.parametrize("plan,steps,dtype", [("single", 17, torch.float32),
+                                              ("single", 17, torch.bfloat16),
+                                              ("repair", 17, torch.float32),
+                                              ("whole", 32, torch.bfloat16)])
 def test_hidden_output_and_its_gradient(plan, steps, dtype):
     """The layer's launches: the forward walk also writes h alone, in the input's dtype,
     equal to the states' h; the backward reads h's gradient alone, (B, T, N) in its dtype,
-    and gives what the states' gradient with zeros for c gives (the float64 reference)."""
+    and gives the gradients of the states' gradient with zeros for c (float64 reference)."""
     cell, pre, h0, resets = _problem(2, steps, 5, with_h0=True, with_resets=True)
     pre = _dev(pre.to(dtype))
     a, p = _weights(cell)
     kw = dict(bias=_bias(cell), **PLANS[plan])
-    H, _ = paralstm.forward(pre, a, p, _dev(h0), _dev(resets), 3, **kw)
     hidden = torch.full((2, steps, 5), float("nan"), device=DEVICE, dtype=dtype)
-    H2, _ = paralstm.forward(pre, a, p, _dev(h0), _dev(resets), 3, hidden_out=hidden, **kw)
-    assert torch.equal(H2, H)
+    H, _ = paralstm.forward(pre, a, p, _dev(h0), _dev(resets), 3, hidden_out=hidden, **kw)
+    grad_h = torch.randn(2, steps, 5).to(dtype)
+    grad_states = torch.stack((torch.zeros(2, steps, 5), grad_h.float()), -1).flatten(-2)
+    ref, g_pre, (g_a, g_p, g_b), g_h0 = reference_grads(cell, pre.cpu(), h0, resets, grad_states)
+    assert (H.cpu().double() - ref).abs().max() < 2e-6
     if CUDA or dtype == torch.float32:  # rounded to nearest even, as torch's cast
         assert torch.equal(hidden, H[..., 1::2].to(dtype))
     else:  # Triton's interpreter truncates fp32 to bf16: within one bf16 ulp
         torch.testing.assert_close(hidden.float(), H[..., 1::2], rtol=2.0 ** -7, atol=0)
 
-    grad_h = torch.randn(2, steps, 5).to(dtype)
-    grad_states = torch.stack((torch.zeros(2, steps, 5), grad_h.float()), -1).flatten(-2)
-    got = paralstm.backward(pre, a, p, _dev(h0), _dev(resets), H, _dev(grad_h), **kw)
-    want = paralstm.backward(pre, a, p, _dev(h0), _dev(resets), H, _dev(grad_states), **kw)
-    for g, w in zip(got, want):
-        assert torch.equal(g, w)
-    _, g_pre, (g_a, g_p, g_b), g_h0 = reference_grads(cell, pre.cpu(), h0, resets, grad_states)
-    gp, ga, gpp, gh, gb = got
+    gp, ga, gpp, gh, gb = paralstm.backward(pre, a, p, _dev(h0), _dev(resets), H,
+                                            _dev(grad_h), **kw)
     assert _rel(gp, g_pre) < (1e-5 if dtype == torch.float32 else 1e-2)
     assert max(_rel(ga, g_a), _rel(gpp, g_p), _rel(gb, g_b), _rel(gh, g_h0)) < 1e-5
 
