@@ -651,7 +651,7 @@ def _gradients(ctx, grad_states, grad_hidden, through_op: bool):
     elif grad_hidden is None:
         grad = grad_states
     else:  # both used: h's share added into the states' gradient
-        grad = grad_states.float().clone()
+        grad = grad_states.clone()  # fp32, as the states
         grad[..., 1::2] += grad_hidden
     if through_op:
         grad_pre, grad_w, grad_h0 = _backward_op(pre, a, peephole, bias, h0, resets, ctx.clip,
