@@ -44,11 +44,12 @@ SHAPES = [(32, 512, 1024), (32, 512, 1152), (4, 4096, 1024), (8, 2048, 2304)]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 KERNEL_SIZE = 4
 HBM_BYTES_PER_S = 4.2e12
-# (CUDA_TILE, CUDA_BWD_TILE, PROGRAMS_PER_SM) launch configurations of --sweep; the first
-# is the default
-SWEEP = [((16, 64, 2), (8, 128, 2), 16), ((32, 64, 4), (8, 128, 2), 16), ((16, 64, 2), (8, 64, 1), 32),
-         ((16, 64, 2), (16, 64, 1), 32), ((16, 64, 2), (8, 256, 4), 16), ((16, 64, 2), (4, 64, 1), 32),
-         ((16, 64, 2), (8, 128, 2), 32)]
+# (CUDA_TILE, CUDA_BWD_TILE, PROGRAMS_PER_SM) launch configurations of --sweep, tiles as
+# (time block, channel block, warps, load stages); the first is the default
+SWEEP = [((8, 128, 2, 3), (8, 128, 2, 3), 16), ((8, 128, 2, 2), (8, 128, 2, 2), 16),
+         ((16, 128, 2, 2), (16, 128, 2, 2), 16), ((8, 64, 1, 2), (8, 64, 1, 2), 32),
+         ((8, 128, 2, 2), (8, 128, 2, 2), 8), ((8, 256, 4, 2), (8, 256, 4, 2), 16),
+         ((8, 128, 2, 1), (8, 128, 2, 1), 32), ((4, 128, 2, 3), (4, 128, 2, 3), 16)]
 
 
 def floor_ms(batch: int, steps: int, channels: int, dtype: torch.dtype, backward: bool) -> float:

@@ -18,7 +18,7 @@ LAUNCHED = {  # what each op's code launches (see the launcher() calls of each m
     "paralstm_forward": {"_lstm_fwd_kernel", "_boundary_2x2_kernel"},
     "paralstm_backward": {"_lstm_bwd_kernel", "_boundary_2x2_kernel"},
     "causal_conv1d": {"_conv1d_fwd_kernel"},
-    "causal_conv1d_backward": {"_silu_grad_kernel", "_conv1d_bwd_kernel"},
+    "causal_conv1d_backward": {"_conv1d_bwd_kernel"},
 }
 
 PROBE = """

@@ -38,8 +38,7 @@ INPUTS = {
     "_boundary_diag_kernel": {"E", "A", "S"},
     "_boundary_2x2_kernel": {"E", "A", "S"},
     "_conv1d_fwd_kernel": {"X", "W", "BIAS"},
-    "_silu_grad_kernel": {"X", "W", "BIAS", "G"},
-    "_conv1d_bwd_kernel": {"X", "W", "DZ"},
+    "_conv1d_bwd_kernel": {"X", "W", "BIAS", "G"},
 }
 
 ANALYSE = """

@@ -10,25 +10,24 @@ below), and ``causal_conv1d_naive``, the plain PyTorch ops of
 
 PyTorch runs this conv as a transpose to channels-first, a zero pad, a grouped
 ``F.conv1d`` and a transpose back (layout copies around cuDNN), then SiLU; its backward
-is cuDNN's depthwise data and weight gradients. Here the forward is one kernel over
-(time block, channel block, row) tiles of the natural layout, contiguous in C: a tile
-reads the ``K`` time-shifted copies of its input block (the overlap comes from cache, so
-the input is read about once) and writes the output once.
+is cuDNN's depthwise data and weight gradients. Here each direction is one kernel on the
+natural layout, contiguous in C, and both walk time the same way: a program owns a run of
+time blocks of one (row, channel block), each thread holding whole columns of a block
+(all its steps of a few channels), and steps through the run block by block, keeping the
+previous block in registers. The ``K`` time-shifted copies a step needs are then register
+moves within a thread (:func:`_rows_back`, :func:`_rows_ahead`), so every element of
+``x``, ``dy`` and ``dx`` crosses memory once; a run reads one block before it (and the
+backward one after it) more.
 
-The backward needs ``dz``, the gradient of the pre-activation, at ``K`` time shifts per
-tile: ``dx`` is the transposed conv, ``dx[t] = sum_k w[k] dz[t + K - 1 - k]``. With SiLU,
-``dz = dy * silu'(z)`` needs the pre-activation ``z``, recomputed from ``x`` rather than
-stored by the forward (a tensor written there and read here). A first kernel computes
-``dz`` once per element into a float32 buffer (in ``x``'s dtype it would save 7% of the
-bf16 forward+backward on the H200 but round every product the parameter gradients sum);
-the conv's backward kernel then reads its ``K`` shifts from cache. (Recomputing ``dz`` at
-every shift inside one kernel costs ``K`` pre-activations and sigmoids per element: slower
-at every shape measured on the H200.) Each program of the second kernel walks a run of time blocks
-of one (row, channel block), each thread holding whole columns of a tile (all its time
-steps of a few channels), so the weight- and bias-gradient products of a tile sum over
-time inside the thread, without the cross-thread reductions (a barrier each) that a tile
-split over threads by rows needs; each program writes one partial row, and one ``sum``
-over the rows reduces them afterwards: deterministic (no atomics), so gradients are
+The backward needs ``dz``, the gradient of the pre-activation, at ``K`` shifts:
+``dx[t] = sum_j w[K-1-j] dz[t + j]``, and with SiLU ``dz = dy * silu'(z)`` needs the
+pre-activation ``z``, recomputed from ``x`` rather than stored by the forward. The walk
+computes block ``i``'s ``dz`` once, in float32, and finishes block ``i - 1`` with it: its
+``dx`` and its weight-gradient products ``x[t] dz[t + j]``, summed over time inside the
+thread. (An earlier version wrote ``dz`` to a float32 buffer in a first kernel and read
+its shifts back from cache in a second: two launches and the buffer's round trip through
+memory.) Each program writes one partial row of parameter gradients, and one ``sum`` over
+the rows reduces them afterwards: deterministic (no atomics), so gradients are
 reproducible run to run.
 
 Dtypes as the module under autocast: ``weight`` and ``bias`` are rounded to ``x``'s dtype
@@ -44,124 +43,183 @@ import torch.nn.functional as F
 
 from .._grad import needs_grad
 from ._fused_common import (cdiv, channel_offsets, fused_op, host_cache, launcher,
-                            multiprocessors, next_power_of_2, reject_double_backward, sigmoid,
-                            tl, triton)
+                            multiprocessors, next_power_of_2, put_row, reject_double_backward,
+                            row_of, sigmoid, tl, triton)
 
 __all__ = ["causal_conv1d", "causal_conv1d_naive", "forward", "backward"]
 
-# (time block, channel block, warps) per tile. On CUDA a channel block of 64 is one
-# 128-byte line of bf16 per time step; 16 steps on 2 warps was the fastest forward of the
-# 7 tiles `benchmarks/gpu_conv.py --sweep` tried on the H200. The backward kernel's tile,
-# whole columns of 8 steps per thread (two channels each: 128 on 2 warps), made the
-# graphed forward+backward 1.3-1.4x faster than the two-warp 16x64 tile of row-split
-# threads at the 4 bf16 LM shapes (results/gpu_h200_2026-12-03f/c3/conv_ab2.*). On the CPU
-# (Triton's interpreter) small tiles, so that the tests' small shapes span several tiles
-# with ragged edges.
-CUDA_TILE = (16, 64, 2)
-CUDA_BWD_TILE = (8, 128, 2)
-CPU_TILE = (8, 16, 1)
-# The backward launches about this many programs per SM (splitting time into runs when
-# rows x channel blocks alone give fewer): enough resident tiles to hide memory latency,
-# few enough partial rows for the reduction to stay small.
+# (time block, channel block, warps, load stages) per program of either kernel: each thread
+# holds whole columns of a time block (all its steps of channel block / (32 warps)
+# channels), the walk loads blocks through Triton's software pipeliner, STAGES - 1 blocks
+# ahead. Of the 8 tiles `benchmarks/gpu_conv.py --sweep` tried on the H200, 8 steps of 128
+# channels on 2 warps, 3 stages, was the fastest bf16 forward + backward at 3 of the 4
+# shapes and within 1% at the fourth (results/gpu_h200_2026-12-04c/c2/sweep.log). On the
+# CPU (Triton's interpreter) small blocks, so that the tests' small shapes span several
+# blocks and runs with ragged edges.
+CUDA_TILE = (8, 128, 2, 3)
+CUDA_BWD_TILE = (8, 128, 2, 3)
+CPU_TILE = (8, 16, 1, 1)
+# Both kernels launch about this many programs per SM, splitting time into runs when rows
+# x channel blocks alone give fewer: enough resident walks to keep memory busy, few enough
+# runs for their extra block (and the backward's partial rows) to stay small.
 PROGRAMS_PER_SM = 16
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @triton.jit
-def _preactivation(X, W, BIAS, rows, c, cm, T, sxt, K: tl.constexpr, ACC: tl.constexpr):
-    """``bias + sum_k w[k] x[rows - K + 1 + k]`` on a ``(rows, c)`` tile (``X`` points at
-    the row's batch entry), parameters rounded to the input dtype, math in ``ACC``."""
-    dt = X.dtype.element_ty
-    z = tl.load(BIAS + c, mask=cm, other=0.0).to(dt).to(ACC)[None, :]
+def _rows_back(below, tile, rows, d: tl.constexpr, BT: tl.constexpr):
+    """``tile`` ``d`` steps back in time: row ``r`` holds row ``r - d`` of ``tile``, or row
+    ``BT + r - d`` of ``below`` (the time block before it) where ``r < d``. The rows lie
+    in-thread (:func:`channel_offsets`), so every row moved is a register move."""
+    out = tile
+    if d > 0:
+        for r in tl.static_range(BT):
+            if r >= d:
+                out = put_row(out, rows, r, row_of(tile, rows, r - d))
+            else:
+                out = put_row(out, rows, r, row_of(below, rows, BT + r - d))
+    return out
+
+
+@triton.jit
+def _rows_ahead(tile, above, rows, j: tl.constexpr, BT: tl.constexpr):
+    """``tile`` ``j`` steps ahead in time: row ``r`` holds row ``r + j`` of ``tile``, or row
+    ``r + j - BT`` of ``above`` (the time block after it) where ``r + j >= BT``."""
+    out = tile
+    if j > 0:
+        for r in tl.static_range(BT):
+            if r + j < BT:
+                out = put_row(out, rows, r, row_of(tile, rows, r + j))
+            else:
+                out = put_row(out, rows, r, row_of(above, rows, r + j - BT))
+    return out
+
+
+@triton.jit
+def _load_rows(X, t, c, cm, T, sxt, ACC: tl.constexpr):
+    """Steps ``t`` of channels ``c`` (zeros outside ``[0, T)``), in ``ACC``."""
+    m = ((t >= 0) & (t < T))[:, None] & cm[None, :]
+    return tl.load(X + t[:, None] * sxt + c[None, :], mask=m, other=0.0).to(ACC)
+
+
+@triton.jit
+def _preactivation(below, x, w, bias, rows, taps, K: tl.constexpr, BT: tl.constexpr):
+    """``z[t] = bias + sum_k w[k] x[t - K + 1 + k]`` on a time block ``x`` whose
+    predecessor is ``below`` (``w``: the ``(KP, BC)`` taps)."""
+    z = bias[None, :] + tl.zeros_like(x)
     for k in tl.static_range(K):
-        src = rows - (K - 1) + k
-        m = ((src >= 0) & (src < T))[:, None] & cm[None, :]
-        xk = tl.load(X + src[:, None] * sxt + c[None, :], mask=m, other=0.0).to(ACC)
-        wk = tl.load(W + c * K + k, mask=cm, other=0.0).to(dt).to(ACC)
-        z = z + xk * wk[None, :]
+        z += row_of(w, taps, k)[None, :] * _rows_back(below, x, rows, K - 1 - k, BT)
     return z
 
 
 @triton.jit
-def _conv1d_fwd_kernel(X, W, BIAS, Y, T, C, sxb, sxt, K: tl.constexpr, SILU: tl.constexpr,
-                       ACC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    rows = tl.program_id(0) * BT + tl.arange(0, BT)
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    b = tl.program_id(2).to(tl.int64)
-    cm = c < C
-    z = _preactivation(X + b * sxb, W, BIAS, rows, c, cm, T, sxt, K, ACC)
-    if SILU:
-        z = z * sigmoid(z)
-    out = Y + b * T * C + rows[:, None] * C + c[None, :]
-    tl.store(out, z.to(Y.dtype.element_ty), mask=(rows < T)[:, None] & cm[None, :])
+def _conv_parameters(W, BIAS, c, cm, taps, K: tl.constexpr, dt, ACC: tl.constexpr):
+    """The taps ``(KP, BC)`` and the bias ``(BC,)`` of channels ``c``, rounded to the input
+    dtype ``dt``, in ``ACC``."""
+    w = tl.load(W + c[None, :] * K + taps[:, None], mask=(taps < K)[:, None] & cm[None, :],
+                other=0.0).to(dt).to(ACC)
+    bias = tl.load(BIAS + c, mask=cm, other=0.0).to(dt).to(ACC)
+    return w, bias
 
 
 @triton.jit
-def _silu_grad_kernel(X, W, BIAS, G, DZ, T, C, sxb, sxt, K: tl.constexpr, ACC: tl.constexpr,
-                      BT: tl.constexpr, BC: tl.constexpr):
-    """``dz = dy * d silu(z) / dz = dy s (1 + z (1 - s))``, ``s = sigmoid(z)``, with the
-    pre-activation ``z`` recomputed from ``x``: the gradient the conv's backward reads."""
-    rows = tl.program_id(0) * BT + tl.arange(0, BT)
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    b = tl.program_id(2).to(tl.int64)
-    cm = c < C
-    m = (rows < T)[:, None] & cm[None, :]
-    z = _preactivation(X + b * sxb, W, BIAS, rows, c, cm, T, sxt, K, ACC)
-    s = sigmoid(z)
-    at = b * T * C + rows[:, None] * C + c[None, :]
-    g = tl.load(G + at, mask=m, other=0.0).to(ACC)
-    tl.store(DZ + at, g * s * (1.0 + z * (1.0 - s)), mask=m)
-
-
-@triton.jit
-def _conv1d_bwd_kernel(X, W, DZ, DX, PART, T, C, sxb, sxt, tiles_per_run,
-                       K: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr,
-                       BT: tl.constexpr, BC: tl.constexpr, VEC: tl.constexpr):
-    # Each thread holds VEC channels of all BT rows of a tile (channel_offsets), so the
-    # tile's sums over time (the weight- and bias-gradient products) stay in the thread.
+def _conv1d_fwd_kernel(X, W, BIAS, Y, T, C, sxb, sxt, blocks_per_run, K: tl.constexpr,
+                       KP: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr,
+                       BT: tl.constexpr, BC: tl.constexpr, VEC: tl.constexpr,
+                       STAGES: tl.constexpr):
     c = channel_offsets(tl.program_id(0), BC, VEC)
     b = tl.program_id(1).to(tl.int64)
     run = tl.program_id(2)
     cm = c < C
-    dt = X.dtype.element_ty
-    x_b = X + b * sxb
-    dz_b = DZ + b * T * C
+    rows = tl.arange(0, BT)
     taps = tl.arange(0, KP)
-    tap_live = (taps < K)[:, None, None] & cm[None, None, :]
-    grad_w = tl.zeros((KP, BC), dtype=ACC)
-    grad_b = tl.zeros((BC,), dtype=ACC)
-    for i in range(tiles_per_run):
-        rows = (run * tiles_per_run + i) * BT + tl.arange(0, BT)
-        own = (rows < T)[:, None] & cm[None, :]
-        dz = tl.load(dz_b + rows[:, None] * C + c[None, :], mask=own, other=0.0).to(ACC)
-        grad_b += tl.sum(dz, axis=0)
-        # x at the K taps of each row, one (KP, BT, BC) load: x[t] feeds z[t + K - 1 - k]
-        src = rows[None, :, None] - (K - 1) + taps[:, None, None]
-        x3 = tl.load(x_b + src * sxt + c[None, None, :],
-                     mask=tap_live & (src >= 0) & (src < T), other=0.0).to(ACC)
-        grad_w += tl.sum(dz[None, :, :] * x3, axis=1)
-        # dx[t] = sum_j w[K-1-j] dz[t + j]: dz at the K shifts of this tile
-        w = tl.load(W + c * K + (K - 1), mask=cm, other=0.0).to(dt).to(ACC)
-        grad_x = dz * w[None, :]
-        for j in tl.static_range(1, K):
-            shifted = rows + j
-            m = (shifted < T)[:, None] & cm[None, :]
-            dz_j = tl.load(dz_b + shifted[:, None] * C + c[None, :], mask=m, other=0.0).to(ACC)
-            w = tl.load(W + c * K + (K - 1 - j), mask=cm, other=0.0).to(dt).to(ACC)
-            grad_x += dz_j * w[None, :]
-        out = DX + b * T * C + rows[:, None] * C + c[None, :]
-        tl.store(out, grad_x.to(DX.dtype.element_ty), mask=own)
+    x_b = X + b * sxb
+    w, bias = _conv_parameters(W, BIAS, c, cm, taps, K, X.dtype.element_ty, ACC)
+    first = run * blocks_per_run
+    below = _load_rows(x_b, (first - 1) * BT + rows, c, cm, T, sxt, ACC)
+    for i in tl.range(first, tl.minimum(first + blocks_per_run, tl.cdiv(T, BT)),
+                      num_stages=STAGES):
+        t = i * BT + rows
+        x = _load_rows(x_b, t, c, cm, T, sxt, ACC)
+        z = _preactivation(below, x, w, bias, rows, taps, K, BT)
+        if SILU:
+            z = z * sigmoid(z)
+        tl.store(Y + b * T * C + t[:, None] * C + c[None, :], z.to(Y.dtype.element_ty),
+                 mask=(t < T)[:, None] & cm[None, :])
+        below = x
+
+
+@triton.jit
+def _conv1d_bwd_kernel(X, W, BIAS, G, DX, PART, T, C, sxb, sxt, blocks_per_run,
+                       K: tl.constexpr, KP: tl.constexpr, SILU: tl.constexpr,
+                       ACC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                       VEC: tl.constexpr, STAGES: tl.constexpr):
+    # Block i's pre-activation gradient dz is computed once, from x and dy, and kept in
+    # registers. dx and the weight gradient of block i - 1 need dz of blocks i - 1 and i:
+    # dx[t] = sum_j w[K-1-j] dz[t + j] and grad w[K-1-j] = sum_t x[t] dz[t + j] (the sum
+    # over t of dz[t] x[t - j], indexed by x's step), so step i of the walk finishes block
+    # i - 1, and the walk steps one block past its run (its dz feeds the run's last block).
+    c = channel_offsets(tl.program_id(0), BC, VEC)
+    b = tl.program_id(1).to(tl.int64)
+    run = tl.program_id(2)
+    cm = c < C
+    rows = tl.arange(0, BT)
+    taps = tl.arange(0, KP)
+    x_b = X + b * sxb
+    g_b = G + b * T * C
+    w, bias = _conv_parameters(W, BIAS, c, cm, taps, K, X.dtype.element_ty, ACC)
+    first = run * blocks_per_run
+    end = tl.minimum(first + blocks_per_run, tl.cdiv(T, BT))
+    below = _load_rows(x_b, (first - 1) * BT + rows, c, cm, T, sxt, ACC)
+    dz_below = tl.zeros([BT, BC], dtype=ACC)
+    grad_w = tl.zeros([KP, BC], dtype=ACC)
+    grad_b = tl.zeros([BC], dtype=ACC)
+    for i in tl.range(first, end + 1, num_stages=STAGES):
+        t = i * BT + rows
+        x = _load_rows(x_b, t, c, cm, T, sxt, ACC)
+        dz = tl.load(g_b + t[:, None] * C + c[None, :], mask=(t < T)[:, None] & cm[None, :],
+                     other=0.0).to(ACC)
+        if SILU:  # dz = dy * d silu(z) / dz = dy s (1 + z (1 - s)), s = sigmoid(z)
+            z = _preactivation(below, x, w, bias, rows, taps, K, BT)
+            s = sigmoid(z)
+            dz = dz * s * (1.0 + z * (1.0 - s))
+        # block i - 1 (the previous run's at the first step: its dx unwritten, its x zero)
+        x_below = tl.where(i > first, below, 0.0)
+        grad_b += tl.sum(dz_below, axis=0)
+        grad_x = tl.zeros_like(dz)
+        for j in tl.static_range(K):
+            ahead = _rows_ahead(dz_below, dz, rows, j, BT)
+            grad_x += row_of(w, taps, K - 1 - j)[None, :] * ahead
+            grad_w += tl.where(taps[:, None] == K - 1 - j, tl.sum(x_below * ahead, axis=0)[None, :], 0.0)
+        t_below = t - BT
+        tl.store(DX + b * T * C + t_below[:, None] * C + c[None, :], grad_x.to(DX.dtype.element_ty),
+                 mask=((t_below >= first * BT) & (t_below < T))[:, None] & cm[None, :])
+        below = x
+        dz_below = dz
     # partial row (b, run): K weight-gradient rows, then the bias gradient
     part = PART + (b * tl.num_programs(2) + run) * (K + 1) * C
     tl.store(part + taps[:, None] * C + c[None, :], grad_w, mask=(taps < K)[:, None] & cm[None, :])
     tl.store(part + K * C + c, grad_b, mask=cm)
 
 
-def _tile(device: torch.device, backward: bool = False) -> tuple[int, int, int]:
-    if device.type != "cuda":
-        return CPU_TILE
-    return CUDA_BWD_TILE if backward else CUDA_TILE
+def _tile(device: torch.device, k: int, backward: bool = False) -> tuple[int, int, int, int]:
+    """The launch tile for kernel size ``k``: a time block of at least ``k - 1`` steps, so
+    that a step's taps reach back (forward) or ahead (backward) one block at most."""
+    block_t, block_c, warps, stages = (CPU_TILE if device.type != "cuda"
+                                       else CUDA_BWD_TILE if backward else CUDA_TILE)
+    return max(block_t, next_power_of_2(k - 1)), block_c, warps, stages
+
+
+def _launch_plan(x: torch.Tensor, k: int, backward: bool) -> tuple[tuple[int, int, int], int, dict]:
+    """``(grid, blocks_per_run, constants)`` of either kernel on ``x`` for kernel size
+    ``k``: programs over (channel block, row, run), and the tile's compile-time constants."""
+    batch, steps, channels = x.shape
+    block_t, block_c, warps, stages = _tile(x.device, k, backward)
+    runs, per_run = _runs(batch, steps, channels, x.device, block_t, block_c, PROGRAMS_PER_SM)
+    constants = dict(K=k, KP=next_power_of_2(k), ACC=_acc(x.dtype), BT=block_t, BC=block_c,
+                     VEC=max(1, block_c // (32 * warps)), STAGES=stages, num_warps=warps)
+    return (cdiv(channels, block_c), batch, runs), per_run, constants
 
 
 def _acc(dtype: torch.dtype):
@@ -170,16 +228,16 @@ def _acc(dtype: torch.dtype):
 
 
 def _math_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The kernels' math dtype as a torch dtype: that of the buffers they keep between
-    launches (the pre-activation's gradient, the partial parameter-gradient rows)."""
+    """The kernels' math dtype as a torch dtype: that of the backward's partial
+    parameter-gradient rows."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @host_cache  # eager backward calls: the SM count is a device query
 def _runs(batch: int, steps: int, channels: int, device: torch.device, block_t: int,
           block_c: int, programs_per_sm: int) -> tuple[int, int]:
-    """``(runs, tiles_per_run)``: the backward's time blocks split into ``runs`` runs of
-    ``tiles_per_run`` blocks (no run empty) per (row, channel block), for tiles of
+    """``(runs, blocks_per_run)``: the time blocks split into ``runs`` runs of
+    ``blocks_per_run`` blocks (no run empty) per (row, channel block), for tiles of
     ``block_t`` x ``block_c`` and about ``programs_per_sm`` programs per SM."""
     tiles = cdiv(steps, block_t)
     sms = multiprocessors(device) if device.type == "cuda" else 1
@@ -218,15 +276,13 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, silu: boo
     ``x``'s dtype. ``weight`` ``(C, 1, K)`` or ``(C, K)``, ``bias`` ``(C,)``."""
     k = _check(x, weight, bias)
     x = _unit_channel_stride(x)
-    batch, steps, channels = x.shape
-    y = torch.empty(batch, steps, channels, device=x.device, dtype=x.dtype)
+    y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     if y.numel() == 0:
         return y
-    block_t, block_c, warps = _tile(x.device)
-    grid = (cdiv(steps, block_t), cdiv(channels, block_c), batch)
+    grid, per_run, constants = _launch_plan(x, k, backward=False)
     launcher(_conv1d_fwd_kernel, x)[grid](
-        x, weight.contiguous(), bias.contiguous(), y, steps, channels, x.stride(0), x.stride(1),
-        K=k, SILU=silu, ACC=_acc(x.dtype), BT=block_t, BC=block_c, num_warps=warps)
+        x, weight.contiguous(), bias.contiguous(), y, x.shape[1], x.shape[2], x.stride(0),
+        x.stride(1), per_run, SILU=silu, **constants)
     return y
 
 
@@ -240,26 +296,14 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
     x = _unit_channel_stride(x)
     grad_y = grad_y.contiguous()
     batch, steps, channels = x.shape
-    grad_x = torch.empty(batch, steps, channels, device=x.device, dtype=x.dtype)
+    grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     if grad_x.numel() == 0:
         return grad_x, torch.zeros_like(weight), torch.zeros_like(bias)
-    block_t, block_c, warps = _tile(x.device)
-    weight = weight.contiguous()
-    grad_z = grad_y  # the gradient of the pre-activation
-    if silu:
-        grad_z = torch.empty(batch, steps, channels, device=x.device, dtype=_math_dtype(x.dtype))
-        grid = (cdiv(steps, block_t), cdiv(channels, block_c), batch)
-        launcher(_silu_grad_kernel, x)[grid](
-            x, weight, bias.contiguous(), grad_y, grad_z, steps, channels, x.stride(0),
-            x.stride(1), K=k, ACC=_acc(x.dtype), BT=block_t, BC=block_c, num_warps=warps)
-    block_t, block_c, warps = _tile(x.device, backward=True)
-    runs, per_run = _runs(batch, steps, channels, x.device, block_t, block_c, PROGRAMS_PER_SM)
-    part = torch.empty(batch * runs, k + 1, channels, device=x.device, dtype=_math_dtype(x.dtype))
-    grid = (cdiv(channels, block_c), batch, runs)
+    grid, per_run, constants = _launch_plan(x, k, backward=True)
+    part = torch.empty(batch * grid[2], k + 1, channels, device=x.device, dtype=_math_dtype(x.dtype))
     launcher(_conv1d_bwd_kernel, x)[grid](
-        x, weight, grad_z, grad_x, part, steps, channels, x.stride(0), x.stride(1), per_run,
-        K=k, KP=next_power_of_2(k), ACC=_acc(x.dtype), BT=block_t, BC=block_c,
-        VEC=max(1, block_c // (32 * warps)), num_warps=warps)
+        x, weight.contiguous(), bias.contiguous(), grad_y, grad_x, part, steps, channels,
+        x.stride(0), x.stride(1), per_run, SILU=silu, **constants)
     sums = part.sum(0)  # a fixed-order reduction: the same bits every run
     grad_w = sums[:k].t().to(weight.dtype).reshape(weight.shape).contiguous()
     return grad_x, grad_w, sums[k].to(bias.dtype)
@@ -306,7 +350,7 @@ def _backward_shapes(x, weight, bias, grad_y, silu):
 
 
 @fused_op("pararnn::causal_conv1d_backward", fake=_backward_shapes,
-          kernels=(_silu_grad_kernel, _conv1d_bwd_kernel))
+          kernels=(_conv1d_bwd_kernel,))
 def _backward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: torch.Tensor,
                  silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return backward(x, weight, bias, grad_y, silu)
