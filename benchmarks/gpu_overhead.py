@@ -135,7 +135,7 @@ def op_rows() -> list[dict]:
     ops = torch.ops.pararnn
     ptr = torch.empty(16, device=dev)
     cases = {
-        "paragru forward: op": lambda: ops.paragru_forward.default(pre, a, None, None, None, None, 3, 1e-4, False),
+        "paragru forward: op": lambda: ops.paragru_forward.default(pre, a, None, None, None, None, 3, 1e-4, False, False),
         "paragru forward: python": lambda: paragru.forward(pre, a, None, None, 3, verify_tol=1e-4),
         "paragru backward: op": lambda: ops.paragru_backward.default(pre, a, None, None, None, None, gru_h, gru_g),
         "paragru backward: python": lambda: paragru._backward_parts(pre, a, None, None, gru_h, gru_g),

@@ -15,9 +15,10 @@ divided by the channel-steps a thread does per iteration (steps per block x chan
 thread) is the instructions one channel-step costs. Where a plan leaves few warps per SM
 the walk is bound by issuing them, so fewer is faster there.
 The arguments are specialised as a layer's launch at the LM's shapes would be: a bias,
-the recurrent clip, no initial state, no resets, ParaLSTM writing ``h`` alone and reading
-its gradient alone, pointers 16-byte aligned and sizes divisible by 16, walks in whole
-step blocks (``ALIGNED``); float arguments fp32 as a direct launch passes them
+the recurrent clip, no initial state, no resets, the layer's output written as well
+(ParaLSTM's ``h`` alone, ParaGRU's copy of the states, in pre's dtype) and its gradient
+read, pointers 16-byte aligned and sizes divisible by 16, walks in whole step blocks
+(``ALIGNED``); float arguments fp32 as a direct launch passes them
 (``--float-scalars fp64``: as torch.compile's launcher does). Rows also count the
 double-precision instructions (none expected).
 
@@ -109,12 +110,14 @@ def kernel_spec(kernel: str, pre_dtype: str, segmented: bool, float_scalars: str
         consts = {"GROWS": 6}
     consts.update(H0=None, RST=None, HAS_BIAS=True, HAS_H0=False, HAS_RST=False, HAS_CLIP=True,
                   SEGMENTED=segmented, CORRECT=correct)
-    if cell == "lstm":  # as the layer launches them: h written alone, its gradient read alone
-        if direction == "fwd":
-            types["HID"] = f"*{pre_dtype}"
-            consts["HAS_HID"] = True
-        else:
-            types["GH"] = f"*{pre_dtype}"
+    # as a layer launches them: its output (ParaLSTM's h alone, ParaGRU's copy of the
+    # states) written in pre's dtype as well, and that output's gradient read
+    if direction == "fwd":
+        types["HID"] = f"*{pre_dtype}"
+        consts["HAS_HID"] = True
+    else:
+        types["GH"] = f"*{pre_dtype}"
+        if cell == "lstm":
             consts["GRAD_H_ONLY"] = True
     if segmented:
         types.update({name: "*fp32" for name in BOUNDARY})

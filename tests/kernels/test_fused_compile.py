@@ -94,26 +94,27 @@ class _OpRecorder(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-@pytest.mark.parametrize("cell", ["paragru", "paralstm", "paralstm-hidden"])
+@pytest.mark.parametrize("cell", ["paragru", "paragru-hidden", "paralstm", "paralstm-hidden"])
 def test_registered_backward_goes_through_the_backward_op(cell):
     """The compiler traces the registered op's backward with fake tensors, which a bare
     Triton launch cannot take ("Cannot access data pointer of Tensor"): that backward must
     call the backward op (traced into on a GPU, a shape function under the interpreter),
     never the kernels themselves. Checked eagerly, where the interpreter would accept
-    either. ParaLSTM's op with ``hidden``: a loss on h alone hands the backward op h's
-    gradient as it is, (B, T, N), not a (B, T, 2N) one with zeros for c."""
+    either. The ops with ``hidden``: a loss on the hidden output alone hands the backward op
+    its gradient as it is (for ParaLSTM (B, T, N), not a (B, T, 2N) one with zeros for c)."""
     torch.manual_seed(0)
     n = 8
     pre = torch.randn(2, 12, 3 * n, device=DEVICE, requires_grad=True)
     a = (0.5 * torch.rand(3, n, device=DEVICE)).requires_grad_()
     bias = torch.randn(3, n, device=DEVICE, requires_grad=True)
     clip = 0.4  # clamps some of the weights: the clip passes through both ops
-    if cell == "paragru":
-        out, _ = torch.ops.pararnn.paragru_forward(pre, a, bias, None, None, clip, 3, None,
-                                                   False)
+    hidden = cell.endswith("-hidden")
+    if cell.startswith("paragru"):
+        states, copy, _ = torch.ops.pararnn.paragru_forward(pre, a, bias, None, None, clip, 3,
+                                                            None, False, hidden)
+        out = copy if hidden else states
     else:
         peephole = (0.5 * torch.rand(2, n, device=DEVICE)).requires_grad_()
-        hidden = cell == "paralstm-hidden"
         states, h, _ = torch.ops.pararnn.paralstm_forward(pre, a, peephole, bias, None, None,
                                                           clip, 3, None, False, hidden)
         out = h if hidden else states
@@ -210,3 +211,27 @@ def test_compiled_paralstm_layer_hands_its_backward_the_gradient_of_h_alone():
         grad_h = (recorder.args["_lstm_bwd_kernel"]["GH"] if DEVICE == "cuda"
                   else recorder.args["pararnn::paralstm_backward"][-1])
         assert tuple(grad_h.shape) == (2, 12, width)
+
+
+def test_compiled_bf16_paragru_layer_hands_its_backward_a_bf16_gradient():
+    """Compiled under bf16 autocast as the LM's mixer uses it (final state dropped inside
+    the graph), the layer outputs the walk's bf16 copy of the states and the backward reads
+    that copy's gradient in bf16; a final state returned from the graph gets a gradient
+    (zeros when unused), and the sum of both then comes in fp32."""
+    torch.manual_seed(0)
+    layer = pararnn.ParaGRU(4, 8, num_heads=2, recurrent_clip=0.5, backend="triton",
+                            device=DEVICE)
+    x = torch.randn(2, 12, 4, device=DEVICE, requires_grad=True)
+    for returns_final_state, dtype in ((False, torch.bfloat16), (True, torch.float32)):
+        torch._dynamo.reset()
+        compiled = torch.compile(layer if returns_final_state else lambda x: layer(x)[0],
+                                 fullgraph=True, backend="aot_eager")
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            out = compiled(x)
+        out = out[0] if returns_final_state else out
+        assert layer.last_solve.backend == "triton-fused" and out.dtype == torch.bfloat16
+        with _OpRecorder() as recorder:
+            out.float().sin().sum().backward()
+        grad_h = (recorder.args["_gru_bwd_kernel"]["GH"] if DEVICE == "cuda"
+                  else recorder.args["pararnn::paragru_backward"][-1])
+        assert grad_h.dtype == dtype and tuple(grad_h.shape) == (2, 12, 8)

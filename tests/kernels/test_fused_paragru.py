@@ -111,6 +111,70 @@ def test_bf16_input_is_computed_in_fp32():
     assert _rel(ga, g_a) < 1e-5 and _rel(gb, g_b) < 1e-5
 
 
+@pytest.mark.parametrize("plan,steps", [("single", 17), ("repair", 17), ("whole", 32)])
+def test_bf16_hidden_copy_and_its_gradient(plan, steps):
+    """A bf16 layer's launches: the forward walk also writes the states in bf16 (rounded
+    from the fp32 states it writes), and the backward reads a bf16 gradient as it is,
+    giving the float64 reference's gradients of that gradient."""
+    cell, pre, h0, resets = _problem(2, steps, 5, with_h0=True, with_resets=True)
+    pre16 = pre.to(torch.bfloat16).to(DEVICE)
+    a = cell.recurrent_weights().detach().float().to(DEVICE)
+    kw = dict(bias=cell.bias.detach().float().to(DEVICE), **PLANS[plan])
+    dev = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
+    hidden = torch.full((2, steps, 5), float("nan"), device=DEVICE, dtype=torch.bfloat16)
+    H, _ = paragru.forward(pre16, a, dev(h0), dev(resets), 3, hidden_out=hidden, **kw)
+    grad = torch.randn(2, steps, 5).to(torch.bfloat16)
+    ref, g_pre, (g_a, g_b), g_h0 = reference_grads(cell, pre16.cpu(), h0, resets, grad.float())
+    assert (H.cpu().double() - ref).abs().max() < 2e-6
+    if CUDA:  # rounded to nearest even, as torch's cast
+        assert torch.equal(hidden, H.to(torch.bfloat16))
+    else:  # Triton's interpreter truncates fp32 to bf16: within one bf16 ulp
+        torch.testing.assert_close(hidden.float(), H, rtol=2.0 ** -7, atol=0)
+    gp, ga, gh, gb = paragru.backward(pre16, a, dev(h0), dev(resets), H, dev(grad), **kw)
+    assert _rel(gp, g_pre) < 1e-2  # grad_pre in bf16
+    assert max(_rel(ga, g_a), _rel(gb, g_b), _rel(gh, g_h0)) < 1e-5
+
+
+@pytest.mark.parametrize("loss_on", ["hidden", "final state", "both"])
+def test_solve_with_hidden_against_autograd_through_the_loop(loss_on):
+    """``paragru_solve(hidden=True)`` on bf16 input: gradients of a loss on the bf16 copy,
+    on the fp32 final state or both (what a caller carrying the state on uses), against
+    autograd through the float64 loop on the same bf16 input. For fp32 input the hidden
+    output is the states tensor itself."""
+    torch.manual_seed(1)
+    cell, pre, h0, _ = _problem(2, 21, 6, with_h0=True, with_resets=False, scale=1.0)
+    pre = pre.to(torch.bfloat16)
+    # the copy's gradient is bf16: weights it holds exactly keep it exact
+    w_h, w_s = torch.randn(2, 21, 6).bfloat16().float(), torch.randn(2, 6)
+
+    def loss(states, h):
+        total = 0.0
+        if loss_on != "final state":
+            total = total + (h.double().cpu() * w_h).sum()
+        if loss_on != "hidden":
+            total = total + (states[:, -1].double().cpu() * w_s).sum()
+        return total
+
+    leaves = [pre.double().requires_grad_(), cell.a.detach().double().requires_grad_(),
+              cell.bias.detach().double().requires_grad_(), h0.double().requires_grad_()]
+    ref = paragru.paragru_naive(*leaves)
+    want = torch.autograd.grad(loss(ref, ref), leaves)
+
+    ours = [_dev_leaf(pre)] + [_dev_leaf(t.detach().float()) for t in leaves[1:]]
+    states, h, _ = paragru.paragru_solve(*ours, hidden=True)
+    assert h.dtype == torch.bfloat16 and h.shape == (2, 21, 6) and h.is_contiguous()
+    got = torch.autograd.grad(loss(states, h), ours)
+    assert got[0].dtype == torch.bfloat16 and _rel(got[0], want[0]) < 1e-2  # grad_pre in bf16
+    for g, w in zip(got[1:], want[1:]):
+        assert _rel(g, w) < 1e-5
+    states32, h32, _ = paragru.paragru_solve(_dev_leaf(pre.float()), *ours[1:], hidden=True)
+    assert h32 is states32
+
+
+def _dev_leaf(t):
+    return t.detach().to(DEVICE).requires_grad_()
+
+
 def test_one_round_is_not_enough_without_warmup():
     """The boundary rounds do real work: with no warm-up and long memory, one round
     leaves later segments wrong, enough rounds fix them."""
@@ -141,6 +205,8 @@ def test_supports_and_validation():
         paragru.sequential_forward(pre, a, torch.randn(2, 3, device=DEVICE))
     with pytest.raises(ValueError, match="resets must be"):
         paragru.newton_forward(pre, a, None, torch.zeros(2, 3, device=DEVICE))
+    with pytest.raises(ValueError, match="hidden_out must be a contiguous"):
+        paragru.forward(pre, a, hidden_out=torch.empty(2, 3, 3, device=DEVICE))
 
 
 @gpu

@@ -137,7 +137,7 @@ class _RecordedKernel:
 
 def _run_every_kernel():
     """Forward and backward of both cells (head-major pre-activations, bias, h0, resets, a
-    segmented plan: its boundary solves too; ParaLSTM's with h alone as well) and of the
+    segmented plan: its boundary solves too; with the layer's output written as well) and of the
     SiLU conv."""
     torch.manual_seed(0)
     batch, steps, n, heads = 2, 12, 32, 2  # two segments of the plan below
@@ -152,11 +152,12 @@ def _run_every_kernel():
         states, _ = kernels.forward(pre, a, *extra, h0, resets, bias=bias, **plan)
         grad = torch.randn_like(states)
         kernels.backward(pre, a, *extra, h0, resets, states, grad, bias=bias, **plan)
-        if kernels is paralstm:  # the layer's launches: h written alone, its gradient read
-            hidden = torch.empty(batch, steps, n, device=DEVICE)
-            kernels.forward(pre, a, *extra, h0, resets, bias=bias, hidden_out=hidden, **plan)
-            kernels.backward(pre, a, *extra, h0, resets, states, torch.randn_like(hidden),
-                             bias=bias, **plan)
+        # a layer's launches: its output (ParaLSTM's h alone, ParaGRU's bf16 copy of the
+        # states) written by the walk as well, and that output's gradient read
+        hidden = torch.empty(batch, steps, n, device=DEVICE, dtype=pre.dtype)
+        kernels.forward(pre, a, *extra, h0, resets, bias=bias, hidden_out=hidden, **plan)
+        kernels.backward(pre, a, *extra, h0, resets, states, torch.randn_like(hidden),
+                         bias=bias, **plan)
     x = torch.randn(batch, steps, 24, device=DEVICE)
     weight, conv_bias = torch.randn(24, 4, device=DEVICE), torch.randn(24, device=DEVICE)
     y = causal_conv.forward(x, weight, conv_bias, silu=True)

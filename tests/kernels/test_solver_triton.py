@@ -216,3 +216,40 @@ def test_fused_paralstm_layer_outputs_h_of_its_own(monkeypatch, final_state_in_l
     loss = out.sin().sum() + (c_n.square().sum() if final_state_in_loss else 0.0)
     loss.backward()
     assert seen == [(2, 9, 24) if final_state_in_loss else (2, 9, 12)]
+
+
+@pytest.mark.parametrize("final_state_in_loss", [False, True])
+def test_fused_bf16_paragru_layer_outputs_the_walks_bf16_copy(monkeypatch, final_state_in_loss):
+    """A bf16 ParaGRU layer outputs the bf16 copy of the states that the forward walk wrote
+    (no cast of the fp32 states after the solve), and a loss on it alone hands the backward
+    kernel its gradient in bf16; with the fp32 final state in the loss as well, their sum in
+    fp32. The values against the layer in fp32 on the same (bf16) input."""
+    from pararnn.kernels import paragru
+
+    seen = []
+    backward_parts = paragru._backward_parts
+
+    def recording(*args, **kwargs):
+        seen.append(args[5].dtype)  # grad_H
+        return backward_parts(*args, **kwargs)
+
+    monkeypatch.setattr(paragru, "_backward_parts", recording)
+    torch.manual_seed(0)
+    layer = pararnn.ParaGRU(6, 12, num_heads=2, recurrent_clip=0.5, backend="triton",
+                            device=DEVICE)
+    x = torch.randn(2, 9, 6, device=DEVICE).bfloat16().requires_grad_()
+    weights = torch.randn(2, 9, 12, device=DEVICE).bfloat16().float()  # exact in bf16
+    results = []
+    for dtype in (torch.bfloat16, torch.float32):
+        layer.zero_grad()
+        xg = x.detach().to(dtype).requires_grad_()
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out, h_n = layer(xg)
+        assert layer.last_solve.backend == "triton-fused"
+        assert out.dtype == dtype and out.is_contiguous() and h_n.dtype == torch.float32
+        loss = (out.float() * weights).sum() + (h_n.square().sum() if final_state_in_loss else 0.0)
+        loss.backward()
+        results.append([out.float(), h_n, *(p.grad for p in layer.parameters())])
+    assert seen[0] == (torch.float32 if final_state_in_loss else torch.bfloat16)
+    for got, want in zip(*results):  # the bf16 run's projection is bf16 GEMMs
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)

@@ -53,7 +53,8 @@ class Cell(nn.Module):
     # Whether the fused solver writes :meth:`hidden` of the states itself on request
     # (``hidden=True``, see :meth:`fused_solver`): a cell whose output is part of its state
     # (ParaLSTM's h) then hands the layer a tensor of its own, whose gradient the fused
-    # backward reads as it is, instead of a strided view of all the states.
+    # backward reads as it is, instead of a strided view of all the states; in pre's dtype,
+    # so that a bf16 layer's output and its gradient are bf16 (ParaGRU's copy of its states).
     fused_solver_writes_hidden = False
 
     def hidden(self, states: torch.Tensor) -> torch.Tensor:

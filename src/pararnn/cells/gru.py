@@ -187,12 +187,14 @@ class ParaGRUCell(Cell):
             return None
         return self._fused_solve
 
-    def _fused_solve(self, pre, h0, resets, **options):
+    fused_solver_writes_hidden = True  # a bf16 walk also writes the states in bf16
+
+    def _fused_solve(self, pre, h0, resets, hidden=False, **options):
         from ..kernels.paragru import paragru_solve
 
         # the kernels clamp a themselves (recurrent_clip): no clamp launch either way
         return paragru_solve(pre, self.a, self.bias, h0, resets, clip=self.recurrent_clip,
-                             **options)
+                             hidden=hidden, **options)
 
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, recurrent_clip={self.recurrent_clip}, "

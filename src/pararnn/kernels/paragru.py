@@ -1,8 +1,9 @@
 """Fused Triton kernels for the ParaGRU cell (:class:`pararnn.cells.ParaGRUCell`).
 
 The op: ``paragru_solve(pre, a, bias, initial_state, resets, *, clip, rounds, verify_tol,
-sequential) -> (states, report)``, differentiable (autograd Function below), and
-``paragru_naive`` with the same arguments, the plain PyTorch loop it must match.
+sequential, hidden) -> (states, report)`` (``(states, hidden, report)`` with ``hidden``),
+differentiable (autograd Function below), and ``paragru_naive`` with the same arguments,
+the plain PyTorch loop it must match.
 
 ``newton_forward`` is the chunked hybrid of :mod:`._fused_common`: a sequential walk in
 registers inside each time segment, Newton on the segment boundary states across them.
@@ -73,9 +74,9 @@ def _moved(X, S, bnd, mn, tol):
 
 
 @triton.jit
-def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB, L, W, P, tol,
-                    clip, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
-                    HAS_CLIP: tl.constexpr,
+def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, HID, E, A, S, X, FELL, T, N, NH, NB, L, W, P,
+                    tol, clip, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_RST: tl.constexpr,
+                    HAS_CLIP: tl.constexpr, HAS_HID: tl.constexpr,
                     SEGMENTED: tl.constexpr, CORRECT: tl.constexpr, VERIFY: tl.constexpr,
                     BN: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr,
                     STAGES: tl.constexpr, ALIGNED: tl.constexpr):
@@ -83,6 +84,7 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB
     # pipeliner loads STAGES - 1 blocks ahead (asynchronous copies through shared memory),
     # keeping loads in flight across the sequential chain. ALIGNED: walks in whole blocks
     # (forward_step_masks), where only row 0 of a block can be a segment's first step.
+    # HAS_HID: the states also go to HID (B, T, N) in HID's dtype (a bf16 layer's output).
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
@@ -148,6 +150,9 @@ def _gru_fwd_kernel(PRE, AW, BIAS, H0, RST, HOUT, E, A, S, X, FELL, T, N, NH, NB
                     acc = tl.where(in_segment, acc * jac, acc)
             tl.store(HOUT + step_offsets(b, T, N, t0, rows, offs), out,
                      mask=rows_in(t_rows, seg_start, seg_end, mn))
+            if HAS_HID:
+                tl.store(HID + step_offsets(b, T, N, t0, rows, offs),
+                         out.to(HID.dtype.element_ty), mask=rows_in(t_rows, seg_start, seg_end, mn))
             if HAS_RST:
                 bits = bits_n
         if SEGMENTED:
@@ -211,7 +216,8 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
             t_rows = base + rows
             valid = rows_in(t_rows, seg_start, t_top, mn)
             uz, ur, uh = load_gate_tiles(PRE, b, T, NH, base, rows, pre_offs, valid)
-            gt = tl.load(GH + step_offsets(b, T, N, base, rows, offs), mask=valid, other=0.0)
+            gt = tl.load(GH + step_offsets(b, T, N, base, rows, offs), mask=valid,
+                         other=0.0).to(tl.float32)
             ht = tl.load(HS + step_offsets(b, T, N, base - 1, rows, offs),
                          mask=valid & (t_rows > 0)[:, None], other=0.0)
             if HAS_RST:  # a scalar: loaded one block ahead by hand
@@ -278,8 +284,8 @@ def _gru_bwd_kernel(PRE, AW, BIAS, H0, RST, HS, GH, GPRE, GA, GH0, E, A, S, X, T
 
 
 def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_tol=None,
-            clip=None, seg_len=None, warmup=None, block_n=None, num_warps=None,
-            steps_per_block=None, stages=None, sequential=False):
+            clip=None, hidden_out=None, seg_len=None, warmup=None, block_n=None,
+            num_warps=None, steps_per_block=None, stages=None, sequential=False):
     """All states ``H`` (B, T, N) fp32 of the ParaGRU recurrence, and a
     :class:`~._fused_common.ForwardReport`.
 
@@ -291,9 +297,15 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
     block) whose segment boundaries still mismatch by more than ``verify_tol`` runs and
     every other one skips at once: the answer is exact either way and nothing syncs.
     ``seg_len``/``warmup``/``block_n``/``num_warps``/``steps_per_block``/``stages``
-    override the tuned launch plan (:func:`._fused_common.make_plan`).
+    override the tuned launch plan (:func:`._fused_common.make_plan`). ``hidden_out``: a
+    contiguous (B, T, N) tensor that also receives the states, in its own dtype (a bf16
+    layer's output, written by the walk).
     """
     batch, steps, n = check_common("paragru", pre, a, h0, resets, 1, bias)
+    if hidden_out is not None and (tuple(hidden_out.shape) != (batch, steps, n)
+                                   or not hidden_out.is_contiguous()):
+        raise ValueError(f"paragru: hidden_out must be a contiguous ({batch}, {steps}, {n}) "
+                         f"tensor, got {tuple(hidden_out.shape)}")
     if not sequential and rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     clip_arg = clip_value(clip)
@@ -319,9 +331,10 @@ def forward(pre, a, h0=None, resets=None, rounds: int = 3, *, bias=None, verify_
 
     def launch(correct: bool, segments: int = plan.segments, check: bool = False) -> None:
         launcher(_gru_fwd_kernel, pre)[(block_count, batch, segments)](
-            pre, a, bias, h0, rst, out, E, A, S, X, fell if check else None, steps, n, per_head,
-            blocks, plan.seg_len if segments > 1 else steps, plan.warmup, plan.segments,
-            verify_tol if check else BOUNDARY_TOL, clip_arg, SEGMENTED=segments > 1,
+            pre, a, bias, h0, rst, out, hidden_out, E, A, S, X, fell if check else None, steps,
+            n, per_head, blocks, plan.seg_len if segments > 1 else steps, plan.warmup,
+            plan.segments, verify_tol if check else BOUNDARY_TOL, clip_arg,
+            HAS_HID=hidden_out is not None, SEGMENTED=segments > 1,
             CORRECT=correct, VERIFY=check, **flags,
             BN=plan.block_n, K=plan.steps_per_block, VEC=plan.channels_per_thread,
             STAGES=plan.stages, ALIGNED=plan.whole_blocks(steps), num_warps=plan.num_warps)
@@ -354,7 +367,8 @@ def sequential_forward(pre, a, h0=None, resets=None, *, bias=None, clip=None, bl
 
 
 def backward(pre, a, h0, resets, H, grad_H, *, bias=None, clip=None, **plan_options):
-    """Gradients of ``sum(grad_H * H)`` through the recurrence.
+    """Gradients of ``sum(grad_H * H)`` through the recurrence; ``grad_H`` in fp32, or in
+    bf16/fp16 (a bf16 layer output's gradient), read as it is.
 
     Returns ``(grad_pre (B,T,3N), grad_a (3,N), grad_h0 (B,N), grad_bias (3,N) or None)``;
     ``grad_pre`` in the dtype of ``pre``, the rest fp32. ``H`` must be the forward
@@ -379,7 +393,10 @@ def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, clip=None, seg_
     clip_arg = clip_value(clip)
     dev = pre.device
     given = pre
-    a, bias, h0, H, grad_H = (as_f32(t, dev) for t in (a, bias, h0, H, grad_H))
+    a, bias, h0, H = (as_f32(t, dev) for t in (a, bias, h0, H))
+    # a half-precision gradient is read as it is (half the bytes of an fp32 copy)
+    grad_H = (grad_H.contiguous() if grad_H.dtype in (torch.bfloat16, torch.float16)
+              else as_f32(grad_H, dev))
     plan = make_plan("gru_bwd", batch, steps, n, dev, seg_len=seg_len, warmup=warmup,
                      block_n=block_n, num_warps=num_warps, steps_per_block=steps_per_block,
                      stages=stages)
@@ -416,32 +433,47 @@ def _backward_parts(pre, a, h0, resets, H, grad_H, *, bias=None, clip=None, seg_
 
 class _ParaGRUSolve(torch.autograd.Function):
     """:func:`forward` with :func:`backward` as its gradient (pre, a, bias, initial_state):
-    the eager path with gradients (cheaper on the host than the registered op below)."""
+    the eager path with gradients (cheaper on the host than the registered op below).
+    Outputs the states and, with ``hidden``, their copy in pre's dtype (else an empty
+    tensor)."""
 
     @staticmethod
     def forward(ctx, pre, a, bias, initial_state, resets, clip, rounds, verify_tol, sequential,
-                report_out):
+                hidden, report_out):
+        hidden_out = _hidden_out(pre, a, hidden)
         states, report = forward(pre, a, initial_state, resets, rounds, bias=bias,
-                                 verify_tol=verify_tol, clip=clip, sequential=sequential)
+                                 verify_tol=verify_tol, clip=clip, sequential=sequential,
+                                 hidden_out=hidden_out if hidden else None)
         report_out.append(report)
         ctx.save_for_backward(pre, a, bias, initial_state, resets, states)
         ctx.clip = clip
-        return states
+        ctx.set_materialize_grads(False)  # an unused output's gradient: None, not zeros
+        return states, hidden_out
 
     @staticmethod
-    def backward(ctx, grad_states):
-        return _gradients(ctx, grad_states, through_op=False) + (None,)
+    def backward(ctx, grad_states, grad_hidden):
+        return _gradients(ctx, grad_states, grad_hidden, through_op=False) + (None, None)
+
+
+def _hidden_out(pre, a, hidden: bool) -> torch.Tensor:
+    """The (B, T, N) tensor in pre's dtype that the forward walk copies the states into, or
+    an empty one (an op returns tensors only)."""
+    if not hidden:
+        return pre.new_empty(0)
+    batch, steps = pre.shape[-3:-1]
+    return pre.new_empty(batch, steps, a.shape[1])
 
 
 # The op as torch.compile sees it (torch.library; a triton_op on a GPU, see
 # ``_fused_common.fused_op``): the layer traces without graph breaks, differentiable
 # through the registered backward. Eager calls skip the dispatcher's host cost: without
 # gradients they call ``forward``, with gradients the autograd Function above.
-def _forward_shapes(pre, a, bias, initial_state, resets, clip, rounds, verify_tol, sequential):
+def _forward_shapes(pre, a, bias, initial_state, resets, clip, rounds, verify_tol, sequential,
+                    hidden):
     batch, steps, n = check_common("paragru", pre, a, initial_state, resets, 1, bias)
     clip_value(clip)
     plan = default_plan("gru_fwd", pre, n, sequential)
-    return (pre.new_empty(batch, steps, n, dtype=torch.float32),
+    return (pre.new_empty(batch, steps, n, dtype=torch.float32), _hidden_out(pre, a, hidden),
             fake_flags(pre, plan, batch, verify_tol))
 
 
@@ -450,10 +482,12 @@ def _forward_shapes(pre, a, bias, initial_state, resets, clip, rounds, verify_to
 def _forward_op(pre: torch.Tensor, a: torch.Tensor, bias: Optional[torch.Tensor],
                 initial_state: Optional[torch.Tensor], resets: Optional[torch.Tensor],
                 clip: Optional[float], rounds: int, verify_tol: Optional[float],
-                sequential: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                sequential: bool, hidden: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    hidden_out = _hidden_out(pre, a, hidden)
     states, report = forward(pre, a, initial_state, resets, rounds, bias=bias,
-                             verify_tol=verify_tol, clip=clip, sequential=sequential)
-    return states, op_flags(report, pre)
+                             verify_tol=verify_tol, clip=clip, sequential=sequential,
+                             hidden_out=hidden_out if hidden else None)
+    return states, hidden_out, op_flags(report, pre)
 
 
 def _backward_shapes(pre, a, bias, initial_state, resets, clip, states, grad_states):
@@ -469,6 +503,7 @@ def _backward_op(pre: torch.Tensor, a: torch.Tensor, bias: Optional[torch.Tensor
                  initial_state: Optional[torch.Tensor], resets: Optional[torch.Tensor],
                  clip: Optional[float], states: torch.Tensor,
                  grad_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # grad_states: fp32, or the bf16/fp16 gradient of the hidden copy, as backward() takes it
     return _backward_parts(pre, a, initial_state, resets, states, grad_states, bias=bias,
                            clip=clip)
 
@@ -477,16 +512,27 @@ def _setup_backward(ctx, inputs, output):
     pre, a, bias, initial_state, resets, clip = inputs[:6]
     ctx.save_for_backward(pre, a, bias, initial_state, resets, output[0])
     ctx.clip = clip
+    ctx.set_materialize_grads(False)
 
 
-def _gradients(ctx, grad_states, through_op: bool):
+def _gradients(ctx, grad_states, grad_hidden, through_op: bool):
     """The backward of both the registered op and the eager autograd Function. The
     registered op's backward calls the backward op: torch.compile traces it with fake
     tensors (AOTAutograd's joint graph), which the op takes (its launches traced on a GPU,
     its shape function under the interpreter) and a bare Triton launch does not; the
-    eager Function calls the kernels directly, without the dispatcher's host cost."""
+    eager Function calls the kernels directly, without the dispatcher's host cost.
+
+    A bf16 layer outputs the hidden copy and uses the states only for the final state,
+    whose gradient is usually None: the kernel then reads the copy's gradient as it is
+    (bf16), rather than an fp32 one."""
     reject_double_backward("ParaGRU solve")
     pre, a, bias, h0, resets, states = ctx.saved_tensors
+    if grad_states is None and grad_hidden is None:
+        return (None,) * 9
+    if grad_states is None:
+        grad_states = grad_hidden
+    elif grad_hidden is not None:  # both used: fp32, as the states
+        grad_states = grad_states + grad_hidden
     grad_states = grad_states.contiguous()
     if through_op:
         grad_pre, grad_w, grad_h0 = _backward_op(pre, a, bias, h0, resets, ctx.clip, states,
@@ -498,16 +544,20 @@ def _gradients(ctx, grad_states, through_op: bool):
             None if h0 is None else grad_h0.to(h0.dtype), None, None, None, None, None)
 
 
-def _op_backward(ctx, grad_states, _flags):
-    return _gradients(ctx, grad_states, through_op=True)
+def _op_backward(ctx, grad_states, grad_hidden, _flags):
+    return _gradients(ctx, grad_states, grad_hidden, through_op=True) + (None,)
 
 
 _forward_op.register_autograd(_op_backward, setup_context=_setup_backward)
 
 
 def paragru_solve(pre, a, bias=None, initial_state=None, resets=None, *, clip=None,
-                  rounds: int = 3, verify_tol=None, sequential: bool = False):
-    """All states ``(B, T, N)`` fp32 of the ParaGRU recurrence and a ``ForwardReport``.
+                  rounds: int = 3, verify_tol=None, sequential: bool = False,
+                  hidden: bool = False):
+    """All states ``(B, T, N)`` fp32 of the ParaGRU recurrence and a ``ForwardReport``; with
+    ``hidden``, ``(states, hidden, report)``: the states in pre's dtype as well, written by
+    the same walk (what a bf16 layer outputs: its gradient then reaches the backward
+    kernel in bf16); for fp32 ``pre`` that is the states tensor itself.
 
     ``pre`` (B, T, 3N) fp32/bf16 gate-major pre-activations (or head-major (H, B, T,
     3N/H), :mod:`pararnn.layout`; ``grad_pre`` comes back alike), ``a`` (3, N) recurrent
@@ -518,17 +568,26 @@ def paragru_solve(pre, a, bias=None, initial_state=None, resets=None, *, clip=No
     Differentiable with respect to ``pre``, ``a``, ``bias`` and ``initial_state``; traced
     by ``torch.compile`` as one op (``torch.ops.pararnn.paragru_forward``).
     """
+    copy = hidden and pre.dtype != torch.float32
     if not torch.compiler.is_compiling():
         if not needs_grad(pre, a, bias, initial_state):
-            return forward(pre, a, initial_state, resets, rounds, bias=bias,
-                           verify_tol=verify_tol, clip=clip, sequential=sequential)
-        report_out = []
-        states = _ParaGRUSolve.apply(pre, a, bias, initial_state, resets, clip, rounds,
-                                     verify_tol, sequential, report_out)
-        return states, report_out[0]
-    states, flags = _forward_op(pre, a, bias, initial_state, resets, clip, rounds, verify_tol,
-                                sequential)
-    return states, op_report(pre, "gru_fwd", a.shape[1], rounds, verify_tol, sequential, flags)
+            hidden_out = _hidden_out(pre, a, copy) if copy else None
+            states, report = forward(pre, a, initial_state, resets, rounds, bias=bias,
+                                     verify_tol=verify_tol, clip=clip, sequential=sequential,
+                                     hidden_out=hidden_out)
+        else:
+            report_out = []
+            states, hidden_out = _ParaGRUSolve.apply(pre, a, bias, initial_state, resets, clip,
+                                                     rounds, verify_tol, sequential, copy,
+                                                     report_out)
+            report = report_out[0]
+    else:
+        states, hidden_out, flags = _forward_op(pre, a, bias, initial_state, resets, clip,
+                                                rounds, verify_tol, sequential, copy)
+        report = op_report(pre, "gru_fwd", a.shape[1], rounds, verify_tol, sequential, flags)
+    if not hidden:
+        return states, report
+    return states, hidden_out if copy else states, report
 
 
 def paragru_naive(pre, a, bias=None, initial_state=None, resets=None, *, clip=None):

@@ -71,7 +71,8 @@ class ParaGRU(_ProjectedRNN):
 
     def forward(self, x, h0=None, *, resets=None, cu_seqlens=None):
         self._check_input(x, self.input_size, h0, self.hidden_size, cu_seqlens)
-        return self._run(x, h0, resets, cu_seqlens)
+        # the fused solve then writes a bf16 layer's output itself (no cast of the states)
+        return self._run(x, h0, resets, cu_seqlens, hidden=True)
 
 
 class ParaLSTM(_ProjectedRNN):
