@@ -59,3 +59,17 @@ def reference_grads(cell, pre, h0, resets, grad_states):
     (states * grad_states.double()).sum().backward()
     return (states.detach(), pre.grad, [p.grad.clone() for p in cell.parameters()],
             h0_in.grad)
+
+
+def output_loss(loss_on: str, w_h: torch.Tensor, w_s: torch.Tensor):
+    """``loss(states, h)``: a weighted sum of a layer's output ``h`` (``loss_on="hidden"``),
+    of the final state (``"final state"``, what a caller carrying the state on uses) or of
+    both, in float64 on the CPU."""
+    def loss(states, h):
+        total = 0.0
+        if loss_on != "final state":
+            total = total + (h.double().cpu() * w_h).sum()
+        if loss_on != "hidden":
+            total = total + (states[:, -1].double().cpu() * w_s).sum()
+        return total
+    return loss

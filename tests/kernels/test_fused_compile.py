@@ -86,7 +86,8 @@ class _OpRecorder(TorchDispatchMode):
         if isinstance(func, HigherOrderOperator):
             if "kernel_idx" not in kwargs:
                 return NotImplemented
-            name, recorded = kernel_side_table.get_kernel(kwargs["kernel_idx"]).fn.__name__, kwargs["kwargs"]
+            kernel = kernel_side_table.get_kernel(kwargs["kernel_idx"])
+            name, recorded = kernel.fn.__name__, kwargs["kwargs"]
         else:
             name, recorded = func.name(), args
         self.names.append(name)

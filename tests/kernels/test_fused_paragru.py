@@ -9,8 +9,8 @@ from pararnn.cells import ParaGRUCell  # noqa: E402
 from pararnn.kernels import paragru  # noqa: E402
 from pararnn.kernels import interpreter_enabled  # noqa: E402
 
-from _fused_reference import (PLANS, WHOLE_BLOCK_CASES, plan_is_whole,  # noqa: E402
-                              reference_grads, sequential_states)
+from _fused_reference import (PLANS, WHOLE_BLOCK_CASES, output_loss,  # noqa: E402
+                              plan_is_whole, reference_grads, sequential_states)
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -146,14 +146,7 @@ def test_solve_with_hidden_against_autograd_through_the_loop(loss_on):
     pre = pre.to(torch.bfloat16)
     # the copy's gradient is bf16: weights it holds exactly keep it exact
     w_h, w_s = torch.randn(2, 21, 6).bfloat16().float(), torch.randn(2, 6)
-
-    def loss(states, h):
-        total = 0.0
-        if loss_on != "final state":
-            total = total + (h.double().cpu() * w_h).sum()
-        if loss_on != "hidden":
-            total = total + (states[:, -1].double().cpu() * w_s).sum()
-        return total
+    loss = output_loss(loss_on, w_h, w_s)
 
     leaves = [pre.double().requires_grad_(), cell.a.detach().double().requires_grad_(),
               cell.bias.detach().double().requires_grad_(), h0.double().requires_grad_()]

@@ -191,7 +191,8 @@ def _conv1d_bwd_kernel(X, W, BIAS, G, DX, PART, T, C, sxb, sxt, blocks_per_run,
         for j in tl.static_range(K):
             ahead = _rows_ahead(dz_below, dz, rows, j, BT)
             grad_x += row_of(w, taps, K - 1 - j)[None, :] * ahead
-            grad_w += tl.where(taps[:, None] == K - 1 - j, tl.sum(x_below * ahead, axis=0)[None, :], 0.0)
+            tap = tl.sum(x_below * ahead, axis=0)
+            grad_w += tl.where(taps[:, None] == K - 1 - j, tap[None, :], 0.0)
         t_below = t - BT
         tl.store(DX + b * T * C + t_below[:, None] * C + c[None, :], grad_x.to(DX.dtype.element_ty),
                  mask=((t_below >= first * BT) & (t_below < T))[:, None] & cm[None, :])
@@ -300,7 +301,8 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
     if grad_x.numel() == 0:
         return grad_x, torch.zeros_like(weight), torch.zeros_like(bias)
     grid, per_run, constants = _launch_plan(x, k, backward=True)
-    part = torch.empty(batch * grid[2], k + 1, channels, device=x.device, dtype=_math_dtype(x.dtype))
+    part = torch.empty(batch * grid[2], k + 1, channels, device=x.device,
+                       dtype=_math_dtype(x.dtype))
     launcher(_conv1d_bwd_kernel, x)[grid](
         x, weight.contiguous(), bias.contiguous(), grad_y, grad_x, part, steps, channels,
         x.stride(0), x.stride(1), per_run, SILU=silu, **constants)
