@@ -794,6 +794,15 @@ def kernel_pre(pre: torch.Tensor, channels: int, block_n: int) -> tuple[torch.Te
     return gate_major(pre, 3).contiguous(), channels
 
 
+def hidden_buffer(pre: torch.Tensor, channels: int, hidden: bool) -> torch.Tensor:
+    """The ``(B, T, channels)`` tensor in pre's dtype that a forward walk writes a layer's
+    output into (``hidden``), or an empty one: a registered op returns tensors only."""
+    if not hidden:
+        return pre.new_empty(0)
+    batch, steps = pre.shape[-3:-1]
+    return pre.new_empty(batch, steps, channels)
+
+
 def as_f32(t: torch.Tensor | None, device) -> torch.Tensor | None:
     """``t`` as a contiguous fp32 tensor on ``device`` for a kernel to read: ``t`` itself
     when it already is one (the usual case; no aten op), else a converted copy."""

@@ -29,7 +29,8 @@ from ._fused_common import (as_f32, backward_step_masks, boundaries_mismatch, bo
                             boundary_kernel, BOUNDARY_TOL, channel_offsets, check_common,
                             clip_gate_gradients, clip_value, default_plan, fake_flags,
                             forward_step_masks, ForwardReport, fused_op, head_block, head_offsets,
-                            kernel_pre, launcher, load_clipped_gate_vectors, load_gate_bias,
+                            hidden_buffer, kernel_pre, launcher, load_clipped_gate_vectors,
+                            load_gate_bias,
                             load_gate_tiles, make_plan, op_flags, op_report, optional_flags,
                             pack_resets, put_row, reject_double_backward, reset_word, row_of,
                             rows_in, run_segmented, sigmoid, step_offsets, store_gate_tiles,
@@ -440,7 +441,7 @@ class _ParaGRUSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pre, a, bias, initial_state, resets, clip, rounds, verify_tol, sequential,
                 hidden, report_out):
-        hidden_out = _hidden_out(pre, a, hidden)
+        hidden_out = hidden_buffer(pre, a.shape[1], hidden)
         states, report = forward(pre, a, initial_state, resets, rounds, bias=bias,
                                  verify_tol=verify_tol, clip=clip, sequential=sequential,
                                  hidden_out=hidden_out if hidden else None)
@@ -455,14 +456,6 @@ class _ParaGRUSolve(torch.autograd.Function):
         return _gradients(ctx, grad_states, grad_hidden, through_op=False) + (None, None)
 
 
-def _hidden_out(pre, a, hidden: bool) -> torch.Tensor:
-    """The (B, T, N) tensor in pre's dtype that the forward walk copies the states into, or
-    an empty one (an op returns tensors only)."""
-    if not hidden:
-        return pre.new_empty(0)
-    batch, steps = pre.shape[-3:-1]
-    return pre.new_empty(batch, steps, a.shape[1])
-
 
 # The op as torch.compile sees it (torch.library; a triton_op on a GPU, see
 # ``_fused_common.fused_op``): the layer traces without graph breaks, differentiable
@@ -473,8 +466,8 @@ def _forward_shapes(pre, a, bias, initial_state, resets, clip, rounds, verify_to
     batch, steps, n = check_common("paragru", pre, a, initial_state, resets, 1, bias)
     clip_value(clip)
     plan = default_plan("gru_fwd", pre, n, sequential)
-    return (pre.new_empty(batch, steps, n, dtype=torch.float32), _hidden_out(pre, a, hidden),
-            fake_flags(pre, plan, batch, verify_tol))
+    return (pre.new_empty(batch, steps, n, dtype=torch.float32),
+            hidden_buffer(pre, n, hidden), fake_flags(pre, plan, batch, verify_tol))
 
 
 @fused_op("pararnn::paragru_forward", fake=_forward_shapes,
@@ -483,7 +476,7 @@ def _forward_op(pre: torch.Tensor, a: torch.Tensor, bias: Optional[torch.Tensor]
                 initial_state: Optional[torch.Tensor], resets: Optional[torch.Tensor],
                 clip: Optional[float], rounds: int, verify_tol: Optional[float],
                 sequential: bool, hidden: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    hidden_out = _hidden_out(pre, a, hidden)
+    hidden_out = hidden_buffer(pre, a.shape[1], hidden)
     states, report = forward(pre, a, initial_state, resets, rounds, bias=bias,
                              verify_tol=verify_tol, clip=clip, sequential=sequential,
                              hidden_out=hidden_out if hidden else None)
@@ -571,7 +564,7 @@ def paragru_solve(pre, a, bias=None, initial_state=None, resets=None, *, clip=No
     copy = hidden and pre.dtype != torch.float32
     if not torch.compiler.is_compiling():
         if not needs_grad(pre, a, bias, initial_state):
-            hidden_out = _hidden_out(pre, a, copy) if copy else None
+            hidden_out = hidden_buffer(pre, a.shape[1], copy) if copy else None
             states, report = forward(pre, a, initial_state, resets, rounds, bias=bias,
                                      verify_tol=verify_tol, clip=clip, sequential=sequential,
                                      hidden_out=hidden_out)

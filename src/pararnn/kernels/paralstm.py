@@ -27,7 +27,7 @@ from ._fused_common import (as_f32, backward_step_masks, boundaries_mismatch, bo
                             boundary_kernel, BOUNDARY_TOL, channel_offsets, check_common,
                             clip_gate_gradients, clip_gradient, clip_value, clip_vector,
                             default_plan, fake_flags, forward_step_masks, ForwardReport, fused_op,
-                            head_block, head_offsets, kernel_pre, launcher,
+                            head_block, head_offsets, hidden_buffer, kernel_pre, launcher,
                             load_clipped_gate_vectors, load_gate_bias, load_gate_tiles, make_plan,
                             op_flags, op_report, optional_flags, pack_resets, put_row,
                             reject_double_backward, reset_word, row_of, rows_in, run_segmented,
@@ -557,7 +557,7 @@ class _ParaLSTMSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pre, a, peephole, bias, initial_state, resets, clip, rounds, verify_tol,
                 sequential, hidden, report_out):
-        hidden_out = _hidden_out(pre, a, hidden)
+        hidden_out = hidden_buffer(pre, a.shape[1], hidden)
         states, report = forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
                                  verify_tol=verify_tol, clip=clip, sequential=sequential,
                                  hidden_out=hidden_out if hidden else None)
@@ -572,14 +572,6 @@ class _ParaLSTMSolve(torch.autograd.Function):
         return _gradients(ctx, grad_states, grad_hidden, through_op=False) + (None, None)
 
 
-def _hidden_out(pre, a, hidden: bool) -> torch.Tensor:
-    """The (B, T, N) tensor in pre's dtype that the forward walk writes ``h`` into, or an
-    empty one (an op returns tensors only)."""
-    if not hidden:
-        return pre.new_empty(0)
-    batch, steps = pre.shape[-3:-1]
-    return pre.new_empty(batch, steps, a.shape[1])
-
 
 # The op as torch.compile sees it (a triton_op on a GPU), as in :mod:`.paragru`; eager
 # calls use ``forward`` or the autograd Function above.
@@ -588,8 +580,8 @@ def _forward_shapes(pre, a, peephole, bias, initial_state, resets, clip, rounds,
     batch, steps, n = check_common("paralstm", pre, a, initial_state, resets, 2, bias)
     clip_value(clip)
     plan = default_plan("lstm_fwd", pre, n, sequential)
-    return (pre.new_empty(batch, steps, 2 * n, dtype=torch.float32), _hidden_out(pre, a, hidden),
-            fake_flags(pre, plan, batch, verify_tol))
+    return (pre.new_empty(batch, steps, 2 * n, dtype=torch.float32),
+            hidden_buffer(pre, n, hidden), fake_flags(pre, plan, batch, verify_tol))
 
 
 @fused_op("pararnn::paralstm_forward", fake=_forward_shapes,
@@ -599,7 +591,7 @@ def _forward_op(pre: torch.Tensor, a: torch.Tensor, peephole: torch.Tensor,
                 resets: Optional[torch.Tensor], clip: Optional[float], rounds: int,
                 verify_tol: Optional[float], sequential: bool,
                 hidden: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    hidden_out = _hidden_out(pre, a, hidden)
+    hidden_out = hidden_buffer(pre, a.shape[1], hidden)
     states, report = forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
                              verify_tol=verify_tol, clip=clip, sequential=sequential,
                              hidden_out=hidden_out if hidden else None)
@@ -688,7 +680,7 @@ def paralstm_solve(pre, a, peephole, bias=None, initial_state=None, resets=None,
     """
     if not torch.compiler.is_compiling():
         if not needs_grad(pre, a, peephole, bias, initial_state):
-            hidden_out = _hidden_out(pre, a, hidden) if hidden else None
+            hidden_out = hidden_buffer(pre, a.shape[1], hidden) if hidden else None
             states, report = forward(pre, a, peephole, initial_state, resets, rounds, bias=bias,
                                      verify_tol=verify_tol, clip=clip, sequential=sequential,
                                      hidden_out=hidden_out)
