@@ -191,10 +191,11 @@ def _conv1d_bwd_kernel(X, W, BIAS, G, DX, PART, T, C, sxb, sxt, blocks_per_run,
         for j in tl.static_range(K):
             ahead = _rows_ahead(dz_below, dz, rows, j, BT)
             grad_x += row_of(w, taps, K - 1 - j)[None, :] * ahead
-            tap = tl.sum(x_below * ahead, axis=0)
-            grad_w += tl.where(taps[:, None] == K - 1 - j, tap[None, :], 0.0)
+            grad_tap = tl.sum(x_below * ahead, axis=0)
+            grad_w += tl.where(taps[:, None] == K - 1 - j, grad_tap[None, :], 0.0)
         t_below = t - BT
-        tl.store(DX + b * T * C + t_below[:, None] * C + c[None, :], grad_x.to(DX.dtype.element_ty),
+        tl.store(DX + b * T * C + t_below[:, None] * C + c[None, :],
+                 grad_x.to(DX.dtype.element_ty),
                  mask=((t_below >= first * BT) & (t_below < T))[:, None] & cm[None, :])
         below = x
         dz_below = dz
