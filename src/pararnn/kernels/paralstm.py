@@ -572,7 +572,6 @@ class _ParaLSTMSolve(torch.autograd.Function):
         return _gradients(ctx, grad_states, grad_hidden, through_op=False) + (None, None)
 
 
-
 # The op as torch.compile sees it (a triton_op on a GPU), as in :mod:`.paragru`; eager
 # calls use ``forward`` or the autograd Function above.
 def _forward_shapes(pre, a, peephole, bias, initial_state, resets, clip, rounds, verify_tol,

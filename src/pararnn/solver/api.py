@@ -59,9 +59,11 @@ def solve(cell, x: torch.Tensor | HeadMajor, h0: torch.Tensor | None = None, *, 
             ``"torch"`` or ``"triton"`` (see :mod:`pararnn.solver.backends`).
         hidden: return :meth:`cell.hidden(states) <pararnn.Cell.hidden>` (what a layer
             outputs: ParaLSTM's ``h``) in place of all the states. Training through the C
-            loop on the CPU, and ParaLSTM's fused kernels, then write it as a contiguous
-            tensor of its own, whose gradient goes to their backward as it is (the view's
-            gradient would be a zero-filled one of all the states).
+            loop on the CPU, and the fused kernels of a cell that sets
+            ``fused_solver_writes_hidden`` (ParaLSTM's ``h``, ParaGRU's bf16 copy of its
+            states), then write it as a contiguous tensor of its own, whose gradient goes
+            to their backward as it is (the view's gradient would be a zero-filled one of
+            all the states; the cast copy's an fp32 one).
 
     Returns:
         ``(states, h_n, info)``: all states ``(B, T, N)`` (the hidden ones with ``hidden``)
