@@ -23,8 +23,8 @@ after every row.
 
 ``--profile``: then one more step under ``torch.profiler`` (CPU and CUDA activities): its
 CUDA kernel time by kind (:data:`KERNEL_KINDS`: GEMM, attention, the ParaRNN solve,
-Mamba's SSD, convolution, optimizer with the gradient clip, the rest: norms, elementwise,
-loss), kernel count, GPU busy time (the union of kernel and copy intervals), host
+Mamba's SSD, convolution, the fused gated norm, optimizer with the gradient clip, the
+rest: other norms, elementwise, loss), kernel count, GPU busy time (the union of kernel and copy intervals), host
 synchronisations inside the step, and the largest host costs by self CPU time
 (``host_ops``); in the JSON row under ``profile`` and printed below the row. ``--save-traces`` also writes each step's Chrome trace to
 ``DIR/trace_<model>_<size>_T<len>_<mode>.json.gz`` (Perfetto, chrome://tracing).
@@ -81,7 +81,8 @@ MODELS = ("transformer", "mamba2", "paragru", "paralstm")
 # kernels, split-K reductions) and inductor's matmul templates (triton_tem_*); ParaRNN:
 # the fused walk and boundary kernels (kernels/paragru.py, paralstm.py, _fused_common.py);
 # Mamba: mamba-ssm's SSD kernels; conv: cuDNN's and the fused causal conv's (_conv1d_*,
-# kernels/causal_conv.py); optimizer: the fused AdamW and the foreach
+# kernels/causal_conv.py); norm: the fused gated norm after the cell (kernels/gated_norm.py;
+# inductor's norms are "other"); optimizer: the fused AdamW and the foreach
 # gradient-norm clip (multi_tensor_apply_kernel, lpnorm_cleanup).
 KERNEL_KINDS = (
     ("optimizer", ("multi_tensor_apply", "adam", "lpnorm")),
@@ -89,12 +90,13 @@ KERNEL_KINDS = (
     ("pararnn", ("_gru_fwd", "_gru_bwd", "_lstm_fwd", "_lstm_bwd", "_boundary_")),
     ("mamba", ("_chunk_scan", "_chunk_state", "_chunk_cumsum", "_bmm_chunk", "_state_passing")),
     ("conv", ("convolution", "conv1d", "conv2d", "depthwise", "fprop", "dgrad", "wgrad")),
+    ("norm", ("_gated_norm_",)),
     ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "splitkreduce", "triton_tem_", "cublas")),
 )
 OTHER = "other"  # norms, elementwise, reductions, the loss: what inductor fuses
 COPIES = "memcpy/memset"
-KINDS = ("gemm", "attention", "pararnn", "mamba", "conv", OTHER, "optimizer", COPIES)  # as printed
-OURS = ("pararnn", "conv")  # kinds whose kernels are (mostly) pararnn's: listed by name
+KINDS = ("gemm", "attention", "pararnn", "mamba", "conv", "norm", OTHER, "optimizer", COPIES)  # as printed
+OURS = ("pararnn", "conv", "norm")  # kinds whose kernels are (mostly) pararnn's: listed by name
 GRAPHS = "reduce-overhead"  # --compile graphs: torch.compile's mode with CUDA graphs
 
 

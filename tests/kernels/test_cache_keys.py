@@ -19,6 +19,8 @@ LAUNCHED = {  # what each op's code launches (see the launcher() calls of each m
     "paralstm_backward": {"_lstm_bwd_kernel", "_boundary_2x2_kernel"},
     "causal_conv1d": {"_conv1d_fwd_kernel"},
     "causal_conv1d_backward": {"_conv1d_bwd_kernel"},
+    "gated_rms_norm": {"_gated_norm_fwd_kernel"},
+    "gated_rms_norm_backward": {"_gated_norm_bwd_kernel"},
 }
 
 PROBE = """
@@ -28,6 +30,7 @@ triton = getattr(torch._library, "triton", None)
 if triton is None or not hasattr(triton, "get_triton_kernels_for_op"):
     print(json.dumps(None)); sys.exit()
 import pararnn.kernels.paragru, pararnn.kernels.paralstm, pararnn.kernels.causal_conv
+import pararnn.kernels.gated_norm
 ops = json.loads(sys.argv[1])
 print(json.dumps({op: [k.fn.__name__ for k in triton.get_triton_kernels_for_op("pararnn::" + op)]
                   for op in ops}))

@@ -189,6 +189,38 @@ def test_inductor_launches_the_conv_kernels_itself():
         torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="inductor launches the kernels on a GPU only")
+def test_inductor_launches_the_gated_norm_kernels_itself():
+    """The mixer's gated norm as a compiled model runs it: under autocast, the gate a
+    bfloat16 chunk of the input projection, the output bfloat16."""
+    from torch._inductor.utils import run_and_get_code
+    from pararnn.kernels.gated_norm import gated_rms_norm
+
+    torch.manual_seed(0)
+    projected = torch.randn(2, 40, 192, device=DEVICE, dtype=torch.bfloat16)
+    weight = torch.randn(96, device=DEVICE, requires_grad=True)
+
+    def step(norm):
+        weight.grad = None
+        pg = projected.clone().requires_grad_()
+        h, gate = pg.chunk(2, dim=-1)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = norm(h.float(), gate, weight, 1e-5)
+        y.float().square().sum().backward()
+        return [y.detach(), pg.grad, weight.grad]
+
+    want = step(gated_rms_norm)
+    torch._dynamo.reset()
+    got, code = run_and_get_code(step, torch.compile(gated_rms_norm, fullgraph=True))
+    source = "\n".join(code)
+    for kernel in ("_gated_norm_fwd_kernel", "_gated_norm_bwd_kernel"):
+        assert kernel in source
+    assert "torch.ops.pararnn.gated_rms_norm" not in source
+    assert got[0].dtype == torch.bfloat16
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2)
+
+
 def test_compiled_paralstm_layer_hands_its_backward_the_gradient_of_h_alone():
     """Compiled as a model uses the layer (its final state dropped inside the graph, as the
     LM's mixer does), the states have no gradient in AOTAutograd's joint graph, so the

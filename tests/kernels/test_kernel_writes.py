@@ -20,8 +20,8 @@ from triton_subprocess import compiling_env
 
 triton = pytest.importorskip("triton")
 
-from pararnn.kernels import (_fused_common, causal_conv, interpreter_enabled,  # noqa: E402
-                             paragru, paralstm)
+from pararnn.kernels import (_fused_common, causal_conv, gated_norm,  # noqa: E402
+                             interpreter_enabled, paragru, paralstm)
 from pararnn.layout import head_major  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -39,6 +39,8 @@ INPUTS = {
     "_boundary_2x2_kernel": {"E", "A", "S"},
     "_conv1d_fwd_kernel": {"X", "W", "BIAS"},
     "_conv1d_bwd_kernel": {"X", "W", "BIAS", "G"},
+    "_gated_norm_fwd_kernel": {"H", "G", "W"},
+    "_gated_norm_bwd_kernel": {"H", "G", "W", "DY"},
 }
 
 ANALYSE = """
@@ -162,12 +164,15 @@ def _run_every_kernel():
     weight, conv_bias = torch.randn(24, 4, device=DEVICE), torch.randn(24, device=DEVICE)
     y = causal_conv.forward(x, weight, conv_bias, silu=True)
     causal_conv.backward(x, weight, conv_bias, torch.randn_like(y), silu=True)
+    gate, norm_weight = torch.randn_like(x), torch.randn(24, device=DEVICE)
+    y = gated_norm.forward(x, gate, norm_weight, 1e-5, x.dtype)
+    gated_norm.backward(x, gate, norm_weight, 1e-5, torch.randn_like(y))
 
 
 def test_compile_sees_each_kernel_write_what_it_changes_and_none_of_its_inputs(monkeypatch,
                                                                                tmp_path):
     recorder = _Recorder(_fused_common.launcher)
-    for module in (_fused_common, paragru, paralstm, causal_conv):
+    for module in (_fused_common, paragru, paralstm, causal_conv, gated_norm):
         monkeypatch.setattr(module, "launcher", recorder)
     _run_every_kernel()
     launches = recorder.launches

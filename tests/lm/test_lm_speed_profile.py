@@ -27,6 +27,7 @@ def bench():
     ("void at::native::conv_depthwise2d_forward_kernel<1, c10::BFloat16, int>", "conv"),
     ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "conv"),
     ("_conv1d_fwd_kernel", "conv"), ("_conv1d_bwd_kernel", "conv"),  # kernels/causal_conv.py
+    ("_gated_norm_fwd_kernel", "norm"), ("_gated_norm_bwd_kernel", "norm"),  # kernels/gated_norm.py
     ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedOptimizerTensorListMetadata<4>, "
      "FusedAdamMathFunctor<float, 4, ADAM_MODE::ADAMW, false>>", "optimizer"),
     ("void at::native::lpnorm_cleanup<float, NormType::L2, float, float>", "optimizer"),

@@ -7,6 +7,9 @@
   forward, fused adjoint backward, autograd Function beside each), with a plain PyTorch
   loop of the same signature (``paragru_naive`` / ``paralstm_naive``) that tests compare
   them to.
+- :mod:`.causal_conv`, :mod:`.gated_norm`, :mod:`.decode_step`: the language-model block's
+  causal conv (+ SiLU) and gated RMSNorm (one kernel each way, a ``*_naive`` reference
+  beside each) and its one-token decode steps.
 
 Nothing heavy is imported here: ``import pararnn.kernels`` works without Triton; import
 the submodules only after :func:`triton_available` says so. Kernels never import cells,

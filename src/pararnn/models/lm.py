@@ -29,10 +29,13 @@ from .cpu_chunked import CausalConvSiLU, GatedRMSNormFn, use_chunked
 
 # decided once, not per step: a compiled decode step would trace the cached lookup (and warn)
 _TRITON = triton_available()
-# Device types whose causal conv runs the fused Triton kernel over a whole sequence (the CPU
-# tests add "cpu" under Triton's interpreter), and the input dtypes it takes there.
+# Device types whose causal conv and gated norm run their fused Triton kernels (the CPU
+# tests add "cpu" under Triton's interpreter), and the input dtypes they take there.
 _KERNEL_DEVICES = ("cuda",)
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# the widest rows the gated norm's kernel takes (kernels/gated_norm.py, MAX_WIDTH; a
+# constant here, so that the module need not import Triton to decide)
+_NORM_MAX_WIDTH = 16384
 
 
 class StaticCache(dict):
@@ -61,9 +64,16 @@ class RMSNorm(nn.Module):
 
 class GatedRMSNorm(RMSNorm):
     """``RMSNorm(y) * silu(gate)``: the norm after the cell in the ParaRNN paper's block.
-    Training on the CPU: one chunked autograd Function (:mod:`pararnn.models.cpu_chunked`)."""
+    On CUDA one Triton kernel each way (:func:`pararnn.kernels.gated_norm.gated_rms_norm`,
+    float32 math; under autocast its output is in the autocast dtype); training on the
+    CPU one chunked autograd Function (:mod:`pararnn.models.cpu_chunked`); float64 and the
+    rest the plain ops."""
 
     def forward(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        if (y.device.type in _KERNEL_DEVICES and _TRITON and y.dtype in _KERNEL_DTYPES
+                and gate.dtype in _KERNEL_DTYPES and y.shape[-1] <= _NORM_MAX_WIDTH and y.dim() == 3):
+            from ..kernels.gated_norm import gated_rms_norm
+            return gated_rms_norm(y, gate, self.weight, self.eps)
         if use_chunked(y) and y.dtype == gate.dtype == self.weight.dtype:
             return GatedRMSNormFn.apply(y, gate, self.weight, self.eps)
         return super().forward(y) * F.silu(gate)

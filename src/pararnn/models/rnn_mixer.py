@@ -195,7 +195,9 @@ class ParaRNNMixer(nn.Module):
             y = self.norm(y)
         elif self.gated:
             y = y * F.silu(gate)
-        return self.out_proj(y.to(x.dtype))
+        if not torch.is_autocast_enabled(y.device.type):  # under autocast out_proj casts y
+            y = y.to(x.dtype)
+        return self.out_proj(y)
 
     def _recur(self, u: torch.Tensor, cache: dict | None) -> torch.Tensor:
         """The cell over ``u``: a parallel solve from the cached (or zero) state, or one
