@@ -21,7 +21,10 @@ summed from a ``torch.profiler`` trace of 20 calls (what a CUDA-graphed training
 pays; at these shapes the host's time per call is larger); ``ms`` the median wall time of
 20 calls between CUDA events (variants in turns). The gradient of the projection
 includes autograd's concatenation of the gate's gradient with a zero one for the other
-half, alike for every variant. Writes OUTDIR/gpu_gated_norm.json.
+half, alike for every variant. ``--sweep`` also times the kernel's forward and backward
+functions alone (CUDA-graph replays, no autograd) at each launch configuration of
+:data:`SWEEP`, to pick ``gated_norm.CUDA_TILE_ELEMENTS`` and ``PROGRAMS_PER_SM``. Writes
+OUTDIR/gpu_gated_norm.json (rewritten after every row).
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cuda_timing import interleaved_median_event_ms
+from cuda_timing import graphed, interleaved_median_event_ms
 
 SHAPES = [(32, 512, 512), (4, 4096, 512), (32, 512, 768), (8, 2048, 2048)]
 HBM_BYTES_PER_S = 4.2e12
 EPS = 1e-5
 PROFILED_CALLS = 20
+# (CUDA_TILE_ELEMENTS, PROGRAMS_PER_SM) of --sweep; the first is the shipped one
+SWEEP = [(1024, 8), (1024, 4), (1024, 16), (512, 8), (2048, 8), (2048, 4)]
 
 
 def floor_us(batch: int, steps: int, width: int, backward: bool) -> float:
@@ -127,6 +132,34 @@ def measure(shape) -> list[dict]:
     return rows
 
 
+def sweep(shape) -> dict:
+    """The kernel's forward + backward functions at each configuration of :data:`SWEEP`,
+    in turns, each replayed as a CUDA graph captured with its configuration set."""
+    from pararnn.kernels import gated_norm
+
+    batch, steps, width = shape
+    h = torch.randn(batch, steps, width, device="cuda", dtype=torch.bfloat16)
+    gate = torch.randn(batch, steps, 2 * width, device="cuda", dtype=torch.bfloat16)[..., width:]
+    weight = torch.randn(width, device="cuda")
+    grad = torch.randn(batch, steps, width, device="cuda", dtype=torch.bfloat16)
+
+    def configured(launch):
+        def run():
+            gated_norm.CUDA_TILE_ELEMENTS, gated_norm.PROGRAMS_PER_SM = launch
+            gated_norm.forward(h, gate, weight, EPS, torch.bfloat16)
+            gated_norm.backward(h, gate, weight, EPS, grad)
+        return run
+
+    default = gated_norm.CUDA_TILE_ELEMENTS, gated_norm.PROGRAMS_PER_SM
+    try:
+        times = interleaved_median_event_ms([graphed(configured(launch)) for launch in SWEEP])
+    finally:
+        gated_norm.CUDA_TILE_ELEMENTS, gated_norm.PROGRAMS_PER_SM = default
+    return {"shape": list(shape), "floor_us": floor_us(batch, steps, width, True),
+            "us": [{"tile_elements": e, "programs_per_sm": p, "us": 1e3 * ms}
+                   for (e, p), ms in zip(SWEEP, times)]}
+
+
 def print_row(row: dict) -> None:
     gpu = "  ".join(f"{name} {us:.1f}" for name, us in row["gpu_us"].items())
     wall = "  ".join(f"{name} {ms:.4f}" for name, ms in row["ms"].items())
@@ -137,6 +170,8 @@ def print_row(row: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="folder for gpu_gated_norm.json")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also time the kernel at each launch configuration of SWEEP")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_gated_norm.py needs a CUDA device")
@@ -146,12 +181,19 @@ def main() -> None:
     torch._dynamo.config.cache_size_limit = 64  # one compiled plain path per shape
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "triton": triton.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "hbm_bytes_per_s": HBM_BYTES_PER_S, "rows": []}
+              "hbm_bytes_per_s": HBM_BYTES_PER_S, "rows": [], "sweep": []}
     for shape in SHAPES:
         for row in measure(shape):
             print_row(row)
             result["rows"].append(row)
             (args.out / "gpu_gated_norm.json").write_text(json.dumps(result, indent=1))
+    for shape in SHAPES if args.sweep else ():
+        row = sweep(shape)
+        print(f"{'x'.join(map(str, shape)):>14} sweep fwd+bwd us: " + "  ".join(
+            f"{t['tile_elements']}/{t['programs_per_sm']} {t['us']:.1f}" for t in row["us"])
+            + f"  (floor {row['floor_us']:.1f})", flush=True)
+        result["sweep"].append(row)
+        (args.out / "gpu_gated_norm.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

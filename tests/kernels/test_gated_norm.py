@@ -122,7 +122,7 @@ def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match=r"grad_y must have h's shape"):
         gated_norm.backward(h, gate, weight, EPS, grad[:, :3])
     wide = torch.zeros(1, 1, gated_norm.MAX_WIDTH + 1, device=DEVICE)
-    with pytest.raises(ValueError, match="rows of up to 16384 channels"):
+    with pytest.raises(ValueError, match="rows of up to 4096 channels"):
         gated_rms_norm(wide, wide, wide[0, 0], EPS)
 
 

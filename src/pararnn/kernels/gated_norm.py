@@ -39,18 +39,21 @@ from ._fused_common import (cdiv, fused_op, host_cache, launcher, multiprocessor
 
 __all__ = ["gated_rms_norm", "gated_rms_norm_naive", "forward", "backward", "MAX_WIDTH"]
 
-#: Widest row the kernels take: a program holds whole rows in registers.
-MAX_WIDTH = 16384
+#: Widest row the kernels take: a program holds whole rows in registers, 8 elements of
+#: each input per thread up to 16 warps (compiled for sm_90, the backward needs 117
+#: registers per thread at 4096 channels and spills from 8192 on).
+MAX_WIDTH = 4096
 # Elements of each input a program holds at once (rows of a block x the padded width): on
-# the GPU a few rows of the LM's widths (8 rows of 512 channels) per 4 warps; on the CPU
-# (Triton's interpreter) two-row blocks, so that the tests' small shapes span several
-# blocks, a ragged last one, and backward programs of several blocks each.
-CUDA_TILE_ELEMENTS = 4096
+# the GPU 8 per thread of 4 warps (two rows of 512 channels; the backward at 80 registers
+# per thread), wider rows on up to 16 warps; on the CPU (Triton's interpreter) two-row
+# blocks, so that the tests' small shapes span several blocks, a ragged last one, and
+# backward programs of several blocks each.
+CUDA_TILE_ELEMENTS = 1024
 CPU_TILE_ELEMENTS = 64
 # Backward programs per SM: each walks a run of row blocks and writes one partial row of
 # the weight gradient, so fewer programs mean fewer partial rows to sum, more mean more
-# loads in flight.
-PROGRAMS_PER_SM = 4
+# loads in flight (at 80 registers per thread an SM holds 6 programs of 4 warps).
+PROGRAMS_PER_SM = 8
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -132,7 +135,7 @@ def _launch_plan(rows: int, width: int, device: torch.device, tile_elements: int
     program)`` for ``rows`` rows of ``width`` channels."""
     block_n = next_power_of_2(width)
     block_r = max(1, tile_elements // block_n)
-    warps = min(16, max(4, block_r * block_n // 1024)) if device.type == "cuda" else 1
+    warps = min(16, max(4, block_n // 256)) if device.type == "cuda" else 1
     blocks = cdiv(rows, block_r)
     sms = multiprocessors(device) if device.type == "cuda" else 1
     per_program = cdiv(blocks, max(1, min(blocks, programs_per_sm * sms)))

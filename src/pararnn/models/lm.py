@@ -35,7 +35,7 @@ _KERNEL_DEVICES = ("cuda",)
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # the widest rows the gated norm's kernel takes (kernels/gated_norm.py, MAX_WIDTH; a
 # constant here, so that the module need not import Triton to decide)
-_NORM_MAX_WIDTH = 16384
+_NORM_MAX_WIDTH = 4096
 
 
 class StaticCache(dict):
