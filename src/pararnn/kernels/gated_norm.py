@@ -68,8 +68,10 @@ def _row_offsets(block, ROWS, T, sb, st, BR: tl.constexpr):
 
 @triton.jit
 def _inverse_rms(h, N, eps):
-    """``1 / sqrt(mean(h^2) + eps)`` of each row of ``h`` ``(BR, BN)`` (padding zero)."""
-    return 1.0 / tl.sqrt(tl.sum(h * h, axis=1) / N + eps)
+    """``1 / sqrt(mean(h^2) + eps)`` of each row of ``h`` ``(BR, BN)`` (padding zero), in
+    ``h``'s dtype: torch.compile's launcher passes ``eps`` as a float64 scalar, which would
+    otherwise carry the rows' arithmetic to float64."""
+    return 1.0 / tl.sqrt((tl.sum(h * h, axis=1) / N + eps).to(h.dtype))
 
 
 @triton.jit
