@@ -110,6 +110,64 @@ def test_paralstm_output_and_final_state_train_through_the_loop_backward(loop_tr
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.skipif(not HAS_C, reason="no C compiler")
+@pytest.mark.parametrize("cell_cls", [pararnn.ParaGRUCell, pararnn.ParaLSTMCell])
+def test_c_loop_reads_head_major_pre_activations(cell_cls):
+    """The C loops on head-major pre-activations (H, B, T, 3N/H), as a multi-head
+    projection writes them, compute the states, tape and gradients of the gate-major
+    layout, the input's gradient in the head-major layout."""
+    from pararnn.layout import gate_major
+
+    torch.manual_seed(0)
+    heads = 3
+    cell = cell_cls(12, recurrent_clip=0.5, dtype=torch.float64)
+    with torch.no_grad():
+        cell.bias.normal_()
+    x_heads = torch.randn(heads, 2, 9, 3 * 4, dtype=torch.float64)
+    x = gate_major(x_heads, 3)
+    h0 = torch.randn(2, cell.state_size, dtype=torch.float64)
+    loop, parameters = cell.compiled_loop(x), dict(cell.named_parameters())
+    want = loop.forward(parameters, x, h0, True)
+    got = loop.forward(parameters, x_heads, h0, True, heads)
+    for g, w in zip(got, want):
+        if w is not None:
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+    grad_states = torch.randn_like(want[0])
+    want = loop.backward(parameters, want[1], want[0], h0, grad_states)
+    got = loop.backward(parameters, got[1], got[0], h0, grad_states, None, heads)
+    assert got[0].shape == x_heads.shape
+    torch.testing.assert_close(gate_major(got[0], 3), want[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=1e-14)
+    for name in want[2]:
+        torch.testing.assert_close(got[2][name], want[2][name], rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="must be \\(H, B, T, 3N/H\\)"):
+        loop.forward(parameters, x, h0, heads=heads)
+
+
+@pytest.mark.skipif(not HAS_C, reason="no C compiler")
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_multi_head_layer_hands_the_c_loop_its_head_major_projection(layer_cls, monkeypatch):
+    """Training a multi-head layer through the C loop, the projection's head-major output
+    goes to the loop as it is (no gate-major copy either way); in mode="parallel" the
+    solver takes the gate-major copy."""
+    from pararnn.layout import HeadMajor
+
+    monkeypatch.setattr(api, "CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD", 0)
+    copies, loop_heads = [], []
+    gate_major = HeadMajor.gate_major
+    monkeypatch.setattr(HeadMajor, "gate_major", lambda self: copies.append(1) or gate_major(self))
+    forward = cpu_loop.CompiledLoop.forward
+    monkeypatch.setattr(cpu_loop.CompiledLoop, "forward",
+                        lambda self, *args: loop_heads.append(args[-1]) or forward(self, *args))
+    layer = layer_cls(6, 8, num_heads=2, recurrent_clip=0.3, dtype=torch.float64)
+    x = torch.randn(3, 17, 6, dtype=torch.float64)
+    layer(x)[0].sum().backward()
+    assert loop_heads == [2] and not copies
+    layer.mode = "parallel"
+    layer(x)[0].sum().backward()
+    assert copies == [1]
+
+
 def test_loop_backward_rejects_double_backward(loop_training):
     x = torch.randn(1, 4, 12, dtype=torch.float64, requires_grad=True)
     out, _ = pararnn.RNN(pararnn.ParaGRUCell(4, dtype=torch.float64))(x)

@@ -45,12 +45,17 @@ class _ProjectedRNN(SequenceModule):
 
     def _head_major(self, x) -> bool:
         """Whether the projection hands the solver head-major pre-activations: several
-        heads and batch-first ``(B, T, D)`` input for the cell's fused kernels, which read
-        them in place (the copy into the gate-major layout skipped both ways)."""
+        heads and batch-first ``(B, T, D)`` input for the cell's fused kernels, or for CPU
+        training, whose C loop reads them in place too (one batched GEMM each way, and the
+        copies into and out of the gate-major layout skipped; the solver makes the
+        gate-major copy where it takes another path)."""
         projection = self.projection
-        return (projection.num_heads > 1 and type(projection) is MultiHeadProjection
-                and projection.bias is None and x.dim() == 3 and self.batch_first
-                and select_fused(self.cell, x, self.backend) is not None)
+        if not (projection.num_heads > 1 and type(projection) is MultiHeadProjection
+                and projection.bias is None and x.dim() == 3 and self.batch_first):
+            return False
+        if x.device.type == "cpu" and torch.is_grad_enabled():
+            return True
+        return select_fused(self.cell, x, self.backend) is not None
 
 
 class ParaGRU(_ProjectedRNN):

@@ -79,13 +79,18 @@ def solve(cell, x: torch.Tensor | HeadMajor, h0: torch.Tensor | None = None, *, 
     # one initial state per document is not in their interface: generic path
     packed_with_h0 = sequences.segment_ids is not None and h0 is not None
     fused = None if packed_with_h0 else select_fused(cell, x, backend)
-    if fused is None and isinstance(x, HeadMajor):
-        x = x.gate_major()
     auto = mode == "auto"
     if auto:
         mode = _auto_mode(cell, x, h0, fused, sequences)
     takes_fused = fused is not None and (mode == "parallel" or not _needs_grad(cell, x, h0))
-    if not takes_fused and isinstance(x, HeadMajor):
+    # training through the loop: the adjoint backward instead of autograd's node per op
+    # and step (mode="sequential" keeps those: double backward)
+    through_loop = (not takes_fused and auto and mode == "sequential" and _needs_grad(cell, x, h0)
+                    and not torch.compiler.is_compiling())
+    # head-major pre-activations go as they are to the fused kernels and to a compiled
+    # loop (the CPU's C loops read them in place); every other path takes the gate-major copy
+    if isinstance(x, HeadMajor) and not takes_fused and not (
+            through_loop and sequences.starts_only_at_zero and cell.compiled_loop(x) is not None):
         x = x.gate_major()
 
     hidden_states = None  # cell.hidden(states) where the C loop or a fused solver wrote it
@@ -115,14 +120,15 @@ def solve(cell, x: torch.Tensor | HeadMajor, h0: torch.Tensor | None = None, *, 
             elif mode == "parallel" and report.segments == 1:
                 info.converged = True  # one exact walk: nothing to converge
         elif mode == "sequential":
-            xc, h0c = x.to(dtype), _initial(h0, n_init, cell, x, dtype)
-            if auto and _needs_grad(cell, x, h0) and not torch.compiler.is_compiling():
-                # training through the loop: the adjoint backward instead of autograd's
-                # node per op and step (mode="sequential" keeps those: double backward)
-                states, hidden_states = LoopSolve.apply(cell, sequences, hidden, xc, h0c,
-                                                        *cell.parameters())
+            h0c = _initial(h0, n_init, cell, x, dtype)
+            if through_loop:
+                head_major = isinstance(x, HeadMajor)
+                xc = (x.data if head_major else x).to(dtype)
+                states, hidden_states = LoopSolve.apply(
+                    cell, sequences, hidden, xc.shape[0] if head_major else 1, xc, h0c,
+                    *cell.parameters())
             else:
-                states = sequential_solve(cell, xc, h0c, sequences)
+                states = sequential_solve(cell, x.to(dtype), h0c, sequences)
             info = SolveInfo(mode="sequential", backend="torch")
         else:
             xc, h0c = x.to(dtype), _initial(h0, n_init, cell, x, dtype)
@@ -155,7 +161,9 @@ def _no_autocast(device_type: str):
 
 def _initial(h0, n_init: int, cell, x, dtype):
     """The initial states in the compute dtype (zeros when the caller gave none)."""
-    return x.new_zeros(n_init, cell.state_size, dtype=dtype) if h0 is None else h0.to(dtype)
+    if h0 is not None:
+        return h0.to(dtype)
+    return (x.data if isinstance(x, HeadMajor) else x).new_zeros(n_init, cell.state_size, dtype=dtype)
 
 
 def _auto_mode(cell, x, h0, fused, sequences) -> str:

@@ -280,15 +280,22 @@ class LoopSolve(torch.autograd.Function):
     Returns ``(states, hidden)``: with ``hidden=True`` a compiled loop that writes
     :meth:`~pararnn.Cell.hidden` as a tensor of its own (ParaLSTM) returns it there, and its
     backward takes that tensor's gradient as it is; otherwise ``hidden`` is None.
+
+    ``heads`` > 1: ``x`` is head-major pre-activations ``(H, B, T, G N/H)``
+    (:class:`pararnn.layout.HeadMajor`'s data), which a compiled loop reads in place and
+    its gradient comes back in; the caller checks that the compiled loop runs.
     """
 
     @staticmethod
-    def forward(ctx, cell, sequences, hidden, x, h0, *params):
+    def forward(ctx, cell, sequences, hidden, heads, x, h0, *params):
         # a compiled loop (ParaGRU/ParaLSTM on the CPU) handles sequences that start at t = 0
         ctx.compiled = cell.compiled_loop(x) if sequences.starts_only_at_zero else None
+        ctx.heads = heads
         if ctx.compiled is not None:
             states, ctx.tape, hidden = ctx.compiled.forward(dict(cell.named_parameters()), x, h0,
-                                                            hidden)
+                                                            hidden, heads)
+        elif heads > 1:
+            raise RuntimeError("head-major pre-activations need the cell's compiled loop")
         else:
             step, ctx.tape = cell.taping_stepper(x)  # what linearize need not recompute
             states, hidden = sequential_solve(cell, x, h0, sequences, step), None
@@ -301,14 +308,14 @@ class LoopSolve(torch.autograd.Function):
     def backward(ctx, grad_states, grad_hidden):
         cell, sequences, (x, h0, states, *params) = _saved_solve(ctx)
         structure = cell.structure
-        need_x, need_h0, *need_params = ctx.needs_input_grad[3:]
+        need_x, need_h0, *need_params = ctx.needs_input_grad[4:]
         params_in = [p.detach().requires_grad_(need) for p, need in zip(params, need_params)]
         weights = dict(zip(ctx.param_names, params_in))
         if ctx.compiled is not None:
             grad_x, grad_h0, grads = ctx.compiled.backward(weights, ctx.tape, states, h0,
-                                                           grad_states, grad_hidden)
-            return (None, None, None, grad_x if need_x else None, grad_h0 if need_h0 else None,
-                    *(grads.get(name) for name in ctx.param_names))
+                                                           grad_states, grad_hidden, ctx.heads)
+            return (None, None, None, None, grad_x if need_x else None,
+                    grad_h0 if need_h0 else None, *(grads.get(name) for name in ctx.param_names))
         batch, steps, width = states.shape
         chunk = max(1, CHUNK_ENTRIES // (batch * width))
         only_at_zero = sequences.starts_only_at_zero
@@ -353,4 +360,4 @@ class LoopSolve(torch.autograd.Function):
             with torch.enable_grad():
                 grad_h0, = torch.autograd.grad(sequences.previous_states(states, h0_in), h0_in,
                                                grad_prev)
-        return (None, None, None, grad_x, grad_h0, *grad_params)
+        return (None, None, None, None, grad_x, grad_h0, *grad_params)
