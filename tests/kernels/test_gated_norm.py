@@ -181,6 +181,27 @@ def test_module_keeps_the_plain_ops_in_float64_and_for_wide_rows(kernel_on_this_
     assert not _kernel_path(norm(h, h))
 
 
+def test_mixer_keeps_the_plain_ops_with_a_decode_cache(kernel_on_this_device, monkeypatch):
+    """Training and scoring (no cache) take the kernel; prefill with a cache and decode
+    steps keep the plain ops, as the conv does."""
+    from pararnn.models import build_model, preset
+
+    torch.manual_seed(0)
+    lm = build_model(preset("paragru", d_model=32, n_layers=1, vocab_size=64, block="paper")).to(DEVICE)
+    mixer = lm.blocks[0].mixer
+    calls = []
+    kernel_forward = gated_norm.forward
+    monkeypatch.setattr(gated_norm, "forward", lambda *args: calls.append(1) or kernel_forward(*args))
+    x = torch.randn(2, 5, 32, device=DEVICE)
+    with torch.no_grad():
+        whole = mixer(x)
+        assert len(calls) == 1
+        cache = {}
+        steps = [mixer(x[:, :3], cache), *(mixer(x[:, t:t + 1], cache) for t in (3, 4))]
+    assert len(calls) == 1
+    torch.testing.assert_close(torch.cat(steps, dim=1), whole, rtol=1e-5, atol=1e-6)
+
+
 def test_module_width_limit_is_the_kernels():
     assert lm_module._NORM_MAX_WIDTH == gated_norm.MAX_WIDTH
 

@@ -65,12 +65,15 @@ class RMSNorm(nn.Module):
 class GatedRMSNorm(RMSNorm):
     """``RMSNorm(y) * silu(gate)``: the norm after the cell in the ParaRNN paper's block.
     On CUDA one Triton kernel each way (:func:`pararnn.kernels.gated_norm.gated_rms_norm`,
-    float32 math; under autocast its output is in the autocast dtype); training on the
-    CPU one chunked autograd Function (:mod:`pararnn.models.cpu_chunked`); float64 and the
-    rest the plain ops."""
+    float32 math; under autocast its output is in the autocast dtype) unless ``kernel`` is
+    False (the mixer's decode steps and prefill with a cache, as the conv's: a step's few
+    rows are left to the plain ops, which a compiled decode step fuses with their
+    neighbours rather than launch one more kernel); training on the CPU one chunked
+    autograd Function (:mod:`pararnn.models.cpu_chunked`); float64 and the rest the plain
+    ops."""
 
-    def forward(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        if (y.device.type in _KERNEL_DEVICES and _TRITON and y.dtype in _KERNEL_DTYPES
+    def forward(self, y: torch.Tensor, gate: torch.Tensor, kernel: bool = True) -> torch.Tensor:
+        if (kernel and y.device.type in _KERNEL_DEVICES and _TRITON and y.dtype in _KERNEL_DTYPES
                 and gate.dtype in _KERNEL_DTYPES and y.shape[-1] <= _NORM_MAX_WIDTH and y.dim() == 3):
             from ..kernels.gated_norm import gated_rms_norm
             return gated_rms_norm(y, gate, self.weight, self.eps)

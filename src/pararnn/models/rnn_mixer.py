@@ -190,7 +190,7 @@ class ParaRNNMixer(nn.Module):
             u = self.conv(u, cache, silu=True)
         y = self._recur(u, cache)
         if isinstance(self.norm, GatedRMSNorm):
-            y = self.norm(y, gate)
+            y = self.norm(y, gate, kernel=cache is None)
         elif self.norm is not None:
             y = self.norm(y)
         elif self.gated:
