@@ -41,7 +41,8 @@ import torch.nn.functional as F
 
 from cuda_timing import graphed, interleaved_median_event_ms
 
-SHAPES = [(32, 512, 512), (4, 4096, 512), (32, 512, 768), (8, 2048, 2048)]
+# the LM's norms: `small` (state 1024) at T = 512 and 4096, `medium` (1536) at T = 512
+SHAPES = [(32, 512, 1024), (4, 4096, 1024), (32, 512, 1536), (8, 2048, 2048)]
 HBM_BYTES_PER_S = 4.2e12
 EPS = 1e-5
 PROFILED_CALLS = 20
