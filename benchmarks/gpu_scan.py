@@ -1,7 +1,7 @@
 """Triton affine-recurrence kernels vs the PyTorch reference scan vs the memory floor.
 
-    PYTHONPATH=src python benchmarks/gpu_scan.py            # markdown table
-    PYTHONPATH=src python benchmarks/gpu_scan.py --sweep    # launch configurations instead
+    PYTHONPATH=src python benchmarks/gpu_scan.py [--json OUT]   # markdown table (+ its rows)
+    PYTHONPATH=src python benchmarks/gpu_scan.py --sweep        # launch configurations instead
 
 The floor is the bytes the solve must move (read J and r once, write h once) over the
 copy bandwidth measured in the same run (a 2 GiB device-to-device copy, bytes read +
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import sys
 
 import torch
@@ -81,7 +82,9 @@ def bench(fn) -> float:
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def main_table(bandwidth: float) -> list[str]:
+def main_table(bandwidth: float) -> tuple[list[str], list[dict]]:
+    """The markdown rows and the same numbers as records (times in ms; None: out of memory)."""
+    records = []
     rows = [
         "| structure | dtype | B×T×N | chunks | Triton (ms) | PyTorch ref (ms) | floor (ms) | Triton / floor | ref / Triton | max rel err |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -99,7 +102,7 @@ def main_table(bandwidth: float) -> list[str]:
             ref_cell = f"{t_ref:.3f}"
             ratio_cell = f"{t_ref / t_kernel:.1f}×"
         except torch.OutOfMemoryError:
-            ref_cell = ratio_cell = "OOM"
+            t_ref, ref_cell, ratio_cell = None, "OOM", "OOM"
         torch.cuda.empty_cache()
         nbytes = (jac.numel() + 2 * rhs.numel()) * rhs.element_size()
         floor = nbytes / bandwidth * 1e3
@@ -107,10 +110,13 @@ def main_table(bandwidth: float) -> list[str]:
             f"| {name} | {dname} | {batch}×{steps}×{width} | {chunks} | {t_kernel:.3f} | {ref_cell} "
             f"| {floor:.3f} | {t_kernel / floor:.2f} | {ratio_cell} | {err:.1e} |"
         )
+        records.append(dict(structure=name, dtype=dname, batch=batch, steps=steps, width=width,
+                            chunks=chunks, triton_ms=t_kernel, reference_ms=t_ref, floor_ms=floor,
+                            max_rel_err=err))
         print(rows[-1], flush=True)
         del jac, rhs
         torch.cuda.empty_cache()
-    return rows
+    return rows, records
 
 
 def sweep(bandwidth: float) -> None:
@@ -136,6 +142,7 @@ def sweep(bandwidth: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true", help="time launch configurations and chunk counts instead")
+    parser.add_argument("--json", help="also write the main table's rows to this JSON file")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA device")
@@ -147,8 +154,13 @@ def main() -> None:
     if args.sweep:
         sweep(bandwidth)
         return
-    rows = main_table(bandwidth)
+    rows, records = main_table(bandwidth)
     print("\n" + "\n".join(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=props.name, sms=props.multi_processor_count, torch=torch.__version__,
+                           triton=triton.__version__, date=datetime.datetime.now().isoformat(timespec="seconds"),
+                           copy_bandwidth_bytes_per_s=bandwidth, rows=records), f, indent=1)
 
 
 if __name__ == "__main__":
