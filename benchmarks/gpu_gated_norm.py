@@ -47,7 +47,7 @@ HBM_BYTES_PER_S = 4.2e12
 EPS = 1e-5
 PROFILED_CALLS = 20
 # (CUDA_TILE_ELEMENTS, PROGRAMS_PER_SM) of --sweep; the first is the shipped one
-SWEEP = [(1024, 8), (1024, 4), (1024, 16), (512, 8), (2048, 8), (2048, 4)]
+SWEEP = [(1024, 8), (1024, 4), (1024, 6), (1024, 16), (512, 8), (2048, 8), (2048, 4)]
 
 
 def floor_us(batch: int, steps: int, width: int, backward: bool) -> float:
