@@ -25,9 +25,10 @@ import platform
 import statistics
 import time
 
-import torch
-
+# pararnn before torch, as its CLI loads them: importing it first sets OpenMP's spin-wait
+# default (pararnn/_openmp.py), which libgomp reads when torch loads it
 from pararnn import ParaGRU, ParaLSTM
+import torch  # noqa: E402, I001
 from pararnn.models import build_model
 from pararnn.models.config import preset
 
@@ -164,7 +165,9 @@ def main() -> None:
         return
     report = dict(label=args.label, torch=torch.__version__,
                   cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
-                  load_average_before=os.getloadavg(), runs=[])
+                  load_average_before=os.getloadavg(), runs=[],
+                  # OpenMP's spin-wait as libgomp read it when torch loaded
+                  openmp_env={k: os.environ.get(k) for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")})
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"--- {threads} thread(s), load average {os.getloadavg()}", flush=True)
