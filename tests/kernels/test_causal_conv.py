@@ -9,7 +9,8 @@ pytest.importorskip("triton")
 
 from pararnn.kernels import causal_conv, interpreter_enabled  # noqa: E402
 from pararnn.kernels.causal_conv import causal_conv1d, causal_conv1d_naive  # noqa: E402
-from pararnn.models import lm as lm_module  # noqa: E402
+from _lm_block_kernels import (kernels_on,  # noqa: E402
+                               loss_and_gradients_with_and_without_kernels)
 from pararnn.models.lm import CausalConv1d  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -171,7 +172,7 @@ def test_opcheck():
 @pytest.fixture
 def kernel_on_this_device(monkeypatch):
     """The module takes the kernel on this test's device (the CPU under the interpreter)."""
-    monkeypatch.setattr(lm_module, "_KERNEL_DEVICES", ("cuda", DEVICE.type))
+    kernels_on(monkeypatch, DEVICE)
 
 
 @pytest.mark.parametrize("silu", [True, False])
@@ -222,21 +223,8 @@ def test_compiled_module_traces_one_op(kernel_on_this_device):
 def test_language_model_loss_and_gradients_unchanged(model, monkeypatch):
     """A one-layer LM whose conv runs the kernel (the ParaRNN block's conv before the cell,
     Mamba2's on its x, B, C) computes the loss and gradients of the plain ops."""
-    from pararnn.models import build_model, preset
-
-    torch.manual_seed(0)
-    lm = build_model(preset(model, d_model=32, n_layers=1, vocab_size=64, block="paper")).to(DEVICE)
-    idx = torch.randint(0, 64, (2, 11), device=DEVICE)
-    calls = []
-    kernel_forward = causal_conv.forward
-    monkeypatch.setattr(causal_conv, "forward", lambda *args: calls.append(1) or kernel_forward(*args))
-    results = []
-    for devices in (("cuda", DEVICE.type), ()):
-        monkeypatch.setattr(lm_module, "_KERNEL_DEVICES", devices)
-        lm.zero_grad()
-        loss = lm(idx, idx)
-        loss.backward()
-        results.append([loss.detach(), *(p.grad.clone() for p in lm.parameters())])
-    assert len(calls) == 1  # the first run's one conv, the second's none
-    for got, want in zip(*results):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    calls, got, want = loss_and_gradients_with_and_without_kernels(monkeypatch, causal_conv, model,
+                                                                   DEVICE)
+    assert calls == 1  # the first run's one conv, the second's none
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
