@@ -22,6 +22,10 @@ read, pointers 16-byte aligned and sizes divisible by 16, walks in whole step bl
 (``--float-scalars fp64``: as torch.compile's launcher does). Rows also count the
 double-precision instructions (none expected).
 
+``--norm``: the gated norm's two kernels (``pararnn.kernels.gated_norm``) instead, at the
+rows the language models' states give them (512 to 4096 channels), as ``_tile`` launches
+them on CUDA, bf16 ``h``, gate and output, float32 weight (``--float-scalars`` sets ``eps``).
+
 A thread has at most 255 registers; past that the compiler spills to the stack (local
 memory), which the sequential walk then reads and writes every step. Registers also bound
 the warps an SM holds (65,536 registers per SM). The numbers are the Triton of the machine
@@ -49,7 +53,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 from gpu_profile import TILES  # noqa: E402
-from pararnn.kernels import paragru, paralstm  # noqa: E402
+from pararnn.kernels import gated_norm, paragru, paralstm  # noqa: E402
 from pararnn.kernels._fused_common import channels_per_thread  # noqa: E402
 
 NVIDIA_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -145,18 +149,8 @@ def resources(kernel: str, tile, pre_dtype: str, segmented: bool, arch: int,
     compiled = triton.compile(ASTSource(fn, signature, consts, attrs),
                               target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": num_warps})
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "kernel.cubin")
-        with open(path, "wb") as f:
-            f.write(compiled.asm["cubin"])
-        text = subprocess.run([CUOBJDUMP, "-res-usage", path], capture_output=True, text=True,
-                              check=True).stdout
-        sass = subprocess.run([NVDISASM, "-c", path], capture_output=True, text=True,
-                              check=True).stdout
-    match = re.search(r"REG:(\d+) STACK:(\d+)", text)
-    if match is None:
-        raise RuntimeError(f"no resource line in cuobjdump's output:\n{text}")
-    regs, stack = map(int, match.groups())
+    regs, stack = cubin_resources(compiled.asm["cubin"])
+    sass = cubin_tool(NVDISASM, ["-c"], compiled.asm["cubin"])
     loop = loop_instructions(sass)
     return {"kernel": kernel, "block_n": block_n, "num_warps": num_warps,
             "steps_per_block": steps_per_block, "stages": stages,
@@ -168,6 +162,56 @@ def resources(kernel: str, tile, pre_dtype: str, segmented: bool, arch: int,
             # double-precision arithmetic anywhere (a float argument left fp64 would add some)
             "fp64_instructions": len(_FP64_OP.findall(sass)),
             "instructions_per_channel_step": loop / (steps_per_block * per_thread)}
+
+
+NORM_WIDTHS = (512, 1024, 1536, 2048, 4096)
+
+
+def norm_resources(width: int, arch: int, float_scalars: str) -> list[dict]:
+    """Registers, spills and shared memory of the gated norm's forward and backward kernels
+    for rows of ``width`` channels, compiled as they launch on CUDA."""
+    import triton.language as tl
+
+    block_r, block_n, warps = gated_norm._tile(width, gated_norm.CUDA_TILE_ELEMENTS, cuda=True)
+    types = {"H": "*bf16", "G": "*bf16", "Y": "*bf16", "DY": "*bf16", "DH": "*bf16", "DG": "*bf16",
+             "W": "*fp32", "PART": "*fp32", "eps": float_scalars}
+    rows = []
+    for name, fn in (("norm_fwd", gated_norm._gated_norm_fwd_kernel),
+                     ("norm_bwd", gated_norm._gated_norm_bwd_kernel)):
+        signature = {n: types.get(n, "constexpr" if n in ("ACC", "BR", "BN") else "i32")
+                     for n in fn.arg_names}
+        aligned = BaseBackend.parse_attr("D")
+        attrs = {(i,): aligned for i, n in enumerate(fn.arg_names) if signature[n].startswith("*")}
+        compiled = triton.compile(ASTSource(fn, signature, {"ACC": tl.float32, "BR": block_r,
+                                                            "BN": block_n}, attrs),
+                                  target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+        regs, stack = cubin_resources(compiled.asm["cubin"])
+        sass = cubin_tool(NVDISASM, ["-c"], compiled.asm["cubin"])
+        rows.append({"kernel": name, "width": width, "block_rows": block_r, "block_width": block_n,
+                     "num_warps": warps, "elements_per_thread": block_r * block_n // (32 * warps),
+                     "registers": regs, "stack_bytes": stack,
+                     "shared_bytes": compiled.metadata.shared,
+                     "fp64_instructions": len(_FP64_OP.findall(sass))})
+    return rows
+
+
+def cubin_tool(tool: str, options: list[str], cubin: bytes) -> str:
+    """The output of ``tool`` (cuobjdump, nvdisasm) with ``options`` on ``cubin``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        return subprocess.run([tool, *options, path], capture_output=True, text=True,
+                              check=True).stdout
+
+
+def cubin_resources(cubin: bytes) -> tuple[int, int]:
+    """``(registers per thread, stack bytes)`` of a cubin, by ``cuobjdump -res-usage``."""
+    text = cubin_tool(CUOBJDUMP, ["-res-usage"], cubin)
+    match = re.search(r"REG:(\d+) STACK:(\d+)", text)
+    if match is None:
+        raise RuntimeError(f"no resource line in cuobjdump's output:\n{text}")
+    return int(match.group(1)), int(match.group(2))
 
 
 def main() -> None:
@@ -185,12 +229,17 @@ def main() -> None:
     parser.add_argument("--float-scalars", choices=("fp32", "fp64"), default="fp32",
                         help="type of the float arguments (tol, clip): fp32 as a direct launch "
                              "passes them, fp64 as torch.compile's generated launcher does")
+    parser.add_argument("--norm", action="store_true",
+                        help="the gated norm's kernels at the LM widths instead")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     plans = {"both": ((False, False), (True, False)), "one-walk": ((False, False),),
              "segmented": ((True, False),), "correction": ((True, True),)}[args.plans]
     if os.environ.get("TRITON_INTERPRET") == "1":  # the kernels would be interpreted functions
         sys.exit("kernel_resources.py compiles the kernels: unset TRITON_INTERPRET")
+    if args.norm:
+        norm_table(args)
+        return
     from pararnn.kernels._fused_common import CUDA_TILES
     rows = []
     print("| kernel | tile (channels/warps/steps/stages) | channels per thread | plan | registers "
@@ -214,6 +263,27 @@ def main() -> None:
             json.dump({"benchmark": "kernel_resources", "arch": args.arch, "dtype": args.dtype,
                        "float_scalars": args.float_scalars,
                        "triton": triton.__version__,
+                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       "rows": rows}, f, indent=1)
+
+
+
+def norm_table(args) -> None:
+    rows = []
+    print("| kernel | width | rows x padded width | warps | elements per thread | registers "
+          "| spill bytes | shared bytes | fp64 instructions |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for width in NORM_WIDTHS:
+        for row in norm_resources(width, args.arch, args.float_scalars):
+            rows.append(row)
+            print(f"| {row['kernel']} | {width} | {row['block_rows']} x {row['block_width']} "
+                  f"| {row['num_warps']} | {row['elements_per_thread']} | {row['registers']} "
+                  f"| {row['stack_bytes']} | {row['shared_bytes']} | {row['fp64_instructions']} |",
+                  flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"benchmark": "kernel_resources --norm", "arch": args.arch,
+                       "float_scalars": args.float_scalars, "triton": triton.__version__,
                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                        "rows": rows}, f, indent=1)
 

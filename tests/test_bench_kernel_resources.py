@@ -80,3 +80,14 @@ def test_float_scalars_passed_as_fp64_keep_the_walks_fp32(bench, tmp_path):
     assert set(rows) == shipped
     for key, row in rows.items():
         assert row["correct"] and row["fp64_instructions"] == 0, key
+
+
+def test_gated_norm_kernels_keep_an_fp64_eps_out_of_their_math(bench):
+    """The gated norm's ``eps`` arrives as an fp64 scalar from torch.compile's launcher; the
+    kernels cast the row sums' ``+ eps`` back, so no double-precision arithmetic reaches
+    their rows, and they compile without spills at the widths the LMs give them."""
+    if not (os.path.exists(bench.CUOBJDUMP) and os.path.exists(bench.NVDISASM)):
+        pytest.skip("this Triton ships no cuobjdump/nvdisasm")
+    for width in (1024, 4096):
+        for row in bench.norm_resources(width, 90, "fp64"):
+            assert row["fp64_instructions"] == 0 and row["stack_bytes"] == 0, row

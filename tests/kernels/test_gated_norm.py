@@ -186,8 +186,46 @@ def test_module_keeps_the_plain_ops_in_float64_and_for_wide_rows(kernel_on_this_
 def test_mixer_keeps_the_plain_ops_with_a_decode_cache(kernel_on_this_device, monkeypatch):
     """Training and scoring (no cache) take the kernel; prefill with a cache and decode
     steps keep the plain ops, as the conv does."""
-    calls, got, want = loss_and_gradients_with_and_without_kernels(monkeypatch, gated_norm, "paragru",
-                                                                   DEVICE)
+    from pararnn.models import build_model, preset
+
+    torch.manual_seed(0)
+    lm = build_model(preset("paragru", d_model=32, n_layers=1, vocab_size=64, block="paper")).to(DEVICE)
+    mixer = lm.blocks[0].mixer
+    calls = []
+    kernel_forward = gated_norm.forward
+    monkeypatch.setattr(gated_norm, "forward", lambda *args: calls.append(1) or kernel_forward(*args))
+    x = torch.randn(2, 5, 32, device=DEVICE)
+    with torch.no_grad():
+        whole = mixer(x)
+        assert len(calls) == 1
+        cache = {}
+        steps = [mixer(x[:, :3], cache), *(mixer(x[:, t:t + 1], cache) for t in (3, 4))]
+    assert len(calls) == 1
+    torch.testing.assert_close(torch.cat(steps, dim=1), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_module_width_limit_is_the_kernels():
+    assert lm_module._NORM_MAX_WIDTH == gated_norm.MAX_WIDTH
+
+
+def test_compiled_module_traces_one_op(kernel_on_this_device):
+    """``torch.compile(fullgraph=True)`` traces the registered op and its backward
+    (``aot_eager``: shapes from the fake kernel, no code generation) and computes what the
+    eager module does."""
+    norm = GatedRMSNorm(21).to(DEVICE)
+    h, gate, _, grad = _operands(2, 13, 21, torch.float32)
+    torch._dynamo.reset()
+    compiled = torch.compile(norm, fullgraph=True, backend="aot_eager")
+    results = [_module_run(run, norm.weight, h, gate, grad)[1] for run in (norm, compiled)]
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_language_model_loss_and_gradients_unchanged(monkeypatch):
+    """A one-layer ParaGRU LM of the paper's block whose gated norm runs the kernel
+    computes the loss and gradients of the plain ops."""
+    calls, got, want = loss_and_gradients_with_and_without_kernels(monkeypatch, gated_norm,
+                                                                   "paragru", DEVICE)
     assert calls == 1  # the first run's one norm, the second's none
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)

@@ -40,19 +40,20 @@ from ._fused_common import (cdiv, fused_op, host_cache, launcher, multiprocessor
 __all__ = ["gated_rms_norm", "gated_rms_norm_naive", "forward", "backward", "MAX_WIDTH"]
 
 #: Widest row the kernels take: a program holds whole rows in registers, 8 elements of
-#: each input per thread up to 16 warps (compiled for sm_90, the backward needs 117
-#: registers per thread at 4096 channels and spills from 8192 on).
+#: each input per thread on up to 16 warps (a wider row would need more per thread).
 MAX_WIDTH = 4096
 # Elements of each input a program holds at once (rows of a block x the padded width): on
-# the GPU 8 per thread of 4 warps (two rows of 512 channels; the backward at 80 registers
-# per thread), wider rows on up to 16 warps; on the CPU (Triton's interpreter) two-row
-# blocks, so that the tests' small shapes span several blocks, a ragged last one, and
-# backward programs of several blocks each.
+# the GPU 8 per thread of 4 warps (two rows of 512 channels), wider rows on up to 16 warps;
+# compiled for sm_90 the backward then takes 80-116 registers per thread from 512 to 4096
+# channels, no spills (`benchmarks/kernel_resources.py --norm`,
+# results/cpu/kernel_resources_norm_cpu18.json). On the CPU (Triton's interpreter)
+# two-row blocks, so that the tests' small shapes span several blocks, a ragged last one,
+# and backward programs of several blocks each.
 CUDA_TILE_ELEMENTS = 1024
 CPU_TILE_ELEMENTS = 64
 # Backward programs per SM: each walks a run of row blocks and writes one partial row of
 # the weight gradient, so fewer programs mean fewer partial rows to sum, more mean more
-# loads in flight (at 80 registers per thread an SM holds 6 programs of 4 warps).
+# loads in flight (at 80-96 registers per thread an SM holds 5-6 programs of 4 warps).
 PROGRAMS_PER_SM = 8
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -71,7 +72,7 @@ def _inverse_rms(h, N, eps):
     """``1 / sqrt(mean(h^2) + eps)`` of each row of ``h`` ``(BR, BN)`` (padding zero), in
     ``h``'s dtype: torch.compile's launcher passes ``eps`` as a float64 scalar, which would
     otherwise carry the rows' arithmetic to float64."""
-    return 1.0 / tl.sqrt((tl.sum(h * h, axis=1) / N + eps).to(h.dtype))
+    return 1.0 / tl.sqrt(tl.sum(h * h, axis=1) / N + tl.cast(eps, h.dtype))
 
 
 @triton.jit
@@ -130,16 +131,23 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def _tile(width: int, tile_elements: int, cuda: bool) -> tuple[int, int, int]:
+    """``(block_rows, block_width, warps)`` of either kernel for rows of ``width``
+    channels, about ``tile_elements`` elements of each input per program."""
+    block_n = next_power_of_2(width)
+    warps = min(16, max(4, block_n // 256)) if cuda else 1
+    return max(1, tile_elements // block_n), block_n, warps
+
+
 @host_cache  # eager calls: the SM count is a device query
 def _launch_plan(rows: int, width: int, device: torch.device, tile_elements: int,
                  programs_per_sm: int) -> tuple[int, int, int, int, int]:
     """``(block_rows, block_width, warps, backward programs, row blocks per backward
     program)`` for ``rows`` rows of ``width`` channels."""
-    block_n = next_power_of_2(width)
-    block_r = max(1, tile_elements // block_n)
-    warps = min(16, max(4, block_n // 256)) if device.type == "cuda" else 1
+    cuda = device.type == "cuda"
+    block_r, block_n, warps = _tile(width, tile_elements, cuda)
     blocks = cdiv(rows, block_r)
-    sms = multiprocessors(device) if device.type == "cuda" else 1
+    sms = multiprocessors(device) if cuda else 1
     per_program = cdiv(blocks, max(1, min(blocks, programs_per_sm * sms)))
     return block_r, block_n, warps, cdiv(blocks, per_program), per_program
 
