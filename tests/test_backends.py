@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import pararnn
+from pararnn.solver import api
 from pararnn.solver.backends import select_scan, triton_runs_on
 from pararnn.structure import DENSE, DIAGONAL
 
@@ -42,6 +43,11 @@ def test_auto_mode_rule_on_cpu():
         assert wide.last_solve.mode == "sequential"  # inference, wide steps: the loop wins
         narrow(x)
         assert narrow.last_solve.mode == "parallel"
+        for half_width, mode in ((api.CPU_SEQUENTIAL_MIN_WIDTH // 2, "sequential"),
+                                 (api.CPU_SEQUENTIAL_MIN_WIDTH // 2 - 1, "parallel")):
+            layer = pararnn.ParaGRU(4, half_width)  # batch 2: the step is twice as wide
+            layer(x)
+            assert layer.last_solve.mode == mode, half_width
     wide(x[:1].expand(torch.get_num_threads(), -1, -1))  # training from 512 per thread: the loop
     assert wide.last_solve.mode == "sequential"
     wide(x[:, :1])

@@ -17,7 +17,8 @@ from .newton import (LoopSolve, ParallelSolve, handle_failure, newton_solve, sca
 # On the CPU (PyTorch path) the step loop beats Newton once a step is this wide
 # (batch x state): the loop's per-step overhead is amortised, while Newton makes ~5 cell
 # evaluations and 3 scans over the whole sequence, each a pass over memory. Without
-# gradients from 768. With gradients (training: the loop with its adjoint backward,
+# gradients from 512 (ParaGRU, T = 2048, 2 threads: Newton faster at 256, the loop at 512;
+# BENCHMARKS.md, "CPU: sequential vs parallel"). With gradients (training: the loop with its adjoint backward,
 # LoopSolve, against Newton with the adjoint-scan backward; both backwards linearise the
 # cell once) from 512 per intra-op thread: Newton's whole-sequence passes split over the
 # threads, the loop's small steps do not (ParaGRU and ParaLSTM, T = 128, 1 thread:
@@ -26,7 +27,7 @@ from .newton import (LoopSolve, ParallelSolve, handle_failure, newton_solve, sca
 # float32/float64, sequences from t = 0) takes the loop with gradients from 128 per thread:
 # its C adjoint beat Newton at every width measured, from 128 (1 thread, B = 8: 2.6-4.7x
 # for ParaGRU at 128-1024, 7-17x for ParaLSTM at 256-1024; "CPU training path, round 5").
-CPU_SEQUENTIAL_MIN_WIDTH = 768
+CPU_SEQUENTIAL_MIN_WIDTH = 512
 CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD = 512
 CPU_SEQUENTIAL_MIN_WIDTH_GRAD_COMPILED_PER_THREAD = 128
 
@@ -46,7 +47,7 @@ def solve(cell, x: torch.Tensor | HeadMajor, h0: torch.Tensor | None = None, *, 
             zeros if None.
         mode: ``"sequential"`` (step loop), ``"parallel"`` (Newton + scan) or ``"auto"``:
             sequential for a single step, and on the CPU once ``B * state_size`` is at
-            least 768 without gradients, or with them 128 per torch thread where the
+            least 512 without gradients, or with them 128 per torch thread where the
             cell trains through its C loop (ParaGRU/ParaLSTM) and 512 per thread
             elsewhere; parallel otherwise (the fused kernels then pick their own
             sequential/segmented plan per shape).
