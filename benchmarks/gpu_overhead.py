@@ -47,7 +47,7 @@ import triton.language as tl
 import pararnn
 from cuda_timing import graphed, make_layer, time_layer
 from gpu_lm_speed import host_profile_steps
-from pararnn.kernels import causal_conv, paragru, paralstm
+from pararnn.kernels import causal_conv, gated_norm, paragru, paralstm
 
 CALLS, ROUNDS = 300, 5
 LAYER_SHAPES = [(16, 1024, 512), (8, 4096, 1024)]
@@ -147,6 +147,10 @@ def op_rows() -> list[dict]:
         "causal conv forward: python": lambda: causal_conv.forward(x, weight, bias, True),
         "causal conv backward: op": lambda: ops.causal_conv1d_backward.default(x, weight, bias, conv_g, True),
         "causal conv backward: python": lambda: causal_conv.backward(x, weight, bias, conv_g, True),
+        "gated norm forward: op": lambda: ops.gated_rms_norm.default(x, x, bias, 1e-5, x.dtype),
+        "gated norm forward: python": lambda: gated_norm.forward(x, x, bias, 1e-5, x.dtype),
+        "gated norm backward: op": lambda: ops.gated_rms_norm_backward.default(x, x, bias, 1e-5, conv_g),
+        "gated norm backward: python": lambda: gated_norm.backward(x, x, bias, 1e-5, conv_g),
         "empty Triton launch, 1 argument": lambda: _empty_kernel[(1,)](ptr),
         "empty Triton launch, 26 arguments": lambda: _empty_kernel_many[(1, 1, 1)](
             *([ptr] * 12), 1, 2, 3, 4, 5, 6, 7, 1e-6, A=1, B=2, C=True, D=False, E=4, F=8, num_warps=1),
