@@ -803,6 +803,39 @@ def hidden_buffer(pre: torch.Tensor, channels: int, hidden: bool) -> torch.Tenso
     return pre.new_empty(batch, steps, channels)
 
 
+# The language-model block's kernels (causal_conv.py, gated_norm.py): the dtypes they take,
+# their math dtype, and the layout they read.
+BLOCK_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_block_operands(*named: tuple[str, torch.Tensor]) -> None:
+    """Raise unless every ``(name, tensor)`` is of a :data:`BLOCK_DTYPES` dtype and on the
+    first one's device."""
+    first, anchor = named[0]
+    for name, t in named:
+        if t.dtype not in BLOCK_DTYPES:
+            raise ValueError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+        if t.device != anchor.device:
+            raise ValueError(f"{name} is on {t.device}, {first} on {anchor.device}")
+
+
+def math_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The block kernels' math dtype for input ``dtype`` (float64 stays float64): that of
+    their partial gradient rows."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def acc_dtype(dtype: torch.dtype):
+    """:func:`math_dtype` as a Triton dtype (the kernels' ``ACC``)."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def unit_channel_stride(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``(B, T, C)`` as the block kernels read it: any row and time strides, unit
+    stride over channels."""
+    return t if t.stride(2) == 1 else t.contiguous()
+
+
 def as_f32(t: torch.Tensor | None, device) -> torch.Tensor | None:
     """``t`` as a contiguous fp32 tensor on ``device`` for a kernel to read: ``t`` itself
     when it already is one (the usual case; no aten op), else a converted copy."""

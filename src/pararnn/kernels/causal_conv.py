@@ -42,9 +42,10 @@ import torch
 import torch.nn.functional as F
 
 from .._grad import needs_grad
-from ._fused_common import (cdiv, channel_offsets, fused_op, host_cache, launcher,
-                            multiprocessors, next_power_of_2, put_row, reject_double_backward,
-                            row_of, sigmoid, tl, triton)
+from ._fused_common import (acc_dtype, cdiv, channel_offsets, check_block_operands, fused_op,
+                            host_cache, launcher, math_dtype, multiprocessors, next_power_of_2,
+                            put_row, reject_double_backward, row_of, sigmoid, tl, triton,
+                            unit_channel_stride)
 
 __all__ = ["causal_conv1d", "causal_conv1d_naive", "forward", "backward"]
 
@@ -63,8 +64,6 @@ CPU_TILE = (8, 16, 1, 1)
 # x channel blocks alone give fewer: enough resident walks to keep memory busy, few enough
 # runs for their extra block (and the backward's partial rows) to stay small.
 PROGRAMS_PER_SM = 16
-
-DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @triton.jit
@@ -219,20 +218,9 @@ def _launch_plan(x: torch.Tensor, k: int, backward: bool) -> tuple[tuple[int, in
     batch, steps, channels = x.shape
     block_t, block_c, warps, stages = _tile(x.device, k, backward)
     runs, per_run = _runs(batch, steps, channels, x.device, block_t, block_c, PROGRAMS_PER_SM)
-    constants = dict(K=k, KP=next_power_of_2(k), ACC=_acc(x.dtype), BT=block_t, BC=block_c,
+    constants = dict(K=k, KP=next_power_of_2(k), ACC=acc_dtype(x.dtype), BT=block_t, BC=block_c,
                      VEC=max(1, block_c // (32 * warps)), STAGES=stages, num_warps=warps)
     return (cdiv(channels, block_c), batch, runs), per_run, constants
-
-
-def _acc(dtype: torch.dtype):
-    """The kernels' math dtype for input ``dtype`` (a Triton dtype)."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _math_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The kernels' math dtype as a torch dtype: that of the backward's partial
-    parameter-gradient rows."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @host_cache  # eager backward calls: the SM count is a device query
@@ -258,26 +246,17 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> int:
                          f"{channels} channels, got shape {tuple(weight.shape)}")
     if tuple(bias.shape) != (channels,):
         raise ValueError(f"bias must be ({channels},), got shape {tuple(bias.shape)}")
-    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
-        if t.dtype not in DTYPES:
-            raise ValueError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device}, x on {x.device}")
+    check_block_operands(("x", x), ("weight", weight), ("bias", bias))
     if weight.shape[-1] < 1:
         raise ValueError("the kernel size must be at least 1")
     return weight.shape[-1]
-
-
-def _unit_channel_stride(x: torch.Tensor) -> torch.Tensor:
-    """``x`` as the kernels read it: any row and time strides, unit stride over channels."""
-    return x if x.stride(2) == 1 else x.contiguous()
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, silu: bool = False) -> torch.Tensor:
     """The conv (+ SiLU) of ``x`` ``(B, T, C)``: a new contiguous ``(B, T, C)`` tensor in
     ``x``'s dtype. ``weight`` ``(C, 1, K)`` or ``(C, K)``, ``bias`` ``(C,)``."""
     k = _check(x, weight, bias)
-    x = _unit_channel_stride(x)
+    x = unit_channel_stride(x)
     y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     if y.numel() == 0:
         return y
@@ -295,7 +274,7 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
     k = _check(x, weight, bias)
     if grad_y.shape != x.shape:
         raise ValueError(f"grad_y must have x's shape {tuple(x.shape)}, got {tuple(grad_y.shape)}")
-    x = _unit_channel_stride(x)
+    x = unit_channel_stride(x)
     grad_y = grad_y.contiguous()
     batch, steps, channels = x.shape
     grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype)
@@ -303,7 +282,7 @@ def backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_y: 
         return grad_x, torch.zeros_like(weight), torch.zeros_like(bias)
     grid, per_run, constants = _launch_plan(x, k, backward=True)
     part = torch.empty(batch * grid[2], k + 1, channels, device=x.device,
-                       dtype=_math_dtype(x.dtype))
+                       dtype=math_dtype(x.dtype))
     launcher(_conv1d_bwd_kernel, x)[grid](
         x, weight.contiguous(), bias.contiguous(), grad_y, grad_x, part, steps, channels,
         x.stride(0), x.stride(1), per_run, SILU=silu, **constants)

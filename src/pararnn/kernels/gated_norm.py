@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from .._grad import needs_grad
-from ._fused_common import (cdiv, fused_op, host_cache, launcher, multiprocessors,
-                            next_power_of_2, reject_double_backward, sigmoid, tl, triton)
+from ._fused_common import (acc_dtype, cdiv, check_block_operands, fused_op, host_cache,
+                            launcher, math_dtype, multiprocessors, next_power_of_2,
+                            reject_double_backward, sigmoid, tl, triton, unit_channel_stride)
 
 __all__ = ["gated_rms_norm", "gated_rms_norm_naive", "forward", "backward", "MAX_WIDTH"]
 
@@ -55,8 +56,6 @@ CPU_TILE_ELEMENTS = 64
 # the weight gradient, so fewer programs mean fewer partial rows to sum, more mean more
 # loads in flight (at 80-96 registers per thread an SM holds 5-6 programs of 4 warps).
 PROGRAMS_PER_SM = 8
-
-DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @triton.jit
@@ -126,11 +125,6 @@ def _gated_norm_bwd_kernel(H, G, W, DY, DH, DG, PART, ROWS, T, N, shb, sht, sgb,
     tl.store(PART + tl.program_id(0).to(tl.int64) * N + cols, grad_w, mask=cm)
 
 
-def _acc(dtype: torch.dtype):
-    """The kernels' math dtype for ``dtype`` (a Triton dtype)."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _tile(width: int, tile_elements: int, cuda: bool) -> tuple[int, int, int]:
     """``(block_rows, block_width, warps)`` of either kernel for rows of ``width``
     channels, about ``tile_elements`` elements of each input per program."""
@@ -170,16 +164,7 @@ def _check(h: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor) -> None:
     if h.shape[2] > MAX_WIDTH:
         raise ValueError(f"the fused gated norm takes rows of up to {MAX_WIDTH} channels, "
                          f"got {h.shape[2]}; use gated_rms_norm_naive")
-    for name, t in (("h", h), ("gate", gate), ("weight", weight)):
-        if t.dtype not in DTYPES:
-            raise ValueError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-        if t.device != h.device:
-            raise ValueError(f"{name} is on {t.device}, h on {h.device}")
-
-
-def _unit_channel_stride(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as the kernels read it: any row and time strides, unit stride over channels."""
-    return t if t.stride(2) == 1 else t.contiguous()
+    check_block_operands(("h", h), ("gate", gate), ("weight", weight))
 
 
 def forward(h: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float,
@@ -187,7 +172,7 @@ def forward(h: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: floa
     """The gated norm of ``h`` ``(B, T, N)``: a new contiguous ``(B, T, N)`` tensor of
     ``out_dtype``."""
     _check(h, gate, weight)
-    h, gate = _unit_channel_stride(h), _unit_channel_stride(gate)
+    h, gate = unit_channel_stride(h), unit_channel_stride(gate)
     y = torch.empty(h.shape, device=h.device, dtype=out_dtype)
     if y.numel() == 0:
         return y
@@ -195,7 +180,7 @@ def forward(h: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: floa
     rows = h.shape[0] * h.shape[1]
     launcher(_gated_norm_fwd_kernel, h)[(cdiv(rows, block_r),)](
         h, gate, weight.contiguous(), y, rows, h.shape[1], h.shape[2], h.stride(0),
-        h.stride(1), gate.stride(0), gate.stride(1), eps, ACC=_acc(h.dtype), BR=block_r,
+        h.stride(1), gate.stride(0), gate.stride(1), eps, ACC=acc_dtype(h.dtype), BR=block_r,
         BN=block_n, num_warps=warps)
     return y
 
@@ -207,19 +192,18 @@ def backward(h: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: flo
     _check(h, gate, weight)
     if grad_y.shape != h.shape:
         raise ValueError(f"grad_y must have h's shape {tuple(h.shape)}, got {tuple(grad_y.shape)}")
-    h, gate, grad_y = _unit_channel_stride(h), _unit_channel_stride(gate), grad_y.contiguous()
+    h, gate, grad_y = unit_channel_stride(h), unit_channel_stride(gate), grad_y.contiguous()
     grad_h = torch.empty(h.shape, device=h.device, dtype=h.dtype)
     grad_gate = torch.empty(h.shape, device=h.device, dtype=gate.dtype)
     if grad_h.numel() == 0:
         return grad_h, grad_gate, torch.zeros_like(weight)
     block_r, block_n, warps, programs, per_program = _plan(h)
     width = h.shape[2]
-    math = torch.float64 if h.dtype == torch.float64 else torch.float32
-    part = torch.empty(programs, width, device=h.device, dtype=math)
+    part = torch.empty(programs, width, device=h.device, dtype=math_dtype(h.dtype))
     launcher(_gated_norm_bwd_kernel, h)[(programs,)](
         h, gate, weight.contiguous(), grad_y, grad_h, grad_gate, part, h.shape[0] * h.shape[1],
         h.shape[1], width, h.stride(0), h.stride(1), gate.stride(0), gate.stride(1), eps,
-        per_program, ACC=_acc(h.dtype), BR=block_r, BN=block_n, num_warps=warps)
+        per_program, ACC=acc_dtype(h.dtype), BR=block_r, BN=block_n, num_warps=warps)
     # a fixed-order reduction: the same bits every run
     return grad_h, grad_gate, part.sum(0).to(weight.dtype)
 
