@@ -803,6 +803,16 @@ def hidden_buffer(pre: torch.Tensor, channels: int, hidden: bool) -> torch.Tenso
     return pre.new_empty(batch, steps, channels)
 
 
+def check_hidden_out(name: str, hidden_out: torch.Tensor | None, batch: int, steps: int,
+                     channels: int) -> None:
+    """Raise unless ``hidden_out`` is None or a contiguous ``(batch, steps, channels)``
+    tensor (what a forward walk writes a layer's output into)."""
+    if hidden_out is not None and (tuple(hidden_out.shape) != (batch, steps, channels)
+                                   or not hidden_out.is_contiguous()):
+        raise ValueError(f"{name}: hidden_out must be a contiguous ({batch}, {steps}, {channels}) "
+                         f"tensor, got {tuple(hidden_out.shape)}")
+
+
 # The language-model block's kernels (causal_conv.py, gated_norm.py): the dtypes they take,
 # their math dtype, and the layout they read.
 BLOCK_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

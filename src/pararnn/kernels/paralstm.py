@@ -25,14 +25,14 @@ from .._grad import needs_grad
 from ..layout import gate_major, head_major
 from ._fused_common import (as_f32, backward_step_masks, boundaries_mismatch, boundary_buffers,
                             boundary_kernel, BOUNDARY_TOL, channel_offsets, check_common,
-                            clip_gate_gradients, clip_gradient, clip_value, clip_vector,
-                            default_plan, fake_flags, forward_step_masks, ForwardReport, fused_op,
-                            head_block, head_offsets, hidden_buffer, kernel_pre, launcher,
-                            load_clipped_gate_vectors, load_gate_bias, load_gate_tiles, make_plan,
-                            op_flags, op_report, optional_flags, pack_resets, put_row,
-                            reject_double_backward, reset_word, row_of, rows_in, run_segmented,
-                            sigmoid, step_offsets, store_gate_tiles, supports_tensor, tanh, tl,
-                            triton)
+                            check_hidden_out, clip_gate_gradients, clip_gradient, clip_value,
+                            clip_vector, default_plan, fake_flags, forward_step_masks,
+                            ForwardReport, fused_op, head_block, head_offsets, hidden_buffer,
+                            kernel_pre, launcher, load_clipped_gate_vectors, load_gate_bias,
+                            load_gate_tiles, make_plan, op_flags, op_report, optional_flags,
+                            pack_resets, put_row, reject_double_backward, reset_word, row_of,
+                            rows_in, run_segmented, sigmoid, step_offsets, store_gate_tiles,
+                            supports_tensor, tanh, tl, triton)
 
 __all__ = ["supports", "paralstm_solve", "paralstm_naive", "forward", "newton_forward",
            "sequential_forward", "backward"]
@@ -414,10 +414,7 @@ def forward(pre, a, peephole, h0=None, resets=None, rounds: int = 3, *, bias=Non
     receives ``h`` alone, in its own dtype (the layer's output, written by the walk)."""
     batch, steps, n = check_common("paralstm", pre, a, h0, resets, 2, bias)
     _check_peephole("paralstm", peephole, n)
-    if hidden_out is not None and (tuple(hidden_out.shape) != (batch, steps, n)
-                                   or not hidden_out.is_contiguous()):
-        raise ValueError(f"paralstm: hidden_out must be a contiguous ({batch}, {steps}, {n}) "
-                         f"tensor, got {tuple(hidden_out.shape)}")
+    check_hidden_out("paralstm", hidden_out, batch, steps, n)
     if not sequential and rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     clip_arg = clip_value(clip)
