@@ -11,8 +11,9 @@ count in ``--threads``:
   sequential (autograd through the loop) and the auto mode (with gradients on the CPU
   from 512 x threads per step: the loop with its adjoint backward): the no-grad forward
   and forward+backward;
-* one AdamW training step (forward, backward, optimizer) of ``--size`` LMs (``block="auto"``,
-  as ``pararnn train`` builds them) at ``--batch-size`` x ``--seq-len``, one per model.
+* one training step of ``--size`` LMs as ``pararnn train`` runs it (``block="auto"``;
+  forward, backward, gradient clipping, its AdamW) at ``--batch-size`` x ``--seq-len``, one
+  per model.
 
 Writes the raw numbers (train steps: wall clock and process CPU time), the load average
 before and after, and the torch version as JSON.
@@ -31,6 +32,7 @@ from pararnn import ParaGRU, ParaLSTM
 import torch  # noqa: E402, I001
 from pararnn.models import build_model
 from pararnn.models.config import preset
+from pararnn.train.loop import build_optimizer
 
 LAYER_SHAPES = ((8, 128, 256), (8, 128, 512), (4, 1024, 256))
 
@@ -78,13 +80,14 @@ def time_train_steps(models, size: str, batch: int, steps: int, repeats: int) ->
     for name in models:
         torch.manual_seed(0)
         model = build_model(preset(name, size, block="auto"))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.1, device=torch.device("cpu"))
         idx = torch.randint(0, model.cfg.vocab_size, (batch, steps + 1))
 
         def train_step():
             loss = model(idx[:, :-1], idx[:, 1:])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
 
         cpu = []

@@ -53,6 +53,30 @@ def test_weight_decay_only_on_linear_matrices(model, block):
         assert any(n.endswith("cell.a") for n in exempt_names)
 
 
+def test_training_optimizer_is_fused_on_cpu_and_steps_as_the_plain_adamw():
+    """The loop's AdamW runs fused on the CPU; its updates, every group's LR and weight decay
+    included, are the per-parameter implementation's (the fused kernel rounds differently)."""
+    torch.manual_seed(0)
+    lm = build_model(preset("paralstm", "nano", block="paper", vocab_size=64))
+    twin = build_model(preset("paralstm", "nano", block="paper", vocab_size=64))
+    twin.load_state_dict(lm.state_dict())
+    options = dict(lr=1e-2, weight_decay=0.1, recurrent_lr_mult=0.5)
+    fused = loop.build_optimizer(lm, device=torch.device("cpu"), **options)
+    plain = torch.optim.AdamW(loop.optimizer_groups(twin, **options), betas=(0.9, 0.95), eps=1e-8,
+                              foreach=False)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    initial = [p.detach().clone() for p in lm.parameters()]
+    x = torch.randint(0, 64, (2, 17))
+    for _ in range(3):
+        for model, optimizer in ((lm, fused), (twin, plain)):
+            optimizer.zero_grad(set_to_none=True)
+            model(x[:, :-1], x[:, 1:]).backward()
+            optimizer.step()
+    for (name, p), q in zip(lm.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    assert all(not torch.equal(p, p0) for p, p0 in zip(lm.parameters(), initial))
+
+
 def test_wsd_schedule():
     lrs = [wsd_lr(s, warmup=10, total=100, min_ratio=0.1) for s in range(101)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
