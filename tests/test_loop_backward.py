@@ -110,6 +110,28 @@ def test_paralstm_output_and_final_state_train_through_the_loop_backward(loop_tr
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_saturated_gates_stay_finite_through_the_loop(loop_training, layer_cls, dtype):
+    """Gate pre-activations far beyond exp's range (+-100 and +-1e4 around the biases): the
+    loops' outputs and gradients are finite and those of autograd through the loop (the C
+    loops' sigmoid, built with fast math, gave NaN where exp overflowed in float32)."""
+    layer = layer_cls(4, 8, dtype=dtype)
+    with torch.no_grad():
+        saturated = torch.tensor([-1e4, -100.0, 100.0, 1e4]).repeat(layer.cell.bias.numel() // 4)
+        layer.cell.bias.copy_(saturated.view_as(layer.cell.bias))
+    x = torch.randn(2, 9, 4, dtype=dtype, requires_grad=True)
+    results = {}
+    for mode in ("sequential", "auto"):
+        layer.mode = mode
+        out, _ = layer(x)
+        results[mode] = (out, *torch.autograd.grad(out.cos().sum(), [x, *layer.parameters()]))
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else {}
+    for got, want in zip(results["auto"], results["sequential"]):
+        assert got.isfinite().all()
+        torch.testing.assert_close(got, want, **tol)
+
+
 @pytest.mark.skipif(not HAS_C, reason="no C compiler")
 @pytest.mark.parametrize("cell_cls", [pararnn.ParaGRUCell, pararnn.ParaLSTMCell])
 def test_c_loop_reads_head_major_pre_activations(cell_cls):

@@ -109,3 +109,28 @@ def test_float32_matches_plain_ops_and_inference_keeps_the_plain_ops():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert "GatedRMSNormFn" not in type(norm(x, x).grad_fn).__name__
         assert "CausalConvSiLU" not in type(conv(x, silu=True).grad_fn).__name__
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_saturated_inputs_stay_finite_and_match_plain_ops(chunk_elements, dtype):
+    """Pre-activations far beyond exp's range (a SiLU of -1e4, +-100, +-1e3): the C loops'
+    sigmoid is clamped where exp overflows (built with fast math, an overflowing exp gave
+    NaN), so values and gradients stay the plain ops' (zero or one to rounding)."""
+    torch.manual_seed(0)
+    conv, norm = CausalConv1d(8, 4).to(dtype), GatedRMSNorm(8).to(dtype)
+    big = torch.tensor([-1e4, -1e3, -100.0, -89.0, 89.0, 100.0, 1e3, 1e4], dtype=dtype)
+    x = (big * torch.rand(2, 9, 1, dtype=dtype).add(1)).requires_grad_()
+    with torch.no_grad():
+        conv.weight.fill_(1.0)  # pre-activations of the order of x
+    for fn, plain in ((lambda v: conv(v, silu=True), lambda v: plain_conv_silu(conv, v)),
+                      (lambda v: norm(torch.randn_like(v), v),
+                       lambda v: plain_gated_norm(norm, torch.randn_like(v), v))):
+        torch.manual_seed(1)
+        out = fn(x)
+        torch.manual_seed(1)
+        expected = plain(x)
+        assert out.isfinite().all()
+        torch.testing.assert_close(out, expected)
+        for got, want in zip(grads(out, (x,)), grads(expected, (x,))):
+            assert got.isfinite().all()
+            torch.testing.assert_close(got, want)
