@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import pararnn
+from pararnn.solver import api
 from cells_zoo import LogisticMapCell, diverging_paragru_cell, diverging_paragru_inputs
 
 
@@ -212,6 +213,49 @@ def test_misdeclared_jacobian_structure_is_reported():
     out, _ = pararnn.RNN(cell, mode="parallel")(x)
     ref, _ = pararnn.RNN(cell, mode="sequential")(x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_misdeclared_structure_is_reported_when_auto_trains_through_the_loop(monkeypatch):
+    """The loop's adjoint backward reads the declared Jacobian too: auto's loop verifies it
+    (once per cell) as Newton does, instead of returning wrong gradients."""
+    from cells_zoo import MisdeclaredCell
+
+    monkeypatch.setattr(api, "CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD", 0)
+    rnn = pararnn.RNN(MisdeclaredCell(), mode="auto")
+    x = torch.randn(2, 20, 8, requires_grad=True)
+    with pytest.raises(ValueError, match=r"MisdeclaredCell declares jacobian='diagonal'"):
+        rnn(x)
+    rnn.cell.jacobian = "dense"
+    out, _ = rnn(x)
+    assert type(out.grad_fn).__name__ == "LoopSolveBackward"
+    got = torch.autograd.grad(out.square().sum(), x)[0]
+    rnn.mode = "sequential"  # autograd through the loop
+    want = torch.autograd.grad(rnn(x)[0].square().sum(), x)[0]
+    torch.testing.assert_close(got, want)
+
+
+def test_gru_subclass_with_its_own_step_is_verified_before_training_through_the_loop(monkeypatch):
+    """A ParaGRUCell subclass that changes step but keeps the parent's analytic
+    step_and_jacobian: the loop's backward would use the parent's Jacobian; it is refused."""
+
+    class LeakyGRU(pararnn.ParaGRUCell):
+        def step(self, x, h_prev):
+            return 0.5 * super().step(x, h_prev) + 0.5 * torch.tanh(h_prev)
+
+    monkeypatch.setattr(api, "CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD", 0)
+    rnn = pararnn.RNN(LeakyGRU(6), mode="auto")
+    with pytest.raises(ValueError, match="LeakyGRU declares jacobian='diagonal'.*step_and_jacobian"):
+        rnn(torch.randn(2, 20, 18, requires_grad=True))
+
+
+@pytest.mark.parametrize("where", ["x", "h0"])
+def test_nan_input_is_named_on_the_first_parallel_solve(where):
+    """A fresh cell's structure check meets the NaN first: it names the input, not the cell."""
+    cell = pararnn.ParaGRUCell(4, dtype=torch.float64)
+    x, h0 = torch.randn(1, 20, 12, dtype=torch.float64), torch.zeros(1, 4, dtype=torch.float64)
+    (x[0, 0, 3] if where == "x" else h0[0, 1]).fill_(float("nan"))
+    with pytest.raises(ValueError, match=f"^{where} contains NaN or Inf"):
+        pararnn.RNN(cell, mode="parallel")(x, h0)
 
 
 def test_structure_is_verified_once_per_cell():

@@ -123,6 +123,7 @@ def solve(cell, x: torch.Tensor | HeadMajor, h0: torch.Tensor | None = None, *, 
         elif mode == "sequential":
             h0c = _initial(h0, n_init, cell, x, dtype)
             if through_loop:
+                verify_structure(cell, x, h0c)  # the loop's backward reads the Jacobians
                 head_major = isinstance(x, HeadMajor)
                 xc = (x.data if head_major else x).to(dtype)
                 states, hidden_states = LoopSolve.apply(

@@ -21,6 +21,7 @@ import warnings
 import torch
 from torch.func import functional_call
 
+from ..layout import HeadMajor, gate_major
 from ..scan.pytorch import solve_adjoint_loop
 from ..structure import DIAGONAL
 from .config import NewtonConfig, NewtonConvergenceError, SolveInfo
@@ -117,6 +118,15 @@ def mask_restarts(jac: torch.Tensor, sequences: Sequences, structure) -> torch.T
     return structure.zero_where(jac, sequences.starts)
 
 
+def check_finite(cell, x, h0) -> None:
+    """Raise a ValueError naming the first of ``x``, ``h0`` and the cell's parameters that
+    holds a NaN or an Inf (for a layer, ``x`` is its projected input)."""
+    for name, tensor in (("x", x), ("h0", h0), *cell.named_parameters()):
+        if not torch.isfinite(tensor).all():
+            what = name if name in ("x", "h0") else f"the cell's parameter {name!r}"
+            raise ValueError(f"{what} contains NaN or Inf; the recurrence has no finite solution")
+
+
 def handle_failure(cell, x, h0, sequences, config: NewtonConfig, tol: float, states,
                    info: SolveInfo):
     """Apply ``config.on_failure`` to Newton states whose residual missed ``tol``.
@@ -125,10 +135,7 @@ def handle_failure(cell, x, h0, sequences, config: NewtonConfig, tol: float, sta
     expanding or chaotic cell): the sequential loop, which needs no convergence, is the
     answer. If that loop overflows too, the recurrence itself has no finite solution.
     """
-    for name, tensor in (("x", x), ("h0", h0), *cell.named_parameters()):
-        if not torch.isfinite(tensor).all():
-            what = name if name in ("x", "h0") else f"the cell's parameter {name!r}"
-            raise ValueError(f"{what} contains NaN or Inf; the recurrence has no finite solution")
+    check_finite(cell, x, h0)
     residual = float(info.residual)
     if residual != residual or residual in (float("inf"), float("-inf")):
         message = (
@@ -158,22 +165,30 @@ def handle_failure(cell, x, h0, sequences, config: NewtonConfig, tol: float, sta
     return states, info
 
 
-def verify_structure(cell, x: torch.Tensor, h0: torch.Tensor) -> None:
+def verify_structure(cell, x, h0: torch.Tensor) -> None:
     """Check once per cell instance that its declared Jacobian structure (and its
-    ``step_and_jacobian``) matches ``step``; raise a ValueError naming both if not.
+    ``step_and_jacobian``) matches ``step``; raise a ValueError naming both if not. Newton
+    and the loop's adjoint backward both compute with that Jacobian.
 
     One probe at real operating points (one step from ``h0`` at the first few inputs of
-    the first row): the structured Jacobian times a random vector must equal the JVP of
-    ``step`` along it. A structure that drops non-zero entries fails this for almost
-    every probe vector. Cached on the instance by structure, so a later solve pays
-    nothing; skipped while ``torch.compile`` traces (the eager call verified it).
+    the first row; ``x`` may be head-major, :class:`pararnn.layout.HeadMajor`, and in
+    another dtype than ``h0``'s, the compute dtype): the structured Jacobian times a random
+    vector must equal the JVP of ``step`` along it. A structure that drops non-zero
+    entries fails this for almost every probe vector; a NaN or Inf where the probe reads is
+    reported as such (:func:`check_finite`). Cached on the instance by structure, so a
+    later solve pays nothing; skipped while ``torch.compile`` traces (the eager call
+    verified it).
     """
     structure = cell.structure
     if cell.__dict__.get("_verified_structure") == structure or torch.compiler.is_compiling():
         return
     steps = min(x.shape[1], 4)
     with torch.no_grad():
-        xs = x[:1, :steps]
+        if isinstance(x, HeadMajor):  # the probe's few steps, gate-major
+            xs = gate_major(x.data[:, :1, :steps], x.gates)
+        else:
+            xs = x[:1, :steps]
+        xs = xs.to(h0.dtype)
         start = h0[:1].unsqueeze(1).expand(1, steps, h0.shape[-1])
         probe_at = cell.step(xs, start)
         direction = torch.randn(probe_at.shape, dtype=probe_at.dtype, device=probe_at.device,
@@ -182,8 +197,10 @@ def verify_structure(cell, x: torch.Tensor, h0: torch.Tensor) -> None:
         _, jac = cell.step_and_jacobian(xs, probe_at)
         error = float((structure.apply(jac, direction) - exact).abs().amax())
         scale = 1.0 + float(exact.abs().amax())
-    bound = 1e-3 if x.dtype != torch.float64 else 1e-8
+    bound = 1e-3 if h0.dtype != torch.float64 else 1e-8
     if not error <= bound * scale:
+        if error != error or error == float("inf"):  # NaN or Inf in what the probe read?
+            check_finite(cell, xs, h0[:1])
         declared = structure.kind + (f" (block_size={structure.block_size})"
                                      if structure.kind == "block" else "")
         raise ValueError(
@@ -195,11 +212,11 @@ def verify_structure(cell, x: torch.Tensor, h0: torch.Tensor) -> None:
     cell.__dict__["_verified_structure"] = structure
 
 
-def reject_double_backward() -> None:
-    """Raise if a parallel backward is being differentiated (``create_graph=True``)."""
+def reject_double_backward(what: str) -> None:
+    """Raise if ``what``'s backward is being differentiated (``create_graph=True``)."""
     if torch.is_grad_enabled():
         raise RuntimeError(
-            "the parallel solve does not support double backward (create_graph=True); "
+            f"{what} does not support double backward (create_graph=True); "
             "use mode='sequential' for higher-order gradients"
         )
 
@@ -213,10 +230,10 @@ def _save_solve(ctx, cell, sequences, x, h0, states, params) -> None:
     ctx.save_for_backward(x, h0, states, *params)
 
 
-def _saved_solve(ctx):
+def _saved_solve(ctx, what: str):
     """``(cell, sequences, (x, h0, states, *params))`` saved by :func:`_save_solve`; a
-    double backward raises here."""
-    reject_double_backward()
+    double backward of ``what`` raises here."""
+    reject_double_backward(what)
     return ctx.cell, ctx.sequences, ctx.saved_tensors
 
 
@@ -233,7 +250,7 @@ class ParallelSolve(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_states):
-        cell, sequences, (x, h0, states, *params) = _saved_solve(ctx)
+        cell, sequences, (x, h0, states, *params) = _saved_solve(ctx, "the parallel solve")
         structure = cell.structure
         needs = ctx.needs_input_grad[6:]
         leaves = [t.detach().requires_grad_(need) for t, need in zip((x, h0, *params), needs)]
@@ -306,7 +323,8 @@ class LoopSolve(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_states, grad_hidden):
-        cell, sequences, (x, h0, states, *params) = _saved_solve(ctx)
+        cell, sequences, (x, h0, states, *params) = _saved_solve(
+            ctx, "the step loop's adjoint backward (what mode='auto' trains with)")
         structure = cell.structure
         need_x, need_h0, *need_params = ctx.needs_input_grad[4:]
         params_in = [p.detach().requires_grad_(need) for p, need in zip(params, need_params)]
