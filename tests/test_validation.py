@@ -107,10 +107,52 @@ def test_resets_validation(rnn):
     x = torch.randn(2, 5, 24)
     with pytest.raises(TypeError, match="resets must be a bool tensor"):
         rnn(x, resets=torch.zeros(2, 5))
-    with pytest.raises(ValueError, match=r"resets must have shape \(batch, time\) = \(2, 5\)"):
+    with pytest.raises(ValueError, match=r"resets must have shape \(2, 5\) \(batch, time\)"):
         rnn(x, resets=torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="either resets or cu_seqlens"):
         rnn(x[:1], resets=torch.zeros(1, 5, dtype=torch.bool), cu_seqlens=torch.tensor([0, 5]))
+
+
+def test_resets_follow_the_layout_of_x():
+    """resets have x's shape without the features: (B, T), (T, B) time-first, (T,)
+    unbatched; the errors quote the shapes the user passed."""
+    torch.manual_seed(0)
+    layer = pararnn.ParaGRU(4, 8, dtype=torch.float64)
+    time_first = pararnn.ParaGRU(4, 8, batch_first=False, dtype=torch.float64)
+    time_first.load_state_dict(layer.state_dict())
+    x, resets = torch.randn(3, 6, 4, dtype=torch.float64), torch.rand(3, 6) < 0.3
+    want, want_h = layer(x, resets=resets)
+    got, got_h = time_first(x.transpose(0, 1), resets=resets.T)
+    torch.testing.assert_close(got.transpose(0, 1), want, rtol=0, atol=0)
+    torch.testing.assert_close(got_h, want_h, rtol=0, atol=0)
+    one, one_h = layer(x[1], resets=resets[1])
+    torch.testing.assert_close(one, want[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"resets must have shape \(6, 3\) \(time, batch\).*got \(3, 6\)"):
+        time_first(x.transpose(0, 1), resets=resets)
+    with pytest.raises(ValueError, match=r"resets must have shape \(6,\) \(time,\).*got \(1, 6\)"):
+        layer(x[1], resets=resets[:1])
+    with pytest.raises(TypeError, match="resets must be a bool tensor"):
+        layer(x, resets=[[False] * 6] * 3)
+
+
+def test_per_sequence_initial_state_with_cu_seqlens():
+    """With cu_seqlens the initial state is one row per sequence, also for unbatched x and
+    ParaLSTM's (h0, c0), whose wrong shapes are quoted as passed."""
+    torch.manual_seed(0)
+    lstm = pararnn.ParaLSTM(4, 8, dtype=torch.float64)
+    x, cu = torch.randn(1, 7, 4, dtype=torch.float64), torch.tensor([0, 3, 7])
+    h0, c0 = torch.randn(2, 8, dtype=torch.float64), torch.randn(2, 8, dtype=torch.float64)
+    out, (h_n, c_n) = lstm(x, (h0, c0), cu_seqlens=cu)
+    first, (h_1, _) = lstm(x[:, :3], (h0[:1], c0[:1]))
+    torch.testing.assert_close(out[:, :3], first)
+    assert h_n.shape == c_n.shape == (2, 8)
+    torch.testing.assert_close(h_n[:1], h_1)
+    flat, (flat_h, flat_c) = lstm(x[0], (h0, c0), cu_seqlens=cu)  # unbatched
+    torch.testing.assert_close(flat, out[0], rtol=0, atol=0)
+    torch.testing.assert_close(flat_h, h_n, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"state c0 must have shape \(2, 8\) \(one row per "
+                                         r"sequence of cu_seqlens\), got \(3, 8\)"):
+        lstm(x, (h0, torch.zeros(3, 8, dtype=torch.float64)), cu_seqlens=cu)
 
 
 @pytest.mark.parametrize("cu, match", [
@@ -155,8 +197,11 @@ def test_cu_seqlens_is_read_once_until_it_changes(rnn, monkeypatch):
 def test_cu_seqlens_needs_batch_one(rnn):
     with pytest.raises(ValueError, match="batch 1"):
         rnn(torch.randn(2, 5, 24), cu_seqlens=torch.tensor([0, 5]))
-    with pytest.raises(ValueError, match="number of sequences in cu_seqlens"):
+    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 8\) \(one row per sequence"):
         rnn(torch.randn(1, 5, 24), torch.zeros(1, 8), cu_seqlens=torch.tensor([0, 2, 5]))
+    with pytest.raises(ValueError, match="number of sequences in cu_seqlens"):  # the solver's own
+        pararnn.solve(rnn.cell, torch.randn(1, 5, 24), torch.zeros(1, 8),
+                      cu_seqlens=torch.tensor([0, 2, 5]))
 
 
 def test_lstm_state_validation():
@@ -166,6 +211,9 @@ def test_lstm_state_validation():
         lstm(x, torch.zeros(2, 8))
     with pytest.raises(ValueError, match=r"state c0 must have shape \(2, 8\)"):
         lstm(x, (torch.zeros(2, 8), torch.zeros(1, 8)))
+    for state, missing in (((torch.zeros(2, 8), None), "c0"), ((None, torch.zeros(2, 8)), "h0")):
+        with pytest.raises(TypeError, match=f"state {missing} is None"):
+            lstm(x, state)
 
 
 def test_layer_size_validation():

@@ -75,7 +75,7 @@ class ParaGRU(_ProjectedRNN):
     cell_class = ParaGRUCell
 
     def forward(self, x, h0=None, *, resets=None, cu_seqlens=None):
-        self._check_input(x, self.input_size, h0, self.hidden_size, cu_seqlens)
+        self._check_input(x, self.input_size, h0, self.hidden_size, cu_seqlens, resets)
         # the fused solve then writes a bf16 layer's output itself (no cast of the states)
         return self._run(x, h0, resets, cu_seqlens, hidden=True)
 
@@ -91,12 +91,15 @@ class ParaLSTM(_ProjectedRNN):
 
     def forward(self, x, state=None, *, resets=None, cu_seqlens=None):
         packed = None
-        self._check_input(x, self.input_size, None, self.hidden_size, cu_seqlens)
+        self._check_input(x, self.input_size, None, self.hidden_size, cu_seqlens, resets)
         if state is not None:
             if not (isinstance(state, (tuple, list)) and len(state) == 2):
                 raise TypeError("state must be a tuple (h0, c0) or None")
             h0, c0 = state
             for name, part in (("h0", h0), ("c0", c0)):
+                if part is None:
+                    raise TypeError(f"state {name} is None: pass both h0 and c0, or state=None "
+                                    f"to start from zeros")
                 self._check_input(x, self.input_size, part, self.hidden_size, cu_seqlens,
                                   h0_name=f"state {name}")
             if h0.dtype != c0.dtype:
