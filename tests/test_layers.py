@@ -67,3 +67,19 @@ def test_time_first_h0_error_names_the_batch():
     rnn = pararnn.RNN(pararnn.ParaGRUCell(4), batch_first=False)
     with pytest.raises(ValueError, match=re.escape("h0 must have shape (3, 4)")):
         rnn(torch.randn(9, 3, 12), torch.zeros(9, 4))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("mode", ["sequential", "parallel", "auto"])
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_final_state_holds_no_reference_to_all_states(layer_cls, mode, batch):
+    """h_n (and c_n) are tensors of their own, as torch.nn.GRU's: a view of the (B, T, N)
+    states would keep them all alive for as long as the caller keeps the final state
+    (e.g. carried to the next chunk of a long sequence)."""
+    layer = layer_cls(4, 8, mode=mode)
+    x = torch.randn(batch, 50, 4, requires_grad=mode == "auto")
+    out, final = layer(x)
+    for state in final if isinstance(final, tuple) else (final,):
+        assert state.shape == (batch, 8)
+        assert state.untyped_storage().nbytes() <= 2 * batch * 8 * state.element_size()
+        assert state.untyped_storage().data_ptr() != out.untyped_storage().data_ptr()

@@ -212,8 +212,8 @@ class ParaRNNMixer(nn.Module):
             y, state = recurrent_step(self.rnn, u, state)
         else:
             y, state = self.rnn(u, state)
-        if cache is not None:  # a copy: the final state may be a view of all T states
-            cache["rnn"] = tuple(t.clone() for t in state) if isinstance(state, tuple) else state.clone()
+        if cache is not None:
+            cache["rnn"] = state
         return y
 
     def static_cache(self, batch: int, max_len: int, device, dtype: torch.dtype) -> StaticCache:

@@ -75,9 +75,10 @@ class Sequences:
         return torch.where(self.starts.unsqueeze(-1), init, shifted)
 
     def final_states(self, states: torch.Tensor) -> torch.Tensor:
-        """``h_n``: ``(B, N)``, or ``(S, N)`` (one per sequence) with cu_seqlens."""
+        """``h_n``: ``(B, N)``, or ``(S, N)`` (one per sequence) with cu_seqlens; a tensor of
+        its own, so that keeping it does not keep all the states alive."""
         if self.ends is None:
-            return states.select(1, -1)
+            return states.select(1, -1).clone()
         return states[0, self.ends]
 
 
