@@ -100,6 +100,11 @@ class PararnnLM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
         pairs = [(context, continuation) for _, context, continuation in requests]
+        longest = max((len(continuation) for _, continuation in pairs), default=0)
+        if longest > self.max_length:
+            raise ValueError(
+                f"a continuation of {longest} tokens does not fit in one window of "
+                f"max_length={self.max_length} tokens; pass a larger max_length in --model_args")
         # longest first, so that rows of a batch have similar lengths (less padding)
         order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
         results = [None] * len(pairs)
@@ -130,14 +135,21 @@ class PararnnLM(TemplateLM):
         for request in requests:
             context, gen_kwargs = request.args
             kwargs = dict(gen_kwargs)
-            until = kwargs.pop("until", None) or [self.tok_decode([self.eot_token_id])]
-            until = [until] if isinstance(until, str) else list(until)
+            until = kwargs.pop("until", None) or []
+            # empty strings would match every text (the end-of-text token decodes to "": it
+            # ends the generation as a token)
+            until = [stop for stop in ([until] if isinstance(until, str) else until) if stop]
             max_new = int(kwargs.pop("max_gen_toks", 256))
+            if max_new >= self.max_length:
+                raise ValueError(
+                    f"max_gen_toks={max_new} keeps no context within max_length="
+                    f"{self.max_length} tokens; pass a larger max_length in --model_args (or "
+                    f"a smaller max_gen_toks in the task's generation_kwargs)")
             do_sample = kwargs.pop("do_sample", False)
             temperature = float(kwargs.pop("temperature", 0.0))
             sampling = SamplingConfig(temperature=temperature if do_sample or temperature > 0 else 0.0,
                                       top_k=kwargs.pop("top_k", None), top_p=kwargs.pop("top_p", None))
-            ids = self.tok_encode(context)[-max(1, self.max_length - max_new):] or [self.eot_token_id]
+            ids = self.tok_encode(context)[-(self.max_length - max_new):] or [self.eot_token_id]
             prompt = torch.tensor([ids], device=self._device)
             out, text = [], ""
             # one buffer size for every request: a CUDA graph is captured once, not per prompt length

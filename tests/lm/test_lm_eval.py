@@ -171,3 +171,32 @@ def test_bad_model_args(setup):
         pararnn.lm_eval_model.PararnnLM(checkpoint=str(run), colour="red")
     with pytest.raises(ValueError, match="batch_size must be an integer"):
         pararnn.lm_eval_model.PararnnLM(checkpoint=str(run), batch_size="auto")
+
+
+def test_generate_until_without_stop_strings_runs_to_max_gen_toks(setup):
+    """No ``until`` (or only empty strings): decoding stops at end-of-text or after
+    max_gen_toks, as greedy decoding does (the end-of-text token decodes to "", which
+    matched every text: one token, then a split on "")."""
+    from lm_eval.api.instance import Instance
+    run, _, model = setup
+    lm = pararnn.lm_eval_model.PararnnLM(checkpoint=str(run), device="cpu", max_length=64)
+    tok = ByteTokenizer()
+    tokens = Generator(model).generate(torch.tensor([tok.encode("def f(x):")]), 8,
+                                       stop_tokens=[tok.eos_id])[0].tolist()
+    expected = tok.decode([t for t in tokens if t != tok.eos_id])
+    for kwargs in ({"max_gen_toks": 8}, {"until": [], "max_gen_toks": 8}, {"until": [""], "max_gen_toks": 8}):
+        request = Instance("generate_until", {}, ("def f(x):", kwargs), 0)
+        assert lm.generate_until([request]) == [expected]
+
+
+def test_requests_beyond_max_length_are_refused(setup):
+    """A continuation longer than max_length cannot be scored in one window, and a
+    generation of max_gen_toks >= max_length would keep no context: clear errors."""
+    from lm_eval.api.instance import Instance
+    run, _, _ = setup
+    lm = pararnn.lm_eval_model.PararnnLM(checkpoint=str(run), device="cpu", max_length=16)
+    with pytest.raises(ValueError, match="continuation of 20 tokens.*max_length=16"):
+        lm.loglikelihood([Instance("loglikelihood", {}, ("Question:", "x" * 20), 0)])
+    assert len(lm.loglikelihood([Instance("loglikelihood", {}, ("Question:", "x" * 16), 0)])) == 1
+    with pytest.raises(ValueError, match="max_gen_toks=16 .* max_length=16"):
+        lm.generate_until([Instance("generate_until", {}, ("def", {"max_gen_toks": 16}), 0)])
