@@ -271,10 +271,11 @@ def _add_synthetic(sub) -> None:
     d = RunConfig(task="parity", model="paragru")
     s = sub.add_parser("synthetic", help="state-tracking benchmarks: one-layer models on "
                        "parity, MQAR, k-hop, modular counting, S5 (ParaRNN paper, Table 1)")
-    s.add_argument("--task", default="parity", help=f"comma-separated, from {', '.join(TASKS)}")
-    s.add_argument("--model", default="paragru", help=f"comma-separated, from {', '.join(MODELS)}")
+    s.add_argument("--task", help=f"comma-separated, from {', '.join(TASKS)} (default: parity)")
+    s.add_argument("--model", help=f"comma-separated, from {', '.join(MODELS)} (default: paragru)")
     s.add_argument("--all", action="store_true", help="every task with every model")
-    s.add_argument("--out", help="write results.json and results.md into this folder")
+    s.add_argument("--out", help="write results.json and results.md into this folder (after every "
+                   "run: an interrupted grid keeps the runs it finished)")
     s.add_argument("--steps", type=_positive_int, default=d.steps, help="training steps at most")
     s.add_argument("--time-limit", type=float, help="training seconds at most, per run")
     s.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
@@ -604,31 +605,50 @@ def _choices(text: str, known, what: str) -> list[str]:
     return chosen
 
 
+def _synthetic_command(args, tasks: list[str], models: list[str]) -> str:
+    """The ``pararnn synthetic`` command with every option's value, defaults included (a
+    later version's defaults may differ), quoted for the shell: running it again repeats
+    the grid."""
+    values = {**vars(args), "task": None if args.all else ",".join(tasks),
+              "model": None if args.all else ",".join(models)}
+    words = ["pararnn", "synthetic"]
+    for name, value in values.items():
+        if name in ("command", "argv") or value is None or value is False:
+            continue
+        words.append("--" + name.replace("_", "-"))
+        if value is not True:
+            words.append(str(value))
+    return shlex.join(words)
+
+
 def cmd_synthetic(args, parser) -> None:
     from .synthetic.models import PAPER_SETUP
     from .synthetic.report import markdown_table, write_outputs
     from .synthetic.runner import RunConfig, run
     from .synthetic.tasks import TASKS
     from .train.distributed import pick_device
-    tasks = list(TASKS) if args.all else _choices(args.task, TASKS, "task")
-    models = list(MODELS) if args.all else _choices(args.model, MODELS, "model")
+    if args.all and (args.task or args.model):
+        raise ValueError("--all runs every task with every model: leave out --task and --model")
+    tasks = list(TASKS) if args.all else _choices(args.task or "parity", TASKS, "task")
+    models = list(MODELS) if args.all else _choices(args.model or "paragru", MODELS, "model")
     device = str(pick_device(args.device))
     fields = {f.name for f in dataclasses.fields(RunConfig)} - {"task", "model", "device"}
     options = {k: v for k, v in vars(args).items() if k in fields}
+    # every run's options checked before the first one trains
+    configs = [RunConfig(task=task, model=model, device=device, **options)
+               for task in tasks for model in models]
+    command = _synthetic_command(args, tasks, models)
     print(PAPER_SETUP)
     results = []
-    for task in tasks:
-        for model in models:
-            result = run(RunConfig(task=task, model=model, device=device, **options))
-            print(f"{task}/{model}: {result['params']:,} parameters, {result['steps']} steps, "
-                  f"test accuracy {100 * result['test_acc']:.1f}%")
-            results.append(result)
+    for cfg in configs:
+        result = run(cfg)
+        print(f"{cfg.task}/{cfg.model}: {result['params']:,} parameters, {result['steps']} steps, "
+              f"test accuracy {100 * result['test_acc']:.1f}%")
+        results.append(result)
+        if args.out:
+            paths = write_outputs(results, Path(args.out), command, device)
     print(markdown_table(results))
     if args.out:
-        flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-                 for k, v in vars(args).items() if k != "command" and v is not None and v is not False]
-        command = " ".join(["pararnn synthetic", *flags])
-        paths = write_outputs(results, Path(args.out), command, device)
         print(f"wrote {paths[0]} and {paths[1]}")
 
 

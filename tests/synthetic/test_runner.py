@@ -2,12 +2,13 @@
 
 import json
 import math
+import shlex
 
 import pytest
 import torch
 
 from pararnn import NewtonConfig
-from pararnn.cli import main
+from pararnn.cli import build_parser, main
 from pararnn.synthetic.models import build_synthetic_model
 from pararnn.synthetic.report import best_of_grid, merge_outputs
 from pararnn.synthetic.runner import RunConfig, evaluate, lr_at, rnn_layer, run, training_status
@@ -25,6 +26,11 @@ def test_cli_grid_writes_table_and_self_describing_json(tmp_path, capsys):
     doc = json.loads((out / "results.json").read_text())
     assert doc["command"].startswith("pararnn synthetic") and "width 64" in doc["paper_setup"]
     assert "--seed 0 " in doc["command"] and "--all" not in doc["command"]
+    # the recorded command runs as it is: the same options (every one, defaults included)
+    again = build_parser().parse_args(shlex.split(doc["command"])[1:])
+    assert {k: v for k, v in vars(again).items() if k != "out"} == {
+        **{k: v for k, v in vars(build_parser().parse_args(["synthetic", *TINY])).items() if k != "out"},
+        "task": "parity,modcount", "model": "paragru,mamba2"}
     assert doc["environment"]["device"] == "cpu" and "load_average" in doc["environment"]
     runs = {(r["task"], r["model"]): r for r in doc["runs"]}
     assert set(runs) == {(t, m) for t in ("parity", "modcount") for m in ("paragru", "mamba2")}
@@ -93,6 +99,32 @@ def test_best_learning_rate_is_chosen_on_validation_never_on_test():
 def test_cli_rejects_unknown_names():
     assert main(["synthetic", "--task", "parity,nope", *TINY]) == 2
     assert main(["synthetic", "--model", "rwkv", *TINY]) == 2
+
+
+def test_cli_checks_every_run_before_training_and_writes_after_each(tmp_path, capsys, monkeypatch):
+    """A length too short for the grid's second task, --all with --task, a target above 1:
+    errors before any run trains; an interrupted grid keeps the runs it finished."""
+    import pararnn.synthetic.runner as runner
+
+    trained = []
+    real_run = runner.run
+    monkeypatch.setattr(runner, "run", lambda cfg: trained.append(cfg.task) or real_run(cfg))
+    tiny = [a if a != "20" else "8" for a in TINY]  # length 8: parity yes, mqar no
+    assert main(["synthetic", "--task", "parity,mqar", *tiny]) == 2
+    assert "length must be >= 9 for mqar" in capsys.readouterr().err and trained == []
+    assert main(["synthetic", "--all", "--task", "parity", *TINY]) == 2
+    assert main(["synthetic", "--target", "2", *TINY]) == 2
+    assert trained == []
+
+    def interrupted(cfg):  # Ctrl-C during the second run
+        if trained:
+            raise KeyboardInterrupt
+        trained.append(cfg.task)
+        return real_run(cfg)
+    monkeypatch.setattr(runner, "run", interrupted)
+    out = tmp_path / "grid"
+    assert main(["synthetic", "--task", "parity,modcount", *TINY, "--out", str(out)]) == 130
+    assert [r["task"] for r in json.loads((out / "results.json").read_text())["runs"]] == ["parity"]
 
 
 def test_early_stop_at_the_target_accuracy():

@@ -63,7 +63,7 @@ class RunConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        get_task(self.task)
+        task = get_task(self.task)
         if self.block not in BLOCKS:
             raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {self.block!r}")
         for name in ("length", "n_train", "n_val", "n_test", "n_test_long", "steps", "batch_size",
@@ -71,8 +71,12 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.length < task.min_length:
+            raise ValueError(f"length must be >= {task.min_length} for {self.task}, got {self.length}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.target <= 1:
+            raise ValueError(f"target must be a validation accuracy in [0, 1], got {self.target!r}")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be > 0 seconds or None, got {self.time_limit!r}")
 
