@@ -154,8 +154,9 @@ def test_autocast_copy_computes_what_autocast_does():
 def test_bad_arguments():
     lm = small_model("transformer")
     generator = Generator(lm)
-    with pytest.raises(ValueError, match="temperature"):
-        SamplingConfig(temperature=-1)
+    for temperature in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature must be a finite number"):
+            SamplingConfig(temperature=temperature)
     with pytest.raises(ValueError, match="top_p"):
         SamplingConfig(top_p=0)
     with pytest.raises(ValueError, match="top_k"):
