@@ -81,12 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "python:packages (the .py files of the standard library and site-packages; no "
                    "download) (default: the Python standard library's source, python:stdlib)")
     t.add_argument("--out", default=d.out, help="run folder: checkpoints, metrics.jsonl, loss.png")
-    t.add_argument("--tokenizer", default=d.tokenizer, choices=["byte", "bpe"],
-                   help="byte: the 256 byte values; bpe: trained on the training split, saved in the run")
+    t.add_argument("--tokenizer", choices=["byte", "bpe"],
+                   help="byte: the 256 byte values; bpe: trained on the training split, saved in the "
+                   "run (default: byte, or the kind of --tokenizer-from's)")
     t.add_argument("--vocab-size", type=_positive_int, default=d.vocab_size,
                    help="BPE vocabulary size (--tokenizer bpe only)")
     t.add_argument("--tokenizer-from", default=d.tokenizer_from, metavar="DIR",
-                   help="reuse the tokenizer.json in DIR (e.g. another run) instead of training a BPE "
+                   help="reuse the tokenizer.json in DIR (e.g. another run's) instead of making one "
                    "(default: none; the tokenizer is made by --tokenizer)")
     t.add_argument("--token-cache", default=d.token_cache, metavar="DIR",
                    help="keep the encoded corpus in DIR and reuse it in runs with the same data and "

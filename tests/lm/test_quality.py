@@ -218,9 +218,11 @@ def test_bpe_sweep_trains_the_tokenizer_once(corpus_dir, tmp_path):
                       batch_size=2, max_steps=1, eval_every=1, ckpt_every=1, eval_tokens=32,
                       tokenizer="bpe", tokenizer_from=str(shared), progress=False, device="cpu"))
     assert (out / "tokenizer.json").read_text() == (shared / "tokenizer.json").read_text()
-    with pytest.raises(ValueError, match="not byte"):
+    # without --tokenizer the reused one's kind is taken; a contradicting one is refused
+    assert TrainConfig(tokenizer_from=str(shared)).tokenizer == "bpe"
+    with pytest.raises(ValueError, match="holds a bpe tokenizer, not byte"):
         train(TrainConfig(model="paragru", size="nano", data=str(corpus_dir), out=str(tmp_path / "r2"),
-                          tokenizer_from=str(shared), progress=False, device="cpu"))
+                          tokenizer="byte", tokenizer_from=str(shared), progress=False, device="cpu"))
 
 
 @pytest.mark.gpu

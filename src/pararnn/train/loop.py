@@ -59,7 +59,9 @@ class TrainConfig:
     model_options: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {"rnn_expand": 2}
     data: str | None = None  # None: the Python standard library's source; stored absolute
     out: str = "runs/tiny"
-    tokenizer: str = "byte"  # or "bpe" (trained on the training split, saved in the run)
+    # "byte" or "bpe" (trained on the training split, saved in the run); None: the kind of
+    # tokenizer_from's, else byte
+    tokenizer: str | None = None
     vocab_size: int = 4096  # BPE only
     tokenizer_from: str | None = None  # a folder with a tokenizer.json to reuse (no BPE training)
     token_cache: str | None = None  # a folder keeping the encoded corpus for later runs (data.cache)
@@ -97,6 +99,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr is None:
             self.lr = DEFAULT_LR.get(self.model)  # an unknown model fails in check()
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.tokenizer_from).kind if self.tokenizer_from else "byte"
 
     def check(self) -> None:
         if self.model not in MODELS:
