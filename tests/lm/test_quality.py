@@ -1,6 +1,7 @@
 """The comparison protocol: weight-decay rule, LR schedules, data vs init seed, FLOPs
 count, model options on the command line, and a tiny `pararnn sweep` end to end on CPU."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -496,6 +497,10 @@ def test_sweep_starts_only_runs_that_fit_its_time(corpus_dir, tmp_path, capsys):
     assert run_seconds(cfg, Run("lr", cfg.entries[0], 1e-3, 0, 5), from_step=5) < 1  # resumed at the end
     assert sweep(cfg) == []
     out = capsys.readouterr().out
-    assert "2 run(s) not started: predicted not to finish in time" in out
+    assert "2 run(s) not started: predicted not to finish within --finish-within" in out
     assert "stage lr is unfinished" in out and "stage seeds" not in out
+    assert not (tmp_path / "sweep" / "lr").exists()
+    # a --time-limit shorter than a run's start-up says so
+    sweep(dataclasses.replace(cfg, finish_within=None, time_limit=20))
+    assert "not started: less than a run's start-up (45 s) is left of --time-limit" in capsys.readouterr().out
     assert not (tmp_path / "sweep" / "lr").exists()

@@ -527,7 +527,11 @@ def _drive(cfg: SweepConfig, todo: list[Run], running: list, failed: list[str], 
             log.close()
             running.append((proc, run, folder, time.perf_counter(), starts[id(run)], time.time()))
         if not running and skipped:
-            say(f"  {len(skipped)} run(s) not started: predicted not to finish in time")
+            if deadline is not None and time.time() + STARTUP_S > deadline:
+                why = f"less than a run's start-up ({STARTUP_S} s) is left of --time-limit"
+            else:
+                why = "predicted not to finish within --finish-within"
+            say(f"  {len(skipped)} run(s) not started: {why}")
             return
         time.sleep(0.2)
         for item in list(running):
