@@ -186,6 +186,22 @@ def check_data_by_context_mesh():
         close(f"mesh FSDP2 grad {n}", p.grad.full_tensor(), want[n])
 
 
+def check_final_state_dtype_under_autocast(group):
+    """Under bf16 autocast the final state comes back in float32, as the layer's own (it
+    came back in bf16); close to the one-process state at bf16's precision."""
+    rank, K = dist.get_rank(group), dist.get_world_size(group)
+    torch.manual_seed(1)
+    for layer in (ParaGRU(4, 5), ParaLSTM(4, 3)):
+        x = torch.randn(2, 8, 4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, final = layer(x)
+            _, final_k = ContextParallel(layer, group)(time_chunk(x, rank, K))
+        pairs = zip(final_k, final) if isinstance(final, tuple) else [(final_k, final)]
+        for got, want in pairs:
+            assert got.dtype == want.dtype == torch.float32, (type(layer).__name__, got.dtype)
+            close(f"{type(layer).__name__} bf16 h_n", got, want, 2e-2)
+
+
 def worker(rank: int, init_file: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
@@ -206,6 +222,7 @@ def worker(rank: int, init_file: str) -> None:
                         group, K, h0=False, resets=False, steps=16, boundary_tol=1e-8)
             if K == 2:
                 check_language_model(group, K)
+                check_final_state_dtype_under_autocast(group)
             if K in (2, 3):  # chunks of 7, 6 and 5, 4, 4 steps: the attention block's offsets
                 check_language_model(group, K, steps=13, attn_every=2)
         check_data_by_context_mesh()

@@ -85,6 +85,20 @@ def test_the_check_compares_the_estimate_with_free_memory(spare, monkeypatch):
             check()
 
 
+def test_memory_check_of_a_context_parallel_run_counts_its_chunk(monkeypatch):
+    """A context-parallel rank holds seq_len / K tokens of every sequence: the check
+    estimates that (it refused the long sequences context parallelism is for)."""
+    import pararnn.train.loop as loop
+    from pararnn.train.distributed import DistInfo
+
+    asked = []
+    monkeypatch.setattr(loop, "check_training_memory", lambda cfg, **kw: asked.append(kw["seq_len"]))
+    for context, world in ((1, 1), (2, 2), (4, 8)):
+        cfg = loop.TrainConfig(size="nano", seq_len=1024, context_parallel=context, device="cpu")
+        loop._check_memory(cfg, DistInfo(world=world))
+    assert asked == [1024, 512, 256]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_memory_check_uses_free_device_memory():

@@ -259,14 +259,7 @@ def test_torchrun_on_cpu_with_gloo_matches_one_process(sharding, corpus_dir, tmp
     single = tmp_path / "single"
     train(config(corpus_dir, single, max_steps=4, batch_size=4, eval_every=4, ckpt_every=4))
     ddp = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "pararnn", "train", "--model", "paragru", "--size", "nano", "--data", str(corpus_dir),
-           "--out", str(ddp), "--seq-len", "32", "--batch-size", "2", "--max-steps", "4",
-           "--eval-every", "4", "--ckpt-every", "4", "--eval-tokens", "256", "--log-every", "1",
-           "--lr", "3e-3", "--no-progress", "--device", "cpu"] + (["--fsdp"] if sharding == "fsdp" else [])
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    result = torchrun_train(ddp, corpus_dir, 2, *(["--fsdp"] if sharding == "fsdp" else []))
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = curve(single), curve(ddp)
     assert [r["kind"] for r in a] == [r["kind"] for r in b]
@@ -277,6 +270,81 @@ def test_torchrun_on_cpu_with_gloo_matches_one_process(sharding, corpus_dir, tmp
     wa, wb = weights(single), weights(ddp)
     # Adam divides by sqrt(v): float rounding of the gradient all-reduce can move a weight by ~1e-5
     assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+def torchrun_train(out, corpus_dir, processes, *flags, batch_size=2, max_steps=4):
+    """`pararnn train` of the nano ParaGRU under torchrun on the CPU (gloo)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           str(processes), "-m", "pararnn", "train", "--model", "paragru", "--size", "nano",
+           "--data", str(corpus_dir), "--out", str(out), "--seq-len", "32",
+           "--batch-size", str(batch_size), "--max-steps", str(max_steps), "--eval-every", "4",
+           "--ckpt-every", "4", "--eval-tokens", "256", "--log-every", "1", "--lr", "3e-3",
+           "--no-progress", "--device", "cpu", *flags]
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_fsdp_resumes_a_checkpoint_written_without_it(corpus_dir, tmp_path):
+    """A DDP run's step-4 checkpoint (the optimizer state numbered, as torch saves it)
+    resumed under FSDP, which loads optimizer states by parameter name, continues as the
+    uninterrupted DDP run (it failed with a KeyError)."""
+    whole, cut = tmp_path / "ddp", tmp_path / "cut"
+    result = torchrun_train(whole, corpus_dir, 2, "--keep-checkpoints", "2", max_steps=8)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shutil.copytree(whole, cut)  # as if killed before the step-8 checkpoint
+    shutil.rmtree(cut / "checkpoints" / "step_00000008")
+    (cut / "latest").write_text("checkpoints/step_00000004\n")
+    result = torchrun_train(cut, corpus_dir, 2, "--fsdp", "--resume", max_steps=8)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = curve(cut), curve(whole)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ("loss", "val_loss"):
+            if key in ra:
+                assert ra[key] == pytest.approx(rb[key], rel=1e-4), (key, ra, rb)
+    wa, wb = weights(cut), weights(whole)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+@pytest.mark.parametrize("windows", [1, 5, 9])
+def test_validation_split_over_processes_scores_every_window_once(reference_run, monkeypatch, windows):
+    """Over 2 or 3 processes, validation scores every window exactly once, however the
+    windows divide (a window count below the process count scored none and failed, and a
+    remainder was dropped): the summed counts and losses are the one process's."""
+    import numpy as np
+    from pararnn.train import distributed as D
+    from pararnn.train.checkpoint import load_model
+
+    model = load_model(open_checkpoint(reference_run), torch.device("cpu"))
+    tokens = np.random.default_rng(0).integers(0, 256, windows * 32 + 1)
+    token_bytes = np.ones(256)
+
+    def shares(world):
+        """Each process's (nats, tokens, bytes) as it hands them to the all-reduce."""
+        handed = []
+        monkeypatch.setattr(D, "all_reduce_sum", lambda values, info: handed.append(values) or [1.0] * 3)
+        for rank in range(world):
+            loop.evaluate(model, tokens, token_bytes, seq_len=32, batch_size=2, max_windows=None,
+                          device=torch.device("cpu"), autocast=torch.autocast("cpu", enabled=False),
+                          info=D.DistInfo(rank=rank, world=world))
+        return handed
+
+    (one,) = shares(1)
+    assert one[1] == one[2] == windows * 32
+    for world in (2, 3):
+        total = [sum(column) for column in zip(*shares(world))]
+        assert total[1:] == one[1:] and total[0] == pytest.approx(one[0], rel=1e-6)
+
+
+def test_resume_on_another_number_of_processes_is_refused(corpus_dir, reference_run, tmp_path):
+    """Two processes of the same --batch-size would double the global batch of a
+    one-process run: refused with the tokens per step named (they went unchecked)."""
+    out = tmp_path / "two"
+    shutil.copytree(reference_run, out)
+    result = torchrun_train(out, corpus_dir, 2, "--resume", batch_size=4, max_steps=16)
+    assert result.returncode != 0
+    assert "trained on 128 tokens per step, this run takes 256" in result.stderr
 
 
 # ---- the command line ---------------------------------------------------------------

@@ -255,7 +255,9 @@ class _ContextParallelSolve(torch.autograd.Function):
         info_out.append(info)
         ctx.cell, ctx.group, ctx.options, ctx.names, ctx.rank = cell, group, options, names, rank
         ctx.save_for_backward(resets, x, h0, incoming, states, all_composed, *params)
-        return states.to(x.dtype), ends[-1].to(x.dtype)
+        # the final state in the compute dtype, as the layer's own (decoding from it does not
+        # round the state)
+        return states.to(x.dtype), ends[-1]
 
     @staticmethod
     def backward(ctx, grad_states, grad_h_n):

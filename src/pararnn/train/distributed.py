@@ -130,11 +130,29 @@ def load_full_state(model: nn.Module, optimizer, model_state: dict, optim_state:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
         set_model_state_dict(model, model_state, options=_dcp_options())
         if optim_state is not None:
-            set_optimizer_state_dict(model, optimizer, optim_state, options=_dcp_options())
+            set_optimizer_state_dict(model, optimizer, _keyed_by_name(model, optimizer, optim_state),
+                                     options=_dcp_options())
         return
     model.load_state_dict(model_state)
     if optim_state is not None:
         optimizer.load_state_dict(optim_state)
+
+
+def _keyed_by_name(model: nn.Module, optimizer, optim_state: dict) -> dict:
+    """An optimizer state saved without FSDP (``optimizer.state_dict()``, the parameters
+    numbered) keyed by parameter name, as FSDP's loader takes it: the k-th number of a
+    saved group is the k-th parameter of the same group now (the groups are built alike).
+    A state keyed by name (saved under FSDP) is returned as it is; the plain
+    ``optimizer.load_state_dict`` takes either, matching parameters by position."""
+    saved_groups = optim_state["param_groups"]
+    if not all(isinstance(key, int) for group in saved_groups for key in group["params"]):
+        return optim_state
+    names = {id(p): name for name, p in model.named_parameters()}
+    name_of = {key: names[id(p)] for saved, group in zip(saved_groups, optimizer.param_groups)
+               for key, p in zip(saved["params"], group["params"])}
+    return {"state": {name_of[key]: value for key, value in optim_state["state"].items()},
+            "param_groups": [{**group, "params": [name_of[key] for key in group["params"]]}
+                             for group in saved_groups]}
 
 
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:

@@ -210,8 +210,10 @@ def evaluate(model, tokens: np.ndarray, token_bytes: np.ndarray, *, seq_len: int
              context: ContextMesh | None = None, progress: str | None = None) -> dict:
     """Loss (nats/token), perplexity and bits per byte over non-overlapping windows.
 
-    Windows are split over the processes in equal numbers (FSDP needs every rank to run
-    the same number of forward passes); each window starts from an empty state. With a
+    Every window counts once, however many processes share them: each scores its share,
+    and a process with one window fewer scores a repeat of another that it does not count
+    (FSDP needs every rank to run the same number of forward passes). Each window starts
+    from an empty state. With a
     ``context`` mesh, a context group shares each window and every rank scores its chunk.
     ``progress``: the label of a progress bar over the batches (shown on the main process
     only, and removed when done), or None for no bar.
@@ -219,8 +221,10 @@ def evaluate(model, tokens: np.ndarray, token_bytes: np.ndarray, *, seq_len: int
     from tqdm import tqdm
 
     rank, world = (info.rank, info.world) if context is None else (context.data_rank, context.data_world)
-    starts = eval_starts(len(tokens), seq_len, max_windows)
-    starts = starts[:len(starts) - len(starts) % world][rank::world]
+    every = eval_starts(len(tokens), seq_len, max_windows)
+    starts = every[rank::world]
+    real = len(starts)  # the rest repeat a window, for an equal number of forwards per rank
+    starts = np.concatenate([starts, every[:1].repeat(-(-len(every) // world) - real)])
     was_training = model.training
     model.eval()
     nats = count = nbytes = 0.0
@@ -234,10 +238,12 @@ def evaluate(model, tokens: np.ndarray, token_bytes: np.ndarray, *, seq_len: int
             x, y = context.chunk(x), context.chunk(y)
         with autocast:
             logits = model(x.to(device))
-        nats += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(),
-                                reduction="sum").item()
-        count += y.numel()
-        nbytes += float(token_bytes[y.numpy()].sum())
+        rows = min(len(y), real)
+        real -= rows
+        losses = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="none")
+        nats += losses.view(y.shape)[:rows].sum().item()
+        count += y[:rows].numel()
+        nbytes += float(token_bytes[y[:rows].numpy()].sum())
     batches.close()
     model.train(was_training)
     nats, count, nbytes = D.all_reduce_sum([nats, count, nbytes], info)
@@ -376,6 +382,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: _StopFlag) -> dict:
         s, warmup=warmup, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio))
 
     raw = model.module if hasattr(model, "module") else model  # without DDP's wrapper
+    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * context.data_world
     step, tokens_seen = 0, 0
     if ckpt is not None:
         train_state = ckpt.train_state()
@@ -384,6 +391,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: _StopFlag) -> dict:
         scheduler.load_state_dict(train_state["scheduler"])
         _set_rng_state(train_state["rng"])
         step, tokens_seen = ckpt.meta["step"], ckpt.meta["tokens"]
+        if tokens_seen != step * tokens_per_step:  # the same options, other process counts
+            raise CheckpointError(
+                f"the checkpoint in {run_dir} was trained on {tokens_seen // max(step, 1):,} tokens "
+                f"per step, this run takes {tokens_per_step:,} (--batch-size x --seq-len x "
+                f"--grad-accum x data-parallel processes): resume on as many processes")
         say(f"resumed from {ckpt.path} at step {step}")
     elif cfg.resume:
         say(f"no checkpoint in {run_dir} yet: starting from step 0")
@@ -420,7 +432,6 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: _StopFlag) -> dict:
                             keep=cfg.keep_checkpoints)
 
     # --- the loop --------------------------------------------------------------------
-    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * context.data_world
     max_windows = max(1, cfg.eval_tokens // cfg.seq_len)
     val = None
     bar = _progress(cfg, step, info)
@@ -497,9 +508,10 @@ def _check_memory(cfg: TrainConfig, info: D.DistInfo) -> None:
     model_cfg = preset(cfg.model, cfg.size, vocab_size=round_up(vocab, 64), block=cfg.block,
                        **cfg.model_options)
     bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and info.device.type == "cuda")
+    # a context-parallel rank holds its chunk of every sequence
     check_training_memory(model_cfg, model=cfg.model, size=cfg.size, batch_size=cfg.batch_size,
-                          seq_len=cfg.seq_len, device=info.device, autocast_bf16=bf16,
-                          fsdp=cfg.fsdp, world=info.world)
+                          seq_len=cfg.seq_len // cfg.context_parallel, device=info.device,
+                          autocast_bf16=bf16, fsdp=cfg.fsdp, world=info.world)
 
 
 def _device_name(device: torch.device) -> str:
