@@ -120,6 +120,24 @@ def test_conv_step_equals_the_formula(k, channels, dtype, silu):
     assert torch.equal(window, full[:, :, 1:].to(dtype))
 
 
+@pytest.mark.parametrize("silu", [False, True])
+def test_conv_step_of_width_one_keeps_no_window(silu):
+    """Kernel width 1 (``conv_kernel=1``): ``y = bias + w x`` and the empty window writes
+    nothing (it stored ``x`` one entry before the window: out of bounds). The window is an
+    empty view inside a guard buffer, which must come out unchanged."""
+    torch.manual_seed(0)
+    batch, channels = 3, 5
+    weight, bias = torch.randn(channels, 1, 1, device=DEVICE), torch.randn(channels, device=DEVICE)
+    x = torch.randn(batch, channels, device=DEVICE)
+    guard = torch.randn(16, device=DEVICE)
+    before = guard.clone()
+    window = guard[8:8].view(batch, channels, 0)
+    y = decode_step.conv_step(x, window, weight, bias, silu=silu)
+    expected = x * weight[:, 0, 0] + bias
+    torch.testing.assert_close(y, torch.nn.functional.silu(expected) if silu else expected)
+    assert torch.equal(guard, before)
+
+
 def test_bad_shapes():
     cell = _cell("gru", 8, 0.5, True)
     with pytest.raises(ValueError, match="pre must be a contiguous tensor of shape"):

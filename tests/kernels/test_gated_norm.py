@@ -88,6 +88,19 @@ def test_reduced_precision_gate_and_float32_weight_gradient():
     assert ((got[2].double() - want[2]).abs() <= 2 ** -7 * want[2].abs() + 1e-6).all()
 
 
+@pytest.mark.parametrize("wide", ["gate", "weight"])
+def test_a_float64_operand_makes_the_math_float64(wide):
+    """float32 h with a float64 gate or weight: the math is float64 (it was float32 by h's
+    dtype alone), so the output matches the float64 reference to float64 precision."""
+    h, gate, weight, grad = _operands(3, 7, 21, torch.float64)
+    h = h.float()
+    gate, weight = (gate, weight.float()) if wide == "gate" else (gate.float(), weight)
+    got = _value_and_grads(gated_rms_norm, h, gate, weight, grad)
+    assert got[0].dtype == torch.float64
+    want = _value_and_grads(gated_rms_norm_naive, *(t.double() for t in (h, gate, weight, grad)))
+    torch.testing.assert_close(got[0], want[0], **TOL[torch.float64])
+
+
 def test_autocast_outputs_the_autocast_dtype():
     """Under autocast the output is in the autocast dtype (the output projection casts to
     it anyway), rounded once from the float32 result; the gradients keep their dtypes."""

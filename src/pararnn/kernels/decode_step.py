@@ -204,7 +204,8 @@ def _conv_step_kernel(X, WINDOW, W, BIAS, Y, C, K: tl.constexpr, SILU: tl.conste
         y += past.to(tl.float32) * tl.load(W + offs * K + j, mask=mask, other=0.0).to(tl.float32)
         if j > 0:
             tl.store(window + j - 1, past, mask=mask)
-    tl.store(window + K - 2, x.to(WINDOW.dtype.element_ty), mask=mask)
+    if K > 1:  # width 1 keeps no window (it has no entries to write)
+        tl.store(window + K - 2, x.to(WINDOW.dtype.element_ty), mask=mask)
     if SILU:  # the activation after the conv, here rather than as a kernel of its own
         y = y * sigmoid(y)
     tl.store(Y + row * C + offs, y.to(Y.dtype.element_ty), mask=mask)

@@ -21,9 +21,9 @@ gradient is the same bits every run. ``1 / rms`` is recomputed in the backward f
 ``h`` (one row sum) rather than stored.
 
 Dtypes: ``h`` and ``gate`` may differ (a bfloat16 gate from the input projection under
-autocast, a float32 cell output), the math is in float32 (float64 for float64 input),
-the output is in ``out_dtype``, and the gradients come back in the dtypes of ``h``,
-``gate`` and ``weight`` (the weight's reduced in float32). ``weight`` is used as it is
+autocast, a float32 cell output), the math is in float32 (float64 when any operand is
+float64), the output is in ``out_dtype``, and the gradients come back in the dtypes of
+``h``, ``gate`` and ``weight`` (the weight's reduced in the math dtype). ``weight`` is used as it is
 (the plain ops round it to ``h``'s dtype first). Rows of ``N`` up to :data:`MAX_WIDTH`
 channels; the module keeps the plain ops for wider ones.
 """
@@ -180,8 +180,8 @@ def forward(h: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: floa
     rows = h.shape[0] * h.shape[1]
     launcher(_gated_norm_fwd_kernel, h)[(cdiv(rows, block_r),)](
         h, gate, weight.contiguous(), y, rows, h.shape[1], h.shape[2], h.stride(0),
-        h.stride(1), gate.stride(0), gate.stride(1), eps, ACC=acc_dtype(h.dtype), BR=block_r,
-        BN=block_n, num_warps=warps)
+        h.stride(1), gate.stride(0), gate.stride(1), eps, ACC=acc_dtype(_promoted(h, gate, weight)),
+        BR=block_r, BN=block_n, num_warps=warps)
     return y
 
 
@@ -199,11 +199,13 @@ def backward(h: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: flo
         return grad_h, grad_gate, torch.zeros_like(weight)
     block_r, block_n, warps, programs, per_program = _plan(h)
     width = h.shape[2]
-    part = torch.empty(programs, width, device=h.device, dtype=math_dtype(h.dtype))
+    # the math in the operands' promoted dtype: a float64 one is never rounded to float32
+    compute = _promoted(h, gate, weight)
+    part = torch.empty(programs, width, device=h.device, dtype=math_dtype(compute))
     launcher(_gated_norm_bwd_kernel, h)[(programs,)](
         h, gate, weight.contiguous(), grad_y, grad_h, grad_gate, part, h.shape[0] * h.shape[1],
         h.shape[1], width, h.stride(0), h.stride(1), gate.stride(0), gate.stride(1), eps,
-        per_program, ACC=acc_dtype(h.dtype), BR=block_r, BN=block_n, num_warps=warps)
+        per_program, ACC=acc_dtype(compute), BR=block_r, BN=block_n, num_warps=warps)
     # a fixed-order reduction: the same bits every run
     return grad_h, grad_gate, part.sum(0).to(weight.dtype)
 
@@ -269,11 +271,15 @@ def _op_backward(ctx, grad_y):
 _forward_op.register_autograd(_op_backward, setup_context=_setup_backward)
 
 
-def output_dtype(h: torch.Tensor, gate: torch.Tensor) -> torch.dtype:
-    """The dtype :func:`gated_rms_norm` returns: the plain ops' (``h`` and ``gate``
+def _promoted(h: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(torch.promote_types(h.dtype, gate.dtype), weight.dtype)
+
+
+def output_dtype(h: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype :func:`gated_rms_norm` returns: the plain ops' (the three operands
     promoted), or under autocast the autocast dtype (float64 stays float64), which the
     output projection after the norm casts to anyway."""
-    dtype, device = torch.promote_types(h.dtype, gate.dtype), h.device.type
+    dtype, device = _promoted(h, gate, weight), h.device.type
     if torch.is_autocast_enabled(device) and dtype != torch.float64:
         return torch.get_autocast_dtype(device)
     return dtype
@@ -288,7 +294,7 @@ def gated_rms_norm(h: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
     Differentiable with respect to all three (gradients in their own dtypes); traced by
     ``torch.compile`` as one op (``torch.ops.pararnn.gated_rms_norm``).
     """
-    out_dtype = output_dtype(h, gate)
+    out_dtype = output_dtype(h, gate, weight)
     eps = float(eps)
     if torch.compiler.is_compiling():
         return _forward_op(h, gate, weight, eps, out_dtype)
