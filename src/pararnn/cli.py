@@ -508,14 +508,10 @@ def cmd_export(args, parser) -> None:
 
 
 def cmd_sizes(args, parser) -> None:
-    import torch
-    from .models import build_model, preset
+    from .models import num_params, preset
     print(f"{'size':<8}{'d_model':>8}{'layers':>7}" + "".join(f"{m:>14}" for m in MODELS))
     for size, (d_model, n_layers) in SIZES.items():
-        counts = []
-        for model in MODELS:
-            with torch.device("meta"):
-                counts.append(build_model(preset(model, size)).num_params())
+        counts = [num_params(preset(model, size)) for model in MODELS]
         print(f"{size:<8}{d_model:>8}{n_layers:>7}" + "".join(f"{c / 1e6:>13.1f}M" for c in counts))
     print("(byte-level vocabulary; a BPE vocabulary adds vocab x d_model embedding parameters)")
 

@@ -222,6 +222,42 @@ def test_bad_configs():
         preset("paragru", "nano", rnn_heads=3)
 
 
+@pytest.mark.parametrize("field,value,match", [
+    ("gated_norm", "False", "gated_norm must be True or False"),  # a string was truthy
+    ("residual_scale", 1, "residual_scale must be True or False"),
+    ("n_layers", True, "n_layers must be a positive integer"),  # True was 1
+    ("conv_kernel", 2.5, "conv_kernel must be an integer >= 0"),
+    ("rnn_forget_bias", "abc", "rnn_forget_bias must be a number >= 0"),
+    ("rope_base", 0.0, "rope_base must be a positive finite number"),
+    ("norm_eps", -1e-5, "norm_eps must be a positive finite number"),
+    ("init_std", float("inf"), "init_std must be a positive finite number"),
+    ("recurrent_clip", 0, "recurrent_clip must be a positive finite number or None"),
+    ("mamba_ngroups", 0, "mamba_ngroups must be a positive integer"),
+    ("mamba_d_state", 0, "mamba_d_state must be a positive integer"),
+])
+def test_bad_option_values_are_named(field, value, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        preset("paragru", "nano", **{field: value})
+
+
+def test_each_mixer_checks_only_its_own_options():
+    """A width that only another mixer cannot take is no error (the Transformer's head split
+    refused a ParaGRU, Mamba2's head size a Transformer); a model's own mixer still checks."""
+    preset("transformer", d_model=80, n_layers=2)  # mamba_expand * 80 is no multiple of 64
+    preset("paragru", d_model=224, n_layers=2)  # 3 attention heads of odd size
+    preset("transformer", d_model=64, n_layers=2, rnn_heads=3)
+    with pytest.raises(ValueError, match="heads of even size"):
+        preset("paragru", d_model=224, n_layers=2, attn_every=2)  # a hybrid has attention
+    with pytest.raises(ValueError, match="mamba_ngroups=3 must divide the 2 heads"):
+        preset("mamba2", "nano", mamba_ngroups=3)
+
+
+def test_hybrid_layout_follows_an_n_layers_override():
+    """The hybrid block's attention blocks follow the layers the model has, not its size's."""
+    assert preset("paragru", "small", n_layers=2).attn_every == 0  # it raised: 8 exceeds 2
+    assert preset("paragru", "nano", block="hybrid", n_layers=8).block_models.count("transformer") == 1
+
+
 # ParaRNN mixer options for the ablations, each on top of the block it is meant for
 RNN_OPTIONS = [
     ("paragru", "standard", dict(rnn_in_proj=False)),

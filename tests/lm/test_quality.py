@@ -128,6 +128,21 @@ def test_flops_count_of_the_transformer_by_hand():
     assert forward_flops_per_token(rnn, T) == L * per_layer + 2 * V * d
 
 
+def test_flops_count_an_untied_head_once():
+    """An untied head is a Linear that the weight count already holds (it was added twice)."""
+    tied = build_model(preset("transformer", "nano", vocab_size=64))
+    untied = build_model(preset("transformer", "nano", vocab_size=64, tied_head=False))
+    assert forward_flops_per_token(untied, 32) == forward_flops_per_token(tied, 32)
+    classes = build_model(preset("paragru", "nano", vocab_size=64, tied_head=False, output_size=10))
+    plain = build_model(preset("paragru", "nano", vocab_size=64))
+    assert forward_flops_per_token(plain, 32) - forward_flops_per_token(classes, 32) == 2 * (64 - 10) * 64
+
+
+def test_language_model_training_refuses_a_classifier_head():
+    with pytest.raises(ValueError, match="output_size is for classifier heads"):
+        TrainConfig(model_options={"tied_head": False, "output_size": 10}).check()
+
+
 def test_model_options_parse_and_reject_bad_input():
     assert parse_model_options("rnn_expand=2, rnn_init=paper,recurrent_clip=null,rnn_in_proj=false") == {
         "rnn_expand": 2, "rnn_init": "paper", "recurrent_clip": None, "rnn_in_proj": False}
@@ -137,6 +152,11 @@ def test_model_options_parse_and_reject_bad_input():
         parse_model_options("vocab_size=10")  # set by the tokenizer, not an option
     with pytest.raises(ValueError, match="key=value"):
         parse_model_options("rnn_expand")
+    # Python's spellings too: "False" stayed the string "False", which switched features on
+    assert parse_model_options("gated_norm=False,tied_head=TRUE,recurrent_clip=None") == {
+        "gated_norm": False, "tied_head": True, "recurrent_clip": None}
+    with pytest.raises(ValueError, match="'rnn_expand' is given twice"):
+        parse_model_options("rnn_expand=2,rnn_expand=3")
     entry = parse_entry("paralstm+std=block=standard,rnn_heads=1", "paper")
     assert (entry.model, entry.block, entry.options) == ("paralstm", "standard", {"rnn_heads": 1})
     entry = parse_entry("paragru+wsd=schedule=wsd,recurrent_lr_mult=0.1,rnn_expand=2", "paper")

@@ -394,6 +394,21 @@ def test_a_hybrid_run_says_how_its_blocks_are_laid_out(corpus_dir, tmp_path, cap
     assert "model: paralstm nano, 1 paralstm + 1 attention blocks:" in out and "peak LR 0.002" in out
 
 
+def test_a_run_says_when_its_model_is_not_parameter_matched(corpus_dir, tmp_path, capsys):
+    """Mixer options that outgrow a Transformer block leave the SwiGLU at its floor: the
+    run says by how much the model exceeds the Transformer of its size."""
+    args = ["--size", "nano", "--block", "standard", "--max-steps", "1", "--seq-len", "16",
+            "--batch-size", "2", "--eval-tokens", "64", "--data", str(corpus_dir), "--device", "cpu",
+            "--no-progress"]
+    code, out, err = run_cli(capsys, "train", "--model", "paragru", "--model-options", "rnn_expand=4",
+                             *args, "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    assert "note: 284% more parameters than the Transformer of this size" in out
+    code, out, err = run_cli(capsys, "train", "--model", "paragru", *args, "--out", str(tmp_path / "plain"))
+    assert code == 0, err
+    assert "more parameters than the Transformer" not in out
+
+
 def test_default_lr_is_each_models_own():
     from pararnn.train.loop import DEFAULT_LR
     assert {m: TrainConfig(model=m).lr for m in DEFAULT_LR} == DEFAULT_LR

@@ -45,7 +45,7 @@ def test_untied_head_has_its_own_output_size():
     assert tied.head is None and lm.num_params() - tied.num_params() == 7 * 64
     with pytest.raises(ValueError, match="needs tied_head=False"):
         preset("paragru", "nano", vocab_size=10, output_size=7)
-    with pytest.raises(ValueError, match="mlp_hidden must be None or an integer >= 0"):
+    with pytest.raises(ValueError, match="mlp_hidden must be an integer >= 0 or None"):
         ModelConfig(mlp_hidden=-1)
 
 

@@ -28,5 +28,12 @@ def build_model(cfg: ModelConfig) -> LanguageModel:
     return LanguageModel(cfg, mixer_factory)
 
 
+def num_params(cfg: ModelConfig) -> int:
+    """The parameter count of ``build_model(cfg)``, built on the meta device (no memory)."""
+    import torch
+    with torch.device("meta"):
+        return build_model(cfg).num_params()
+
+
 __all__ = ["MODELS", "SIZES", "LanguageModel", "ModelConfig", "build_model", "mixer_factory",
-           "preset", "sample"]
+           "num_params", "preset", "sample"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 MODELS = ("paragru", "paralstm", "transformer", "mamba2")
@@ -33,14 +34,27 @@ RNN_OUTPUTS = ("none", "norm", "gate", "gated_norm")
 # which are the same for every model of a preset; tests/lm/test_models.py checks them.
 SIZES: dict[str, tuple[int, int]] = {
     "nano": (64, 2),       # ~0.1M: smoke tests
-    "tiny": (256, 4),      # ~3.1M: trains on a laptop CPU in minutes
+    "tiny": (256, 4),      # ~3.2M: trains on a laptop CPU in minutes
     "small": (512, 8),     # ~25M: the first GPU comparison (RESULTS.md)
     "medium": (768, 12),   # ~85M
     "400m": (1024, 32),    # ~400M  (paper-scale configurations from here on)
     "1b": (2048, 20),      # ~1.0B
     "3b": (2560, 38),      # ~3.0B
-    "7b": (4096, 34),      # ~6.8B
+    "7b": (4096, 34),      # ~6.9B
 }
+
+
+def _integer(name: str, value, minimum: int, alternative: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {what}{' ' + alternative if alternative else ''}, "
+                         f"got {value!r}")
+
+
+def _positive_number(name: str, value, alternative: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive finite number"
+                         f"{' ' + alternative if alternative else ''}, got {value!r}")
 
 
 @dataclass
@@ -97,8 +111,8 @@ class ModelConfig:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.n_heads is None:
             self.n_heads = max(1, self.d_model // 64)
-        if self.rnn_expand is not None and (not isinstance(self.rnn_expand, int) or self.rnn_expand < 1):
-            raise ValueError(f"rnn_expand must be a positive integer or None, got {self.rnn_expand!r}")
+        if self.rnn_expand is not None:
+            _integer("rnn_expand", self.rnn_expand, 1, "or None")
         if self.rnn_hidden is None:
             self.rnn_hidden = (1 if self.rnn_expand is None else self.rnn_expand) * self.d_model
         elif self.rnn_expand is not None and self.rnn_hidden != self.rnn_expand * self.d_model:
@@ -106,53 +120,65 @@ class ModelConfig:
                              f"(n = rnn_expand * d_model = {self.rnn_expand * self.d_model}); give one")
         if self.rnn_heads is None:
             self.rnn_heads = max(1, self.d_model // 128)
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "rnn_hidden", "rnn_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"d_model={self.d_model} must split into n_heads={self.n_heads} "
-                             "heads of even size")
-        if self.rnn_hidden % self.rnn_heads or self.d_model % self.rnn_heads:
-            raise ValueError(f"rnn_heads={self.rnn_heads} must divide d_model={self.d_model} "
-                             f"and rnn_hidden={self.rnn_hidden}")
-        if (self.mamba_expand * self.d_model) % self.mamba_headdim:
-            raise ValueError("mamba_expand * d_model must be a multiple of mamba_headdim")
-        if self.mlp_hidden is not None and (isinstance(self.mlp_hidden, bool) or
-                                            not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 0):
-            raise ValueError(f"mlp_hidden must be None or an integer >= 0, got {self.mlp_hidden!r}")
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "rnn_hidden", "rnn_heads",
+                     "newton_iters", "mamba_expand", "mamba_d_state", "mamba_headdim",
+                     "mamba_ngroups", "mamba_conv", "mamba_chunk"):
+            _integer(name, getattr(self, name), 1)
+        _integer("conv_kernel", self.conv_kernel, 0)
+        if self.mlp_hidden is not None:
+            _integer("mlp_hidden", self.mlp_hidden, 0, "or None")
+        for name in ("norm_eps", "rope_base", "init_std"):
+            _positive_number(name, getattr(self, name))
+        if self.recurrent_clip is not None:
+            _positive_number("recurrent_clip", self.recurrent_clip, "or None")
+        if isinstance(self.rnn_forget_bias, bool) or not isinstance(self.rnn_forget_bias, (int, float)) \
+                or not 0 <= self.rnn_forget_bias < math.inf:
+            raise ValueError(f"rnn_forget_bias must be a number >= 0, got {self.rnn_forget_bias!r}")
+        for name in ("tied_head", "rnn_in_proj", "gated_norm", "residual_scale"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.output_size is None:
             self.output_size = self.vocab_size
-        if not isinstance(self.output_size, int) or self.output_size < 1:
-            raise ValueError(f"output_size must be a positive integer, got {self.output_size!r}")
+        _integer("output_size", self.output_size, 1)
         if self.tied_head and self.output_size != self.vocab_size:
             raise ValueError(f"a tied head has vocab_size={self.vocab_size} outputs; "
                              f"output_size={self.output_size} needs tied_head=False")
-        if self.conv_kernel < 0:
-            raise ValueError(f"conv_kernel must be >= 0, got {self.conv_kernel}")
-        if not isinstance(self.rnn_in_proj, bool):
-            raise TypeError(f"rnn_in_proj must be True or False, got {self.rnn_in_proj!r}")
         if isinstance(self.rnn_memory, bool) or not isinstance(self.rnn_memory, (int, float)) or not (
-                self.rnn_memory == 0 or self.rnn_memory > 2):
+                self.rnn_memory == 0 or 2 < self.rnn_memory < math.inf):
             raise ValueError(f"rnn_memory must be 0 (off) or a number of steps > 2, got {self.rnn_memory!r}")
         if self.rnn_init not in RNN_INITS:
             raise ValueError(f"rnn_init must be one of {', '.join(RNN_INITS)}, got {self.rnn_init!r}")
         if self.rnn_output is not None and self.rnn_output not in RNN_OUTPUTS:
             raise ValueError(f"rnn_output must be one of {', '.join(RNN_OUTPUTS)} or None, "
                              f"got {self.rnn_output!r}")
-        if not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
-            raise ValueError(f"init_std must be a positive number, got {self.init_std!r}")
-        if not self.rnn_forget_bias >= 0:
-            raise ValueError(f"rnn_forget_bias must be >= 0, got {self.rnn_forget_bias!r}")
         if isinstance(self.attn_every, bool) or not isinstance(self.attn_every, int) or self.attn_every < 0:
             raise ValueError(f"attn_every must be 0 (no attention blocks) or a positive integer, "
                              f"got {self.attn_every!r}")
         if self.attn_every and not self.is_rnn:
             raise ValueError(f"attn_every mixes attention blocks into a paragru or paralstm model; "
                              f"the {self.model} model takes attn_every=0 only")
+        if self.attn_every == 1:
+            raise ValueError("attn_every=1 makes every block an attention block: train "
+                             "--model transformer for that")
         if self.attn_every > self.n_layers:
             raise ValueError(f"attn_every={self.attn_every} exceeds n_layers={self.n_layers}: "
                              "no block would be an attention block")
+        # the checks of each mixer the model has
+        kinds = set(self.block_models)
+        if "transformer" in kinds and (self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2):
+            raise ValueError(f"d_model={self.d_model} must split into n_heads={self.n_heads} "
+                             "heads of even size")
+        if self.is_rnn and (self.rnn_hidden % self.rnn_heads or self.d_model % self.rnn_heads):
+            raise ValueError(f"rnn_heads={self.rnn_heads} must divide d_model={self.d_model} "
+                             f"and rnn_hidden={self.rnn_hidden}")
+        if "mamba2" in kinds:
+            inner = self.mamba_expand * self.d_model
+            if inner % self.mamba_headdim:
+                raise ValueError("mamba_expand * d_model must be a multiple of mamba_headdim")
+            if (inner // self.mamba_headdim) % self.mamba_ngroups:
+                raise ValueError(f"mamba_ngroups={self.mamba_ngroups} must divide the "
+                                 f"{inner // self.mamba_headdim} heads of mamba_headdim="
+                                 f"{self.mamba_headdim}")
 
     @property
     def is_rnn(self) -> bool:
@@ -192,18 +218,28 @@ def check_model_options(options: dict) -> None:
                          f"choose from {', '.join(sorted(allowed))}")
 
 
+_WORDS = {"true": True, "false": False, "null": None, "none": None}
+
+
 def parse_model_options(text: str) -> dict:
     """``"key=value,key=value"`` -> ``{key: value}``; a value is read as JSON (``2``,
-    ``1e-3``, ``true``, ``null``) when it parses, else kept as a string (``paper``)."""
+    ``1e-3``) when it parses, ``true``/``false``/``null``/``none`` in any case as the
+    boolean or None, else kept as a string (``paper``). A key given twice is an error."""
     options = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
             raise ValueError(f"model option {item!r} must look like key=value")
+        if key in options:
+            raise ValueError(f"model option {key!r} is given twice")
+        if value.lower() in _WORDS:
+            options[key] = _WORDS[value.lower()]
+            continue
         try:
-            options[key.strip()] = json.loads(value)
+            options[key] = json.loads(value)
         except ValueError:
-            options[key.strip()] = value.strip()
+            options[key] = value
     check_model_options(options)
     return options
 
@@ -273,7 +309,7 @@ def preset(model: str, size: str | None = None, *, vocab_size: int = 320, block:
             fields.update(rnn_expand=2)
         if "rnn_memory" not in overrides and "rnn_forget_bias" not in overrides:
             fields.update(rnn_memory=64.0)
-    if block == "hybrid" and rnn and n_layers >= HYBRID_ATTN_EVERY:
+    if block == "hybrid" and rnn and overrides.get("n_layers", n_layers) >= HYBRID_ATTN_EVERY:
         fields.update(attn_every=HYBRID_ATTN_EVERY)
     fields.update(overrides)
     return ModelConfig(**fields)

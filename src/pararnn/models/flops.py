@@ -39,7 +39,8 @@ def matmul_weights(module: nn.Module) -> int:
 def forward_flops_per_token(model: nn.Module, seq_len: int) -> float:
     """Forward FLOPs per token of a :class:`~pararnn.models.LanguageModel` (see module doc)."""
     cfg = model.cfg
-    flops = 2.0 * (matmul_weights(model) + cfg.vocab_size * cfg.d_model)
+    # a tied head is the embedding's matrix, which matmul_weights does not count
+    flops = 2.0 * (matmul_weights(model) + (cfg.vocab_size * cfg.d_model if cfg.tied_head else 0))
     for kind, block in zip(cfg.block_models, model.blocks):  # a hybrid mixes two kinds
         mixer = block.mixer
         if kind == "transformer":

@@ -30,7 +30,7 @@ from ..data import (BPETokenizer, ByteTokenizer, DataError, eval_batches, eval_s
 from ..data.batches import check_length
 from ..data.cache import encode_corpus
 from ..data.corpus import is_named_corpus
-from ..models import SIZES, build_model, preset
+from ..models import SIZES, build_model, num_params, preset
 from ..distributed import TRAIN_BOUNDARY_TOL, ContextMesh, context_layout, enable_context_parallel
 from ..layers.projection import MultiHeadProjection
 from ..models.config import MODELS, check_model_options, round_up
@@ -49,6 +49,11 @@ from .schedules import SCHEDULES
 # best, 2e-3); one LR for all would favour some models (2e-3 left the Transformer 22% higher in
 # loss than 1e-3 after 6.6M tokens)
 DEFAULT_LR = {"transformer": 1e-3, "mamba2": 2e-3, "paragru": 4e-3, "paralstm": 2e-3}
+
+
+# above this excess over the Transformer of the same size, training says the model is not
+# parameter-matched (the presets are within 3% from `tiny` up, README "Language models")
+PARAMS_MATCHED_WITHIN = 0.05
 
 
 @dataclass
@@ -138,6 +143,9 @@ class TrainConfig:
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ValueError(f"--peak-tflops must be positive, got {self.peak_tflops}")
         check_model_options(self.model_options)
+        if "output_size" in self.model_options:
+            raise ValueError("output_size is for classifier heads (pararnn.synthetic): a language "
+                             "model's head predicts its vocabulary")
 
     @property
     def batch_seed(self) -> int:
@@ -373,6 +381,12 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: _StopFlag) -> dict:
     layout = f", {len(kinds) - attention} {cfg.model} + {attention} attention blocks" if attention else ""
     say(f"model: {cfg.model} {cfg.size}{layout}: {n_params:,} parameters "
         f"({model.num_params(non_embedding=True):,} without the embedding); peak LR {cfg.lr:g}")
+    if cfg.model != "transformer":  # against the Transformer of this size
+        excess = n_params / num_params(preset("transformer", cfg.size, vocab_size=model_cfg.vocab_size)) - 1
+        if excess > PARAMS_MATCHED_WITHIN:
+            say(f"note: {100 * excess:.0f}% more parameters than the Transformer of this size "
+                "(its mixers alone outgrow a Transformer block, and the SwiGLU cannot shrink "
+                "below its floor): not a parameter-matched comparison")
     model = D.wrap_model(model, info, cfg.fsdp)  # before the optimizer: FSDP swaps the parameters
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 recurrent_lr_mult=cfg.recurrent_lr_mult, device=device)
