@@ -226,7 +226,7 @@ def test_sweep_rejects_a_changed_setup(corpus_dir, tmp_path):
     assert main(["compare", str(Path(tmp_path))]) == 2  # neither a sweep nor a run folder
 
 
-def test_bpe_sweep_trains_the_tokenizer_once(corpus_dir, tmp_path):
+def test_bpe_sweep_trains_the_tokenizer_once(corpus_dir, tmp_path, monkeypatch):
     from pararnn.train.sweep import Entry, Run, SweepConfig, prepare_data, train_command
     cfg = SweepConfig(out=str(tmp_path / "sweep"), entries=[Entry("paragru", "paragru", "paper")],
                       lrs={"paragru": [1e-3]}, data=str(corpus_dir), tokenizer="bpe", vocab_size=300)
@@ -241,6 +241,12 @@ def test_bpe_sweep_trains_the_tokenizer_once(corpus_dir, tmp_path):
     assert (out / "tokenizer.json").read_text() == (shared / "tokenizer.json").read_text()
     # without --tokenizer the reused one's kind is taken; a contradicting one is refused
     assert TrainConfig(tokenizer_from=str(shared)).tokenizer == "bpe"
+    # the memory check sizes the embedding by the reused vocabulary (300 -> 320), not --vocab-size
+    from pararnn.train.distributed import DistInfo
+    sized = []
+    monkeypatch.setattr(loop, "check_training_memory", lambda model_cfg, **kw: sized.append(model_cfg.vocab_size))
+    loop._check_memory(TrainConfig(size="nano", tokenizer_from=str(shared)), DistInfo())
+    assert sized == [320]
     with pytest.raises(ValueError, match="holds a bpe tokenizer, not byte"):
         train(TrainConfig(model="paragru", size="nano", data=str(corpus_dir), out=str(tmp_path / "r2"),
                           tokenizer="byte", tokenizer_from=str(shared), progress=False, device="cpu"))

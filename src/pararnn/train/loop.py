@@ -518,7 +518,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: _StopFlag) -> dict:
 
 def _check_memory(cfg: TrainConfig, info: D.DistInfo) -> None:
     """Refuse a model that cannot fit before loading data or allocating anything."""
-    vocab = cfg.vocab_size if cfg.tokenizer == "bpe" else ByteTokenizer.vocab_size
+    if cfg.tokenizer_from is not None:  # the reused tokenizer's own vocabulary
+        vocab = load_tokenizer(cfg.tokenizer_from).vocab_size
+    else:
+        vocab = cfg.vocab_size if cfg.tokenizer == "bpe" else ByteTokenizer.vocab_size
     model_cfg = preset(cfg.model, cfg.size, vocab_size=round_up(vocab, 64), block=cfg.block,
                        **cfg.model_options)
     bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and info.device.type == "cuda")
