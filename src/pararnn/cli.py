@@ -294,7 +294,8 @@ def _add_synthetic(sub) -> None:
     s.add_argument("--width", type=_positive_int, default=d.width, help="model width and state size")
     s.add_argument("--heads", type=_positive_int, default=d.heads)
     s.add_argument("--block", default=d.block, choices=["auto", "paper", "bare"],
-                   help="auto: the paper's choice (the bare cell for parity, its block otherwise); "
+                   help="auto: the paper's choice (the bare cell for parity, modcount and s5, its "
+                   "block otherwise); "
                    "paper: conv + gated norm + scaled residuals + recurrent clip 0.9; bare: none")
     s.add_argument("--seed", type=int, default=d.seed)
     s.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")

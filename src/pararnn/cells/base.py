@@ -21,9 +21,9 @@ class Cell(nn.Module):
 
     and implements :meth:`step` on batched tensors. Jacobians are then obtained
     automatically with ``torch.func``; override :meth:`step_and_jacobian` to supply an
-    analytic one. The declared structure must be right: a structure that drops
-    non-zero entries makes Newton a quasi-Newton method that needs more iterations
-    (set ``NewtonConfig.tol`` to have that checked).
+    analytic one. The declared structure must be right: one that drops non-zero
+    entries is found on the first parallel solve or loop-trained call of the cell (one
+    probe of the Jacobian against ``step``'s JVP) and raises a ValueError.
     """
 
     input_size: int

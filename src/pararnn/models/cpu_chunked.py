@@ -9,7 +9,7 @@ These autograd Functions instead run the whole chain on one chunk of rows at a t
 read their inputs and write their outputs once, and recompute the cheap intermediates in
 the backward instead of saving them. Same math as the plain ops (the modules in
 :mod:`pararnn.models.lm` use these only for training on the CPU, eagerly, without autocast;
-GPUs and ``torch.compile`` fuse the plain ops themselves).
+on CUDA they take the Triton kernels of :mod:`pararnn.kernels`).
 
 Where the C code builds (:mod:`pararnn._cbuild`; float32 and float64), each Function runs
 one C loop instead: per batch row (the conv) or per row of channels (the norm), reading

@@ -1,8 +1,9 @@
 """The ParaRNN mixer: input projection -> ParaGRU / ParaLSTM -> output projection.
 
-Training and prefill run the cell with the parallel Newton solver over the whole
-sequence; decoding feeds one token at a time from the previous state
-(:func:`recurrent_step`), so the state per layer is O(1) in the context length. A
+Training and prefill run the cell over the whole sequence with ``mode="auto"`` (the
+fused kernels or Newton on a GPU, the step loop on a CPU for wide steps); decoding feeds
+one token at a time from the previous state (:func:`recurrent_step`), so the state per
+layer is O(1) in the context length. A
 :class:`~pararnn.models.lm.StaticCache` holds that state in buffers updated in place,
 so that a decode step can be captured in a CUDA graph (``pararnn.generation``).
 
