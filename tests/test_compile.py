@@ -44,3 +44,16 @@ def test_compiled_sequential_training_matches_eager():
         grads.append([out.detach(), *(p.grad.clone() for p in gru.parameters())])
     for got, want in zip(grads[1], grads[0]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [2, 64])  # auto's Newton, then its step loop
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_default_auto_mode_compiles_in_one_graph(layer_cls, batch):
+    """mode="auto" (the default) reads torch's thread count to choose: a constant of the
+    graph (its call broke fullgraph=True), and the compiled layer matches eager."""
+    layer = layer_cls(4, 8)
+    x = torch.randn(batch, 6, 4)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x)[0], layer(x)[0], rtol=1e-6, atol=1e-6)

@@ -87,6 +87,18 @@ def test_double_backward_raises():
         torch.autograd.grad(out.sum(), x, create_graph=True)
 
 
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_sequential_multi_head_layers_have_double_backward(layer_cls):
+    """mode="sequential" keeps double backward, also through a multi-head projection (its
+    backward wrote the input gradient through bmm's out=, which autograd cannot record)."""
+    torch.manual_seed(0)
+    layer = layer_cls(4, 8, num_heads=2, mode="sequential", dtype=torch.float64)
+    x = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, w: torch.func.functional_call(
+        layer, {"projection.weight": w}, (x,))[0].sin(), (x, layer.projection.weight.detach().clone()
+                                                              .requires_grad_()))
+
+
 def test_no_grad_inputs_are_not_differentiated():
     cell = pararnn.ParaGRUCell(4, dtype=torch.float64)
     cell.requires_grad_(False)

@@ -83,3 +83,27 @@ def test_final_state_holds_no_reference_to_all_states(layer_cls, mode, batch):
         assert state.shape == (batch, 8)
         assert state.untyped_storage().nbytes() <= 2 * batch * 8 * state.element_size()
         assert state.untyped_storage().data_ptr() != out.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_half_precision_conversion_is_refused_with_the_remedy(layer_cls):
+    """layer.half() after construction: one error naming the remedy (it first advised
+    passing x in float16, which the cell then refused)."""
+    layer = layer_cls(4, 8).half()
+    for x in (torch.randn(2, 3, 4), torch.randn(2, 3, 4).half()):
+        with pytest.raises(TypeError, match=r"parameters must be float32 or float64, got torch.float16.*layer.float\(\)"):
+            layer(x)
+
+
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_reset_parameters_draws_the_initial_weights_again(layer_cls):
+    torch.manual_seed(0)
+    layer = layer_cls(4, 8, num_heads=2)
+    initial = {k: v.clone() for k, v in layer.state_dict().items()}
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(1.0)
+    torch.manual_seed(0)  # the draws of construction, in its order
+    layer.reset_parameters()
+    for name, value in layer.state_dict().items():
+        torch.testing.assert_close(value, initial[name], msg=name)

@@ -308,3 +308,26 @@ def test_c_build_failure_warns_once_and_switch_off_is_silent(monkeypatch, recwar
     assert library.get(x) is None and not recwarn  # once per process
     monkeypatch.setenv("PARARNN_CPU_KERNELS", "0")
     assert cpu_loop._LIBRARY.get(x) is None and not recwarn
+
+
+class _Bounded(torch.nn.Module):
+    def forward(self, a):
+        return 0.9 * torch.tanh(a)
+
+
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_parametrized_recurrent_weights_train_through_the_loop(loop_training, layer_cls):
+    """A parametrization of ``a`` (torch.nn.utils.parametrize): the C loop, which reads the
+    parameters themselves, steps aside (it failed with KeyError 'a'), and every mode
+    gives autograd's gradients through the parametrization."""
+    layer = layer_cls(4, 8, dtype=torch.float64)
+    torch.nn.utils.parametrize.register_parametrization(layer.cell, "a", _Bounded())
+    x = torch.randn(3, 9, 4, dtype=torch.float64)
+    grads = {}
+    for mode in ("sequential", "auto"):
+        layer.mode = mode
+        layer.zero_grad()
+        layer(x)[0].cos().sum().backward()
+        grads[mode] = [p.grad.clone() for p in layer.parameters()]
+    for got, want in zip(grads["auto"], grads["sequential"]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

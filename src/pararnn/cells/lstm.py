@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ._init import (check_clip, clipped, gate_biases, preactivation, runs_own_step,
                     xavier_normal_vector_)
@@ -150,8 +151,9 @@ class ParaLSTMCell(Cell):
 
     def compiled_loop(self, x):
         """The C loop and adjoint (:mod:`pararnn.cells.cpu_loop`) on the CPU, unless a
-        subclass changed the step or the C loops could not be built."""
-        if not runs_own_step(self, ParaLSTMCell, *_OWN_STEP):
+        subclass changed the step, a parametrization computes the weights (the loop reads
+        the parameters themselves) or the C loops could not be built."""
+        if not runs_own_step(self, ParaLSTMCell, *_OWN_STEP) or parametrize.is_parametrized(self):
             return None
         clip = self.recurrent_clip
         return cpu_loop.compiled_loop("lstm", x, lambda parameters: (

@@ -33,8 +33,18 @@ class _ProjectedRNN(SequenceModule):
         self.cell = self.cell_class(hidden_size, recurrent_clip=recurrent_clip, bias=bias,
                                     device=device, dtype=dtype)
 
+    def reset_parameters(self) -> None:
+        """Draw the projection's and the cell's initial weights again (as at construction)."""
+        self.projection.reset_parameters()
+        self.cell.reset_parameters()
+
     def _run(self, x, h0, resets, cu_seqlens, hidden=False):
         weight_dtype = self.projection.weight.dtype
+        if weight_dtype not in (torch.float32, torch.float64):  # e.g. after layer.half()
+            raise TypeError(
+                f"{type(self).__name__} parameters must be float32 or float64, got {weight_dtype}; "
+                "keep the layer in float32 (layer.float()) and run under torch.autocast for "
+                "mixed precision (the state math runs in float32)")
         if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(
                 f"x has dtype {x.dtype} but the layer's parameters are {weight_dtype}; pass x in "

@@ -104,13 +104,16 @@ class _HeadsMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, head_major):
-        ctx.save_for_backward(x.reshape(-1, x.shape[-1]), weight)
+        # x itself, not a reshape made here (forward runs without autograd: a double
+        # backward would see such a view as a constant)
+        ctx.save_for_backward(x, weight)
         ctx.lead, ctx.head_major = x.shape[:-1], head_major
         return (_head_major_product if head_major else _gate_major_heads_matmul)(x, weight)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x2, weight = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
+        x2 = x.reshape(-1, x.shape[-1])
         heads, gates, head_out, head_in = weight.shape
         rows = x2.shape[0]
         if ctx.head_major:
@@ -122,10 +125,13 @@ class _HeadsMatmul(torch.autograd.Function):
                     .reshape(heads, rows, gates * head_out))
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = x2.new_empty(rows, heads, head_in)
-            torch.bmm(grad, weight.reshape(heads, gates * head_out, head_in),
-                      out=grad_x.transpose(0, 1))
-            grad_x = grad_x.view(*ctx.lead, heads * head_in)
+            weight_rows = weight.reshape(heads, gates * head_out, head_in)
+            if torch.is_grad_enabled():  # double backward: differentiable ops, no out=
+                grad_x = torch.bmm(grad, weight_rows).transpose(0, 1).reshape(*ctx.lead, heads * head_in)
+            else:
+                grad_x = x2.new_empty(rows, heads, head_in)
+                torch.bmm(grad, weight_rows, out=grad_x.transpose(0, 1))
+                grad_x = grad_x.view(*ctx.lead, heads * head_in)
         if ctx.needs_input_grad[1]:
             splits = weight_grad_splits(rows, weight.numel(), x2.dtype, x2.device)
             grad_w = heads_weight_grad(grad, x2, head_in, splits).view_as(weight)

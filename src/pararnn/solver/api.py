@@ -168,13 +168,20 @@ def _initial(h0, n_init: int, cell, x, dtype):
     return (x.data if isinstance(x, HeadMajor) else x).new_zeros(n_init, cell.state_size, dtype=dtype)
 
 
+@torch.compiler.assume_constant_result
+def _torch_threads() -> int:
+    """torch's intra-op threads: a constant of a compiled graph (dynamo cannot trace
+    ``torch.get_num_threads``, which broke ``fullgraph=True`` of ``mode="auto"``)."""
+    return torch.get_num_threads()
+
+
 def _auto_mode(cell, x, h0, fused, sequences) -> str:
     """The measured choice between the step loop and Newton (fused kernels choose inside)."""
     batch, steps, _ = x.shape
     if steps == 1:
         return "sequential"
     if fused is None and x.device.type == "cpu":
-        width, threads = batch * cell.state_size, torch.get_num_threads()
+        width, threads = batch * cell.state_size, _torch_threads()
         if not _needs_grad(cell, x, h0):
             return "sequential" if width >= CPU_SEQUENTIAL_MIN_WIDTH else "parallel"
         if width >= CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD * threads:
