@@ -40,12 +40,15 @@ class _ProjectedRNN(SequenceModule):
 
     def _run(self, x, h0, resets, cu_seqlens, hidden=False):
         weight_dtype = self.projection.weight.dtype
-        if weight_dtype not in (torch.float32, torch.float64):  # e.g. after layer.half()
+        autocast = torch.is_autocast_enabled(x.device.type)
+        # e.g. after layer.half() (under autocast a decode copy's reduced-precision
+        # projection weights compute what autocast does: the cell checks its own)
+        if weight_dtype not in (torch.float32, torch.float64) and not autocast:
             raise TypeError(
                 f"{type(self).__name__} parameters must be float32 or float64, got {weight_dtype}; "
                 "keep the layer in float32 (layer.float()) and run under torch.autocast for "
                 "mixed precision (the state math runs in float32)")
-        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+        if x.dtype != weight_dtype and not autocast:
             raise TypeError(
                 f"x has dtype {x.dtype} but the layer's parameters are {weight_dtype}; pass x in "
                 f"{weight_dtype}, or run under torch.autocast for mixed precision"
