@@ -16,6 +16,7 @@ cell declares :meth:`~pararnn.Cell.jacobian_value_is_step` (ParaGRU, ParaLSTM).
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -199,7 +200,7 @@ def verify_structure(cell, x, h0: torch.Tensor) -> None:
         scale = 1.0 + float(exact.abs().amax())
     bound = 1e-3 if h0.dtype != torch.float64 else 1e-8
     if not error <= bound * scale:
-        if error != error or error == float("inf"):  # NaN or Inf in what the probe read?
+        if not math.isfinite(error):  # NaN or Inf in what the probe read?
             check_finite(cell, xs, h0[:1])
         declared = structure.kind + (f" (block_size={structure.block_size})"
                                      if structure.kind == "block" else "")

@@ -382,7 +382,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: _StopFlag) -> dict:
     say(f"model: {cfg.model} {cfg.size}{layout}: {n_params:,} parameters "
         f"({model.num_params(non_embedding=True):,} without the embedding); peak LR {cfg.lr:g}")
     if cfg.model != "transformer":  # against the Transformer of this size
-        excess = n_params / num_params(preset("transformer", cfg.size, vocab_size=model_cfg.vocab_size)) - 1
+        transformer = preset("transformer", cfg.size, vocab_size=model_cfg.vocab_size)
+        excess = n_params / num_params(transformer) - 1
         if excess > PARAMS_MATCHED_WITHIN:
             say(f"note: {100 * excess:.0f}% more parameters than the Transformer of this size "
                 "(its mixers alone outgrow a Transformer block, and the SwiGLU cannot shrink "

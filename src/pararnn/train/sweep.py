@@ -132,8 +132,8 @@ class SweepConfig:
 def parse_entry(spec: str, block: str) -> Entry:
     """A model name (``paragru``) or a variant ``NAME=key=value,...`` whose ``NAME`` starts
     with a model, e.g. ``paragru+expand2=rnn_expand=2``. The key ``block`` picks the block
-    (``standard``/``paper``/``tuned``/``hybrid``), keys of :data:`TRAIN_OPTIONS` are training options, every
-    other key is a ModelConfig override."""
+    (``standard``/``paper``/``tuned``/``hybrid``), keys of :data:`TRAIN_OPTIONS` are
+    training options, every other key is a ModelConfig override."""
     name, sep, options_text = spec.partition("=")
     name = name.strip()
     if name.split("+", 1)[0] not in MODELS:
