@@ -65,6 +65,20 @@ def test_loop_backward_with_resets_and_packed_sequences(loop_training, name):
     assert_same_gradients(cell, x[:1], h0s, cu_seqlens=torch.tensor([0, 4, 20, 31]))
 
 
+def assert_auto_trains_as_the_sequential_loop(layer, x):
+    """Every parameter's gradient of a loss of the layer's output: auto (the loop's adjoint
+    backward) as autograd through the loop (mode="sequential")."""
+    grads = {}
+    for mode in ("sequential", "auto"):
+        layer.mode = mode
+        layer.zero_grad()
+        layer(x)[0].cos().sum().backward()
+        grads[mode] = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    for name in grads["sequential"]:
+        torch.testing.assert_close(grads["auto"][name], grads["sequential"][name],
+                                   rtol=1e-10, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
 def test_layer_trains_through_the_loop_backward(loop_training, layer_cls):
     """Clipped recurrent weights (the clip's gradient too), bias, no h0."""
@@ -72,17 +86,8 @@ def test_layer_trains_through_the_loop_backward(loop_training, layer_cls):
     with torch.no_grad():
         layer.cell.bias.normal_()
     x = torch.randn(3, 17, 6, dtype=torch.float64)
-    grads = {}
-    for mode in ("sequential", "auto"):
-        layer.mode = mode
-        layer.zero_grad()
-        out, _ = layer(x)
-        out.cos().sum().backward()
-        grads[mode] = {n: p.grad.clone() for n, p in layer.named_parameters()}
     assert (layer.cell.a.abs() > 0.3).any()  # some entries clipped: zero gradient there
-    for name in grads["sequential"]:
-        torch.testing.assert_close(grads["auto"][name], grads["sequential"][name],
-                                   rtol=1e-10, atol=1e-12, msg=name)
+    assert_auto_trains_as_the_sequential_loop(layer, x)
 
 
 @pytest.mark.parametrize("loss_reads", ["output", "final state", "both"])
@@ -322,12 +327,4 @@ def test_parametrized_recurrent_weights_train_through_the_loop(loop_training, la
     gives autograd's gradients through the parametrization."""
     layer = layer_cls(4, 8, dtype=torch.float64)
     torch.nn.utils.parametrize.register_parametrization(layer.cell, "a", _Bounded())
-    x = torch.randn(3, 9, 4, dtype=torch.float64)
-    grads = {}
-    for mode in ("sequential", "auto"):
-        layer.mode = mode
-        layer.zero_grad()
-        layer(x)[0].cos().sum().backward()
-        grads[mode] = [p.grad.clone() for p in layer.parameters()]
-    for got, want in zip(grads["auto"], grads["sequential"]):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert_auto_trains_as_the_sequential_loop(layer, torch.randn(3, 9, 4, dtype=torch.float64))
