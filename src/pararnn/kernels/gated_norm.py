@@ -44,13 +44,15 @@ __all__ = ["gated_rms_norm", "gated_rms_norm_naive", "forward", "backward", "MAX
 #: each input per thread on up to 16 warps (a wider row would need more per thread).
 MAX_WIDTH = 4096
 # Elements of each input a program holds at once (rows of a block x the padded width): on
-# the GPU 8 per thread of 4 warps (two rows of 512 channels), wider rows on up to 16 warps;
-# compiled for sm_90 the backward then takes 80-116 registers per thread from 512 to 4096
-# channels, no spills (`benchmarks/kernel_resources.py --norm`,
-# results/cpu/kernel_resources_norm_cpu18.json). On the CPU (Triton's interpreter)
-# two-row blocks, so that the tests' small shapes span several blocks, a ragged last one,
-# and backward programs of several blocks each.
-CUDA_TILE_ELEMENTS = 1024
+# the GPU 16 per thread of 4 warps (four rows of 512 channels, two of 1024), wider rows one
+# per program on up to 16 warps. Measured on the H200 (`benchmarks/gpu_gated_norm.py
+# --sweep`, results/gpu_h200_2026-12-05/c1/norm): forward + backward of 32x512x1024 in
+# 100 us against 110 us at 1024 elements per program, the same at 1536 and 2048 channels.
+# Compiled for sm_90 the backward takes 115-160 registers per thread, no spills
+# (`benchmarks/kernel_resources.py --norm`, results/cpu/kernel_resources_norm_cpu20.json).
+# On the CPU (Triton's interpreter) two-row blocks, so that the tests' small shapes span
+# several blocks, a ragged last one, and backward programs of several blocks each.
+CUDA_TILE_ELEMENTS = 2048
 CPU_TILE_ELEMENTS = 64
 # Backward programs per SM: each walks a run of row blocks and writes one partial row of
 # the weight gradient, so fewer programs mean fewer partial rows to sum, more mean more
