@@ -328,3 +328,45 @@ def test_parametrized_recurrent_weights_train_through_the_loop(loop_training, la
     layer = layer_cls(4, 8, dtype=torch.float64)
     torch.nn.utils.parametrize.register_parametrization(layer.cell, "a", _Bounded())
     assert_auto_trains_as_the_sequential_loop(layer, torch.randn(3, 9, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("layer_cls", [pararnn.ParaGRU, pararnn.ParaLSTM])
+def test_own_recurrent_weights_train_through_the_loop(loop_training, layer_cls):
+    """A cell subclass computing its recurrent weights itself: the C loop and the fused
+    kernels, which clamp the raw parameters themselves, step aside (the C loop trained
+    with the clamp's weights: outputs 0.8 off), and every mode gives the sequential loop's
+    gradients."""
+    base = type(layer_cls(4, 8).cell)
+
+    class Bounded(base):
+        def recurrent_weights(self):
+            if isinstance(self, pararnn.ParaLSTMCell):
+                return 0.5 * torch.tanh(self.a), 0.5 * torch.tanh(self.peephole)
+            return 0.5 * torch.tanh(self.a)
+
+    layer = layer_cls(4, 8, dtype=torch.float64)
+    layer.cell.__class__ = Bounded
+    with torch.no_grad():
+        for p in layer.cell.parameters():
+            p.normal_(0.0, 5.0)
+    assert layer.cell.compiled_loop(torch.zeros(1)) is None and layer.cell.fused_solver() is None
+    assert_auto_trains_as_the_sequential_loop(layer, torch.randn(3, 9, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("frozen", ["a", "peephole"])
+def test_paralstm_trains_through_the_loop_with_a_frozen_recurrent_vector(loop_training, frozen):
+    """A frozen ``a`` or ``peephole`` gets no gradient; the rest the sequential loop's (the C
+    loop's backward asked autograd for the frozen one's and failed)."""
+    layer = pararnn.ParaLSTM(4, 8, dtype=torch.float64)
+    getattr(layer.cell, frozen).requires_grad_(False)
+    x = torch.randn(3, 9, 4, dtype=torch.float64)
+    grads = {}
+    for mode in ("sequential", "auto"):
+        layer.mode = mode
+        layer.zero_grad()
+        layer(x)[0].cos().sum().backward()
+        grads[mode] = {n: p.grad for n, p in layer.named_parameters()}
+    assert grads["auto"][f"cell.{frozen}"] is None
+    for name, want in grads["sequential"].items():
+        if want is not None:
+            torch.testing.assert_close(grads["auto"][name], want, rtol=1e-10, atol=1e-12, msg=name)

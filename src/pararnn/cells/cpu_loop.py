@@ -294,8 +294,10 @@ class CompiledLoop:
             with torch.enable_grad():
                 clipped = self.recurrent_weights(parameters)
             rows = [w.shape[0] for w in clipped]
-            found = torch.autograd.grad(clipped, [p for _, p in wanted], grad_w.split(rows),
-                                        allow_unused=True)
+            # a frozen vector (ParaLSTM's a or peephole) gives an output autograd cannot use
+            trained = [(w, g) for w, g in zip(clipped, grad_w.split(rows)) if w.requires_grad]
+            found = torch.autograd.grad([w for w, _ in trained], [p for _, p in wanted],
+                                        [g for _, g in trained], allow_unused=True)
             grads.update((name, g) for (name, _), g in zip(wanted, found))
         return grad_x, grad_h0, grads
 

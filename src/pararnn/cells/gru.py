@@ -18,6 +18,9 @@ _tanh_backward = torch.ops.aten.tanh_backward.grad_input  # g (1 - t²)
 # the methods that define the recurrence: a subclass that overrides one of them changes it,
 # so the analytic backward, the prepared loop and the fused kernels no longer apply
 _OWN_STEP = ("step", "step_and_jacobian", "_gates", "_step_parameters", "_split")
+# the C loops and the fused kernels also clamp the raw parameters themselves (the clip in
+# the loop or kernel): a subclass with its own recurrent_weights keeps the Python paths
+_OWN_WEIGHTS = (*_OWN_STEP, "recurrent_weights")
 
 
 class ParaGRUCell(Cell):
@@ -116,7 +119,7 @@ class ParaGRUCell(Cell):
         """The C loop and adjoint (:mod:`pararnn.cells.cpu_loop`) on the CPU, unless a
         subclass changed the step, a parametrization computes the weights (the loop reads
         the parameters themselves) or the C loops could not be built."""
-        if not runs_own_step(self, ParaGRUCell, *_OWN_STEP) or parametrize.is_parametrized(self):
+        if not runs_own_step(self, ParaGRUCell, *_OWN_WEIGHTS) or parametrize.is_parametrized(self):
             return None
         clip = self.recurrent_clip
         return cpu_loop.compiled_loop("gru", x,
@@ -185,7 +188,7 @@ class ParaGRUCell(Cell):
     def fused_solver(self):
         """The fused ParaGRU kernels (:func:`pararnn.kernels.paragru.paragru_solve`) unless a
         subclass changed the step."""
-        if not runs_own_step(self, ParaGRUCell, *_OWN_STEP):
+        if not runs_own_step(self, ParaGRUCell, *_OWN_WEIGHTS):
             return None
         return self._fused_solve
 

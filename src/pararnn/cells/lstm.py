@@ -18,6 +18,9 @@ _tanh_backward = torch.ops.aten.tanh_backward  # (g, t) -> g (1 - t²)
 # the methods that define the recurrence: a subclass that overrides one of them changes it,
 # so the analytic backward, the prepared loop and the fused kernels no longer apply
 _OWN_STEP = ("step", "step_and_jacobian", "_forward", "_step_parameters")
+# the C loops and the fused kernels also clamp the raw parameters themselves (the clip in
+# the loop or kernel): a subclass with its own recurrent_weights keeps the Python paths
+_OWN_WEIGHTS = (*_OWN_STEP, "recurrent_weights")
 
 
 class ParaLSTMCell(Cell):
@@ -153,7 +156,7 @@ class ParaLSTMCell(Cell):
         """The C loop and adjoint (:mod:`pararnn.cells.cpu_loop`) on the CPU, unless a
         subclass changed the step, a parametrization computes the weights (the loop reads
         the parameters themselves) or the C loops could not be built."""
-        if not runs_own_step(self, ParaLSTMCell, *_OWN_STEP) or parametrize.is_parametrized(self):
+        if not runs_own_step(self, ParaLSTMCell, *_OWN_WEIGHTS) or parametrize.is_parametrized(self):
             return None
         clip = self.recurrent_clip
         return cpu_loop.compiled_loop("lstm", x, lambda parameters: (
@@ -244,7 +247,7 @@ class ParaLSTMCell(Cell):
     def fused_solver(self):
         """The fused ParaLSTM kernels (:func:`pararnn.kernels.paralstm.paralstm_solve`)
         unless a subclass changed the step."""
-        if not runs_own_step(self, ParaLSTMCell, *_OWN_STEP):
+        if not runs_own_step(self, ParaLSTMCell, *_OWN_WEIGHTS):
             return None
         return self._fused_solve
 
