@@ -58,9 +58,12 @@ def test_chaotic_cell_warns():
     x, h0 = chaotic_inputs()
     rnn = pararnn.RNN(LogisticMapCell(), mode="parallel",
                       newton=pararnn.NewtonConfig(max_iters=3, tol=1e-8, on_failure="warn"))
-    with pytest.warns(RuntimeWarning, match="Newton diverged"):
-        rnn(x, h0)
-    assert rnn.last_solve.converged is False and not rnn.last_solve.fell_back
+    for grad in (False, True):  # with gradients the solve runs inside an autograd Function
+        with pytest.warns(RuntimeWarning, match="Newton diverged") as record:
+            rnn(x.clone().requires_grad_(grad), h0)
+        assert rnn.last_solve.converged is False and not rnn.last_solve.fell_back
+        ours = [w.filename for w in record if "Newton diverged" in str(w.message)]
+        assert ours == [__file__]  # the warning names the caller's line
 
 
 def test_converging_solve_stops_early():

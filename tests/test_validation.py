@@ -214,6 +214,19 @@ def test_lstm_state_validation():
     for state, missing in (((torch.zeros(2, 8), None), "c0"), ((None, torch.zeros(2, 8)), "h0")):
         with pytest.raises(TypeError, match=f"state {missing} is None"):
             lstm(x, state)
+    with pytest.raises(ValueError, match="state h0 and c0 must be on x's device cpu, got cpu and meta"):
+        lstm(x, (torch.zeros(2, 8), torch.zeros(2, 8, device="meta")))  # meta: another device
+
+
+def test_h0_dtype_error_names_the_dtypes_allowed():
+    """A bf16 x takes an h0 of its own dtype or float32 (the solve's): the error says both."""
+    rnn = pararnn.RNN(pararnn.ParaGRUCell(8))
+    x = torch.randn(2, 3, 24, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match=r"h0 has dtype torch.float16, expected torch.bfloat16 "
+                       r"\(the dtype of x\) or torch.float32 \(the solve's\)"):
+        rnn(x, torch.zeros(2, 8, dtype=torch.float16))
+    with pytest.raises(TypeError, match=r"h0 has dtype torch.float64, expected torch.float32$"):
+        rnn(x.float(), torch.zeros(2, 8, dtype=torch.float64))
 
 
 def test_layer_size_validation():

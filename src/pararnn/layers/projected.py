@@ -117,6 +117,9 @@ class ParaLSTM(_ProjectedRNN):
                                   h0_name=f"state {name}")
             if h0.dtype != c0.dtype:
                 raise TypeError(f"h0 and c0 must share one dtype, got {h0.dtype} and {c0.dtype}")
+            if h0.device != x.device or c0.device != x.device:
+                raise ValueError(f"state h0 and c0 must be on x's device {x.device}, got "
+                                 f"{h0.device} and {c0.device}")
             packed = ParaLSTMCell.pack_state(h0, c0)
         # h only: the CPU training loop then writes it contiguously (pararnn.solve)
         output, final = self._run(x, packed, resets, cu_seqlens, hidden=True)

@@ -163,7 +163,8 @@ def check_inputs(cell, x, h0, resets, cu_seqlens) -> tuple[torch.dtype, Sequence
                 f"got {tuple(h0.shape)}"
             )
         if h0.dtype not in (x.dtype, dtype):
-            raise TypeError(f"h0 has dtype {h0.dtype}, expected {dtype} (the dtype of x)")
+            allowed = x.dtype if x.dtype == dtype else f"{x.dtype} (the dtype of x) or {dtype} (the solve's)"
+            raise TypeError(f"h0 has dtype {h0.dtype}, expected {allowed}")
         if h0.device != x.device:
             raise ValueError(f"h0 is on {h0.device} but x is on {x.device}")
     return dtype, sequences

@@ -17,6 +17,8 @@ cell declares :meth:`~pararnn.Cell.jacobian_value_is_step` (ParaGRU, ParaLSTM).
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 
 import torch
@@ -128,6 +130,19 @@ def check_finite(cell, x, h0) -> None:
             raise ValueError(f"{what} contains NaN or Inf; the recurrence has no finite solution")
 
 
+_LIBRARY_DIRS = tuple(os.path.dirname(m.__file__) + os.sep for m in (sys.modules["pararnn"], torch))
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside pararnn and torch (the user's call,
+    which reaches the solver through layers, modules and autograd Functions at depths that
+    vary by path)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def handle_failure(cell, x, h0, sequences, config: NewtonConfig, tol: float, states,
                    info: SolveInfo):
     """Apply ``config.on_failure`` to Newton states whose residual missed ``tol``.
@@ -154,7 +169,7 @@ def handle_failure(cell, x, h0, sequences, config: NewtonConfig, tol: float, sta
     if config.on_failure == "raise":
         raise NewtonConvergenceError(message)
     if config.on_failure == "warn":
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
+        warnings.warn(message, RuntimeWarning, stacklevel=_caller_stacklevel())
         return states, info
     info.fell_back = True
     states = sequential_solve(cell, x, h0, sequences)
