@@ -216,3 +216,48 @@ def test_layer_keeps_the_gate_bias_in_the_cell():
     gru = pararnn.ParaGRU(4, 6, num_heads=2)
     assert gru.projection.bias is None and gru.cell.bias.shape == (3, 6)
     assert pararnn.ParaLSTM(4, 6, bias=False).cell.bias is None
+
+
+class _TanhCell(pararnn.Cell):
+    """``tanh(a h + x)`` (diagonal), with ``mixed`` subtracting the mean of x over its
+    second-last dimension: time on a sequence, the batch step by step."""
+    input_size, state_size, jacobian = 3, 3, "diagonal"
+
+    def __init__(self, output="state"):
+        super().__init__()
+        self.a = nn.Parameter(torch.full((3,), 0.5, dtype=torch.float64))
+        self.output = output
+
+    def step(self, x, h):
+        if self.output == "mixed":
+            x = x - x.mean(dim=-2, keepdim=True)
+        h_new = torch.tanh(self.a * h + x)
+        if self.output == "wide":
+            return torch.cat([h_new, h_new[..., :1]], dim=-1)
+        return h_new.round().long() if self.output == "integer" else h_new
+
+
+@pytest.mark.parametrize("mode", ["sequential", "parallel", "auto"])
+@pytest.mark.parametrize("output", ["wide", "integer"])
+def test_step_returning_no_state_is_named(mode, output):
+    """A step that returns another width or an integer tensor: a TypeError naming what it
+    returned, in every mode (the loop took integers silently, rounding the states)."""
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"_TanhCell.step must return the new state, a "
+                       r"floating-point tensor of h_prev's shape .* it returned shape"):
+        pararnn.RNN(_TanhCell(output), mode=mode)(x)
+
+
+def test_step_mixing_time_steps_is_refused_in_parallel():
+    """Newton evaluates step on the whole (B, T, ...) sequence, the loop per step: a step
+    reducing over a leading dimension solves another system in parallel (1.07 off, reported
+    converged) and is refused, naming the rule; the same cell runs step by step."""
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="must treat every leading dimension of x and h_prev "
+                       "as a batch dimension"):
+        pararnn.RNN(_TanhCell("mixed"), mode="parallel")(x)
+    out, _ = pararnn.RNN(_TanhCell("mixed"), mode="sequential")(x)
+    assert out.shape == (2, 6, 3)
+    plain, _ = pararnn.RNN(_TanhCell(), mode="parallel")(x)  # the check passes a proper cell
+    torch.testing.assert_close(plain, pararnn.RNN(_TanhCell(), mode="sequential")(x)[0],
+                               rtol=1e-10, atol=1e-12)

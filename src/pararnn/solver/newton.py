@@ -41,19 +41,33 @@ def sequential_solve(cell, x: torch.Tensor, h0: torch.Tensor, sequences: Sequenc
     # full-size gradients (O(T^2) work); unbind's backward is one stack.
     step = step or cell.sequence_stepper(x)
     if sequences.starts_only_at_zero:  # no per-step select of the initial state
-        h, states = h0, []
-        for t in range(steps):
+        h = step(0, h0)
+        check_step_output(cell, h, h0)
+        states = [h]
+        for t in range(1, steps):
             h = step(t, h)
             states.append(h)
         return torch.stack(states, dim=1)
     inits = sequences.initial_states(h0, batch, steps).unbind(1)
     starts = sequences.starts.unsqueeze(-1).unbind(1)
-    h = inits[0]
-    states = []
-    for t in range(steps):
+    h = step(0, inits[0])
+    check_step_output(cell, h, inits[0])
+    states = [h]
+    for t in range(1, steps):
         h = step(t, torch.where(starts[t], inits[t], h))
         states.append(h)
     return torch.stack(states, dim=1)
+
+
+def check_step_output(cell, out, h_prev: torch.Tensor) -> None:
+    """Raise a TypeError naming what ``cell.step`` returned unless it is a floating-point
+    tensor of ``h_prev``'s shape (the new state)."""
+    if isinstance(out, torch.Tensor) and out.shape == h_prev.shape and out.is_floating_point():
+        return
+    got = (f"shape {tuple(out.shape)}, dtype {out.dtype}" if isinstance(out, torch.Tensor)
+           else type(out).__name__)
+    raise TypeError(f"{type(cell).__name__}.step must return the new state, a floating-point "
+                    f"tensor of h_prev's shape {tuple(h_prev.shape)}; it returned {got}")
 
 
 def scaled_residual(value: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
@@ -191,7 +205,9 @@ def verify_structure(cell, x, h0: torch.Tensor) -> None:
     another dtype than ``h0``'s, the compute dtype): the structured Jacobian times a random
     vector must equal the JVP of ``step`` along it. A structure that drops non-zero
     entries fails this for almost every probe vector; a NaN or Inf where the probe reads is
-    reported as such (:func:`check_finite`). Cached on the instance by structure, so a
+    reported as such (:func:`check_finite`). The same probe checks that ``step`` returns a
+    state (:func:`check_step_output`) and gives the same values on the few steps at once as
+    step by step. Cached on the instance by structure, so a
     later solve pays nothing; skipped while ``torch.compile`` traces (the eager call
     verified it).
     """
@@ -207,6 +223,11 @@ def verify_structure(cell, x, h0: torch.Tensor) -> None:
         xs = xs.to(h0.dtype)
         start = h0[:1].unsqueeze(1).expand(1, steps, h0.shape[-1])
         probe_at = cell.step(xs, start)
+        check_step_output(cell, probe_at, start)
+        # Newton evaluates step on (B, T, ...) at once, the loop on (B, ...) per step: a step
+        # that mixes its leading dimensions would solve another system in parallel
+        per_step = torch.stack([cell.step(xs[:, t], start[:, t]) for t in range(steps)], dim=1)
+        mixing = float((per_step - probe_at).abs().amax())
         direction = torch.randn(probe_at.shape, dtype=probe_at.dtype, device=probe_at.device,
                                 generator=torch.Generator(probe_at.device).manual_seed(0))
         _, exact = torch.func.jvp(lambda h: cell.step(xs, h), (probe_at,), (direction,))
@@ -214,6 +235,12 @@ def verify_structure(cell, x, h0: torch.Tensor) -> None:
         error = float((structure.apply(jac, direction) - exact).abs().amax())
         scale = 1.0 + float(exact.abs().amax())
     bound = 1e-3 if h0.dtype != torch.float64 else 1e-8
+    if not mixing <= bound * scale and math.isfinite(mixing):
+        raise ValueError(
+            f"{type(cell).__name__}.step gives other values on a sequence (B, T, ...) than step "
+            f"by step (differing by {mixing:.2e}): the parallel solve evaluates step on every "
+            f"time step at once, so step must treat every leading dimension of x and h_prev "
+            f"as a batch dimension (reduce over the last one only).")
     if not error <= bound * scale:
         if not math.isfinite(error):  # NaN or Inf in what the probe read?
             check_finite(cell, xs, h0[:1])
