@@ -457,3 +457,25 @@ def test_bad_input_gives_one_line_errors(case, reference_run, corpus_dir, tmp_pa
     assert "Traceback" not in err
     assert sorted(p.relative_to(reference_run) for p in reference_run.rglob("*")) == before
     assert not (tmp_path / "r" / "latest").exists()
+
+
+@pytest.mark.parametrize("option, value", [("lr", 1e-3), ("seed", 5), ("max_steps", 20),
+                                           ("weight_decay", 0.0), ("schedule", "wsd")])
+def test_resume_refuses_options_the_checkpoint_would_override(corpus_dir, reference_run, tmp_path,
+                                                              option, value):
+    """The restored optimizer and scheduler kept the saved LR, weight decay and schedule
+    while the run printed and recorded the new ones; another seed changed the batches
+    mid-run: each is refused, naming the option, before anything is written."""
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(CheckpointError, match=f"trained with --{option.replace('_', '-')} "):
+        train(config(corpus_dir, out, resume=True, **{option: value}))
+    assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_resume_takes_the_default_corpus_by_name(tmp_path):
+    """A run trained without --data resumes with --data python:stdlib (the same corpus)."""
+    from pararnn.train.loop import _same_path
+    assert _same_path(None, "python:stdlib") and _same_path("python:stdlib", None)
+    assert not _same_path(None, str(tmp_path)) and _same_path(str(tmp_path), str(tmp_path / "."))

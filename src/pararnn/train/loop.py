@@ -29,7 +29,7 @@ from ..data import (BPETokenizer, ByteTokenizer, DataError, eval_batches, eval_s
                     load_tokenizer, train_batch)
 from ..data.batches import check_length
 from ..data.cache import encode_corpus
-from ..data.corpus import is_named_corpus
+from ..data.corpus import STDLIB, is_named_corpus
 from ..models import SIZES, build_model, num_params, preset
 from ..distributed import TRAIN_BOUNDARY_TOL, ContextMesh, context_layout, enable_context_parallel
 from ..layers.projection import MultiHeadProjection
@@ -262,6 +262,15 @@ def evaluate(model, tokens: np.ndarray, token_bytes: np.ndarray, *, seq_len: int
             "val_bpb": nats / math.log(2) / max(nbytes, 1.0), "val_tokens": int(count)}
 
 
+# what a resumed run must share with the checkpoint's: the model and its data; the seed
+# (the initial weights and, without --data-seed, the batches' order); the step count and
+# the optimizer's options, which the restored scheduler and optimizer state would override
+_RESUMED_AS_SAVED = ("model", "size", "block", "model_options", "data", "tokenizer", "seq_len",
+                     "batch_size", "grad_accum", "seed", "data_seed", "max_steps", "lr",
+                     "min_lr_ratio", "schedule", "warmup_steps", "weight_decay",
+                     "recurrent_lr_mult")
+
+
 def _prepare_run_dir(cfg: TrainConfig):
     """The checkpoint to resume from (or None); refuse to overwrite another run."""
     run_dir = Path(cfg.out)
@@ -270,9 +279,9 @@ def _prepare_run_dir(cfg: TrainConfig):
     if cfg.resume and has_checkpoint(run_dir):
         ckpt = open_checkpoint(run_dir)
         saved = ckpt.meta["train_config"]
-        defaults = {"model_options": {}, "data_seed": None}  # runs saved before these options
-        for key in ("model", "size", "block", "model_options", "data", "tokenizer", "seq_len",
-                    "batch_size", "grad_accum", "data_seed"):
+        # runs saved before an option existed ran with its default
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)} | {"model_options": {}}
+        for key in _RESUMED_AS_SAVED:
             value = saved.get(key, defaults.get(key))
             same = _same_path(value, cfg.data) if key == "data" else value == getattr(cfg, key)
             if not same:
@@ -287,8 +296,10 @@ def _prepare_run_dir(cfg: TrainConfig):
 
 
 def _same_path(a: str | None, b: str | None) -> bool:
-    """Same data path (runs before paths were stored absolute hold them relative)."""
-    return a == b or (a is not None and b is not None and os.path.abspath(a) == os.path.abspath(b))
+    """Same data (None names the default corpus; runs before paths were stored absolute
+    hold them relative)."""
+    a, b = (STDLIB if d is None else d for d in (a, b))
+    return a == b or os.path.abspath(a) == os.path.abspath(b)
 
 
 def train(cfg: TrainConfig) -> dict:
