@@ -139,16 +139,12 @@ class PararnnLM(TemplateLM):
             # empty strings would match every text (the end-of-text token decodes to "": it
             # ends the generation as a token)
             until = [stop for stop in ([until] if isinstance(until, str) else until) if stop]
-            max_new = int(kwargs.pop("max_gen_toks", 256))
+            max_new, sampling = _generation_options(kwargs)
             if max_new >= self.max_length:
                 raise ValueError(
                     f"max_gen_toks={max_new} keeps no context within max_length="
                     f"{self.max_length} tokens; pass a larger max_length in --model_args (or "
                     f"a smaller max_gen_toks in the task's generation_kwargs)")
-            do_sample = kwargs.pop("do_sample", False)
-            temperature = float(kwargs.pop("temperature", 0.0))
-            sampling = SamplingConfig(temperature=temperature if do_sample or temperature > 0 else 0.0,
-                                      top_k=kwargs.pop("top_k", None), top_p=kwargs.pop("top_p", None))
             ids = self.tok_encode(context)[-(self.max_length - max_new):] or [self.eot_token_id]
             prompt = torch.tensor([ids], device=self._device)
             out, text = [], ""
@@ -167,6 +163,33 @@ class PararnnLM(TemplateLM):
             results.append(text)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
         return results
+
+
+# generation_kwargs that change nothing at these values (tasks often spell them out)
+_NEUTRAL_OPTIONS = {"num_beams": 1, "repetition_penalty": 1.0, "num_return_sequences": 1}
+
+
+def _generation_options(kwargs: dict) -> tuple[int, SamplingConfig]:
+    """``(max new tokens, sampling)`` of a task's generation_kwargs (``until`` removed), read
+    as lm-eval's Hugging Face backend reads them: ``max_gen_toks`` (or ``max_new_tokens`` /
+    ``max_tokens``; default 256); ``do_sample=False`` is greedy whatever the temperature,
+    ``do_sample=True`` samples at ``temperature`` (default 1.0), and without ``do_sample`` a
+    positive temperature samples. Other options raise a ValueError naming them (beam
+    search, penalties: this model's generator does not have them)."""
+    kwargs = dict(kwargs)
+    lengths = [kwargs.pop(key) for key in ("max_gen_toks", "max_new_tokens", "max_tokens") if key in kwargs]
+    max_new = int(lengths[0]) if lengths else 256
+    do_sample = kwargs.pop("do_sample", None)
+    temperature = kwargs.pop("temperature", None)
+    temperature = float(1.0 if temperature is None and do_sample else temperature or 0.0)
+    if do_sample is False:
+        temperature = 0.0
+    top_k, top_p = kwargs.pop("top_k", None), kwargs.pop("top_p", None)
+    unsupported = sorted(key for key, value in kwargs.items() if _NEUTRAL_OPTIONS.get(key, object()) != value)
+    if unsupported:
+        raise ValueError(f"generation_kwargs {', '.join(unsupported)} are not supported by the pararnn "
+                         f"model (it decodes greedily or samples with temperature, top_k, top_p)")
+    return max_new, SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 def main() -> None:

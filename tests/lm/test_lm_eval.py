@@ -200,3 +200,24 @@ def test_requests_beyond_max_length_are_refused(setup):
     assert len(lm.loglikelihood([Instance("loglikelihood", {}, ("Question:", "x" * 16), 0)])) == 1
     with pytest.raises(ValueError, match="max_gen_toks=16 .* max_length=16"):
         lm.generate_until([Instance("generate_until", {}, ("def", {"max_gen_toks": 16}), 0)])
+
+
+@pytest.mark.parametrize("kwargs, max_new, temperature", [
+    ({}, 256, 0.0),
+    ({"max_new_tokens": 5}, 5, 0.0),  # the aliases lm-eval's backends take
+    ({"max_tokens": 7, "temperature": 0.0}, 7, 0.0),
+    ({"do_sample": False, "temperature": 1.0}, 256, 0.0),  # greedy whatever the temperature
+    ({"do_sample": True}, 256, 1.0),  # sampling at temperature 1 (it decoded greedily)
+    ({"do_sample": True, "temperature": 0.5, "top_k": 3}, 256, 0.5),
+    ({"temperature": 0.7, "num_beams": 1, "repetition_penalty": 1.0}, 256, 0.7),
+])
+def test_generation_options_are_read_as_lm_evals_backends_read_them(kwargs, max_new, temperature):
+    got_max_new, sampling = pararnn.lm_eval_model._generation_options(kwargs)
+    assert (got_max_new, sampling.temperature) == (max_new, temperature)
+    assert sampling.top_k == kwargs.get("top_k")
+
+
+def test_generation_options_the_model_lacks_are_refused():
+    with pytest.raises(ValueError, match="generation_kwargs num_beams, repetition_penalty are not "
+                       "supported"):
+        pararnn.lm_eval_model._generation_options({"num_beams": 4, "repetition_penalty": 1.2})
