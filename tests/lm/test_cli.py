@@ -111,3 +111,25 @@ def test_gpu_memory_check_uses_free_device_memory():
     with pytest.raises(ValueError, match=f"{device} has .* GiB free"):
         memory.check_training_memory(cfg, model="paragru", size="7b", batch_size=64, seq_len=4096,
                                      device=device, autocast_bf16=True, fsdp=False, world=1)
+
+
+def test_an_unknown_device_is_one_error_line(tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "run"), "--device", "foo", "--no-progress"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("pararnn: error: --device 'foo' is not a device")
+
+
+def test_a_checkpoint_not_matching_its_config_names_the_keys(tmp_path):
+    """A checkpoint whose weights lack a tensor: the error lists the missing key (torch's
+    first line alone said only "Error(s) in loading state_dict")."""
+    from safetensors.torch import load_file, save_file
+
+    from checkpoints import nano_checkpoint
+    from pararnn.train.checkpoint import CheckpointError, load_model, open_checkpoint
+    ckpt = open_checkpoint(nano_checkpoint(tmp_path / "run", "paragru"))
+    weights = load_file(str(ckpt.path / "model.safetensors"))
+    weights.pop("norm.weight")
+    save_file(weights, str(ckpt.path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r'does not match its model config: Missing key\(s\) in '
+                       r'state_dict: "norm.weight"'):
+        load_model(ckpt, torch.device("cpu"))

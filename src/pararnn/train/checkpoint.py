@@ -250,6 +250,10 @@ def load_model(ckpt: Checkpoint, device: torch.device) -> torch.nn.Module:
     try:
         model.load_state_dict(ckpt.model_state())
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {ckpt.path} does not match its model config: {first}") from None
+        # torch's first line only says "Error(s) in loading state_dict"; the keys follow
+        lines = [line.strip() for line in str(err).strip().splitlines()]
+        details = "; ".join(line for line in lines[1:] if line) or lines[0]
+        if len(details) > 600:
+            details = details[:600] + " ..."
+        raise CheckpointError(f"checkpoint {ckpt.path} does not match its model config: {details}") from None
     return model.to(device).eval()

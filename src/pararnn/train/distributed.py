@@ -33,7 +33,10 @@ class DistInfo:
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:  # torch names the device types it knows
+        raise ValueError(f"--device {name!r} is not a device: {err}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for, but no CUDA device is available")
