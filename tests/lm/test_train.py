@@ -479,3 +479,15 @@ def test_resume_takes_the_default_corpus_by_name(tmp_path):
     from pararnn.train.loop import _same_path
     assert _same_path(None, "python:stdlib") and _same_path("python:stdlib", None)
     assert not _same_path(None, str(tmp_path)) and _same_path(str(tmp_path), str(tmp_path / "."))
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("keep_checkpoints", 0, "--keep-checkpoints must be at least 1"),  # it kept every one
+    ("warmup_steps", -3, "--warmup-steps must be at least 0"),
+    ("min_lr_ratio", 1.5, r"--min-lr-ratio must be in \[0, 1\]"),
+    ("weight_decay", -0.1, "--weight-decay must be at least 0"),
+    ("grad_clip", 0.0, "--grad-clip must be positive"),
+])
+def test_training_options_out_of_range_are_refused(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{option: value}).check()

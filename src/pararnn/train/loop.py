@@ -113,7 +113,8 @@ class TrainConfig:
         if self.size not in SIZES:
             raise ValueError(f"unknown size {self.size!r}; choose one of {', '.join(SIZES)}")
         for name in ("max_steps", "seq_len", "batch_size", "grad_accum", "eval_every",
-                     "ckpt_every", "log_every", "eval_tokens", "context_parallel"):
+                     "ckpt_every", "log_every", "eval_tokens", "context_parallel",
+                     "keep_checkpoints"):  # --resume needs a checkpoint kept
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -127,6 +128,14 @@ class TrainConfig:
             raise ValueError(f"--tokenizer must be byte or bpe, got {self.tokenizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"--warmup-steps must be at least 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"--weight-decay must be at least 0, got {self.weight_decay}")
+        if not self.grad_clip > 0:
+            raise ValueError(f"--grad-clip must be positive, got {self.grad_clip}")
         if not self.recurrent_lr_mult > 0:
             raise ValueError(f"--recurrent-lr-mult must be positive, got {self.recurrent_lr_mult}")
         if not isinstance(self.compile, (bool, str)) or self.compile == "":
