@@ -491,3 +491,18 @@ def test_resume_takes_the_default_corpus_by_name(tmp_path):
 def test_training_options_out_of_range_are_refused(option, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{option: value}).check()
+
+
+@pytest.mark.parametrize("model, options", [("transformer", {"rnn_expand": 2}),
+                                            ("mamba2", {"attn_every": 4}),
+                                            ("paragru", {"mamba_d_state": 32})])
+def test_model_options_of_another_models_mixer_are_refused(model, options):
+    """A Transformer with rnn_expand trained as the plain Transformer, silently (and a
+    sweep variant with it was a copy of the baseline)."""
+    from pararnn.train.sweep import parse_entry
+    key = next(iter(options))
+    with pytest.raises(ValueError, match=f"model option {key} applies to .* only, not to {model}"):
+        TrainConfig(model=model, model_options=options).check()
+    with pytest.raises(ValueError, match=f"model option {key} applies to"):
+        parse_entry(f"{model}+x={key}={options[key]}", "standard")
+    TrainConfig(model="paralstm", model_options={"rnn_expand": 2, "attn_every": 4}).check()

@@ -207,8 +207,14 @@ class ModelConfig:
 RUN_FIELDS = ("model", "vocab_size")
 
 
-def check_model_options(options: dict) -> None:
-    """Raise unless ``options`` is a dict of :class:`ModelConfig` overrides."""
+# options that shape one kind of mixer: given for another model they would change nothing
+_OPTIONS_OF = {"rnn_": ("paragru", "paralstm"), "attn_every": ("paragru", "paralstm"),
+               "mamba_": ("mamba2",)}
+
+
+def check_model_options(options: dict, model: str | None = None) -> None:
+    """Raise unless ``options`` is a dict of :class:`ModelConfig` overrides (with ``model``:
+    none of them for another model's mixer only, e.g. ``rnn_expand`` of a Transformer)."""
     if not isinstance(options, dict):
         raise TypeError(f"model options must be a dict, got {type(options).__name__}")
     allowed = {f.name for f in dataclasses.fields(ModelConfig)} - set(RUN_FIELDS)
@@ -216,6 +222,13 @@ def check_model_options(options: dict) -> None:
     if unknown:
         raise ValueError(f"unknown model option(s) {', '.join(sorted(unknown))}; "
                          f"choose from {', '.join(sorted(allowed))}")
+    if model is None:
+        return
+    for key in sorted(options):
+        owners = next((models for prefix, models in _OPTIONS_OF.items() if key.startswith(prefix)), None)
+        if owners is not None and model not in owners:
+            raise ValueError(f"model option {key} applies to {' and '.join(owners)} only, not to "
+                             f"{model} (it would change nothing)")
 
 
 _WORDS = {"true": True, "false": False, "null": None, "none": None}

@@ -151,7 +151,7 @@ class TrainConfig:
                              "not with --grad-accum > 1 or --fsdp")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ValueError(f"--peak-tflops must be positive, got {self.peak_tflops}")
-        check_model_options(self.model_options)
+        check_model_options(self.model_options, self.model)
         if "output_size" in self.model_options:
             raise ValueError("output_size is for classifier heads (pararnn.synthetic): a language "
                              "model's head predicts its vocabulary")

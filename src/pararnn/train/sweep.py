@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from ..models import build_model
-from ..models.config import BLOCKS, MODELS, ModelConfig, parse_model_options, preset
+from ..models.config import BLOCKS, MODELS, ModelConfig, check_model_options, parse_model_options, preset
 from ..models.flops import forward_flops_per_token
 from .checkpoint import write_text_atomic
 from .metrics import read_metrics
@@ -162,7 +162,9 @@ def parse_entry(spec: str, block: str) -> Entry:
     from .loop import TrainConfig
     TrainConfig(**train_options).check()  # a bad value fails here, not in every run
     options = parse_model_options(",".join(f"{k}={v}" for k, v in pairs.items()))
-    return Entry(name, name.split("+", 1)[0], block, options, train_options)
+    model = name.split("+", 1)[0]
+    check_model_options(options, model)
+    return Entry(name, model, block, options, train_options)
 
 
 def _numbers(text: str, what: str, kind=float) -> list:
