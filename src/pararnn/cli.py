@@ -458,9 +458,11 @@ def cmd_bench_decode(args, parser) -> None:
     if args.checkpoint:
         ckpt, model, device, _ = _open(args)
         models = [(ckpt.meta["model"], model)]
+        size = ckpt.meta.get("train_config", {}).get("size")  # None: a checkpoint not from train
     else:
         device = pick_device(args.device)
         models = [(name, None) for name in _model_blocks(args.models, args.block)]
+        size = args.size
     rows = []
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     meta = {"command": "pararnn " + " ".join(sys.argv[1:]), "device_name": device_name,
@@ -482,7 +484,7 @@ def cmd_bench_decode(args, parser) -> None:
                 except torch.cuda.OutOfMemoryError:
                     row = {"batch": batch, "context": context, "error": "out of memory"}
                 generator.release()  # free the buffers (and graph) before the next shape
-                rows.append({"model": name, "size": args.size, "device": str(device), **row})
+                rows.append({"model": name, "size": size, "device": str(device), **row})
                 if args.json:  # after every row: a run cut short keeps what it measured
                     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                     Path(args.json).write_text(json.dumps(

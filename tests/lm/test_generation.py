@@ -247,3 +247,21 @@ def test_inductor_compiled_graph_step_equals_eager(model, monkeypatch):
     expected = _decode_logits(Generator(lm, cuda_graph=False, compile=False), prompt, tokens)
     torch.testing.assert_close(_decode_logits(compiled, prompt, tokens), expected, atol=1e-4, rtol=1e-4)
     assert compiled.compiled == "inductor"
+
+
+@pytest.mark.parametrize("train_config, size", [({"size": "nano"}, "nano"), (None, None)])
+def test_bench_decode_of_a_checkpoint_records_its_size(tmp_path, train_config, size):
+    """The rows of a checkpoint's benchmark carry the size it was trained at (they carried
+    --size's default, "tiny"), or None for a checkpoint not written by `pararnn train`."""
+    from pararnn.data.tokenizers import ByteTokenizer
+    from pararnn.models import build_model, preset
+    from pararnn.train.checkpoint import save_checkpoint
+    lm = build_model(preset("paragru", "nano", vocab_size=257))
+    meta = {"step": 0, "model": "paragru", "model_config": lm.cfg.to_dict()}
+    if train_config is not None:
+        meta["train_config"] = train_config
+    save_checkpoint(tmp_path / "run", 0, lm.state_dict(), {}, meta, ByteTokenizer())
+    out = tmp_path / "bench.json"
+    assert main(["bench-decode", "--checkpoint", str(tmp_path / "run"), "--contexts", "8",
+                 "--batch-sizes", "1", "--new-tokens", "2", "--device", "cpu", "--json", str(out)]) == 0
+    assert [r["size"] for r in json.loads(out.read_text())["rows"]] == [size]
