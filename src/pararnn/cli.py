@@ -418,7 +418,7 @@ def cmd_generate(args, parser) -> None:
     sys.stdout.flush()
     out, printed = [], ""
     stops = [tokenizer.eos_id] if args.stop_at_eos else []
-    generator.reserve(1, len(ids) + args.max_new_tokens)  # buffers and graph capture: not timed
+    generator.reserve(1, len(ids) + args.max_new_tokens)  # buffers, capture, compilation: not timed
     tokens = generator.stream(torch.tensor([ids], device=device), args.max_new_tokens, sampling,
                               generator=rng, stop_tokens=stops)
     synchronize(device)

@@ -140,7 +140,8 @@ class Generator:
 
     def reserve(self, batch: int, max_len: int) -> None:
         """Allocate the decode buffers for ``batch`` rows of up to ``max_len`` tokens
-        (prompt included) and capture the step; a no-op when they already exist."""
+        (prompt included) and capture (or, compiled without a graph, compile) the step; a
+        no-op when they already exist. Callers timing decoding call it first."""
         if self._shape == (batch, max_len):
             return
         self.release()  # the old buffers go before the new ones are allocated
@@ -149,6 +150,10 @@ class Generator:
         self._shape = (batch, max_len)
         if self.cuda_graph:
             self._capture()
+        elif self._compiled_step is not None:  # compile for this shape now, not in the first step
+            self._run_step()
+            for buffer in cache_tensors(self._caches):  # the step wrote into the state
+                buffer.zero_()
 
     def release(self) -> None:
         """Free the decode buffers and the captured graph (the next prefill makes new ones)."""
