@@ -94,7 +94,7 @@ def test_registration_and_config_validation():
         PararnnConfig(pararnn={"model": "lstm"})
 
 
-def test_tokenizers_encode_as_the_runs_tokenizer():
+def test_tokenizers_encode_as_the_runs_tokenizer(tmp_path):
     from pararnn.data.tokenizers import BPETokenizer
     from pararnn.hf import hf_tokenizer
     docs = [f"def function_{i}(x):\n    return x * {i} + 'é'\n" for i in range(200)]
@@ -105,5 +105,13 @@ def test_tokenizers_encode_as_the_runs_tokenizer():
         assert wrapped(text)["input_ids"] == ids
         assert wrapped.decode(ids) == tokenizer.decode(ids) == text
         assert wrapped.eos_token_id == tokenizer.eos_id
+        # the end-of-text marker written in a text: as the run's tokenizer reads it (the
+        # byte tokenizer as its bytes, the BPE as its special token), also after a save
+        marked = "a<|endoftext|>b"
+        assert wrapped(marked)["input_ids"] == tokenizer.encode(marked)
+        folder = tmp_path / type(tokenizer).__name__
+        wrapped.save_pretrained(folder)
+        reloaded = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        assert reloaded(marked)["input_ids"] == tokenizer.encode(marked)
     with pytest.raises(TypeError, match="tokenizer must be"):
         hf_tokenizer("bytes")

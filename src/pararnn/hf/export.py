@@ -40,11 +40,15 @@ def hf_tokenizer(tokenizer):
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
         tok.decoder = decoders.ByteLevel()
         tok.add_special_tokens([EOT])
+        # the byte tokenizer reads "<|endoftext|>" in a text as its 13 bytes (the id comes
+        # from the data pipeline only): so must the export, where a special token would match
+        split_special = True
     elif isinstance(tokenizer, BPETokenizer):
         tok = Tokenizer.from_str(tokenizer.tok.to_str())
+        split_special = False  # the run's BPE matches it as its special token too
     else:
         raise TypeError(f"tokenizer must be a pararnn ByteTokenizer or BPETokenizer, got {type(tokenizer).__name__}")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOT,
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOT, split_special_tokens=split_special,
                                    model_input_names=["input_ids", "attention_mask"])
 
 
