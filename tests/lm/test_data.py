@@ -39,6 +39,29 @@ def test_single_file_holds_out_its_tail(tmp_path):
     assert corpus.val[0].startswith("line ") and 0.03 < len(corpus.val[0]) / len(f.read_text()) < 0.07
 
 
+@pytest.mark.parametrize("name", ["a.txt", next(n for n in (f"doc{i}.txt" for i in range(1000))
+                                               if _held_out(n))])
+def test_folder_of_one_file_holds_out_its_tail(tmp_path, name):
+    """A folder holding one file splits it as the file given directly (it was refused as
+    holding no usable text: the file went wholly to training or, the second name, wholly to
+    validation, by its name's hash)."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    (folder / name).write_text("".join(f"line {i}\n" for i in range(1000)))
+    corpus, direct = load_corpus(folder), load_corpus(folder / name)
+    assert (corpus.train, corpus.val) == (direct.train, direct.val)
+
+
+def test_folder_whose_files_all_hash_to_validation_still_trains(tmp_path):
+    names = [n for n in (f"doc{i}.txt" for i in range(200)) if _held_out(n)][:2]
+    folder = tmp_path / "val_only"
+    folder.mkdir()
+    for n in names:
+        (folder / n).write_text(f"text of {n}\n" * 50)
+    corpus = load_corpus(folder)
+    assert len(corpus.train) == len(corpus.val) == 1
+
+
 def test_default_corpus_is_the_standard_library():
     corpus = load_corpus(None)
     assert "python-stdlib" in corpus.name

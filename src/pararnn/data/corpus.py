@@ -96,8 +96,12 @@ def _split_files(root: Path, files: list[Path]) -> tuple[list[str], list[str]]:
         relative = path.relative_to(root).as_posix()
         (val if _held_out(relative) else train).append(text)
         last_text = text
+    if len(train) + len(val) == 1:  # one file: its end held out, as for a file given directly
+        return _split_text((train + val)[0])
     if not val and len(train) >= 2:  # every file hashed to train: hold out the last one
         val.append(train.pop(train.index(last_text)))
+    if not train and len(val) >= 2:  # every file hashed to validation: train on the last one
+        train.append(val.pop(val.index(last_text)))
     return train, val
 
 
