@@ -342,7 +342,7 @@ def test_resume_on_another_number_of_processes_is_refused(corpus_dir, reference_
     one-process run: refused with the tokens per step named (they went unchecked)."""
     out = tmp_path / "two"
     shutil.copytree(reference_run, out)
-    result = torchrun_train(out, corpus_dir, 2, "--resume", batch_size=4, max_steps=16)
+    result = torchrun_train(out, corpus_dir, 2, "--resume", batch_size=4, max_steps=12)
     assert result.returncode != 0
     assert "trained on 128 tokens per step, this run takes 256" in result.stderr
 

@@ -150,7 +150,7 @@ def test_cuda_graph_training_marks_every_replay(corpus_dir, tmp_path, monkeypatc
                         modes.append((compile, cuda_graph)) or model)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     train(run_config(corpus_dir, tmp_path / "graphs", compile=True, cuda_graph=True,
-                     max_steps=3, model="transformer"))
+                     max_steps=3, model="transformer", model_options={"d_model": 32, "n_layers": 1}))
     assert modes == [(True, True)] and len(marks) == 3
 
 
