@@ -227,7 +227,9 @@ def verify_structure(cell, x, h0: torch.Tensor) -> None:
         # Newton evaluates step on (B, T, ...) at once, the loop on (B, ...) per step: a step
         # that mixes its leading dimensions would solve another system in parallel
         per_step = torch.stack([cell.step(xs[:, t], start[:, t]) for t in range(steps)], dim=1)
-        mixing = float((per_step - probe_at).abs().amax())
+        # relative to the states, loosely: the two evaluations may take other kernels (TF32
+        # GEMMs of other shapes round differently), and a mixing step is off by O(1)
+        mixing = float((per_step - probe_at).abs().amax()) / (1.0 + float(probe_at.abs().amax()))
         direction = torch.randn(probe_at.shape, dtype=probe_at.dtype, device=probe_at.device,
                                 generator=torch.Generator(probe_at.device).manual_seed(0))
         _, exact = torch.func.jvp(lambda h: cell.step(xs, h), (probe_at,), (direction,))
@@ -235,7 +237,7 @@ def verify_structure(cell, x, h0: torch.Tensor) -> None:
         error = float((structure.apply(jac, direction) - exact).abs().amax())
         scale = 1.0 + float(exact.abs().amax())
     bound = 1e-3 if h0.dtype != torch.float64 else 1e-8
-    if not mixing <= bound * scale and math.isfinite(mixing):
+    if not mixing <= 10 * bound and math.isfinite(mixing):
         raise ValueError(
             f"{type(cell).__name__}.step gives other values on a sequence (B, T, ...) than step "
             f"by step (differing by {mixing:.2e}): the parallel solve evaluates step on every "
