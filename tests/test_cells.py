@@ -261,3 +261,27 @@ def test_step_mixing_time_steps_is_refused_in_parallel():
     plain, _ = pararnn.RNN(_TanhCell(), mode="parallel")(x)  # the check passes a proper cell
     torch.testing.assert_close(plain, pararnn.RNN(_TanhCell(), mode="sequential")(x)[0],
                                rtol=1e-10, atol=1e-12)
+
+
+class _MisdeclaredCell(pararnn.Cell):
+    """Declares a diagonal Jacobian; ``x[..., 0]`` couples each channel to its neighbour."""
+    input_size, state_size, jacobian = 6, 6, "diagonal"
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.full((6,), 0.5, dtype=torch.float64))
+
+    def step(self, x, h):
+        return torch.tanh(self.a * h + x + 0.5 * x[..., :1] * h.roll(1, -1))
+
+
+@pytest.mark.parametrize("mode", ["parallel", "auto"])
+def test_wrong_structure_is_found_past_zero_padded_first_steps(mode):
+    """Inputs that zero the off-diagonal entries on the first steps (left padding): the probe
+    read only those and passed, and the backward used the declared diagonal (the x gradient
+    0.89 off); it also reads steps spread over the sequence."""
+    x = torch.randn(2, 40, 6, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        x[:, :4, 0] = 0
+    with pytest.raises(ValueError, match="declares jacobian='diagonal'"):
+        pararnn.RNN(_MisdeclaredCell(), mode=mode)(x)[0].sum().backward()

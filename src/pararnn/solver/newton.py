@@ -201,8 +201,9 @@ def verify_structure(cell, x, h0: torch.Tensor) -> None:
     and the loop's adjoint backward both compute with that Jacobian.
 
     One probe at real operating points (one step from ``h0`` at the first few inputs of
-    the first row; ``x`` may be head-major, :class:`pararnn.layout.HeadMajor`, and in
-    another dtype than ``h0``'s, the compute dtype): the structured Jacobian times a random
+    the first row and a few spread over it; ``x`` may be head-major,
+    :class:`pararnn.layout.HeadMajor`, and in another dtype than ``h0``'s, the compute
+    dtype): the structured Jacobian times a random
     vector must equal the JVP of ``step`` along it. A structure that drops non-zero
     entries fails this for almost every probe vector; a NaN or Inf where the probe reads is
     reported as such (:func:`check_finite`). The same probe checks that ``step`` returns a
@@ -214,12 +215,17 @@ def verify_structure(cell, x, h0: torch.Tensor) -> None:
     structure = cell.structure
     if cell.__dict__.get("_verified_structure") == structure or torch.compiler.is_compiling():
         return
-    steps = min(x.shape[1], 4)
+    # the first steps and steps spread over the sequence: inputs that leave some Jacobian
+    # entries zero at the start (say, padding) cannot hide a wrong structure
+    length = x.shape[1]
+    at = torch.cat([torch.arange(min(length, 4)),
+                    torch.linspace(0, length - 1, min(length, 4)).round().long()]).unique()
+    steps = at.numel()
     with torch.no_grad():
         if isinstance(x, HeadMajor):  # the probe's few steps, gate-major
-            xs = gate_major(x.data[:, :1, :steps], x.gates)
+            xs = gate_major(x.data[:, :1].index_select(2, at.to(x.device)), x.gates)
         else:
-            xs = x[:1, :steps]
+            xs = x[:1].index_select(1, at.to(x.device))
         xs = xs.to(h0.dtype)
         start = h0[:1].unsqueeze(1).expand(1, steps, h0.shape[-1])
         probe_at = cell.step(xs, start)
