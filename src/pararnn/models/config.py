@@ -234,10 +234,11 @@ def check_model_options(options: dict, model: str | None = None) -> None:
 _WORDS = {"true": True, "false": False, "null": None, "none": None}
 
 
-def parse_model_options(text: str) -> dict:
+def parse_model_options(text: str, model: str | None = None) -> dict:
     """``"key=value,key=value"`` -> ``{key: value}``; a value is read as JSON (``2``,
     ``1e-3``) when it parses, ``true``/``false``/``null``/``none`` in any case as the
-    boolean or None, else kept as a string (``paper``). A key given twice is an error."""
+    boolean or None, else kept as a string (``paper``). A key given twice is an error;
+    the options are checked by :func:`check_model_options` (for ``model`` when given)."""
     options = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
@@ -253,7 +254,7 @@ def parse_model_options(text: str) -> dict:
             options[key] = json.loads(value)
         except ValueError:
             options[key] = value
-    check_model_options(options)
+    check_model_options(options, model)
     return options
 
 

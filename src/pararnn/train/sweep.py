@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from ..models import build_model
-from ..models.config import BLOCKS, MODELS, ModelConfig, check_model_options, parse_model_options, preset
+from ..models.config import BLOCKS, MODELS, ModelConfig, parse_model_options, preset
 from ..models.flops import forward_flops_per_token
 from .checkpoint import write_text_atomic
 from .metrics import read_metrics
@@ -136,7 +136,8 @@ def parse_entry(spec: str, block: str) -> Entry:
     training options, every other key is a ModelConfig override."""
     name, sep, options_text = spec.partition("=")
     name = name.strip()
-    if name.split("+", 1)[0] not in MODELS:
+    model = name.split("+", 1)[0]
+    if model not in MODELS:
         raise ValueError(f"--variant/--models entry {spec!r} must start with a model "
                          f"({', '.join(MODELS)}), e.g. paragru+expand2=rnn_expand=2")
     if any(c in name for c in "/\\ "):
@@ -161,9 +162,7 @@ def parse_entry(spec: str, block: str) -> Entry:
             train_options[key.strip()] = value
     from .loop import TrainConfig
     TrainConfig(**train_options).check()  # a bad value fails here, not in every run
-    options = parse_model_options(",".join(f"{k}={v}" for k, v in pairs.items()))
-    model = name.split("+", 1)[0]
-    check_model_options(options, model)
+    options = parse_model_options(",".join(f"{k}={v}" for k, v in pairs.items()), model)
     return Entry(name, model, block, options, train_options)
 
 
