@@ -181,9 +181,11 @@ def _generation_options(kwargs: dict) -> tuple[int, SamplingConfig]:
     max_new = int(lengths[0]) if lengths else 256
     do_sample = kwargs.pop("do_sample", None)
     temperature = kwargs.pop("temperature", None)
-    temperature = float(1.0 if temperature is None and do_sample else temperature or 0.0)
     if do_sample is False:
         temperature = 0.0
+    elif temperature is None:
+        temperature = 1.0 if do_sample else 0.0
+    temperature = float(temperature)
     top_k, top_p = kwargs.pop("top_k", None), kwargs.pop("top_p", None)
     unsupported = sorted(key for key, value in kwargs.items() if _NEUTRAL_OPTIONS.get(key, object()) != value)
     if unsupported:
