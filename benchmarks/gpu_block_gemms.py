@@ -79,8 +79,9 @@ def main() -> None:
         raise SystemExit("gpu_block_gemms.py needs a CUDA device")
     device = torch.device("cuda")
     rows = []
-    for model_name, block in (("transformer", "standard"), ("paragru", "tuned")):
-        weights = block_weights(model_name, args.size, block)
+    blocks = {model_name: (block, block_weights(model_name, args.size, block))
+              for model_name, block in (("transformer", "standard"), ("paragru", "tuned"))}
+    for model_name, (block, weights) in blocks.items():
         print(f"{model_name} ({block}), first block, {args.tokens} rows:")
         for name, shape in weights:
             row = measure(name, shape, args.tokens, device) | {"model": model_name}
@@ -89,7 +90,7 @@ def main() -> None:
                   f"  dw {row['ms']['dw']:.4f}  total {row['total_ms']:.4f} ms  {row['tflops']:6.1f} TFLOP/s")
         block_ms = sum(r["total_ms"] for r in rows if r["model"] == model_name)
         print(f"  block total {block_ms:.4f} ms")
-    d_model = block_weights("transformer", args.size, "standard")[0][1][1]
+    d_model = dict(blocks["transformer"][1])["mixer.qkv"][1]  # the block input's width
     for hidden in (int(h) for h in args.mlp_hidden.split(",") if h):
         for name, shape in ((f"swiglu{hidden}.gate_up", (2 * hidden, d_model)),
                             (f"swiglu{hidden}.down", (d_model, hidden))):
