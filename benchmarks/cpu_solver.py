@@ -94,7 +94,7 @@ def auto_rule_grad_table(steps_list, repeats: int) -> list[dict]:
 
 
 def safety_table(batch: int, hidden: int, steps_list, repeats: int) -> list[dict]:
-    """Parallel ParaGRU with the checked default (residual measured, fallback if missed)
+    """Parallel ParaGRU with the checked default (error estimated, fallback if missed)
     against the unchecked NewtonConfig(tol=None): forward and forward+backward."""
     print(f"ParaGRU fp32 parallel, input 64, B={batch}, N={hidden}, median of {repeats}, "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")

@@ -69,9 +69,13 @@ def test_chaotic_cell_warns():
 def test_converging_solve_stops_early():
     cell = pararnn.ParaGRUCell(8, dtype=torch.float64)
     rnn = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(max_iters=50, tol=1e-10))
-    rnn(torch.randn(2, 300, 24, dtype=torch.float64))
+    x = torch.randn(2, 300, 24, dtype=torch.float64)
+    out, _ = rnn(x)
     info = rnn.last_solve
-    assert info.converged and 1 <= info.iterations < 10 and float(info.residual) <= 1e-10
+    # stopped on the last update's size (the error of the states before it), not max_iters
+    assert info.converged and 1 <= info.iterations < 10 and float(info.error) <= 1e-10
+    ref, _ = pararnn.RNN(cell, mode="sequential")(x)
+    assert (out - ref).abs().max().item() <= 1e-10
 
 
 @pytest.mark.parametrize("on_failure", ["raise", "sequential", "warn"])
@@ -277,3 +281,67 @@ def test_structure_is_verified_once_per_cell():
     rnn(x)
     rnn(x)
     assert Counting.jvps == 1 + 2 * 2  # one verification, then two iterations per solve
+
+
+def long_memory_paragru(seed):
+    """A float64 ParaGRU whose update gates sit near 0 (bias -8: each state keeps ~99.9% of
+    the last) with strong recurrent weights and inputs: three Newton iterations leave
+    per-step residuals that the Jacobians, near 1, add up along the sequence."""
+    torch.manual_seed(seed)
+    cell = pararnn.ParaGRUCell(16, dtype=torch.float64)
+    with torch.no_grad():
+        cell.bias[0].fill_(-8.0)
+        cell.a.mul_(4.0)
+    return cell, torch.randn(2, 2048, 48, dtype=torch.float64) * 1.5
+
+
+def scaled(delta, states):
+    return (delta.abs() / (1 + states.abs())).max().item()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_check_update_estimates_the_error_of_long_memory_states(seed):
+    """The check's update (residuals carried through the Jacobians) is the states' error to
+    first order, where their per-step residuals are many times smaller."""
+    from pararnn.scan import solve_linear_recurrence
+    from pararnn.solver.config import SolveInfo
+    from pararnn.solver.inputs import Sequences
+    from pararnn.solver.newton import error_update
+
+    cell, x = long_memory_paragru(seed)
+    ref, _ = pararnn.RNN(cell, mode="sequential")(x)
+    with torch.no_grad():
+        states, _ = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(tol=None))(x)
+        h0 = torch.zeros(2, 16, dtype=torch.float64)
+        sequences = Sequences(batch=x.shape[0], steps=x.shape[1], device=x.device)
+        _, jac = cell.step_and_jacobian(x, sequences.previous_states(states, h0))
+        info = SolveInfo("parallel", "torch")
+        update = error_update(cell, x, h0, sequences, states, jac, cell.structure,
+                              solve_linear_recurrence, info)
+    error = scaled(ref - states, states)
+    assert error > 1e-12  # far from converged: what is estimated is not rounding
+    assert 0.5 * error <= float(info.error) <= 2 * error
+    assert float(info.error) >= 2 * float(info.residual)
+    assert scaled(ref - (states + update), states) <= 0.1 * error  # the update closes most of it
+
+
+def test_default_check_catches_errors_that_add_up_over_long_memories():
+    """Float64 bound 1e-8 on the scaled error. Per-step residuals below it used to pass while
+    the states were several times further off; the default now returns states within the
+    bound (here by the exact loop after the check fails)."""
+    missed_by_the_residual = 0
+    for seed in range(4):
+        cell, x = long_memory_paragru(seed)
+        ref, _ = pararnn.RNN(cell, mode="sequential")(x)
+        with torch.no_grad():
+            rnn = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(tol=None))
+            unchecked, _ = rnn(x)
+            rnn.newton = None
+            out, _ = rnn(x)
+        prev = torch.cat((torch.zeros_like(unchecked[:, :1]), unchecked[:, :-1]), dim=1)
+        with torch.no_grad():
+            residual = scaled(cell.step(x, prev) - unchecked, unchecked)
+        missed_by_the_residual += residual <= 1e-8 < scaled(ref - unchecked, unchecked)
+        error = scaled(ref - out, out)
+        assert error <= 1e-8, (seed, error, rnn.last_solve)
+    assert missed_by_the_residual  # the case the old residual-only check let through

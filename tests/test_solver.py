@@ -48,20 +48,24 @@ def test_parallel_equals_sequential_float32(name):
 
 @pytest.mark.parametrize("name", ["paragru", "paralstm", "diagonal", "block2"])
 def test_default_three_iterations_reach_float32_precision(name):
-    """The default (3 iterations, then a residual check) converges for well-behaved cells:
-    no fallback, and the unchecked config returns the same states."""
+    """The default (3 iterations, then a check: one more update from the last Jacobians,
+    whose size estimates the error) converges for well-behaved cells: no fallback, and the
+    unchecked config's 3 iterations differ from it by less than the bound."""
     cell = all_cells(torch.float32)[name]
     x = torch.randn(2, 1000, cell.input_size) * 0.5
     ref = pararnn.RNN(cell, mode="sequential")(x)[0]
     rnn = pararnn.RNN(cell, mode="parallel")
     out = rnn(x)[0]
     info = rnn.last_solve
-    assert info.iterations == 3 and float(info.residual) <= 1e-4
+    assert info.iterations == 3 and float(info.residual) <= 1e-4 and float(info.error) <= 1e-4
     assert info.converged and not info.fell_back
     assert (out - ref).abs().max().item() < 1e-4
     unchecked = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(tol=None))
-    torch.testing.assert_close(unchecked(x)[0], out, rtol=0, atol=0)
-    assert unchecked.last_solve.residual is None and unchecked.last_solve.converged is None
+    # the update (plus the float32 rounding of adding it) is all that separates them
+    bound = float(info.error) * (1 + out.abs().max().item()) + 1e-6
+    assert (unchecked(x)[0] - out).abs().max().item() <= bound
+    assert unchecked.last_solve.residual is None and unchecked.last_solve.error is None
+    assert unchecked.last_solve.converged is None
 
 
 @pytest.mark.parametrize("name", sorted(all_cells()))

@@ -11,8 +11,8 @@ from ..layout import HeadMajor
 from .backends import select_fused, select_scan
 from .config import NewtonConfig, SolveInfo
 from .inputs import check_inputs, check_options
-from .newton import (LoopSolve, ParallelSolve, handle_failure, newton_solve, scaled_residual,
-                     sequential_solve, verify_structure)
+from .newton import (LoopSolve, ParallelSolve, error_update, handle_failure, mask_restarts,
+                     newton_solve, sequential_solve, verify_structure)
 
 # On the CPU (PyTorch path) the step loop beats Newton once a step is this wide
 # (batch x state): the loop's per-step overhead is amortised, while Newton makes ~5 cell
@@ -200,11 +200,13 @@ def _needs_grad(cell, x, h0) -> bool:
 
 def _check_solution(cell, x, h0, sequences, config: NewtonConfig, tol: float, states,
                     info: SolveInfo) -> None:
-    """Host check of a fused solve's residual, for ``on_failure`` "raise"/"warn" (which
-    keep the states; the fused path checks "sequential" on the device)."""
+    """Host check of a fused solve's estimated error, for ``on_failure`` "raise"/"warn"
+    (which keep the states; the fused path checks "sequential" on the device)."""
     with torch.no_grad():
-        value = cell.step(x, sequences.previous_states(states, h0))
-        info.residual = scaled_residual(value, states)
-    info.converged = bool(info.residual <= tol)
+        _, jac = cell.step_and_jacobian(x, sequences.previous_states(states, h0))
+        linear_solver, _ = select_scan(cell.structure, states.device, states.dtype, "auto")
+        error_update(cell, x, h0, sequences, states, mask_restarts(jac, sequences, cell.structure),
+                     cell.structure, linear_solver, info)
+    info.converged = bool(info.error <= tol)
     if not info.converged:
         handle_failure(cell, x, h0, sequences, config, tol, states, info)

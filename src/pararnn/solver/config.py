@@ -9,17 +9,18 @@ import torch
 
 ON_FAILURE = ("raise", "sequential", "warn")
 
-# tol="auto": the scaled residual max |f(h_{t-1}, x_t) - h_t| / (1 + |h_t|) a solve must
-# reach, by the dtype the state math runs in. A converged float32 solve sits near 1e-7
-# (three iterations of the test cells at T=1000), a diverged or stalled one at 1e-2 and
-# up, or NaN. Slowly converging solves (unclipped cells, long sequences) can land between
-# the bound and the rounding level: they fall back to the exact loop; raise max_iters to
-# keep them parallel.
+# tol="auto": the scaled error max |h_t - h*_t| / (1 + |h_t|) a solve must reach (estimated
+# from the residuals carried through the Jacobians, newton.estimated_error), by the dtype
+# the state math runs in. A converged float32 solve sits near 1e-7..1e-6 (three
+# iterations of the test cells at T=1000), a diverged or stalled one at 1e-2 and up, or
+# NaN. Slowly converging solves (unclipped cells, long memories, long sequences) can land
+# between the bound and the rounding level: they fall back to the exact loop; raise
+# max_iters to keep them parallel.
 AUTO_TOL = {torch.float32: 1e-4, torch.float64: 1e-8}
 
 
 class NewtonConvergenceError(RuntimeError):
-    """Newton's residual stayed above ``tol`` (or was not finite) after ``max_iters``."""
+    """Newton's estimated error stayed above ``tol`` (or was not finite) after ``max_iters``."""
 
 
 @dataclass(frozen=True)
@@ -30,15 +31,22 @@ class NewtonConfig:
         max_iters: Newton iterations over the whole sequence at most (>= 1), on the generic
             path (PyTorch or Triton scans). ParaGRUCell and ParaLSTMCell with clipped
             recurrent weights converge to float32 precision in about 3.
-        tol: bound on the scaled residual ``max |f(h_{t-1}, x_t) - h_t| / (1 + |h_t|)``.
-            ``"auto"`` (the default) runs exactly ``max_iters`` iterations, then checks the
-            residual against a bound chosen from the compute dtype (1e-4 in float32, 1e-8
-            in float64) and applies ``on_failure``; on the fused GPU path with
-            ``on_failure="sequential"`` the check and the exact rerun are decided on the
-            device, without a host synchronisation. A number also stops iterating early
-            once the residual is below it. ``None`` checks nothing: exactly ``max_iters``
-            iterations, no residual, no fallback (fast, but a solve that did not converge
-            is returned silently).
+        tol: bound on the scaled error of the states, ``max |h_t - h*_t| / (1 + |h_t|)``
+            from the exact solution ``h*``. It is estimated, not assumed from the residual
+            ``r_t = f(h_{t-1}, x_t) - h_t`` of each step alone: a step's error also moves
+            every later state through the Jacobians, so the estimate solves
+            ``e_t = J_t e_{t-1} + r_t`` (one more scan; where memory gates stay near 1 the
+            residuals of thousands of steps add up). ``"auto"`` (the default) runs exactly
+            ``max_iters`` iterations, then checks the estimate against a bound chosen from
+            the compute dtype (1e-4 in float32, 1e-8 in float64) and applies
+            ``on_failure``; on the fused GPU path, which walks time segments exactly,
+            the check is on the segment boundaries' mismatches carried through the
+            segments' Jacobians, and with ``on_failure="sequential"`` the check and the
+            exact rerun are decided on the device, without a host synchronisation. A
+            number also stops iterating early once a Newton update (the estimated error
+            of the states before it) is below it. ``None`` checks nothing: exactly
+            ``max_iters`` iterations, no estimate, no fallback (fast, but a solve that did
+            not converge is returned silently).
         on_failure: ``"raise"`` a :class:`NewtonConvergenceError`; recompute with the
             ``"sequential"`` loop (always correct, slower); or ``"warn"`` and return the
             unconverged Newton result.
@@ -100,8 +108,13 @@ class SolveInfo:
             ``"triton-fused"`` (fused whole-solve kernels).
         iterations: Newton iterations applied (0 for the sequential path and for the
             fused kernels, which run no global Newton).
-        residual: the scaled residual of the returned Newton states as a 0-d tensor, when
-            it was measured on the host (``None`` otherwise).
+        residual: the scaled residual ``max |f(h_{t-1}, x_t) - h_t| / (1 + |h_t|)`` of the
+            returned Newton states as a 0-d tensor, when it was measured on the host after
+            the last iteration (``None`` otherwise: an early stop measures ``error`` only).
+        error: the estimated scaled error of the Newton states that ``tol`` bounds, as a
+            0-d tensor (``None`` when not measured on the host): after the last iteration
+            the residuals carried through the Jacobians; at an early stop the last update,
+            the error of the states before it, which bounds that of the states after it.
         converged: whether the Newton (or boundary-Newton) result met ``tol``; ``None``
             when nothing was checked.
         fell_back: whether (part of) the states were recomputed by the exact sequential
@@ -117,12 +130,13 @@ class SolveInfo:
     """
 
     def __init__(self, mode: str, backend: str, iterations: int = 0, *,
-                 residual: Optional[torch.Tensor] = None, converged: Optional[bool] = None,
+                 residual: Optional[torch.Tensor] = None, error: Optional[torch.Tensor] = None,
+                 converged: Optional[bool] = None,
                  fell_back: bool = False, segments: Optional[int] = None,
                  boundary_rounds: Optional[int] = None,
                  fallback_flags: Optional[torch.Tensor] = None) -> None:
         self.mode, self.backend, self.iterations = mode, backend, iterations
-        self.residual = residual
+        self.residual, self.error = residual, error
         self.segments, self.boundary_rounds = segments, boundary_rounds
         self._converged, self._fell_back = converged, fell_back
         self._flags = fallback_flags  # device flags of the fused verification walk
@@ -164,6 +178,8 @@ class SolveInfo:
                   f"iterations={self.iterations}"]
         if self.residual is not None:
             fields.append(f"residual={float(self.residual):.3e}")
+        if self.error is not None:
+            fields.append(f"error={float(self.error):.3e}")
         if self.segments is not None:
             fields += [f"segments={self.segments}", f"boundary_rounds={self.boundary_rounds}"]
         fields += [f"converged={self.converged}", f"fell_back={self.fell_back}"]
