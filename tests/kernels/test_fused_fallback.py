@@ -29,10 +29,10 @@ def short_segments(monkeypatch):
 
 
 @triton.jit
-def _mismatch_probe(E, S, OUT, P, N, tol, WIDTH: tl.constexpr, BN: tl.constexpr):
+def _mismatch_probe(E, A, S, OUT, P, N, tol, WIDTH: tl.constexpr, BN: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BN)
-    bad = boundaries_mismatch(E, S, b, P, N, offs, offs < N, tol, WIDTH, BN)
+    bad = boundaries_mismatch(E, A, S, b, P, N, offs, offs < N, tol, WIDTH, BN)
     tl.store(OUT + b, bad.to(tl.int32))
 
 
@@ -133,25 +133,77 @@ def test_unconverged_fused_lstm_gradients_match_the_loop(short_segments):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+def mismatched(E, A, S, tol=1e-4):
+    """The verification walk's decision per batch row, on crafted boundaries."""
+    batch, segments, n, width = E.shape
+    out = torch.empty(batch, dtype=torch.int32, device=DEVICE)
+    _mismatch_probe[(batch,)](E, A, S, out, segments, n, tol, WIDTH=width, BN=8)
+    return out.tolist()
+
+
+def identity_blocks(batch, segments, n, width):
+    return torch.eye(width, device=DEVICE).flatten().repeat(batch, segments, n, 1)
+
+
 def test_boundary_mismatch_check_finds_every_segment():
     """``boundaries_mismatch`` (the verification walk's decision) on crafted boundaries:
     consistent ones pass, a mismatch or NaN at any segment (also past the first group of
     8) or in any state component is found, a difference within tol is not."""
-    def mismatched(E, S):
-        batch, segments, n, width = E.shape
-        out = torch.empty(batch, dtype=torch.int32, device=DEVICE)
-        _mismatch_probe[(batch,)](E, S, out, segments, n, 1e-4, WIDTH=width, BN=8)
-        return out.tolist()
-
     for width in (1, 2):
         E = torch.randn(2, 13, 5, width, device=DEVICE)
+        A = torch.zeros(2, 13, 5, width * width, device=DEVICE)  # forgetting segments
         S = torch.roll(E, 1, dims=1)  # S_c = E_{c-1}; S_0 is never compared
-        assert mismatched(E, S) == [0, 0]
+        assert mismatched(E, A, S) == [0, 0]
         for segment, component, value in ((11, width - 1, 1e-2), (3, 0, float("nan")),
                                           (12, 0, float("inf"))):
             bad = S.clone()
             bad[1, segment, 4, component] += value
-            assert mismatched(E, bad) == [0, 1]
+            assert mismatched(E, A, bad) == [0, 1]
         close = S.clone()
         close[0, 9, 0, 0] += 1e-5
-        assert mismatched(E, close) == [0, 0]
+        assert mismatched(E, A, close) == [0, 0]
+
+
+def test_boundary_mismatches_add_up_through_long_memories():
+    """Mismatches each within tol that the segments' Jacobian products carry on add up:
+    with products of 1 (memories longer than a segment) six of 0.3 tol pass one by one
+    and fail together; with products of 0 (a reset or forgetting) they pass; mismatches of
+    the other sign cancel; across groups of 8 segments too."""
+    batch, segments, n, step = 1, 20, 3, 0.3e-4 * 1.5  # 0.3 tol (1 + |E|)
+    for width in (1, 2):
+        E = torch.full((batch, segments, n, width), 0.5, device=DEVICE)
+        S = torch.roll(E, 1, dims=1)
+        S[0, 5:11, 1, width - 1] -= step
+        keep = identity_blocks(batch, segments, n, width)
+        assert mismatched(E, torch.zeros_like(keep), S) == [0]
+        assert mismatched(E, keep, S) == [1]
+        cancel = S.clone()
+        cancel[0, 8:11, 1, width - 1] += 2 * step  # +3 steps, then -3: at most 0.9 tol
+        assert mismatched(E, keep, cancel) == [0]
+        late = torch.roll(E, 1, dims=1)  # the same six mismatches after the first group
+        late[0, 9:15, 2, 0] -= step
+        assert mismatched(E, keep, late) == [1]
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_boundary_check_is_the_accumulated_error_bound(width):
+    """On random boundaries (products A of either sign, up to 1.3 in size; mismatches up
+    to 0.5 tol) the kernel decides as the recurrence e_c = d_c + A_{c-1} e_{c-1} in float64
+    does: fail iff some |e_c| > tol (1 + |E_{c-1}|)."""
+    tol, batch, segments, n = 1e-4, 24, 19, 8
+    generator = torch.Generator().manual_seed(width)
+    E = torch.randn(batch, segments, n, width, generator=generator, dtype=torch.float64)
+    A = (torch.rand(batch, segments, n, width, width, generator=generator, dtype=torch.float64)
+         * 2 - 1) * 1.3 / width
+    d = (torch.rand(batch, segments, n, width, generator=generator, dtype=torch.float64)
+         * 2 - 1) * 0.5 * tol * (1 + torch.roll(E, 1, dims=1).abs())
+    S = torch.roll(E, 1, dims=1) - d
+    error, worst = torch.zeros(batch, n, width, dtype=torch.float64), torch.zeros(batch, dtype=torch.float64)
+    for c in range(1, segments):
+        error = d[:, c] + (A[:, c - 1] @ error.unsqueeze(-1)).squeeze(-1)
+        worst = torch.maximum(worst, (error.abs() / (1 + E[:, c - 1].abs())).amax((1, 2)))
+    clear = ((worst / tol - 1).abs() > 0.01).tolist()  # rounding may decide the rest
+    expected = (worst > tol).int().tolist()
+    got = mismatched(*(t.float().to(DEVICE) for t in (E, A.flatten(-2), S)), tol=tol)
+    assert sum(expected) and not all(expected)  # both outcomes occur
+    assert [g for g, c in zip(got, clear) if c] == [x for x, c in zip(expected, clear) if c]

@@ -727,27 +727,56 @@ def op_report(pre, kernel: str, channels: int, rounds: int, verify_tol, sequenti
 
 
 @triton.jit
-def boundaries_mismatch(E, S, b, P, N, offs, mn, tol, WIDTH: tl.constexpr, BN: tl.constexpr):
-    """Whether, in this batch row and channel block, any segment start ``S_c`` (c >= 1)
-    differs from the end ``E_{c-1}`` of the segment before it by more than
-    ``tol (1 + |E_{c-1}|)``, or is not finite. ``E``/``S``: (B, P, N, WIDTH).
+def boundaries_mismatch(E, A, S, b, P, N, offs, mn, tol, WIDTH: tl.constexpr, BN: tl.constexpr):
+    """Whether, in this batch row and channel block, the error that the segment boundaries
+    leave at any segment start exceeds ``tol (1 + |E_{c-1}|)`` or is not finite.
+    ``E``/``S``: (B, P, N, WIDTH); ``A``: (B, P, N, WIDTH²), row-major blocks.
 
-    Inside a segment the walk is the exact recurrence, so matching boundaries mean the
-    whole segmented result is the sequential solution (to ``tol``); a mismatch means the
-    boundary-Newton rounds did not converge. Segments are read 8 at a time, so the loads
-    of a group are in flight together (hundreds of segments at long, narrow shapes).
+    Inside a segment the walk is the exact recurrence, so the only errors are the
+    boundaries' mismatches ``d_c = E_{c-1} - S_c`` (the start a segment assumed against
+    where the one before it ended), and each travels on through the later segments:
+    segment ``c`` starts ``e_c = d_c + A_{c-1} e_{c-1}`` from the sequential solution
+    (``e_0 = 0``; ``A_{c-1}`` the product of segment ``c-1``'s step Jacobians, 0 across a
+    reset). Checking each mismatch alone would let errors just below ``tol`` add up over
+    the segments where memories are long (``A`` near 1). Segments go 8 at a time: the
+    loads of a group are in flight together (hundreds of segments at long, narrow
+    shapes), an associative scan carries the error through the group, and its last row
+    through to the next group.
     """
     tol = tl.cast(tol, tl.float32)  # inductor's launcher passes float arguments as fp64
+    rows = tl.arange(0, 8)
     bad = tl.zeros([8, BN], dtype=tl.int32)
+    carry0 = tl.zeros([BN], dtype=tl.float32)
+    carry1 = tl.zeros([BN], dtype=tl.float32)
     for c0 in range(1, P, 8):
         seg = c0 + tl.arange(0, 8)
         m = (seg < P)[:, None] & mn[None, :]
-        for w in tl.static_range(WIDTH):
-            e = tl.load(E + ((b * P + seg[:, None] - 1) * N + offs[None, :]) * WIDTH + w,
-                        mask=m, other=0.0)
-            s = tl.load(S + ((b * P + seg[:, None]) * N + offs[None, :]) * WIDTH + w,
-                        mask=m, other=0.0)
-            bad = tl.where(tl.abs(s - e) <= tol * (1.0 + tl.abs(e)), bad, 1)
+        prev = (b * P + seg[:, None] - 1) * N + offs[None, :]  # segment c - 1
+        here = (b * P + seg[:, None]) * N + offs[None, :]  # segment c
+        # rows past P: A = identity, d = 0 carry the last error through unchanged (and
+        # are not checked: their E reads as 0)
+        e0 = tl.load(E + prev * WIDTH, mask=m, other=0.0)
+        d0 = e0 - tl.load(S + here * WIDTH, mask=m, other=0.0)
+        if WIDTH == 1:
+            a = tl.load(A + prev, mask=m, other=1.0)
+            a, v = tl.associative_scan((a, d0), 0, affine1)
+            err0 = a * carry0[None, :] + v
+            bad = tl.where(~m | (tl.abs(err0) <= tol * (1.0 + tl.abs(e0))), bad, 1)
+            carry0 = row_of(err0, rows, 7)
+        else:
+            e1 = tl.load(E + prev * 2 + 1, mask=m, other=0.0)
+            d1 = e1 - tl.load(S + here * 2 + 1, mask=m, other=0.0)
+            a00 = tl.load(A + prev * 4, mask=m, other=1.0)
+            a01 = tl.load(A + prev * 4 + 1, mask=m, other=0.0)
+            a10 = tl.load(A + prev * 4 + 2, mask=m, other=0.0)
+            a11 = tl.load(A + prev * 4 + 3, mask=m, other=1.0)
+            a00, a01, a10, a11, v0, v1 = tl.associative_scan(
+                (a00, a01, a10, a11, d0, d1), 0, affine2)
+            err0 = a00 * carry0[None, :] + a01 * carry1[None, :] + v0
+            err1 = a10 * carry0[None, :] + a11 * carry1[None, :] + v1
+            bad = tl.where(~m | (tl.abs(err0) <= tol * (1.0 + tl.abs(e0))), bad, 1)
+            bad = tl.where(~m | (tl.abs(err1) <= tol * (1.0 + tl.abs(e1))), bad, 1)
+            carry0, carry1 = row_of(err0, rows, 7), row_of(err1, rows, 7)
     return tl.max(tl.max(bad, 1), 0) > 0
 
 

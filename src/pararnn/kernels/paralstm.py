@@ -169,8 +169,8 @@ def _lstm_fwd_kernel(PRE, AW, PW, BIAS, H0, RST, HOUT, HID, E, A, S, X, FELL, T,
     else:
         if VERIFY:
             # the exact one-segment walk, only where a P-segment solve left mismatched
-            # boundaries (E, S are that solve's); FELL records which blocks reran
-            run = boundaries_mismatch(E, S, b, P, N, offs, mn, tol, 2, BN)
+            # boundaries (E, A, S are that solve's); FELL records which blocks reran
+            run = boundaries_mismatch(E, A, S, b, P, N, offs, mn, tol, 2, BN)
             tl.store(FELL + b * tl.num_programs(0) + pid_n, run.to(tl.int8))
         else:
             run = True
