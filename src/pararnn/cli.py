@@ -352,7 +352,7 @@ def _eval_documents(args, ckpt) -> tuple[list[str], str]:
     split = args.split or ("held-out" if args.data is None else "all")
     if split == "held-out":
         return corpus.val, f"held-out split of {corpus.name}"
-    return corpus.train + corpus.val, corpus.name
+    return corpus.documents(), corpus.name
 
 
 def cmd_eval(args, parser) -> None:

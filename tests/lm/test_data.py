@@ -29,6 +29,7 @@ def test_directory_split_by_file(tmp_path):
                     [f"{'sub/' if i % 2 else ''}doc{i}.txt" for i in range(40)]
                     if _held_out(p)}
     assert expected_val <= set(corpus.val)
+    assert corpus.documents() == corpus.train + corpus.val  # one document per file
 
 
 def test_single_file_holds_out_its_tail(tmp_path):
@@ -37,6 +38,7 @@ def test_single_file_holds_out_its_tail(tmp_path):
     corpus = load_corpus(f)
     assert corpus.train[0] + corpus.val[0] == f.read_text()
     assert corpus.val[0].startswith("line ") and 0.03 < len(corpus.val[0]) / len(f.read_text()) < 0.07
+    assert corpus.documents() == [f.read_text()]  # all of it, one document again
 
 
 @pytest.mark.parametrize("name", ["a.txt", next(n for n in (f"doc{i}.txt" for i in range(1000))
@@ -50,6 +52,7 @@ def test_folder_of_one_file_holds_out_its_tail(tmp_path, name):
     (folder / name).write_text("".join(f"line {i}\n" for i in range(1000)))
     corpus, direct = load_corpus(folder), load_corpus(folder / name)
     assert (corpus.train, corpus.val) == (direct.train, direct.val)
+    assert corpus.documents() == direct.documents() == [(folder / name).read_text()]
 
 
 def test_folder_whose_files_all_hash_to_validation_still_trains(tmp_path):

@@ -372,6 +372,20 @@ def test_eval_and_generate(reference_run, corpus_dir, capsys):
     assert code == 0 and out.startswith("def ") and "tokens/s" in err and "decode state" in err
 
 
+def test_eval_of_a_file_scores_it_as_one_document(reference_run, tmp_path, capsys):
+    """``eval --data FILE`` (all of it by default) scores the file as one document, not the
+    two parts its train/held-out split cuts it into (an end-of-text between them)."""
+    from pararnn.train.checkpoint import open_checkpoint
+
+    text = "".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(40))
+    (tmp_path / "one.py").write_text(text)
+    tokens = len(open_checkpoint(str(reference_run)).tokenizer().encode_documents([text]))
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", str(reference_run), "--data",
+                             str(tmp_path / "one.py"), "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    assert f"tokens of {tokens:,}" in out and "on " + str(tmp_path / "one.py") in out
+
+
 def test_config_file(corpus_dir, tmp_path, capsys):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"model": "transformer", "size": "nano", "max-steps": 2, "seq_len": 16,

@@ -38,10 +38,16 @@ class Corpus:
     name: str
     train: list[str]  # documents
     val: list[str]
+    one_text: bool = False  # train and val are one text cut in two (a single file)
 
     @property
     def num_chars(self) -> int:
         return sum(len(d) for d in self.train) + sum(len(d) for d in self.val)
+
+    def documents(self) -> list[str]:
+        """Every document as read, train and held-out: a text cut in two for the split is
+        one document again (scoring its parts apart would put an end-of-text between them)."""
+        return [self.train[0] + self.val[0]] if self.one_text else self.train + self.val
 
 
 def stdlib_files() -> tuple[Path, list[Path]]:
@@ -86,7 +92,8 @@ def _held_out(relative: str) -> bool:
     return zlib.crc32(relative.encode()) % 100 < VAL_PERCENT
 
 
-def _split_files(root: Path, files: list[Path]) -> tuple[list[str], list[str]]:
+def _split_files(root: Path, files: list[Path]) -> tuple[list[str], list[str], bool]:
+    """Train and held-out documents, and whether they are one file's text cut in two."""
     train, val = [], []
     last_text = None
     for path in files:
@@ -97,12 +104,12 @@ def _split_files(root: Path, files: list[Path]) -> tuple[list[str], list[str]]:
         (val if _held_out(relative) else train).append(text)
         last_text = text
     if len(train) + len(val) == 1:  # one file: its end held out, as for a file given directly
-        return _split_text((train + val)[0])
+        return *_split_text((train + val)[0]), True
     if not val and len(train) >= 2:  # every file hashed to train: hold out the last one
         val.append(train.pop(train.index(last_text)))
     if not train and len(val) >= 2:  # every file hashed to validation: train on the last one
         train.append(val.pop(val.index(last_text)))
-    return train, val
+    return train, val, False
 
 
 def _split_text(text: str) -> tuple[list[str], list[str]]:
@@ -114,7 +121,7 @@ def _split_text(text: str) -> tuple[list[str], list[str]]:
 
 def _packages_corpus(max_chars: int) -> tuple[str, list[str], list[str]]:
     root, files = stdlib_files()
-    train, val = _split_files(root, files)  # held out exactly as in the default corpus
+    train, val, _ = _split_files(root, files)  # held out exactly as in the default corpus
     budget = max_chars - sum(map(len, train)) - sum(map(len, val))
     package_files = [(f"site-packages/{p.relative_to(d).as_posix()}", p)
                      for d in site_package_dirs() for p in d.rglob("*.py")]
@@ -139,25 +146,25 @@ def load_corpus(path: str | Path | None = None, *, max_chars: int = PACKAGES_MAX
     most ``max_chars`` characters); split off held-out text."""
     if path is None or str(path) == STDLIB:
         root, files = stdlib_files()
-        train, val = _split_files(root, files)
+        train, val, one_text = _split_files(root, files)
         name = f"python-stdlib:{root}"
     elif str(path) == PACKAGES:
-        name, train, val = _packages_corpus(max_chars)
+        (name, train, val), one_text = _packages_corpus(max_chars), False
     else:
         path = Path(path)
         if path.is_file():
             text = _read_text(path)
             if text is None:
                 raise DataError(f"--data {path} is not a UTF-8 text file")
-            train, val = _split_text(text)
+            (train, val), one_text = _split_text(text), True
         elif path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file()
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            train, val = _split_files(path, files)
+            train, val, one_text = _split_files(path, files)
         else:
             raise DataError(f"--data {path} does not exist")
         name = str(path)
     if sum(len(t) for t in train) == 0 or sum(len(t) for t in val) == 0:
         raise DataError(f"data {name} holds no usable text (empty, binary, or too small to "
                         "split off held-out text)")
-    return Corpus(name, train, val)
+    return Corpus(name, train, val, one_text)
