@@ -141,3 +141,19 @@ def diverging_paragru_inputs(steps=300, dtype=torch.float64):
     """Deterministic pre-activations (1, steps, 12): sinusoids of amplitude 2."""
     t = torch.arange(steps, dtype=dtype)
     return 2 * torch.stack([torch.sin(0.37 * t * (k + 1) + k) for k in range(12)], -1).unsqueeze(0)
+
+
+class RowCoupledCell(pararnn.Cell):
+    """Declares a diagonal Jacobian, but the last input feature switches on a dense coupling
+    of the state: diagonal wherever that feature is 0 (a row the first probe reads, say)."""
+
+    jacobian = "diagonal"
+
+    def __init__(self, state_size=8, dtype=torch.float32):
+        super().__init__()
+        self.state_size, self.input_size = state_size, state_size + 1
+        self.a = nn.Parameter(torch.full((state_size,), 0.5, dtype=dtype))
+        self.w = nn.Parameter(torch.randn(state_size, state_size, dtype=dtype) * 2 / state_size**0.5)
+
+    def step(self, x, h_prev):
+        return torch.tanh(self.a * h_prev + x[..., :-1] + x[..., -1:] * (h_prev @ self.w.T))

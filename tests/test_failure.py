@@ -222,6 +222,26 @@ def test_misdeclared_jacobian_structure_is_reported():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_misdeclared_structure_where_the_first_probe_does_not_read_is_reported_on_fallback():
+    """A structure wrong only in rows past the first: the first probe (row 0) passes, Newton
+    with the wrong Jacobians misses its bound and the loop recomputes the forward, but the
+    backward would use that structure; the fallback probes the solution's rows and raises."""
+    from cells_zoo import RowCoupledCell
+
+    torch.manual_seed(0)
+    cell = RowCoupledCell()
+    x = torch.randn(3, 40, 9)
+    x[0, :, -1] = 0  # row 0: diagonal
+    rnn = pararnn.RNN(cell, mode="parallel")
+    rnn(x[:1])  # the first probe, on row 0, passes
+    with pytest.raises(ValueError, match=r"RowCoupledCell declares jacobian='diagonal'"):
+        rnn(x.requires_grad_())
+    cell.jacobian = "dense"
+    out, _ = rnn(x)
+    ref, _ = pararnn.RNN(cell, mode="sequential")(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_misdeclared_structure_is_reported_when_auto_trains_through_the_loop(monkeypatch):
     """The loop's adjoint backward reads the declared Jacobian too: auto's loop verifies it
     (once per cell) as Newton does, instead of returning wrong gradients."""
@@ -276,7 +296,8 @@ def test_structure_is_verified_once_per_cell():
             return super().step_and_jacobian(x, h_prev)
 
     cell = Counting()
-    rnn = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(max_iters=2))
+    # unchecked: a check that misses its bound would fall back and probe again
+    rnn = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(max_iters=2, tol=None))
     x = torch.randn(1, 30, 3, dtype=torch.float64)
     rnn(x)
     rnn(x)

@@ -221,6 +221,7 @@ def handle_failure(cell, x, h0, sequences, config: NewtonConfig, tol: float, sta
             f"the sequential recurrence of {type(cell).__name__} overflows to NaN/Inf on this "
             "input (finite x, h0 and parameters): the states themselves are not finite, so "
             "no solver can return them; rescale the inputs or the cell's weights")
+    check_structure_at_states(cell, x, h0, sequences, states)
     return states, info
 
 
@@ -265,12 +266,6 @@ def verify_structure(cell, x, h0: torch.Tensor) -> None:
         # relative to the states, loosely: the two evaluations may take other kernels (TF32
         # GEMMs of other shapes round differently), and a mixing step is off by O(1)
         mixing = float((per_step - probe_at).abs().amax()) / (1.0 + float(probe_at.abs().amax()))
-        direction = torch.randn(probe_at.shape, dtype=probe_at.dtype, device=probe_at.device,
-                                generator=torch.Generator(probe_at.device).manual_seed(0))
-        _, exact = torch.func.jvp(lambda h: cell.step(xs, h), (probe_at,), (direction,))
-        _, jac = cell.step_and_jacobian(xs, probe_at)
-        error = float((structure.apply(jac, direction) - exact).abs().amax())
-        scale = 1.0 + float(exact.abs().amax())
     bound = 1e-3 if h0.dtype != torch.float64 else 1e-8
     if not mixing <= 10 * bound and math.isfinite(mixing):
         raise ValueError(
@@ -278,9 +273,27 @@ def verify_structure(cell, x, h0: torch.Tensor) -> None:
             f"by step (differing by {mixing:.2e}): the parallel solve evaluates step on every "
             f"time step at once, so step must treat every leading dimension of x and h_prev "
             f"as a batch dimension (reduce over the last one only).")
+    check_jacobian_structure(cell, xs, probe_at, h0[:1])
+    cell.__dict__["_verified_structure"] = structure
+
+
+def check_jacobian_structure(cell, x, h_prev, h0) -> None:
+    """Raise a ValueError naming the cell and its declared structure unless the structured
+    Jacobian of ``step`` at the points ``(x, h_prev)`` (``(..., F)``, ``(..., N)``) times a
+    random vector equals the JVP of ``step`` along it; a NaN or Inf where it reads is
+    reported as such (``h0``: the initial states, for that message)."""
+    structure = cell.structure
+    with torch.no_grad():
+        direction = torch.randn(h_prev.shape, dtype=h_prev.dtype, device=h_prev.device,
+                                generator=torch.Generator(h_prev.device).manual_seed(0))
+        _, exact = torch.func.jvp(lambda h: cell.step(x, h), (h_prev,), (direction,))
+        _, jac = cell.step_and_jacobian(x, h_prev)
+        error = float((structure.apply(jac, direction) - exact).abs().amax())
+        scale = 1.0 + float(exact.abs().amax())
+    bound = 1e-3 if h_prev.dtype != torch.float64 else 1e-8
     if not error <= bound * scale:
         if not math.isfinite(error):  # NaN or Inf in what the probe read?
-            check_finite(cell, xs, h0[:1])
+            check_finite(cell, x, h0)
         declared = structure.kind + (f" (block_size={structure.block_size})"
                                      if structure.kind == "block" else "")
         raise ValueError(
@@ -289,7 +302,22 @@ def verify_structure(cell, x, h0: torch.Tensor) -> None:
             f"structured Jacobian times a probe vector differs from the JVP of step by "
             f"{error:.2e}. Declare the structure that holds every non-zero entry of "
             f"d step/d h_prev (e.g. jacobian='dense'), or fix step_and_jacobian.")
-    cell.__dict__["_verified_structure"] = structure
+
+
+def check_structure_at_states(cell, x, h0, sequences: Sequences, states) -> None:
+    """After a fallback: the declared structure checked again at the solution, on up to 4
+    batch rows x 8 steps spread over them. Newton that missed its bound may have computed
+    with a structure wrong only where the first probe did not read (other rows, later
+    operating points); the forward is then exact (the loop), but the backward would use that
+    structure, so a mismatch raises instead."""
+    if cell.structure.kind == "dense":  # holds every entry
+        return
+    batch, length = states.shape[:2]
+    rows = torch.linspace(0, batch - 1, min(batch, 4)).round().long().unique().to(x.device)
+    steps = torch.linspace(0, length - 1, min(length, 8)).round().long().unique().to(x.device)
+    prev = sequences.previous_states(states, h0)
+    check_jacobian_structure(cell, x.index_select(0, rows).index_select(1, steps),
+                             prev.index_select(0, rows).index_select(1, steps), h0)
 
 
 def reject_double_backward(what: str) -> None:
