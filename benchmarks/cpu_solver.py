@@ -95,25 +95,38 @@ def auto_rule_grad_table(steps_list, repeats: int) -> list[dict]:
 
 def safety_table(batch: int, hidden: int, steps_list, repeats: int) -> list[dict]:
     """Parallel ParaGRU with the checked default (error estimated, fallback if missed)
-    against the unchecked NewtonConfig(tol=None): forward and forward+backward."""
-    print(f"ParaGRU fp32 parallel, input 64, B={batch}, N={hidden}, median of {repeats}, "
-          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
+    against the unchecked NewtonConfig(tol=None): forward and forward+backward, the two
+    configs timed in turns (median process CPU time of ``repeats`` each, after a warm-up:
+    on a shared machine this counts this process's work only)."""
+    print(f"ParaGRU fp32 parallel, input 64, B={batch}, N={hidden}, median CPU time of "
+          f"{repeats} in turns, {torch.get_num_threads()} threads, load average "
+          f"{os.getloadavg()[0]:.2f}")
     print("| T | pass | checked (ms) | unchecked (ms) | overhead |")
     print("|---:|---|---:|---:|---:|")
     rows = []
+    configs = {"checked": NewtonConfig(), "unchecked": NewtonConfig(tol=None)}
     for steps in steps_list:
         layer = ParaGRU(64, hidden, recurrent_clip=0.5, mode="parallel")
         x = torch.randn(batch, steps, 64)
         for backward in (False, True):
-            times = {}
-            for name, config in (("checked", NewtonConfig()), ("unchecked", NewtonConfig(tol=None))):
-                layer.newton = config
+            xg = x.clone().requires_grad_(backward)
+
+            def call():
                 if backward:
-                    xg = x.clone().requires_grad_()
-                    times[name] = median_time(lambda: layer(xg)[0].sum().backward(), repeats) * 1e3
+                    layer(xg)[0].sum().backward()
                 else:
                     with torch.no_grad():
-                        times[name] = median_time(lambda: layer(x), repeats) * 1e3
+                        layer(x)
+
+            samples = {name: [] for name in configs}
+            for turn in range(repeats + 1):  # the first turn warms up
+                for name, config in configs.items():
+                    layer.newton = config
+                    start = time.process_time()
+                    call()
+                    if turn:
+                        samples[name].append(time.process_time() - start)
+            times = {name: sorted(v)[len(v) // 2] * 1e3 for name, v in samples.items()}
             rows.append(dict(batch=batch, steps=steps, hidden=hidden, backward=backward,
                              checked_ms=times["checked"], unchecked_ms=times["unchecked"]))
             print(f"| {steps} | {'fwd+bwd' if backward else 'fwd'} | {times['checked']:.1f} "
