@@ -15,12 +15,13 @@ def kernels_on(monkeypatch, device: torch.device) -> None:
 
 
 def loss_and_gradients_with_and_without_kernels(monkeypatch, kernel_module, model: str,
-                                                device: torch.device):
+                                                device: torch.device, **options):
     """``(kernel calls, [loss, *parameter gradients] with the kernels, the same without)``
-    of a one-layer ``model`` LM of the paper's block, counting the calls of
-    ``kernel_module.forward`` (the first run's only)."""
+    of a one-layer ``model`` LM of the paper's block (``options``: more of its preset's
+    fields), counting the calls of ``kernel_module.forward`` (the first run's only)."""
     torch.manual_seed(0)
-    lm = build_model(preset(model, d_model=32, n_layers=1, vocab_size=64, block="paper")).to(device)
+    lm = build_model(preset(model, d_model=32, n_layers=1, vocab_size=64, block="paper",
+                            **options)).to(device)
     idx = torch.randint(0, 64, (2, 11), device=device)
     calls = []
     kernel_forward = kernel_module.forward
