@@ -37,7 +37,8 @@ def _cell_args(kernels, n):
     return a, extra, torch.randn(3, n).mul(0.3).to(DEVICE)
 
 
-ONE_WALK, SEGMENTS = dict(seg_len=None), dict(seg_len=8, warmup=2)
+# 11 steps: two step blocks of 4 and a masked one; SEGMENTS cuts 4, 4 and 3 steps
+ONE_WALK, SEGMENTS = dict(seg_len=None), dict(seg_len=4, warmup=2)
 
 
 # block_n 16 tiles each head (read in place); 32 straddles two heads (copied to gate-major)
@@ -47,9 +48,9 @@ ONE_WALK, SEGMENTS = dict(seg_len=None), dict(seg_len=8, warmup=2)
     (paralstm, 16, ONE_WALK, torch.float32), (paralstm, 32, ONE_WALK, torch.float32)])
 def test_kernels_read_and_write_head_major_as_the_gate_major_call(kernels, block_n, plan, dtype):
     a, extra, bias = _cell_args(kernels, N)
-    pre = torch.randn(2, 19, 3 * N).to(DEVICE, dtype)
+    pre = torch.randn(2, 11, 3 * N).to(DEVICE, dtype)
     h0 = torch.randn(2, (2 if kernels is paralstm else 1) * N).to(DEVICE)
-    resets = (torch.rand(2, 19) < 0.2).to(DEVICE)
+    resets = (torch.rand(2, 11) < 0.2).to(DEVICE)
     data = head_major(pre, HEADS, 3)
     states, _ = kernels.forward(pre, a, *extra, h0, resets, bias=bias, block_n=block_n, **plan)
     got, _ = kernels.forward(data, a, *extra, h0, resets, bias=bias, block_n=block_n, **plan)
@@ -69,7 +70,7 @@ def test_layer_hands_head_major_input_to_the_kernels_and_matches_pytorch(layer_c
     layer = layer_class(32, N, num_heads=HEADS, backend="triton").to(DEVICE)
     reference = layer_class(32, N, num_heads=HEADS, backend="torch").to(DEVICE)
     reference.load_state_dict(layer.state_dict())
-    x = torch.randn(3, 21, 32, device=DEVICE, requires_grad=True)
+    x = torch.randn(2, 11, 32, device=DEVICE, requires_grad=True)
     # the PyTorch path reads gate-major; training on the CPU, the layer hands it head-major
     # too (the C loop reads it in place where it runs, the solver copies it elsewhere)
     assert layer._head_major(x) and reference._head_major(x) == (DEVICE.type == "cpu")
@@ -127,7 +128,7 @@ def test_solve_takes_head_major_input_on_every_path(backend):
     to gate-major: the same states and gradients as the gate-major call."""
     torch.manual_seed(0)
     cell = ParaGRUCell(N).to(DEVICE)
-    pre = torch.randn(2, 17, 3 * N, device=DEVICE)
+    pre = torch.randn(2, 11, 3 * N, device=DEVICE)
     data = head_major(pre, HEADS, 3).requires_grad_()
     flat = pre.clone().requires_grad_()
     for mode in ("parallel", "sequential"):
