@@ -22,7 +22,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 @pytest.fixture
 def short_segments(monkeypatch):
-    """Plans of 8-step segments without warm-up (the tuned plan walks these sizes whole)."""
+    """Plans of 8-step segments without warm-up (the tuned plan walks these sizes whole):
+    3 segments at the tests' 24 steps."""
     monkeypatch.setattr(_fused_common, "MIN_SEG_LEN", 8)
     monkeypatch.setattr(_fused_common, "WARMUP", 0)
     monkeypatch.setattr(_fused_common, "CHAINS_PER_SM", 1 << 20)
@@ -55,10 +56,10 @@ def run(layer, x, mode, newton):
 
 def test_unconverged_fused_gru_reruns_exactly(short_segments):
     layer = big_weight_layer(pararnn.ParaGRU)
-    x = torch.randn(2, 32, 4, device=DEVICE)
+    x = torch.randn(2, 24, 4, device=DEVICE)
     ref, _ = run(layer, x, "sequential", None)
     unchecked, info = run(layer, x, "parallel", pararnn.NewtonConfig(boundary_rounds=1, tol=None))
-    assert info.segments == 4 and info.boundary_rounds == 1 and info.exact_walk is False
+    assert info.segments == 3 and info.boundary_rounds == 1 and info.exact_walk is False
     assert info.converged is None and not info.fell_back
     assert (unchecked - ref).abs().max() > 0.1  # one boundary round is not enough here
     out, info = run(layer, x, "parallel", pararnn.NewtonConfig(boundary_rounds=1))
@@ -70,9 +71,9 @@ def test_max_iters_does_not_bound_the_fused_boundary_rounds(short_segments):
     """max_iters counts the generic path's Newton iterations; boundary_rounds the fused
     plan's rounds across segments: one option, one meaning."""
     layer = big_weight_layer(pararnn.ParaLSTM, scale=0.3)
-    x = torch.randn(2, 32, 4, device=DEVICE)
+    x = torch.randn(2, 24, 4, device=DEVICE)
     _, info = run(layer, x, "parallel", pararnn.NewtonConfig(max_iters=1, boundary_rounds=2))
-    assert info.segments == 4 and info.boundary_rounds == 2 and info.iterations == 0
+    assert info.segments == 3 and info.boundary_rounds == 2 and info.iterations == 0
     with pytest.raises(ValueError, match="boundary_rounds"):
         pararnn.NewtonConfig(boundary_rounds=0)
 
@@ -107,10 +108,10 @@ def test_default_rounds_converge_for_long_memories(monkeypatch, seed, steps):
 
 def test_converged_fused_lstm_skips_the_rerun(short_segments):
     layer = big_weight_layer(pararnn.ParaLSTM, scale=0.3)
-    x = torch.randn(2, 32, 4, device=DEVICE)
+    x = torch.randn(2, 24, 4, device=DEVICE)
     ref, _ = run(layer, x, "sequential", None)
     out, info = run(layer, x, "parallel", pararnn.NewtonConfig(boundary_rounds=3))
-    assert info.segments == 4 and info.boundary_rounds == 3
+    assert info.segments == 3 and info.boundary_rounds == 3
     assert info.converged and not info.fell_back
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
 
