@@ -244,6 +244,9 @@ def test_decode_through_the_projected_kernel_equals_the_parallel_forward(model, 
     """A two-layer LM with the paper's block (conv window, gated norm), decoded through the
     projected kernels from a prefill: the logits of the parallel forward over the sequence."""
     monkeypatch.setattr(rnn_mixer, "_KERNEL_DEVICES", ("cuda", DEVICE.type))
+    # channel blocks of 16 rather than 4 (16 programs a step instead of 64, one row each):
+    # the block sizes are the unit tests' above, this one is about the LM's decode
+    monkeypatch.setattr(decode_step, "_TARGET_PROGRAMS", 16)
     calls = _spy(monkeypatch)
     torch.manual_seed(0)
     lm = build_model(preset(model, "nano", block="tuned", vocab_size=64, rnn_heads=2)).to(DEVICE).eval()
