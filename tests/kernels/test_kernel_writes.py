@@ -142,7 +142,7 @@ def _run_every_kernel():
     segmented plan: its boundary solves too; with the layer's output written as well) and of the
     SiLU conv."""
     torch.manual_seed(0)
-    batch, steps, n, heads = 2, 12, 32, 2  # two segments of the plan below
+    batch, steps, n, heads = 2, 6, 32, 2  # two segments of the plan below
     for kernels, width in ((paragru, 1), (paralstm, 2)):
         a = (torch.randn(3, n) * 0.6).to(DEVICE)
         extra = (torch.randn(2, n).mul(0.3).to(DEVICE),) if kernels is paralstm else ()
@@ -150,7 +150,7 @@ def _run_every_kernel():
         pre = head_major(torch.randn(batch, steps, 3 * n, device=DEVICE), heads, 3)
         h0 = torch.randn(batch, width * n, device=DEVICE)
         resets = (torch.rand(batch, steps) < 0.2).to(DEVICE)
-        plan = dict(seg_len=8, warmup=2, block_n=16)
+        plan = dict(seg_len=4, warmup=2, block_n=16)
         states, _ = kernels.forward(pre, a, *extra, h0, resets, bias=bias, **plan)
         grad = torch.randn_like(states)
         kernels.backward(pre, a, *extra, h0, resets, states, grad, bias=bias, **plan)
