@@ -252,24 +252,47 @@ def test_eval_from_another_directory_and_with_moved_data(corpus_dir, tmp_path, m
     assert after.splitlines()[-1] == before.splitlines()[-1]  # the same loss, perplexity, bits/byte
 
 
+def matches(a_dir, b_dir, keys):
+    """Two runs' loss curves (``keys`` of each record) within 1e-4 and final weights within
+    1e-4: Adam divides by sqrt(v), so float rounding of a gradient all-reduce can move a
+    weight by ~1e-5."""
+    a, b = curve(a_dir), curve(b_dir)
+    assert [(r["kind"], r["step"]) for r in a] == [(r["kind"], r["step"]) for r in b]
+    for ra, rb in zip(a, b):
+        for key in keys:
+            if key in ra:
+                assert ra[key] == pytest.approx(rb[key], rel=1e-4), (key, ra, rb)
+    wa, wb = weights(a_dir), weights(b_dir)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
 def test_torchrun_on_cpu_with_gloo_matches_one_process(sharding, corpus_dir, tmp_path):
     """`pararnn train` under torchrun (2 processes, gloo), with DDP or FSDP2: batch 2 per
-    process gives the same training as one process with batch 4."""
+    process gives the same training as one process with batch 4.
+
+    The DDP run (8 steps, checkpoints at 4 and 8) then checks that FSDP resumes a checkpoint
+    written without it: its step-4 checkpoint (the optimizer state numbered, as torch saves
+    it) resumed under FSDP, which loads optimizer states by parameter name, continues as the
+    uninterrupted DDP run (it failed with a KeyError)."""
+    steps = 8 if sharding == "ddp" else 4
     single = tmp_path / "single"
-    train(config(corpus_dir, single, max_steps=4, batch_size=4, eval_every=4, ckpt_every=4))
-    ddp = tmp_path / "ddp"
-    result = torchrun_train(ddp, corpus_dir, 2, *(["--fsdp"] if sharding == "fsdp" else []))
+    train(config(corpus_dir, single, max_steps=steps, batch_size=4, eval_every=4, ckpt_every=4))
+    split = tmp_path / sharding
+    result = torchrun_train(split, corpus_dir, 2, "--keep-checkpoints", "2",
+                            *(["--fsdp"] if sharding == "fsdp" else []), max_steps=steps)
     assert result.returncode == 0, result.stderr[-3000:]
-    a, b = curve(single), curve(ddp)
-    assert [r["kind"] for r in a] == [r["kind"] for r in b]
-    for ra, rb in zip(a, b):
-        for key in ("loss", "val_loss", "tokens"):
-            if key in ra:
-                assert ra[key] == pytest.approx(rb[key], rel=1e-4), (key, ra, rb)
-    wa, wb = weights(single), weights(ddp)
-    # Adam divides by sqrt(v): float rounding of the gradient all-reduce can move a weight by ~1e-5
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+    matches(single, split, ("loss", "val_loss", "tokens"))
+    if sharding == "fsdp":
+        return
+
+    cut = tmp_path / "cut"
+    shutil.copytree(split, cut)  # as if killed before the step-8 checkpoint
+    shutil.rmtree(cut / "checkpoints" / "step_00000008")
+    (cut / "latest").write_text("checkpoints/step_00000004\n")
+    result = torchrun_train(cut, corpus_dir, 2, "--fsdp", "--resume", max_steps=8)
+    assert result.returncode == 0, result.stderr[-3000:]
+    matches(cut, split, ("loss", "val_loss"))
 
 
 def torchrun_train(out, corpus_dir, processes, *flags, batch_size=2, max_steps=4):
@@ -283,28 +306,6 @@ def torchrun_train(out, corpus_dir, processes, *flags, batch_size=2, max_steps=4
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_fsdp_resumes_a_checkpoint_written_without_it(corpus_dir, tmp_path):
-    """A DDP run's step-4 checkpoint (the optimizer state numbered, as torch saves it)
-    resumed under FSDP, which loads optimizer states by parameter name, continues as the
-    uninterrupted DDP run (it failed with a KeyError)."""
-    whole, cut = tmp_path / "ddp", tmp_path / "cut"
-    result = torchrun_train(whole, corpus_dir, 2, "--keep-checkpoints", "2", max_steps=8)
-    assert result.returncode == 0, result.stderr[-3000:]
-    shutil.copytree(whole, cut)  # as if killed before the step-8 checkpoint
-    shutil.rmtree(cut / "checkpoints" / "step_00000008")
-    (cut / "latest").write_text("checkpoints/step_00000004\n")
-    result = torchrun_train(cut, corpus_dir, 2, "--fsdp", "--resume", max_steps=8)
-    assert result.returncode == 0, result.stderr[-3000:]
-    a, b = curve(cut), curve(whole)
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
-        for key in ("loss", "val_loss"):
-            if key in ra:
-                assert ra[key] == pytest.approx(rb[key], rel=1e-4), (key, ra, rb)
-    wa, wb = weights(cut), weights(whole)
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
 
 
 @pytest.mark.parametrize("windows", [1, 5, 9])
