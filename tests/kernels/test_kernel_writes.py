@@ -151,13 +151,15 @@ def _run_every_kernel():
         h0 = torch.randn(batch, width * n, device=DEVICE)
         resets = (torch.rand(batch, steps) < 0.2).to(DEVICE)
         plan = dict(seg_len=4, warmup=2, block_n=16)
-        states, _ = kernels.forward(pre, a, *extra, h0, resets, bias=bias, **plan)
+        # one boundary round: the walk, the boundary solve and the correction walk (further
+        # rounds repeat these launches with the same arguments)
+        states, _ = kernels.forward(pre, a, *extra, h0, resets, 1, bias=bias, **plan)
         grad = torch.randn_like(states)
         kernels.backward(pre, a, *extra, h0, resets, states, grad, bias=bias, **plan)
         # a layer's launches: its output (ParaLSTM's h alone, ParaGRU's bf16 copy of the
         # states) written by the walk as well, and that output's gradient read
         hidden = torch.empty(batch, steps, n, device=DEVICE, dtype=pre.dtype)
-        kernels.forward(pre, a, *extra, h0, resets, bias=bias, hidden_out=hidden, **plan)
+        kernels.forward(pre, a, *extra, h0, resets, 1, bias=bias, hidden_out=hidden, **plan)
         kernels.backward(pre, a, *extra, h0, resets, states, torch.randn_like(hidden),
                          bias=bias, **plan)
     x = torch.randn(batch, steps, 24, device=DEVICE)
