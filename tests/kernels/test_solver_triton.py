@@ -28,11 +28,11 @@ def test_fused_layer_matches_torch_backend(layer_cls):
     layer = layer_cls(6, 12, num_heads=2, recurrent_clip=0.5, device=DEVICE)
     with torch.no_grad():
         layer.cell.bias.normal_(0.0, 0.5)  # zero at init: make the fused bias path count
-    x = torch.randn(2, 37, 6, device=DEVICE)
+    x = torch.randn(2, 21, 6, device=DEVICE)  # one walk: five step blocks and a masked step
     h0 = torch.randn(2, 12, device=DEVICE) * 0.5
     state = h0 if layer_cls is pararnn.ParaGRU else (h0, -h0)
-    resets = torch.zeros(2, 37, dtype=torch.bool, device=DEVICE)
-    resets[0, 9] = resets[1, 30] = True
+    resets = torch.zeros(2, 21, dtype=torch.bool, device=DEVICE)
+    resets[0, 9] = resets[1, 18] = True
 
     layer.backend, layer.mode = "torch", "sequential"
     ref_out, ref_grads = gradients(layer, x, state, resets)
