@@ -146,14 +146,14 @@ def test_sequential_forward_matches():
 
 
 def test_bf16_input_is_computed_in_fp32():
-    cell, pre, h0, _ = _problem(2, 17, 5, with_h0=True, with_resets=False)
+    cell, pre, h0, _ = _problem(2, 13, 5, with_h0=True, with_resets=False)
     pre16 = pre.to(torch.bfloat16)
     a, p = _weights(cell)
-    gs = torch.randn(2, 17, 10)
+    gs = torch.randn(2, 13, 10)
     ref, g_pre, (g_a, g_p, g_b), _ = reference_grads(cell, pre16, h0, None, gs)
-    # 4 segments (5, 5, 5 and a masked 2), 4 rounds: exact by construction whatever the
+    # 3 segments (5, 5 and a masked 3), 3 rounds: exact by construction whatever the
     # (unclipped) dynamics
-    H = paralstm.newton_forward(pre16.to(DEVICE), a, p, h0.to(DEVICE), None, 4,
+    H = paralstm.newton_forward(pre16.to(DEVICE), a, p, h0.to(DEVICE), None, 3,
                                 bias=_bias(cell), seg_len=5, warmup=2)
     assert (H.cpu().double() - ref).abs().max() < 2e-6
     gp, ga, gpp, _, gb = paralstm.backward(pre16.to(DEVICE), a, p, h0.to(DEVICE), None, H,
