@@ -36,7 +36,9 @@ def test_compiled_fused_layer_matches_eager(layer_cls, short_segments):
                       backend="triton", device=DEVICE)
     with torch.no_grad():
         layer.cell.bias.normal_()
-    x = torch.randn(2, 24, 4, device=DEVICE)
+    # one row (rows are the eager kernel tests' concern): its size differs from the two
+    # heads', so the registered shapes cannot confuse the head-major input's dimensions
+    x = torch.randn(1, 24, 4, device=DEVICE)
     torch._dynamo.reset()
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     results = []
