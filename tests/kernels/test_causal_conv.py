@@ -82,12 +82,13 @@ def test_matches_reference(shape, k, silu, dtype):
 
 
 def test_odd_kernel_sizes_and_runs_of_several_blocks():
-    # k = 11 reaches past a time block of the CPU tile's 8 steps: the kernels take 16. With
+    # k = 11 reaches past a time block of the CPU tile's 8 steps: the kernels take 16 (17
+    # steps: two runs of one block, the second a single masked step). With
     # SiLU both kernels run every tap loop (the backward recomputes the pre-activation); the
     # no-SiLU epilogue differs from it by the SiLU step alone (test_matches_reference)
     assert causal_conv._tile(DEVICE, 11)[0] >= 10
     for k, shape, silu in ((1, (2, 9, 5), False), (1, (2, 9, 5), True), (3, (3, 37, 21), True),
-                           (11, (1, 33, 3), True)):
+                           (11, (1, 17, 3), True)):
         x, weight, bias, grad = _operands(*shape, k, torch.float64, seed=k)
         got = _value_and_grads(causal_conv1d, x, weight, bias, grad, silu)
         want = _value_and_grads(causal_conv1d_naive, x, weight, bias, grad, silu)
