@@ -203,9 +203,9 @@ def _check_solution(cell, x, h0, sequences, config: NewtonConfig, tol: float, st
     """Host check of a fused solve's estimated error, for ``on_failure`` "raise"/"warn"
     (which keep the states; the fused path checks "sequential" on the device)."""
     with torch.no_grad():
-        _, jac = cell.step_and_jacobian(x, sequences.previous_states(states, h0))
+        value, jac = cell.step_and_jacobian(x, sequences.previous_states(states, h0))
         linear_solver, _ = select_scan(cell.structure, states.device, states.dtype, "auto")
-        error_update(cell, x, h0, sequences, states, mask_restarts(jac, sequences, cell.structure),
+        error_update(value, states, mask_restarts(jac, sequences, cell.structure),
                      cell.structure, linear_solver, info)
     info.converged = bool(info.error <= tol)
     if not info.converged:

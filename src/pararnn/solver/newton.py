@@ -79,9 +79,10 @@ def scaled_size(delta: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     return delta.abs_().div_(states.abs().add_(1)).amax()
 
 
-def error_update(cell, x, h0, sequences: Sequences, states: torch.Tensor, jac: torch.Tensor,
-                 structure, linear_solver, info: SolveInfo) -> torch.Tensor:
-    """The check of a solve: one more Newton update of ``states`` with the Jacobians ``jac``
+def error_update(value: torch.Tensor, states: torch.Tensor, jac: torch.Tensor, structure,
+                 linear_solver, info: SolveInfo) -> torch.Tensor:
+    """The check of a solve: one more Newton update of ``states`` (whose step values
+    ``f(h_{t-1}, x_t)`` are ``value``) with the Jacobians ``jac``
     (masked at restarts; the last iteration's, at the states before its update, serve: they
     only weigh the residuals), ``e_t = J_t e_{t-1} + r_t`` from the residuals
     ``r_t = f(h_{t-1}, x_t) - h_t``. To first order ``e`` is the error of ``states``: a step's
@@ -91,9 +92,7 @@ def error_update(cell, x, h0, sequences: Sequences, states: torch.Tensor, jac: t
     away from the loop (tests/test_failure.py).
     Records ``info.residual`` and ``info.error`` (``max |e_t| / (1 + |h_t|)``, 0-d); returns
     ``e``, which applied leaves an error of second order."""
-    value = cell.step(x, sequences.previous_states(states, h0))
-    residual = value - states
-    del value
+    residual = value - states  # not in place: a cell's step may return one of its inputs
     info.residual = scaled_size(residual.clone(), states)
     update = linear_solver(jac, residual, structure)
     info.error = scaled_size(update.clone(), states)
@@ -137,8 +136,8 @@ def newton_solve(cell, x, h0, sequences: Sequences, config: NewtonConfig, linear
     if tol is None:
         return states, info
 
-    update = error_update(cell, x, h0, sequences, states, jac, step_structure, linear_solver,
-                          info)
+    value = cell.step(x, sequences.previous_states(states, h0))
+    update = error_update(value, states, jac, step_structure, linear_solver, info)
     del jac
     if torch.compiler.is_compiling() and config.on_failure == "sequential":
         # no host round trip inside a compiled graph: the fallback is chosen by torch.cond
