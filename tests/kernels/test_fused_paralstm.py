@@ -163,6 +163,33 @@ def test_bf16_input_is_computed_in_fp32():
     assert _rel(ga, g_a) < 1e-5 and _rel(gpp, g_p) < 1e-5 and _rel(gb, g_b) < 1e-5
 
 
+@pytest.mark.parametrize("plan,steps", [("repair", 21), ("whole", 40)])
+def test_one_round_is_exact_on_an_affine_recurrence(plan, steps):
+    """With zero recurrent and peephole weights the cell state's step is affine, so one
+    boundary-Newton round makes every segment exact, however far off the warm-up left the
+    starts: with 5 segments and 1 round, segments 2-4 come out right only if each walk
+    records its assumed start ``S_c`` and its Jacobian product ``A_c`` right. ``whole``
+    walks in whole step blocks (the ALIGNED kernel), ``repair`` with per-step masks."""
+    if plan == "whole":
+        assert plan_is_whole("lstm_fwd", plan, steps, DEVICE)
+    cell, pre, h0, _ = _problem(2, steps, 5, with_h0=True, with_resets=False)
+    with torch.no_grad():
+        cell.a.zero_()
+        cell.peephole.zero_()
+        pre[..., :5] += 4.0  # forget gate f ~ 0.98: each step keeps ~98% of the cell state
+    ref = sequential_states(cell.double(), pre.double(), h0.double(), None)
+    kw = PLANS[plan]
+    seg_len, warmup = kw["seg_len"], kw["warmup"]
+    # the warm-up alone leaves segment 2's start far off: the round has work to do
+    start = 2 * seg_len
+    warm = sequential_states(cell, pre[:, start - warmup:start].double(),
+                             torch.zeros(2, 10, dtype=torch.float64), None)[:, -1]
+    assert (warm - ref[:, start - 1]).abs().max() > 0.05
+    a, p = _weights(cell)
+    H = paralstm.newton_forward(_dev(pre), a, p, _dev(h0), None, 1, bias=_bias(cell), **kw)
+    assert (H.cpu().double() - ref).abs().max() < 2e-6
+
+
 def test_supports_and_validation():
     pre = torch.randn(2, 3, 6, device=DEVICE)
     assert paralstm.supports(pre) and not paralstm.supports(pre.double())
