@@ -85,7 +85,9 @@ def test_nan_input_is_reported(on_failure):
     x[0, 7, 3] = float("nan")
     rnn = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(tol=1e-8, on_failure=on_failure))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        # the solver's warning ("warn") must not come first; the first forward-mode AD of
+        # a process (the structure probe) may raise torch's own DeprecationWarning
+        warnings.simplefilter("error", RuntimeWarning)
         with pytest.raises(ValueError, match="x contains NaN or Inf"):
             rnn(x)
     h0 = torch.zeros(1, 4, dtype=torch.float64)
@@ -242,6 +244,49 @@ def test_misdeclared_structure_where_the_first_probe_does_not_read_is_reported_o
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+def _row_coupled_problem():
+    """RowCoupledCell (float64) on 3 rows: row 0 diagonal, rows 1-2 coupled weakly enough
+    that Newton with the declared (diagonal) Jacobians still converges in 30 iterations."""
+    from cells_zoo import RowCoupledCell
+
+    cell = RowCoupledCell(dtype=torch.float64)
+    x = torch.randn(3, 40, 9, dtype=torch.float64)
+    x[0, :, -1] = 0
+    x[1:, :, -1] = 0.1
+    return cell, x.requires_grad_()
+
+
+def test_misdeclared_structure_is_reported_although_newton_converges(monkeypatch):
+    """A structure wrong only in rows past the first (which the first probe reads) where
+    Newton still converges: the forward is the loop's, the gradients are not. The first
+    solve of a cell checks the structure at its solution's rows and steps, and raises."""
+    cell, x = _row_coupled_problem()
+    rnn = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(max_iters=30))
+    ref, _ = pararnn.RNN(cell, mode="sequential")(x)
+    grad_ref = torch.autograd.grad(ref.square().sum(), x)[0]
+    with monkeypatch.context() as patch:  # the gap that check closes
+        patch.setattr(api, "verify_structure_at_states", lambda *args: None)
+        out, _ = rnn(x)
+        assert rnn.last_solve.converged and not rnn.last_solve.fell_back
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+        grad = torch.autograd.grad(out.square().sum(), x)[0]
+        assert (grad - grad_ref).abs().max() > 0.1
+    with pytest.raises(ValueError, match=r"RowCoupledCell declares jacobian='diagonal'"):
+        rnn(x)
+
+
+def test_misdeclared_structure_is_reported_at_the_loops_solution(monkeypatch):
+    """The loop trained by "auto" needs no Jacobian in its forward, and its adjoint backward
+    reads the declared one: the structure is checked at the loop's states as well."""
+    monkeypatch.setattr(api, "CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD", 0)
+    cell, x = _row_coupled_problem()
+    with pytest.raises(ValueError, match=r"RowCoupledCell declares jacobian='diagonal'"):
+        pararnn.RNN(cell, mode="auto")(x)
+    cell.jacobian = "dense"
+    out, _ = pararnn.RNN(cell, mode="auto")(x)
+    assert type(out.grad_fn).__name__ == "LoopSolveBackward"
+
+
 def test_misdeclared_structure_is_reported_when_auto_trains_through_the_loop(monkeypatch):
     """The loop's adjoint backward reads the declared Jacobian too: auto's loop verifies it
     (once per cell) as Newton does, instead of returning wrong gradients."""
@@ -285,6 +330,28 @@ def test_nan_input_is_named_on_the_first_parallel_solve(where):
         pararnn.RNN(cell, mode="parallel")(x, h0)
 
 
+@pytest.mark.parametrize("where", ["first probe", "solution probe"])
+def test_nan_in_the_loops_input_reaches_its_outputs_without_an_error(monkeypatch, where):
+    """auto's training loop carries a NaN in x into the states after it, as torch.nn.GRU
+    does, wherever it sits: the structure probes (before the first solve: row 0's first
+    steps; at its solution: steps spread over rows 0-2) skip points that are not finite
+    rather than raise, and probe again at the next call."""
+    from cells_zoo import DiagonalCell
+
+    monkeypatch.setattr(api, "CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD", 0)
+    cell = DiagonalCell()
+    x = torch.randn(3, 40, 3, dtype=torch.float64)
+    row, step = (0, 0) if where == "first probe" else (1, 5)  # (1, 5): x the probe skips
+    x[row, step, 0] = float("nan")
+    out, _ = pararnn.RNN(cell, mode="auto")(x.requires_grad_())
+    assert type(out.grad_fn).__name__ == "LoopSolveBackward"
+    others = [r for r in range(3) if r != row]
+    assert out[row, step:].isnan().all() and out[others].isfinite().all()
+    assert "_verified_at_states" not in cell.__dict__
+    pararnn.RNN(cell, mode="auto")(x.detach()[others].requires_grad_())
+    assert cell.__dict__["_verified_at_states"] == cell.structure
+
+
 def test_structure_is_verified_once_per_cell():
     from cells_zoo import DiagonalCell
 
@@ -301,7 +368,8 @@ def test_structure_is_verified_once_per_cell():
     x = torch.randn(1, 30, 3, dtype=torch.float64)
     rnn(x)
     rnn(x)
-    assert Counting.jvps == 1 + 2 * 2  # one verification, then two iterations per solve
+    # the probes before and at the first solution, then two iterations per solve
+    assert Counting.jvps == 2 + 2 * 2
 
 
 def long_memory_paragru(seed):

@@ -12,7 +12,8 @@ from .backends import select_fused, select_scan
 from .config import NewtonConfig, SolveInfo
 from .inputs import check_inputs, check_options
 from .newton import (LoopSolve, ParallelSolve, error_update, handle_failure, mask_restarts,
-                     newton_solve, sequential_solve, verify_structure)
+                     newton_solve, sequential_solve, verify_structure,
+                     verify_structure_at_states)
 
 # On the CPU (PyTorch path) the step loop beats Newton once a step is this wide
 # (batch x state): the loop's per-step overhead is amortised, while Newton makes ~5 cell
@@ -123,12 +124,14 @@ def solve(cell, x: torch.Tensor | HeadMajor, h0: torch.Tensor | None = None, *, 
         elif mode == "sequential":
             h0c = _initial(h0, n_init, cell, x, dtype)
             if through_loop:
-                verify_structure(cell, x, h0c)  # the loop's backward reads the Jacobians
+                # the loop's backward reads the Jacobians
+                verify_structure(cell, x, h0c, skip_nonfinite=True)
                 head_major = isinstance(x, HeadMajor)
                 xc = (x.data if head_major else x).to(dtype)
                 states, hidden_states = LoopSolve.apply(
                     cell, sequences, hidden, xc.shape[0] if head_major else 1, xc, h0c,
                     *cell.parameters())
+                verify_structure_at_states(cell, x, h0c, sequences, states)
             else:
                 states = sequential_solve(cell, x.to(dtype), h0c, sequences)
             info = SolveInfo(mode="sequential", backend="torch")
@@ -143,6 +146,7 @@ def solve(cell, x: torch.Tensor | HeadMajor, h0: torch.Tensor | None = None, *, 
                 info = info_out[0]
             else:  # nothing to differentiate: no autograd Function around Newton
                 states, info = newton_solve(cell, xc, h0c, sequences, config, linear_solver, name)
+            verify_structure_at_states(cell, xc, h0c, sequences, states)
     # the final state stays in the compute dtype: a decode cache that feeds it back must
     # not round the state to bfloat16 every token
     out = states

@@ -225,7 +225,7 @@ def handle_failure(cell, x, h0, sequences, config: NewtonConfig, tol: float, sta
     return states, info
 
 
-def verify_structure(cell, x, h0: torch.Tensor) -> None:
+def verify_structure(cell, x, h0: torch.Tensor, *, skip_nonfinite: bool = False) -> None:
     """Check once per cell instance that its declared Jacobian structure (and its
     ``step_and_jacobian``) matches ``step``; raise a ValueError naming both if not. Newton
     and the loop's adjoint backward both compute with that Jacobian.
@@ -240,7 +240,9 @@ def verify_structure(cell, x, h0: torch.Tensor) -> None:
     state (:func:`check_step_output`) and gives the same values on the few steps at once as
     step by step. Cached on the instance by structure, so a
     later solve pays nothing; skipped while ``torch.compile`` traces (the eager call
-    verified it).
+    verified it). ``skip_nonfinite`` (the loop, which carries NaN/Inf in ``x`` or ``h0``
+    into its outputs as ``torch.nn.GRU`` does): where the probe meets them it checks
+    nothing, and the next call probes again.
     """
     structure = cell.structure
     if cell.__dict__.get("_verified_structure") == structure or torch.compiler.is_compiling():
@@ -260,6 +262,8 @@ def verify_structure(cell, x, h0: torch.Tensor) -> None:
         start = h0[:1].unsqueeze(1).expand(1, steps, h0.shape[-1])
         probe_at = cell.step(xs, start)
         check_step_output(cell, probe_at, start)
+        if skip_nonfinite and not (torch.isfinite(xs).all() and torch.isfinite(probe_at).all()):
+            return
         # Newton evaluates step on (B, T, ...) at once, the loop on (B, ...) per step: a step
         # that mixes its leading dimensions would solve another system in parallel
         per_step = torch.stack([cell.step(xs[:, t], start[:, t]) for t in range(steps)], dim=1)
@@ -304,20 +308,40 @@ def check_jacobian_structure(cell, x, h_prev, h0) -> None:
             f"d step/d h_prev (e.g. jacobian='dense'), or fix step_and_jacobian.")
 
 
-def check_structure_at_states(cell, x, h0, sequences: Sequences, states) -> None:
-    """After a fallback: the declared structure checked again at the solution, on up to 4
-    batch rows x 8 steps spread over them. Newton that missed its bound may have computed
-    with a structure wrong only where the first probe did not read (other rows, later
-    operating points); the forward is then exact (the loop), but the backward would use that
-    structure, so a mismatch raises instead."""
+def check_structure_at_states(cell, x, h0, sequences: Sequences, states) -> bool:
+    """The declared structure checked at the solution, on up to 4 batch rows x 8 steps
+    spread over them (``x`` may be head-major). The first probe reads the first row, one
+    step from ``h0``: a structure wrong only in other rows or at other operating points
+    passes it, and the backward would then use the wrong Jacobians, so a mismatch raises.
+    False where nothing was checked: points that are not finite (the loop carries NaN/Inf
+    in ``x`` into the states after it, as ``torch.nn.GRU`` does; the cell is not to blame)."""
     if cell.structure.kind == "dense":  # holds every entry
-        return
+        return True
     batch, length = states.shape[:2]
-    rows = torch.linspace(0, batch - 1, min(batch, 4)).round().long().unique().to(x.device)
-    steps = torch.linspace(0, length - 1, min(length, 8)).round().long().unique().to(x.device)
-    prev = sequences.previous_states(states, h0)
-    check_jacobian_structure(cell, x.index_select(0, rows).index_select(1, steps),
-                             prev.index_select(0, rows).index_select(1, steps), h0)
+    rows = torch.linspace(0, batch - 1, min(batch, 4)).round().long().unique().to(states.device)
+    steps = torch.linspace(0, length - 1, min(length, 8)).round().long().unique().to(states.device)
+    if isinstance(x, HeadMajor):
+        xs = gate_major(x.data.index_select(1, rows).index_select(2, steps), x.gates)
+    else:
+        xs = x.index_select(0, rows).index_select(1, steps)
+    xs = xs.to(states.dtype)
+    prev = sequences.previous_states(states.detach(), h0).index_select(0, rows).index_select(1, steps)
+    if not (torch.isfinite(xs).all() and torch.isfinite(prev).all()):
+        return False
+    check_jacobian_structure(cell, xs, prev, h0)
+    return True
+
+
+def verify_structure_at_states(cell, x, h0, sequences: Sequences, states) -> None:
+    """:func:`check_structure_at_states` once per cell instance (cached by structure, as
+    :func:`verify_structure`), after its first solve: Newton can meet its bound with
+    Jacobians that miss entries, and the loop needs none in the forward, so neither forward
+    shows such a structure; their backwards compute with it."""
+    structure = cell.structure
+    if cell.__dict__.get("_verified_at_states") == structure or torch.compiler.is_compiling():
+        return
+    if check_structure_at_states(cell, x, h0, sequences, states):
+        cell.__dict__["_verified_at_states"] = structure
 
 
 def reject_double_backward(what: str) -> None:
