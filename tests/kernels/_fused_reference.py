@@ -46,6 +46,16 @@ def sequential_states(cell, pre, h0, resets):
     return torch.stack(out, 1)
 
 
+def warmup_start_error(cell, pre, states, plan: str, segment: int = 2) -> float:
+    """How far ``PLANS[plan]``'s warm-up alone (its steps walked from a zero state) lands
+    from segment ``segment``'s true start (``states``: the float64 loop's); float64."""
+    seg_len, warmup = PLANS[plan]["seg_len"], PLANS[plan]["warmup"]
+    start = segment * seg_len
+    zeros = torch.zeros(pre.shape[0], states.shape[-1], dtype=torch.float64)
+    warm = sequential_states(cell, pre[:, start - warmup:start].double(), zeros, None)[:, -1]
+    return (warm - states[:, start - 1]).abs().max().item()
+
+
 def reference_grads(cell, pre, h0, resets, grad_states):
     """(states, grad_pre, [grad of each parameter], grad_h0) in float64. The parameter
     gradients are copies: a later ``cell.to(device)`` moves a parameter's ``.grad`` in
