@@ -116,6 +116,29 @@ def test_quasi_newton_with_diagonal_jacobian(name):
             max_iters=2, tol=1e-11, on_failure="raise", jacobian="diagonal"))(x)
 
 
+@pytest.mark.parametrize("name", ["dense", "block3", "paralstm"])
+def test_quasi_newton_with_resets_and_packed_sequences(name):
+    """Quasi-Newton's diagonal Jacobians are masked at restarts like exact ones (in their own,
+    diagonal, storage), with resets and with packed sequences from their own h0."""
+    from cells_zoo import all_cells
+
+    cell = all_cells()[name]
+    newton = pararnn.NewtonConfig(max_iters=300, tol=1e-11, on_failure="raise", jacobian="diagonal")
+    x = torch.randn(2, 40, cell.input_size, dtype=torch.float64)
+    h0 = torch.randn(2, cell.state_size, dtype=torch.float64) * 0.5
+    resets = torch.zeros(2, 40, dtype=torch.bool)
+    resets[0, [5, 17]] = True
+    resets[1, 30] = True
+    cu, h0s = torch.tensor([0, 9, 25, 40]), torch.randn(3, cell.state_size, dtype=torch.float64)
+    for args, kwargs in (((x, h0), dict(resets=resets)), ((x[:1], h0s), dict(cu_seqlens=cu))):
+        ref, ref_n = pararnn.RNN(cell, mode="sequential")(*args, **kwargs)
+        quasi = pararnn.RNN(cell, mode="parallel", newton=newton)
+        out, out_n = quasi(*args, **kwargs)
+        assert quasi.last_solve.converged
+        torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(out_n, ref_n, rtol=1e-9, atol=1e-9)
+
+
 # ---- the default configuration never returns a silently wrong answer -----------------
 
 def big_weight_paragru(mode):

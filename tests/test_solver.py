@@ -216,3 +216,44 @@ def test_property_parallel_equals_sequential(name, batch, steps, with_h0, reset_
     out, out_n, _ = run(cell, x, h0, resets=resets)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(out_n, ref_n, rtol=1e-10, atol=1e-10)
+
+
+def steps_since_start(starts):
+    """``(B, T)``: how many steps each step lies after the last start at or before it."""
+    since = torch.zeros(starts.shape, dtype=torch.long)
+    for t in range(1, starts.shape[1]):
+        since[:, t] = torch.where(starts[:, t], 0, since[:, t - 1] + 1)
+    return since
+
+
+@pytest.mark.parametrize("layout", ["resets", "cu_seqlens"])
+@pytest.mark.parametrize("name", sorted(all_cells()))
+def test_newton_iterates_are_exact_on_the_first_steps_of_every_sequence(name, layout):
+    """The initial guess is exact at every start (``f(h0, x_t)``) and each Newton iteration
+    makes one more step exact (the linearised step is exact where the state before it is):
+    after k iterations the first k + 1 steps after every start equal the loop to rounding.
+    A Jacobian left unmasked at a restart, or a guess that ignores h0, breaks that."""
+    cell = all_cells()[name]
+    steps = 30
+    if layout == "resets":
+        x = torch.randn(2, steps, cell.input_size, dtype=torch.float64) * 2
+        h0 = torch.randn(2, cell.state_size, dtype=torch.float64)
+        starts = torch.zeros(2, steps, dtype=torch.bool)
+        starts[0, [6, 19]] = True
+        starts[1, 11] = True
+        kwargs = dict(resets=starts.clone())
+    else:
+        x = torch.randn(1, steps, cell.input_size, dtype=torch.float64) * 2
+        h0 = torch.randn(3, cell.state_size, dtype=torch.float64)
+        starts = torch.zeros(1, steps, dtype=torch.bool)
+        starts[0, [8, 21]] = True
+        kwargs = dict(cu_seqlens=torch.tensor([0, 8, 21, steps]))
+    starts[:, 0] = True
+    ref, _ = pararnn.RNN(cell, mode="sequential")(x, h0, **kwargs)
+    since = steps_since_start(starts)
+    for iterations in (1, 2):
+        rnn = pararnn.RNN(cell, mode="parallel",
+                          newton=pararnn.NewtonConfig(max_iters=iterations, tol=None))
+        out, _ = rnn(x, h0, **kwargs)
+        exact = since <= iterations
+        torch.testing.assert_close(out[exact], ref[exact], rtol=0, atol=1e-13)
