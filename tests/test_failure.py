@@ -456,3 +456,29 @@ def test_default_check_catches_errors_that_add_up_over_long_memories():
         error = scaled(ref - out, out)
         assert error <= 1e-8, (seed, error, rnn.last_solve)
     assert missed_by_the_residual  # the case the old residual-only check let through
+
+
+def test_default_float64_check_applies_its_update_and_bound():
+    """The default check in float64: where the estimated error meets the bound (1e-8) the
+    solve returns the states plus the check's update, whose error is of second order (far
+    below the estimate); where it misses it, even by less than float32's bound, the exact
+    loop's states. Inputs of graded sizes and two iteration counts cover both sides."""
+    torch.manual_seed(0)
+    cell = pararnn.ParaGRUCell(6, dtype=torch.float64)
+    x = torch.randn(2, 64, 18, dtype=torch.float64)
+    errors = []
+    for scale in 0.3 * 1.25 ** torch.arange(12, dtype=torch.float64):
+        ref, _ = pararnn.RNN(cell, mode="sequential")(x * scale)
+        for max_iters in (3, 4):
+            rnn = pararnn.RNN(cell, mode="parallel", newton=pararnn.NewtonConfig(max_iters=max_iters))
+            out, _ = rnn(x * scale)
+            info = rnn.last_solve
+            error = float(info.error)
+            errors.append(error)
+            assert info.converged == (error <= 1e-8) and info.fell_back == (not info.converged)
+            if info.converged:
+                assert scaled(ref - out, out) <= 1e-3 * error + 1e-15, (scale, max_iters, info)
+            else:
+                torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert any(1e-8 < e < 1e-6 for e in errors)  # missed by less than 1e-6: falls back
+    assert any(1e-13 < e <= 1e-8 for e in errors)  # met, and the update measurably applied
