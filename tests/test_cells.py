@@ -286,3 +286,19 @@ def test_wrong_structure_is_found_past_zero_padded_first_steps(mode):
         x[:, :4, 0] = 0
     with pytest.raises(ValueError, match="declares jacobian='diagonal'"):
         pararnn.RNN(_MisdeclaredCell(), mode=mode)(x)[0].sum().backward()
+
+
+def test_wrong_structure_past_padded_first_steps_is_found_where_a_nan_hides_the_solution(
+        monkeypatch):
+    """auto trains through the loop, which carries a NaN in x (row 1) into the states after
+    it, so the check at the solution, reading row 1, checks nothing: the first probe, on
+    row 0's first steps (zero-padded here) and steps spread over it, must find the wrong
+    structure itself, or the finite rows' gradients come silently from the declared diagonal."""
+    from pararnn.solver import api
+
+    monkeypatch.setattr(api, "CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD", 0)
+    x = torch.randn(2, 40, 6, dtype=torch.float64)
+    x[:, :4, 0] = 0
+    x[1, 10, 2] = float("nan")
+    with pytest.raises(ValueError, match="declares jacobian='diagonal'"):
+        pararnn.RNN(_MisdeclaredCell(), mode="auto")(x.requires_grad_())

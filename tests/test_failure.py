@@ -482,3 +482,16 @@ def test_default_float64_check_applies_its_update_and_bound():
                 torch.testing.assert_close(out, ref, rtol=0, atol=0)
     assert any(1e-8 < e < 1e-6 for e in errors)  # missed by less than 1e-6: falls back
     assert any(1e-13 < e <= 1e-8 for e in errors)  # met, and the update measurably applied
+
+
+def test_structure_missing_small_entries_is_reported_in_float64():
+    """A declared structure that drops entries 1e-3 of the rest is reported: float64 probes
+    hold the structured product to 1e-8 of the JVP (the backward would be ~1e-3 off)."""
+    from cells_zoo import MisdeclaredCell
+
+    torch.manual_seed(0)
+    cell = MisdeclaredCell(dtype=torch.float64)
+    with torch.no_grad():
+        cell.w.mul_(1e-3)
+    with pytest.raises(ValueError, match=r"MisdeclaredCell declares jacobian='diagonal'"):
+        pararnn.RNN(cell, mode="parallel")(torch.randn(2, 20, 8, dtype=torch.float64))
