@@ -65,6 +65,28 @@ def test_loop_backward_with_resets_and_packed_sequences(loop_training, name):
     assert_same_gradients(cell, x[:1], h0s, cu_seqlens=torch.tensor([0, 4, 20, 31]))
 
 
+
+@pytest.mark.parametrize("layout", ["from zero", "resets", "cu_seqlens"])
+@pytest.mark.parametrize("name", sorted(all_cells()))
+def test_loop_backward_in_chunks_of_several_steps(monkeypatch, name, layout):
+    """Chunks of 3 steps over 8 (3 + 3 + 2), as the default chunk size cuts long sequences:
+    each chunk hands J_start^T λ_start (of its first step, not of its second) to the one
+    before, and the initial state's gradient is that of the first step's previous state."""
+    cell = all_cells()[name]
+    monkeypatch.setattr(api, "CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD", 0)
+    without_c_loops(monkeypatch)  # the PyTorch loop for ParaGRU/ParaLSTM as well
+    batch = 1 if layout == "cu_seqlens" else 2
+    monkeypatch.setattr(newton, "CHUNK_ENTRIES", 3 * batch * cell.state_size)
+    x = torch.randn(batch, 8, cell.input_size, dtype=torch.float64)
+    kwargs = {"from zero": {}, "resets": dict(resets=torch.tensor([[0, 0, 0, 0, 1, 0, 0, 0],
+                                                                     [0, 1, 0, 0, 0, 0, 0, 1]],
+                                                                    dtype=torch.bool)),
+              "cu_seqlens": dict(cu_seqlens=torch.tensor([0, 2, 7, 8]))}[layout]
+    h0 = torch.randn(3 if layout == "cu_seqlens" else batch, cell.state_size,
+                     dtype=torch.float64) * 0.5
+    assert_same_gradients(cell, x, h0, **kwargs)
+
+
 def assert_auto_trains_as_the_sequential_loop(layer, x):
     """Every parameter's gradient of a loss of the layer's output: auto (the loop's adjoint
     backward) as autograd through the loop (mode="sequential")."""

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pararnn.scan import solve_linear_recurrence, solve_linear_recurrence_sequential
+from pararnn.scan.pytorch import solve_adjoint_loop
 from pararnn.structure import DENSE, DIAGONAL, JacobianStructure, block
 
 STRUCTURES = {"diagonal": DIAGONAL, "block2": block(2), "block3": block(3), "dense": DENSE}
@@ -63,6 +64,31 @@ def test_first_jacobian_is_ignored():
                                solve_linear_recurrence(changed[:, :-1], rhs[:, :-1], DIAGONAL))
     torch.testing.assert_close(solve_linear_recurrence(jac[:, 1:], rhs[:, 1:], DIAGONAL, reverse=True),
                                solve_linear_recurrence(changed[:, 1:], rhs[:, 1:], DIAGONAL, reverse=True))
+
+
+
+@pytest.mark.parametrize("kind", sorted(STRUCTURES))
+def test_adjoint_loop_matches_the_reversed_scan_whole_and_in_pieces(kind):
+    """``λ_t = r_t + J_{t+1}^T λ_{t+1}`` by the loop equals the reversed scan with the
+    transposed, shifted Jacobians; cut into pieces of several steps chained by their
+    carries (``J_start^T λ_start`` of each piece), it gives the same adjoints."""
+    structure = STRUCTURES[kind]
+    state = 6
+    gen = torch.Generator().manual_seed(4)
+    jac, rhs = random_recurrence(structure, 2, 11, state, gen)
+    shifted = structure.transpose(torch.cat((jac[:, 1:], jac[:, :1]), dim=1))
+    want = solve_linear_recurrence_sequential(shifted, rhs, structure, reverse=True)
+    torch.testing.assert_close(solve_adjoint_loop(jac, rhs, structure), want,
+                               rtol=1e-12, atol=1e-12)
+    pieces, carry = [], None
+    for end, start in ((11, 7), (7, 3), (3, 0)):  # 4 + 4 + 3 steps, from the last
+        adjoint, carry = solve_adjoint_loop(jac[:, start:end], rhs[:, start:end], structure,
+                                            carry, with_carry=True)
+        pieces.insert(0, adjoint)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), want, rtol=1e-12, atol=1e-12)
+    # the last carry is J_0^T λ_0
+    torch.testing.assert_close(carry, structure.apply(structure.transpose(jac[:, 0]), want[:, 0]),
+                               rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", sorted(STRUCTURES))
