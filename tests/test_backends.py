@@ -72,3 +72,24 @@ def test_auto_mode_rule_with_gradients_where_the_c_loop_trains(monkeypatch):
     monkeypatch.setenv("PARARNN_CPU_KERNELS", "0")  # no C loop
     mid(x)
     assert mid.last_solve.mode == "parallel"
+    mid(x.expand(2, -1, -1))  # 2 x 256: 256 per thread, below 512
+    assert mid.last_solve.mode == "parallel"
+    mid(x.expand(4, -1, -1))  # 4 x 256: 512 per thread
+    assert mid.last_solve.mode == "sequential"
+
+
+def test_auto_takes_kernels_only_on_cuda_and_fused_kernels_only_for_float32_bfloat16(monkeypatch):
+    """Where Triton runs on the CPU (its interpreter), "auto" still takes the PyTorch scan and
+    no fused solve there; "triton" takes the fused kernels only for float32/bfloat16 input
+    (float64 stays on the generic path)."""
+    from pararnn.solver import backends
+
+    monkeypatch.setattr(backends, "triton_runs_on", lambda device: True)
+    cpu = torch.device("cpu")
+    assert select_scan(DIAGONAL, cpu, torch.float32, "auto")[1] == "torch"
+    assert select_scan(DIAGONAL, cpu, torch.float32, "triton")[1] == "triton"
+    cell = pararnn.ParaGRUCell(4, dtype=torch.float64)
+    x = torch.randn(1, 3, 12, dtype=torch.float64)
+    assert backends.select_fused(cell, x, "triton") is None
+    assert backends.select_fused(pararnn.ParaGRUCell(4), x.float(), "auto") is None
+    assert backends.select_fused(pararnn.ParaGRUCell(4), x.float(), "triton") is not None

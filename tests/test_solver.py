@@ -257,3 +257,21 @@ def test_newton_iterates_are_exact_on_the_first_steps_of_every_sequence(name, la
         out, _ = rnn(x, h0, **kwargs)
         exact = since <= iterations
         torch.testing.assert_close(out[exact], ref[exact], rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "parallel", "auto"])
+@pytest.mark.parametrize("name", ["paragru", "dense"])
+def test_bfloat16_initial_state_is_taken_in_float32(monkeypatch, name, mode):
+    """h0 may come in x's dtype (bfloat16): the solve converts it to the compute dtype
+    (float32), in every mode and also where auto trains through the loop, and so gives
+    exactly the float32 solve of the same values (a bfloat16 h0 met float32 states and
+    weights: a dtype error). The structure probe takes the bfloat16 x in float32 too."""
+    monkeypatch.setattr(api, "CPU_SEQUENTIAL_MIN_WIDTH_GRAD_PER_THREAD", 0)
+    cell = all_cells(torch.float32)[name]
+    x = torch.randn(2, 20, cell.input_size).bfloat16()
+    h0 = torch.randn(2, cell.state_size).bfloat16()
+    for grad in (False, True):
+        out, h_n, _ = pararnn.solve(cell, x.clone().requires_grad_(grad), h0, mode=mode)
+        ref, ref_n, _ = pararnn.solve(cell, x.float(), h0.float(), mode=mode)
+        assert out.dtype == torch.bfloat16 and h_n.dtype == torch.float32
+        assert torch.equal(out, ref.bfloat16()) and torch.equal(h_n, ref_n)

@@ -194,6 +194,17 @@ def test_cu_seqlens_is_read_once_until_it_changes(rnn, monkeypatch):
     assert len(reads) == 5
 
 
+
+def test_cu_seqlens_reused_with_another_sequence_length_is_checked_again(rnn):
+    """The bookkeeping kept for an unchanged cu_seqlens tensor belongs to its sequence
+    length: the same tensor with a longer x is checked against that length (it must end
+    there) instead of solving the longer x with the shorter layout."""
+    cu = torch.tensor([0, 3, 7])
+    rnn(torch.randn(1, 7, 24), cu_seqlens=cu)
+    with pytest.raises(ValueError, match="rise strictly from 0 to the sequence length 9"):
+        rnn(torch.randn(1, 9, 24), cu_seqlens=cu)
+
+
 def test_cu_seqlens_needs_batch_one(rnn):
     with pytest.raises(ValueError, match="batch 1"):
         rnn(torch.randn(2, 5, 24), cu_seqlens=torch.tensor([0, 5]))
