@@ -66,7 +66,6 @@ def test_first_jacobian_is_ignored():
                                solve_linear_recurrence(changed[:, 1:], rhs[:, 1:], DIAGONAL, reverse=True))
 
 
-
 @pytest.mark.parametrize("kind", sorted(STRUCTURES))
 def test_adjoint_loop_matches_the_reversed_scan_whole_and_in_pieces(kind):
     """``λ_t = r_t + J_{t+1}^T λ_{t+1}`` by the loop equals the reversed scan with the
